@@ -1,0 +1,107 @@
+package backends
+
+import (
+	"context"
+	"errors"
+)
+
+// Payload is a message body: JSON text, or raw bytes when Binary is set
+// (a V2 binary frame). Backends must not modify Data.
+type Payload struct {
+	Data   []byte
+	Binary bool
+}
+
+// Call describes one forwarded client message (a join or an event).
+// Everything in it is owned by the callee for the duration of the call and
+// may be kept.
+type Call struct {
+	NodeID   string
+	ConnID   uint64
+	PlayerID string
+	// Claims is the raw JSON of the connect token's claims ("" when none).
+	Claims []byte
+	// Params is the raw JSON object of the socket's connect params.
+	Params  []byte
+	Topic   string
+	Event   string
+	JoinRef string
+	Ref     string
+	Payload Payload
+	// IdempotencyKey is unique per client push ("node:conn:join_ref:ref"):
+	// a retried call carries the same key and must not apply twice.
+	IdempotencyKey string
+}
+
+// Message is an event sent to a topic or to one channel.
+type Message struct {
+	// Topic is the broadcast's topic; empty means the call's topic.
+	// Ignored for pushes.
+	Topic   string
+	Event   string
+	Payload Payload
+}
+
+// Stop says how a reply ends the channel.
+type Stop uint8
+
+const (
+	// StopNone keeps the channel.
+	StopNone Stop = iota
+	// StopNormal ends the channel with phx_close.
+	StopNormal
+	// StopCrash ends the channel with phx_error {"reason":"channel_crash"}.
+	StopCrash
+)
+
+// Reply is a backend's answer to Join or HandleIn.
+type Reply struct {
+	// Status is the reply status ("ok", "error" or custom). Empty means no
+	// reply is sent (noreply); a join always gets a reply ("ok" if empty).
+	Status string
+	// Response is the reply's response; empty Data means {}.
+	Response Payload
+	// Broadcasts are published to their topics before the reply is sent.
+	Broadcasts []Message
+	// Pushes go to this channel only, after the reply.
+	Pushes []Message
+	// Stop ends the channel after the reply and pushes.
+	Stop Stop
+}
+
+// LeaveReason says why a channel ended.
+type LeaveReason string
+
+const (
+	LeaveLeft         LeaveReason = "left"
+	LeaveDisconnected LeaveReason = "disconnected"
+	LeaveKicked       LeaveReason = "kicked"
+	LeaveTimedOut     LeaveReason = "timed_out"
+	LeaveDrained      LeaveReason = "drained"
+	LeaveCrashed      LeaveReason = "crashed"
+	LeaveDuplicate    LeaveReason = "duplicate_join"
+)
+
+// Backend is the contract every game backend engine fulfils. Calls for one
+// channel arrive in the order the client sent them, one at a time; calls for
+// different channels run concurrently. Leave is called exactly once for
+// every successful Join.
+type Backend interface {
+	Join(ctx context.Context, c *Call) (*Reply, error)
+	HandleIn(ctx context.Context, c *Call) (*Reply, error)
+	Leave(ctx context.Context, c *Call, reason LeaveReason) error
+}
+
+// Reasons carried by error replies produced for backend failures.
+const (
+	ReasonUnavailable = "backend_unavailable"
+	ReasonTimeout     = "backend_timeout"
+	ReasonOverloaded  = "backend_overloaded"
+)
+
+// ErrUnavailable and ErrTimeout classify backend failures; the channels
+// layer turns them into error replies with ReasonUnavailable/ReasonTimeout.
+var (
+	ErrUnavailable = errors.New("backends: backend unavailable")
+	ErrTimeout     = errors.New("backends: backend timeout")
+)

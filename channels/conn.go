@@ -1,0 +1,39 @@
+package channels
+
+// Conn is the transport side of a socket, implemented by the gateway.
+// Every method is safe for concurrent use and never blocks.
+type Conn interface {
+	// Send queues one complete WebSocket frame (header and payload, as built
+	// by this package) for writing. Frames are written in the order Send is
+	// called. The frame is shared and immutable: the caller never modifies
+	// it afterwards and the transport never modifies it. Send on a closed
+	// or closing connection drops the frame.
+	Send(frame []byte)
+	// Close sends a close frame with code (empty reason) after the frames
+	// already queued, then closes the connection. Later calls are no-ops.
+	Close(code CloseCode, reason DisconnectReason)
+	// ID is the connection's id, unique on this node.
+	ID() uint64
+}
+
+// Serializer identifies the wire format negotiated from the vsn parameter.
+type Serializer uint8
+
+const (
+	// V1: one JSON object per text frame (vsn 1.0.x or missing).
+	V1 Serializer = iota
+	// V2: JSON arrays in text frames, plus binary frames (vsn 2.0.x).
+	V2
+)
+
+// ConnectInfo is what the gateway learned during the handshake.
+type ConnectInfo struct {
+	Serializer Serializer
+	// Params is the JSON object of connect params decoded from the query
+	// string (nested a[b]=c included; vsn excluded).
+	Params []byte
+	// AuthToken is the token from the phoenix.js authToken subprotocol.
+	AuthToken string
+	// RemoteAddr is the client address (host only).
+	RemoteAddr string
+}
