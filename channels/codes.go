@@ -31,19 +31,19 @@ const (
 type DisconnectReason string
 
 const (
-	ReasonClientClosed   DisconnectReason = "client_closed"
-	ReasonConnReset      DisconnectReason = "conn_reset"
-	ReasonIdleTimeout    DisconnectReason = "idle_timeout"
-	ReasonProtocolError  DisconnectReason = "protocol_error"
-	ReasonInvalidUTF8    DisconnectReason = "invalid_utf8"
-	ReasonTooBig         DisconnectReason = "message_too_big"
-	ReasonMalformed      DisconnectReason = "malformed_message"
-	ReasonSlowConsumer   DisconnectReason = "slow_consumer"
-	ReasonKicked         DisconnectReason = "kicked"
-	ReasonTokenExpired   DisconnectReason = "token_expired"
-	ReasonRateAbuse      DisconnectReason = "rate_abuse"
-	ReasonDrain          DisconnectReason = "drain"
-	ReasonInternal       DisconnectReason = "internal_error"
+	ReasonClientClosed  DisconnectReason = "client_closed"
+	ReasonConnReset     DisconnectReason = "conn_reset"
+	ReasonIdleTimeout   DisconnectReason = "idle_timeout"
+	ReasonProtocolError DisconnectReason = "protocol_error"
+	ReasonInvalidUTF8   DisconnectReason = "invalid_utf8"
+	ReasonTooBig        DisconnectReason = "message_too_big"
+	ReasonMalformed     DisconnectReason = "malformed_message"
+	ReasonSlowConsumer  DisconnectReason = "slow_consumer"
+	ReasonKicked        DisconnectReason = "kicked"
+	ReasonTokenExpired  DisconnectReason = "token_expired"
+	ReasonRateAbuse     DisconnectReason = "rate_abuse"
+	ReasonDrain         DisconnectReason = "drain"
+	ReasonInternal      DisconnectReason = "internal_error"
 )
 
 // Join and reply reasons sent to clients in {"reason": ...} responses.
