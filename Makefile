@@ -1,0 +1,45 @@
+# phxgate — the two commands a newcomer runs: `make run` and `make test`.
+# Both do their own set-up on a fresh Debian machine with Go installed.
+
+GO      ?= go
+CONFIG  ?= deploy/phxgate.yaml
+JS_DIR  := clients/js
+# Extra flags for `go test`, e.g. make test GOTESTFLAGS='-run Conformance -v'.
+GOTESTFLAGS ?=
+
+.PHONY: run build test deps node-deps lint bench loadtest clean
+
+## run: start phxgate on the embedded broker with the example config.
+run:
+	$(GO) run ./cmd/phxgate --config $(CONFIG)
+
+## build: compile the binaries into ./bin.
+build:
+	$(GO) build -o bin/phxgate ./cmd/phxgate
+	$(GO) build -o bin/phxgate-bench ./clients/bench
+
+## test: install what the tests need, then lint and run every test with -race.
+test: deps lint
+	$(GO) test -race -count=1 -timeout 30m $(GOTESTFLAGS) ./...
+
+## deps: system packages and the pinned Node packages the tests use.
+deps: node-deps
+
+node-deps:
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+		echo "installing nodejs and npm with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	@if [ ! -d $(JS_DIR)/node_modules ] || [ $(JS_DIR)/package-lock.json -nt $(JS_DIR)/node_modules/.package-lock.json ]; then \
+		cd $(JS_DIR) && npm ci --no-audit --no-fund; fi
+
+## lint: gofmt and go vet must be clean.
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+## bench: micro-benchmarks with allocation counts.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./gateway/... ./channels/... ./pubsub/...
+
+clean:
+	rm -rf bin
