@@ -1,0 +1,113 @@
+// Shared set-up for the conformance tests: where the gateway is, a phoenix.js
+// Socket wired to a recording transport, and promise wrappers for pushes.
+
+import assert from "node:assert/strict"
+import {randomBytes} from "node:crypto"
+import {Socket} from "phoenix"
+import {codecFor} from "./codec.mjs"
+import {Recorder, recordingTransport, describe, DEFAULT_WAIT_MS} from "./recorder.mjs"
+
+export {DEFAULT_WAIT_MS}
+
+// gatewayURL is the socket endpoint without the transport suffix, as a
+// phoenix.js app would configure it, e.g. ws://127.0.0.1:4000/socket.
+export function gatewayURL() {
+  const url = process.env.PHXGATE_URL
+  if (!url) throw new Error("PHXGATE_URL is not set (e.g. ws://127.0.0.1:4000/socket); run the suite through `go test ./clients/js` or set it")
+  return url.replace(/\/+$/, "")
+}
+
+// uniqueTopic keeps tests (and the V1/V2 runs, and parallel test files) from
+// seeing each other's broadcasts on the shared gateway.
+export function uniqueTopic(prefix = "room") {
+  return `${prefix}:${randomBytes(6).toString("hex")}`
+}
+
+// connect opens a phoenix.js Socket for vsn with a recording transport and
+// waits for the WebSocket to open. Reconnects and rejoins are fast so tests
+// that provoke them finish quickly; tests override what they need.
+export async function connect(t, vsn, opts = {}, {name = "socket", waitOpen = true} = {}) {
+  const codec = codecFor(vsn)
+  const rec = new Recorder(codec, `${name} vsn=${vsn}`)
+  const socket = new Socket(gatewayURL(), {
+    transport: recordingTransport(rec),
+    reconnectAfterMs: () => 20,
+    rejoinAfterMs: () => 50,
+    ...codec.phoenixOptions(),
+    ...opts,
+  })
+  socket.connect()
+  t.after(() => new Promise(resolve => {
+    socket.disconnect(resolve)
+  }))
+  if (waitOpen) await rec.waitEvent("open", {what: `${name} to open`})
+  return {socket, rec, codec, topic: uniqueTopic()}
+}
+
+// outcome turns a phoenix.js Push into a promise of {status, response}; the
+// statuses are whatever the server replied, or "timeout".
+export function outcome(push, statuses = ["ok", "error", "timeout"]) {
+  return new Promise(resolve => {
+    for (const s of statuses) push.receive(s, response => resolve({status: s, response}))
+  })
+}
+
+// join calls channel.join() and waits for its first outcome.
+export function join(channel, timeout) {
+  return outcome(timeout === undefined ? channel.join() : channel.join(timeout))
+}
+
+// waitUntil polls cond until it is true (for phoenix.js state that changes
+// without a frame, e.g. a channel state after a callback).
+export async function waitUntil(cond, {timeoutMs = DEFAULT_WAIT_MS, every = 5, what = "condition"} = {}) {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const v = await cond()
+    if (v) return v
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    await new Promise(r => setTimeout(r, every))
+  }
+}
+
+// assertExact compares a recorded text frame with the expected bytes and,
+// on mismatch, also shows the structural difference.
+export function assertExact(entry, expected, msg = "frame bytes") {
+  assert.equal(entry.binary, false, `${msg}: expected a text frame, got ${describe(entry)}`)
+  if (entry.data !== expected) {
+    let structural = ""
+    try { assert.deepStrictEqual(JSON.parse(entry.data), JSON.parse(expected)); structural = " (structurally equal: only key order/formatting differ)" } catch { /* shown below */ }
+    assert.fail(`${msg}${structural}\n  got:  ${entry.data}\n  want: ${expected}`)
+  }
+}
+
+// assertStructural compares parsed JSON only (for frames whose bytes the
+// protocol leaves open, e.g. objects extended by phxgate).
+export function assertStructural(entry, expected, msg = "frame") {
+  assert.equal(entry.binary, false, `${msg}: expected a text frame, got ${describe(entry)}`)
+  assert.deepStrictEqual(JSON.parse(entry.data), JSON.parse(expected), `${msg}\n  got:  ${entry.data}\n  want: ${expected}`)
+}
+
+// assertWellFormed checks every server frame recorded so far against the
+// serializer's shape: V2 arrays of exactly 5, V1 objects with exactly
+// event/payload/ref/topic in sorted order (never join_ref).
+export function assertWellFormed(rec) {
+  for (const e of rec.in) {
+    if (e.binary) {
+      assert.equal(rec.codec.name, "V2", `binary frame on a V1 socket: ${describe(e)}`)
+      assert.ok(!e.msg.shapeError, `${e.msg.shapeError}: ${describe(e)}`)
+      continue
+    }
+    assert.ok(!e.msg.shapeError, `${e.msg.shapeError}: ${describe(e)}`)
+    if (rec.codec.name === "V1") assert.equal(e.msg.serverKeyError, null, `${e.msg.serverKeyError}: ${describe(e)}`)
+  }
+}
+
+// isDecimalRef: phoenix.js refs are decimal strings (PROTOCOL.md §3.2).
+export function isDecimalRef(r) {
+  return typeof r === "string" && /^[0-9]+$/.test(r)
+}
+
+// inbound frames for one topic, optionally after a sequence number.
+export function topicFrames(rec, topic, after = -1) {
+  return rec.in.filter(e => e.seq > after && e.msg.topic === topic)
+}

@@ -1,0 +1,171 @@
+// A frame-recording WebSocket transport for phoenix.js.
+//
+// phoenix.js calls `new opts.transport(url, protocols)`, sets `binaryType`
+// and the `onopen`/`onmessage`/`onclose`/`onerror` properties, and calls
+// `send`/`close`. A subclass of ws's WebSocket provides all of that (Node 20
+// has no global WebSocket). The subclass records, per phoenix.js Socket and in
+// wire order, every frame in both directions (text as string, binary as
+// bytes) plus connection events (upgrade URL, offered and chosen subprotocol,
+// negotiated extensions, close codes), so tests assert on exactly what went
+// over the wire rather than on what phoenix.js made of it.
+
+import {EventEmitter} from "node:events"
+import WebSocket from "ws"
+import {parseBinary} from "./codec.mjs"
+
+export const DEFAULT_WAIT_MS = 5000
+
+// An address nothing listens on, for simulated outages (see Recorder.offline).
+const REFUSED_HOST = "127.0.0.1:1"
+
+export class Recorder {
+  // codec parses text frames (codec.mjs V1 or V2).
+  constructor(codec, name = "socket") {
+    this.codec = codec
+    this.name = name
+    this.entries = [] // {seq, conn, dir: "out"|"in"|"event", ...}
+    this.conns = [] // one per transport instance: {url, protocols, ws}
+    this.emitter = new EventEmitter()
+    this.emitter.setMaxListeners(0)
+    // While true, new connections go to an address that refuses them, so
+    // phoenix.js keeps failing to reconnect until the test lets it through.
+    this.offline = false
+  }
+
+  push(entry) {
+    entry.seq = this.entries.length
+    this.entries.push(entry)
+    this.emitter.emit("entry", entry)
+  }
+
+  frames(dir) { return this.entries.filter(e => e.dir === dir) }
+  get out() { return this.frames("out") }
+  get in() { return this.frames("in") }
+  events(type) { return this.entries.filter(e => e.dir === "event" && e.type === type) }
+
+  // waitFor resolves with the first entry at or after `from` that matches pred,
+  // or rejects after timeoutMs with a dump of what was recorded.
+  waitFor(pred, {from = 0, timeoutMs = DEFAULT_WAIT_MS, what = "a matching frame"} = {}) {
+    for (let i = from; i < this.entries.length; i++) {
+      if (pred(this.entries[i])) return Promise.resolve(this.entries[i])
+    }
+    return new Promise((resolve, reject) => {
+      const onEntry = e => {
+        if (e.seq >= from && pred(e)) { cleanup(); resolve(e) }
+      }
+      const timer = setTimeout(() => {
+        cleanup()
+        reject(new Error(`${this.name}: timed out after ${timeoutMs} ms waiting for ${what}\n${this.dump(from)}`))
+      }, timeoutMs)
+      const cleanup = () => { clearTimeout(timer); this.emitter.off("entry", onEntry) }
+      this.emitter.on("entry", onEntry)
+    })
+  }
+
+  // waitIn waits for an inbound frame whose parsed message matches pred.
+  waitIn(pred, opts = {}) {
+    return this.waitFor(e => e.dir === "in" && !e.msg.shapeError && pred(e.msg, e), opts)
+  }
+
+  waitOut(pred, opts = {}) {
+    return this.waitFor(e => e.dir === "out" && !e.msg.shapeError && pred(e.msg, e), opts)
+  }
+
+  waitEvent(type, opts = {}) {
+    return this.waitFor(e => e.dir === "event" && e.type === type, {what: `event ${type}`, ...opts})
+  }
+
+  // inAfter lists inbound frames with seq in (after, before).
+  between(after, before = Infinity, dir = "in") {
+    return this.entries.filter(e => e.dir === dir && e.seq > after && e.seq < before)
+  }
+
+  dump(from = 0) {
+    const lines = this.entries.slice(from).map(e => `  #${e.seq} c${e.conn} ${describe(e)}`)
+    return `recorded (${this.name}, from #${from}):\n${lines.join("\n") || "  (nothing)"}`
+  }
+}
+
+export function describe(e) {
+  if (e.dir === "event") {
+    const {seq: _s, conn: _c, dir: _d, ...rest} = e
+    return `** ${JSON.stringify(rest)}`
+  }
+  const arrow = e.dir === "out" ? "->" : "<-"
+  return e.binary ? `${arrow} binary ${Buffer.from(e.data).toString("hex")}` : `${arrow} ${e.data}`
+}
+
+// recordingTransport returns a WebSocket class bound to recorder, to pass as
+// phoenix.js's `transport` option.
+export function recordingTransport(recorder) {
+  return class RecordingWebSocket extends WebSocket {
+    constructor(url, protocols) {
+      const conn = recorder.conns.length
+      let target = url
+      if (recorder.offline) {
+        const u = new URL(url)
+        u.host = REFUSED_HOST
+        target = u.toString()
+      }
+      // ws offers permessage-deflate by default, as browsers do; the server
+      // must decline it (PROTOCOL.md §1.1, compress: false).
+      super(target, protocols)
+      this.conn = conn
+      recorder.conns.push({url, protocols, ws: this, blocked: recorder.offline})
+      recorder.push({conn, dir: "event", type: "connect", url, protocols: protocols ?? null, blocked: recorder.offline})
+      this.on("upgrade", res => {
+        recorder.push({conn, dir: "event", type: "upgrade", status: res.statusCode,
+          protocolHeader: res.headers["sec-websocket-protocol"] ?? null,
+          extensionsHeader: res.headers["sec-websocket-extensions"] ?? null})
+      })
+      this.on("open", () => {
+        recorder.push({conn, dir: "event", type: "open", protocol: this.protocol, extensions: this.extensions})
+      })
+      this.on("unexpected-response", (req, res) => {
+        recorder.push({conn, dir: "event", type: "unexpected-response", status: res.statusCode})
+        req.destroy()
+      })
+      this.on("message", (data, isBinary) => {
+        recorder.push(inbound(recorder.codec, conn, data, isBinary))
+      })
+      this.on("close", (code, reason) => {
+        recorder.push({conn, dir: "event", type: "close", code, reason: reason.toString()})
+      })
+      this.on("error", err => {
+        recorder.push({conn, dir: "event", type: "error", message: err.message})
+      })
+    }
+
+    send(data, ...rest) {
+      recorder.push(outbound(recorder.codec, this.conn, data))
+      return super.send(data, ...rest)
+    }
+
+    close(code, reason) {
+      recorder.push({conn: this.conn, dir: "event", type: "client-close", code: code ?? null, reason: reason ?? null})
+      return super.close(code, reason)
+    }
+  }
+}
+
+function toBytes(data) {
+  if (data instanceof ArrayBuffer) return new Uint8Array(data.slice(0))
+  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength))
+  if (Array.isArray(data)) return new Uint8Array(Buffer.concat(data))
+  throw new Error(`unexpected frame data ${typeof data}`)
+}
+
+function inbound(codec, conn, data, isBinary) {
+  if (isBinary) {
+    const bytes = toBytes(data)
+    return {conn, dir: "in", binary: true, data: bytes, msg: parseBinary(bytes, false)}
+  }
+  const text = typeof data === "string" ? data : Buffer.from(toBytes(data)).toString("utf8")
+  return {conn, dir: "in", binary: false, data: text, msg: codec.parse(text)}
+}
+
+function outbound(codec, conn, data) {
+  if (typeof data === "string") return {conn, dir: "out", binary: false, data, msg: codec.parse(data)}
+  const bytes = toBytes(data)
+  return {conn, dir: "out", binary: true, data: bytes, msg: parseBinary(bytes, true)}
+}
