@@ -36,4 +36,10 @@ type ConnectInfo struct {
 	AuthToken string
 	// RemoteAddr is the client address (host only).
 	RemoteAddr string
+	// PlayerID is the authenticated player ("" when anonymous). It is
+	// forwarded in every backend call.
+	PlayerID string
+	// Claims is the raw JSON of the connect token's claims (nil when none).
+	// Kept by reference for the socket's lifetime: do not modify.
+	Claims []byte
 }

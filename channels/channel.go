@@ -1,0 +1,408 @@
+package channels
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/phxgate/phxgate/backends"
+	"github.com/phxgate/phxgate/pubsub"
+)
+
+type taskKind uint8
+
+const (
+	taskJoin      taskKind = iota // phx_join for incarnation gen
+	taskEvent                     // client event for incarnation gen
+	taskLeave                     // phx_leave for incarnation gen
+	taskDupLeave                  // incarnation gen replaced by a duplicate join
+	taskTerminate                 // the transport is gone
+	taskFrame                     // a ready frame queued behind the slot's work
+)
+
+// task is one queued piece of work for a channel. Everything in it is owned
+// (copied out of the frame buffer).
+type task struct {
+	kind         taskKind
+	binary       bool
+	positions    bool // join: the payload had "offset" (opt-in)
+	closeRefNull bool // join (V1): close/error frames carry a null ref
+	gen          uint32
+	joinRef      string // raw token: the channel's join_ref
+	ref          string // raw token
+	event        string
+	offset       string // join: raw "offset" value
+	payload      []byte
+	frame        []byte
+	reason       backends.LeaveReason
+}
+
+// channel is one topic slot on a socket. The client addresses an
+// incarnation (one join); a duplicate join or a rejoin after leave makes a
+// new incarnation in the same slot, so that every call for a topic goes
+// through one FIFO, in the order the client sent it.
+type channel struct {
+	sock  *Socket
+	route *Route
+	topic string
+
+	// Poller side, guarded by sock.mu.
+	curJoinRef string
+	queue      []*task
+	gen        uint32 // last incarnation handed out
+	curGen     uint32 // incarnation the client addresses; 0: none
+	running    bool
+
+	// Worker side: only the goroutine running the slot touches these.
+	wGen          uint32 // joined incarnation; 0: not joined
+	wCloseRefNull bool
+	wJoinRef      string
+	pendingClose  []string // join_refs of replaced incarnations (phx_close after the next join reply)
+
+	// Hub side, guarded by th.mu.
+	th        *topicHub
+	resume    *resumeState // non-nil only while a resuming join is catching up
+	hubIdx    int32
+	positions bool
+}
+
+// closeRef is the ref slot of this incarnation's phx_close/phx_error: the
+// join_ref, or null for a V1 client that sent none.
+func (c *channel) closeRef() string {
+	if c.wCloseRefNull {
+		return "null"
+	}
+	return c.wJoinRef
+}
+
+// run executes the slot's queued tasks one at a time until the queue is
+// empty. Exactly one run is active per slot (guarded by running).
+func (c *channel) run() {
+	s := c.sock
+	for {
+		s.mu.Lock()
+		if len(c.queue) == 0 {
+			c.running = false
+			c.queue = nil // an idle channel holds no queue memory
+			if c.curGen == 0 && c.wGen == 0 {
+				s.remove(c)
+			}
+			s.mu.Unlock()
+			return
+		}
+		t := c.queue[0]
+		c.queue[0] = nil
+		c.queue = c.queue[1:]
+		s.mu.Unlock()
+		c.exec(t)
+	}
+}
+
+func (c *channel) exec(t *task) {
+	s := c.sock
+	switch t.kind {
+	case taskFrame:
+		s.send(t.frame)
+	case taskJoin:
+		c.join(t)
+	case taskEvent:
+		switch {
+		case c.wGen != 0 && c.wGen == t.gen:
+			c.handleIn(t)
+		case c.wGen == 0:
+			// The join failed or the channel ended while this waited.
+			s.send(s.replyFrame("null", t.ref, c.topic, "error", respUnmatched))
+		}
+	case taskLeave:
+		if c.wGen != 0 && c.wGen == t.gen {
+			s.send(s.replyFrame(c.wJoinRef, t.ref, c.topic, "ok", nil))
+			c.sendControl("phx_close", emptyObject)
+			c.end(backends.LeaveLeft)
+			return
+		}
+		s.send(s.replyFrame(t.joinRef, t.ref, c.topic, "ok", nil))
+	case taskDupLeave:
+		if c.wGen != 0 && c.wGen == t.gen {
+			ref := c.closeRef()
+			c.end(backends.LeaveDuplicate)
+			c.pendingClose = append(c.pendingClose, ref)
+		}
+	case taskTerminate:
+		c.pendingClose = nil
+		if c.wGen != 0 {
+			c.end(t.reason)
+		}
+	}
+}
+
+// sendControl sends [J,J,T,event,payload] (V1: ref = the close ref).
+func (c *channel) sendControl(event string, payload []byte) {
+	c.sock.sendOrDrop(encodeMessage(c.sock.ser, c.wJoinRef, c.closeRef(), c.topic, event, backends.Payload{Data: payload}))
+}
+
+func (c *channel) flushPendingClose() {
+	for _, ref := range c.pendingClose {
+		jr := ref
+		if c.sock.ser == V1 {
+			jr = "null"
+		}
+		c.sock.sendOrDrop(encodeMessage(c.sock.ser, jr, ref, c.topic, "phx_close", backends.Payload{Data: emptyObject}))
+	}
+	c.pendingClose = nil
+}
+
+func (c *channel) newCall(event, joinRef, ref string, p backends.Payload) *backends.Call {
+	s := c.sock
+	jr, r := refString(joinRef), refString(ref)
+	node := s.srv.cfg.NodeID
+	key := make([]byte, 0, len(node)+len(jr)+len(r)+24)
+	key = append(key, node...)
+	key = append(key, ':')
+	key = strconv.AppendUint(key, s.conn.ID(), 10)
+	key = append(key, ':')
+	key = append(key, jr...)
+	key = append(key, ':')
+	key = append(key, r...)
+	return &backends.Call{
+		NodeID:         node,
+		ConnID:         s.conn.ID(),
+		PlayerID:       s.playerID,
+		Claims:         s.claims,
+		Params:         s.params,
+		Topic:          c.topic,
+		Event:          event,
+		JoinRef:        jr,
+		Ref:            r,
+		Payload:        p,
+		IdempotencyKey: string(key),
+	}
+}
+
+const (
+	opJoin     = "join"
+	opHandleIn = "handle_in"
+	opLeave    = "leave"
+)
+
+// call runs one backend call with the configured deadline and records it.
+func (c *channel) call(op string, call *backends.Call, reason backends.LeaveReason) (*backends.Reply, error) {
+	srv := c.sock.srv
+	ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.CallTimeout)
+	defer cancel()
+	start := time.Now()
+	var rep *backends.Reply
+	var err error
+	b := c.route.Backend
+	var obs = srv.m.callDurationJoin
+	switch op {
+	case opJoin:
+		rep, err = b.Join(ctx, call)
+	case opHandleIn:
+		obs = srv.m.callDurationIn
+		rep, err = b.HandleIn(ctx, call)
+	default:
+		obs = srv.m.callDurationLv
+		err = b.Leave(ctx, call, reason)
+	}
+	obs.Observe(time.Since(start).Seconds())
+	if err == nil && rep == nil && op != opLeave {
+		rep = &backends.Reply{}
+	}
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && !errors.Is(err, backends.ErrUnavailable) {
+		err = errors.Join(backends.ErrTimeout, err)
+	}
+	srv.m.backendCalls.WithLabelValues(op, callResult(err)).Inc()
+	return rep, err
+}
+
+func callResult(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, backends.ErrUnavailable):
+		return "unavailable"
+	case errors.Is(err, backends.ErrTimeout):
+		return "timeout"
+	default:
+		return "error"
+	}
+}
+
+// errorResponse maps a backend failure to a reply response; crash reports
+// failures that are neither unavailable nor timeout.
+func errorResponse(err error, crash []byte) []byte {
+	switch {
+	case errors.Is(err, backends.ErrUnavailable):
+		return respUnavail
+	case errors.Is(err, backends.ErrTimeout):
+		return respTimeout
+	default:
+		return crash
+	}
+}
+
+// failJoin forgets incarnation gen after its join was refused.
+func (c *channel) failJoin(gen uint32) {
+	s := c.sock
+	s.mu.Lock()
+	if c.curGen == gen {
+		c.curGen = 0
+	}
+	s.mu.Unlock()
+}
+
+func (c *channel) join(t *task) {
+	s := c.sock
+	m := s.srv.m
+	if s.closed.Load() {
+		c.failJoin(t.gen)
+		return
+	}
+	call := c.newCall("phx_join", t.joinRef, t.ref, backends.Payload{Data: t.payload, Binary: t.binary})
+	rep, err := c.call(opJoin, call, "")
+	if err != nil {
+		if callResult(err) == "error" {
+			m.joins.WithLabelValues(joinCrashed).Inc()
+		} else {
+			m.joins.WithLabelValues(joinBackend).Inc()
+		}
+		s.send(s.replyFrame(t.joinRef, t.ref, c.topic, "error", errorResponse(err, respCrashed)))
+		c.failJoin(t.gen)
+		c.flushPendingClose()
+		return
+	}
+	status := rep.Status
+	if status == "" {
+		status = "ok"
+	}
+	c.publish(rep.Broadcasts)
+	if status != "ok" {
+		m.joins.WithLabelValues(joinError).Inc()
+		s.reply(t.joinRef, t.ref, c.topic, status, rep.Response)
+		c.failJoin(t.gen)
+		c.flushPendingClose()
+		return
+	}
+	c.wGen, c.wJoinRef, c.wCloseRefNull = t.gen, t.joinRef, t.closeRefNull
+	overflow, err := s.srv.hub.subscribe(c, t, rep.Response)
+	if err != nil {
+		// The reply was not sent: the broker could not subscribe or read
+		// history. The backend accepted the join, so it gets its Leave.
+		m.joins.WithLabelValues(joinBackend).Inc()
+		s.send(s.replyFrame(t.joinRef, t.ref, c.topic, "error", respUnavail))
+		c.wGen = 0
+		c.call(opLeave, c.newCall("phx_leave", c.wJoinRef, "null", backends.Payload{}), backends.LeaveCrashed)
+		c.failJoin(t.gen)
+		c.flushPendingClose()
+		return
+	}
+	m.joins.WithLabelValues(joinOK).Inc()
+	m.channels.Inc()
+	c.flushPendingClose()
+	c.pushes(rep.Pushes)
+	if overflow {
+		m.resumeOverflow.Inc()
+		c.stop(backends.StopCrash)
+		return
+	}
+	c.stop(rep.Stop)
+}
+
+func (c *channel) handleIn(t *task) {
+	s := c.sock
+	call := c.newCall(t.event, t.joinRef, t.ref, backends.Payload{Data: t.payload, Binary: t.binary})
+	rep, err := c.call(opHandleIn, call, "")
+	if err != nil {
+		if callResult(err) == "error" {
+			c.stop(backends.StopCrash)
+			return
+		}
+		s.send(s.replyFrame(t.joinRef, t.ref, c.topic, "error", errorResponse(err, nil)))
+		return
+	}
+	// Broadcasts first: a shout reaches the sender before its own reply,
+	// as in Phoenix.
+	c.publish(rep.Broadcasts)
+	if rep.Status != "" {
+		s.reply(t.joinRef, t.ref, c.topic, rep.Status, rep.Response)
+	}
+	c.pushes(rep.Pushes)
+	c.stop(rep.Stop)
+}
+
+func (c *channel) publish(bs []backends.Message) {
+	if len(bs) == 0 {
+		return
+	}
+	srv := c.sock.srv
+	ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.CallTimeout)
+	defer cancel()
+	for _, b := range bs {
+		topic := b.Topic
+		if topic == "" {
+			topic = c.topic
+		}
+		data := b.Payload.Data
+		if len(data) == 0 && !b.Payload.Binary {
+			data = emptyObject
+		}
+		if _, err := srv.broker.Publish(ctx, topic, b.Event, data, b.Payload.Binary); err != nil {
+			srv.m.publishErrors.Inc()
+		}
+	}
+}
+
+func (c *channel) pushes(ps []backends.Message) {
+	for _, p := range ps {
+		c.sock.sendOrDrop(encodeMessage(c.sock.ser, c.wJoinRef, "null", c.topic, p.Event, p.Payload))
+	}
+}
+
+// stop ends the channel as the backend asked: phx_close or phx_error.
+func (c *channel) stop(how backends.Stop) {
+	switch how {
+	case backends.StopNormal:
+		c.sendControl("phx_close", emptyObject)
+		c.end(backends.LeaveLeft)
+	case backends.StopCrash:
+		c.sendControl("phx_error", payloadCrash)
+		c.end(backends.LeaveCrashed)
+	}
+}
+
+// end leaves the hub, calls the backend's Leave once, and forgets the
+// incarnation.
+func (c *channel) end(reason backends.LeaveReason) {
+	s := c.sock
+	gen := c.wGen
+	s.srv.hub.unsubscribe(c)
+	c.call(opLeave, c.newCall("phx_leave", c.wJoinRef, "null", backends.Payload{}), reason)
+	c.wGen = 0
+	s.srv.m.channels.Dec()
+	s.mu.Lock()
+	if c.curGen == gen {
+		c.curGen = 0
+	}
+	s.mu.Unlock()
+}
+
+// errBadResume marks a resume position that could not be parsed.
+var errBadResume = errors.New("channels: bad resume position")
+
+// parseOffset reads a join's raw "offset" value: null or "" mean from now,
+// a position string means resume after it; anything else is a failed resume.
+func parseOffset(raw string) (since pubsub.Position, resuming bool, err error) {
+	if raw == "null" || raw == `""` || raw == "" {
+		return pubsub.Position{}, false, nil
+	}
+	s := refString(raw)
+	if raw[0] != '"' {
+		return pubsub.Position{}, true, errBadResume
+	}
+	p, err := pubsub.ParsePosition(s)
+	if err != nil {
+		return pubsub.Position{}, true, err
+	}
+	return p, true, nil
+}

@@ -1,0 +1,51 @@
+// Package channels is the Phoenix Channels protocol layer of phxgate: the
+// serializers (V1 JSON objects, V2 JSON arrays, V2 binary frames), the
+// per-socket state machine (heartbeats, joins, leaves, events, replies,
+// phx_close/phx_error), the topic router, the worker pool that runs backend
+// calls, and the topic hub that fans broadcasts out to local subscribers.
+// PROTOCOL.md is the wire contract; this package follows Phoenix 1.8.12.
+//
+// # Concurrency
+//
+// Router is immutable and safe for concurrent use. Server is safe for
+// concurrent use. A Socket's HandleText and HandleBinary are called by the
+// gateway on a poller goroutine, one at a time per socket; they never block
+// and never call a backend: joins and events are queued on the socket's
+// channel (a per-topic FIFO) and run by a bounded worker pool, one call at
+// a time per channel, different channels in parallel. Terminate may be
+// called from any goroutine and is idempotent.
+//
+// Frames handed to Conn.Send are complete WebSocket frames. Broadcast
+// frames are shared by every subscriber and must never be modified.
+//
+// # Callbacks that must not block
+//
+// Conn.Send and Conn.Close (called from pollers, workers and broker
+// delivery goroutines, sometimes while a topic lock is held). The
+// pubsub.Handler installed by the hub only takes a topic lock and calls
+// Conn.Send.
+//
+// # Bytes
+//
+// Frame data passed to HandleText/HandleBinary is valid only until the call
+// returns; everything kept (refs, topic, payload) is copied. Payload bytes
+// are passed to backends untouched, except that the join payload keys
+// "offset" and "token" are removed.
+//
+// # Serializer notes
+//
+// V1 sockets are text only: a binary frame from a V1 client closes the
+// socket with 1011 (malformed), and binary payloads (pushes, broadcasts) are
+// never sent to V1 sockets (they are dropped and counted); a binary reply
+// response is replaced by {} on V1. Binary broadcasts (kind 2) have no ref
+// slot, so they carry no stream position even to opted-in channels. Strings
+// longer than 255 bytes cannot be written in a binary frame; such frames are
+// dropped and counted (phxgate_dropped_frames_total).
+//
+// # Positions (DESIGN.md §6)
+//
+// A join payload with the key "offset" opts the channel in: its broadcasts
+// carry "p:<epoch>:<offset>" in the ref slot, the join reply carries
+// "position" (and "recovered" when resuming), and a resuming join gets the
+// events it missed after the reply and before any live event.
+package channels

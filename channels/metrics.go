@@ -1,0 +1,98 @@
+package channels
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Join results (label "result" of phxgate_joins_total).
+const (
+	joinOK         = "ok"
+	joinError      = "error"
+	joinUnmatched  = "unmatched"
+	joinTooMany    = "too_many"
+	joinCrashed    = "crashed"
+	joinDuplicate  = "duplicate"
+	joinOverloaded = "overloaded"
+	joinBackend    = "backend_error"
+)
+
+type metrics struct {
+	channels         prometheus.Gauge
+	joins            *prometheus.CounterVec
+	messagesIn       *prometheus.CounterVec
+	broadcasts       prometheus.Counter
+	fanout           prometheus.Counter
+	backendCalls     *prometheus.CounterVec
+	backendDuration  *prometheus.HistogramVec
+	replayed         prometheus.Counter
+	overloaded       *prometheus.CounterVec
+	droppedFrames    *prometheus.CounterVec
+	resumeOverflow   prometheus.Counter
+	publishErrors    prometheus.Counter
+	callDurationJoin prometheus.Observer
+	callDurationIn   prometheus.Observer
+	callDurationLv   prometheus.Observer
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		channels: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "phxgate_channels", Help: "Channels joined (or joining) on this node.",
+		}),
+		joins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "phxgate_joins_total", Help: "Join requests by result.",
+		}, []string{"result"}),
+		messagesIn: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "phxgate_messages_in_total", Help: "Client messages by kind (heartbeat, join, leave, event, stale, malformed).",
+		}, []string{"kind"}),
+		broadcasts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_broadcasts_total", Help: "Live events delivered to local topic hubs.",
+		}),
+		fanout: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_broadcast_fanout_total", Help: "Broadcast frames sent to subscribers.",
+		}),
+		backendCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "phxgate_backend_calls_total", Help: "Backend calls by operation and result.",
+		}, []string{"op", "result"}),
+		backendDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "phxgate_backend_call_duration_seconds", Help: "Backend call latency.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"op"}),
+		replayed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_replayed_events_total", Help: "Events replayed to resuming joins.",
+		}),
+		overloaded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "phxgate_backend_overloaded_total", Help: "Calls refused with backend_overloaded, by the limit hit (pool, channel).",
+		}, []string{"limit"}),
+		droppedFrames: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "phxgate_dropped_frames_total", Help: "Frames that could not be encoded for a socket (binary on V1, string over 255 bytes in a binary frame).",
+		}, []string{"reason"}),
+		resumeOverflow: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_resume_buffer_overflows_total", Help: "Resuming joins that overflowed ResumeBuffer and were ended with phx_error.",
+		}),
+		publishErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_publish_errors_total", Help: "Backend broadcasts the broker failed to publish.",
+		}),
+	}
+	m.callDurationJoin = m.backendDuration.WithLabelValues("join")
+	m.callDurationIn = m.backendDuration.WithLabelValues("handle_in")
+	m.callDurationLv = m.backendDuration.WithLabelValues("leave")
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{
+		m.channels, m.joins, m.messagesIn, m.broadcasts, m.fanout, m.backendCalls,
+		m.backendDuration, m.replayed, m.overloaded, m.droppedFrames, m.resumeOverflow, m.publishErrors,
+	} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if errors.As(err, &are) {
+				return nil, err
+			}
+			return nil, err
+		}
+	}
+	return m, nil
+}

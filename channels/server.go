@@ -1,0 +1,147 @@
+package channels
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/phxgate/phxgate/pubsub"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Server is the node-level protocol layer: it owns the worker pool that runs
+// backend calls, the topic hub that fans broadcasts out, and the metrics.
+// All methods are safe for concurrent use.
+type Server struct {
+	cfg    Config
+	router *Router
+	broker pubsub.Broker
+	m      *metrics
+	hub    *hub
+
+	// ready holds channels that have calls queued; a worker runs a channel's
+	// calls one at a time, so each channel is FIFO and channels run in
+	// parallel.
+	ready    chan *channel
+	quit     chan struct{}
+	workers  sync.WaitGroup
+	inflight atomic.Int64 // channels scheduled or running
+	closing  atomic.Bool
+	once     sync.Once
+}
+
+// NewServer validates cfg, registers the metrics on reg (nil: not
+// registered) and starts cfg.Workers workers. Stop them with Close.
+func NewServer(cfg Config, router *Router, broker pubsub.Broker, reg prometheus.Registerer) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if router == nil || broker == nil {
+		return nil, fmt.Errorf("%w: nil router or broker", ErrBadConfig)
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("channels: metrics: %w", err)
+	}
+	s := &Server{
+		cfg:    cfg,
+		router: router,
+		broker: broker,
+		m:      m,
+		ready:  make(chan *channel, cfg.QueueSize),
+		quit:   make(chan struct{}),
+	}
+	s.hub = newHub(s)
+	s.workers.Add(cfg.Workers)
+	for range cfg.Workers {
+		go s.worker()
+	}
+	return s, nil
+}
+
+// Connect creates the protocol state of a newly upgraded connection. It
+// starts no goroutine.
+func (s *Server) Connect(c Conn, info ConnectInfo) *Socket {
+	return &Socket{
+		srv:      s,
+		conn:     c,
+		ser:      info.Serializer,
+		params:   info.Params,
+		playerID: info.PlayerID,
+		claims:   info.Claims,
+	}
+}
+
+// drainPoll is how often Close checks whether the queued calls are done.
+const drainPoll = 2 * time.Millisecond
+
+// Close waits until every queued call (including the Leave calls queued by
+// Terminate) has run, then stops the workers. Terminate the sockets first.
+// Calls queued after Close starts are refused with backend_overloaded,
+// except Leave calls, which still run. On ctx expiry the workers are stopped
+// anyway and ctx's error is returned.
+func (s *Server) Close(ctx context.Context) error {
+	var err error
+	s.once.Do(func() {
+		s.closing.Store(true)
+		t := time.NewTicker(drainPoll)
+		defer t.Stop()
+		for s.inflight.Load() > 0 && err == nil {
+			select {
+			case <-ctx.Done():
+				err = ctx.Err()
+			case <-t.C:
+			}
+		}
+		close(s.quit)
+		s.workers.Wait()
+	})
+	return err
+}
+
+func (s *Server) worker() {
+	defer s.workers.Done()
+	for {
+		select {
+		case c := <-s.ready:
+			c.run()
+			s.inflight.Add(-1)
+		case <-s.quit:
+			return
+		}
+	}
+}
+
+// schedule hands a channel to the pool. A client call (must false) is
+// refused when the queue is full; a Leave (must true) never is: it waits in
+// a goroutine of its own so the poller never blocks.
+func (s *Server) schedule(c *channel, must bool) bool {
+	if s.closing.Load() {
+		if !must {
+			return false
+		}
+		go c.run()
+		return true
+	}
+	s.inflight.Add(1)
+	select {
+	case s.ready <- c:
+		return true
+	default:
+	}
+	if !must {
+		s.inflight.Add(-1)
+		return false
+	}
+	go func() {
+		select {
+		case s.ready <- c:
+		case <-s.quit:
+			c.run()
+			s.inflight.Add(-1)
+		}
+	}()
+	return true
+}
