@@ -1,0 +1,253 @@
+package channels
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"unsafe"
+
+	"github.com/phxgate/phxgate/backends"
+)
+
+// A channel's calls reach the backend in the order the client sent them,
+// one at a time, while different channels run concurrently.
+func TestPerChannelFIFO(t *testing.T) {
+	const topics, perTopic = 8, 30
+	env := newTestEnv(t, func(c *Config) { c.Workers = 4; c.ChannelQueue = perTopic })
+	sock, conn := env.connect(t, V2)
+	for i := range topics {
+		mustHandle(t, sock, fmt.Sprintf(`["j%d","j%d","room:%d","phx_join",{}]`, i, i, i))
+	}
+	conn.waitTexts(t, topics)
+	var wg sync.WaitGroup
+	var mu sync.Mutex // HandleText is one at a time per socket
+	for i := range topics {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range perTopic {
+				mu.Lock()
+				err := sock.HandleText([]byte(fmt.Sprintf(`["j%d","%d","room:%d","ping",{}]`, i, k, i)))
+				mu.Unlock()
+				if err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	got := conn.waitTexts(t, topics+topics*perTopic)
+	next := make([]int, topics)
+	for _, f := range got[topics:] {
+		var i, k int
+		if _, err := fmt.Sscanf(f, `["j%d","%d"`, &i, &k); err != nil {
+			t.Fatalf("frame %s: %v", f, err)
+		}
+		if k != next[i] {
+			t.Fatalf("room:%d reply %d, want %d", i, k, next[i])
+		}
+		next[i]++
+	}
+	seen := make([]int, topics)
+	for _, l := range env.backend.logged() {
+		var i, k int
+		if _, err := fmt.Sscanf(l, "in room:%d ping %d", &i, &k); err != nil {
+			continue
+		}
+		if k != seen[i] {
+			t.Fatalf("backend saw room:%d ref %d, want %d", i, k, seen[i])
+		}
+		seen[i]++
+	}
+}
+
+// Past ChannelQueue pending calls a call gets backend_overloaded instead of
+// blocking the poller.
+func TestChannelQueueLimit(t *testing.T) {
+	env := newTestEnv(t, func(c *Config) { c.ChannelQueue = 2 })
+	gate := make(chan struct{})
+	env.backend.gate = gate
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","room:a","phx_join",{}]`)
+	conn.waitTexts(t, 1)
+	mustHandle(t, sock, `["1","2","room:a","slow",{}]`)
+	waitFor(t, waitLong, "slow call running", func() bool {
+		l := env.backend.logged()
+		return l[len(l)-1] == "in room:a slow 2"
+	})
+	mustHandle(t, sock, `["1","3","room:a","ping",{}]`)
+	mustHandle(t, sock, `["1","4","room:a","ping",{}]`)
+	mustHandle(t, sock, `["1","5","room:a","ping",{}]`)
+	got := conn.waitTexts(t, 2)
+	if want := `["1","5","room:a","phx_reply",{"response":{"reason":"backend_overloaded"},"status":"error"}]`; got[1] != want {
+		t.Fatalf("got %s want %s", got[1], want)
+	}
+	close(gate)
+	conn.waitTexts(t, 5)
+	if v := counterValue(t, env.reg, "phxgate_backend_overloaded_total", "channel"); v != 1 {
+		t.Fatalf("overloaded metric %v", v)
+	}
+}
+
+// Terminate: every joined channel gets exactly one Leave, after its pending
+// calls; nothing is sent afterwards; a second Terminate does nothing.
+func TestTerminateLeavesOnce(t *testing.T) {
+	env := newTestEnv(t, nil)
+	gate := make(chan struct{})
+	env.backend.gate = gate
+	sock, conn := env.connect(t, V2)
+	for i := range 3 {
+		mustHandle(t, sock, fmt.Sprintf(`["%d","%d","room:%d","phx_join",{}]`, i, i, i))
+	}
+	conn.waitTexts(t, 3)
+	mustHandle(t, sock, `["0","9","room:0","slow",{}]`)
+	mustHandle(t, sock, `["0","10","room:0","ping",{}]`)
+	sock.Terminate(backends.LeaveDisconnected)
+	sock.Terminate(backends.LeaveKicked)
+	close(gate)
+	waitFor(t, waitLong, "3 leaves", func() bool {
+		env.backend.mu.Lock()
+		defer env.backend.mu.Unlock()
+		return len(env.backend.leaves) == 3
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	if err := env.srv.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	env.backend.mu.Lock()
+	for k, n := range env.backend.leaves {
+		if n != 1 {
+			t.Errorf("%s: %d leaves", k, n)
+		}
+	}
+	env.backend.mu.Unlock()
+	log := env.backend.logged()
+	iSlow := slices.Index(log, "in room:0 slow 9")
+	iPing := slices.Index(log, "in room:0 ping 10")
+	iLeave := slices.Index(log, "leave room:0 0 disconnected")
+	if iSlow < 0 || iPing < iSlow || iLeave < iPing {
+		t.Fatalf("leave not after pending calls: %v", log)
+	}
+	if n := conn.count(); n != 3 {
+		t.Fatalf("%d frames sent, want only the 3 join replies: %v", n, conn.texts())
+	}
+	if env.broker.hasHandler("room:0") {
+		t.Fatal("topic still subscribed after terminate")
+	}
+	if err := sock.HandleText([]byte(`["0","11","room:0","ping",{}]`)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDuplicateJoinBackendOrder(t *testing.T) {
+	env := newTestEnv(t, nil)
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","room:a","phx_join",{}]`)
+	mustHandle(t, sock, `["3","3","room:a","phx_join",{}]`)
+	conn.waitTexts(t, 3)
+	want := []string{"join room:a 1", "leave room:a 1 duplicate_join", "join room:a 3"}
+	if got := env.backend.logged(); !slices.Equal(got, want) {
+		t.Fatalf("got %v want %v", got, want)
+	}
+	if v := counterValue(t, env.reg, "phxgate_joins_total", "duplicate"); v != 1 {
+		t.Fatalf("duplicate metric %v", v)
+	}
+}
+
+func TestRejoinAfterLeave(t *testing.T) {
+	env := newTestEnv(t, nil)
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","room:a","phx_join",{}]`)
+	mustHandle(t, sock, `["1","2","room:a","phx_leave",{}]`)
+	mustHandle(t, sock, `["3","3","room:a","phx_join",{}]`)
+	got := conn.waitTexts(t, 4)
+	want := []string{
+		`["1","1","room:a","phx_reply",{"response":{},"status":"ok"}]`,
+		`["1","2","room:a","phx_reply",{"response":{},"status":"ok"}]`,
+		`["1","1","room:a","phx_close",{}]`,
+		`["3","3","room:a","phx_reply",{"response":{},"status":"ok"}]`,
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %v\nwant %v", got, want)
+	}
+}
+
+func TestHubSubscribesOncePerTopic(t *testing.T) {
+	env := newTestEnv(t, nil)
+	var socks []*Socket
+	var conns []*fakeConn
+	for range 3 {
+		s, c := env.connect(t, V2)
+		mustHandle(t, s, `["1","1","room:a","phx_join",{}]`)
+		c.waitTexts(t, 1)
+		socks, conns = append(socks, s), append(conns, c)
+	}
+	if n := env.broker.subscribes.Load(); n != 1 {
+		t.Fatalf("%d subscribes, want 1", n)
+	}
+	if _, err := env.broker.Publish(context.Background(), "room:a", "ev", []byte(`{"x":1}`), false); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range conns {
+		if got := c.waitTexts(t, 2); got[1] != `[null,null,"room:a","ev",{"x":1}]` {
+			t.Fatal(got)
+		}
+	}
+	for i, s := range socks {
+		mustHandle(t, s, `["1","2","room:a","phx_leave",{}]`)
+		conns[i].waitTexts(t, 4)
+	}
+	waitFor(t, waitLong, "unsubscribe", func() bool { return !env.broker.hasHandler("room:a") })
+	env.srv.hub.mu.Lock()
+	n := len(env.srv.hub.topics)
+	env.srv.hub.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d topics left in hub", n)
+	}
+}
+
+func TestJoinPayloadStripped(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{`{}`, `{}`},
+		{`{"a":1}`, `{"a":1}`},
+		{`{"token":"secret"}`, `{}`},
+		{`{"a":1,"offset":null,"b":[1,2],"token":"x"}`, `{"a":1,"b":[1,2]}`},
+		{`{ "offset" : "p:E:1" , "deny" : true }`, `{"deny" : true}`},
+	} {
+		out, _, _ := stripJoinPayload([]byte(tc.in))
+		if string(out) != tc.want {
+			t.Errorf("strip(%s) = %s, want %s", tc.in, out, tc.want)
+		}
+	}
+}
+
+func TestSizes(t *testing.T) {
+	t.Logf("sizeof Socket=%d channel=%d task=%d", unsafe.Sizeof(Socket{}), unsafe.Sizeof(channel{}), unsafe.Sizeof(task{}))
+	if unsafe.Sizeof(Socket{}) > 160 || unsafe.Sizeof(channel{}) > 200 {
+		t.Fatalf("socket or channel struct grew: %d, %d", unsafe.Sizeof(Socket{}), unsafe.Sizeof(channel{}))
+	}
+}
+
+// Server.Close drains queued work and returns every goroutine it started.
+func TestCloseStopsWorkers(t *testing.T) {
+	before := runtime.NumGoroutine()
+	env := newTestEnv(t, func(c *Config) { c.Workers = 16 })
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","room:a","phx_join",{}]`)
+	conn.waitTexts(t, 1)
+	sock.Terminate(backends.LeaveDrained)
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	if err := env.srv.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, waitLong, "goroutines back to baseline", func() bool { return runtime.NumGoroutine() <= before })
+	if l := env.backend.logged(); !strings.HasSuffix(l[len(l)-1], "drained") {
+		t.Fatalf("no drained leave: %v", l)
+	}
+}
