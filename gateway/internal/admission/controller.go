@@ -1,0 +1,343 @@
+package admission
+
+import (
+	"errors"
+	"math"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+)
+
+// Refusal reasons: the metric label, also handy for logs.
+const (
+	ReasonOrigin          = "origin"
+	ReasonBadAddress      = "bad_address"
+	ReasonHandshakeRate   = "ip_handshake_rate"
+	ReasonIPConnLimit     = "ip_conn_limit"
+	ReasonPlayerConnLimit = "player_conn_limit"
+	ReasonGlobalConnLimit = "global_conn_limit"
+)
+
+// Sentinels, matched with errors.Is on a *Refusal.
+var (
+	ErrOrigin          = errors.New("admission: origin not allowed")
+	ErrBadAddress      = errors.New("admission: client address unknown")
+	ErrHandshakeRate   = errors.New("admission: too many handshakes from this address")
+	ErrIPConnLimit     = errors.New("admission: too many connections from this address")
+	ErrPlayerConnLimit = errors.New("admission: too many connections for this player")
+	ErrGlobalConnLimit = errors.New("admission: node at its connection limit")
+)
+
+// Refusal says why a handshake is refused and how to answer it.
+type Refusal struct {
+	// Status is the HTTP status to answer with (empty body).
+	Status int
+	// Reason is the metric label (Reason* constants).
+	Reason string
+	// RetryAfter, for a rate refusal, is when a handshake would pass; the
+	// gateway may send it as a Retry-After header (rounded up to seconds).
+	RetryAfter time.Duration
+	err        error
+}
+
+func (r *Refusal) Error() string { return r.err.Error() }
+func (r *Refusal) Unwrap() error { return r.err }
+
+// ipState is the per-key state. It is in the idle LRU list exactly when it
+// has no open connection; a key with connections is never evicted.
+type ipState struct {
+	key        netip.Prefix
+	handshakes *rate.Limiter
+	conns      int
+	lastSeen   time.Time
+	prev, next *ipState
+}
+
+// Controller runs the pre-upgrade checks. Safe for concurrent use.
+type Controller struct {
+	cfg     Config
+	now     func() time.Time
+	allowed []origin
+	proxies []netip.Prefix
+	v6bits  int
+
+	mu      sync.Mutex
+	ips     map[netip.Prefix]*ipState
+	idle    ipState // LRU sentinel of connection-less keys, most recent first
+	nIdle   int
+	players map[string]int
+	total   int
+
+	refused   *prometheus.CounterVec
+	evictions *prometheus.CounterVec
+}
+
+// New validates cfg and builds a Controller; metrics are registered on reg
+// (nil: not registered).
+func New(cfg Config, reg prometheus.Registerer) (*Controller, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	c := &Controller{
+		cfg:     cfg,
+		now:     cfg.Now,
+		v6bits:  cfg.IPv6PrefixBits,
+		ips:     make(map[netip.Prefix]*ipState),
+		players: make(map[string]int),
+	}
+	c.idle.next, c.idle.prev = &c.idle, &c.idle
+	for _, o := range cfg.CheckOrigin {
+		a, _ := parseAllowedOrigin(o) // validated
+		c.allowed = append(c.allowed, a)
+	}
+	for _, p := range cfg.TrustedProxies {
+		pr, _ := parseCIDR(p) // validated
+		c.proxies = append(c.proxies, pr)
+	}
+	c.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "phxgate_admission_refused_total",
+		Help: "Handshakes refused before the upgrade, by reason.",
+	}, []string{"reason"})
+	c.evictions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "phxgate_admission_ip_evictions_total",
+		Help: "Per-IP handshake buckets forgotten, by reason (idle, capacity).",
+	}, []string{"reason"})
+	conns := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "phxgate_admission_connections",
+		Help: "Connections admitted and not yet released.",
+	}, func() float64 { return float64(c.Connections()) })
+	tracked := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "phxgate_admission_tracked_ips",
+		Help: "IP keys (IPv4 addresses, IPv6 prefixes) with state.",
+	}, func() float64 { return float64(c.TrackedIPs()) })
+	if reg != nil {
+		for _, m := range []prometheus.Collector{c.refused, c.evictions, conns, tracked} {
+			if err := reg.Register(m); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return c, nil
+}
+
+func (c *Controller) refuse(status int, reason string, sentinel error, retry time.Duration) *Refusal {
+	c.refused.WithLabelValues(reason).Inc()
+	return &Refusal{Status: status, Reason: reason, RetryAfter: retry, err: sentinel}
+}
+
+// OriginAllowed reports whether origin (the Origin header value, "" when
+// absent) passes check_origin. An empty list allows everything.
+func (c *Controller) OriginAllowed(origin string) bool {
+	if len(c.allowed) == 0 {
+		return true
+	}
+	if origin == "" {
+		return !c.cfg.RequireOrigin
+	}
+	o, err := parseOrigin(origin, false)
+	if err != nil {
+		return false
+	}
+	for _, a := range c.allowed {
+		if a.matches(o) {
+			return true
+		}
+	}
+	return false
+}
+
+// CheckOrigin is OriginAllowed as a 403 Refusal, counted.
+func (c *Controller) CheckOrigin(origin string) error {
+	if c.OriginAllowed(origin) {
+		return nil
+	}
+	return c.refuse(http.StatusForbidden, ReasonOrigin, ErrOrigin, 0)
+}
+
+// Ticket is one admitted connection's share of the caps. Release it exactly
+// when the connection ends (extra calls are no-ops).
+type Ticket struct {
+	c      *Controller
+	key    netip.Prefix
+	player string
+	bound  bool
+	done   bool
+	mu     sync.Mutex
+}
+
+// Admit takes a handshake token for ip and a connection slot for ip and for
+// the node. On success the caller owns the Ticket and must Release it.
+func (c *Controller) Admit(ip netip.Addr) (*Ticket, error) {
+	if !ip.IsValid() {
+		return nil, c.refuse(http.StatusForbidden, ReasonBadAddress, ErrBadAddress, 0)
+	}
+	key := c.Key(ip)
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.evictIdle(now)
+	st := c.state(key, now)
+	st.lastSeen = now
+	// The rate is charged first: an attempt refused for any later reason
+	// still cost us a handshake.
+	if !st.handshakes.AllowN(now, 1) {
+		missing := 1 - st.handshakes.TokensAt(now)
+		wait := time.Duration(math.Ceil(missing / float64(st.handshakes.Limit()) * float64(time.Second)))
+		return nil, c.refuse(http.StatusTooManyRequests, ReasonHandshakeRate, ErrHandshakeRate, wait)
+	}
+	if st.conns >= c.cfg.PerIPMaxConns {
+		return nil, c.refuse(http.StatusTooManyRequests, ReasonIPConnLimit, ErrIPConnLimit, 0)
+	}
+	if c.total >= c.cfg.MaxConns {
+		return nil, c.refuse(http.StatusServiceUnavailable, ReasonGlobalConnLimit, ErrGlobalConnLimit, 0)
+	}
+	if st.conns == 0 {
+		c.unlinkIdle(st)
+	}
+	st.conns++
+	c.total++
+	return &Ticket{c: c, key: key}, nil
+}
+
+// BindPlayer takes a slot for player on this ticket's connection. Call it
+// once, after the token is verified; on error the ticket is unchanged (the
+// caller still Releases it).
+func (t *Ticket) BindPlayer(player string) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.done || t.bound {
+		return errors.New("admission: BindPlayer on a released or already bound ticket")
+	}
+	c := t.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.players[player] >= c.cfg.PerPlayerMaxConns {
+		return c.refuse(http.StatusTooManyRequests, ReasonPlayerConnLimit, ErrPlayerConnLimit, 0)
+	}
+	c.players[player]++
+	t.player, t.bound = player, true
+	return nil
+}
+
+// Release gives back the ticket's slots. Idempotent.
+func (t *Ticket) Release() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.done {
+		return
+	}
+	t.done = true
+	c := t.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t.bound {
+		if n := c.players[t.player] - 1; n > 0 {
+			c.players[t.player] = n
+		} else {
+			delete(c.players, t.player)
+		}
+	}
+	c.total--
+	if st := c.ips[t.key]; st != nil {
+		st.conns--
+		if st.conns == 0 {
+			// Kept (idle) so the handshake bucket survives a reconnect.
+			st.lastSeen = c.now()
+			c.pushIdle(st)
+		}
+	}
+}
+
+// state returns key's state, creating it; creating may evict the least
+// recently seen idle key when MaxTrackedIPs idle keys exist.
+func (c *Controller) state(key netip.Prefix, now time.Time) *ipState {
+	if st, ok := c.ips[key]; ok {
+		if st.conns == 0 {
+			c.unlinkIdle(st)
+			c.pushIdle(st)
+		}
+		return st
+	}
+	for c.nIdle >= c.cfg.MaxTrackedIPs {
+		c.dropIdle(c.idle.prev)
+		c.evictions.WithLabelValues("capacity").Inc()
+	}
+	st := &ipState{
+		key:        key,
+		handshakes: rate.NewLimiter(rate.Limit(c.cfg.PerIPHandshakesPerSecond), c.cfg.PerIPHandshakeBurst),
+		lastSeen:   now,
+	}
+	c.ips[key] = st
+	c.pushIdle(st)
+	return st
+}
+
+// evictIdle forgets a few connection-less keys idle for IdleTTL; bounded
+// per call so one handshake never pays for a big sweep.
+func (c *Controller) evictIdle(now time.Time) {
+	for range 8 {
+		st := c.idle.prev
+		if st == &c.idle || now.Sub(st.lastSeen) < c.cfg.IdleTTL {
+			return
+		}
+		c.dropIdle(st)
+		c.evictions.WithLabelValues("idle").Inc()
+	}
+}
+
+// Sweep forgets every connection-less key idle for IdleTTL; the owner calls
+// it periodically. Returns how many went.
+func (c *Controller) Sweep() int {
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for {
+		st := c.idle.prev
+		if st == &c.idle || now.Sub(st.lastSeen) < c.cfg.IdleTTL {
+			return n
+		}
+		c.dropIdle(st)
+		c.evictions.WithLabelValues("idle").Inc()
+		n++
+	}
+}
+
+func (c *Controller) dropIdle(st *ipState) {
+	c.unlinkIdle(st)
+	delete(c.ips, st.key)
+}
+
+func (c *Controller) pushIdle(st *ipState) {
+	st.prev, st.next = &c.idle, c.idle.next
+	c.idle.next.prev = st
+	c.idle.next = st
+	c.nIdle++
+}
+
+func (c *Controller) unlinkIdle(st *ipState) {
+	st.prev.next, st.next.prev = st.next, st.prev
+	st.prev, st.next = nil, nil
+	c.nIdle--
+}
+
+// Connections returns the number of admitted, unreleased connections.
+func (c *Controller) Connections() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.total
+}
+
+// TrackedIPs returns the number of IP keys with state.
+func (c *Controller) TrackedIPs() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.ips)
+}
