@@ -59,7 +59,7 @@ for (const vsn of VSNS) {
 
       // Live phase.
       for (let n = 1; n <= 3; n++) await shout(n)
-      await waitUntil(() => got.length === 3, {what: "3 live shouts on the opted-in channel"})
+      await waitUntil(() => got.length >= 3, {what: "3 live shouts on the opted-in channel"})
 
       // Outage: the connection drops (no disconnect(), so phoenix.js
       // reconnects) and every reconnect attempt is refused until we allow it.
@@ -80,7 +80,7 @@ for (const vsn of VSNS) {
       assert.equal(rr.msg.payload.response.recovered, true, `rejoin reply ${rr.data}`)
       assert.equal(typeof rr.msg.payload.response.position, "string")
 
-      await waitUntil(() => got.length === 3 + MISSED, {what: `${MISSED} replayed shouts`, timeoutMs: 10000})
+      await waitUntil(() => got.length >= 3 + MISSED, {what: `${MISSED} replayed shouts`, timeoutMs: 10000})
       // Replayed frames come after the rejoin reply, on the new connection.
       const replayed = a.rec.in.filter(e => e.seq > dropMark && e.msg.topic === topic && e.msg.event === "shout")
       assert.equal(replayed.length, MISSED, a.rec.dump(dropMark))
@@ -94,7 +94,7 @@ for (const vsn of VSNS) {
       // Live again.
       for (let n = 4 + MISSED; n < 6 + MISSED; n++) await shout(n)
       const total = 5 + MISSED
-      await waitUntil(() => got.length === total, {what: "the live shouts after resume"})
+      await waitUntil(() => got.length >= total, {what: "the live shouts after resume"})
 
       assert.deepEqual(got.map(g => g.payload.n), Array.from({length: total}, (_, i) => i + 1), "every shout once, in order")
       const offs = got.map(g => parsePosition(g.ref))
@@ -105,7 +105,7 @@ for (const vsn of VSNS) {
       assert.deepEqual(joinPayloads[0], {offset: null})
       assert.ok(joinReplies.length >= 2)
       // The plain channel saw every shout with a null ref.
-      await waitUntil(() => plainRefs.length === total, {what: "all shouts on the plain channel"})
+      await waitUntil(() => plainRefs.length >= total, {what: "all shouts on the plain channel"})
       assert.deepEqual(plainRefs, Array(total).fill(null))
       for (const e of b.rec.in.filter(x => x.msg.event === "shout")) {
         assertExact(e, b.codec.frame(null, null, topic, "shout", e.msg.payload), "plain broadcast")

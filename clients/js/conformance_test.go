@@ -1,0 +1,262 @@
+// Package js_test runs the phoenix.js conformance suite (clients/js/test)
+// against a freshly built phxgate binary.
+//
+// The Go side only orchestrates: build ./cmd/phxgate, write a config with
+// free loopback ports, start the binary, wait for /readyz, then run
+// `node --test` with PHXGATE_URL and fail if node fails. The assertions are in
+// the .mjs files, next to the recorded frames they are about.
+//
+// Node and the pinned npm packages are prerequisites, not something this test
+// fetches: `make test` (or `npm ci` in clients/js) installs them from
+// package-lock.json. Running npm from go test would need registry access in
+// the middle of a test run, which CI sandboxes often do not have.
+package js_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const (
+	// buildTimeout bounds `go build ./cmd/phxgate` (a -race build is slow).
+	buildTimeout = 5 * time.Minute
+	// readyTimeout bounds the wait for the admin /readyz to answer 200.
+	readyTimeout = 30 * time.Second
+	// suiteTimeout bounds the whole node run; every node test has its own,
+	// much shorter timeout, so this only catches a wedged runner.
+	suiteTimeout = 10 * time.Minute
+	// stopGrace is how long the gateway gets to drain after SIGTERM before it
+	// is killed.
+	stopGrace = 10 * time.Second
+)
+
+// gatewayConfig is the configuration the .mjs tests are written against.
+const gatewayConfig = `# written by clients/js/conformance_test.go
+listen: "%s"
+admin_listen: "%s"
+idle_timeout: 60s
+auth:
+  required: false
+routes:
+  - topic: "room:*"
+    backend: echo
+    history: 100
+  - topic: "bench:*"
+    backend: bench
+`
+
+func TestConformancePhoenixJS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the phoenix.js conformance suite is skipped in -short mode")
+	}
+	jsDir, err := filepath.Abs(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Dir(filepath.Dir(jsDir))
+	node := requireNode(t, jsDir)
+
+	url := os.Getenv("PHXGATE_URL")
+	if url == "" {
+		url = startGateway(t, root)
+	} else {
+		t.Logf("PHXGATE_URL is set: running against %s instead of a fresh build", url)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), suiteTimeout)
+	defer cancel()
+	args := []string{"--test", "--test-force-exit", "--test-reporter=spec"}
+	if p := os.Getenv("PHXGATE_JS_TEST_PATTERN"); p != "" {
+		args = append(args, "--test-name-pattern="+p)
+	}
+	args = append(args, "test/")
+	cmd := exec.CommandContext(ctx, node, args...)
+	cmd.Dir = jsDir
+	cmd.Env = append(os.Environ(), "PHXGATE_URL="+url, "NO_COLOR=1")
+	out := logWriter(t, "node: ")
+	cmd.Stdout = out
+	cmd.Stderr = out
+	err = cmd.Run()
+	out.Close()
+	if err != nil {
+		t.Fatalf("phoenix.js conformance suite failed (%v); see the node output above. Re-run one test with PHXGATE_JS_TEST_PATTERN='<name regexp>'", err)
+	}
+}
+
+// requireNode returns the node binary, failing with set-up instructions when
+// node or the pinned packages are missing.
+func requireNode(t *testing.T, jsDir string) string {
+	t.Helper()
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Fatal("node is not installed; run `make test`, which installs nodejs and npm and runs `npm ci` in clients/js")
+	}
+	for _, pkg := range []string{"phoenix", "ws"} {
+		if _, err := os.Stat(filepath.Join(jsDir, "node_modules", pkg, "package.json")); err != nil {
+			t.Fatalf("clients/js/node_modules/%s is missing; run `make test` (or `cd clients/js && npm ci`)", pkg)
+		}
+	}
+	return node
+}
+
+// startGateway builds ./cmd/phxgate, starts it on free loopback ports and
+// returns the socket URL once /readyz answers 200.
+func startGateway(t *testing.T, root string) string {
+	t.Helper()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "phxgate")
+	buildArgs := []string{"build", "-o", bin}
+	if raceEnabled {
+		buildArgs = append(buildArgs, "-race")
+	}
+	buildArgs = append(buildArgs, "./cmd/phxgate")
+	bctx, bcancel := context.WithTimeout(context.Background(), buildTimeout)
+	defer bcancel()
+	build := exec.CommandContext(bctx, "go", buildArgs...)
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go %s: %v\n%s", strings.Join(buildArgs, " "), err, out)
+	}
+
+	listen, admin := freePort(t), freePort(t)
+	cfg := filepath.Join(dir, "phxgate.yaml")
+	if err := os.WriteFile(cfg, fmt.Appendf(nil, gatewayConfig, listen, admin), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	logPath := filepath.Join(dir, "phxgate.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--config", cfg)
+	cmd.Dir = dir
+	cmd.Stdout = logFile
+	cmd.Stderr = logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		stopGateway(t, cmd, exited)
+		logFile.Close()
+		if t.Failed() {
+			t.Logf("gateway log (%s):\n%s", logPath, tail(logPath, 200))
+		}
+	})
+
+	readyURL := "http://" + admin + "/readyz"
+	deadline := time.Now().Add(readyTimeout)
+	client := &http.Client{Timeout: time.Second}
+	for {
+		select {
+		case err := <-exited:
+			exited <- err // for stopGateway
+			t.Fatalf("phxgate exited before it was ready: %v\n%s", err, tail(logPath, 100))
+		default:
+		}
+		if resp, err := client.Get(readyURL); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("phxgate not ready: %s did not answer 200 within %v\n%s", readyURL, readyTimeout, tail(logPath, 100))
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval, not a wait for an outcome
+	}
+	return "ws://" + listen + "/socket"
+}
+
+// stopGateway asks the gateway to drain (SIGTERM), then kills it if it has
+// not exited within stopGrace. Only the process this test started is touched.
+func stopGateway(t *testing.T, cmd *exec.Cmd, exited chan error) {
+	t.Helper()
+	select {
+	case <-exited:
+		return
+	default:
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(stopGrace):
+		t.Logf("phxgate did not exit %v after SIGTERM; killing it", stopGrace)
+		_ = cmd.Process.Kill()
+		<-exited
+	}
+}
+
+// freePort returns a loopback host:port that was free a moment ago.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// logWriter streams lines to t.Log as they arrive (visible live with -v).
+func logWriter(t *testing.T, prefix string) io.WriteCloser {
+	pr, pw := io.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
+		for sc.Scan() {
+			t.Log(prefix + sc.Text())
+		}
+		io.Copy(io.Discard, pr)
+	}()
+	return closerFunc(func() error {
+		err := pw.Close()
+		<-done
+		return err
+	}, pw)
+}
+
+type closerWriter struct {
+	io.Writer
+	close func() error
+}
+
+func (c closerWriter) Close() error { return c.close() }
+
+func closerFunc(close func() error, w io.Writer) io.WriteCloser {
+	return closerWriter{Writer: w, close: close}
+}
+
+// tail returns the last n lines of a file, for failure messages.
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return "(no log)"
+		}
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
