@@ -5,7 +5,7 @@
 
 import {describe, test} from "node:test"
 import assert from "node:assert/strict"
-import {VSNS, reply, binaryClientPush, binaryReply, hex} from "../lib/codec.mjs"
+import {VSNS, reply, binaryClientPush, binaryReply, binaryBroadcast, hex} from "../lib/codec.mjs"
 import {connect, join, outcome, waitUntil, assertExact, assertWellFormed, isDecimalRef, topicFrames} from "../lib/harness.mjs"
 
 const T_OPTS = {timeout: 30000}
@@ -319,6 +319,32 @@ for (const vsn of VSNS) {
         const r = await rec.waitFor(e => e.dir === "in" && e.binary && e.msg.ref === R)
         assert.equal(hex(r.data), hex(binaryReply(J, R, topic, "ok", bytes)), "binary reply bytes (kind 1)")
         assertWellFormed(rec)
+      })
+
+      test("binary shout: kind 2 broadcast to every V2 socket, text reply", T_OPTS, async t => {
+        const a = await connect(t, vsn, {}, {name: "A"})
+        const b = await connect(t, vsn, {}, {name: "B"})
+        const topic = a.topic
+        const chA = a.socket.channel(topic)
+        const chB = b.socket.channel(topic)
+        const seenB = []
+        chB.on("shout", (payload, ref) => seenB.push({payload, ref}))
+        assert.equal((await join(chA)).status, "ok")
+        assert.equal((await join(chB)).status, "ok")
+        const bytes = Uint8Array.from([9, 8, 7, 0, 255])
+        const p = chA.push("shout", bytes.buffer.slice(0))
+        assert.deepEqual(await outcome(p), {status: "ok", response: {}})
+        const r = await a.rec.waitIn(isReply(topic, p.ref))
+        assertExact(r, reply(a.codec, chA.joinRef(), p.ref, topic, "ok", {}), "binary shout reply (JSON, response {})")
+        const want = hex(binaryBroadcast(topic, "shout", bytes))
+        const ba = await a.rec.waitFor(e => e.dir === "in" && e.binary && e.msg.event === "shout")
+        assert.equal(hex(ba.data), want, "kind 2 broadcast bytes to the sender")
+        assert.ok(ba.seq < r.seq, "the sender's broadcast precedes its reply")
+        const bb = await b.rec.waitFor(e => e.dir === "in" && e.binary && e.msg.event === "shout")
+        assert.equal(hex(bb.data), want, "kind 2 broadcast bytes to the other socket")
+        await waitUntil(() => seenB.length === 1, {what: "phoenix.js to dispatch the binary shout"})
+        assert.equal(hex(new Uint8Array(seenB[0].payload)), hex(bytes))
+        assert.equal(seenB[0].ref, null)
       })
     }
   })

@@ -61,6 +61,7 @@ function publish(topic, event, payload) {
   s.history.push({offset: s.offset, event, payload})
   if (s.history.length > 100) s.history.shift()
   for (const {conn, chan} of s.subs) {
+    if (Buffer.isBuffer(payload)) { if (!conn.v1) conn.send(binFrame(2, [topic, event], payload)); continue }
     conn.send(frame(conn.v1, null, chan.opted ? pos(s.offset) : null, topic, event, payload))
   }
 }
