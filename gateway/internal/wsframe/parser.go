@@ -61,6 +61,10 @@ var (
 	ErrLengthMSB              = &Error{CodeProtocolError, "64-bit length with the most significant bit set"}
 	ErrTooBig                 = &Error{CodeMessageTooBig, "message over the size limit"}
 	ErrInvalidUTF8            = &Error{CodeInvalidPayload, "text message is not valid UTF-8"}
+	// ErrLengthCloseFrame and ErrBadCloseCode are raised by the close-frame
+	// handler, which lives with the connection.
+	ErrLengthCloseFrame = &Error{CodeProtocolError, "close frame with a 1-byte payload"}
+	ErrBadCloseCode     = &Error{CodeProtocolError, "invalid close code"}
 )
 
 // Handler receives what the parser decodes. Payloads are valid only until

@@ -1,0 +1,258 @@
+package gateway
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"unicode/utf8"
+
+	"github.com/phxgate/phxgate/channels"
+	"github.com/phxgate/phxgate/gateway/internal/wsframe"
+)
+
+// Connection states (conn.state). Transitions only go forward:
+// open → closing → closed, or open → closed when the peer vanishes.
+const (
+	stateOpen    uint32 = iota
+	stateClosing        // close frame queued; no more Sends, input discarded
+	stateClosed         // fd closed, Terminate called
+)
+
+// Close phases tracked by the poller for the close timeout.
+const (
+	phaseNone      uint8 = iota
+	phaseClosing         // close frame queued; waiting for it to be written
+	phaseLingering       // close frame written, write side shut down; waiting for EOF
+)
+
+// maxRetainedQueueCap is the largest write-queue backing array kept across
+// flushes; a socket that once had a burst gives the memory back.
+const maxRetainedQueueCap = 8
+
+// conn is one upgraded socket. It is kept small on purpose (the memory
+// target is per idle connection): no buffers while idle, no goroutine.
+type conn struct {
+	id uint64
+	p  *poller
+	fd int32
+
+	// Poller-goroutine only.
+	registered bool
+	phase      uint8
+	lastActive int64 // poller clock (UnixNano) of the last inbound byte, or of the close phase start
+	parser     wsframe.Parser
+	handler    SocketHandler
+
+	state atomic.Uint32 // written under mu, read anywhere
+
+	mu      sync.Mutex
+	dirty   bool // queued on the poller's dirty list
+	pollOut bool // EPOLLOUT armed: the poller flushes on writability
+	reason  channels.DisconnectReason
+	queue   [][]byte // shared immutable frames, oldest first
+	head    int      // bytes of queue[0] already written
+	queued  int      // bytes in queue not yet written
+}
+
+var _ channels.Conn = (*conn)(nil)
+
+// ID implements channels.Conn.
+func (c *conn) ID() uint64 { return c.id }
+
+// Send implements channels.Conn: it queues a reference to frame (no copy)
+// and never blocks. Past Config.WriteQueueMaxBytes the socket is a slow
+// consumer: its queue is dropped and it is closed with 1013.
+func (c *conn) Send(frame []byte) {
+	if len(frame) == 0 {
+		return
+	}
+	c.mu.Lock()
+	if c.state.Load() != stateOpen {
+		c.mu.Unlock()
+		return
+	}
+	if c.queued+len(frame) > c.p.srv.cfg.WriteQueueMaxBytes {
+		c.dropQueueLocked()
+		wake := c.startCloseLocked(uint16(channels.CloseTryAgainLater), channels.ReasonSlowConsumer)
+		c.mu.Unlock()
+		c.p.srv.metrics.slowConsumers.Inc()
+		c.p.srv.log.Warn("slow consumer: write queue over limit", "conn", c.id, "limit_bytes", c.p.srv.cfg.WriteQueueMaxBytes)
+		if wake {
+			c.p.enqueueDirty(c)
+		}
+		return
+	}
+	c.queue = append(c.queue, frame)
+	c.queued += len(frame)
+	c.p.queuedBytes.Add(int64(len(frame)))
+	wake := c.markDirtyLocked()
+	c.mu.Unlock()
+	if wake {
+		c.p.enqueueDirty(c)
+	}
+}
+
+// Close implements channels.Conn: a close frame with code goes out after
+// the frames already queued, then the connection is closed. Later calls are
+// no-ops.
+func (c *conn) Close(code channels.CloseCode, reason channels.DisconnectReason) {
+	c.closeWith(uint16(code), reason)
+}
+
+func (c *conn) closeWith(code uint16, reason channels.DisconnectReason) {
+	c.mu.Lock()
+	wake := c.startCloseLocked(code, reason)
+	c.mu.Unlock()
+	if wake {
+		c.p.enqueueDirty(c)
+	}
+}
+
+// startCloseLocked queues the close frame; it reports whether the caller
+// must put c on the poller's dirty list.
+func (c *conn) startCloseLocked(code uint16, reason channels.DisconnectReason) bool {
+	if c.state.Load() != stateOpen {
+		return false
+	}
+	c.state.Store(stateClosing)
+	c.reason = reason
+	f := closeFrame(code)
+	c.queue = append(c.queue, f)
+	c.queued += len(f)
+	c.p.queuedBytes.Add(int64(len(f)))
+	return c.markDirtyLocked()
+}
+
+func (c *conn) markDirtyLocked() bool {
+	if c.dirty || c.pollOut {
+		return false
+	}
+	c.dirty = true
+	return true
+}
+
+// dropQueueLocked discards queued frames, except a frame already partly
+// written: cutting it would corrupt the stream before the close frame.
+func (c *conn) dropQueueLocked() {
+	keep := 0
+	if c.head > 0 && len(c.queue) > 0 {
+		keep = 1
+	}
+	dropped := 0
+	for i := keep; i < len(c.queue); i++ {
+		dropped += len(c.queue[i])
+		c.queue[i] = nil
+	}
+	c.queue = c.queue[:keep]
+	c.queued -= dropped
+	c.p.queuedBytes.Add(-int64(dropped))
+}
+
+// Precomputed close frames for the codes the server sends itself; the
+// frames are shared and immutable like any other queued frame.
+var closeFrames = func() map[uint16][]byte {
+	m := map[uint16][]byte{}
+	for _, code := range []uint16{1000, 1001, 1002, 1007, 1008, 1009, 1011, 1012, 1013} {
+		m[code] = buildCloseFrame(code)
+	}
+	return m
+}()
+
+func closeFrame(code uint16) []byte {
+	if f, ok := closeFrames[code]; ok {
+		return f
+	}
+	return buildCloseFrame(code)
+}
+
+// buildCloseFrame is an unmasked server close frame with code and an empty
+// reason (Phoenix sends no reason text).
+func buildCloseFrame(code uint16) []byte {
+	return binary.BigEndian.AppendUint16([]byte{0x80 | byte(wsframe.OpClose), 2}, code)
+}
+
+// controlFrame builds an unmasked server control frame (pong).
+func controlFrame(op wsframe.Op, payload []byte) []byte {
+	f := make([]byte, 2, 2+len(payload))
+	f[0] = 0x80 | byte(op)
+	f[1] = byte(len(payload))
+	return append(f, payload...)
+}
+
+// errStop stops the parser after the socket started closing; the rest of
+// the read buffer is discarded.
+var errStop = errors.New("gateway: socket closing")
+
+// OnMessage implements wsframe.Handler (poller goroutine).
+func (c *conn) OnMessage(op wsframe.Op, payload []byte) (err error) {
+	c.p.framesIn++
+	defer func() {
+		if r := recover(); r != nil {
+			c.p.srv.metrics.panics.Inc()
+			c.p.srv.log.Error("socket handler panicked", "conn", c.id, "panic", fmt.Sprint(r))
+			err = &CloseError{Code: channels.CloseInternalError, Reason: channels.ReasonInternal, Err: fmt.Errorf("panic: %v", r)}
+		}
+	}()
+	if op == wsframe.OpText {
+		err = c.handler.HandleText(payload)
+	} else {
+		err = c.handler.HandleBinary(payload)
+	}
+	if err == nil && c.state.Load() != stateOpen {
+		return errStop
+	}
+	return err
+}
+
+// OnControl implements wsframe.Handler (poller goroutine).
+func (c *conn) OnControl(op wsframe.Op, payload []byte) error {
+	c.p.framesIn++
+	switch op {
+	case wsframe.OpPing:
+		c.Send(controlFrame(wsframe.OpPong, payload))
+		return nil
+	case wsframe.OpPong:
+		return nil // the server never pings; unsolicited pongs are allowed
+	}
+	// Close: echo the client's code with an empty reason (as Phoenix does).
+	code, perr := parseClosePayload(payload)
+	if perr != nil {
+		return perr
+	}
+	c.closeWith(code, channels.ReasonClientClosed)
+	return errStop
+}
+
+// parseClosePayload returns the code to echo for a client close frame.
+func parseClosePayload(p []byte) (uint16, error) {
+	switch {
+	case len(p) == 0:
+		// No status: RFC 6455 §7.4.1 says treat it as 1005; answering 1000
+		// is the conventional echo. This is the only time we send 1000, and
+		// only because the client already chose to go away.
+		return 1000, nil
+	case len(p) == 1:
+		return 0, wsframe.ErrLengthCloseFrame
+	}
+	code := binary.BigEndian.Uint16(p)
+	if !validCloseCode(code) {
+		return 0, wsframe.ErrBadCloseCode
+	}
+	if !utf8.Valid(p[2:]) {
+		return 0, wsframe.ErrInvalidUTF8
+	}
+	return code, nil
+}
+
+// validCloseCode follows RFC 6455 §7.4: codes a peer may send on the wire.
+func validCloseCode(code uint16) bool {
+	switch {
+	case code >= 1000 && code <= 1003, code >= 1007 && code <= 1014:
+		return true
+	case code >= 3000 && code <= 4999:
+		return true
+	}
+	return false
+}

@@ -1,0 +1,133 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+
+	"github.com/phxgate/phxgate/backends"
+	"github.com/phxgate/phxgate/channels"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// SocketHandler is the gateway's port to the Phoenix protocol layer: one per
+// upgraded socket. Methods are called on the socket's poller goroutine, one
+// at a time, and must not block. data is valid only until the call returns.
+type SocketHandler interface {
+	// HandleText receives one complete text message (valid UTF-8). A
+	// returned error closes the socket: a *CloseError chooses the code,
+	// anything else closes with 1011.
+	HandleText(data []byte) error
+	// HandleBinary receives one complete binary message; errors as above.
+	HandleBinary(data []byte) error
+	// Terminate is called exactly once when the socket is gone; no Handle*
+	// call follows it.
+	Terminate(reason backends.LeaveReason)
+}
+
+// ConnectFunc creates the handler of a socket during the handshake, before
+// the 101 is written; an error refuses the connection with HTTP 403 and an
+// empty body. c may be used (Send, Close) right away: frames queue until
+// the upgrade completes.
+type ConnectFunc func(c channels.Conn, info channels.ConnectInfo) (SocketHandler, error)
+
+// CloseError is returned by a SocketHandler to close its socket with a
+// specific code and disconnect reason.
+type CloseError struct {
+	Code   channels.CloseCode
+	Reason channels.DisconnectReason
+	Err    error
+}
+
+func (e *CloseError) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("close %d (%s): %v", e.Code, e.Reason, e.Err)
+	}
+	return fmt.Sprintf("close %d (%s)", e.Code, e.Reason)
+}
+
+func (e *CloseError) Unwrap() error { return e.Err }
+
+// ErrRefused may be returned by a ConnectFunc; any error refuses with 403.
+var ErrRefused = errors.New("gateway: connection refused")
+
+// Request is what is known about an upgrade request before the 101 is
+// written. It is the seam for admission control (per-IP caps, origin
+// checks, token verification): Options.Admit sees it after the request head
+// has been parsed and validated and before Connect runs.
+type Request struct {
+	// Path is the request path (without the query).
+	Path string
+	// RawQuery is the query string without '?'.
+	RawQuery string
+	// Origin and XForwardedFor are the raw header values ("" when absent).
+	Origin        string
+	XForwardedFor string
+	// UserAgent is the raw User-Agent header.
+	UserAgent string
+	// RemoteAddr is the host part of the TCP peer.
+	RemoteAddr string
+	// Info is the ConnectInfo that will be handed to Connect (serializer,
+	// params, authToken); Admit may read it.
+	Info channels.ConnectInfo
+}
+
+// AdmitFunc decides on a Request before the upgrade. It returns 0 to admit,
+// or the HTTP status (4xx/5xx) to refuse with, with an empty body. It runs
+// on a handshake worker and may block briefly (bounded by the handshake
+// timeout).
+type AdmitFunc func(r *Request) (status int)
+
+// Options are the code-level dependencies of a Server (as opposed to Config,
+// which is what an operator sets).
+type Options struct {
+	// Connect creates a handler per socket. Nil wires the production
+	// channels server from Config.Routes.
+	Connect ConnectFunc
+	// Admit runs before Connect; nil admits everything.
+	Admit AdmitFunc
+	// HTTP serves every request on the client port that is not the
+	// WebSocket endpoint; nil answers 404.
+	HTTP http.Handler
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registry receives the gateway's metrics; nil creates a private
+	// registry (served on /metrics together with Go and process collectors).
+	Registry *prometheus.Registry
+	// Closers run during Shutdown after the sockets are closed (the
+	// production wiring closes the channels server and broker here).
+	Closers []func() error
+}
+
+// Option sets a field of Options.
+type Option func(*Options)
+
+// WithConnect sets Options.Connect.
+func WithConnect(f ConnectFunc) Option { return func(o *Options) { o.Connect = f } }
+
+// WithAdmit sets Options.Admit.
+func WithAdmit(f AdmitFunc) Option { return func(o *Options) { o.Admit = f } }
+
+// WithHTTP sets Options.HTTP.
+func WithHTTP(h http.Handler) Option { return func(o *Options) { o.HTTP = h } }
+
+// WithLogger sets Options.Logger.
+func WithLogger(l *slog.Logger) Option { return func(o *Options) { o.Logger = l } }
+
+// WithRegistry sets Options.Registry.
+func WithRegistry(r *prometheus.Registry) Option { return func(o *Options) { o.Registry = r } }
+
+// leaveReason maps why a socket ended to what its channels are told.
+func leaveReason(r channels.DisconnectReason) backends.LeaveReason {
+	switch r {
+	case channels.ReasonDrain:
+		return backends.LeaveDrained
+	case channels.ReasonKicked:
+		return backends.LeaveKicked
+	case channels.ReasonIdleTimeout:
+		return backends.LeaveTimedOut
+	default:
+		return backends.LeaveDisconnected
+	}
+}

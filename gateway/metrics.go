@@ -1,0 +1,85 @@
+package gateway
+
+import (
+	"github.com/phxgate/phxgate/channels"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Handshake results, the label values of phxgate_handshakes_total.
+const (
+	hsOK         = "ok"
+	hsRejected   = "rejected"    // refused with a 4xx (vsn, params, admission, connect)
+	hsBadRequest = "bad_request" // malformed upgrade
+	hsTimeout    = "timeout"     // handshake_timeout passed
+	hsTooLarge   = "too_large"   // request head over MaxHandshakeBytes
+	hsError      = "error"       // I/O error
+	hsHTTP       = "http"        // not the socket path: served by net/http
+)
+
+var allDisconnectReasons = []channels.DisconnectReason{
+	channels.ReasonClientClosed, channels.ReasonConnReset, channels.ReasonIdleTimeout,
+	channels.ReasonProtocolError, channels.ReasonInvalidUTF8, channels.ReasonTooBig,
+	channels.ReasonMalformed, channels.ReasonSlowConsumer, channels.ReasonKicked,
+	channels.ReasonTokenExpired, channels.ReasonRateAbuse, channels.ReasonDrain,
+	channels.ReasonInternal,
+}
+
+type metrics struct {
+	connections   prometheus.Gauge
+	handshakes    *prometheus.CounterVec
+	framesIn      prometheus.Counter
+	framesOut     prometheus.Counter
+	bytesIn       prometheus.Counter
+	bytesOut      prometheus.Counter
+	disconnects   *prometheus.CounterVec
+	slowConsumers prometheus.Counter
+	panics        prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer, queued func() float64, busy func() float64) *metrics {
+	m := &metrics{
+		connections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "phxgate_connections", Help: "Open WebSocket connections.",
+		}),
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "phxgate_handshakes_total", Help: "Connections accepted on the client port, by handshake result.",
+		}, []string{"result"}),
+		framesIn: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_frames_in_total", Help: "WebSocket data messages and control frames received.",
+		}),
+		framesOut: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_frames_out_total", Help: "WebSocket frames fully written.",
+		}),
+		bytesIn: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_bytes_in_total", Help: "Bytes read from upgraded sockets.",
+		}),
+		bytesOut: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_bytes_out_total", Help: "Bytes written to upgraded sockets.",
+		}),
+		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "phxgate_disconnects_total", Help: "Closed sockets by reason.",
+		}, []string{"reason"}),
+		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_slow_consumers_total", Help: "Sockets closed with 1013 because their write queue passed write_queue_max_bytes.",
+		}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_handler_panics_total", Help: "Panics recovered from socket handlers (the socket is closed with 1011).",
+		}),
+	}
+	for _, r := range []string{hsOK, hsRejected, hsBadRequest, hsTimeout, hsTooLarge, hsError, hsHTTP} {
+		m.handshakes.WithLabelValues(r)
+	}
+	for _, r := range allDisconnectReasons {
+		m.disconnects.WithLabelValues(string(r))
+	}
+	reg.MustRegister(m.connections, m.handshakes, m.framesIn, m.framesOut, m.bytesIn,
+		m.bytesOut, m.disconnects, m.slowConsumers, m.panics,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "phxgate_write_queue_bytes", Help: "Bytes queued for writing across all sockets.",
+		}, queued),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "phxgate_handshakes_in_flight", Help: "Handshake workers busy (bounded by handshake_workers).",
+		}, busy),
+	)
+	return m
+}

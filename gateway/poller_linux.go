@@ -1,0 +1,547 @@
+//go:build linux
+
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/phxgate/phxgate/channels"
+	"github.com/phxgate/phxgate/gateway/internal/wsframe"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// readBufferSize is the poller's shared read buffer. Complete frames
+	// are handled straight out of it; only an incomplete frame is copied
+	// into the connection.
+	readBufferSize = 64 << 10
+	// maxEvents is the epoll_wait batch size.
+	maxEvents = 256
+	// iovecBatch is the number of frames written per writev call (below
+	// IOV_MAX = 1024).
+	iovecBatch = 128
+	// sweepInterval is the idle/close timer granularity: one pass over the
+	// poller's connections instead of a timer per connection.
+	sweepInterval = time.Second
+)
+
+type pendingConn struct {
+	c        *conn
+	leftover []byte // bytes read past the handshake head (first frames)
+}
+
+// poller owns a set of connections: one goroutine, one epoll instance, one
+// eventfd to wake it, one read buffer and one iovec scratch array.
+type poller struct {
+	srv  *Server
+	epfd int
+	evfd int
+
+	// Poller goroutine only.
+	conns     []*conn // indexed by fd: fds are small dense integers
+	buf       []byte
+	iov       []unix.Iovec
+	now       int64
+	lastSweep int64
+	framesIn  int
+	framesOut int
+	bytesIn   int
+	bytesOut  int
+	drained   bool
+
+	running     atomic.Bool  // run was started (it then owns epfd/evfd)
+	queuedBytes atomic.Int64 // bytes queued on this poller's sockets
+	open        atomic.Int64 // registered sockets
+
+	mu       sync.Mutex
+	woken    bool // the poller is awake or an eventfd write is pending
+	dirty    []*conn
+	spare    []*conn
+	pending  []pendingConn
+	draining bool
+	stopping bool
+}
+
+var wakeValue = [8]byte{1, 0, 0, 0, 0, 0, 0, 0} // eventfd counter increment (little endian)
+
+func newPoller(srv *Server) (*poller, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: epoll_create1: %w", err)
+	}
+	evfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("gateway: eventfd: %w", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(evfd)
+		return nil, fmt.Errorf("gateway: epoll_ctl eventfd: %w", err)
+	}
+	return &poller{
+		srv:  srv,
+		epfd: epfd,
+		evfd: evfd,
+		buf:  make([]byte, readBufferSize),
+		iov:  make([]unix.Iovec, iovecBatch),
+	}, nil
+}
+
+func (p *poller) wake() {
+	_, _ = unix.Write(p.evfd, wakeValue[:])
+}
+
+// signal marks the poller as having work and wakes it at most once per
+// batch: while it is awake (or a wake is pending) no eventfd write happens.
+func (p *poller) signalLocked() bool {
+	if p.woken {
+		return false
+	}
+	p.woken = true
+	return true
+}
+
+func (p *poller) enqueueDirty(c *conn) {
+	p.mu.Lock()
+	p.dirty = append(p.dirty, c)
+	w := p.signalLocked()
+	p.mu.Unlock()
+	if w {
+		p.wake()
+	}
+}
+
+// register hands an upgraded socket to the poller goroutine.
+func (p *poller) register(c *conn, leftover []byte) {
+	p.mu.Lock()
+	p.pending = append(p.pending, pendingConn{c, leftover})
+	w := p.signalLocked()
+	p.mu.Unlock()
+	if w {
+		p.wake()
+	}
+}
+
+func (p *poller) drain() {
+	p.mu.Lock()
+	p.draining = true
+	w := p.signalLocked()
+	p.mu.Unlock()
+	if w {
+		p.wake()
+	}
+}
+
+func (p *poller) stop() {
+	p.mu.Lock()
+	p.stopping = true
+	p.mu.Unlock()
+	p.wake() // unconditionally: the flag must be seen even if woken is stale
+}
+
+func (p *poller) started() bool { return p.running.Load() }
+
+func (p *poller) closeFDs() {
+	_ = unix.Close(p.epfd)
+	_ = unix.Close(p.evfd)
+}
+
+func (p *poller) run() {
+	defer p.closeFDs()
+	events := make([]unix.EpollEvent, maxEvents)
+	p.now = time.Now().UnixNano()
+	p.lastSweep = p.now
+	for {
+		n, err := unix.EpollWait(p.epfd, events, int(sweepInterval/time.Millisecond))
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			p.srv.log.Error("epoll_wait failed", "err", err)
+			n = 0
+		}
+		p.now = time.Now().UnixNano()
+
+		p.mu.Lock()
+		p.woken = true // enqueues while we work need no eventfd write
+		pending := p.pending
+		p.pending = nil
+		draining, stopping := p.draining, p.stopping
+		p.mu.Unlock()
+
+		for _, pc := range pending {
+			p.add(pc.c, pc.leftover)
+		}
+		for i := range n {
+			ev := &events[i]
+			fd := int(ev.Fd)
+			if fd == p.evfd {
+				var b [8]byte
+				_, _ = unix.Read(p.evfd, b[:])
+				continue
+			}
+			if fd >= len(p.conns) || p.conns[fd] == nil {
+				continue
+			}
+			c := p.conns[fd]
+			if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+				p.read(c)
+			}
+			if ev.Events&unix.EPOLLOUT != 0 && p.conns[fd] == c {
+				p.flush(c)
+			}
+		}
+		if draining && !p.drained {
+			p.drained = true
+			for _, c := range p.conns {
+				if c != nil {
+					c.closeWith(uint16(channels.CloseServiceRestart), channels.ReasonDrain)
+				}
+			}
+		}
+		if p.now-p.lastSweep >= int64(sweepInterval) {
+			p.lastSweep = p.now
+			p.sweep()
+		}
+		p.flushDirty()
+		p.publishMetrics()
+		if stopping {
+			for _, c := range p.conns {
+				if c != nil {
+					p.finalClose(c, channels.ReasonDrain)
+				}
+			}
+			p.flushDirty() // releases conns queued by the final closes
+			return
+		}
+	}
+}
+
+// flushDirty writes every socket that got frames since the last pass, and
+// re-arms the eventfd wake once the list is empty.
+func (p *poller) flushDirty() {
+	for {
+		p.mu.Lock()
+		list := p.dirty
+		if len(list) == 0 {
+			p.woken = false
+			p.mu.Unlock()
+			return
+		}
+		p.dirty = p.spare[:0]
+		p.mu.Unlock()
+		for i, c := range list {
+			c.mu.Lock()
+			c.dirty = false
+			c.mu.Unlock()
+			p.flush(c)
+			list[i] = nil
+		}
+		p.spare = list[:0]
+	}
+}
+
+func (p *poller) publishMetrics() {
+	m := p.srv.metrics
+	if p.framesIn > 0 {
+		m.framesIn.Add(float64(p.framesIn))
+		p.framesIn = 0
+	}
+	if p.framesOut > 0 {
+		m.framesOut.Add(float64(p.framesOut))
+		p.framesOut = 0
+	}
+	if p.bytesIn > 0 {
+		m.bytesIn.Add(float64(p.bytesIn))
+		p.bytesIn = 0
+	}
+	if p.bytesOut > 0 {
+		m.bytesOut.Add(float64(p.bytesOut))
+		p.bytesOut = 0
+	}
+}
+
+func (p *poller) add(c *conn, leftover []byte) {
+	fd := int(c.fd)
+	if fd >= len(p.conns) {
+		grown := make([]*conn, max(fd+1, 2*len(p.conns), 64))
+		copy(grown, p.conns)
+		p.conns = grown
+	}
+	p.conns[fd] = c
+	c.registered = true
+	c.lastActive = p.now
+	p.open.Add(1)
+	p.srv.metrics.connections.Inc()
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(fd)}
+	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		p.srv.log.Error("epoll_ctl add failed", "conn", c.id, "err", err)
+		p.finalClose(c, channels.ReasonInternal)
+		return
+	}
+	p.mu.Lock()
+	draining := p.draining
+	p.mu.Unlock()
+	if draining {
+		c.closeWith(uint16(channels.CloseServiceRestart), channels.ReasonDrain)
+	}
+	if len(leftover) > 0 && c.state.Load() == stateOpen {
+		n := copy(p.buf, leftover)
+		p.consume(c, p.buf[:n])
+	}
+	p.flush(c) // frames queued by Connect before the upgrade finished
+}
+
+// read handles readability: one read per event (level-triggered epoll
+// calls again if more is pending, which keeps pollers fair).
+func (p *poller) read(c *conn) {
+	n, err := unix.Read(int(c.fd), p.buf)
+	if n > 0 {
+		p.bytesIn += n
+		if c.phase != phaseNone || c.state.Load() != stateOpen {
+			return // closing: input is discarded until EOF or the close timeout
+		}
+		c.lastActive = p.now
+		p.consume(c, p.buf[:n])
+		return
+	}
+	if err == unix.EAGAIN || err == unix.EINTR {
+		return
+	}
+	// EOF or a socket error: the peer is gone.
+	reason := channels.ReasonConnReset
+	if c.state.Load() != stateOpen {
+		reason = "" // keep the reason recorded when closing started
+	}
+	p.finalClose(c, reason)
+}
+
+// consume feeds received bytes to the parser and closes the socket on the
+// first protocol violation or handler error.
+func (p *poller) consume(c *conn, data []byte) {
+	err := c.parser.Feed(data, p.srv.cfg.MaxMessageSize, c)
+	if err == nil || errors.Is(err, errStop) {
+		if c.state.Load() != stateOpen {
+			c.parser.Reset()
+		}
+		return
+	}
+	c.parser.Reset()
+	code, reason := closeFor(err)
+	p.srv.log.Debug("closing socket", "conn", c.id, "code", code, "reason", reason, "err", err)
+	c.closeWith(code, reason)
+}
+
+// closeFor maps an error from the parser or a handler to a close code.
+func closeFor(err error) (uint16, channels.DisconnectReason) {
+	var fe *wsframe.Error
+	if errors.As(err, &fe) {
+		switch fe.Code {
+		case wsframe.CodeInvalidPayload:
+			return fe.Code, channels.ReasonInvalidUTF8
+		case wsframe.CodeMessageTooBig:
+			return fe.Code, channels.ReasonTooBig
+		default:
+			return fe.Code, channels.ReasonProtocolError
+		}
+	}
+	var cce *channels.CloseError
+	if errors.As(err, &cce) {
+		return uint16(cce.Code), cmpOr(cce.Reason, channels.ReasonMalformed)
+	}
+	var ce *CloseError
+	if errors.As(err, &ce) {
+		r := ce.Reason
+		if r == "" {
+			r = channels.ReasonMalformed
+		}
+		return uint16(ce.Code), r
+	}
+	return uint16(channels.CloseInternalError), channels.ReasonInternal
+}
+
+// flush writes c's queue with writev until it is empty or the socket
+// would block (then EPOLLOUT is armed).
+func (p *poller) flush(c *conn) {
+	if !c.registered {
+		return
+	}
+	c.mu.Lock()
+	if c.state.Load() == stateClosed {
+		c.mu.Unlock()
+		return
+	}
+	var failed error
+	for c.queued > 0 {
+		iov := p.iov[:0]
+		for i, f := range c.queue {
+			if i == len(p.iov) {
+				break
+			}
+			if i == 0 {
+				f = f[c.head:]
+			}
+			var v unix.Iovec
+			v.Base = &f[0]
+			v.SetLen(len(f))
+			iov = append(iov, v)
+		}
+		n, _, errno := unix.Syscall(unix.SYS_WRITEV, uintptr(c.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+		clear(iov) // drop references to frames
+		if errno == unix.EAGAIN {
+			if !c.pollOut {
+				c.pollOut = true
+				p.setPollOut(c, true)
+			}
+			break
+		}
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			failed = errno
+			break
+		}
+		p.consumeWritten(c, int(n))
+	}
+	empty := c.queued == 0
+	if empty {
+		if c.pollOut {
+			c.pollOut = false
+			p.setPollOut(c, false)
+		}
+		if cap(c.queue) > maxRetainedQueueCap {
+			c.queue = nil
+		}
+	}
+	closing := c.state.Load() == stateClosing
+	c.mu.Unlock()
+
+	switch {
+	case failed != nil:
+		p.finalClose(c, channels.ReasonConnReset)
+	case closing && empty && c.phase != phaseLingering:
+		// The close frame (always last) is out: half-close and wait for the
+		// client's EOF so that it reads our close frame before any RST.
+		_ = unix.Shutdown(int(c.fd), unix.SHUT_WR)
+		c.phase = phaseLingering
+		c.lastActive = p.now
+	case closing && c.phase == phaseNone:
+		c.phase = phaseClosing
+		c.lastActive = p.now
+	}
+}
+
+// consumeWritten pops n written bytes off c's queue (c.mu held).
+func (p *poller) consumeWritten(c *conn, n int) {
+	p.bytesOut += n
+	c.queued -= n
+	p.queuedBytes.Add(-int64(n))
+	done := 0
+	for n > 0 {
+		rem := len(c.queue[done]) - c.head
+		if n < rem {
+			c.head += n
+			break
+		}
+		n -= rem
+		c.head = 0
+		done++
+	}
+	if done > 0 {
+		p.framesOut += done
+		k := copy(c.queue, c.queue[done:])
+		clear(c.queue[k:])
+		c.queue = c.queue[:k]
+	}
+}
+
+func (p *poller) setPollOut(c *conn, on bool) {
+	events := uint32(unix.EPOLLIN | unix.EPOLLRDHUP)
+	if on {
+		events |= unix.EPOLLOUT
+	}
+	ev := unix.EpollEvent{Events: events, Fd: c.fd}
+	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, int(c.fd), &ev); err != nil {
+		p.srv.log.Error("epoll_ctl mod failed", "conn", c.id, "err", err)
+	}
+}
+
+// sweep runs once per sweepInterval: idle timeouts and close timeouts.
+func (p *poller) sweep() {
+	idle := int64(p.srv.cfg.IdleTimeout)
+	closeTimeout := int64(p.srv.cfg.closeTimeout())
+	for _, c := range p.conns {
+		if c == nil {
+			continue
+		}
+		switch c.state.Load() {
+		case stateOpen:
+			if idle > 0 && p.now-c.lastActive >= idle {
+				p.srv.log.Debug("idle timeout", "conn", c.id)
+				// As Bandit: an idle socket is closed with 1002.
+				c.closeWith(uint16(channels.CloseProtocolError), channels.ReasonIdleTimeout)
+			}
+		case stateClosing:
+			if c.phase == phaseNone {
+				// Close was queued while EPOLLOUT was armed (a client that
+				// does not read): start the clock now.
+				c.phase = phaseClosing
+				c.lastActive = p.now
+			} else if p.now-c.lastActive >= closeTimeout {
+				p.finalClose(c, "")
+			}
+		}
+	}
+}
+
+// finalClose releases the fd exactly once and tells the handler. reason ""
+// keeps the reason recorded when closing started.
+func (p *poller) finalClose(c *conn, reason channels.DisconnectReason) {
+	if !c.registered {
+		return
+	}
+	c.registered = false
+	fd := int(c.fd)
+	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	_ = unix.Close(fd)
+	p.conns[fd] = nil
+
+	c.mu.Lock()
+	c.state.Store(stateClosed)
+	if c.reason == "" { // closed without a close handshake
+		c.reason = cmpOr(reason, channels.ReasonConnReset)
+	}
+	reason = c.reason
+	p.queuedBytes.Add(-int64(c.queued))
+	c.queue, c.queued, c.head = nil, 0, 0
+	c.mu.Unlock()
+	c.parser.Reset()
+
+	p.open.Add(-1)
+	p.srv.metrics.connections.Dec()
+	p.srv.metrics.disconnects.WithLabelValues(string(reason)).Inc()
+	p.srv.log.Debug("socket closed", "conn", c.id, "reason", reason)
+	p.terminate(c, reason)
+}
+
+func cmpOr(a, b channels.DisconnectReason) channels.DisconnectReason {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+func (p *poller) terminate(c *conn, reason channels.DisconnectReason) {
+	defer func() {
+		if r := recover(); r != nil {
+			p.srv.metrics.panics.Inc()
+			p.srv.log.Error("socket handler panicked in Terminate", "conn", c.id, "panic", fmt.Sprint(r))
+		}
+	}()
+	c.handler.Terminate(leaveReason(reason))
+}

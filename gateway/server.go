@@ -1,0 +1,328 @@
+//go:build linux
+
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Server is a running gateway. Create it with Start; stop it with Shutdown.
+type Server struct {
+	cfg     Config
+	opts    Options
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	metrics *metrics
+
+	ln      net.Listener
+	adminLn net.Listener
+	httpLn  *chanListener
+	httpSrv *http.Server
+	admin   *http.Server
+
+	pollers  []*poller
+	nextPoll atomic.Uint64
+	nextID   atomic.Uint64
+
+	jobs     chan net.Conn
+	busy     atomic.Int64
+	inFlight sync.Map // net.Conn → struct{}: handshakes to cut short at shutdown
+
+	draining atomic.Bool
+	wg       sync.WaitGroup // accept loop, workers, http servers
+	pollWG   sync.WaitGroup
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// Start binds the listeners (port 0 is fine), starts the pollers, workers
+// and admin listener, and returns once the server is accepting. Without
+// WithConnect it wires the production channels server from cfg.Routes.
+func Start(ctx context.Context, cfg Config, opts ...Option) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	var o Options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Registry == nil {
+		o.Registry = prometheus.NewRegistry()
+		o.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	if o.HTTP == nil {
+		o.HTTP = http.NotFoundHandler()
+	}
+	s := &Server{cfg: cfg, opts: o, log: o.Logger.With("node", cfg.NodeID), reg: o.Registry}
+	s.metrics = newMetrics(o.Registry, s.queuedBytes, func() float64 { return float64(s.busy.Load()) })
+	if o.Connect == nil {
+		connect, closers, err := defaultConnect(ctx, cfg, o.Registry)
+		if err != nil {
+			return nil, err
+		}
+		s.opts.Connect = connect
+		s.opts.Closers = append(s.opts.Closers, closers...)
+	}
+
+	n := cfg.Pollers
+	if n == 0 {
+		n = runtime.NumCPU()
+	}
+	for range n {
+		p, err := newPoller(s)
+		if err != nil {
+			s.closePollers()
+			return nil, err
+		}
+		s.pollers = append(s.pollers, p)
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
+	if err != nil {
+		s.closePollers()
+		return nil, fmt.Errorf("%w: listen: %v", ErrConfig, err)
+	}
+	s.ln = ln
+	if cfg.AdminListen != "" {
+		aln, err := lc.Listen(ctx, "tcp", cfg.AdminListen)
+		if err != nil {
+			ln.Close()
+			s.closePollers()
+			return nil, fmt.Errorf("%w: admin_listen: %v", ErrConfig, err)
+		}
+		s.adminLn = aln
+	}
+	for _, p := range s.pollers {
+		s.pollWG.Add(1)
+		p.running.Store(true)
+		go func() {
+			defer s.pollWG.Done()
+			p.run()
+		}()
+	}
+
+	s.httpLn = newChanListener(ln.Addr())
+	s.httpSrv = &http.Server{
+		Handler:           o.HTTP,
+		ReadHeaderTimeout: cfg.HandshakeTimeout,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		_ = s.httpSrv.Serve(s.httpLn)
+	}()
+	if s.adminLn != nil {
+		s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			_ = s.admin.Serve(s.adminLn)
+		}()
+	}
+
+	s.jobs = make(chan net.Conn)
+	for range cfg.HandshakeWorkers {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.worker()
+		}()
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.acceptLoop()
+	}()
+	args := []any{"listen", ln.Addr().String(), "websocket", cfg.SocketPath + "/websocket", "pollers", n}
+	if s.adminLn != nil {
+		args = append(args, "admin", s.adminLn.Addr().String())
+	}
+	s.log.Info("phxgate listening", args...)
+	return s, nil
+}
+
+// Addr is the client listener's address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// AdminAddr is the admin listener's address (nil when disabled).
+func (s *Server) AdminAddr() net.Addr {
+	if s.adminLn == nil {
+		return nil
+	}
+	return s.adminLn.Addr()
+}
+
+// Registry is the registry the gateway's metrics are registered on.
+func (s *Server) Registry() *prometheus.Registry { return s.reg }
+
+// Connections is the number of upgraded sockets currently open.
+func (s *Server) Connections() int {
+	var n int64
+	for _, p := range s.pollers {
+		n += p.open.Load()
+	}
+	return int(n)
+}
+
+func (s *Server) queuedBytes() float64 {
+	var n int64
+	for _, p := range s.pollers {
+		n += p.queuedBytes.Load()
+	}
+	return float64(n)
+}
+
+func (s *Server) pickPoller() *poller {
+	return s.pollers[s.nextPoll.Add(1)%uint64(len(s.pollers))]
+}
+
+func (s *Server) acceptLoop() {
+	defer close(s.jobs)
+	var backoff time.Duration
+	for {
+		nc, err := s.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// EMFILE and friends: back off instead of spinning.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed", "err", err, "retry_in", backoff)
+			t := time.NewTimer(backoff)
+			<-t.C
+			continue
+		}
+		backoff = 0
+		s.jobs <- nc
+	}
+}
+
+func (s *Server) worker() {
+	for nc := range s.jobs {
+		s.busy.Add(1)
+		s.inFlight.Store(nc, struct{}{})
+		s.handshake(nc)
+		s.inFlight.Delete(nc)
+		s.busy.Add(-1)
+	}
+}
+
+// Shutdown stops accepting, closes every socket with 1012 (drain), waits
+// for them to go (bounded by ctx; stragglers are then cut), stops the
+// pollers and listeners, and runs the Closers. Every goroutine started by
+// Start has returned when Shutdown returns.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopOnce.Do(func() { s.stopErr = s.shutdown(ctx) })
+	return s.stopErr
+}
+
+func (s *Server) shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	s.log.Info("draining", "connections", s.Connections())
+	_ = s.ln.Close()
+	// Cut handshakes in progress: their deadline fires now.
+	s.inFlight.Range(func(k, _ any) bool {
+		_ = k.(net.Conn).SetDeadline(time.Now())
+		return true
+	})
+	for _, p := range s.pollers {
+		p.drain()
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	var err error
+wait:
+	for s.Connections() > 0 || s.busy.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			err = fmt.Errorf("gateway: shutdown: %d sockets cut: %w", s.Connections(), ctx.Err())
+			break wait
+		case <-tick.C:
+		}
+	}
+	s.httpLn.Close()
+	hctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	_ = s.httpSrv.Shutdown(hctx)
+	cancel()
+	_ = s.httpSrv.Close()
+	s.wg.Wait() // accept loop, workers and the client-port http server
+	s.closePollers()
+	for _, c := range s.opts.Closers {
+		if cerr := c(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}
+	if s.admin != nil {
+		_ = s.admin.Close()
+	}
+	s.log.Info("stopped")
+	return err
+}
+
+// closePollers stops the pollers (closing any socket left) and waits.
+func (s *Server) closePollers() {
+	for _, p := range s.pollers {
+		if p.started() {
+			p.stop()
+		} else {
+			p.closeFDs()
+		}
+	}
+	s.pollWG.Wait()
+}
+
+// Run starts a server, waits for ctx, then shuts down within
+// drainTimeout.
+func Run(ctx context.Context, cfg Config, opts ...Option) error {
+	s, err := Start(ctx, cfg, opts...)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.Background(), DefaultDrainTimeout)
+	defer cancel()
+	return s.Shutdown(sctx)
+}
+
+// DefaultDrainTimeout bounds Run's graceful shutdown.
+const DefaultDrainTimeout = 10 * time.Second
+
+func (s *Server) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if s.draining.Load() {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}

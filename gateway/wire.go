@@ -1,0 +1,59 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/phxgate/phxgate/backends"
+	"github.com/phxgate/phxgate/channels"
+	"github.com/phxgate/phxgate/pubsub"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// defaultConnect wires the production protocol layer: backends from the
+// routes, the in-memory broker (history sized per route), the channels
+// server. The returned closers stop the channels server then the broker.
+func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer) (ConnectFunc, []func() error, error) {
+	routes := make([]channels.Route, 0, len(cfg.Routes))
+	for i, rc := range cfg.Routes {
+		b, err := backends.New(rc.Backend)
+		if err != nil {
+			return nil, nil, keyErr(fmt.Sprintf("routes[%d].backend", i), "%v", err)
+		}
+		routes = append(routes, channels.Route{Pattern: rc.Topic, Backend: b, History: rc.History, Presence: rc.Presence})
+	}
+	router, err := channels.NewRouter(routes)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: routes: %v", ErrConfig, err)
+	}
+	mcfg := pubsub.NewMemoryConfig()
+	mcfg.HistorySize = func(topic string) int {
+		if r := router.Match(topic); r != nil {
+			return r.History
+		}
+		return 0
+	}
+	broker := pubsub.NewMemory(mcfg)
+	ccfg := channels.NewConfig()
+	ccfg.NodeID = cfg.NodeID
+	srv, err := channels.NewServer(ccfg, router, broker, reg)
+	if err != nil {
+		_ = broker.Close()
+		return nil, nil, err
+	}
+	connect := func(c channels.Conn, info channels.ConnectInfo) (SocketHandler, error) {
+		// *channels.Socket is a SocketHandler as is; its *channels.CloseError
+		// is understood by closeFor. No adapter keeps the socket small.
+		return srv.Connect(c, info), nil
+	}
+	closers := []func() error{
+		func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), ccfg.CallTimeout)
+			defer cancel()
+			return srv.Close(ctx)
+		},
+		broker.Close,
+	}
+	return connect, closers, nil
+}
+
