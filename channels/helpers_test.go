@@ -147,6 +147,7 @@ type testBroker struct {
 	subscribes    atomic.Int64
 	unsubscribes  atomic.Int64
 	beforeHistory func(topic string) // test hook, called without locks
+	afterHistory  func(topic string) // test hook, called without locks
 }
 
 type tbTopic struct {
@@ -207,6 +208,9 @@ func (b *testBroker) Unsubscribe(_ context.Context, topic string) error {
 func (b *testBroker) History(_ context.Context, topic string, since pubsub.Position, _ int) (pubsub.HistoryResult, error) {
 	if b.beforeHistory != nil {
 		b.beforeHistory(topic)
+	}
+	if b.afterHistory != nil {
+		defer b.afterHistory(topic)
 	}
 	t := b.topic(topic)
 	b.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/phxgate/phxgate/pubsub"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -42,3 +43,5 @@ func counterValue(tb testing.TB, reg *prometheus.Registry, name, label string) f
 	}
 	return 0
 }
+
+var posE7 = pubsub.Position{Epoch: "E", Offset: 7}

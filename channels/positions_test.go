@@ -1,0 +1,179 @@
+package channels
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func publishN(tb testing.TB, b *testBroker, topic string, from, to int) {
+	tb.Helper()
+	for i := from; i <= to; i++ {
+		if _, err := b.Publish(context.Background(), topic, "ev", []byte(fmt.Sprintf(`{"i":%d}`, i)), false); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+func evFrame(topic, ref string, i int) string {
+	return fmt.Sprintf(`[null,%s,"%s","ev",{"i":%d}]`, ref, topic, i)
+}
+
+func TestPositions(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		topic     string
+		published int    // events before the join
+		offset    string // join payload "offset" value
+		want      []string
+	}{
+		{"plain channel: null refs", "room:a", 2, "", []string{
+			`["1","1","room:a","phx_reply",{"response":{},"status":"ok"}]`,
+			evFrame("room:a", "null", 3),
+		}},
+		{"opt in from now (null)", "room:a", 2, `null`, []string{
+			`["1","1","room:a","phx_reply",{"response":{"position":"p:E1:2"},"status":"ok"}]`,
+			evFrame("room:a", `"p:E1:3"`, 3),
+		}},
+		{"opt in from now (empty string)", "room:a", 0, `""`, []string{
+			`["1","1","room:a","phx_reply",{"response":{"position":"p:E1:0"},"status":"ok"}]`,
+			evFrame("room:a", `"p:E1:1"`, 1),
+		}},
+		{"resume replays the missed events", "room:a", 4, `"p:E1:2"`, []string{
+			`["1","1","room:a","phx_reply",{"response":{"position":"p:E1:4","recovered":true},"status":"ok"}]`,
+			evFrame("room:a", `"p:E1:3"`, 3),
+			evFrame("room:a", `"p:E1:4"`, 4),
+			evFrame("room:a", `"p:E1:5"`, 5),
+		}},
+		{"resume at top replays nothing", "room:a", 2, `"p:E1:2"`, []string{
+			`["1","1","room:a","phx_reply",{"response":{"position":"p:E1:2","recovered":true},"status":"ok"}]`,
+			evFrame("room:a", `"p:E1:3"`, 3),
+		}},
+		{"resume from another epoch", "room:a", 2, `"p:OLD:1"`, []string{
+			`["1","1","room:a","phx_reply",{"response":{"position":"p:E1:2","recovered":false},"status":"ok"}]`,
+			evFrame("room:a", `"p:E1:3"`, 3),
+		}},
+		{"malformed position", "room:a", 2, `"junk"`, []string{
+			`["1","1","room:a","phx_reply",{"response":{"position":"p:E1:2","recovered":false},"status":"ok"}]`,
+			evFrame("room:a", `"p:E1:3"`, 3),
+		}},
+		{"non-string position", "room:a", 2, `12`, []string{
+			`["1","1","room:a","phx_reply",{"response":{"position":"p:E1:2","recovered":false},"status":"ok"}]`,
+			evFrame("room:a", `"p:E1:3"`, 3),
+		}},
+		{"backend object gets the keys", "room:pushy", 0, `null`, []string{
+			`["1","1","room:pushy","phx_reply",{"response":{"position":"p:E1:0","hello":1},"status":"ok"}]`,
+			`["1",null,"room:pushy","welcome",{"w":1}]`,
+			evFrame("room:pushy", `"p:E1:1"`, 1),
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := newTestEnv(t, nil)
+			publishN(t, env.broker, tc.topic, 1, tc.published)
+			sock, conn := env.connect(t, V2)
+			payload := `{"k":"v"}`
+			if tc.offset != "" {
+				payload = `{"offset":` + tc.offset + `,"k":"v"}`
+			}
+			mustHandle(t, sock, `["1","1","`+tc.topic+`","phx_join",`+payload+`]`)
+			conn.waitTexts(t, len(tc.want)-1)
+			publishN(t, env.broker, tc.topic, tc.published+1, tc.published+1)
+			got := conn.waitTexts(t, len(tc.want))
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("got  %s\nwant %s", strings.Join(got, "\n     "), strings.Join(tc.want, "\n     "))
+			}
+			if pl := string(env.backend.joinPl[0]); pl != `{"k":"v"}` {
+				t.Fatalf("backend saw join payload %s", pl)
+			}
+		})
+	}
+}
+
+func TestPositionsV1(t *testing.T) {
+	env := newTestEnv(t, nil)
+	publishN(t, env.broker, "room:a", 1, 3)
+	sock, conn := env.connect(t, V1)
+	mustHandle(t, sock, `{"topic":"room:a","event":"phx_join","payload":{"offset":"p:E1:2"},"ref":"1"}`)
+	got := conn.waitTexts(t, 2)
+	want := []string{
+		`{"event":"phx_reply","payload":{"response":{"position":"p:E1:3","recovered":true},"status":"ok"},"ref":"1","topic":"room:a"}`,
+		`{"event":"ev","payload":{"i":3},"ref":"p:E1:3","topic":"room:a"}`,
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %v\nwant %v", got, want)
+	}
+}
+
+// Events published while a resuming join reads history are neither lost nor
+// duplicated, and none of them overtakes the reply or the replay.
+func TestResumeRaceNoGapsNoDuplicates(t *testing.T) {
+	env := newTestEnv(t, nil)
+	publishN(t, env.broker, "room:a", 1, 3)
+	// During the join: 4 and 5 are published before history is read (so
+	// they are both replayed and buffered live), 6 after it (live only).
+	env.broker.beforeHistory = func(topic string) { publishN(t, env.broker, topic, 4, 5) }
+	env.broker.afterHistory = func(topic string) { publishN(t, env.broker, topic, 6, 6) }
+	sock, conn := env.connect(t, V2)
+	plain, plainConn := env.connect(t, V2)
+	mustHandle(t, plain, `["1","1","room:a","phx_join",{}]`)
+	plainConn.waitTexts(t, 1)
+	mustHandle(t, sock, `["1","1","room:a","phx_join",{"offset":"p:E1:1"}]`)
+	got := conn.waitTexts(t, 6)
+	env.broker.beforeHistory, env.broker.afterHistory = nil, nil
+	publishN(t, env.broker, "room:a", 7, 7)
+	got = conn.waitTexts(t, 7)
+	want := []string{`["1","1","room:a","phx_reply",{"response":{"position":"p:E1:5","recovered":true},"status":"ok"}]`}
+	for i := 2; i <= 7; i++ {
+		want = append(want, evFrame("room:a", fmt.Sprintf(`"p:E1:%d"`, i), i))
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got  %s\nwant %s", strings.Join(got, "\n     "), strings.Join(want, "\n     "))
+	}
+	// The plain subscriber on the same topic got null refs throughout.
+	pg := plainConn.waitTexts(t, 5)
+	for _, f := range pg[1:] {
+		if !strings.HasPrefix(f, `[null,null,`) {
+			t.Fatalf("plain subscriber got %s", f)
+		}
+	}
+	if v := counterValue(t, env.reg, "phxgate_replayed_events_total", ""); v != 4 {
+		t.Fatalf("replayed metric %v, want 4", v)
+	}
+}
+
+func TestResumeBufferOverflowEndsChannel(t *testing.T) {
+	env := newTestEnv(t, func(c *Config) { c.ResumeBuffer = 1 })
+	env.broker.afterHistory = func(topic string) { publishN(t, env.broker, topic, 1, 3) }
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","room:a","phx_join",{"offset":null}]`)
+	got := conn.waitTexts(t, 3)
+	want := []string{
+		`["1","1","room:a","phx_reply",{"response":{"position":"p:E1:0"},"status":"ok"}]`,
+		evFrame("room:a", `"p:E1:1"`, 1),
+		`["1","1","room:a","phx_error",{"reason":"channel_crash"}]`,
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got  %s\nwant %s", strings.Join(got, "\n     "), strings.Join(want, "\n     "))
+	}
+}
+
+func TestWithPosition(t *testing.T) {
+	for _, tc := range []struct {
+		resp string
+		want string
+	}{
+		{``, `{"position":"p:E:7","recovered":true}`},
+		{`{}`, `{"position":"p:E:7","recovered":true}`},
+		{` { } `, `{"position":"p:E:7","recovered":true}`},
+		{`null`, `{"position":"p:E:7","recovered":true}`},
+		{`"str"`, `{"position":"p:E:7","recovered":true}`},
+		{`{"a":1}`, `{"position":"p:E:7","recovered":true,"a":1}`},
+	} {
+		got := withPosition([]byte(tc.resp), posE7, true, true)
+		if string(got) != tc.want {
+			t.Errorf("withPosition(%q) = %s, want %s", tc.resp, got, tc.want)
+		}
+	}
+}
