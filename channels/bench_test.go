@@ -1,0 +1,129 @@
+package channels
+
+import (
+	"fmt"
+	"sync/atomic"
+	"testing"
+
+	"github.com/phxgate/phxgate/pubsub"
+)
+
+// discardConn counts frames and keeps none.
+type discardConn struct{ n atomic.Int64 }
+
+func (c *discardConn) Send([]byte)                        { c.n.Add(1) }
+func (c *discardConn) Close(CloseCode, DisconnectReason) {}
+func (c *discardConn) ID() uint64                         { return 1 }
+
+// hubWithSubscribers builds a topic hub with n joined subscribers, a mix
+// of V1, V2 and opted-in V2, without going through joins.
+func hubWithSubscribers(tb testing.TB, n int) (*topicHub, *discardConn) {
+	tb.Helper()
+	env := newTestEnv(tb, nil)
+	conn := &discardConn{}
+	th := &topicHub{h: env.srv.hub, name: "room:bench"}
+	for i := range n {
+		ser := V2
+		if i%4 == 0 {
+			ser = V1
+		}
+		s := env.srv.Connect(conn, ConnectInfo{Serializer: ser})
+		c := &channel{sock: s, topic: th.name, hubIdx: -1, positions: i%3 == 0}
+		th.add(c)
+	}
+	return th, conn
+}
+
+var benchEvent = &pubsub.Event{Topic: "room:bench", Event: "broadcast",
+	Payload: []byte(`{"type":"broadcast","body":{"player":"p1","x":10,"y":20}}`), Pos: posE7}
+
+// The allocations of one broadcast do not grow with the subscriber count:
+// one encoding per variant, the same bytes to everyone.
+func TestBroadcastAllocsIndependentOfSubscribers(t *testing.T) {
+	var prev float64 = -1
+	for _, n := range []int{16, 256, 4096} {
+		th, conn := hubWithSubscribers(t, n)
+		allocs := testing.AllocsPerRun(50, func() { th.deliver(benchEvent) })
+		t.Logf("%d subscribers: %v allocs per broadcast", n, allocs)
+		if allocs > 4 {
+			t.Errorf("%d subscribers: %v allocs, want ≤ 4 (one per variant)", n, allocs)
+		}
+		if prev >= 0 && allocs > prev {
+			t.Errorf("allocs grew with subscribers: %v → %v", prev, allocs)
+		}
+		prev = allocs
+		if conn.n.Load() == 0 {
+			t.Fatal("nothing sent")
+		}
+	}
+}
+
+func BenchmarkEncodeV2(b *testing.B) {
+	for _, tc := range []struct {
+		name    string
+		variant int
+	}{{"broadcast", variantV2}, {"broadcast_position", variantV2Pos}} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(benchEvent.Payload)))
+			for b.Loop() {
+				_, _ = encodeBroadcast(tc.variant, benchEvent)
+			}
+		})
+	}
+	b.Run("push", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			_ = encodeV2(`"12"`, "null", nil, "room:bench", "broadcast", benchEvent.Payload)
+		}
+	})
+}
+
+func BenchmarkDecodeV2(b *testing.B) {
+	msg := []byte(`["12","34","room:bench","broadcast",{"type":"broadcast","body":{"player":"p1","x":10,"y":20}}]`)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(msg)))
+	var m message
+	for b.Loop() {
+		if err := decodeV2(msg, &m); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkDecodeV1(b *testing.B) {
+	msg := []byte(`{"topic":"room:bench","event":"broadcast","payload":{"type":"broadcast","body":{"x":10}},"ref":"34","join_ref":"12"}`)
+	b.ReportAllocs()
+	var m message
+	for b.Loop() {
+		if err := decodeV1(msg, &m); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkBroadcast10kSubscribers(b *testing.B) {
+	th, _ := hubWithSubscribers(b, 10_000)
+	b.ReportAllocs()
+	for b.Loop() {
+		th.deliver(benchEvent)
+	}
+}
+
+func BenchmarkHeartbeat(b *testing.B) {
+	env := newTestEnv(b, nil)
+	s := env.srv.Connect(&discardConn{}, ConnectInfo{Serializer: V2})
+	msg := []byte(`[null,"42","phoenix","heartbeat",{}]`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := s.HandleText(msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func ExampleRouter_Match() {
+	r, _ := NewRouter([]Route{{Pattern: "room:*", Backend: newTestBackend()}})
+	fmt.Println(r.Match("room:lobby").Pattern, r.Match("game:1") == nil)
+	// Output: room:* true
+}
