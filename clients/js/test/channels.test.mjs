@@ -194,6 +194,29 @@ for (const vsn of VSNS) {
       assertWellFormed(rec)
     })
 
+    test("leave with a stale join_ref is ignored, with a null join_ref it is honoured", T_OPTS, async t => {
+      const c = await connect(t, vsn)
+      const {socket, rec, codec, topic} = c
+      const ch = socket.channel(topic)
+      assert.equal((await join(ch)).status, "ok")
+      const J = ch.joinRef()
+      const mark = rec.entries.length - 1
+      const Rs = rawSend(c, String(Number(J) + 1000), topic, "phx_leave", {})
+      // Barrier: still joined, so an echo is answered, and nothing for Rs came first.
+      assert.equal((await outcome(ch.push("echo", {still: "joined"}))).status, "ok")
+      assert.deepEqual(rec.in.filter(x => x.seq > mark && (x.msg.ref === Rs || x.msg.event === "phx_close")).map(x => x.data), [],
+        "a leave with a stale join_ref gets nothing back and does not close the channel")
+      const Rn = rawSend(c, null, topic, "phx_leave", {})
+      const r = await rec.waitIn(isReply(topic, Rn))
+      // The reply comes from the channel process, so it carries the channel's join_ref.
+      assertExact(r, reply(codec, J, Rn, topic, "ok", {}), "reply to a null join_ref leave")
+      const close = await rec.waitIn(m => m.topic === topic && m.event === "phx_close", {from: mark})
+      assertExact(close, codec.frame(J, J, topic, "phx_close", {}), "phx_close after a null join_ref leave")
+      assert.ok(close.seq > r.seq)
+      await waitUntil(() => ch.state === "closed", {what: "phoenix.js to close the channel on phx_close"})
+      assertWellFormed(rec)
+    })
+
     test("duplicate join: new reply, then phx_close for the old join_ref", T_OPTS, async t => {
       const c = await connect(t, vsn)
       const {socket, rec, codec, topic} = c
@@ -267,12 +290,15 @@ for (const vsn of VSNS) {
       const Rs2 = rawSend(c, String(Number(J) + 1000), topic, "echo", {stale: 2})
       const Rn = rawSend(c, null, topic, "echo", {fresh: 1})
       const rn = await rec.waitIn(isReply(topic, Rn))
-      assertExact(rn, reply(codec, null, Rn, topic, "ok", {fresh: 1}), "reply to a null join_ref push")
+      // Phoenix replies from the channel process with the channel's join_ref
+      // (Channel.Server handle_reply uses socket.join_ref), not the null the
+      // push carried.
+      assertExact(rn, reply(codec, J, Rn, topic, "ok", {fresh: 1}), "reply to a null join_ref push")
       if (vsn.startsWith("1.")) {
         // V1 clients may omit join_ref altogether.
         const Ra = rawSend(c, undefined, topic, "echo", {absent: 1})
         const ra = await rec.waitIn(isReply(topic, Ra))
-        assertExact(ra, reply(codec, null, Ra, topic, "ok", {absent: 1}), "reply to a push without join_ref")
+        assertExact(ra, reply(codec, J, Ra, topic, "ok", {absent: 1}), "reply to a push without join_ref")
       }
       // Barrier through phoenix.js itself, with the current join_ref.
       const e = ch.push("echo", {last: 1})

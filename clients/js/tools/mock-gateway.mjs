@@ -108,27 +108,27 @@ function handle(conn, m) {
     if (!chan) return reply(m.join_ref, m.ref, m.topic, "ok", {})
     if (m.join_ref != null && m.join_ref !== chan.joinRef) return
     unsub(conn, m.topic)
-    reply(m.join_ref, m.ref, m.topic, "ok", {})
+    reply(chan.joinRef, m.ref, m.topic, "ok", {})
     return send(chan.joinRef, chan.joinRef, m.topic, "phx_close", {})
   }
   if (!chan) return reply(null, m.ref, m.topic, "error", {reason: "unmatched topic"})
   if (m.join_ref != null && m.join_ref !== chan.joinRef) return
   if (chan.backend === "bench") {
     const body = m.payload && m.payload.body
-    if (m.event === "echo") return reply(m.join_ref, m.ref, m.topic, "ok", {type: "echo", body})
+    if (m.event === "echo") return reply(chan.joinRef, m.ref, m.topic, "ok", {type: "echo", body})
     if (m.event === "broadcast") {
       publish(m.topic, "broadcast", {type: "broadcast", body})
-      return reply(m.join_ref, m.ref, m.topic, "ok", {type: "broadcastResult", body})
+      return reply(chan.joinRef, m.ref, m.topic, "ok", {type: "broadcastResult", body})
     }
     return
   }
   switch (m.event) {
     case "echo":
-      if (m.binary) return conn.send(binFrame(1, [m.join_ref, m.ref, m.topic, "ok"], m.payload))
-      return reply(m.join_ref, m.ref, m.topic, "ok", m.payload)
+      if (m.binary) return conn.send(binFrame(1, [chan.joinRef, m.ref, m.topic, "ok"], m.payload))
+      return reply(chan.joinRef, m.ref, m.topic, "ok", m.payload)
     case "shout":
       publish(m.topic, "shout", m.payload)
-      return reply(m.join_ref, m.ref, m.topic, "ok", {})
+      return reply(chan.joinRef, m.ref, m.topic, "ok", {})
     case "noreply": return
     case "crash":
       unsub(conn, m.topic)
