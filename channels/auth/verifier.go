@@ -177,7 +177,8 @@ func (v *Verifier) keyFor(ctx context.Context, t *jwt.Token) (any, error) {
 	}
 	if v.jwks != nil {
 		if !v.jwks.loaded() {
-			if err := v.jwks.refresh(ctx, false); err != nil {
+			// A JWKS outage only matters when no static key can serve.
+			if err := v.jwks.refresh(ctx, false); err != nil && len(keys) == 0 {
 				return nil, err
 			}
 		}
