@@ -87,10 +87,12 @@ export function assertStructural(entry, expected, msg = "frame") {
   assert.deepStrictEqual(JSON.parse(entry.data), JSON.parse(expected), `${msg}\n  got:  ${entry.data}\n  want: ${expected}`)
 }
 
-// assertWellFormed checks every server frame recorded so far against the
-// serializer's shape: V2 arrays of exactly 5, V1 objects with exactly
+// assertWellFormed checks there were no server pings and every server frame
+// recorded so far against the serializer's shape: V2 arrays of exactly 5, V1 objects with exactly
 // event/payload/ref/topic in sorted order (never join_ref).
 export function assertWellFormed(rec) {
+  // Phoenix never pings; phoenix.js heartbeats instead (PROTOCOL.md §1.1).
+  assert.deepEqual(rec.events("ping"), [], "the server must not send WebSocket pings")
   for (const e of rec.in) {
     if (e.binary) {
       assert.equal(rec.codec.name, "V2", `binary frame on a V1 socket: ${describe(e)}`)

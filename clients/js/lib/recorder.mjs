@@ -128,6 +128,9 @@ export function recordingTransport(recorder) {
       this.on("message", (data, isBinary) => {
         recorder.push(inbound(recorder.codec, conn, data, isBinary))
       })
+      this.on("ping", data => {
+        recorder.push({conn, dir: "event", type: "ping", data: Buffer.from(data).toString("hex")})
+      })
       this.on("close", (code, reason) => {
         recorder.push({conn, dir: "event", type: "close", code, reason: reason.toString()})
       })
@@ -142,7 +145,7 @@ export function recordingTransport(recorder) {
     }
 
     close(code, reason) {
-      recorder.push({conn: this.conn, dir: "event", type: "client-close", code: code ?? null, reason: reason ?? null})
+      recorder.push({conn: this.conn, dir: "event", type: "client-close", code: code ?? null, reason: reason == null ? null : String(reason)})
       return super.close(code, reason)
     }
   }

@@ -97,3 +97,32 @@ describe("vsn negotiation", () => {
     })
   }
 })
+
+describe("malformed input and closes", () => {
+  const cases = [
+    {name: "V2 bad JSON", query: "vsn=2.0.0", codec: V2, send: "{not json"},
+    {name: "V2 array shorter than 5", query: "vsn=2.0.0", codec: V2, send: '[null,"1","phoenix","heartbeat"]'},
+    {name: "V2 unknown binary kind", query: "vsn=2.0.0", codec: V2, send: Uint8Array.from([7, 0, 0, 0, 0])},
+    {name: "V1 object without ref", query: "vsn=1.0.0", codec: V1, send: '{"topic":"phoenix","event":"heartbeat","payload":{}}'},
+    {name: "V1 non-object", query: "vsn=1.0.0", codec: V1, send: '[null,"1","phoenix","heartbeat",{}]'},
+  ]
+  for (const k of cases) {
+    test(`${k.name} closes the socket with 1011 and an empty reason`, T_OPTS, async t => {
+      const {rec, ws, ev} = await rawOpen(t, k.query, k.codec)
+      assert.equal(ev.type, "open", rec.dump())
+      ws.send(k.send)
+      const close = await rec.waitEvent("close")
+      assert.deepEqual({code: close.code, reason: close.reason}, {code: 1011, reason: ""}, rec.dump())
+    })
+  }
+
+  for (const code of [1000, 4001]) {
+    test(`a client close ${code} is echoed with the same code and an empty reason`, T_OPTS, async t => {
+      const {rec, ws, ev} = await rawOpen(t, "vsn=2.0.0", V2)
+      assert.equal(ev.type, "open", rec.dump())
+      ws.close(code, "bye")
+      const close = await rec.waitEvent("close")
+      assert.deepEqual({code: close.code, reason: close.reason}, {code, reason: ""}, rec.dump())
+    })
+  }
+})

@@ -160,6 +160,9 @@ export function startMock(port = 0) {
       return
     }
     wss.handleUpgrade(req, socket, head, ws => {
+      // Echo a client close with its code and an empty reason, as Bandit does.
+      const close = ws.close.bind(ws)
+      ws.close = (code) => close(code, "")
       const conn = {v1, chans: new Map(), send: d => ws.send(d)}
       ws.on("message", (data, isBinary) => {
         let m
