@@ -7,7 +7,14 @@
 // refused call returns a Decision with RetryAfter (the wait until a token is
 // available, for the `retry_after_ms` reply); a player who keeps being
 // refused for Config.AbuseWindow gets Decision.Abusive, and the caller closes
-// the socket with 1008.
+// the socket with 1008. The refusal streak is one per player, across joins,
+// events and heartbeats: flooding one kind after another is still one
+// sustained flood. A streak ends after a gap longer than Config.AbuseQuiet
+// without refusals, so a client that honours retry_after_ms is never
+// abusive.
+//
+// Callers key anonymous sockets (auth not required) by something other than
+// the empty string, e.g. "conn:<id>"; all empty keys would share one bucket.
 //
 // Heartbeats are limited per player too (one bucket shared by all of a
 // player's sockets). That keeps the state in one place and bounded by the
