@@ -26,7 +26,8 @@ type Socket struct {
 // Serializer returns the socket's wire format.
 func (s *Socket) Serializer() Serializer { return s.ser }
 
-// HandleText handles one text frame. data is valid only until return. A
+// HandleText handles one text frame. data is valid only until return and
+// is valid UTF-8 (the gateway closes with 1007 otherwise). A
 // *CloseError means the gateway must close the socket with its Code.
 func (s *Socket) HandleText(data []byte) error {
 	var m message
