@@ -11,9 +11,9 @@ import (
 // discardConn counts frames and keeps none.
 type discardConn struct{ n atomic.Int64 }
 
-func (c *discardConn) Send([]byte)                        { c.n.Add(1) }
+func (c *discardConn) Send([]byte)                       { c.n.Add(1) }
 func (c *discardConn) Close(CloseCode, DisconnectReason) {}
-func (c *discardConn) ID() uint64                         { return 1 }
+func (c *discardConn) ID() uint64                        { return 1 }
 
 // hubWithSubscribers builds a topic hub with n joined subscribers, a mix
 // of V1, V2 and opted-in V2, without going through joins.

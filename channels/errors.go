@@ -14,9 +14,6 @@ var ErrMalformed = errors.New("channels: malformed message")
 // because a string field exceeds maxBinaryString bytes.
 var ErrStringTooLong = errors.New("channels: string too long for a binary frame")
 
-// ErrServerClosed is returned by NewServer's users after Close.
-var ErrServerClosed = errors.New("channels: server closed")
-
 // CloseError is returned by Socket.HandleText and HandleBinary when the
 // socket must be closed; the gateway closes it with Code and an empty
 // reason, and labels its disconnect metric with Reason.

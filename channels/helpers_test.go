@@ -80,7 +80,7 @@ func (c *fakeConn) Send(f []byte) {
 	c.mu.Unlock()
 }
 func (c *fakeConn) Close(CloseCode, DisconnectReason) {}
-func (c *fakeConn) ID() uint64                       { return c.id }
+func (c *fakeConn) ID() uint64                        { return c.id }
 
 // texts renders every frame: text frames as is, binary frames as
 // "bin:<kind>|field|field|…|payload".
@@ -245,12 +245,13 @@ func (b *testBroker) hasHandler(topic string) bool {
 //     "crash": Go error; "stop": ok {} and StopNormal; "stopcrash": StopCrash;
 //     "push": ok {} then push "pushed" {"n":1}; "slow": waits on gate.
 type testBackend struct {
-	mu     sync.Mutex
-	log    []string // "join room:a 1", "in room:a ping 2", "leave room:a 1 left"
-	leaves map[string]int
-	keys   []string
-	gate   chan struct{}
-	joinPl [][]byte
+	mu       sync.Mutex
+	log      []string // "join room:a 1", "in room:a ping 2", "leave room:a 1 left"
+	leaves   map[string]int
+	keys     []string
+	gate     chan struct{} // closes to release "slow" events
+	joinGate chan struct{} // when set, joins wait for it to close
+	joinPl   [][]byte
 }
 
 func newTestBackend() *testBackend {
@@ -276,7 +277,11 @@ func (b *testBackend) Join(_ context.Context, c *backends.Call) (*backends.Reply
 	b.mu.Lock()
 	b.keys = append(b.keys, c.IdempotencyKey)
 	b.joinPl = append(b.joinPl, c.Payload.Data)
+	gate := b.joinGate
 	b.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
 	switch {
 	case strings.Contains(c.Topic, "deny"):
 		return &backends.Reply{Status: "error", Response: backends.Payload{Data: []byte(`{"reason":"denied"}`)}}, nil
@@ -291,7 +296,7 @@ func (b *testBackend) Join(_ context.Context, c *backends.Call) (*backends.Reply
 	return &backends.Reply{Status: "ok"}, nil
 }
 
-func (b *testBackend) HandleIn(_ context.Context, c *backends.Call) (*backends.Reply, error) {
+func (b *testBackend) HandleIn(ctx context.Context, c *backends.Call) (*backends.Reply, error) {
 	b.record("in " + c.Topic + " " + c.Event + " " + c.Ref)
 	b.mu.Lock()
 	b.keys = append(b.keys, c.IdempotencyKey)
@@ -325,6 +330,9 @@ func (b *testBackend) HandleIn(_ context.Context, c *backends.Call) (*backends.R
 		r := ok(`{}`)
 		r.Pushes = []backends.Message{{Event: "pushed", Payload: backends.Payload{Data: []byte(`{"n":1}`)}}}
 		return r, nil
+	case "hang":
+		<-ctx.Done()
+		return nil, ctx.Err()
 	case "slow":
 		if gate != nil {
 			<-gate

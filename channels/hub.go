@@ -282,7 +282,9 @@ func dropReason(err error) string {
 
 // withPosition adds "position" (and, when resuming, "recovered") to a join
 // response: to the backend's object if it answered one, otherwise as an
-// object of just these keys.
+// object of just these keys. The keys go first; should the backend's object
+// hold a key of the same name too, JSON decoders keep the last one (the
+// backend's), which is the backend's choice to make.
 func withPosition(resp []byte, top pubsub.Position, resuming, recovered bool) []byte {
 	i := skipWS(resp, 0)
 	isObj := i < len(resp) && resp[i] == '{'

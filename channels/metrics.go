@@ -1,10 +1,6 @@
 package channels
 
-import (
-	"errors"
-
-	"github.com/prometheus/client_golang/prometheus"
-)
+import "github.com/prometheus/client_golang/prometheus"
 
 // Join results (label "result" of phxgate_joins_total).
 const (
@@ -87,10 +83,6 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.backendDuration, m.replayed, m.overloaded, m.droppedFrames, m.resumeOverflow, m.publishErrors,
 	} {
 		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if errors.As(err, &are) {
-				return nil, err
-			}
 			return nil, err
 		}
 	}

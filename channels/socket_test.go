@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/phxgate/phxgate/backends"
@@ -249,5 +250,108 @@ func TestCloseStopsWorkers(t *testing.T) {
 	waitFor(t, waitLong, "goroutines back to baseline", func() bool { return runtime.NumGoroutine() <= before })
 	if l := env.backend.logged(); !strings.HasSuffix(l[len(l)-1], "drained") {
 		t.Fatalf("no drained leave: %v", l)
+	}
+}
+
+func TestCallTimeout(t *testing.T) {
+	env := newTestEnv(t, func(c *Config) { c.CallTimeout = 20 * time.Millisecond })
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","room:a","phx_join",{}]`)
+	conn.waitTexts(t, 1)
+	mustHandle(t, sock, `["1","2","room:a","hang",{}]`)
+	got := conn.waitTexts(t, 2)
+	if want := `["1","2","room:a","phx_reply",{"response":{"reason":"backend_timeout"},"status":"error"}]`; got[1] != want {
+		t.Fatalf("got %s want %s", got[1], want)
+	}
+	if v := counterValue(t, env.reg, "phxgate_backend_calls_total", "timeout"); v != 1 {
+		t.Fatalf("timeout metric %v", v)
+	}
+}
+
+// With the pool queue full, a join is refused at once with
+// backend_overloaded instead of blocking the poller.
+func TestPoolQueueLimit(t *testing.T) {
+	env := newTestEnv(t, func(c *Config) { c.Workers = 1; c.QueueSize = 1 })
+	gate := make(chan struct{})
+	env.backend.joinGate = gate
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","room:a","phx_join",{}]`) // runs, blocks on gate
+	waitFor(t, waitLong, "first join running", func() bool { return len(env.backend.logged()) == 1 })
+	mustHandle(t, sock, `["2","2","room:b","phx_join",{}]`) // queued
+	mustHandle(t, sock, `["3","3","room:c","phx_join",{}]`) // refused
+	got := conn.waitTexts(t, 1)
+	if want := `["3","3","room:c","phx_reply",{"response":{"reason":"backend_overloaded"},"status":"error"}]`; got[0] != want {
+		t.Fatalf("got %s want %s", got[0], want)
+	}
+	close(gate)
+	conn.waitTexts(t, 3)
+	sock.mu.Lock()
+	n := len(sock.chans)
+	sock.mu.Unlock()
+	if n != 2 {
+		t.Fatalf("%d channels, want 2", n)
+	}
+	if v := counterValue(t, env.reg, "phxgate_backend_overloaded_total", "pool"); v != 1 {
+		t.Fatalf("overloaded metric %v", v)
+	}
+}
+
+// Terminate while a join is still at the backend: the join completes, then
+// its channel gets exactly one Leave, and the client gets nothing.
+func TestTerminateDuringJoin(t *testing.T) {
+	env := newTestEnv(t, nil)
+	gate := make(chan struct{})
+	env.backend.joinGate = gate
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","room:a","phx_join",{}]`)
+	waitFor(t, waitLong, "join running", func() bool { return len(env.backend.logged()) == 1 })
+	sock.Terminate(backends.LeaveDisconnected)
+	close(gate)
+	waitFor(t, waitLong, "leave", func() bool { return len(env.backend.logged()) == 2 })
+	if l := env.backend.logged(); l[1] != "leave room:a 1 disconnected" {
+		t.Fatal(l)
+	}
+	waitFor(t, waitLong, "unsubscribed", func() bool { return !env.broker.hasHandler("room:a") })
+	if n := conn.count(); n != 0 {
+		t.Fatalf("sent %v after terminate", conn.texts())
+	}
+}
+
+// Under a steady stream of broadcasts, every joiner's first frame is its
+// join reply.
+func TestJoinReplyPrecedesBroadcasts(t *testing.T) {
+	env := newTestEnv(t, nil)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_, _ = env.broker.Publish(context.Background(), "room:a", "tick", []byte(`{}`), false)
+		}
+	}()
+	var conns []*fakeConn
+	for i := range 50 {
+		s, c := env.connect(t, V2)
+		payload := `{}`
+		if i%2 == 0 {
+			payload = `{"offset":null}`
+		}
+		mustHandle(t, s, `["1","1","room:a","phx_join",`+payload+`]`)
+		conns = append(conns, c)
+	}
+	for _, c := range conns {
+		c.waitTexts(t, 2)
+	}
+	close(stop)
+	<-done
+	for _, c := range conns {
+		if got := c.texts()[0]; !strings.HasPrefix(got, `["1","1","room:a","phx_reply"`) {
+			t.Fatalf("first frame %s", got)
+		}
 	}
 }
