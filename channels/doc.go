@@ -48,4 +48,21 @@
 // carry "p:<epoch>:<offset>" in the ref slot, the join reply carries
 // "position" (and "recovered" when resuming), and a resuming join gets the
 // events it missed after the reply and before any live event.
+//
+// The join of an opted-in channel never holds the topic lock across a broker
+// call: it registers the subscriber in catch-up mode (live events for it are
+// buffered, at most Config.ResumeBuffer), reads History without locks, then,
+// under the topic lock, sends the reply, the replayed events and the buffered
+// events newer than the last one replayed, and switches to live. This keeps
+// the no-gap/no-duplicate guarantee without ever blocking live delivery of a
+// topic on a (possibly remote) History call, and cannot deadlock with a
+// broker that delivers while holding its own locks.
+//
+// # Locks
+//
+// Socket.mu guards a socket's channel slots and their queues; it is never
+// held while calling a backend, the broker or another lock's owner, except
+// that Terminate and the Handle methods schedule work (non-blocking) under
+// it. In the hub the order is topicHub.subMu → hub.mu; topicHub.mu (taken by
+// the broker handler) is held alone, and only around Conn.Send calls.
 package channels

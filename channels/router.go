@@ -69,3 +69,12 @@ func (r *Router) match(topic []byte) *Route {
 	}
 	return nil
 }
+
+// HistorySize returns the History of the route matching topic (0 when none
+// matches). Its signature fits pubsub.MemoryConfig.HistorySize.
+func (r *Router) HistorySize(topic string) int {
+	if rt := r.Match(topic); rt != nil {
+		return rt.History
+	}
+	return 0
+}

@@ -130,6 +130,9 @@ func TestRouter(t *testing.T) {
 			t.Errorf("Match(%q) = %v, want %s", topic, got, want)
 		}
 	}
+	if r.HistorySize("room:1") != 5 || r.HistorySize("room:lobby") != 0 {
+		t.Error("HistorySize")
+	}
 	r2, _ := NewRouter([]Route{{Pattern: "a", Backend: be}})
 	if r2.Match("ab") != nil {
 		t.Error("exact pattern matched a longer topic")

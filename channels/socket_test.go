@@ -355,3 +355,36 @@ func TestJoinReplyPrecedesBroadcasts(t *testing.T) {
 		}
 	}
 }
+
+// The protocol state of an idle connection joined to one topic stays small
+// (DESIGN.md §3 budget: 1.5 KB per connection for the whole gateway).
+func TestIdleJoinedMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("allocates thousands of sockets")
+	}
+	const n = 5000
+	const budget = 600 // bytes per connection for this package
+	env := newTestEnv(t, nil)
+	conn := &discardConn{}
+	socks := make([]*Socket, 0, n)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range n {
+		s := env.srv.Connect(conn, ConnectInfo{Serializer: V2})
+		if err := s.HandleText([]byte(fmt.Sprintf(`["%d","%d","room:mem","phx_join",{}]`, i, i))); err != nil {
+			t.Fatal(err)
+		}
+		socks = append(socks, s)
+	}
+	waitFor(t, waitLong, "joins", func() bool { return conn.n.Load() == n })
+	waitFor(t, waitLong, "idle", func() bool { return env.srv.inflight.Load() == 0 })
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	per := (int64(after.HeapAlloc) - int64(before.HeapAlloc)) / n
+	t.Logf("heap per idle joined socket: %d bytes", per)
+	if per > budget {
+		t.Fatalf("%d bytes per idle joined socket, budget %d", per, budget)
+	}
+	runtime.KeepAlive(socks)
+}
