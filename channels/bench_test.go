@@ -3,6 +3,7 @@ package channels
 import (
 	"fmt"
 	"sync/atomic"
+	"time"
 	"testing"
 
 	"github.com/phxgate/phxgate/pubsub"
@@ -126,4 +127,29 @@ func ExampleRouter_Match() {
 	r, _ := NewRouter([]Route{{Pattern: "room:*", Backend: newTestBackend()}})
 	fmt.Println(r.Match("room:lobby").Pattern, r.Match("game:1") == nil)
 	// Output: room:* true
+}
+
+// BenchmarkEventRoundTrip: one client event through the worker pool to an
+// in-test backend and back as a reply frame.
+func BenchmarkEventRoundTrip(b *testing.B) {
+	env := newTestEnv(b, func(c *Config) { c.ChannelQueue = 1 << 20 })
+	conn := &discardConn{}
+	s := env.srv.Connect(conn, ConnectInfo{Serializer: V2})
+	if err := s.HandleText([]byte(`["1","1","room:bench","phx_join",{}]`)); err != nil {
+		b.Fatal(err)
+	}
+	waitFor(b, waitLong, "join", func() bool { return conn.n.Load() == 1 })
+	env.backend.mu.Lock()
+	env.backend.log = nil
+	env.backend.mu.Unlock()
+	msg := []byte(`["1","2","room:bench","noop",{"x":1}]`)
+	b.ReportAllocs()
+	n := 0
+	for b.Loop() {
+		if err := s.HandleText(msg); err != nil {
+			b.Fatal(err)
+		}
+		n++
+	}
+	waitFor(b, 30*time.Second, "replies", func() bool { return conn.n.Load() == int64(n+1) })
 }
