@@ -3,8 +3,8 @@ package channels
 import (
 	"fmt"
 	"sync/atomic"
-	"time"
 	"testing"
+	"time"
 
 	"github.com/phxgate/phxgate/pubsub"
 )
