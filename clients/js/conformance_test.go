@@ -116,18 +116,23 @@ func requireNode(t *testing.T, jsDir string) string {
 func startGateway(t *testing.T, root string) string {
 	t.Helper()
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "phxgate")
-	buildArgs := []string{"build", "-o", bin}
-	if raceEnabled {
-		buildArgs = append(buildArgs, "-race")
-	}
-	buildArgs = append(buildArgs, "./cmd/phxgate")
-	bctx, bcancel := context.WithTimeout(context.Background(), buildTimeout)
-	defer bcancel()
-	build := exec.CommandContext(bctx, "go", buildArgs...)
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go %s: %v\n%s", strings.Join(buildArgs, " "), err, out)
+	bin := os.Getenv("PHXGATE_BIN")
+	if bin != "" {
+		t.Logf("PHXGATE_BIN is set: testing %s instead of building ./cmd/phxgate", bin)
+	} else {
+		bin = filepath.Join(dir, "phxgate")
+		buildArgs := []string{"build", "-o", bin}
+		if raceEnabled {
+			buildArgs = append(buildArgs, "-race")
+		}
+		buildArgs = append(buildArgs, "./cmd/phxgate")
+		bctx, bcancel := context.WithTimeout(context.Background(), buildTimeout)
+		defer bcancel()
+		build := exec.CommandContext(bctx, "go", buildArgs...)
+		build.Dir = root
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("go %s: %v\n%s", strings.Join(buildArgs, " "), err, out)
+		}
 	}
 
 	listen, admin := freePort(t), freePort(t)
