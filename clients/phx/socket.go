@@ -185,19 +185,8 @@ type wsConn struct {
 	done   chan struct{}          // closed when the reader returns
 }
 
-// Write serializes every write on the connection (pushes, heartbeats and
-// the pong/close answers of gobwas's control handler).
-func (c *wsConn) Write(p []byte) (int, error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	_ = c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
-	return c.nc.Write(p)
-}
-
-func (c *wsConn) Read(p []byte) (int, error) { return c.r.Read(p) }
-
 func (c *wsConn) writeFrame(op ws.OpCode, p []byte) error {
-	// One Write call per frame through c.Write keeps frames whole.
+	// Header and payload go out under one lock so frames never interleave.
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	_ = c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
@@ -340,21 +329,80 @@ func (s *Socket) send(op ws.OpCode, frame []byte) error {
 func (s *Socket) readLoop(c *wsConn) {
 	defer s.wg.Done()
 	code := 0
+	rd := &wsutil.Reader{
+		Source:       c.r,
+		State:        ws.StateClientSide,
+		MaxFrameSize: maxFrameSize,
+		// Control frames between the fragments of a message.
+		OnIntermediate: func(h ws.Header, r io.Reader) error { return c.control(h, r) },
+	}
 	for {
-		data, op, err := wsutil.ReadServerData(c)
+		hdr, err := rd.NextFrame()
+		if err == nil && hdr.OpCode.IsControl() {
+			err = c.control(hdr, rd)
+			if err == nil {
+				continue
+			}
+		}
+		var data []byte
+		if err == nil {
+			data, err = io.ReadAll(io.LimitReader(rd, maxMessageSize+1))
+			if err == nil && len(data) > maxMessageSize {
+				err = fmt.Errorf("phx: message over %d bytes", maxMessageSize)
+			}
+		}
 		if err != nil {
-			var ce wsutil.ClosedError
+			var ce closedByPeer
 			if errors.As(err, &ce) {
-				code = int(ce.Code)
+				code = int(ce)
 			}
 			s.opts.Logger.Debug("phx: connection ended", "err", err, "code", code)
 			break
 		}
-		s.handleFrame(c, op, data)
+		s.handleFrame(c, hdr.OpCode, data)
 	}
 	_ = c.nc.Close()
 	close(c.done)
 	s.connLost(c, code)
+}
+
+// Size limits on what the client accepts from a server.
+const (
+	maxFrameSize   = 16 << 20
+	maxMessageSize = 16 << 20
+	// maxControlPayload is RFC 6455's bound on control frame payloads.
+	maxControlPayload = 125
+)
+
+// closedByPeer ends the read loop with the close code the server sent.
+type closedByPeer int
+
+func (c closedByPeer) Error() string { return "phx: closed by server with " + strconv.Itoa(int(c)) }
+
+// control answers a ping, ignores a pong, and on a close echoes the code
+// (ignoring write errors: a server that closed its end must still give its
+// code to the reconnect decision) and ends the read loop.
+func (c *wsConn) control(h ws.Header, r io.Reader) error {
+	if h.Length > maxControlPayload {
+		return ws.ErrProtocolControlPayloadOverflow
+	}
+	p := make([]byte, h.Length)
+	if _, err := io.ReadFull(r, p); err != nil {
+		return err
+	}
+	switch h.OpCode {
+	case ws.OpPing:
+		_ = c.writeFrame(ws.OpPong, p)
+		return nil
+	case ws.OpClose:
+		code, _ := ws.ParseCloseFrameData(p)
+		_ = c.writeFrame(ws.OpClose, ws.NewCloseFrameBody(code, ""))
+		if code == 0 {
+			code = ws.StatusNoStatusRcvd
+		}
+		return closedByPeer(code)
+	}
+	return nil
 }
 
 func (s *Socket) heartbeatLoop(c *wsConn) {
