@@ -158,6 +158,15 @@ func startGateway(t *testing.T, root string) string {
 	t.Cleanup(func() {
 		stopGateway(t, cmd, exited)
 		logFile.Close()
+		// A race or panic in the server fails the run even when every
+		// frame was right.
+		if b, err := os.ReadFile(logPath); err == nil {
+			for _, bad := range []string{"WARNING: DATA RACE", "panic:", "fatal error:"} {
+				if strings.Contains(string(b), bad) {
+					t.Errorf("gateway log contains %q", bad)
+				}
+			}
+		}
 		if t.Failed() {
 			t.Logf("gateway log (%s):\n%s", logPath, tail(logPath, 200))
 		}
