@@ -11,6 +11,20 @@ import {connect, join, outcome, waitUntil, assertExact, assertWellFormed} from "
 const T_OPTS = {timeout: 60000}
 const POSITION = /^p:([^:]+):([0-9]+)$/
 
+// shoutWithRetry pushes one shout, retrying when phxgate answers
+// rate_limited (after its retry_after_ms) or backend_overloaded.
+async function shoutWithRetry(channel, payload) {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const r = await outcome(channel.push("shout", payload))
+    if (r.status === "ok") return
+    const reason = r.response && r.response.reason
+    assert.ok(r.status === "error" && (reason === "rate_limited" || reason === "backend_overloaded"), `shout ${JSON.stringify(payload)}: ${JSON.stringify(r)}`)
+    const wait = reason === "rate_limited" ? Number(r.response.retry_after_ms) || 50 : 20
+    await new Promise(resolve => setTimeout(resolve, wait))
+  }
+  assert.fail(`shout ${JSON.stringify(payload)} kept being refused`)
+}
+
 function parsePosition(p) {
   const m = POSITION.exec(p)
   assert.ok(m, `position ${JSON.stringify(p)} should look like "p:<epoch>:<offset>" and never like a decimal ref`)
@@ -112,6 +126,61 @@ for (const vsn of VSNS) {
       }
       assertWellFormed(a.rec)
       assertWellFormed(b.rec)
+    })
+
+    test("resume boundaries: history 100 replays the last 100, older or foreign positions are not recovered", T_OPTS, async t => {
+      const pub = await connect(t, vsn, {}, {name: "publisher"})
+      const topic = pub.topic
+      // An opted-in observer gives the epoch and the starting offset.
+      const obs = pub.socket.channel(topic, {offset: null})
+      const first = await join(obs)
+      assert.equal(first.status, "ok")
+      const start = parsePosition(first.response.position)
+      const HISTORY = 100
+      const TOTAL = HISTORY + 5
+      // One shout at a time; the gateway's per-player rate limit and
+      // bounded per-channel queue may push back, and then we do what a
+      // well-behaved client does: wait as told and retry.
+      for (let n = 1; n <= TOTAL; n++) await shoutWithRetry(obs, {n})
+      const at = n => `p:${start.epoch}:${start.offset + n}`
+
+      // Resume after event 5: events 6..105 are exactly the 100 kept.
+      const ok = await connect(t, vsn, {}, {name: "resume-after-5"})
+      const got = []
+      const chOk = ok.socket.channel(topic, {offset: at(5)})
+      chOk.on("shout", (payload, ref) => got.push({n: payload.n, ref}))
+      const rOk = await join(chOk)
+      assert.equal(rOk.status, "ok")
+      assert.equal(rOk.response.recovered, true, `resuming inside the history: ${JSON.stringify(rOk.response)}`)
+      await waitUntil(() => got.length >= HISTORY, {what: `${HISTORY} replayed shouts`, timeoutMs: 10000})
+
+      // Resume after event 4: event 5 is gone, so nothing is recovered.
+      const old = await connect(t, vsn, {}, {name: "resume-after-4"})
+      const gotOld = []
+      const chOld = old.socket.channel(topic, {offset: at(4)})
+      chOld.on("shout", (payload, ref) => gotOld.push({n: payload.n, ref}))
+      const rOld = await join(chOld)
+      assert.equal(rOld.status, "ok")
+      assert.equal(rOld.response.recovered, false, `resuming before the history: ${JSON.stringify(rOld.response)}`)
+      assert.equal(typeof rOld.response.position, "string")
+
+      // A position from another epoch is not recovered either.
+      const foreign = await connect(t, vsn, {}, {name: "foreign-epoch"})
+      const gotForeign = []
+      const chF = foreign.socket.channel(topic, {offset: "p:not-this-epoch:3"})
+      chF.on("shout", (payload, ref) => gotForeign.push({n: payload.n, ref}))
+      const rF = await join(chF)
+      assert.equal(rF.status, "ok")
+      assert.equal(rF.response.recovered, false, `foreign epoch: ${JSON.stringify(rF.response)}`)
+
+      // One live shout: the unrecovered channels see it first and only it.
+      assert.equal((await outcome(obs.push("shout", {n: TOTAL + 1}))).status, "ok")
+      await waitUntil(() => got.length >= HISTORY + 1 && gotOld.length >= 1 && gotForeign.length >= 1, {what: "the live shout everywhere"})
+      assert.deepEqual(got.map(g => g.n), Array.from({length: HISTORY + 1}, (_, i) => i + 6), "replay of exactly the kept events, then live")
+      assert.deepEqual(got.map(g => g.ref), Array.from({length: HISTORY + 1}, (_, i) => at(i + 6)))
+      assert.deepEqual(gotOld, [{n: TOTAL + 1, ref: at(TOTAL + 1)}], "no replay when not recovered")
+      assert.deepEqual(gotForeign, [{n: TOTAL + 1, ref: at(TOTAL + 1)}], "no replay for a foreign epoch")
+      for (const c of [pub, ok, old, foreign]) assertWellFormed(c.rec)
     })
   })
 }
