@@ -83,7 +83,9 @@ function handle(conn, m) {
       reply(J, m.ref, m.topic, "error", {reason: "denied"})
     } else {
       const s = topicState(m.topic)
-      const c = {joinRef: J, backend, opted: false}
+      // joinRef names the channel for replies (join_ref || ref); closeRef is
+      // what the socket keeps for phx_close/phx_error (the join_ref as sent).
+      const c = {joinRef: J, closeRef: m.join_ref ?? null, backend, opted: false}
       let resp = {}
       let replay = []
       if (p && typeof p === "object" && "offset" in p) {
@@ -101,18 +103,18 @@ function handle(conn, m) {
       reply(J, m.ref, m.topic, "ok", resp)
       for (const h of replay) send(null, pos(h.offset), m.topic, h.event, h.payload)
     }
-    if (old) send(old.joinRef, old.joinRef, m.topic, "phx_close", {})
+    if (old) send(old.closeRef, old.closeRef, m.topic, "phx_close", {})
     return
   }
   if (m.event === "phx_leave") {
     if (!chan) return reply(m.join_ref, m.ref, m.topic, "ok", {})
-    if (m.join_ref != null && m.join_ref !== chan.joinRef) return
+    if (m.join_ref != null && m.join_ref !== chan.closeRef) return
     unsub(conn, m.topic)
     reply(chan.joinRef, m.ref, m.topic, "ok", {})
-    return send(chan.joinRef, chan.joinRef, m.topic, "phx_close", {})
+    return send(chan.closeRef, chan.closeRef, m.topic, "phx_close", {})
   }
   if (!chan) return reply(null, m.ref, m.topic, "error", {reason: "unmatched topic"})
-  if (m.join_ref != null && m.join_ref !== chan.joinRef) return
+  if (m.join_ref != null && m.join_ref !== chan.closeRef) return
   if (chan.backend === "bench") {
     const body = m.payload && m.payload.body
     if (m.event === "echo") return reply(chan.joinRef, m.ref, m.topic, "ok", {type: "echo", body})
@@ -132,7 +134,7 @@ function handle(conn, m) {
     case "noreply": return
     case "crash":
       unsub(conn, m.topic)
-      return send(chan.joinRef, chan.joinRef, m.topic, "phx_error", {reason: "channel_crash"})
+      return send(chan.closeRef, chan.closeRef, m.topic, "phx_error", {reason: "channel_crash"})
   }
 }
 
