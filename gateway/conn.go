@@ -40,6 +40,8 @@ type conn struct {
 
 	// Poller-goroutine only.
 	registered bool
+	peerClosed bool // the client's close frame was received
+	discard    bool // input is no longer parsed (after a violation or the client's close)
 	phase      uint8
 	lastActive int64 // poller clock (UnixNano) of the last inbound byte, or of the close phase start
 	parser     wsframe.Parser
@@ -181,13 +183,27 @@ func controlFrame(op wsframe.Op, payload []byte) []byte {
 	return append(f, payload...)
 }
 
-// errStop stops the parser after the socket started closing; the rest of
-// the read buffer is discarded.
-var errStop = errors.New("gateway: socket closing")
+// errPeerClosed stops the parser at the client's close frame: nothing the
+// client sends after it means anything.
+var errPeerClosed = errors.New("gateway: client sent close")
 
-// OnMessage implements wsframe.Handler (poller goroutine).
-func (c *conn) OnMessage(op wsframe.Op, payload []byte) (err error) {
+// OnMessage implements wsframe.Handler (poller goroutine). A handler error
+// or panic closes only this socket; parsing goes on (in sync with the
+// stream) so that the client's close frame is still recognized.
+func (c *conn) OnMessage(op wsframe.Op, payload []byte) error {
 	c.p.framesIn++
+	if c.state.Load() != stateOpen {
+		return nil // closing: in-flight messages are dropped
+	}
+	if err := c.callHandler(op, payload); err != nil {
+		code, reason := closeFor(err)
+		c.p.srv.log.Debug("handler closed socket", "conn", c.id, "code", code, "reason", reason, "err", err)
+		c.closeWith(code, reason)
+	}
+	return nil
+}
+
+func (c *conn) callHandler(op wsframe.Op, payload []byte) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			c.p.srv.metrics.panics.Inc()
@@ -196,19 +212,22 @@ func (c *conn) OnMessage(op wsframe.Op, payload []byte) (err error) {
 		}
 	}()
 	if op == wsframe.OpText {
-		err = c.handler.HandleText(payload)
-	} else {
-		err = c.handler.HandleBinary(payload)
+		return c.handler.HandleText(payload)
 	}
-	if err == nil && c.state.Load() != stateOpen {
-		return errStop
-	}
-	return err
+	return c.handler.HandleBinary(payload)
 }
 
 // OnControl implements wsframe.Handler (poller goroutine).
 func (c *conn) OnControl(op wsframe.Op, payload []byte) error {
 	c.p.framesIn++
+	if c.state.Load() != stateOpen {
+		// Closing: only the client's close frame (completing the closing
+		// handshake) matters.
+		if op == wsframe.OpClose {
+			return errPeerClosed
+		}
+		return nil
+	}
 	switch op {
 	case wsframe.OpPing:
 		c.Send(controlFrame(wsframe.OpPong, payload))
@@ -222,7 +241,7 @@ func (c *conn) OnControl(op wsframe.Op, payload []byte) error {
 		return perr
 	}
 	c.closeWith(code, channels.ReasonClientClosed)
-	return errStop
+	return errPeerClosed
 }
 
 // parseClosePayload returns the code to echo for a client close frame.

@@ -112,8 +112,11 @@ type responseCapture struct {
 	out []byte
 }
 
-func (rc *responseCapture) Read(p []byte) (int, error)  { return rc.r.Read(p) }
-func (rc *responseCapture) Write(p []byte) (int, error) { rc.out = append(rc.out, p...); return len(p), nil }
+func (rc *responseCapture) Read(p []byte) (int, error) { return rc.r.Read(p) }
+func (rc *responseCapture) Write(p []byte) (int, error) {
+	rc.out = append(rc.out, p...)
+	return len(p), nil
+}
 
 func (s *Server) upgrade(nc net.Conn, head, leftover []byte) {
 	st := &hsState{}

@@ -302,10 +302,12 @@ func (p *poller) read(c *conn) {
 	n, err := unix.Read(int(c.fd), p.buf)
 	if n > 0 {
 		p.bytesIn += n
-		if c.phase != phaseNone || c.state.Load() != stateOpen {
-			return // closing: input is discarded until EOF or the close timeout
+		if c.discard {
+			return // input is dropped until EOF or the close timeout
 		}
-		c.lastActive = p.now
+		if c.state.Load() == stateOpen {
+			c.lastActive = p.now
+		}
 		p.consume(c, p.buf[:n])
 		return
 	}
@@ -324,13 +326,21 @@ func (p *poller) read(c *conn) {
 // first protocol violation or handler error.
 func (p *poller) consume(c *conn, data []byte) {
 	err := c.parser.Feed(data, p.srv.cfg.MaxMessageSize, c)
-	if err == nil || errors.Is(err, errStop) {
-		if c.state.Load() != stateOpen {
-			c.parser.Reset()
+	if err == nil {
+		return
+	}
+	c.discard = true
+	c.parser.Reset()
+	if errors.Is(err, errPeerClosed) {
+		c.peerClosed = true
+		if c.phase == phaseLingering {
+			p.finalClose(c, "") // both close frames exchanged
 		}
 		return
 	}
-	c.parser.Reset()
+	if c.state.Load() != stateOpen {
+		return // already closing; the stream is just garbage now
+	}
 	code, reason := closeFor(err)
 	p.srv.log.Debug("closing socket", "conn", c.id, "code", code, "reason", reason, "err", err)
 	c.closeWith(code, reason)
@@ -424,9 +434,14 @@ func (p *poller) flush(c *conn) {
 	switch {
 	case failed != nil:
 		p.finalClose(c, channels.ReasonConnReset)
+	case closing && empty && c.peerClosed:
+		// Both close frames exchanged: the server closes the TCP connection
+		// first (RFC 6455 §7.1.1).
+		p.finalClose(c, "")
 	case closing && empty && c.phase != phaseLingering:
 		// The close frame (always last) is out: half-close and wait for the
-		// client's EOF so that it reads our close frame before any RST.
+		// client's close frame or EOF, so that it reads ours before any RST
+		// (closing with unread input makes the kernel send one).
 		_ = unix.Shutdown(int(c.fd), unix.SHUT_WR)
 		c.phase = phaseLingering
 		c.lastActive = p.now

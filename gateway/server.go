@@ -263,15 +263,15 @@ wait:
 	_ = s.httpSrv.Shutdown(hctx)
 	cancel()
 	_ = s.httpSrv.Close()
-	s.wg.Wait() // accept loop, workers and the client-port http server
+	if s.admin != nil {
+		_ = s.admin.Close()
+	}
+	s.wg.Wait() // accept loop, workers, the http servers
 	s.closePollers()
 	for _, c := range s.opts.Closers {
 		if cerr := c(); cerr != nil && err == nil {
 			err = cerr
 		}
-	}
-	if s.admin != nil {
-		_ = s.admin.Close()
 	}
 	s.log.Info("stopped")
 	return err

@@ -56,4 +56,3 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer) (C
 	}
 	return connect, closers, nil
 }
-
