@@ -1,0 +1,42 @@
+// Command phxgate runs the gateway: a Phoenix Channels compatible realtime
+// edge. Configuration comes from --config FILE (YAML), PHXGATE_* environment
+// variables and flags named after the YAML keys (flag > env > file >
+// default); run with -h for the list.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/phxgate/phxgate/gateway"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	logger := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	slog.SetDefault(logger)
+	cfg, err := gateway.LoadConfig(args, os.Getenv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "phxgate:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := gateway.Run(ctx, cfg, gateway.WithLogger(logger)); err != nil {
+		logger.Error("phxgate stopped with an error", "err", err)
+		return 1
+	}
+	return 0
+}
