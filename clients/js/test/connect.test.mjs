@@ -66,6 +66,9 @@ describe("vsn negotiation", () => {
     {query: null, codec: V1, name: "missing vsn → V1"},
     {query: "vsn=1.0.0", codec: V1, name: "1.0.0 → V1"},
     {query: "vsn=2.0.0", codec: V2, name: "2.0.0 → V2"},
+    // Phoenix matches "~> 1.0.0" and "~> 2.0.0": any patch level.
+    {query: "vsn=1.0.7", codec: V1, name: "1.0.7 → V1"},
+    {query: "vsn=2.0.3", codec: V2, name: "2.0.3 → V2"},
   ]
   for (const k of accepted) {
     test(`accepted: ${k.name}`, T_OPTS, async t => {
