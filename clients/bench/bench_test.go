@@ -127,6 +127,8 @@ func TestRunAgainstGateway(t *testing.T) {
 	bc.Rate = 10_000
 	bc.Settle = time.Millisecond
 	bc.Heartbeat = 10 * time.Millisecond
+	// Spread over two loopback source addresses, as for 15k+ runs.
+	bc.LocalIPs = []net.IP{net.IPv4(127, 0, 0, 1), net.IPv4(127, 0, 0, 2)}
 	var out bytes.Buffer
 	res, err := run(ctx, bc, &out)
 	if err != nil {

@@ -471,6 +471,10 @@ func (ch *Channel) sendPush(p *Push) {
 // reply or on timeout alike). A channel that cannot push (not joined, or
 // socket down) closes at once. No rejoin follows.
 func (ch *Channel) Leave(ctx context.Context) error {
+	// A leave nobody bounds still ends: phoenix.js closes on the leave
+	// push's timeout too.
+	ctx, cancel := context.WithTimeout(ctx, ch.s.opts.Timeout)
+	defer cancel()
 	ch.mu.Lock()
 	ch.stopRejoinTimerLocked()
 	canPush := ch.state == StateJoined && ch.s.Connected()

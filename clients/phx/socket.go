@@ -196,7 +196,9 @@ func (c *wsConn) writeFrame(op ws.OpCode, p []byte) error {
 // Connect dials url (for example ws://127.0.0.1:4000/socket/websocket) and
 // returns the connected socket. Only this first dial is synchronous: if it
 // fails Connect returns the error; later drops are re-dialled in the
-// background with Options.Reconnect backoff.
+// background with Options.Reconnect backoff, except after a server close
+// with code 1000, which (as in phoenix.js) leaves the socket down for good:
+// Connected stays false and the caller should Close it.
 func Connect(ctx context.Context, url string, opts Options) (*Socket, error) {
 	o, err := opts.withDefaults()
 	if err != nil {
