@@ -1,0 +1,141 @@
+package gateway
+
+import (
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestConfigErrorsNameTheKey(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want string
+	}{
+		{name: "unknown key", yaml: "listn: ':4000'\n", want: "config: listn: unknown key"},
+		{name: "unknown nested key", yaml: "auth:\n  requird: true\n", want: "config: auth.requird: unknown key"},
+		{name: "bad duration", yaml: "idle_timeout: abc\n", want: "config: idle_timeout: "},
+		{name: "negative duration", yaml: "idle_timeout: -1s\n", want: "config: idle_timeout: "},
+		{name: "bad int", yaml: "max_message_size: lots\n", want: "config: max_message_size: "},
+		{name: "zero message size", yaml: "max_message_size: 0\n", want: "config: max_message_size: "},
+		{name: "bad bool", yaml: "auth:\n  required: maybe\n", want: "config: auth.required: "},
+		{name: "bad listen", yaml: "listen: nope\n", want: "config: listen: "},
+		{name: "redis not yet", yaml: "redis_url: redis://127.0.0.1:6379\n", want: "config: redis_url: "},
+		{name: "empty topic", yaml: "routes:\n  - backend: echo\n", want: "config: routes[0].topic: "},
+		{name: "unknown backend", yaml: "routes:\n  - topic: 'room:*'\n    backend: echo\n  - topic: 'x:*'\n    backend: nope\n", want: "config: routes[1].backend: "},
+		{name: "unknown route key", yaml: "routes:\n  - topic: 'room:*'\n    backend: echo\n    histroy: 3\n", want: "config: routes[0].histroy: unknown key"},
+		{name: "socket path", yaml: "socket_path: socket\n", want: "config: socket_path: "},
+		{name: "handshake timeout zero", yaml: "handshake_timeout: 0s\n", want: "config: handshake_timeout: "},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseYAML([]byte(tt.yaml))
+			if err == nil || !errors.Is(err, ErrConfig) || !strings.HasPrefix(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want prefix %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestConfigDeployFileIsValid(t *testing.T) {
+	b, err := os.ReadFile("../deploy/phxgate.yaml")
+	if err != nil {
+		t.Skipf("deploy file: %v", err)
+	}
+	cfg, err := ParseYAML(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != ":4000" || cfg.AdminListen != "127.0.0.1:4001" || cfg.Auth.Required || len(cfg.Routes) != 2 ||
+		cfg.Routes[0] != (RouteConfig{Topic: "room:*", Backend: "echo", History: 100}) ||
+		cfg.Routes[1] != (RouteConfig{Topic: "bench:*", Backend: "bench"}) {
+		t.Fatalf("deploy config = %+v", cfg)
+	}
+}
+
+func TestConfigPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "c.yaml")
+	yaml := "listen: '127.0.0.1:1111'\nidle_timeout: 10s\nhandshake_timeout: 3s\nnode_id: file\nauth:\n  required: true\nroutes:\n  - topic: 'room:*'\n    backend: echo\n    presence: true\n    history: 7\n"
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{
+		"PHXGATE_IDLE_TIMEOUT":  "20s",
+		"PHXGATE_NODE_ID":       "env",
+		"PHXGATE_AUTH_REQUIRED": "false",
+		"PHXGATE_CHECK_ORIGIN":  "https://a.example, https://b.example",
+	}
+	cfg, err := LoadConfig([]string{"--config", file, "--node_id", "flag", "--max_message_size", "1000"},
+		func(k string) string { return env[k] }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name string
+		got  any
+		want any
+	}{
+		{name: "file over default", got: cfg.Listen, want: "127.0.0.1:1111"},
+		{name: "file handshake", got: cfg.HandshakeTimeout, want: 3 * time.Second},
+		{name: "env over file", got: cfg.IdleTimeout, want: 20 * time.Second},
+		{name: "flag over env", got: cfg.NodeID, want: "flag"},
+		{name: "flag over default", got: cfg.MaxMessageSize, want: 1000},
+		{name: "nested env", got: cfg.Auth.Required, want: false},
+		{name: "list env", got: strings.Join(cfg.CheckOrigin, "|"), want: "https://a.example|https://b.example"},
+		{name: "default kept", got: cfg.SocketPath, want: "/socket"},
+		{name: "routes from file", got: cfg.Routes[0], want: RouteConfig{Topic: "room:*", Backend: "echo", Presence: true, History: 7}},
+	}
+	for _, c := range checks {
+		t.Run(c.name, func(t *testing.T) {
+			if c.got != c.want {
+				t.Errorf("got %v, want %v", c.got, c.want)
+			}
+		})
+	}
+}
+
+func TestConfigFlagsAndEnvErrorsNameTheKey(t *testing.T) {
+	_, err := LoadConfig([]string{"--idle_timeout", "abc"}, func(string) string { return "" }, io.Discard)
+	if err == nil || !strings.HasPrefix(err.Error(), "config: idle_timeout:") {
+		t.Fatalf("flag err = %v", err)
+	}
+	_, err = LoadConfig(nil, func(k string) string {
+		if k == "PHXGATE_HANDSHAKE_WORKERS" {
+			return "many"
+		}
+		return ""
+	}, io.Discard)
+	if err == nil || !strings.HasPrefix(err.Error(), "config: handshake_workers:") {
+		t.Fatalf("env err = %v", err)
+	}
+	cfg, err := LoadConfig([]string{"--routes", "room:*=echo,history=5,presence;bench:*=bench", "--auth.required"}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Routes) != 2 || cfg.Routes[0] != (RouteConfig{Topic: "room:*", Backend: "echo", Presence: true, History: 5}) || !cfg.Auth.Required {
+		t.Fatalf("cfg = %+v", cfg)
+	}
+}
+
+func TestEnvName(t *testing.T) {
+	for key, want := range map[string]string{
+		"redis_url":         "PHXGATE_REDIS_URL",
+		"auth.required":     "PHXGATE_AUTH_REQUIRED",
+		"auth.hs256_secret": "PHXGATE_AUTH_HS256_SECRET",
+	} {
+		if got := EnvName(key); got != want {
+			t.Errorf("EnvName(%q) = %q, want %q", key, got, want)
+		}
+	}
+}
+
+func TestNewConfigIsValid(t *testing.T) {
+	if err := NewConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
