@@ -47,7 +47,8 @@ type MemoryConfig struct {
 	// buffer, allocated on the first publish). It is asked once per topic
 	// lifetime, when the topic is created. 0 keeps none (only positions are
 	// tracked); nil means 0 for every topic; values above MaxHistorySize are
-	// capped.
+	// capped. It runs under the broker's lock: it must be quick and must
+	// not call the broker.
 	HistorySize func(topic string) int
 	// HistoryTTL is how long a topic with no handler and no publish is kept.
 	// After that its history and epoch are dropped, and its next use starts

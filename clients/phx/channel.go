@@ -222,7 +222,10 @@ func (ch *Channel) joinAnswered(p *Push, r Reply, err error) {
 func (ch *Channel) joinTimedOut(p *Push) {
 	ch.mu.Lock()
 	if ch.joinPush != p || ch.state != StateJoining {
+		// A superseded join: only forget it.
 		ch.mu.Unlock()
+		ch.s.unregister(p)
+		p.resolve(Reply{}, ErrTimeout)
 		return
 	}
 	ch.state = StateErrored
