@@ -53,6 +53,8 @@ type fakeServer struct {
 	ignoreHeartbeats atomic.Bool
 	// refuseJoins makes joins get an error reply.
 	refuseJoins atomic.Bool
+	// ignoreJoins makes joins get no reply at all.
+	ignoreJoins atomic.Bool
 
 	mu        sync.Mutex
 	conns     []*fakeConn
@@ -162,6 +164,7 @@ func (fs *fakeServer) serve(nc net.Conn) {
 		switch {
 		case event == "heartbeat" && !fs.ignoreHeartbeats.Load():
 			reply("ok", "{}")
+		case event == "phx_join" && fs.ignoreJoins.Load():
 		case event == "phx_join" && fs.refuseJoins.Load():
 			reply("error", `{"reason":"denied"}`)
 		case event == "phx_join", event == "phx_leave", event == "echo":
@@ -488,5 +491,48 @@ func TestBinaryPushNeedsV2(t *testing.T) {
 func TestOptionsVsn(t *testing.T) {
 	if _, err := Connect(context.Background(), "ws://127.0.0.1:1/x", Options{Vsn: "2.1.0"}); err == nil {
 		t.Fatal("vsn 2.1.0 accepted")
+	}
+}
+
+func TestJoinTimeoutLeavesAndRejoins(t *testing.T) {
+	checkGoroutines(t)
+	fs := newFakeServer(t)
+	fs.ignoreJoins.Store(true)
+	s := connectT(t, fs.url, fastOptions())
+	ch := s.Channel("room:a", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := ch.Join(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Join: %v, want deadline exceeded", err)
+	}
+	// phoenix.js: the timed-out join is left with its own join_ref.
+	waitFor(t, 2*time.Second, "phx_leave for the timed-out join", func() bool {
+		return len(fs.framesWith(`["1",`)) >= 1 && len(fs.framesWith("phx_leave")) >= 1 &&
+			strings.HasPrefix(fs.framesWith("phx_leave")[0].data, `["1",`)
+	})
+	fs.ignoreJoins.Store(false)
+	waitFor(t, 3*time.Second, "joined by a scheduled rejoin", func() bool { return ch.State() == StateJoined })
+	if ch.JoinRef() == "1" {
+		t.Fatal("rejoin reused the timed-out join ref")
+	}
+}
+
+func TestClientCloseDoesNotReconnect(t *testing.T) {
+	checkGoroutines(t)
+	fs := newFakeServer(t)
+	s := connectT(t, fs.url, fastOptions())
+	ch := s.Channel("room:a", nil)
+	joinT(t, ch)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s.Connected() || ch.State() != StateClosed {
+		t.Fatalf("after Close: connected=%v state=%s", s.Connected(), ch.State())
+	}
+	if _, err := ch.Call(context.Background(), "echo", nil); err == nil {
+		t.Fatal("push on a closed socket succeeded")
+	}
+	if fs.connCount() != 1 {
+		t.Fatalf("%d connections, want 1 (no reconnect after Close)", fs.connCount())
 	}
 }
