@@ -43,6 +43,20 @@ func TestEndpointURL(t *testing.T) {
 		{"params", "ws://h/socket/websocket", map[string]any{"token": "t"}, "1.0.0", "ws://h/socket/websocket?token=t&vsn=1.0.0"},
 		{"existing query", "ws://h/s?x=1", map[string]any{"token": "t"}, "2.0.0", "ws://h/s?x=1&token=t&vsn=2.0.0"},
 		{"only null param", "ws://h/s", map[string]any{"a": nil}, "2.0.0", "ws://h/s?&vsn=2.0.0"},
+		// The rest were printed by phoenix.js 1.8.16 Socket.endPointURL()
+		// for the same params (JS insertion order chosen to match ours).
+		{"js nested", "ws://h/socket/websocket", map[string]any{"token": "abc", "user": map[string]any{"id": 1}}, "2.0.0",
+			"ws://h/socket/websocket?token=abc&user%5Bid%5D=1&vsn=2.0.0"},
+		{"js escaping", "ws://h/socket/websocket", map[string]any{"k": "a b&c=d/é?~*()!-_."}, "2.0.0",
+			"ws://h/socket/websocket?k=a%20b%26c%3Dd%2F%C3%A9%3F~*()!-_.&vsn=2.0.0"},
+		{"js null", "ws://h/socket/websocket", map[string]any{"a": nil, "b": 1}, "2.0.0", "ws://h/socket/websocket?&b=1&vsn=2.0.0"},
+		{"js array", "ws://h/socket/websocket", map[string]any{"ids": []any{1, "x"}}, "2.0.0",
+			"ws://h/socket/websocket?ids%5B0%5D=1&ids%5B1%5D=x&vsn=2.0.0"},
+		{"js numbers", "ws://h/socket/websocket", map[string]any{"f": 1.5, "g": 1e21, "i": -3, "z": 0}, "2.0.0",
+			"ws://h/socket/websocket?f=1.5&g=1e%2B21&i=-3&z=0&vsn=2.0.0"},
+		{"js integer keys", "ws://h/socket/websocket", map[string]any{"2": 3, "10": 2, "a": 4, "b": 1}, "2.0.0",
+			"ws://h/socket/websocket?2=3&10=2&a=4&b=1&vsn=2.0.0"},
+		{"js empty", "ws://h/socket/websocket", map[string]any{}, "2.0.0", "ws://h/socket/websocket?vsn=2.0.0"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
