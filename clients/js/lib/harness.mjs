@@ -37,6 +37,8 @@ export async function connect(t, vsn, opts = {}, {name = "socket", waitOpen = tr
     ...opts,
   })
   socket.connect()
+  // PHXGATE_JS_DUMP=1 prints every recorded frame of every socket.
+  if (process.env.PHXGATE_JS_DUMP) t.after(() => { for (const l of rec.dump().split("\n")) t.diagnostic(l) })
   t.after(() => new Promise(resolve => {
     socket.disconnect(resolve)
   }))
