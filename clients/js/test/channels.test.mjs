@@ -143,6 +143,29 @@ for (const vsn of VSNS) {
       assertWellFormed(rec)
     })
 
+    // Phoenix answers a channel's pushes from one process mailbox, so replies
+    // come back in request order and every push gets one. phxgate bounds the
+    // per-channel queue and answers the overflow at once with
+    // {"reason":"backend_overloaded"}, ahead of earlier pushes still queued.
+    // Kept as a todo (reported, not failing `make test`) until it is decided
+    // whether that divergence stays; drop the todo to enforce it.
+    test("a burst of pushes on one channel is answered in request order", {...T_OPTS, todo: "phxgate answers queue overflow ahead of earlier pushes (backend_overloaded)"}, async t => {
+      const c = await connect(t, vsn)
+      const {socket, rec, topic} = c
+      const ch = socket.channel(topic)
+      assert.equal((await join(ch)).status, "ok")
+      const N = 200
+      const pushes = []
+      for (let i = 0; i < N; i++) pushes.push(ch.push("echo", {i}))
+      const results = await Promise.all(pushes.map(p => outcome(p)))
+      const refs = new Set(pushes.map(p => p.ref))
+      const order = rec.in.filter(e => e.msg.event === "phx_reply" && refs.has(e.msg.ref)).map(e => e.msg.ref)
+      assert.equal(order.length, N, "one reply per push")
+      const statuses = results.map(r => r.status === "ok" ? "ok" : JSON.stringify(r))
+      assert.deepEqual(order, pushes.map(p => p.ref), `replies out of request order; statuses: ${[...new Set(statuses)].join(", ")}`)
+      assert.deepEqual(statuses, Array(N).fill("ok"), "every push answered ok, as Phoenix would")
+    })
+
     test("crash sends phx_error and phoenix.js rejoins", T_OPTS, async t => {
       const c = await connect(t, vsn)
       const {socket, rec, codec, topic} = c
