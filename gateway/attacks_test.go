@@ -409,3 +409,34 @@ func TestAttackSurvivalUnderLoad(t *testing.T) {
 	waitFor(t, 5*time.Second, func() bool { return s.Connections() == 0 }, "all sockets closed")
 	stillServes(t, s)
 }
+
+// TestShutdownSpreadsDrainInBatches drains more sockets than one batch with
+// a deadline, exercising the paced path: every socket still gets 1012.
+func TestShutdownSpreadsDrainInBatches(t *testing.T) {
+	cfg := testConfig()
+	cfg.Pollers = 1
+	rec := &recorder{}
+	s, err := Start(t.Context(), cfg, WithConnect(testConnect(rec)), WithLogger(discardLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 3*minDrainBatch + 5
+	clients := make([]*client, n)
+	for i := range clients {
+		clients[i] = open(t, s.Addr())
+	}
+	waitFor(t, 5*time.Second, func() bool { return s.Connections() == n }, "all sockets open")
+	ctx, cancel := contextWithTimeout(8 * time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Shutdown(ctx) }()
+	for _, c := range clients {
+		c.expectClose(1012)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if got := len(rec.terminations()); got != n {
+		t.Fatalf("terminations = %d, want %d", got, n)
+	}
+}

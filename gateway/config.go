@@ -46,6 +46,10 @@ const (
 	// flush its queue and close frame and for the client to finish, before
 	// the fd is closed regardless.
 	DefaultCloseTimeout = 2 * time.Second
+	// DefaultDrainTimeout bounds a graceful shutdown (SIGTERM): the 1012
+	// closes are spread over the first half, so that reconnecting clients
+	// reach the other nodes gradually.
+	DefaultDrainTimeout = 10 * time.Second
 )
 
 // Config is the gateway configuration. The zero value is not valid; start
@@ -79,6 +83,9 @@ type Config struct {
 	// CloseTimeout bounds a socket's closing handshake; 0 means
 	// DefaultCloseTimeout.
 	CloseTimeout time.Duration
+	// DrainTimeout bounds the graceful shutdown done by Run; 0 means
+	// DefaultDrainTimeout.
+	DrainTimeout time.Duration
 	// RedisURL selects the Redis Streams broker; empty is the embedded
 	// in-memory broker. Not supported yet: must be empty.
 	RedisURL string
@@ -128,6 +135,7 @@ func NewConfig() Config {
 		MaxMessageSize:     DefaultMaxMessageSize,
 		WriteQueueMaxBytes: DefaultWriteQueueMaxBytes,
 		CloseTimeout:       DefaultCloseTimeout,
+		DrainTimeout:       DefaultDrainTimeout,
 	}
 }
 
@@ -179,6 +187,9 @@ func (c Config) Validate() error {
 	if c.CloseTimeout < 0 || c.CloseTimeout > time.Minute {
 		return keyErr("close_timeout", "must be between 0s and 1m")
 	}
+	if c.DrainTimeout < 0 || c.DrainTimeout > time.Hour {
+		return keyErr("drain_timeout", "must be between 0s and 1h")
+	}
 	if c.RedisURL != "" {
 		return keyErr("redis_url", "the Redis broker is not available in this build; leave it empty for the in-memory broker")
 	}
@@ -215,6 +226,13 @@ func knownBackend(spec string) bool {
 		}
 	}
 	return false
+}
+
+func (c Config) drainTimeout() time.Duration {
+	if c.DrainTimeout == 0 {
+		return DefaultDrainTimeout
+	}
+	return c.DrainTimeout
 }
 
 func (c Config) closeTimeout() time.Duration {
@@ -302,6 +320,7 @@ func settings() []setting {
 		intSetting("write_queue_max_bytes", "per-socket outbound queue cap in bytes", func(c *Config) *int { return &c.WriteQueueMaxBytes }),
 		intSetting("pollers", "epoll pollers (0 = number of CPUs)", func(c *Config) *int { return &c.Pollers }),
 		durSetting("close_timeout", "deadline for a socket's closing handshake", func(c *Config) *time.Duration { return &c.CloseTimeout }),
+		durSetting("drain_timeout", "graceful shutdown bound; 1012 closes are spread over its first half", func(c *Config) *time.Duration { return &c.DrainTimeout }),
 		strSetting("redis_url", "Redis URL (empty: in-memory broker)", func(c *Config) *string { return &c.RedisURL }),
 		{
 			key: "check_origin", usage: "allowed origins, comma-separated (empty allows all)",

@@ -3,6 +3,7 @@
 package gateway
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"sync"
@@ -28,6 +29,8 @@ const (
 	// sweepInterval is the idle/close timer granularity: one pass over the
 	// poller's connections instead of a timer per connection.
 	sweepInterval = time.Second
+	// drainTick is the pace of batched drain closes.
+	drainTick = 50 * time.Millisecond
 )
 
 type pendingConn struct {
@@ -43,16 +46,17 @@ type poller struct {
 	evfd int
 
 	// Poller goroutine only.
-	conns     []*conn // indexed by fd: fds are small dense integers
-	buf       []byte
-	iov       []unix.Iovec
-	now       int64
-	lastSweep int64
-	framesIn  int
-	framesOut int
-	bytesIn   int
-	bytesOut  int
-	drained   bool
+	conns      []*conn // indexed by fd: fds are small dense integers
+	buf        []byte
+	iov        []unix.Iovec
+	now        int64
+	lastSweep  int64
+	framesIn   int
+	framesOut  int
+	bytesIn    int
+	bytesOut   int
+	drainPos   int // next index of conns to close while draining
+	drainBatch int // sockets closed per drainTick; 0 = all at once
 
 	running     atomic.Bool  // run was started (it then owns epfd/evfd)
 	queuedBytes atomic.Int64 // bytes queued on this poller's sockets
@@ -64,6 +68,7 @@ type poller struct {
 	spare    []*conn
 	pending  []pendingConn
 	draining bool
+	spread   time.Duration // how long to spread drain closes over
 	stopping bool
 }
 
@@ -129,9 +134,12 @@ func (p *poller) register(c *conn, leftover []byte) {
 	}
 }
 
-func (p *poller) drain() {
+// drain closes every socket with 1012, spread over spread (0: at once) so
+// that reconnecting clients do not all hit the other nodes in one instant.
+func (p *poller) drain(spread time.Duration) {
 	p.mu.Lock()
 	p.draining = true
+	p.spread = spread
 	w := p.signalLocked()
 	p.mu.Unlock()
 	if w {
@@ -159,7 +167,11 @@ func (p *poller) run() {
 	p.now = time.Now().UnixNano()
 	p.lastSweep = p.now
 	for {
-		n, err := unix.EpollWait(p.epfd, events, int(sweepInterval/time.Millisecond))
+		timeout := sweepInterval
+		if p.drainBatch > 0 && p.drainPos < len(p.conns) {
+			timeout = drainTick
+		}
+		n, err := unix.EpollWait(p.epfd, events, int(timeout/time.Millisecond))
 		if err != nil && !errors.Is(err, unix.EINTR) {
 			p.srv.log.Error("epoll_wait failed", "err", err)
 			n = 0
@@ -170,7 +182,7 @@ func (p *poller) run() {
 		p.woken = true // enqueues while we work need no eventfd write
 		pending := p.pending
 		p.pending = nil
-		draining, stopping := p.draining, p.stopping
+		draining, spread, stopping := p.draining, p.spread, p.stopping
 		p.mu.Unlock()
 
 		for _, pc := range pending {
@@ -195,13 +207,8 @@ func (p *poller) run() {
 				p.flush(c)
 			}
 		}
-		if draining && !p.drained {
-			p.drained = true
-			for _, c := range p.conns {
-				if c != nil {
-					c.closeWith(uint16(channels.CloseServiceRestart), channels.ReasonDrain)
-				}
-			}
+		if draining {
+			p.drainStep(spread)
 		}
 		if p.now-p.lastSweep >= int64(sweepInterval) {
 			p.lastSweep = p.now
@@ -220,6 +227,32 @@ func (p *poller) run() {
 		}
 	}
 }
+
+// drainStep closes the next batch of sockets with 1012. The batch size is
+// fixed on the first step from the sockets open then, so that the whole set
+// is closed within spread.
+func (p *poller) drainStep(spread time.Duration) {
+	if p.drainPos >= len(p.conns) {
+		return
+	}
+	if p.drainBatch == 0 {
+		ticks := int(spread / drainTick)
+		p.drainBatch = len(p.conns) // all at once without a spread
+		if ticks > 1 {
+			p.drainBatch = max(minDrainBatch, (int(p.open.Load())+ticks-1)/ticks)
+		}
+	}
+	closed := 0
+	for ; p.drainPos < len(p.conns) && closed < p.drainBatch; p.drainPos++ {
+		if c := p.conns[p.drainPos]; c != nil && c.state.Load() == stateOpen {
+			c.closeWith(uint16(channels.CloseServiceRestart), channels.ReasonDrain)
+			closed++
+		}
+	}
+}
+
+// minDrainBatch keeps small nodes from dribbling their drain out.
+const minDrainBatch = 64
 
 // flushDirty writes every socket that got frames since the last pass, and
 // re-arms the eventfd wake once the list is empty.
@@ -361,7 +394,7 @@ func closeFor(err error) (uint16, channels.DisconnectReason) {
 	}
 	var cce *channels.CloseError
 	if errors.As(err, &cce) {
-		return uint16(cce.Code), cmpOr(cce.Reason, channels.ReasonMalformed)
+		return uint16(cce.Code), cmp.Or(cce.Reason, channels.ReasonMalformed)
 	}
 	var ce *CloseError
 	if errors.As(err, &ce) {
@@ -529,7 +562,7 @@ func (p *poller) finalClose(c *conn, reason channels.DisconnectReason) {
 	c.mu.Lock()
 	c.state.Store(stateClosed)
 	if c.reason == "" { // closed without a close handshake
-		c.reason = cmpOr(reason, channels.ReasonConnReset)
+		c.reason = cmp.Or(reason, channels.ReasonConnReset)
 	}
 	reason = c.reason
 	p.queuedBytes.Add(-int64(c.queued))
@@ -543,13 +576,6 @@ func (p *poller) finalClose(c *conn, reason channels.DisconnectReason) {
 	p.srv.log.Debug("socket closed", "conn", c.id, "reason", reason)
 	p.terminate(c, reason)
 	c.releaseAdmission()
-}
-
-func cmpOr(a, b channels.DisconnectReason) channels.DisconnectReason {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 func (p *poller) terminate(c *conn, reason channels.DisconnectReason) {

@@ -243,8 +243,14 @@ func (s *Server) shutdown(ctx context.Context) error {
 		_ = k.(net.Conn).SetDeadline(time.Now())
 		return true
 	})
+	// Spread the 1012s over half of the time left, leaving the rest for
+	// the closing handshakes and the Closers.
+	var spread time.Duration
+	if dl, ok := ctx.Deadline(); ok {
+		spread = time.Until(dl) / 2
+	}
 	for _, p := range s.pollers {
-		p.drain()
+		p.drain(spread)
 	}
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
@@ -290,20 +296,17 @@ func (s *Server) closePollers() {
 }
 
 // Run starts a server, waits for ctx, then shuts down within
-// drainTimeout.
+// Config.DrainTimeout.
 func Run(ctx context.Context, cfg Config, opts ...Option) error {
 	s, err := Start(ctx, cfg, opts...)
 	if err != nil {
 		return err
 	}
 	<-ctx.Done()
-	sctx, cancel := context.WithTimeout(context.Background(), DefaultDrainTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.drainTimeout())
 	defer cancel()
 	return s.Shutdown(sctx)
 }
-
-// DefaultDrainTimeout bounds Run's graceful shutdown.
-const DefaultDrainTimeout = 10 * time.Second
 
 func (s *Server) adminHandler() http.Handler {
 	mux := http.NewServeMux()
