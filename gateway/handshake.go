@@ -396,7 +396,7 @@ func detach(nc net.Conn) (int, error) {
 // same port, replaying the bytes already read.
 func (s *Server) serveHTTP(nc net.Conn, read []byte) {
 	_ = nc.SetDeadline(time.Time{})
-	rc := &replayConn{Conn: nc, r: io.MultiReader(bytes.NewReader(bytes.Clone(read)), nc)}
+	rc := &replayConn{Conn: nc, r: &replayReader{b: bytes.Clone(read), conn: nc}}
 	if !s.httpLn.deliver(rc) {
 		_ = nc.Close()
 	}
@@ -408,6 +408,76 @@ type replayConn struct {
 }
 
 func (c *replayConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// socketOnHTTP catches WebSocket upgrades that arrive on a kept-alive HTTP
+// connection (the first request on a connection is routed by the handshake
+// worker; later ones reach net/http directly). It hijacks the connection
+// and runs the same upgrade as the worker, so both paths behave alike.
+func (s *Server) socketOnHTTP(next http.Handler) http.Handler {
+	wsPath := s.cfg.SocketPath + "/websocket"
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != wsPath {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if r.Method != http.MethodGet {
+			w.Header().Set("Connection", "close")
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		hj, ok := w.(http.Hijacker)
+		if !ok {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		nc, brw, err := hj.Hijack()
+		if err != nil {
+			return
+		}
+		var head bytes.Buffer
+		head.WriteString("GET " + r.URL.RequestURI() + " HTTP/1.1\r\nHost: " + r.Host + "\r\n")
+		_ = r.Header.Write(&head)
+		head.WriteString("\r\n")
+		leftover := make([]byte, brw.Reader.Buffered())
+		_, _ = io.ReadFull(brw.Reader, leftover)
+		if rc, ok := nc.(*replayConn); ok {
+			// Bytes of the first request that net/http has not read yet
+			// (it reads through rc) come before the socket's own.
+			if br, ok := rc.r.(interface{ Len() int }); ok && br.Len() > 0 {
+				more := make([]byte, br.Len())
+				_, _ = io.ReadFull(rc.r, more)
+				leftover = append(leftover, more...)
+			}
+			nc = rc.Conn
+		}
+		if head.Len() > MaxHandshakeBytes {
+			s.refuse(nc, http.StatusRequestHeaderFieldsTooLarge)
+			return
+		}
+		s.busy.Add(1)
+		defer s.busy.Add(-1)
+		_ = nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+		s.upgrade(nc, head.Bytes(), leftover)
+	})
+}
+
+// replayReader yields the bytes already read, then the connection's.
+type replayReader struct {
+	b    []byte
+	conn net.Conn
+}
+
+func (r *replayReader) Read(p []byte) (int, error) {
+	if len(r.b) > 0 {
+		n := copy(p, r.b)
+		r.b = r.b[n:]
+		return n, nil
+	}
+	return r.conn.Read(p)
+}
+
+// Len is how many replayed bytes are still unread.
+func (r *replayReader) Len() int { return len(r.b) }
 
 // chanListener is a net.Listener fed by the handshake workers.
 type chanListener struct {

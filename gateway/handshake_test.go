@@ -348,3 +348,34 @@ func TestParseSemver(t *testing.T) {
 		})
 	}
 }
+
+// TestUpgradeOnKeptAliveHTTPConnection: a client that first fetched a page
+// and then upgrades on the same connection gets the same WebSocket.
+func TestUpgradeOnKeptAliveHTTPConnection(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/page", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "page") })
+	s := startServer(t, nil, WithHTTP(mux))
+	conn := dialRaw(t, s.Addr())
+	_, _ = io.WriteString(conn, "GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
+	c := readUpgrade(t, conn)
+	body, _ := io.ReadAll(io.LimitReader(c.resp.Body, 4))
+	if c.resp.StatusCode != 200 || string(body) != "page" {
+		t.Fatalf("page: %d %q", c.resp.StatusCode, body)
+	}
+	req := "GET /socket/websocket?vsn=2.0.0&token=k HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: phoenix\r\n\r\n"
+	_, _ = conn.Write(append([]byte(req), clientFrame(0x81, true, []byte("pipelined"), -1)...))
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 101 || resp.Header.Get("Sec-WebSocket-Protocol") != "phoenix" {
+		t.Fatalf("upgrade: %d %v", resp.StatusCode, resp.Header)
+	}
+	if got := string(s.rec.lastInfo().Params); got != `{"token":"k"}` {
+		t.Errorf("params = %s", got)
+	}
+	c.expectMessage(ws.OpText, "pipelined")
+	c.sendText("again")
+	c.expectMessage(ws.OpText, "again")
+}

@@ -120,8 +120,10 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (*Server, error) {
 
 	s.httpLn = newChanListener(ln.Addr())
 	s.httpSrv = &http.Server{
-		Handler:           o.HTTP,
+		Handler:           s.socketOnHTTP(o.HTTP),
 		ReadHeaderTimeout: cfg.HandshakeTimeout,
+		IdleTimeout:       httpIdleTimeout,
+		MaxHeaderBytes:    MaxHandshakeBytes,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	s.wg.Add(1)
@@ -158,6 +160,10 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (*Server, error) {
 	s.log.Info("phxgate listening", args...)
 	return s, nil
 }
+
+// httpIdleTimeout bounds a kept-alive plain HTTP connection between
+// requests on the client port.
+const httpIdleTimeout = 60 * time.Second
 
 // Addr is the client listener's address.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
