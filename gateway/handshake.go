@@ -248,7 +248,12 @@ func (s *Server) upgrade(nc net.Conn, head, leftover []byte) {
 		lo = append([]byte(nil), leftover...)
 	}
 	s.log.Debug("socket upgraded", "conn", c.id, "remote", st.req.RemoteAddr, "vsn", st.req.Info.Serializer)
-	c.p.register(c, lo)
+	if !c.p.register(c, lo) {
+		_ = unix.Close(fd)
+		c.state.Store(stateClosed)
+		c.handler.Terminate(leaveReason(channels.ReasonDrain))
+		c.releaseAdmission()
+	}
 }
 
 // releaseAdmission gives back what Options.Admit took, once. It runs on

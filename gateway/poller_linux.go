@@ -70,6 +70,7 @@ type poller struct {
 	draining bool
 	spread   time.Duration // how long to spread drain closes over
 	stopping bool
+	exited   bool // run returned and the fds are closed
 }
 
 var wakeValue = [8]byte{1, 0, 0, 0, 0, 0, 0, 0} // eventfd counter increment (little endian)
@@ -99,39 +100,45 @@ func newPoller(srv *Server) (*poller, error) {
 	}, nil
 }
 
-func (p *poller) wake() {
-	_, _ = unix.Write(p.evfd, wakeValue[:])
+// wake writes the eventfd. Callers hold p.mu, which orders the write
+// before closeFDs: the fd number can never be reused under our feet.
+func (p *poller) wakeLocked() {
+	if !p.exited {
+		_, _ = unix.Write(p.evfd, wakeValue[:])
+	}
 }
 
-// signal marks the poller as having work and wakes it at most once per
-// batch: while it is awake (or a wake is pending) no eventfd write happens.
-func (p *poller) signalLocked() bool {
-	if p.woken {
-		return false
+// signalLocked marks the poller as having work and wakes it at most once
+// per batch: while it is awake (or a wake is pending) no eventfd write
+// happens.
+func (p *poller) signalLocked() {
+	if !p.woken {
+		p.woken = true
+		p.wakeLocked()
 	}
-	p.woken = true
-	return true
 }
 
 func (p *poller) enqueueDirty(c *conn) {
 	p.mu.Lock()
-	p.dirty = append(p.dirty, c)
-	w := p.signalLocked()
-	p.mu.Unlock()
-	if w {
-		p.wake()
+	if !p.exited {
+		p.dirty = append(p.dirty, c)
+		p.signalLocked()
 	}
+	p.mu.Unlock()
 }
 
-// register hands an upgraded socket to the poller goroutine.
-func (p *poller) register(c *conn, leftover []byte) {
+// register hands an upgraded socket to the poller goroutine. It reports
+// false if the poller has exited (shutdown raced the handshake); the caller
+// then owns the fd still.
+func (p *poller) register(c *conn, leftover []byte) bool {
 	p.mu.Lock()
-	p.pending = append(p.pending, pendingConn{c, leftover})
-	w := p.signalLocked()
-	p.mu.Unlock()
-	if w {
-		p.wake()
+	defer p.mu.Unlock()
+	if p.exited {
+		return false
 	}
+	p.pending = append(p.pending, pendingConn{c, leftover})
+	p.signalLocked()
+	return true
 }
 
 // drain closes every socket with 1012, spread over spread (0: at once) so
@@ -140,23 +147,23 @@ func (p *poller) drain(spread time.Duration) {
 	p.mu.Lock()
 	p.draining = true
 	p.spread = spread
-	w := p.signalLocked()
+	p.signalLocked()
 	p.mu.Unlock()
-	if w {
-		p.wake()
-	}
 }
 
 func (p *poller) stop() {
 	p.mu.Lock()
 	p.stopping = true
+	p.wakeLocked() // unconditionally: the flag must be seen even if woken is stale
 	p.mu.Unlock()
-	p.wake() // unconditionally: the flag must be seen even if woken is stale
 }
 
 func (p *poller) started() bool { return p.running.Load() }
 
 func (p *poller) closeFDs() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.exited = true
 	_ = unix.Close(p.epfd)
 	_ = unix.Close(p.evfd)
 }
