@@ -442,3 +442,30 @@ func TestShutdownSpreadsDrainInBatches(t *testing.T) {
 		t.Fatalf("terminations = %d, want %d", got, n)
 	}
 }
+
+// TestSlotReuseKeepsSocketsApart closes some sockets and opens new ones
+// (which reuse the freed poller slots), then checks every socket still gets
+// only its own frames.
+func TestSlotReuseKeepsSocketsApart(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.Pollers = 1 })
+	var live []*client
+	for i := range 20 {
+		c := open(t, s.Addr())
+		if i%2 == 1 {
+			c.write(clientFrame(0x88, true, nil, -1))
+			c.expectClose(1000)
+			continue
+		}
+		live = append(live, c)
+	}
+	waitFor(t, 5*time.Second, func() bool { return s.Connections() == 10 }, "10 sockets left")
+	for range 10 {
+		live = append(live, open(t, s.Addr()))
+	}
+	for i, c := range live {
+		c.sendText(strings.Repeat("m", i+1))
+	}
+	for i, c := range live {
+		c.expectMessage(ws.OpText, strings.Repeat("m", i+1))
+	}
+}

@@ -36,9 +36,10 @@ const maxRetainedQueueCap = 8
 // conn is one upgraded socket. It is kept small on purpose (the memory
 // target is per idle connection): no buffers while idle, no goroutine.
 type conn struct {
-	id uint64
-	p  *poller
-	fd int32
+	id   uint64
+	p    *poller
+	fd   int32
+	slot int32 // index in p.conns (poller goroutine only)
 
 	// Poller-goroutine only.
 	registered bool

@@ -33,6 +33,9 @@ const (
 	drainTick = 50 * time.Millisecond
 )
 
+// wakeSlot is the epoll user data of the eventfd.
+const wakeSlot = -1
+
 type pendingConn struct {
 	c        *conn
 	leftover []byte // bytes read past the handshake head (first frames)
@@ -46,7 +49,13 @@ type poller struct {
 	evfd int
 
 	// Poller goroutine only.
-	conns      []*conn // indexed by fd: fds are small dense integers
+	//
+	// conns is indexed by a per-poller slot stored as the epoll user data,
+	// not by fd: fd numbers are process-wide, so with N pollers an
+	// fd-indexed slice would cost every poller 8 bytes per fd of the whole
+	// process (64 pollers × 8 B = 512 B per connection). Slots stay dense.
+	conns      []*conn
+	free       []int32 // free slots, reused LIFO
 	buf        []byte
 	iov        []unix.Iovec
 	now        int64
@@ -85,7 +94,7 @@ func newPoller(srv *Server) (*poller, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("gateway: eventfd: %w", err)
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: wakeSlot}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
 		unix.Close(epfd)
 		unix.Close(evfd)
@@ -197,20 +206,20 @@ func (p *poller) run() {
 		}
 		for i := range n {
 			ev := &events[i]
-			fd := int(ev.Fd)
-			if fd == p.evfd {
+			slot := int(ev.Fd) // the epoll user data holds the slot, not the fd
+			if slot == wakeSlot {
 				var b [8]byte
 				_, _ = unix.Read(p.evfd, b[:])
 				continue
 			}
-			if fd >= len(p.conns) || p.conns[fd] == nil {
+			if slot < 0 || slot >= len(p.conns) || p.conns[slot] == nil {
 				continue
 			}
-			c := p.conns[fd]
+			c := p.conns[slot]
 			if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 				p.read(c)
 			}
-			if ev.Events&unix.EPOLLOUT != 0 && p.conns[fd] == c {
+			if ev.Events&unix.EPOLLOUT != 0 && p.conns[slot] == c {
 				p.flush(c)
 			}
 		}
@@ -307,17 +316,19 @@ func (p *poller) publishMetrics() {
 
 func (p *poller) add(c *conn, leftover []byte) {
 	fd := int(c.fd)
-	if fd >= len(p.conns) {
-		grown := make([]*conn, max(fd+1, 2*len(p.conns), 64))
-		copy(grown, p.conns)
-		p.conns = grown
+	if n := len(p.free); n > 0 {
+		c.slot = p.free[n-1]
+		p.free = p.free[:n-1]
+	} else {
+		c.slot = int32(len(p.conns))
+		p.conns = append(p.conns, nil)
 	}
-	p.conns[fd] = c
+	p.conns[c.slot] = c
 	c.registered = true
 	c.lastActive = p.now
 	p.open.Add(1)
 	p.srv.metrics.connections.Inc()
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(fd)}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: c.slot}
 	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		p.srv.log.Error("epoll_ctl add failed", "conn", c.id, "err", err)
 		p.finalClose(c, channels.ReasonInternal)
@@ -442,7 +453,7 @@ func (p *poller) flush(c *conn) {
 		}
 		n, _, errno := unix.Syscall(unix.SYS_WRITEV, uintptr(c.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
 		clear(iov) // drop references to frames
-		if errno == unix.EAGAIN {
+		if errno == unix.EAGAIN || (errno == 0 && n == 0) {
 			if !c.pollOut {
 				c.pollOut = true
 				p.setPollOut(c, true)
@@ -520,7 +531,7 @@ func (p *poller) setPollOut(c *conn, on bool) {
 	if on {
 		events |= unix.EPOLLOUT
 	}
-	ev := unix.EpollEvent{Events: events, Fd: c.fd}
+	ev := unix.EpollEvent{Events: events, Fd: c.slot}
 	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, int(c.fd), &ev); err != nil {
 		p.srv.log.Error("epoll_ctl mod failed", "conn", c.id, "err", err)
 	}
@@ -564,7 +575,10 @@ func (p *poller) finalClose(c *conn, reason channels.DisconnectReason) {
 	fd := int(c.fd)
 	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 	_ = unix.Close(fd)
-	p.conns[fd] = nil
+	// The slot is reused only by add, at the start of a later loop pass:
+	// events already fetched in this pass can never reach a new socket.
+	p.conns[c.slot] = nil
+	p.free = append(p.free, c.slot)
 
 	c.mu.Lock()
 	c.state.Store(stateClosed)
