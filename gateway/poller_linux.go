@@ -376,7 +376,7 @@ func (p *poller) read(c *conn) {
 // consume feeds received bytes to the parser and closes the socket on the
 // first protocol violation or handler error.
 func (p *poller) consume(c *conn, data []byte) {
-	err := c.parser.Feed(data, p.srv.cfg.MaxMessageSize, c)
+	err := p.feed(c, data)
 	if err == nil {
 		return
 	}
@@ -395,6 +395,19 @@ func (p *poller) consume(c *conn, data []byte) {
 	code, reason := closeFor(err)
 	p.srv.log.Debug("closing socket", "conn", c.id, "code", code, "reason", reason, "err", err)
 	c.closeWith(code, reason)
+}
+
+// feed runs the parser; a panic in it (a bug, reached by some input) costs
+// that socket, never the process.
+func (p *poller) feed(c *conn, data []byte) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			p.srv.metrics.panics.Inc()
+			p.srv.log.Error("frame parser panicked", "conn", c.id, "panic", fmt.Sprint(r))
+			err = &CloseError{Code: channels.CloseInternalError, Reason: channels.ReasonInternal, Err: fmt.Errorf("panic: %v", r)}
+		}
+	}()
+	return c.parser.Feed(data, p.srv.cfg.MaxMessageSize, c)
 }
 
 // closeFor maps an error from the parser or a handler to a close code.
