@@ -24,6 +24,24 @@
 // of that poller waits behind them. Data passed to HandleText/HandleBinary
 // is valid only until the call returns.
 //
+// # Seams
+//
+// Options.Admit sees every upgrade request (path, query, Origin,
+// X-Forwarded-For, peer address, decoded params, serializer, authToken)
+// after it was validated and before Connect runs and the 101 is written; it
+// answers 0 or the HTTP status to refuse with, and may fill the player id
+// and claims for Connect. Options.Connect builds the SocketHandler (the
+// channels layer in production). Refusals are always an HTTP status with an
+// empty body, as Phoenix answers.
+//
+// # Closing
+//
+// Close queues a close frame (code, empty reason) behind the frames already
+// queued; once it is written the write side is shut down and the fd is
+// closed when the client's close frame or EOF arrives, or after
+// Config.CloseTimeout. Closing with unread input would make the kernel send
+// an RST that can destroy the close frame before the client reads it.
+//
 // # Lock order
 //
 // conn.mu, then poller.mu. In practice no code path holds both: Send marks
