@@ -37,6 +37,11 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+## loadtest: 15,000 idle joined connections from a separate process; prints
+## the gateway's RSS slope per connection and its goroutine count.
+loadtest:
+	clients/bench/loadtest.sh
+
 ## bench: micro-benchmarks with allocation counts.
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./gateway/... ./channels/... ./pubsub/...
