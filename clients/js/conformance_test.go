@@ -15,6 +15,7 @@ package js_test
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -57,6 +58,32 @@ routes:
     backend: bench
 `
 
+// authGatewayConfig is the auth phase's configuration (auth/*.test.mjs):
+// tokens required, HS256 with a per-run secret (passed to node as
+// PHXGATE_AUTH_SECRET), and a small `chat` class so a burst of six pushes
+// crosses it.
+const authGatewayConfig = `# written by clients/js/conformance_test.go (auth phase)
+listen: "%s"
+admin_listen: "%s"
+idle_timeout: 60s
+auth:
+  required: true
+  hs256_secret: "%s"
+  leeway: 1s
+limits:
+  classes:
+    chat: {per_second: 2, burst: 3}
+routes:
+  - topic: "room:*"
+    backend: echo
+    history: 100
+    rate_limits:
+      default_class: default
+      events: {chat: chat}
+  - topic: "bench:*"
+    backend: bench
+`
+
 func TestConformancePhoenixJS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the phoenix.js conformance suite is skipped in -short mode")
@@ -68,24 +95,37 @@ func TestConformancePhoenixJS(t *testing.T) {
 	root := filepath.Dir(filepath.Dir(jsDir))
 	node := requireNode(t, jsDir)
 
-	url := os.Getenv("PHXGATE_URL")
-	external := url != ""
-	if external {
+	// Each phase is a subtest with a gateway of its own, so one phase runs
+	// alone with e.g. -run 'Conformance/auth'.
+	if url := os.Getenv("PHXGATE_URL"); url != "" {
 		t.Logf("PHXGATE_URL is set: running against %s instead of a fresh build", url)
-	} else {
-		url, _ = startGateway(t, root)
-	}
-	runNode(t, node, jsDir, "test/", "PHXGATE_URL="+url)
-
-	// The drain phase stops its gateway, so it gets one of its own.
-	if external {
-		t.Log("PHXGATE_URL is set: skipping the drain phase, which needs a gateway it may stop")
+		t.Run("main", func(t *testing.T) { runNode(t, node, jsDir, "test/", "PHXGATE_URL="+url) })
+		t.Log("PHXGATE_URL is set: skipping the drain and auth phases, which need gateways configured by this test")
 		return
 	}
+	bin := gatewayBinary(t, root)
+	t.Run("main", func(t *testing.T) {
+		url, _ := startGateway(t, bin, plainConfig)
+		runNode(t, node, jsDir, "test/", "PHXGATE_URL="+url)
+	})
+	// The drain phase stops its gateway.
 	t.Run("drain", func(t *testing.T) {
-		url, pid := startGateway(t, root)
+		url, pid := startGateway(t, bin, plainConfig)
 		runNode(t, node, jsDir, "drain/", "PHXGATE_URL="+url, fmt.Sprintf("PHXGATE_PID=%d", pid))
 	})
+	// The auth phase needs auth.required and rate limit classes, which the
+	// main suite's gateway must not have.
+	t.Run("auth", func(t *testing.T) {
+		secret := rand.Text() + rand.Text() // 52 base32 characters, over HS256's 32-byte minimum
+		url, _ := startGateway(t, bin, func(listen, admin string) string {
+			return fmt.Sprintf(authGatewayConfig, listen, admin, secret)
+		})
+		runNode(t, node, jsDir, "auth/", "PHXGATE_URL="+url, "PHXGATE_AUTH_SECRET="+secret)
+	})
+}
+
+func plainConfig(listen, admin string) string {
+	return fmt.Sprintf(gatewayConfig, listen, admin)
 }
 
 // runNode runs `node --test` on dir with env added, streaming its output.
@@ -127,33 +167,40 @@ func requireNode(t *testing.T, jsDir string) string {
 	return node
 }
 
-// startGateway builds ./cmd/phxgate, starts it on free loopback ports and
-// returns the socket URL once /readyz answers 200.
-func startGateway(t *testing.T, root string) (url string, pid int) {
+// gatewayBinary returns $PHXGATE_BIN, or builds ./cmd/phxgate once for all
+// phases (with -race when the test runs with -race), so every phase tests the
+// same binary.
+func gatewayBinary(t *testing.T, root string) string {
+	t.Helper()
+	if bin := os.Getenv("PHXGATE_BIN"); bin != "" {
+		t.Logf("PHXGATE_BIN is set: testing %s instead of building ./cmd/phxgate", bin)
+		return bin
+	}
+	bin := filepath.Join(t.TempDir(), "phxgate")
+	buildArgs := []string{"build", "-o", bin}
+	if raceEnabled {
+		buildArgs = append(buildArgs, "-race")
+	}
+	buildArgs = append(buildArgs, "./cmd/phxgate")
+	bctx, bcancel := context.WithTimeout(context.Background(), buildTimeout)
+	defer bcancel()
+	build := exec.CommandContext(bctx, "go", buildArgs...)
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go %s: %v\n%s", strings.Join(buildArgs, " "), err, out)
+	}
+	return bin
+}
+
+// startGateway starts bin on free loopback ports with
+// the configuration config returns for them, and returns the socket URL once
+// /readyz answers 200.
+func startGateway(t *testing.T, bin string, config func(listen, admin string) string) (url string, pid int) {
 	t.Helper()
 	dir := t.TempDir()
-	bin := os.Getenv("PHXGATE_BIN")
-	if bin != "" {
-		t.Logf("PHXGATE_BIN is set: testing %s instead of building ./cmd/phxgate", bin)
-	} else {
-		bin = filepath.Join(dir, "phxgate")
-		buildArgs := []string{"build", "-o", bin}
-		if raceEnabled {
-			buildArgs = append(buildArgs, "-race")
-		}
-		buildArgs = append(buildArgs, "./cmd/phxgate")
-		bctx, bcancel := context.WithTimeout(context.Background(), buildTimeout)
-		defer bcancel()
-		build := exec.CommandContext(bctx, "go", buildArgs...)
-		build.Dir = root
-		if out, err := build.CombinedOutput(); err != nil {
-			t.Fatalf("go %s: %v\n%s", strings.Join(buildArgs, " "), err, out)
-		}
-	}
-
 	listen, admin := freePort(t), freePort(t)
 	cfg := filepath.Join(dir, "phxgate.yaml")
-	if err := os.WriteFile(cfg, fmt.Appendf(nil, gatewayConfig, listen, admin), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(config(listen, admin)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 

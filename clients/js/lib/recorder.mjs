@@ -121,9 +121,14 @@ export function recordingTransport(recorder) {
       this.on("open", () => {
         recorder.push({conn, dir: "event", type: "open", protocol: this.protocol, extensions: this.extensions})
       })
-      this.on("unexpected-response", (req, res) => {
-        recorder.push({conn, dir: "event", type: "unexpected-response", status: res.statusCode})
-        req.destroy()
+      // An HTTP answer other than 101 (e.g. 401/403 from auth). A browser
+      // fires error then close (1006), and phoenix.js schedules a reconnect;
+      // terminate() makes ws do the same (destroying only the request would
+      // leave the WebSocket CONNECTING forever and phoenix.js would never retry).
+      this.on("unexpected-response", (_req, res) => {
+        recorder.push({conn, dir: "event", type: "unexpected-response", status: res.statusCode,
+          contentLength: res.headers["content-length"] ?? null})
+        this.terminate()
       })
       this.on("message", (data, isBinary) => {
         recorder.push(inbound(recorder.codec, conn, data, isBinary))
