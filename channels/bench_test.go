@@ -132,7 +132,7 @@ func ExampleRouter_Match() {
 // BenchmarkEventRoundTrip: one client event through the worker pool to an
 // in-test backend and back as a reply frame.
 func BenchmarkEventRoundTrip(b *testing.B) {
-	env := newTestEnv(b, func(c *Config) { c.ChannelQueue = 1 << 20 })
+	env := newTestEnv(b, func(c *Config) { c.ChannelQueue, c.ChannelQueueHard = 1<<20, 1<<20 })
 	conn := &discardConn{}
 	s := env.srv.Connect(conn, ConnectInfo{Serializer: V2})
 	if err := s.HandleText([]byte(`["1","1","room:bench","phx_join",{}]`)); err != nil {

@@ -19,6 +19,7 @@ const (
 	taskDupLeave                  // incarnation gen replaced by a duplicate join
 	taskTerminate                 // the transport is gone
 	taskFrame                     // a ready frame queued behind the slot's work
+	taskReject                    // an error reply to a refused client message (payload: the shared, read-only response)
 )
 
 // task is one queued piece of work for a channel. Everything in it is owned
@@ -104,6 +105,9 @@ func (c *channel) exec(t *task) {
 	switch t.kind {
 	case taskFrame:
 		s.send(t.frame)
+	case taskReject:
+		// Encoded only now: a flood of refusals holds refs, not frames.
+		s.send(s.replyFrame(t.joinRef, t.ref, c.topic, "error", t.payload))
 	case taskJoin:
 		c.join(t)
 	case taskEvent:

@@ -44,6 +44,10 @@ const (
 	ReasonRateAbuse     DisconnectReason = "rate_abuse"
 	ReasonDrain         DisconnectReason = "drain"
 	ReasonInternal      DisconnectReason = "internal_error"
+
+	// ReasonOverloaded: the client queued more than ChannelQueueHard
+	// messages on one channel without waiting for replies (closed 1013).
+	ReasonOverloaded DisconnectReason = "overloaded"
 )
 
 // Join and reply reasons sent to clients in {"reason": ...} responses.

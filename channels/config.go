@@ -19,8 +19,15 @@ const (
 	// poller.
 	DefaultQueueSize = 16384
 	// DefaultChannelQueue bounds the calls waiting behind the running one on
-	// a single channel (per-channel FIFO).
-	DefaultChannelQueue = 32
+	// a single channel (per-channel FIFO). A client firing a few hundred
+	// pushes at once (phoenix.js sends them without waiting for replies)
+	// has them all served, as Phoenix's channel mailbox would.
+	DefaultChannelQueue = 256
+	// DefaultChannelQueueHard bounds everything queued on one channel,
+	// in-order refusals included. Past ChannelQueue a push only costs a
+	// small refusal task, so this bound is only hit by a client that keeps
+	// pushing without waiting for replies: it is closed (1013).
+	DefaultChannelQueueHard = 4 * DefaultChannelQueue
 	// DefaultCallTimeout is the deadline of one backend call.
 	DefaultCallTimeout = 5 * time.Second
 	// DefaultResumeBuffer bounds the live events held for a resuming join
@@ -47,9 +54,14 @@ type Config struct {
 	// QueueSize is how many channels with work may wait for a worker. Zero
 	// is invalid.
 	QueueSize int
-	// ChannelQueue is how many calls may wait on one channel; past it the
-	// call gets a backend_overloaded reply. Zero is invalid.
+	// ChannelQueue is how many tasks may wait on one channel and still be
+	// handed to the backend; past it a call gets a backend_overloaded reply,
+	// in its turn among the channel's replies. Zero is invalid.
 	ChannelQueue int
+	// ChannelQueueHard is how many tasks may wait on one channel in all;
+	// a client message past it closes the socket with 1013 (the client is
+	// flooding). Must be at least ChannelQueue.
+	ChannelQueueHard int
 	// CallTimeout is the deadline of each backend call (Join, HandleIn,
 	// Leave) and broker call made for a socket. Zero is invalid.
 	CallTimeout time.Duration
@@ -65,13 +77,14 @@ func NewConfig() Config {
 		host = "node"
 	}
 	return Config{
-		NodeID:       host + "-" + strconv.Itoa(os.Getpid()),
-		MaxChannels:  DefaultMaxChannels,
-		Workers:      DefaultWorkers,
-		QueueSize:    DefaultQueueSize,
-		ChannelQueue: DefaultChannelQueue,
-		CallTimeout:  DefaultCallTimeout,
-		ResumeBuffer: DefaultResumeBuffer,
+		NodeID:           host + "-" + strconv.Itoa(os.Getpid()),
+		MaxChannels:      DefaultMaxChannels,
+		Workers:          DefaultWorkers,
+		QueueSize:        DefaultQueueSize,
+		ChannelQueue:     DefaultChannelQueue,
+		ChannelQueueHard: DefaultChannelQueueHard,
+		CallTimeout:      DefaultCallTimeout,
+		ResumeBuffer:     DefaultResumeBuffer,
 	}
 }
 
@@ -88,6 +101,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: QueueSize %d", ErrBadConfig, c.QueueSize)
 	case c.ChannelQueue <= 0:
 		return fmt.Errorf("%w: ChannelQueue %d", ErrBadConfig, c.ChannelQueue)
+	case c.ChannelQueueHard < c.ChannelQueue:
+		return fmt.Errorf("%w: ChannelQueueHard %d below ChannelQueue %d", ErrBadConfig, c.ChannelQueueHard, c.ChannelQueue)
 	case c.CallTimeout <= 0:
 		return fmt.Errorf("%w: CallTimeout %v", ErrBadConfig, c.CallTimeout)
 	case c.ResumeBuffer <= 0:

@@ -27,6 +27,7 @@ type metrics struct {
 	droppedFrames    *prometheus.CounterVec
 	resumeOverflow   prometheus.Counter
 	publishErrors    prometheus.Counter
+	floodCloses      prometheus.Counter
 	callDurationJoin prometheus.Observer
 	callDurationIn   prometheus.Observer
 	callDurationLv   prometheus.Observer
@@ -71,6 +72,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		publishErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "phxgate_publish_errors_total", Help: "Backend broadcasts the broker failed to publish.",
 		}),
+		floodCloses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_channel_flood_closes_total", Help: "Sockets closed (1013) for queueing more than ChannelQueueHard messages on one channel.",
+		}),
 	}
 	m.callDurationJoin = m.backendDuration.WithLabelValues("join")
 	m.callDurationIn = m.backendDuration.WithLabelValues("handle_in")
@@ -81,6 +85,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, c := range []prometheus.Collector{
 		m.channels, m.joins, m.messagesIn, m.broadcasts, m.fanout, m.backendCalls,
 		m.backendDuration, m.replayed, m.overloaded, m.droppedFrames, m.resumeOverflow, m.publishErrors,
+		m.floodCloses,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

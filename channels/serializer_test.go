@@ -154,6 +154,7 @@ func TestConfigValidate(t *testing.T) {
 		"workers":       func(c *Config) { c.Workers = 0 },
 		"queue":         func(c *Config) { c.QueueSize = 0 },
 		"channel queue": func(c *Config) { c.ChannelQueue = 0 },
+		"hard bound":    func(c *Config) { c.ChannelQueueHard = c.ChannelQueue - 1 },
 		"timeout":       func(c *Config) { c.CallTimeout = 0 },
 		"resume buffer": func(c *Config) { c.ResumeBuffer = 0 },
 	} {

@@ -1,6 +1,7 @@
 package channels
 
 import (
+	"fmt"
 	"sync"
 	"sync/atomic"
 
@@ -41,8 +42,7 @@ func (s *Socket) HandleText(data []byte) error {
 		s.srv.m.messagesIn.WithLabelValues("malformed").Inc()
 		return err
 	}
-	s.handle(&m)
-	return nil
+	return s.handle(&m)
 }
 
 // HandleBinary handles one binary frame (V2 binary push). V1 is text only,
@@ -58,8 +58,7 @@ func (s *Socket) HandleBinary(data []byte) error {
 		s.srv.m.messagesIn.WithLabelValues("malformed").Inc()
 		return err
 	}
-	s.handle(&m)
-	return nil
+	return s.handle(&m)
 }
 
 // Terminate ends the socket: every channel gets exactly one Leave with
@@ -137,12 +136,22 @@ func (s *Socket) remove(c *channel) {
 	}
 }
 
+// channelFull reports (and counts) that n more client calls would take c
+// past ChannelQueue. Called with mu held.
+func (s *Socket) channelFull(c *channel, n int) bool {
+	if len(c.queue)+n > s.srv.cfg.ChannelQueue {
+		s.srv.m.overloaded.WithLabelValues("channel").Inc()
+		return true
+	}
+	return false
+}
+
 // enqueue appends tasks to a channel's FIFO, all or none, and schedules the
 // channel if idle. Client calls (must false) are refused past ChannelQueue
-// or when the pool queue is full. Called with mu held.
+// or when the pool queue is full; the caller answers them with
+// rejectInOrder. Called with mu held.
 func (s *Socket) enqueue(c *channel, must bool, ts ...*task) bool {
-	if !must && len(c.queue)+len(ts) > s.srv.cfg.ChannelQueue {
-		s.srv.m.overloaded.WithLabelValues("channel").Inc()
+	if !must && s.channelFull(c, len(ts)) {
 		return false
 	}
 	if !c.running {
@@ -156,25 +165,55 @@ func (s *Socket) enqueue(c *channel, must bool, ts ...*task) bool {
 	return true
 }
 
-func (s *Socket) handle(m *message) {
+// rejectInOrder answers a client message addressed to slot c (nil: the
+// topic has no slot) with an error reply carrying response, without calling
+// the backend, in its turn: replies on one topic go out in the order the
+// client sent the messages, as from Phoenix's per-channel mailbox. When c
+// has work running or queued, the reply becomes a task at the tail of c's
+// FIFO (holding the refs and response, not a frame); otherwise every
+// earlier reply on c has been sent and it is sent at once. response is kept
+// by reference until sent and must not be modified. A refusal costs little,
+// so a client can queue many, but not without bound: past ChannelQueueHard
+// tasks on c nothing is queued and a *CloseError (1013, ReasonOverloaded)
+// is returned, which HandleText/HandleBinary hand to the gateway to close
+// the socket. Called with mu held.
+func (s *Socket) rejectInOrder(c *channel, joinRef, ref, topic string, response []byte) error {
+	if c == nil || !c.running {
+		// Not running means the queue is empty and no task is executing
+		// (run clears running only then, under mu): nothing is owed.
+		s.send(s.replyFrame(joinRef, ref, topic, "error", response))
+		return nil
+	}
+	if len(c.queue) >= s.srv.cfg.ChannelQueueHard {
+		s.srv.m.floodCloses.Inc()
+		return &CloseError{
+			Code:   CloseTryAgainLater,
+			Reason: ReasonOverloaded,
+			Err:    fmt.Errorf("channels: %d messages queued on %q", len(c.queue), c.topic),
+		}
+	}
+	c.queue = append(c.queue, &task{kind: taskReject, joinRef: joinRef, ref: ref, payload: response})
+	return nil
+}
+
+func (s *Socket) handle(m *message) error {
 	switch string(m.event) {
 	case "heartbeat":
 		if string(m.topic) == "phoenix" {
 			s.srv.m.messagesIn.WithLabelValues("heartbeat").Inc()
 			s.send(s.replyFrame("null", m.refToken(), "phoenix", "ok", nil))
-			return
+			return nil
 		}
 	case "phx_join":
 		s.srv.m.messagesIn.WithLabelValues("join").Inc()
-		s.handleJoin(m)
-		return
+		return s.handleJoin(m)
 	case "phx_leave":
 		s.srv.m.messagesIn.WithLabelValues("leave").Inc()
 		s.handleLeave(m)
-		return
+		return nil
 	}
 	s.srv.m.messagesIn.WithLabelValues("event").Inc()
-	s.handleEvent(m)
+	return s.handleEvent(m)
 }
 
 // staleJoinRef reports whether m addresses an older incarnation of c: a
@@ -189,11 +228,11 @@ func staleJoinRef(m *message, cur string) bool {
 	return string(m.joinRef) != cur
 }
 
-func (s *Socket) handleJoin(m *message) {
+func (s *Socket) handleJoin(m *message) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed.Load() {
-		return
+		return nil
 	}
 	jr, ref := m.joinRefToken(), m.refToken()
 	// The channel's join_ref is join_ref || ref (Phoenix channel/server.ex);
@@ -215,12 +254,12 @@ func (s *Socket) handleJoin(m *message) {
 		if route == nil {
 			s.srv.m.joins.WithLabelValues(joinUnmatched).Inc()
 			s.send(s.replyFrame("null", ref, string(m.topic), "error", respUnmatched))
-			return
+			return nil
 		}
 		if len(s.chans) >= s.srv.cfg.MaxChannels {
 			s.srv.m.joins.WithLabelValues(joinTooMany).Inc()
 			s.send(s.replyFrame(jr, ref, string(m.topic), "error", respTooMany))
-			return
+			return nil
 		}
 		c = &channel{sock: s, topic: string(m.topic), route: route, hubIdx: -1}
 		s.chans = append(s.chans, c)
@@ -236,13 +275,16 @@ func (s *Socket) handleJoin(m *message) {
 	if !s.enqueue(c, false, ts...) {
 		s.srv.m.joins.WithLabelValues(joinOverloaded).Inc()
 		if fresh {
+			// A fresh slot is idle, so only the pool refused it and the
+			// reply goes out at once.
 			s.remove(c)
+			c = nil
 		}
-		s.send(s.replyFrame(jr, ref, string(m.topic), "error", respOverloaded))
-		return
+		return s.rejectInOrder(c, jr, ref, string(m.topic), respOverloaded)
 	}
 	c.gen++
 	c.curGen, c.curJoinRef = c.gen, effJR
+	return nil
 }
 
 func (s *Socket) handleLeave(m *message) {
@@ -271,33 +313,41 @@ func (s *Socket) handleLeave(m *message) {
 	s.send(f)
 }
 
-func (s *Socket) handleEvent(m *message) {
+func (s *Socket) handleEvent(m *message) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed.Load() {
-		return
+		return nil
 	}
 	c := s.find(m.topic)
 	if c == nil || c.curGen == 0 {
 		f := s.replyFrame("null", m.refToken(), string(m.topic), "error", respUnmatched)
 		if c != nil {
 			s.enqueue(c, true, &task{kind: taskFrame, frame: f})
-			return
+			return nil
 		}
 		s.send(f)
-		return
+		return nil
 	}
 	if staleJoinRef(m, c.curJoinRef) {
 		s.srv.m.messagesIn.WithLabelValues("stale").Inc()
-		return
+		return nil
+	}
+	// Checked before the payload is copied: a refused push keeps nothing
+	// of it.
+	if s.channelFull(c, 1) {
+		return s.rejectInOrder(c, c.curJoinRef, m.refToken(), c.topic, respOverloaded)
 	}
 	t := &task{
 		kind: taskEvent, gen: c.curGen, joinRef: c.curJoinRef, ref: m.refToken(),
 		event: string(m.event), payload: append([]byte(nil), m.payload...), binary: m.binary,
 	}
 	if !s.enqueue(c, false, t) {
-		s.send(s.replyFrame(c.curJoinRef, t.ref, c.topic, "error", respOverloaded))
+		// The pool queue is full; c was idle (a running slot never asks
+		// the pool), so this reply goes out at once and is still in order.
+		return s.rejectInOrder(c, c.curJoinRef, t.ref, c.topic, respOverloaded)
 	}
+	return nil
 }
 
 // stripJoinPayload copies a join payload without the keys the gateway
