@@ -60,8 +60,8 @@ routes:
 
 // authGatewayConfig is the auth phase's configuration (auth/*.test.mjs):
 // tokens required, HS256 with a per-run secret (passed to node as
-// PHXGATE_AUTH_SECRET), and a small `chat` class so a burst of six pushes
-// crosses it.
+// PHXGATE_AUTH_SECRET), a small `chat` class so a burst of six pushes
+// crosses it, and two sockets per player.
 const authGatewayConfig = `# written by clients/js/conformance_test.go (auth phase)
 listen: "%s"
 admin_listen: "%s"
@@ -71,6 +71,7 @@ auth:
   hs256_secret: "%s"
   leeway: 1s
 limits:
+  player_max_conns: 2
   classes:
     chat: {per_second: 2, burst: 3}
 routes:

@@ -180,8 +180,9 @@ async function refusedConnect(t, opts, status, name, attempts = 3) {
   const c = await connect(t, "2.0.0", {reconnectAfterMs: () => 20, ...opts}, {name, waitOpen: false})
   const seen = []
   for (let i = 0; i < attempts; i++) {
-    const e = await c.rec.waitFor(x => x.dir === "event" && x.type === "unexpected-response" && x.conn === i,
+    const e = await c.rec.waitFor(x => x.dir === "event" && (x.type === "unexpected-response" || x.type === "open") && x.conn === i,
       {what: `refusal of attempt ${i + 1}`})
+    assert.equal(e.type, "unexpected-response", `${name}: attempt ${i + 1} must be refused before the upgrade\n${c.rec.dump()}`)
     seen.push(e.status)
     // phoenix.js sees error + close (1006) and schedules the next attempt.
     await c.rec.waitFor(x => x.dir === "event" && x.type === "close" && x.conn === i, {what: `close of attempt ${i + 1}`})
@@ -231,5 +232,27 @@ describe("token expiry", () => {
     await waitUntil(() => c.socket.channels[0]?.state === "errored", {what: "the channel to be errored"})
     const refused = await c.rec.waitFor(e => e.dir === "event" && e.type === "unexpected-response" && e.seq > close.seq, {what: "the refused reconnect"})
     assert.equal(refused.status, 403, c.rec.dump())
+  })
+})
+
+describe("connection caps", () => {
+  test("a player's third socket is refused with 429 (limits.player_max_conns: 2) until one closes", T_OPTS, async t => {
+    const player = uniquePlayer("capped")
+    const a = await connect(t, "2.0.0", {params: {token: token(player)}}, {name: "A"})
+    await connect(t, "2.0.0", {authToken: token(player)}, {name: "B"})
+    // Slow retries: every attempt also spends the per-IP handshake budget
+    // that all the suite's sockets (one loopback address) share.
+    const c = await connect(t, "2.0.0", {params: {token: token(player)}, reconnectAfterMs: () => 200}, {name: "C", waitOpen: false})
+    const refused = await c.rec.waitFor(e => e.dir === "event" && (e.type === "unexpected-response" || e.type === "open"), {what: "C's first attempt"})
+    assert.equal(refused.type, "unexpected-response", `a third socket for one player must be refused\n${c.rec.dump()}`)
+    assert.equal(refused.status, 429, c.rec.dump())
+    // Another player is not affected.
+    await connect(t, "2.0.0", {params: {token: token(uniquePlayer())}}, {name: "D"})
+    // A closes; phoenix.js's next attempt for C gets in.
+    await new Promise(resolve => a.socket.disconnect(resolve))
+    await a.rec.waitEvent("close")
+    const open = await c.rec.waitEvent("open", {timeoutMs: 10000})
+    assert.equal(c.rec.events("upgrade").length, 1)
+    assert.ok(open.conn >= 1, c.rec.dump())
   })
 })
