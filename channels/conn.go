@@ -1,5 +1,7 @@
 package channels
 
+import "github.com/phxgate/phxgate/channels/auth"
+
 // Conn is the transport side of a socket, implemented by the gateway.
 // Every method is safe for concurrent use and never blocks.
 type Conn interface {
@@ -42,4 +44,12 @@ type ConnectInfo struct {
 	// Claims is the raw JSON of the connect token's claims (nil when none).
 	// Kept by reference for the socket's lifetime: do not modify.
 	Claims []byte
+	// Identity is the verified connect token (nil when anonymous); its
+	// Topics claim limits what the socket may join. Immutable.
+	Identity *auth.Identity
+	// RateKey keys the socket's per-player rate limits: the player id, or
+	// for an anonymous socket the client's IP prefix ("ip:203.0.113.7/32",
+	// "ip:2001:db8:1:2::/64"), so reconnecting resets nothing. Empty:
+	// PlayerID, else a key of this connection alone.
+	RateKey string
 }

@@ -11,6 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/phxgate/phxgate/channels/auth"
+	"github.com/phxgate/phxgate/channels/ratelimit"
+	"github.com/phxgate/phxgate/gateway/internal/admission"
 	"gopkg.in/yaml.v3"
 )
 
@@ -52,6 +55,38 @@ const (
 	DefaultDrainTimeout = 10 * time.Second
 )
 
+// Limit defaults that differ from the building blocks' own (ratelimit,
+// admission). Anonymous sockets (auth not required) are keyed by client IP
+// prefix, so one key may stand for a whole NAT of players: up to
+// limits.ip_max_conns sockets. These defaults leave room for that while
+// still stopping a flood; per-player keys (with auth) are the tighter case
+// and stay well inside them.
+const (
+	// DefaultIPHandshakesPerSecond sustains a steady trickle of reconnects
+	// from one address.
+	DefaultIPHandshakesPerSecond = 10
+	// DefaultIPHandshakeBurst lets every socket allowed from one address
+	// (DefaultIPMaxConns) reconnect at once after a network blip.
+	DefaultIPHandshakeBurst = admission.DefaultPerIPMaxConns
+	// DefaultJoinsPerSecond and DefaultJoinBurst: a burst of one join per
+	// socket of a full NAT, then a steady rate.
+	DefaultJoinsPerSecond = 10
+	DefaultJoinBurst      = admission.DefaultPerIPMaxConns
+	// DefaultEventsPerSecond and DefaultEventBurst bound the default event
+	// class: a game client sends a few actions per second; a burst of a few
+	// hundred pushes fired without waiting for replies is still served.
+	DefaultEventsPerSecond = 50
+	DefaultEventBurst      = 250
+	// DefaultHeartbeatsPerSecond and DefaultHeartbeatBurst: phoenix.js sends
+	// one heartbeat per socket every 30 s, so this covers a full NAT many
+	// times over while still refusing a heartbeat flood.
+	DefaultHeartbeatsPerSecond = 10
+	DefaultHeartbeatBurst      = 100
+	// limitsSweepMin bounds how often the limiter and admission state are
+	// swept, whatever the idle TTLs.
+	limitsSweepMin = time.Second
+)
+
 // Config is the gateway configuration. The zero value is not valid; start
 // from NewConfig.
 type Config struct {
@@ -89,21 +124,72 @@ type Config struct {
 	// RedisURL selects the Redis Streams broker; empty is the embedded
 	// in-memory broker. Not supported yet: must be empty.
 	RedisURL string
-	// CheckOrigin lists allowed Origin values; empty allows all. Accepted,
-	// enforced by the admission layer (not yet).
+	// CheckOrigin (check_origin) lists allowed Origin values:
+	// "https://app.example.com", "https://app.example.com:8443" or
+	// "https://*.example.com"; scheme, host and port are compared. A
+	// mismatch is refused with 403 before the upgrade. Empty allows all.
 	CheckOrigin []string
-	// Auth configures connect tokens.
+	// RequireOrigin (require_origin) also refuses requests without an
+	// Origin header when CheckOrigin is set. False lets non-browser clients
+	// (which send none) through, as Phoenix does.
+	RequireOrigin bool
+	// TrustedProxies (trusted_proxies) are CIDRs or addresses of reverse
+	// proxies whose X-Forwarded-For is believed. Empty: the TCP peer is the
+	// client.
+	TrustedProxies []string
+	// Auth configures token verification (auth.*).
 	Auth AuthConfig
+	// Limits are the per-player rate limits and the connection caps
+	// (limits.*).
+	Limits LimitsConfig
 	// Routes maps topic patterns to backends, in order.
 	Routes []RouteConfig
 }
 
-// AuthConfig configures connect-token checks (enforced by a later issue).
-type AuthConfig struct {
-	// Required refuses connects without a valid token.
-	Required bool
-	// HS256Secret is the shared secret for HS256 tokens; empty means none.
-	HS256Secret string
+// AuthConfig configures token verification; it is the auth package's
+// Config (keys auth.*). Zero Required means anonymous sockets are allowed.
+type AuthConfig = auth.Config
+
+// LimitsConfig holds the keys under limits.*. Every field must be set
+// (> 0): zero never means unlimited.
+type LimitsConfig struct {
+	// JoinsPerSecond and JoinBurst (limits.joins_per_second,
+	// limits.join_burst) bound phx_join per player.
+	JoinsPerSecond float64
+	JoinBurst      int
+	// Classes (limits.classes.<name>.{per_second,burst}) are the event
+	// classes; a class given in the file replaces the default of the same
+	// name, the others are kept.
+	Classes map[string]ratelimit.ClassLimit
+	// DefaultClass (limits.default_class) is the class of events a route
+	// does not classify.
+	DefaultClass string
+	// HeartbeatsPerSecond and HeartbeatBurst (limits.heartbeats_per_second,
+	// limits.heartbeat_burst) bound heartbeats per player, all sockets
+	// together. Over it a heartbeat gets no reply.
+	HeartbeatsPerSecond float64
+	HeartbeatBurst      int
+	// AbuseWindow (limits.abuse_window): a player refused continuously for
+	// this long is disconnected with 1008.
+	AbuseWindow time.Duration
+	// AbuseQuiet (limits.abuse_quiet): a gap this long without refusals
+	// ends a refusal streak; at most AbuseWindow.
+	AbuseQuiet time.Duration
+	// MaxEntries (limits.max_entries) bounds the players tracked by the
+	// rate limiter; IdleTTL (limits.idle_ttl) forgets idle ones.
+	MaxEntries int
+	IdleTTL    time.Duration
+	// IPHandshakesPerSecond and IPHandshakeBurst
+	// (limits.ip_handshakes_per_second, limits.ip_handshake_burst) bound
+	// upgrade attempts per client IP (IPv6: per /64); over it → 429.
+	IPHandshakesPerSecond float64
+	IPHandshakeBurst      int
+	// IPMaxConns (limits.ip_max_conns) and PlayerMaxConns
+	// (limits.player_max_conns) cap open sockets per client IP and per
+	// player (429); MaxConns (limits.max_conns) caps the node (503).
+	IPMaxConns     int
+	PlayerMaxConns int
+	MaxConns       int
 }
 
 // RouteConfig is one topic route.
@@ -116,6 +202,70 @@ type RouteConfig struct {
 	Presence bool `yaml:"presence"`
 	// History is the number of events kept per topic for replay; 0 = none.
 	History int `yaml:"history"`
+	// RateLimits (routes[].rate_limits) maps the route's events to
+	// limits.classes: default_class for unlisted events (empty:
+	// limits.default_class) and events.<event>: <class>.
+	RateLimits ratelimit.Route `yaml:"rate_limits"`
+}
+
+func newLimitsConfig() LimitsConfig {
+	rl := ratelimit.NewConfig()
+	ad := admission.NewConfig()
+	return LimitsConfig{
+		JoinsPerSecond:        DefaultJoinsPerSecond,
+		JoinBurst:             DefaultJoinBurst,
+		Classes:               map[string]ratelimit.ClassLimit{ratelimit.DefaultClass: {PerSecond: DefaultEventsPerSecond, Burst: DefaultEventBurst}},
+		DefaultClass:          ratelimit.DefaultClass,
+		HeartbeatsPerSecond:   DefaultHeartbeatsPerSecond,
+		HeartbeatBurst:        DefaultHeartbeatBurst,
+		AbuseWindow:           rl.AbuseWindow,
+		AbuseQuiet:            rl.AbuseQuiet,
+		MaxEntries:            rl.MaxEntries,
+		IdleTTL:               rl.IdleTTL,
+		IPHandshakesPerSecond: DefaultIPHandshakesPerSecond,
+		IPHandshakeBurst:      DefaultIPHandshakeBurst,
+		IPMaxConns:            ad.PerIPMaxConns,
+		PlayerMaxConns:        ad.PerPlayerMaxConns,
+		MaxConns:              ad.MaxConns,
+	}
+}
+
+func newAuthConfig() AuthConfig {
+	a := auth.NewConfig()
+	// Anonymous sockets are allowed unless the operator turns auth on: a
+	// fresh install has no key to verify with.
+	a.Required = false
+	return a
+}
+
+// rateLimitConfig is the ratelimit package's view of c.Limits.
+func (c Config) rateLimitConfig() ratelimit.Config {
+	r := ratelimit.NewConfig()
+	l := c.Limits
+	r.JoinsPerSecond, r.JoinBurst = l.JoinsPerSecond, l.JoinBurst
+	r.Classes, r.DefaultClass = l.Classes, l.DefaultClass
+	r.HeartbeatsPerSecond, r.HeartbeatBurst = l.HeartbeatsPerSecond, l.HeartbeatBurst
+	r.AbuseWindow, r.AbuseQuiet = l.AbuseWindow, l.AbuseQuiet
+	r.MaxEntries, r.IdleTTL = l.MaxEntries, l.IdleTTL
+	return r
+}
+
+// admissionConfig is the admission package's view of c.
+func (c Config) admissionConfig() admission.Config {
+	a := admission.NewConfig()
+	a.CheckOrigin, a.RequireOrigin, a.TrustedProxies = c.CheckOrigin, c.RequireOrigin, c.TrustedProxies
+	l := c.Limits
+	a.PerIPHandshakesPerSecond, a.PerIPHandshakeBurst = l.IPHandshakesPerSecond, l.IPHandshakeBurst
+	a.PerIPMaxConns, a.PerPlayerMaxConns, a.MaxConns = l.IPMaxConns, l.PlayerMaxConns, l.MaxConns
+	// The handshake bucket must outlive its refill time (admission checks
+	// it); keep the default TTL unless the configured rate needs longer.
+	if l.IPHandshakesPerSecond > 0 && l.IPHandshakeBurst > 0 {
+		refill := float64(l.IPHandshakeBurst) / l.IPHandshakesPerSecond * float64(time.Second)
+		if refill < float64(maxSaneDuration) {
+			a.IdleTTL = max(a.IdleTTL, time.Duration(refill))
+		}
+	}
+	return a
 }
 
 // NewConfig returns the defaults.
@@ -136,6 +286,8 @@ func NewConfig() Config {
 		WriteQueueMaxBytes: DefaultWriteQueueMaxBytes,
 		CloseTimeout:       DefaultCloseTimeout,
 		DrainTimeout:       DefaultDrainTimeout,
+		Auth:               newAuthConfig(),
+		Limits:             newLimitsConfig(),
 	}
 }
 
@@ -145,6 +297,22 @@ var ErrConfig = errors.New("config")
 
 func keyErr(key string, format string, args ...any) error {
 	return fmt.Errorf("%w: %s: %s", ErrConfig, key, fmt.Sprintf(format, args...))
+}
+
+// configError rewords a building block's configuration error in the
+// gateway's form ("config: <key>: <problem>") while both sentinels stay
+// reachable with errors.Is.
+type configError struct {
+	msg   string
+	cause error
+}
+
+func (e *configError) Error() string   { return e.msg }
+func (e *configError) Unwrap() []error { return []error{ErrConfig, e.cause} }
+
+func blockErr(err, sentinel error) error {
+	msg := strings.TrimPrefix(err.Error(), sentinel.Error()+": ")
+	return &configError{msg: ErrConfig.Error() + ": " + msg, cause: err}
 }
 
 // maxSaneDuration keeps durations from overflowing deadline arithmetic.
@@ -196,6 +364,35 @@ func (c Config) Validate() error {
 	for i, o := range c.CheckOrigin {
 		if o == "" {
 			return keyErr(fmt.Sprintf("check_origin[%d]", i), "must not be empty")
+		}
+	}
+	// The building blocks name the offending key themselves (auth.leeway,
+	// limits.ip_max_conns, trusted_proxies[2] …).
+	if err := c.Auth.Validate(); err != nil {
+		return blockErr(err, auth.ErrConfig)
+	}
+	if c.Auth.MaxTokenBytes > MaxHandshakeBytes {
+		return keyErr("auth.max_token_bytes", "must be at most %d (a larger token cannot fit in a request head)", MaxHandshakeBytes)
+	}
+	if c.Auth.JWKSRefreshInterval < 0 || c.Auth.JWKSRefreshInterval > maxSaneDuration {
+		return keyErr("auth.jwks_refresh_interval", "must be between 0s and %v", maxSaneDuration)
+	}
+	rl := c.rateLimitConfig()
+	if err := rl.Validate(); err != nil {
+		return blockErr(err, ratelimit.ErrConfig)
+	}
+	if c.Limits.MaxEntries > 1<<24 {
+		return keyErr("limits.max_entries", "must be at most %d", 1<<24)
+	}
+	if c.Limits.IdleTTL > maxSaneDuration {
+		return keyErr("limits.idle_ttl", "must be at most %v", maxSaneDuration)
+	}
+	if err := c.admissionConfig().Validate(); err != nil {
+		return blockErr(err, admission.ErrConfig)
+	}
+	for i, r := range c.Routes {
+		if err := rl.ValidateRoute(r.RateLimits, fmt.Sprintf("routes[%d].rate_limits", i)); err != nil {
+			return blockErr(err, ratelimit.ErrConfig)
 		}
 	}
 	for i, r := range c.Routes {
@@ -307,6 +504,44 @@ func boolSetting(key, usage string, f func(*Config) *bool) setting {
 	}
 }
 
+func floatSetting(key, usage string, f func(*Config) *float64) setting {
+	return setting{key: key, usage: usage,
+		str: func(c *Config, s string) error {
+			v, err := strconv.ParseFloat(s, 64)
+			if err != nil {
+				return err
+			}
+			*f(c) = v
+			return nil
+		},
+		node: func(c *Config, n *yaml.Node) error { return n.Decode(f(c)) },
+	}
+}
+
+// listSetting is a YAML list, or a comma-separated flag/env value.
+func listSetting(key, usage string, f func(*Config) *[]string) setting {
+	return setting{key: key, usage: usage,
+		str: func(c *Config, s string) error {
+			var out []string
+			for item := range strings.SplitSeq(s, ",") {
+				if item = strings.TrimSpace(item); item != "" {
+					out = append(out, item)
+				}
+			}
+			*f(c) = out
+			return nil
+		},
+		node: func(c *Config, n *yaml.Node) error {
+			var out []string
+			if err := n.Decode(&out); err != nil {
+				return err
+			}
+			*f(c) = out
+			return nil
+		},
+	}
+}
+
 func settings() []setting {
 	return []setting{
 		strSetting("listen", "client listen address", func(c *Config) *string { return &c.Listen }),
@@ -322,21 +557,40 @@ func settings() []setting {
 		durSetting("close_timeout", "deadline for a socket's closing handshake", func(c *Config) *time.Duration { return &c.CloseTimeout }),
 		durSetting("drain_timeout", "graceful shutdown bound; 1012 closes are spread over its first half", func(c *Config) *time.Duration { return &c.DrainTimeout }),
 		strSetting("redis_url", "Redis URL (empty: in-memory broker)", func(c *Config) *string { return &c.RedisURL }),
+		listSetting("check_origin", "allowed origins, comma-separated (empty allows all; https://*.example.com for subdomains)", func(c *Config) *[]string { return &c.CheckOrigin }),
+		boolSetting("require_origin", "with check_origin, also refuse requests without an Origin header", func(c *Config) *bool { return &c.RequireOrigin }),
+		listSetting("trusted_proxies", "CIDRs of reverse proxies whose X-Forwarded-For is believed, comma-separated", func(c *Config) *[]string { return &c.TrustedProxies }),
+		boolSetting("auth.required", "refuse connects without a valid token (401 missing, 403 invalid)", func(c *Config) *bool { return &c.Auth.Required }),
+		strSetting("auth.hs256_secret", "HS256 secret for tokens (at least 32 bytes)", func(c *Config) *string { return &c.Auth.HS256Secret }),
+		strSetting("auth.hs384_secret", "HS384 secret for tokens (at least 48 bytes)", func(c *Config) *string { return &c.Auth.HS384Secret }),
+		strSetting("auth.hs512_secret", "HS512 secret for tokens (at least 64 bytes)", func(c *Config) *string { return &c.Auth.HS512Secret }),
+		listSetting("auth.public_key_files", "PEM files with RSA, ECDSA or Ed25519 public keys, comma-separated", func(c *Config) *[]string { return &c.Auth.PublicKeyFiles }),
+		strSetting("auth.jwks_url", "JWKS URL (https; http only for loopback)", func(c *Config) *string { return &c.Auth.JWKSURL }),
+		durSetting("auth.jwks_refresh_interval", "minimum time between two JWKS fetches", func(c *Config) *time.Duration { return &c.Auth.JWKSRefreshInterval }),
+		durSetting("auth.jwks_timeout", "deadline of one JWKS fetch", func(c *Config) *time.Duration { return &c.Auth.JWKSTimeout }),
+		durSetting("auth.leeway", "clock skew tolerated on exp and nbf", func(c *Config) *time.Duration { return &c.Auth.Leeway }),
+		strSetting("auth.audience", "required token audience (empty: not checked)", func(c *Config) *string { return &c.Auth.Audience }),
+		strSetting("auth.issuer", "required token issuer (empty: not checked)", func(c *Config) *string { return &c.Auth.Issuer }),
+		intSetting("auth.max_token_bytes", "largest token accepted, in bytes, checked before parsing", func(c *Config) *int { return &c.Auth.MaxTokenBytes }),
+		floatSetting("limits.joins_per_second", "joins per player (anonymous: per client IP) per second", func(c *Config) *float64 { return &c.Limits.JoinsPerSecond }),
+		intSetting("limits.join_burst", "joins allowed at once", func(c *Config) *int { return &c.Limits.JoinBurst }),
 		{
-			key: "check_origin", usage: "allowed origins, comma-separated (empty allows all)",
-			str: func(c *Config, s string) error {
-				c.CheckOrigin = nil
-				for o := range strings.SplitSeq(s, ",") {
-					if o = strings.TrimSpace(o); o != "" {
-						c.CheckOrigin = append(c.CheckOrigin, o)
-					}
-				}
-				return nil
-			},
-			node: func(c *Config, n *yaml.Node) error { return n.Decode(&c.CheckOrigin) },
+			key: "limits.classes", usage: `event classes as "name=per_second:burst,..." (merged over the defaults)`,
+			str:  parseClassesFlag,
+			node: decodeClasses,
 		},
-		boolSetting("auth.required", "refuse connects without a valid token", func(c *Config) *bool { return &c.Auth.Required }),
-		strSetting("auth.hs256_secret", "HS256 secret for connect tokens", func(c *Config) *string { return &c.Auth.HS256Secret }),
+		strSetting("limits.default_class", "class of events no route classifies", func(c *Config) *string { return &c.Limits.DefaultClass }),
+		floatSetting("limits.heartbeats_per_second", "heartbeats per player per second, all sockets together", func(c *Config) *float64 { return &c.Limits.HeartbeatsPerSecond }),
+		intSetting("limits.heartbeat_burst", "heartbeats allowed at once", func(c *Config) *int { return &c.Limits.HeartbeatBurst }),
+		durSetting("limits.abuse_window", "refused continuously this long: disconnect with 1008", func(c *Config) *time.Duration { return &c.Limits.AbuseWindow }),
+		durSetting("limits.abuse_quiet", "a gap this long without refusals ends a refusal streak", func(c *Config) *time.Duration { return &c.Limits.AbuseQuiet }),
+		intSetting("limits.max_entries", "players tracked by the rate limiter at most", func(c *Config) *int { return &c.Limits.MaxEntries }),
+		durSetting("limits.idle_ttl", "rate limiter entries idle this long are forgotten", func(c *Config) *time.Duration { return &c.Limits.IdleTTL }),
+		floatSetting("limits.ip_handshakes_per_second", "upgrade attempts per client IP (IPv6: /64) per second", func(c *Config) *float64 { return &c.Limits.IPHandshakesPerSecond }),
+		intSetting("limits.ip_handshake_burst", "upgrade attempts per client IP allowed at once", func(c *Config) *int { return &c.Limits.IPHandshakeBurst }),
+		intSetting("limits.ip_max_conns", "open sockets per client IP (IPv6: /64)", func(c *Config) *int { return &c.Limits.IPMaxConns }),
+		intSetting("limits.player_max_conns", "open sockets per player", func(c *Config) *int { return &c.Limits.PlayerMaxConns }),
+		intSetting("limits.max_conns", "open sockets on this node (over it: 503)", func(c *Config) *int { return &c.Limits.MaxConns }),
 		{
 			key: "routes", usage: `routes as "pattern=backend[,presence][,history=N];..."`,
 			str:  func(c *Config, s string) error { return parseRoutesFlag(c, s) },
@@ -345,8 +599,114 @@ func settings() []setting {
 	}
 }
 
+// setClass merges one class over the existing ones; the map is copied so
+// that NewConfig's default map is never shared between configs.
+func setClass(c *Config, name string, l ratelimit.ClassLimit) {
+	m := make(map[string]ratelimit.ClassLimit, len(c.Limits.Classes)+1)
+	for k, v := range c.Limits.Classes {
+		m[k] = v
+	}
+	m[name] = l
+	c.Limits.Classes = m
+}
+
+// parseClassesFlag reads "name=per_second:burst,..." (e.g.
+// "default=20:40,chat=2:5").
+func parseClassesFlag(c *Config, s string) error {
+	for item := range strings.SplitSeq(s, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		name, spec, ok := strings.Cut(item, "=")
+		ps, bs, ok2 := strings.Cut(spec, ":")
+		if !ok || !ok2 || name == "" {
+			return fmt.Errorf("want name=per_second:burst, got %q", item)
+		}
+		rate, err := strconv.ParseFloat(ps, 64)
+		if err != nil {
+			return fmt.Errorf("class %q: per_second: %v", name, err)
+		}
+		burst, err := strconv.Atoi(bs)
+		if err != nil {
+			return fmt.Errorf("class %q: burst: %v", name, err)
+		}
+		setClass(c, name, ratelimit.ClassLimit{PerSecond: rate, Burst: burst})
+	}
+	return nil
+}
+
+// decodeClasses reads limits.classes: a mapping of class name to
+// {per_second, burst}. A class given only in part keeps the rest of its
+// default (or of the default class's values, for a new class).
+func decodeClasses(c *Config, n *yaml.Node) error {
+	if n.Kind != yaml.MappingNode {
+		return keyErr("limits.classes", "line %d: want a mapping of class names", n.Line)
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		name, body := n.Content[i].Value, n.Content[i+1]
+		key := "limits.classes." + name
+		if body.Kind != yaml.MappingNode {
+			return keyErr(key, "line %d: want {per_second, burst}", body.Line)
+		}
+		l, ok := c.Limits.Classes[name]
+		if !ok {
+			l = ratelimit.ClassLimit{}
+		}
+		for j := 0; j+1 < len(body.Content); j += 2 {
+			k, v := body.Content[j].Value, body.Content[j+1]
+			var err error
+			switch k {
+			case "per_second":
+				err = v.Decode(&l.PerSecond)
+			case "burst":
+				err = v.Decode(&l.Burst)
+			default:
+				return keyErr(key+"."+k, "unknown key (line %d)", body.Content[j].Line)
+			}
+			if err != nil {
+				return keyErr(key+"."+k, "%v", err)
+			}
+		}
+		setClass(c, name, l)
+	}
+	return nil
+}
+
+// decodeRateLimits reads routes[i].rate_limits.
+func decodeRateLimits(key string, n *yaml.Node, r *ratelimit.Route) error {
+	if n.Kind != yaml.MappingNode {
+		return keyErr(key, "line %d: want a mapping (default_class, events)", n.Line)
+	}
+	for j := 0; j+1 < len(n.Content); j += 2 {
+		k, v := n.Content[j].Value, n.Content[j+1]
+		switch k {
+		case "default_class":
+			if err := v.Decode(&r.DefaultClass); err != nil {
+				return keyErr(key+".default_class", "%v", err)
+			}
+		case "events":
+			if v.Kind != yaml.MappingNode {
+				return keyErr(key+".events", "line %d: want a mapping of event name to class", v.Line)
+			}
+			r.Events = map[string]string{}
+			for e := 0; e+1 < len(v.Content); e += 2 {
+				var class string
+				if err := v.Content[e+1].Decode(&class); err != nil {
+					return keyErr(key+".events."+v.Content[e].Value, "%v", err)
+				}
+				r.Events[v.Content[e].Value] = class
+			}
+		default:
+			return keyErr(key+"."+k, "unknown key (line %d)", n.Content[j].Line)
+		}
+	}
+	return nil
+}
+
 // parseRoutesFlag reads the compact flag/env form of routes, e.g.
-// "room:*=echo,history=100;bench:*=bench".
+// "room:*=echo,history=100,class=chat,event.move=fast;bench:*=bench"
+// (class: the route's default class; event.NAME: NAME's class).
 func parseRoutesFlag(c *Config, s string) error {
 	c.Routes = nil
 	for i, item := range strings.Split(s, ";") {
@@ -371,7 +731,16 @@ func parseRoutesFlag(c *Config, s string) error {
 					return fmt.Errorf("route %d: history: %v", i, err)
 				}
 				r.History = n
+			case "class":
+				r.RateLimits.DefaultClass = v
 			default:
+				if ev, ok := strings.CutPrefix(k, "event."); ok && ev != "" {
+					if r.RateLimits.Events == nil {
+						r.RateLimits.Events = map[string]string{}
+					}
+					r.RateLimits.Events[ev] = v
+					continue
+				}
 				return fmt.Errorf("route %d: unknown option %q", i, k)
 			}
 		}
@@ -403,6 +772,10 @@ func decodeRoutes(c *Config, n *yaml.Node) error {
 				err = v.Decode(&r.Presence)
 			case "history":
 				err = v.Decode(&r.History)
+			case "rate_limits":
+				if err := decodeRateLimits(key+".rate_limits", v, &r.RateLimits); err != nil {
+					return err
+				}
 			default:
 				return keyErr(key+"."+k, "unknown key")
 			}
@@ -516,8 +889,8 @@ func applyYAML(cfg *Config, data []byte, all []setting) error {
 				}
 				continue
 			}
-			if key == "auth" && v.Kind == yaml.MappingNode {
-				if err := walk("auth.", v); err != nil {
+			if (key == "auth" || key == "limits") && v.Kind == yaml.MappingNode {
+				if err := walk(key+".", v); err != nil {
 					return err
 				}
 				continue

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -51,8 +52,8 @@ func TestConfigDeployFileIsValid(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.Listen != ":4000" || cfg.AdminListen != "127.0.0.1:4001" || cfg.Auth.Required || len(cfg.Routes) != 2 ||
-		cfg.Routes[0] != (RouteConfig{Topic: "room:*", Backend: "echo", History: 100}) ||
-		cfg.Routes[1] != (RouteConfig{Topic: "bench:*", Backend: "bench"}) {
+		!reflect.DeepEqual(cfg.Routes[0], RouteConfig{Topic: "room:*", Backend: "echo", History: 100}) ||
+		!reflect.DeepEqual(cfg.Routes[1], RouteConfig{Topic: "bench:*", Backend: "bench"}) {
 		t.Fatalf("deploy config = %+v", cfg)
 	}
 }
@@ -92,7 +93,7 @@ func TestConfigPrecedence(t *testing.T) {
 	}
 	for _, c := range checks {
 		t.Run(c.name, func(t *testing.T) {
-			if c.got != c.want {
+			if !reflect.DeepEqual(c.got, c.want) {
 				t.Errorf("got %v, want %v", c.got, c.want)
 			}
 		})
@@ -113,11 +114,11 @@ func TestConfigFlagsAndEnvErrorsNameTheKey(t *testing.T) {
 	if err == nil || !strings.HasPrefix(err.Error(), "config: handshake_workers:") {
 		t.Fatalf("env err = %v", err)
 	}
-	cfg, err := LoadConfig([]string{"--routes", "room:*=echo,history=5,presence;bench:*=bench", "--auth.required"}, func(string) string { return "" }, io.Discard)
+	cfg, err := LoadConfig([]string{"--routes", "room:*=echo,history=5,presence;bench:*=bench", "--auth.required", "--auth.hs256_secret", strings.Repeat("s", 32)}, func(string) string { return "" }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cfg.Routes) != 2 || cfg.Routes[0] != (RouteConfig{Topic: "room:*", Backend: "echo", Presence: true, History: 5}) || !cfg.Auth.Required {
+	if len(cfg.Routes) != 2 || !reflect.DeepEqual(cfg.Routes[0], RouteConfig{Topic: "room:*", Backend: "echo", Presence: true, History: 5}) || !cfg.Auth.Required {
 		t.Fatalf("cfg = %+v", cfg)
 	}
 }

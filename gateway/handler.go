@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/phxgate/phxgate/backends"
 	"github.com/phxgate/phxgate/channels"
@@ -68,10 +69,21 @@ type Request struct {
 	UserAgent string
 	// RemoteAddr is the host part of the TCP peer.
 	RemoteAddr string
+	// ConnID is the id the socket will have (for log lines).
+	ConnID uint64
 	// Info is the ConnectInfo that will be handed to Connect (serializer,
-	// params, authToken). Admit may fill Info.PlayerID and Info.Claims after
-	// verifying the token; what it leaves there is what Connect receives.
+	// params, authToken). Admit may fill Info.PlayerID, Info.Claims,
+	// Info.Identity and Info.RateKey after verifying the token, and rewrite
+	// Info.Params (to drop the token); what it leaves there is what Connect
+	// receives.
 	Info channels.ConnectInfo
+	// Expires, when Admit sets it, is when the socket is closed with 1008
+	// (token expired). The poller's once-a-second sweep enforces it, so the
+	// close comes at most a second later. Zero: never.
+	Expires time.Time
+	// RetryAfter, when Admit refuses with 429 or 503 and sets it, is sent
+	// as a Retry-After header (whole seconds, rounded up).
+	RetryAfter time.Duration
 }
 
 // AdmitFunc decides on a Request before the upgrade. It returns status 0 to

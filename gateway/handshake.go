@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -122,6 +123,7 @@ func (s *Server) upgrade(nc net.Conn, head, leftover []byte) {
 	st := &hsState{}
 	st.req.RemoteAddr = hostOf(nc.RemoteAddr())
 	c := &conn{id: s.nextID.Add(1), fd: -1}
+	st.req.ConnID = c.id
 	var handler SocketHandler
 
 	u := ws.Upgrader{
@@ -191,6 +193,7 @@ func (s *Server) upgrade(nc net.Conn, head, leftover []byte) {
 					return nil, ws.RejectConnectionError(ws.RejectionStatus(status))
 				}
 				c.release = release
+				c.expires = expirySecond(st.req.Expires)
 			}
 			c.p = s.pickPoller()
 			h, err := s.connect(c, st.req.Info)
@@ -219,8 +222,8 @@ func (s *Server) upgrade(nc net.Conn, head, leftover []byte) {
 			res = hsRejected
 		}
 		s.metrics.handshakes.WithLabelValues(res).Inc()
-		s.log.Debug("upgrade refused", "remote", st.req.RemoteAddr, "status", status, "err", err)
-		s.refuse(nc, status)
+		s.log.Debug("upgrade refused", "conn", c.id, "remote", st.req.RemoteAddr, "status", status, "err", err)
+		s.refuseRetry(nc, status, st.req.RetryAfter)
 		return
 	}
 	c.handler = handler
@@ -253,6 +256,20 @@ func (s *Server) upgrade(nc net.Conn, head, leftover []byte) {
 		c.state.Store(stateClosed)
 		c.handler.Terminate(leaveReason(channels.ReasonDrain))
 		c.releaseAdmission()
+	}
+}
+
+// expirySecond packs Request.Expires into conn.expires.
+func expirySecond(t time.Time) uint32 {
+	switch sec := t.Unix(); {
+	case t.IsZero():
+		return 0
+	case sec < 1:
+		return 1 // already expired: closed at the first sweep
+	case sec > math.MaxUint32:
+		return math.MaxUint32
+	default:
+		return uint32(sec)
 	}
 }
 
@@ -354,9 +371,16 @@ func hostOf(a net.Addr) string {
 }
 
 // refuse writes an HTTP error with an empty body and closes.
-func (s *Server) refuse(nc net.Conn, status int) {
-	resp := "HTTP/1.1 " + strconv.Itoa(status) + " " + http.StatusText(status) +
-		"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+func (s *Server) refuse(nc net.Conn, status int) { s.refuseRetry(nc, status, 0) }
+
+// refuseRetry is refuse with a Retry-After header (whole seconds, rounded
+// up) when retry > 0 and the status is 429 or 503.
+func (s *Server) refuseRetry(nc net.Conn, status int, retry time.Duration) {
+	resp := "HTTP/1.1 " + strconv.Itoa(status) + " " + http.StatusText(status) + "\r\n"
+	if retry > 0 && (status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable) {
+		resp += "Retry-After: " + strconv.FormatInt(int64((retry+time.Second-1)/time.Second), 10) + "\r\n"
+	}
+	resp += "Content-Length: 0\r\nConnection: close\r\n\r\n"
 	_, _ = io.WriteString(nc, resp)
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.CloseWrite()

@@ -165,8 +165,17 @@ func testConfig() Config {
 	cfg.HandshakeWorkers = 8
 	cfg.Pollers = 2
 	cfg.MaxMessageSize = 4096
+	// Transport tests open many sockets from 127.0.0.1 at once; the caps
+	// have tests of their own (auth_test.go).
+	cfg.Limits.IPMaxConns = 10_000
+	cfg.Limits.IPHandshakeBurst = 10_000
+	cfg.Limits.IPHandshakesPerSecond = 10_000
 	return cfg
 }
+
+// admitAll bypasses the production admission (origin, caps, tokens) for the
+// transport tests, which exercise the handshake with made-up tokens.
+func admitAll(*Request) (int, func()) { return 0, nil }
 
 func startServer(tb testing.TB, mod func(*Config), opts ...Option) *testServer {
 	tb.Helper()
@@ -175,7 +184,7 @@ func startServer(tb testing.TB, mod func(*Config), opts ...Option) *testServer {
 		mod(&cfg)
 	}
 	rec := &recorder{}
-	all := append([]Option{WithConnect(testConnect(rec)), WithLogger(discardLogger())}, opts...)
+	all := append([]Option{WithConnect(testConnect(rec)), WithAdmit(admitAll), WithLogger(discardLogger())}, opts...)
 	s, err := Start(context.Background(), cfg, all...)
 	if err != nil {
 		tb.Fatalf("Start: %v", err)

@@ -550,7 +550,10 @@ func (p *poller) setPollOut(c *conn, on bool) {
 	}
 }
 
-// sweep runs once per sweepInterval: idle timeouts and close timeouts.
+// sweep runs once per sweepInterval: idle timeouts, token expiry and close
+// timeouts. Expiry is checked here rather than with a timer per socket:
+// a close up to one sweep late is within the promised bound (exp + leeway
+// + 1 s), and sockets stay timer-free.
 func (p *poller) sweep() {
 	idle := int64(p.srv.cfg.IdleTimeout)
 	closeTimeout := int64(p.srv.cfg.closeTimeout())
@@ -564,6 +567,11 @@ func (p *poller) sweep() {
 				p.srv.log.Debug("idle timeout", "conn", c.id)
 				// As Bandit: an idle socket is closed with 1002.
 				c.closeWith(uint16(channels.CloseProtocolError), channels.ReasonIdleTimeout)
+			} else if c.expires != 0 && p.now >= int64(c.expires)*int64(time.Second) {
+				// Closing stops every Send at once: nothing more reaches
+				// a socket whose token is no longer valid.
+				p.srv.log.Debug("token expired", "conn", c.id)
+				c.closeWith(uint16(channels.ClosePolicyViolation), channels.ReasonTokenExpired)
 			}
 		case stateClosing:
 			if c.phase == phaseNone {

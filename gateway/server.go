@@ -3,6 +3,7 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/phxgate/phxgate/channels/auth"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -42,8 +44,11 @@ type Server struct {
 	busy     atomic.Int64
 	inFlight sync.Map // net.Conn → struct{}: handshakes to cut short at shutdown
 
+	guard     *guard
+	stopSweep chan struct{} // closed by Shutdown: stops the limits sweeper
+
 	draining atomic.Bool
-	wg       sync.WaitGroup // accept loop, workers, http servers
+	wg       sync.WaitGroup // accept loop, workers, http servers, limits sweeper
 	pollWG   sync.WaitGroup
 	stopOnce sync.Once
 	stopErr  error
@@ -72,8 +77,26 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, opts: o, log: o.Logger.With("node", cfg.NodeID), reg: o.Registry}
 	s.metrics = newMetrics(o.Registry, s.queuedBytes, func() float64 { return float64(s.busy.Load()) })
+	g, err := newGuard(cfg, o.Registry, s.log)
+	if err != nil {
+		return nil, err
+	}
+	s.guard = g
+	if o.Admit == nil {
+		s.opts.Admit = g.admit
+	}
+	if cfg.Auth.JWKSURL != "" {
+		// Fetch the key set now so the first players do not wait for it. An
+		// identity provider that is down is not fatal: the verifier retries
+		// on demand, spaced by auth.jwks_refresh_interval.
+		lctx, cancel := context.WithTimeout(ctx, cmp.Or(cfg.Auth.JWKSTimeout, auth.DefaultJWKSTimeout))
+		if err := g.verifier.LoadJWKS(lctx); err != nil {
+			s.log.Warn("JWKS not loaded at start; tokens with a kid are refused until it loads", "err", err)
+		}
+		cancel()
+	}
 	if o.Connect == nil {
-		connect, closers, err := defaultConnect(ctx, cfg, o.Registry)
+		connect, closers, err := defaultConnect(ctx, cfg, o.Registry, g)
 		if err != nil {
 			return nil, err
 		}
@@ -139,6 +162,13 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (*Server, error) {
 			_ = s.admin.Serve(s.adminLn)
 		}()
 	}
+
+	s.stopSweep = make(chan struct{})
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.sweepLimits()
+	}()
 
 	s.jobs = make(chan net.Conn)
 	for range cfg.HandshakeWorkers {
@@ -221,6 +251,21 @@ func (s *Server) acceptLoop() {
 	}
 }
 
+// sweepLimits drops idle rate-limiter and per-IP state on a ticker, so
+// their memory stays bounded even for keys that are never touched again.
+func (s *Server) sweepLimits() {
+	t := time.NewTicker(s.guard.sweepInterval())
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopSweep:
+			return
+		case <-t.C:
+			s.guard.sweep()
+		}
+	}
+}
+
 func (s *Server) worker() {
 	for nc := range s.jobs {
 		s.busy.Add(1)
@@ -270,6 +315,7 @@ wait:
 		case <-tick.C:
 		}
 	}
+	close(s.stopSweep)
 	s.httpLn.Close()
 	hctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	_ = s.httpSrv.Shutdown(hctx)

@@ -13,7 +13,7 @@ import (
 // defaultConnect wires the production protocol layer: backends from the
 // routes, the in-memory broker (history sized per route), the channels
 // server. The returned closers stop the channels server then the broker.
-func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer) (ConnectFunc, []func() error, error) {
+func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g *guard) (ConnectFunc, []func() error, error) {
 	routes := make([]channels.Route, 0, len(cfg.Routes))
 	for i, rc := range cfg.Routes {
 		b, err := backends.New(rc.Backend)

@@ -1,0 +1,183 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/phxgate/phxgate/channels/auth"
+	"github.com/phxgate/phxgate/channels/ratelimit"
+	"github.com/phxgate/phxgate/gateway/internal/admission"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// tokenParam is the connect param carrying a token (phoenix.js
+// `params: {token}`). It is removed before the backend sees the params.
+const tokenParam = "token"
+
+// anonKeyPrefix marks rate-limit keys of anonymous sockets: the client's
+// IP prefix, so that reconnecting (or opening more sockets) from the same
+// address resets nothing. Player ids never collide with it in practice, and
+// a player who picks such a sub only shares buckets with that address.
+const anonKeyPrefix = "ip:"
+
+// guard holds the protections built from Config: the admission controller
+// (origin, per-IP handshake rate and connection caps, per-player and
+// global caps), the token verifier and the per-player rate limiter. All
+// three are safe for concurrent use; the guard adds no state of its own.
+type guard struct {
+	cfg      Config
+	log      *slog.Logger
+	ctl      *admission.Controller
+	verifier *auth.Verifier
+	limiter  *ratelimit.Limiter
+}
+
+// newGuard builds the three building blocks and registers their metrics on
+// reg. Errors name the configuration key (a PEM file that does not parse
+// names auth.public_key_files[i]).
+func newGuard(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*guard, error) {
+	ctl, err := admission.New(cfg.admissionConfig(), reg)
+	if err != nil {
+		return nil, blockErr(err, admission.ErrConfig)
+	}
+	v, err := auth.NewVerifier(cfg.Auth, reg)
+	if err != nil {
+		return nil, blockErr(err, auth.ErrConfig)
+	}
+	l, err := ratelimit.New(cfg.rateLimitConfig(), reg)
+	if err != nil {
+		return nil, blockErr(err, ratelimit.ErrConfig)
+	}
+	return &guard{cfg: cfg, log: log, ctl: ctl, verifier: v, limiter: l}, nil
+}
+
+// sweepInterval is how often idle limiter and admission state is dropped:
+// half the shorter idle TTL, so an entry lives at most 1.5 TTL.
+func (g *guard) sweepInterval() time.Duration {
+	ttl := min(g.cfg.Limits.IdleTTL, g.cfg.admissionConfig().IdleTTL)
+	return max(ttl/2, limitsSweepMin)
+}
+
+// sweep drops idle state; the Server calls it on its ticker.
+func (g *guard) sweep() {
+	limiter, ips := g.limiter.Sweep(), g.ctl.Sweep()
+	if limiter+ips > 0 {
+		g.log.Debug("swept idle limiter state", "players", limiter, "ips", ips)
+	}
+}
+
+// errAmbiguousToken refuses a request carrying two different tokens (the
+// token param and the authToken subprotocol): which one names the player
+// would be a guess.
+var errAmbiguousToken = errors.New("gateway: two different tokens (param and authToken)")
+
+// errTokenParam refuses a token param that is not a plain string
+// (token[a]=b).
+var errTokenParam = errors.New("gateway: token param is not a string")
+
+// admit is the production Options.Admit, in the order of DESIGN.md §2:
+// origin, per-IP handshake rate and connection caps, token, per-player cap.
+// It runs on a handshake worker; Verify may wait for a JWKS refresh, bounded
+// by the handshake timeout.
+func (g *guard) admit(r *Request) (int, func()) {
+	log := g.log.With("conn", r.ConnID, "remote", r.RemoteAddr)
+	ip := g.ctl.ClientIP(r.RemoteAddr, r.XForwardedFor)
+	if err := g.ctl.CheckOrigin(r.Origin); err != nil {
+		log.Debug("connect refused: origin not allowed")
+		return g.refusal(r, err), nil
+	}
+	t, err := g.ctl.Admit(ip)
+	if err != nil {
+		log.Debug("connect refused", "client", ip.String(), "err", err)
+		return g.refusal(r, err), nil
+	}
+	admitted := false
+	defer func() {
+		if !admitted {
+			t.Release()
+		}
+	}()
+
+	token, err := takeToken(&r.Info.Params, r.Info.AuthToken)
+	if err != nil {
+		log.Debug("connect refused: bad token", "reason", "malformed", "err", err)
+		return http.StatusForbidden, nil
+	}
+	if token == "" {
+		if g.cfg.Auth.Required {
+			// Counted as a "missing" verification like any other refusal.
+			_, _ = g.verifier.Verify(context.Background(), "")
+			log.Debug("connect refused: token required")
+			return http.StatusUnauthorized, nil
+		}
+		r.Info.RateKey = anonKeyPrefix + g.ctl.Key(ip).String()
+		admitted = true
+		return 0, t.Release
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.HandshakeTimeout)
+	id, err := g.verifier.Verify(ctx, token)
+	cancel()
+	if err != nil {
+		// The reason label only: errors never carry token text, and the
+		// token itself is never logged.
+		log.Debug("connect refused: token rejected", "reason", auth.Reason(err))
+		return http.StatusForbidden, nil
+	}
+	if err := t.BindPlayer(id.PlayerID); err != nil {
+		log.Debug("connect refused", "player", id.PlayerID, "err", err)
+		return g.refusal(r, err), nil
+	}
+	r.Info.PlayerID, r.Info.Claims, r.Info.Identity, r.Info.RateKey = id.PlayerID, id.Raw, id, id.PlayerID
+	// The socket is closed once the token is expired beyond the leeway
+	// that Verify itself grants, so a token accepted "just expired" is not
+	// cut a moment later.
+	r.Expires = id.Expires.Add(g.cfg.Auth.Leeway)
+	admitted = true
+	return 0, t.Release
+}
+
+// refusal turns an admission error into the status to answer with, and
+// sets the Retry-After of rate refusals.
+func (g *guard) refusal(r *Request, err error) int {
+	var ref *admission.Refusal
+	if errors.As(err, &ref) {
+		r.RetryAfter = ref.RetryAfter
+		return ref.Status
+	}
+	return http.StatusForbidden
+}
+
+// takeToken returns the connect token and removes the token param from
+// *params (a JSON object), so the backend never sees it. The param and the
+// authToken subprotocol may both carry the same token; two different ones
+// are refused.
+func takeToken(params *[]byte, authToken string) (string, error) {
+	var fromParam string
+	if p := *params; len(p) > 0 && json.Valid(p) {
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(p, &m); err == nil {
+			if raw, ok := m[tokenParam]; ok {
+				if err := json.Unmarshal(raw, &fromParam); err != nil {
+					return "", errTokenParam
+				}
+				delete(m, tokenParam)
+				out, err := json.Marshal(m)
+				if err != nil {
+					return "", err
+				}
+				*params = out
+			}
+		}
+	}
+	switch {
+	case authToken != "" && fromParam != "" && authToken != fromParam:
+		return "", errAmbiguousToken
+	case authToken != "":
+		return authToken, nil
+	}
+	return fromParam, nil
+}
