@@ -49,7 +49,7 @@ type conn struct {
 	// expires is the Unix second from which the socket is closed with 1008
 	// (Request.Expires, rounded down; 0: never). Seconds in a uint32 fill
 	// padding after phase instead of growing the struct (valid to 2106).
-	expires uint32
+	expires    uint32
 	lastActive int64 // poller clock (UnixNano) of the last inbound byte, or of the close phase start
 	parser     wsframe.Parser
 	handler    SocketHandler
