@@ -31,6 +31,8 @@ node-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
 	@if [ ! -d $(JS_DIR)/node_modules ] || [ $(JS_DIR)/package-lock.json -nt $(JS_DIR)/node_modules/.package-lock.json ]; then \
 		cd $(JS_DIR) && npm ci --no-audit --no-fund; fi
+	@if [ ! -d $(JS_DIR)/thirdparty/node_modules ] || [ $(JS_DIR)/thirdparty/package-lock.json -nt $(JS_DIR)/thirdparty/node_modules/.package-lock.json ]; then \
+		cd $(JS_DIR)/thirdparty && npm ci --no-audit --no-fund; fi
 
 ## lint: gofmt and go vet must be clean.
 lint:
