@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/phxgate/phxgate/channels/ratelimit"
 )
 
 func TestConfigErrorsNameTheKey(t *testing.T) {
@@ -138,5 +140,112 @@ func TestEnvName(t *testing.T) {
 func TestNewConfigIsValid(t *testing.T) {
 	if err := NewConfig().Validate(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestAuthAndLimitsConfigErrorsNameTheKey(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want string
+	}{
+		{name: "required without a key", yaml: "auth:\n  required: true\n", want: "config: auth.required: "},
+		{name: "short secret", yaml: "auth:\n  hs256_secret: short\n", want: "config: auth.hs256_secret: "},
+		{name: "negative leeway", yaml: "auth:\n  leeway: -1s\n", want: "config: auth.leeway: "},
+		{name: "plain http jwks", yaml: "auth:\n  jwks_url: http://id.example/jwks\n", want: "config: auth.jwks_url: "},
+		{name: "token limit over the head", yaml: "auth:\n  max_token_bytes: 1000000\n", want: "config: auth.max_token_bytes: "},
+		{name: "bad origin", yaml: "check_origin: ['https://x.example/path']\n", want: "config: check_origin[0]: "},
+		{name: "bad proxy", yaml: "trusted_proxies: [nope]\n", want: "config: trusted_proxies[0]: "},
+		{name: "zero joins", yaml: "limits:\n  joins_per_second: 0\n", want: "config: limits.joins_per_second: "},
+		{name: "zero join burst", yaml: "limits:\n  join_burst: 0\n", want: "config: limits.join_burst: "},
+		{name: "zero class rate", yaml: "limits:\n  classes:\n    chat:\n      per_second: 0\n      burst: 3\n", want: "config: limits.classes.chat.per_second: "},
+		{name: "unknown class key", yaml: "limits:\n  classes:\n    chat:\n      rate: 3\n", want: "config: limits.classes.chat.rate: unknown key"},
+		{name: "unknown default class", yaml: "limits:\n  default_class: nope\n", want: "config: limits.default_class: "},
+		{name: "zero heartbeats", yaml: "limits:\n  heartbeats_per_second: 0\n", want: "config: limits.heartbeats_per_second: "},
+		{name: "zero abuse window", yaml: "limits:\n  abuse_window: 0s\n", want: "config: limits.abuse_window: "},
+		{name: "zero entries", yaml: "limits:\n  max_entries: 0\n", want: "config: limits.max_entries: "},
+		{name: "short idle ttl", yaml: "limits:\n  idle_ttl: 1s\n", want: "config: limits.idle_ttl: "},
+		{name: "zero handshakes", yaml: "limits:\n  ip_handshakes_per_second: 0\n", want: "config: limits.ip_handshakes_per_second: "},
+		{name: "zero handshake burst", yaml: "limits:\n  ip_handshake_burst: 0\n", want: "config: limits.ip_handshake_burst: "},
+		{name: "zero ip conns", yaml: "limits:\n  ip_max_conns: 0\n", want: "config: limits.ip_max_conns: "},
+		{name: "zero player conns", yaml: "limits:\n  player_max_conns: 0\n", want: "config: limits.player_max_conns: "},
+		{name: "zero conns", yaml: "limits:\n  max_conns: 0\n", want: "config: limits.max_conns: "},
+		{name: "unknown limits key", yaml: "limits:\n  joins: 3\n", want: "config: limits.joins: unknown key"},
+		{name: "route class unknown", yaml: "routes:\n  - topic: 'room:*'\n    backend: echo\n    rate_limits:\n      default_class: nope\n", want: "config: routes[0].rate_limits.default_class: "},
+		{name: "route event class unknown", yaml: "routes:\n  - topic: 'room:*'\n    backend: echo\n    rate_limits:\n      events:\n        move: nope\n", want: "config: routes[0].rate_limits.events.move: "},
+		{name: "route rate key unknown", yaml: "routes:\n  - topic: 'room:*'\n    backend: echo\n    rate_limits:\n      classes: {}\n", want: "config: routes[0].rate_limits.classes: unknown key"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseYAML([]byte(tt.yaml))
+			if err == nil || !errors.Is(err, ErrConfig) || !strings.HasPrefix(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want prefix %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestAuthAndLimitsConfigSources(t *testing.T) {
+	yaml := `
+check_origin: ["https://app.example.com"]
+require_origin: true
+trusted_proxies: ["10.0.0.0/8"]
+auth:
+  required: true
+  hs256_secret: "0123456789abcdef0123456789abcdef"
+  leeway: 5s
+  audience: game
+  issuer: https://id.example
+limits:
+  joins_per_second: 2
+  classes:
+    chat: {per_second: 1, burst: 3}
+  abuse_window: 4s
+  abuse_quiet: 1s
+routes:
+  - topic: "room:*"
+    backend: echo
+    rate_limits:
+      default_class: chat
+      events:
+        move: default
+`
+	cfg, err := ParseYAML([]byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Auth.Required || cfg.Auth.Leeway != 5*time.Second || cfg.Auth.Audience != "game" || !cfg.RequireOrigin ||
+		cfg.TrustedProxies[0] != "10.0.0.0/8" || cfg.Limits.JoinsPerSecond != 2 || cfg.Limits.AbuseWindow != 4*time.Second {
+		t.Fatalf("cfg = %+v", cfg)
+	}
+	if len(cfg.Limits.Classes) != 2 || cfg.Limits.Classes["chat"].Burst != 3 || cfg.Limits.Classes["default"].Burst != DefaultEventBurst {
+		t.Fatalf("classes = %v, want chat added to the default", cfg.Limits.Classes)
+	}
+	if r := cfg.Routes[0].RateLimits; r.DefaultClass != "chat" || r.ClassOf("move") != "default" || r.ClassOf("say") != "chat" {
+		t.Fatalf("route rate limits = %+v", r)
+	}
+	if NewConfig().Limits.Classes["chat"].Burst != 0 {
+		t.Fatal("the defaults' class map was modified")
+	}
+
+	env := map[string]string{
+		"PHXGATE_LIMITS_CLASSES":        "chat=2:4",
+		"PHXGATE_LIMITS_IP_MAX_CONNS":   "7",
+		"PHXGATE_AUTH_PUBLIC_KEY_FILES": "",
+		"PHXGATE_TRUSTED_PROXIES":       "10.1.0.0/16, 192.0.2.1",
+	}
+	cfg, err = LoadConfig([]string{"--limits.joins_per_second", "1.5", "--routes", "room:*=echo,class=chat,event.move=default"},
+		func(k string) string { return env[k] }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Limits.Classes["chat"] != (ratelimit.ClassLimit{PerSecond: 2, Burst: 4}) || cfg.Limits.IPMaxConns != 7 ||
+		cfg.Limits.JoinsPerSecond != 1.5 || len(cfg.TrustedProxies) != 2 ||
+		cfg.Routes[0].RateLimits.ClassOf("move") != "default" || cfg.Routes[0].RateLimits.ClassOf("x") != "chat" {
+		t.Fatalf("cfg = %+v", cfg)
+	}
+	_, err = LoadConfig([]string{"--limits.classes", "chat"}, func(string) string { return "" }, io.Discard)
+	if err == nil || !strings.HasPrefix(err.Error(), "config: limits.classes:") {
+		t.Fatalf("bad classes flag: %v", err)
 	}
 }
