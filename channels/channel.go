@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/phxgate/phxgate/backends"
+	"github.com/phxgate/phxgate/channels/auth"
 	"github.com/phxgate/phxgate/pubsub"
 )
 
@@ -34,6 +35,8 @@ type task struct {
 	ref          string // raw token
 	event        string
 	offset       string // join: raw "offset" value
+	token        string // join: the payload's "token" (never sent to the backend)
+	hasToken     bool   // join: the payload had a "token" key
 	payload      []byte
 	frame        []byte
 	reason       backends.LeaveReason
@@ -50,10 +53,14 @@ type channel struct {
 
 	// Poller side, guarded by sock.mu.
 	curJoinRef string
-	queue      []*task
-	gen        uint32 // last incarnation handed out
-	curGen     uint32 // incarnation the client addresses; 0: none
-	running    bool
+	// joinID is the identity of this channel's join token (nil: the
+	// socket's applies). Written by the worker under sock.mu; read by the
+	// poller under sock.mu and by the worker running the slot.
+	joinID  *auth.Identity
+	queue   []*task
+	gen     uint32 // last incarnation handed out
+	curGen  uint32 // incarnation the client addresses; 0: none
+	running bool
 
 	// Worker side: only the goroutine running the slot touches these.
 	wGen          uint32 // joined incarnation; 0: not joined
@@ -159,6 +166,10 @@ func (c *channel) flushPendingClose() {
 func (c *channel) newCall(event, joinRef, ref string, p backends.Payload) *backends.Call {
 	s := c.sock
 	jr, r := refString(joinRef), refString(ref)
+	player, claims := s.playerID, s.claims
+	if id := c.joinID; id != nil {
+		player, claims = id.PlayerID, id.Raw
+	}
 	node := s.srv.cfg.NodeID
 	key := make([]byte, 0, len(node)+len(jr)+len(r)+24)
 	key = append(key, node...)
@@ -171,8 +182,8 @@ func (c *channel) newCall(event, joinRef, ref string, p backends.Payload) *backe
 	return &backends.Call{
 		NodeID:         node,
 		ConnID:         s.conn.ID(),
-		PlayerID:       s.playerID,
-		Claims:         s.claims,
+		PlayerID:       player,
+		Claims:         claims,
 		Params:         s.params,
 		Topic:          c.topic,
 		Event:          event,
@@ -261,6 +272,13 @@ func (c *channel) join(t *task) {
 	m := s.srv.m
 	if s.closed.Load() {
 		c.failJoin(t.gen)
+		return
+	}
+	if !c.authorize(t) {
+		m.joins.WithLabelValues(joinUnauthorized).Inc()
+		s.send(s.replyFrame(t.joinRef, t.ref, c.topic, "error", respUnauthorized))
+		c.failJoin(t.gen)
+		c.flushPendingClose()
 		return
 	}
 	call := c.newCall("phx_join", t.joinRef, t.ref, backends.Payload{Data: t.payload, Binary: t.binary})

@@ -6,6 +6,8 @@ import (
 	"os"
 	"strconv"
 	"time"
+
+	"github.com/phxgate/phxgate/channels/ratelimit"
 )
 
 // Defaults. Every limit is non-zero: zero is never "unlimited".
@@ -68,6 +70,15 @@ type Config struct {
 	// ResumeBuffer is the number of live events held per resuming join while
 	// its history is read. Zero is invalid.
 	ResumeBuffer int
+
+	// Verifier checks join-payload tokens ("token", stripped before the
+	// backend sees the payload). Nil: a join that carries a token is
+	// refused as unauthorized, since it cannot be checked.
+	Verifier TokenVerifier `yaml:"-"`
+	// Limiter applies the per-player rate limits to joins, events and
+	// heartbeats (DESIGN.md §5). Nil: no rate limits (tests, embedders
+	// that limit elsewhere). The caller owns it (and its Sweep).
+	Limiter *ratelimit.Limiter `yaml:"-"`
 }
 
 // NewConfig returns the defaults.

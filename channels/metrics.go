@@ -12,6 +12,11 @@ const (
 	joinDuplicate  = "duplicate"
 	joinOverloaded = "overloaded"
 	joinBackend    = "backend_error"
+	// joinUnauthorized: the join token was invalid or the topics claim
+	// does not allow the topic; the backend was not called.
+	joinUnauthorized = "unauthorized"
+	// joinRateLimited: over the player's join rate.
+	joinRateLimited = "rate_limited"
 )
 
 type metrics struct {

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/phxgate/phxgate/backends"
+	"github.com/phxgate/phxgate/channels/ratelimit"
 )
 
 // Route maps topics to a backend.
@@ -19,6 +20,9 @@ type Route struct {
 	History int
 	// Presence turns presence tracking on for matching topics.
 	Presence bool
+	// RateLimits maps the route's event names to rate-limit classes
+	// (zero: every event is in the limiter's default class).
+	RateLimits ratelimit.Route
 }
 
 // Router holds an ordered list of routes. It is immutable after NewRouter

@@ -71,6 +71,8 @@ func (s *Server) Connect(c Conn, info ConnectInfo) *Socket {
 		params:   info.Params,
 		playerID: info.PlayerID,
 		claims:   info.Claims,
+		identity: info.Identity,
+		rateKey:  rateKeyOf(c, info),
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 
 	"github.com/phxgate/phxgate/backends"
+	"github.com/phxgate/phxgate/channels/auth"
 )
 
 // Socket is the protocol state of one connection. HandleText, HandleBinary
@@ -17,6 +18,8 @@ type Socket struct {
 	params   []byte
 	claims   []byte
 	playerID string
+	identity *auth.Identity // connect token; nil when anonymous
+	rateKey  string         // per-player rate limits (ConnectInfo.RateKey)
 	closed   atomic.Bool
 	ser      Serializer
 
@@ -201,6 +204,9 @@ func (s *Socket) handle(m *message) error {
 	case "heartbeat":
 		if string(m.topic) == "phoenix" {
 			s.srv.m.messagesIn.WithLabelValues("heartbeat").Inc()
+			if ok, err := s.allowHeartbeat(); !ok {
+				return err // over the limit: no reply (nil) or abuse (1008)
+			}
 			s.send(s.replyFrame("null", m.refToken(), "phoenix", "ok", nil))
 			return nil
 		}
@@ -235,6 +241,15 @@ func (s *Socket) handleJoin(m *message) error {
 		return nil
 	}
 	jr, ref := m.joinRefToken(), m.refToken()
+	if resp, err := s.allowJoin(); resp != nil || err != nil {
+		// Charged before anything else, so a flood of joins to unrouted
+		// topics is limited too.
+		if err != nil {
+			return err
+		}
+		s.srv.m.joins.WithLabelValues(joinRateLimited).Inc()
+		return s.rejectInOrder(s.find(m.topic), jr, ref, string(m.topic), resp)
+	}
 	// The channel's join_ref is join_ref || ref (Phoenix channel/server.ex);
 	// V1 clients usually send none, and then close/error frames carry a
 	// null ref.
@@ -270,6 +285,7 @@ func (s *Socket) handleJoin(m *message) error {
 		t.payload = append([]byte(nil), m.payload...)
 	} else {
 		t.payload, t.offset, t.positions = stripJoinPayload(m.payload)
+		t.token, t.hasToken = joinToken(m.payload)
 	}
 	ts = append(ts, t)
 	if !s.enqueue(c, false, ts...) {
@@ -332,6 +348,12 @@ func (s *Socket) handleEvent(m *message) error {
 	if staleJoinRef(m, c.curJoinRef) {
 		s.srv.m.messagesIn.WithLabelValues("stale").Inc()
 		return nil
+	}
+	if resp, err := s.allowEvent(c, m.event); resp != nil || err != nil {
+		if err != nil {
+			return err
+		}
+		return s.rejectInOrder(c, c.curJoinRef, m.refToken(), c.topic, resp)
 	}
 	// Checked before the payload is copied: a refused push keeps nothing
 	// of it.

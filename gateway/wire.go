@@ -12,7 +12,7 @@ import (
 
 // defaultConnect wires the production protocol layer: backends from the
 // routes, the in-memory broker (history sized per route), the channels
-// server. The returned closers stop the channels server then the broker.
+// server with the guard's token verifier and rate limiter. The returned closers stop the channels server then the broker.
 func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g *guard) (ConnectFunc, []func() error, error) {
 	routes := make([]channels.Route, 0, len(cfg.Routes))
 	for i, rc := range cfg.Routes {
@@ -20,7 +20,7 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 		if err != nil {
 			return nil, nil, keyErr(fmt.Sprintf("routes[%d].backend", i), "%v", err)
 		}
-		routes = append(routes, channels.Route{Pattern: rc.Topic, Backend: b, History: rc.History, Presence: rc.Presence})
+		routes = append(routes, channels.Route{Pattern: rc.Topic, Backend: b, History: rc.History, Presence: rc.Presence, RateLimits: rc.RateLimits})
 	}
 	router, err := channels.NewRouter(routes)
 	if err != nil {
@@ -36,6 +36,11 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 	broker := pubsub.NewMemory(mcfg)
 	ccfg := channels.NewConfig()
 	ccfg.NodeID = cfg.NodeID
+	// The guard's verifier and limiter: join tokens are checked with the
+	// same keys as connect tokens, and a player's buckets are shared by the
+	// handshake-time key and every socket.
+	ccfg.Verifier = g.verifier
+	ccfg.Limiter = g.limiter
 	srv, err := channels.NewServer(ccfg, router, broker, reg)
 	if err != nil {
 		_ = broker.Close()
