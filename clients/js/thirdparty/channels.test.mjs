@@ -24,6 +24,25 @@ test("connect: V1 upgrade URL with vsn=1.0.0 and the connect params, no subproto
   assert.equal(socket.connectionState(), "open")
 })
 
+test("client close: disconnect() and disconnect(cb, 4000, reason) complete the closing handshake; no reconnect", async t => {
+  // The websocket package stops reading once it has sent its own close
+  // frame (WebSocketConnection.processReceivedData returns when
+  // !connected), so the server's echoed close frame is invisible to this
+  // client and the close event reports the client's own code. What this
+  // client can see is that the server completes the close (TCP closed well
+  // before the library's 5 s close timeout) and that it does not reconnect.
+  // The echo itself (same code, empty reason) is checked by clients/js.
+  for (const [code, reason] of [[undefined, undefined], [4000, "bye"]]) {
+    const {socket, rec} = await connect(t)
+    const started = Date.now()
+    socket.disconnect(undefined, code, reason)
+    const close = await rec.waitEvent("close")
+    assert.equal(close.code, code ?? 1000)
+    assert.ok(close.at - started < 4000, `close completed by the server, not by the client's close timer (${close.at - started} ms)`)
+    assert.equal(rec.events("connect").length, 1, "no reconnect after a client-initiated close")
+  }
+})
+
 test("join ok: exact reply, the client's channel is joined", async t => {
   const {socket, rec, topic} = await connect(t)
   const ch = socket.channel(topic, {hello: "world"})

@@ -84,7 +84,11 @@ test("idle timeout: without heartbeats the server closes with 1002; this client 
   ch.onError(r => errors.push(r))
   const close = await rec.waitEvent("close", {timeoutMs: idleMs + 10000})
   // Bandit closes an idle socket with 1002 (PROTOCOL.md §1.1).
-  assert.equal(close.code, 1002, `idle close code (reason ${JSON.stringify(close.reason)})`)
+  const frame = rec.events("server-close-frame").find(e => e.conn === 0)
+  t.diagnostic(`idle close frame: ${JSON.stringify(frame)}`)
+  assert.ok(frame, `the server sent a close frame\n${rec.dump()}`)
+  assert.equal(frame.code, 1002, `idle close code (reason ${JSON.stringify(frame.reason)})`)
+  assert.equal(close.code, 1002)
   assert.equal(close.conn, 0)
   assert.ok(close.at - rec.events("open")[0].at >= idleMs - 50, "not closed before the idle timeout")
   assert.deepEqual(rec.events("client-close"), [])

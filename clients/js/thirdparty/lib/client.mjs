@@ -136,9 +136,26 @@ export function recordingTransport(recorder) {
         recorder.push({conn, dir: "event", type: "open", protocol: ws.protocol ?? null, extensions: ws.extensions ?? ""})
         // The server must not ping (Phoenix never does); the websocket
         // package answers pings itself, so watch its connection object.
-        ws._connection?.on("ping", data => {
+        const c = ws._connection
+        c?.on("ping", data => {
           recorder.push({conn, dir: "event", type: "ping", data: Buffer.from(data).toString("hex")})
         })
+        // The W3C close event reports the client's own code and description
+        // when the client started the close, and a stock description when
+        // the server's close frame has no reason; record the server's close
+        // frame itself (opcode 8) as it arrives.
+        if (c && typeof c.processFrame === "function") {
+          const processFrame = c.processFrame
+          c.processFrame = function (frame) {
+            if (frame.opcode === 0x08) {
+              // WebSocketFrame has split the status code off the payload.
+              recorder.push({conn, dir: "event", type: "server-close-frame",
+                code: frame.closeStatus === -1 ? null : frame.closeStatus,
+                reason: Buffer.from(frame.binaryPayload ?? []).toString("utf8")})
+            }
+            return processFrame.call(this, frame)
+          }
+        }
         this.onopen?.(ev)
       }
       ws.onmessage = ev => {
@@ -181,7 +198,10 @@ export async function connect(t, opts = {}, {name = "socket", waitOpen = true} =
   const rec = new Recorder(name)
   const socket = new Socket(gatewayURL(), {
     transport: recordingTransport(rec),
-    reconnectAfterMs: () => 20,
+    // First retry fast (so a crash rejoin is quick), then slower, so a
+    // gateway that refuses the upgrade is not hammered (it rate-limits
+    // handshakes per IP, and every test here connects from 127.0.0.1).
+    reconnectAfterMs: tries => tries <= 1 ? 20 : 250,
     ...opts,
   })
   socket.connect()
@@ -250,13 +270,17 @@ export function assertExact(entry, expected, msg = "frame bytes") {
 
 // assertWellFormed: no server pings, no binary frames (V1 is text only), and
 // every server frame a V1 object with exactly event/payload/ref/topic in
-// sorted order, never join_ref (PROTOCOL.md §2.1).
+// sorted order, never join_ref, with an object payload (PROTOCOL.md §2.1).
 export function assertWellFormed(rec) {
   assert.deepEqual(rec.events("ping"), [], "the server must not send WebSocket pings")
   for (const e of rec.in) {
     assert.equal(e.binary, false, `binary frame on a V1 socket: ${describe(e)}`)
     assert.ok(e.msg, `not a JSON object: ${describe(e)}`)
     assert.deepEqual(Object.keys(e.msg), ["event", "payload", "ref", "topic"], `V1 server frame keys: ${describe(e)}`)
+    // Payloads are objects (PROTOCOL.md §2.2); this client reads
+    // payload.status on every frame and would throw on null.
+    const p = e.msg.payload
+    assert.ok(p !== null && typeof p === "object" && !Array.isArray(p), `payload is not an object: ${describe(e)}`)
   }
 }
 
