@@ -72,8 +72,8 @@ type Config struct {
 	ResumeBuffer int
 
 	// Verifier checks join-payload tokens ("token", stripped before the
-	// backend sees the payload). Nil: a join that carries a token is
-	// refused as unauthorized, since it cannot be checked.
+	// backend sees the payload). Nil: auth is off; join tokens are
+	// stripped and ignored.
 	Verifier TokenVerifier `yaml:"-"`
 	// Limiter applies the per-player rate limits to joins, events and
 	// heartbeats (DESIGN.md §5). Nil: no rate limits (tests, embedders

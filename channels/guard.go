@@ -152,9 +152,8 @@ func (c *channel) authorize(t *task) bool {
 	s := c.sock
 	id := s.identity
 	var joinID *auth.Identity
-	if t.hasToken {
-		v := s.srv.cfg.Verifier
-		if v == nil || t.token == "" {
+	if v := s.srv.cfg.Verifier; t.hasToken && v != nil {
+		if t.token == "" {
 			return false
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.CallTimeout)

@@ -204,6 +204,19 @@ func TestInvalidTokenRefusedWhenNotRequired(t *testing.T) {
 	}
 }
 
+// TestTokensIgnoredWhenAuthOff: with no key configured there is nothing
+// to verify a token against; it is stripped and the socket is anonymous.
+func TestTokensIgnoredWhenAuthOff(t *testing.T) {
+	s := startServer(t, nil, WithAdmit(nil))
+	c := attempt(t, nil, s.Addr(), tokenTarget("abc")+"&x=1", authTokenHeader("abc"))
+	if c.status() != http.StatusSwitchingProtocols {
+		t.Fatalf("status = %d, want 101", c.status())
+	}
+	if info := s.rec.lastInfo(); info.PlayerID != "" || info.Identity != nil || string(info.Params) != `{"x":"1"}` {
+		t.Fatalf("info = %+v (params %s), want anonymous with the token stripped", info, info.Params)
+	}
+}
+
 // TestTokenExpiryClosesSocket: a socket whose token expires while it is
 // open is closed with 1008 within leeway + 1 s, and nothing follows the
 // close frame.

@@ -55,6 +55,15 @@ func newGuard(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*guard, 
 	return &guard{cfg: cfg, log: log, ctl: ctl, verifier: v, limiter: l}, nil
 }
 
+// authOn reports whether tokens are verified: auth.required, or any key
+// configured (then a token is optional, but one that is present must be
+// valid). With neither, auth is off.
+func (g *guard) authOn() bool {
+	a := g.cfg.Auth
+	return a.Required || a.HS256Secret != "" || a.HS384Secret != "" || a.HS512Secret != "" ||
+		len(a.PublicKeyFiles) > 0 || a.JWKSURL != ""
+}
+
 // sweepInterval is how often idle limiter and admission state is dropped:
 // half the shorter idle TTL, so an entry lives at most 1.5 TTL.
 func (g *guard) sweepInterval() time.Duration {
@@ -103,6 +112,11 @@ func (g *guard) admit(r *Request) (int, func()) {
 	}()
 
 	token, err := takeToken(&r.Info.Params, r.Info.AuthToken)
+	if !g.authOn() {
+		// No key to verify with: tokens are stripped and ignored and every
+		// socket is anonymous (a token cannot be "invalid" against no key).
+		token, err = "", nil
+	}
 	if err != nil {
 		log.Debug("connect refused: bad token", "reason", "malformed", "err", err)
 		return http.StatusForbidden, nil

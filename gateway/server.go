@@ -82,6 +82,9 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (*Server, error) {
 		return nil, err
 	}
 	s.guard = g
+	if !g.authOn() {
+		s.log.Info("auth is off (no auth.* key configured): every socket is anonymous, tokens are stripped and ignored")
+	}
 	if o.Admit == nil {
 		s.opts.Admit = g.admit
 	}

@@ -37,9 +37,12 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 	ccfg := channels.NewConfig()
 	ccfg.NodeID = cfg.NodeID
 	// The guard's verifier and limiter: join tokens are checked with the
-	// same keys as connect tokens, and a player's buckets are shared by the
-	// handshake-time key and every socket.
-	ccfg.Verifier = g.verifier
+	// same keys as connect tokens (ignored when auth is off), and a
+	// player's buckets are shared by the handshake-time key and every
+	// socket.
+	if g.authOn() {
+		ccfg.Verifier = g.verifier
+	}
 	ccfg.Limiter = g.limiter
 	srv, err := channels.NewServer(ccfg, router, broker, reg)
 	if err != nil {
