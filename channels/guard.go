@@ -141,6 +141,21 @@ func joinToken(p []byte) (token string, ok bool) {
 	return token, ok
 }
 
+// forbidsUnrouted reports whether the connect token's topics claim forbids
+// m's topic, for a join to an unrouted topic (answered on the poller,
+// since it has no slot). A join carrying its own token is not judged here:
+// verifying it may block, and a topic without a route has no worker turn,
+// so it gets "unmatched topic".
+func (s *Socket) forbidsUnrouted(m *message) bool {
+	if s.identity == nil || m.binary {
+		return false
+	}
+	if _, has := joinToken(m.payload); has && s.srv.cfg.Verifier != nil {
+		return false
+	}
+	return !s.identity.MayJoin(string(m.topic))
+}
+
 // authorize runs on the worker before the backend's Join: it verifies a
 // join-payload token and checks the topics claim of the identity that
 // applies to this join (the join token's, else the connect token's). A

@@ -266,6 +266,13 @@ func (s *Socket) handleJoin(m *message) error {
 	fresh := false
 	if c == nil {
 		route := s.srv.router.match(m.topic)
+		if route == nil && s.forbidsUnrouted(m) {
+			// A topic the player may not join is unauthorized whether or
+			// not it is routed: the answer does not reveal the routes.
+			s.srv.m.joins.WithLabelValues(joinUnauthorized).Inc()
+			s.send(s.replyFrame(jr, ref, string(m.topic), "error", respUnauthorized))
+			return nil
+		}
 		if route == nil {
 			s.srv.m.joins.WithLabelValues(joinUnmatched).Inc()
 			s.send(s.replyFrame("null", ref, string(m.topic), "error", respUnmatched))
