@@ -43,6 +43,31 @@
 // are passed to backends untouched, except that the join payload keys
 // "offset" and "token" are removed.
 //
+// # Auth and limits
+//
+// Config.Limiter (nil: none) limits joins, events (by class: the route's
+// RateLimits map an event to a limits.classes entry) and heartbeats per
+// rate key (ConnectInfo.RateKey: the player id, or the client's IP prefix
+// for anonymous sockets). An over-limit join or push is answered
+// {"reason":"rate_limited","retry_after_ms":N} in its turn among the
+// channel's replies (rejectInOrder) and never reaches the backend; an
+// over-limit heartbeat gets no reply. A player refused continuously for the
+// abuse window gets the socket that hit the limit closed with 1008 (its
+// other sockets follow on their next refusal, since the streak is per
+// player).
+//
+// A join is authorized on the worker, before the backend's Join: the
+// join-payload "token" (verified with Config.Verifier; nil means auth is
+// off and the token is ignored) or else the connect identity must allow the
+// topic (topics claim); otherwise the reply is {"reason":"unauthorized"}
+// and the backend is not called. A join token's identity applies to that
+// channel only (its player and claims go to that channel's backend calls,
+// its player keys that channel's event limits) and is checked when the
+// join happens: its exp does not end the channel later (the connect
+// token's exp closes the whole socket, in the gateway). A forbidden topic
+// without a route is also answered unauthorized (not "unmatched topic"),
+// so the answer does not reveal the routes.
+//
 // # Serializer notes
 //
 // V1 sockets are text only: a binary frame from a V1 client closes the

@@ -188,6 +188,11 @@ func TestConnectRefusedTokens(t *testing.T) {
 	if n := counterValue(t, s.Registry(), "phxgate_auth_verifications_total", "missing"); n != 1 {
 		t.Errorf("missing-token refusals counted %v, want 1", n)
 	}
+	for reason, want := range map[string]float64{"token_missing": 1, "token_expired": 2, "token_unknown_kid": 2, "token_audience": 1, "token_issuer": 1} {
+		if n := counterValue(t, s.Registry(), "phxgate_connect_refused_total", reason); n != want {
+			t.Errorf("phxgate_connect_refused_total{reason=%q} = %v, want %v", reason, n, want)
+		}
+	}
 }
 
 // TestInvalidTokenRefusedWhenNotRequired: anonymous sockets are allowed,

@@ -34,6 +34,24 @@
 // channels layer in production). Refusals are always an HTTP status with an
 // empty body, as Phoenix answers.
 //
+// # Auth and limits (DESIGN.md §5)
+//
+// Without WithAdmit, the production admission runs (guard.go), in this
+// order: check_origin (403); the per-IP handshake rate and open-socket cap
+// (429, with Retry-After for the rate) and the node cap (503), keyed by the
+// client IP (X-Forwarded-For believed only from trusted_proxies; IPv6 by
+// /64); the token (connect param "token" or the phoenix.js authToken
+// subprotocol; the param is removed before the backend sees the params):
+// missing with auth.required → 401, present but invalid → 403 even when not
+// required; then the per-player cap (429). With no auth key configured at
+// all, auth is off: tokens are stripped and ignored. The verified identity
+// reaches Connect (PlayerID, Claims, Identity); Request.Expires (exp +
+// auth.leeway) is enforced by the poller's once-a-second sweep, which
+// closes the socket with 1008 (no timer per socket). Rate limits are keyed
+// by player id, or for anonymous sockets by "ip:<client IP prefix>" (a /32
+// or a /64), so reconnecting resets nothing; the limiter and the per-IP
+// state are swept on a ticker owned by the Server and stopped by Shutdown.
+//
 // # Closing
 //
 // Close queues a close frame (code, empty reason) behind the frames already

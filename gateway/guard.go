@@ -34,6 +34,10 @@ type guard struct {
 	ctl      *admission.Controller
 	verifier *auth.Verifier
 	limiter  *ratelimit.Limiter
+	// refused counts every connect refused by admit, by reason: the
+	// admission reasons (origin, ip_conn_limit …) and token_* ones. The
+	// building blocks' own metrics give more detail.
+	refused *prometheus.CounterVec
 }
 
 // newGuard builds the three building blocks and registers their metrics on
@@ -52,7 +56,16 @@ func newGuard(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*guard, 
 	if err != nil {
 		return nil, blockErr(err, ratelimit.ErrConfig)
 	}
-	return &guard{cfg: cfg, log: log, ctl: ctl, verifier: v, limiter: l}, nil
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "phxgate_connect_refused_total",
+		Help: "Upgrade requests refused before the upgrade by admission or token checks, by reason.",
+	}, []string{"reason"})
+	if reg != nil {
+		if err := reg.Register(refused); err != nil {
+			return nil, err
+		}
+	}
+	return &guard{cfg: cfg, log: log, ctl: ctl, verifier: v, limiter: l, refused: refused}, nil
 }
 
 // authOn reports whether tokens are verified: auth.required, or any key
@@ -118,7 +131,12 @@ func (g *guard) admit(r *Request) (int, func()) {
 		token, err = "", nil
 	}
 	if err != nil {
-		log.Debug("connect refused: bad token", "reason", "malformed", "err", err)
+		reason := "token_param"
+		if errors.Is(err, errAmbiguousToken) {
+			reason = "token_ambiguous"
+		}
+		log.Debug("connect refused: bad token", "reason", reason)
+		g.refused.WithLabelValues(reason).Inc()
 		return http.StatusForbidden, nil
 	}
 	if token == "" {
@@ -126,6 +144,7 @@ func (g *guard) admit(r *Request) (int, func()) {
 			// Counted as a "missing" verification like any other refusal.
 			_, _ = g.verifier.Verify(context.Background(), "")
 			log.Debug("connect refused: token required")
+			g.refused.WithLabelValues("token_missing").Inc()
 			return http.StatusUnauthorized, nil
 		}
 		r.Info.RateKey = anonKeyPrefix + g.ctl.Key(ip).String()
@@ -139,6 +158,7 @@ func (g *guard) admit(r *Request) (int, func()) {
 		// The reason label only: errors never carry token text, and the
 		// token itself is never logged.
 		log.Debug("connect refused: token rejected", "reason", auth.Reason(err))
+		g.refused.WithLabelValues("token_" + auth.Reason(err)).Inc()
 		return http.StatusForbidden, nil
 	}
 	if err := t.BindPlayer(id.PlayerID); err != nil {
@@ -159,6 +179,7 @@ func (g *guard) admit(r *Request) (int, func()) {
 func (g *guard) refusal(r *Request, err error) int {
 	var ref *admission.Refusal
 	if errors.As(err, &ref) {
+		g.refused.WithLabelValues(ref.Reason).Inc()
 		r.RetryAfter = ref.RetryAfter
 		return ref.Status
 	}
