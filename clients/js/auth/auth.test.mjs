@@ -105,6 +105,27 @@ for (const vsn of VSNS) {
       assertWellFormed(c.rec)
     })
 
+    test("the same token as param and authToken is accepted", T_OPTS, async t => {
+      const tok = token(uniquePlayer(), {topics: ["room:a*"]})
+      const c = await connect(t, vsn, {params: {token: tok}, authToken: tok})
+      await joinExpect(c, `room:a${suffix()}`, "ok", {})
+      assertWellFormed(c.rec)
+    })
+
+    test("unrouted topics: unauthorized when the claim forbids them, else unmatched topic", T_OPTS, async t => {
+      const s = suffix()
+      const c = await connect(t, vsn, {params: {token: token(uniquePlayer(), {topics: ["room:a*", `nowhere:a${s}`]})}})
+      // Neither is routed; the claim allows only the second.
+      await forbiddenJoinWith(c, `nowhere:b${s}`, {})
+      const ch = c.socket.channel(`nowhere:a${s}`)
+      assert.deepEqual(await join(ch), {status: "error", response: {reason: "unmatched topic"}})
+      // (the main suite owns the unmatched-topic frame's exact bytes)
+      const r = await c.rec.waitIn(isReply(`nowhere:a${s}`, ch.joinRef()))
+      assert.deepEqual(r.msg.payload, {response: {reason: "unmatched topic"}, status: "error"})
+      ch.leave()
+      assertWellFormed(c.rec)
+    })
+
     test("no topics claim: any routed topic may be joined", T_OPTS, async t => {
       const s = suffix()
       const c = await connect(t, vsn, {params: {token: token(uniquePlayer())}})
@@ -173,6 +194,111 @@ for (const vsn of VSNS) {
   })
 }
 
+// chatBurst pushes n chat events on ch at once and returns the replies'
+// payloads in push order (after checking they came in that order).
+async function chatBurst(c, ch, topic, n) {
+  const pushes = Array.from({length: n}, (_, i) => ch.push("chat", {n: i}))
+  await Promise.all(pushes.map(p => outcome(p)))
+  const refs = pushes.map(p => p.ref)
+  const replies = await Promise.all(refs.map(R => c.rec.waitIn(isReply(topic, R), {what: `reply ${R}`})))
+  return replies.map(r => r.msg.payload)
+}
+
+const ALLOWED_CHAT = {response: {reason: "unknown event"}, status: "error"} // the echo backend's answer
+
+function isRateLimited(p) {
+  return p.status === "error" && p.response?.reason === "rate_limited" && Number.isInteger(p.response?.retry_after_ms) && p.response.retry_after_ms > 0
+}
+
+for (const vsn of VSNS) {
+  // A join payload `token` (channels/guard.go): verified on the worker;
+  // when present it replaces the connect token's identity for that join
+  // only (its topics claim decides, its player keys the channel's event
+  // limits); a present but invalid one (garbage, expired, "" or a
+  // non-string) is unauthorized, with no fallback to the connect token;
+  // `token: null` counts as absent. The key is stripped before the backend.
+  describe(`join payload token vsn=${vsn}`, () => {
+    test("a join token grants what the connect token does not, for that join only", T_OPTS, async t => {
+      const s = suffix()
+      const player = uniquePlayer()
+      // The connect token allows no topic at all.
+      const c = await connect(t, vsn, {params: {token: token(player, {topics: []})}})
+      const joinTok = token(player, {topics: [`room:a${s}*`]})
+      const {ch} = await joinExpect(c, `room:a${s}`, "ok", {}, {token: joinTok})
+      // phoenix.js sent the token in the join frame; the gateway took it out
+      // (the echo backend's join reply is {} either way).
+      const out = await c.rec.waitOut(m => m.topic === `room:a${s}` && m.event === "phx_join")
+      assert.deepEqual(out.msg.payload, {token: joinTok})
+      await echoOk(c, ch, `room:a${s}`)
+      // The join token's topics claim decides for its join…
+      await forbiddenJoinWith(c, `room:b${s}`, {token: joinTok})
+      // …and a join without one falls back to the connect token (no topics).
+      await forbiddenJoinWith(c, `room:a${s}-2`, {})
+      await forbiddenJoinWith(c, `room:a${s}-3`, {token: null})
+      assertWellFormed(c.rec)
+    })
+
+    test("an invalid join token is unauthorized, with no fallback to the connect token", T_OPTS, async t => {
+      const s = suffix()
+      const player = uniquePlayer()
+      // The connect token alone would allow every topic.
+      const c = await connect(t, vsn, {params: {token: token(player)}})
+      const bad = [
+        {name: "garbage", token: "not-a-jwt"},
+        {name: "expired", token: token(player, {exp: nowSeconds() - 60})},
+        {name: "other secret", token: token(player, {}, authSecret() + "-other")},
+        {name: "empty string", token: ""},
+        {name: "a number", token: 42},
+      ]
+      for (const [i, b] of bad.entries()) {
+        await forbiddenJoinWith(c, `room:j${s}-${i}`, {token: b.token}, b.name)
+      }
+      // null is no token: the connect token's (unrestricted) identity applies.
+      await joinExpect(c, `room:j${s}-null`, "ok", {}, {token: null})
+      assertWellFormed(c.rec)
+    })
+
+    test("a join token's player keys that channel's event limits", T_OPTS, async t => {
+      const s = suffix()
+      const p1 = uniquePlayer("p1")
+      const p2 = uniquePlayer("p2")
+      const c = await connect(t, vsn, {params: {token: token(p1)}})
+      // Channel A runs as p2 (join token), channel B as p1 (connect token).
+      const a = `room:ja${s}`
+      const b = `room:jb${s}`
+      const {ch: chA} = await joinExpect(c, a, "ok", {}, {token: token(p2)})
+      const {ch: chB} = await joinExpect(c, b, "ok", {})
+      const onA = await chatBurst(c, chA, a, CHAT_BURST + 1)
+      assert.deepEqual(onA.slice(0, CHAT_BURST), Array(CHAT_BURST).fill(ALLOWED_CHAT), c.rec.dump())
+      assert.ok(isRateLimited(onA[CHAT_BURST]), `chat #${CHAT_BURST + 1} on A: ${JSON.stringify(onA[CHAT_BURST])}`)
+      // p1's bucket is untouched.
+      const onB = await chatBurst(c, chB, b, 1)
+      assert.deepEqual(onB, [ALLOWED_CHAT], c.rec.dump())
+      // Buckets are per player, not per socket: p2 connecting on its own
+      // finds its chat bucket already drained.
+      const c2 = await connect(t, vsn, {params: {token: token(p2)}}, {name: "p2"})
+      const cc = `room:jc${s}`
+      const {ch: chC} = await joinExpect(c2, cc, "ok", {})
+      const onC = await chatBurst(c2, chC, cc, 1)
+      assert.ok(isRateLimited(onC[0]), `p2's chat on its own socket: ${JSON.stringify(onC[0])}\n${c2.rec.dump()}`)
+      assertWellFormed(c.rec)
+      assertWellFormed(c2.rec)
+    })
+  })
+}
+
+// forbiddenJoinWith: an unauthorized join with this payload, exact reply,
+// the channel left afterwards (phoenix.js would keep retrying it).
+async function forbiddenJoinWith(c, topic, payload, what = "") {
+  const ch = c.socket.channel(topic, payload)
+  const res = await join(ch)
+  const J = ch.joinRef()
+  assert.deepEqual(res, {status: "error", response: UNAUTHORIZED}, `join ${topic} ${what}\n${c.rec.dump()}`)
+  const r = await c.rec.waitIn(isReply(topic, J), {what: `the join reply for ${topic}`})
+  assertExact(r, reply(c.codec, J, J, topic, "error", UNAUTHORIZED), `join reply for ${topic} ${what}`)
+  ch.leave()
+}
+
 // refusedConnect starts a phoenix.js socket that the gateway must refuse
 // before the upgrade: it never opens, every attempt gets `status`, and
 // phoenix.js keeps retrying (at least `attempts` attempts are seen).
@@ -207,6 +333,8 @@ describe("refused connects (HTTP status before the upgrade)", () => {
     {name: "token without sub → 403", opts: () => ({params: {token: signHS256({exp: nowSeconds() + 600}, authSecret())}}), status: 403},
     {name: "token signed with another secret → 403", opts: () => ({params: {token: token(player(), {}, authSecret() + "-other")}}), status: 403},
     {name: "alg none → 403", opts: () => ({params: {token: unsignedToken(player())}}), status: 403},
+    {name: "token param and a different authToken → 403", opts: () => ({params: {token: token(player())}, authToken: token(player())}), status: 403},
+    {name: "non-string token param → 403", opts: () => ({params: {token: {a: "b"}}}), status: 403},
   ]
   for (const k of cases) {
     test(k.name, T_OPTS, async t => {
