@@ -288,12 +288,26 @@ func isRateLimited(p []byte) bool {
 	return err == nil && v >= 1
 }
 
-// TestRateAbuseCloses1008: a player who keeps pushing past the limit for
-// the abuse window is disconnected with 1008.
+// TestRateAbuseCloses1008: a player who keeps pushing (or heartbeating)
+// past the limit for the abuse window is disconnected with 1008.
 func TestRateAbuseCloses1008(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		frame func(i int) []byte
+	}{
+		{name: "events", frame: func(i int) []byte { return fmt.Appendf(nil, `["1","%d","room:a","echo",{}]`, i+2) }},
+		{name: "heartbeats", frame: func(i int) []byte { return fmt.Appendf(nil, `[null,"%d","phoenix","heartbeat",{}]`, i+2) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testRateAbuse(t, tc.frame) })
+	}
+}
+
+func testRateAbuse(t *testing.T, frame func(i int) []byte) {
 	const window = time.Second
 	s := prodServer(t, func(c *Config) {
 		rateLimitedConfig(c)
+		c.Limits.HeartbeatsPerSecond = 0.1
+		c.Limits.HeartbeatBurst = 1
 		c.Limits.AbuseWindow = window
 		c.Limits.AbuseQuiet = 500 * time.Millisecond
 	})
@@ -331,7 +345,7 @@ func TestRateAbuseCloses1008(t *testing.T) {
 			}, "the rate_abuse disconnect counted")
 			return
 		case <-tick.C:
-			if _, err := c.conn.Write(clientFrame(0x81, true, fmt.Appendf(nil, `["1","%d","room:a","echo",{}]`, i+2), -1)); err != nil {
+			if _, err := c.conn.Write(clientFrame(0x81, true, frame(i), -1)); err != nil {
 				t.Fatalf("write after %v: %v", time.Since(start), err)
 			}
 		}
