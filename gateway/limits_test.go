@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -416,4 +417,25 @@ func TestTokenExpiryClosesPhoenixSocket(t *testing.T) {
 		}
 		t.Fatalf("unexpected frame before the close: %q", p)
 	}
+}
+
+// TestProductionWiringStopsEverything: the limits sweeper and the channels
+// server started by the production wiring are gone after Shutdown.
+func TestProductionWiringStopsEverything(t *testing.T) {
+	base := runtime.NumGoroutine()
+	cfg := testConfig()
+	cfg.Auth.HS256Secret = testSecret
+	cfg.Routes = []RouteConfig{{Topic: "room:*", Backend: "echo"}}
+	s, err := Start(context.Background(), cfg, WithLogger(discardLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := rawSocket(t, s, hsToken(t, claims("frank")), "room:a")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	c.conn.Close()
+	checkGoroutines(t, base)
 }
