@@ -61,7 +61,9 @@ routes:
 // authGatewayConfig is the auth phase's configuration (auth/*.test.mjs):
 // tokens required, HS256 with a per-run secret (passed to node as
 // PHXGATE_AUTH_SECRET), a small `chat` class so a burst of six pushes
-// crosses it, and two sockets per player.
+// crosses it, two sockets per player, 20 joins at once per player, and a
+// short abuse window (a 2 s refusal streak closes with 1008). The limits
+// are per player and every test signs for its own.
 const authGatewayConfig = `# written by clients/js/conformance_test.go (auth phase)
 listen: "%s"
 admin_listen: "%s"
@@ -72,6 +74,10 @@ auth:
   leeway: 1s
 limits:
   player_max_conns: 2
+  joins_per_second: 5
+  join_burst: 20
+  abuse_window: 2s
+  abuse_quiet: 1s
   classes:
     chat: {per_second: 2, burst: 3}
 routes:

@@ -20,9 +20,12 @@ import {signHS256, token, uniquePlayer, nowSeconds, authSecret} from "../lib/jwt
 
 const T_OPTS = {timeout: 30000}
 
-// The auth phase's rate limit class for `chat` (conformance_test.go).
+// The auth phase's limits (conformance_test.go).
 const CHAT_BURST = 3
 const CHAT_PER_SECOND = 2
+const JOIN_BURST = 20
+const JOINS_PER_SECOND = 5
+const ABUSE_WINDOW_MS = 2000
 
 function suffix() {
   return randomBytes(6).toString("hex")
@@ -298,6 +301,62 @@ async function forbiddenJoinWith(c, topic, payload, what = "") {
   assertExact(r, reply(c.codec, J, J, topic, "error", UNAUTHORIZED), `join reply for ${topic} ${what}`)
   ch.leave()
 }
+
+describe("join and abuse limits", () => {
+  for (const vsn of VSNS) {
+    test(`vsn=${vsn}: joins past the burst get rate_limited; phoenix.js's rejoin gets in later`, T_OPTS, async t => {
+      const c = await connect(t, vsn, {params: {token: token(uniquePlayer())}, rejoinAfterMs: () => 100})
+      const s = suffix()
+      const chans = Array.from({length: JOIN_BURST + 1}, (_, i) => c.socket.channel(`room:jl${s}-${i}`))
+      const first = await Promise.all(chans.map(ch => join(ch)))
+      assert.deepEqual(first.slice(0, JOIN_BURST), Array(JOIN_BURST).fill({status: "ok", response: {}}), c.rec.dump())
+      const last = chans[JOIN_BURST]
+      const topic = last.topic
+      const res = first[JOIN_BURST]
+      const N = res.response?.retry_after_ms
+      assert.ok(res.status === "error" && Number.isInteger(N) && N > 0 && N <= Math.ceil(1000 / JOINS_PER_SECOND),
+        `join #${JOIN_BURST + 1}: ${JSON.stringify(res)}\n${c.rec.dump()}`)
+      // The reply frame of the refused join (the first phx_join for topic).
+      const out = await c.rec.waitOut(m => m.topic === topic && m.event === "phx_join")
+      const J = out.msg.ref
+      const r = await c.rec.waitIn(isReply(topic, J))
+      assertExact(r, reply(c.codec, J, J, topic, "error", {reason: "rate_limited", retry_after_ms: N}), "refused join")
+      // phoenix.js treats it like any join error and retries every 100 ms;
+      // once a join token has refilled, a retry is let in.
+      await waitUntil(() => last.state === "joined", {timeoutMs: 5000, what: `phoenix.js to join ${topic} on a retry\n${c.rec.dump()}`})
+      assert.deepEqual(c.rec.events("close"), [])
+      assertWellFormed(c.rec)
+    })
+  }
+
+  test("pushing on past rate_limited for the abuse window closes the socket with 1008", T_OPTS, async t => {
+    const c = await connect(t, "2.0.0", {params: {token: token(uniquePlayer())}, reconnectAfterMs: () => 200})
+    const topic = `room:abuse${suffix()}`
+    const {ch} = await joinExpect(c, topic, "ok", {})
+    const started = Date.now()
+    // A client ignoring retry_after_ms: a chat every 100 ms (the refusal
+    // streak never pauses for abuse_quiet), until the gateway closes.
+    const pushes = []
+    const timer = setInterval(() => pushes.push(ch.push("chat", {n: pushes.length})), 100)
+    t.after(() => clearInterval(timer))
+    const close = await c.rec.waitEvent("close", {timeoutMs: ABUSE_WINDOW_MS + 5000})
+    clearInterval(timer)
+    const elapsed = Date.now() - started
+    assert.equal(close.code, 1008, `close code (want 1008 policy violation)\n${c.rec.dump()}`)
+    assert.ok(elapsed >= ABUSE_WINDOW_MS, `closed after ${elapsed} ms, before the ${ABUSE_WINDOW_MS} ms abuse window`)
+    // Every reply before the close was an in-order allowed or rate_limited one.
+    const replies = c.rec.in.filter(e => e.msg.topic === topic && e.msg.event === "phx_reply" && e.seq < close.seq && e.msg.ref !== ch.joinRef())
+    const refs = replies.map(e => Number(e.msg.ref))
+    assert.deepEqual(refs, [...refs].sort((a, b) => a - b), "replies in push order")
+    const limited = replies.filter(e => isRateLimited(e.msg.payload))
+    assert.ok(limited.length > 0, c.rec.dump())
+    for (const e of replies) {
+      assert.ok(isRateLimited(e.msg.payload) || JSON.stringify(e.msg.payload) === JSON.stringify(ALLOWED_CHAT), `unexpected reply ${e.data}`)
+    }
+    // phoenix.js reconnects on its own (the token is still valid).
+    await c.rec.waitEvent("open", {from: close.seq, timeoutMs: 5000})
+  })
+})
 
 // refusedConnect starts a phoenix.js socket that the gateway must refuse
 // before the upgrade: it never opens, every attempt gets `status`, and
