@@ -369,6 +369,7 @@ async function refusedConnect(t, opts, status, name, attempts = 3) {
       {what: `refusal of attempt ${i + 1}`})
     assert.equal(e.type, "unexpected-response", `${name}: attempt ${i + 1} must be refused before the upgrade\n${c.rec.dump()}`)
     seen.push(e.status)
+    assert.equal(e.contentLength, "0", `${name}: a refusal has an empty body, as the vsn 403 does\n${c.rec.dump()}`)
     // phoenix.js sees error + close (1006) and schedules the next attempt.
     await c.rec.waitFor(x => x.dir === "event" && x.type === "close" && x.conn === i, {what: `close of attempt ${i + 1}`})
   }
@@ -433,6 +434,7 @@ describe("connection caps", () => {
     const refused = await c.rec.waitFor(e => e.dir === "event" && (e.type === "unexpected-response" || e.type === "open"), {what: "C's first attempt"})
     assert.equal(refused.type, "unexpected-response", `a third socket for one player must be refused\n${c.rec.dump()}`)
     assert.equal(refused.status, 429, c.rec.dump())
+    assert.equal(refused.contentLength, "0", c.rec.dump())
     // Another player is not affected.
     await connect(t, "2.0.0", {params: {token: token(uniquePlayer())}}, {name: "D"})
     // A closes; phoenix.js's next attempt for C gets in.
