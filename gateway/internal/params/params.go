@@ -66,7 +66,7 @@ const VsnKey = "vsn"
 // Result is a decoded query.
 type Result struct {
 	// JSON is the params object without vsn, e.g. {"token":"abc"}; "{}" when
-	// there are none.
+	// there are none. Read-only: the empty object is shared.
 	JSON []byte
 	// Vsn is the vsn value when HasVsn is set and it was a plain string.
 	Vsn string
@@ -98,6 +98,10 @@ func (n *node) add(k string, c *node) {
 	n.keys = append(n.keys, k)
 	n.kids = append(n.kids, c)
 }
+
+// emptyObject is the JSON of no params, shared by every Result that has
+// none: callers must treat Result.JSON as read-only.
+var emptyObject = []byte("{}")
 
 // Decode parses a raw query string (without the leading '?').
 func Decode(query string, lim Limits) (Result, error) {
@@ -151,7 +155,13 @@ func Decode(query string, lim Limits) (Result, error) {
 			return Result{}, err
 		}
 	}
-	res.JSON = appendNode(make([]byte, 0, 64), root, false)
+	if len(root.keys) == 0 {
+		// Most sockets send no params; they share one "{}" instead of each
+		// holding a buffer for the life of the connection.
+		res.JSON = emptyObject
+		return res, nil
+	}
+	res.JSON = appendNode(nil, root, false)
 	return res, nil
 }
 
