@@ -75,9 +75,10 @@ type Config struct {
 	// backend sees the payload). Nil: auth is off; join tokens are
 	// stripped and ignored.
 	Verifier TokenVerifier `yaml:"-"`
-	// Limiter applies the per-player rate limits to joins, events and
-	// heartbeats (DESIGN.md §5). Nil: no rate limits (tests, embedders
-	// that limit elsewhere). The caller owns it (and its Sweep).
+	// Limiter applies the per-player rate limits to joins and events and
+	// the per-connection limit to heartbeats (DESIGN.md §5). Nil: no rate
+	// limits (tests, embedders that limit elsewhere). The caller owns it
+	// (and its Sweep).
 	Limiter *ratelimit.Limiter `yaml:"-"`
 }
 

@@ -45,16 +45,23 @@
 //
 // # Auth and limits
 //
-// Config.Limiter (nil: none) limits joins, events (by class: the route's
-// RateLimits map an event to a limits.classes entry) and heartbeats per
-// rate key (ConnectInfo.RateKey: the player id, or the client's IP prefix
-// for anonymous sockets). An over-limit join or push is answered
+// Config.Limiter (nil: none) limits joins and events (by class: the route's
+// RateLimits map an event to a limits.classes entry) per rate key
+// (ConnectInfo.RateKey: the player id, or the client's IP prefix for
+// anonymous sockets), and heartbeats per connection (a bucket held in the
+// Socket). An over-limit join or push is answered
 // {"reason":"rate_limited","retry_after_ms":N} in its turn among the
-// channel's replies (rejectInOrder) and never reaches the backend; an
-// over-limit heartbeat gets no reply. A player refused continuously for the
-// abuse window gets the socket that hit the limit closed with 1008 (its
-// other sockets follow on their next refusal, since the streak is per
-// player).
+// channel's replies (rejectInOrder) and never reaches the backend. A player
+// refused continuously for the abuse window gets the socket that hit the
+// limit closed with 1008 (its other sockets follow on their next refusal,
+// since the streak is per player).
+//
+// An over-limit heartbeat gets no reply, and only its own connection is
+// affected: clients take an unanswered heartbeat for a dead connection, so
+// the heartbeats of sockets sharing a rate key (a NAT's anonymous sockets, a
+// player's tabs) must not drain each other. A connection refused
+// continuously for the abuse window is closed with 1008; its streak is its
+// own.
 //
 // A join is authorized on the worker, before the backend's Join: the
 // join-payload "token" (verified with Config.Verifier; nil means auth is

@@ -44,8 +44,9 @@ func rateLimited(d ratelimit.Decision) []byte {
 	return append(b, '}')
 }
 
-// rateAbuse closes a socket whose player kept pushing past a limit for the
-// abuse window (1008, as DESIGN.md §9).
+// rateAbuse closes a socket whose player kept pushing past a limit (or
+// which kept heartbeating past its own) for the abuse window (1008, as
+// DESIGN.md §9).
 func rateAbuse(kind ratelimit.Kind) error {
 	return &CloseError{
 		Code:   ClosePolicyViolation,
@@ -54,16 +55,19 @@ func rateAbuse(kind ratelimit.Kind) error {
 	}
 }
 
-// allowHeartbeat reports whether a heartbeat is answered. Over the limit
-// it gets no reply (the refusal is counted by the limiter): a client that
-// heartbeats that fast is not waiting for replies anyway. A *CloseError
-// means abuse.
+// allowHeartbeat reports whether a heartbeat is answered. The limit is
+// this connection's own (s.hb), not the rate key's: clients take an
+// unanswered heartbeat for a dead connection, so a shared bucket would let
+// one fast socket make its neighbours behind the same key (a NAT's anonymous
+// sockets, a player's tabs) reconnect. Over the limit it gets no reply (the
+// refusal is counted by the limiter): a client that heartbeats that fast is
+// not waiting for replies anyway. A *CloseError means abuse.
 func (s *Socket) allowHeartbeat() (bool, error) {
 	l := s.srv.cfg.Limiter
 	if l == nil {
 		return true, nil
 	}
-	d := l.AllowHeartbeat(s.rateKey)
+	d := l.AllowHeartbeat(&s.hb)
 	switch {
 	case d.OK:
 		return true, nil

@@ -7,6 +7,7 @@ import (
 
 	"github.com/phxgate/phxgate/backends"
 	"github.com/phxgate/phxgate/channels/auth"
+	"github.com/phxgate/phxgate/channels/ratelimit"
 )
 
 // Socket is the protocol state of one connection. HandleText, HandleBinary
@@ -22,6 +23,9 @@ type Socket struct {
 	rateKey  string         // per-player rate limits (ConnectInfo.RateKey)
 	closed   atomic.Bool
 	ser      Serializer
+	// hb is this connection's heartbeat limit. Only handle touches it, on
+	// the poller, one frame at a time per socket, so it needs no lock.
+	hb ratelimit.HeartbeatBucket
 
 	mu    sync.Mutex
 	chans []*channel // slots by topic; a slice because sockets hold few

@@ -77,9 +77,10 @@ const (
 	// hundred pushes fired without waiting for replies is still served.
 	DefaultEventsPerSecond = 50
 	DefaultEventBurst      = 250
-	// DefaultHeartbeatsPerSecond and DefaultHeartbeatBurst: phoenix.js sends
-	// one heartbeat per socket every 30 s, so this covers a full NAT many
-	// times over while still refusing a heartbeat flood.
+	// DefaultHeartbeatsPerSecond and DefaultHeartbeatBurst are per
+	// connection, whatever the key: phoenix.js sends one heartbeat every
+	// 30 s, so this answers clients with far shorter intervals while still
+	// refusing a heartbeat flood.
 	DefaultHeartbeatsPerSecond = 10
 	DefaultHeartbeatBurst      = 100
 	// limitsSweepMin bounds how often the limiter and admission state are
@@ -165,12 +166,15 @@ type LimitsConfig struct {
 	// does not classify.
 	DefaultClass string
 	// HeartbeatsPerSecond and HeartbeatBurst (limits.heartbeats_per_second,
-	// limits.heartbeat_burst) bound heartbeats per player, all sockets
-	// together. Over it a heartbeat gets no reply.
+	// limits.heartbeat_burst) bound heartbeats per connection. Over it a
+	// heartbeat gets no reply, which only that connection sees: clients
+	// take an unanswered heartbeat for a dead connection, so sockets
+	// sharing a key (a NAT's anonymous sockets) must not drain each other.
 	HeartbeatsPerSecond float64
 	HeartbeatBurst      int
-	// AbuseWindow (limits.abuse_window): a player refused continuously for
-	// this long is disconnected with 1008.
+	// AbuseWindow (limits.abuse_window): a player (for heartbeats: a
+	// connection) refused continuously for this long is disconnected with
+	// 1008.
 	AbuseWindow time.Duration
 	// AbuseQuiet (limits.abuse_quiet): a gap this long without refusals
 	// ends a refusal streak; at most AbuseWindow.
@@ -580,8 +584,8 @@ func settings() []setting {
 			node: decodeClasses,
 		},
 		strSetting("limits.default_class", "class of events no route classifies", func(c *Config) *string { return &c.Limits.DefaultClass }),
-		floatSetting("limits.heartbeats_per_second", "heartbeats per player per second, all sockets together", func(c *Config) *float64 { return &c.Limits.HeartbeatsPerSecond }),
-		intSetting("limits.heartbeat_burst", "heartbeats allowed at once", func(c *Config) *int { return &c.Limits.HeartbeatBurst }),
+		floatSetting("limits.heartbeats_per_second", "heartbeats per connection per second", func(c *Config) *float64 { return &c.Limits.HeartbeatsPerSecond }),
+		intSetting("limits.heartbeat_burst", "heartbeats one connection may send at once", func(c *Config) *int { return &c.Limits.HeartbeatBurst }),
 		durSetting("limits.abuse_window", "refused continuously this long: disconnect with 1008", func(c *Config) *time.Duration { return &c.Limits.AbuseWindow }),
 		durSetting("limits.abuse_quiet", "a gap this long without refusals ends a refusal streak", func(c *Config) *time.Duration { return &c.Limits.AbuseQuiet }),
 		intSetting("limits.max_entries", "players tracked by the rate limiter at most", func(c *Config) *int { return &c.Limits.MaxEntries }),

@@ -47,10 +47,13 @@
 // all, auth is off: tokens are stripped and ignored. The verified identity
 // reaches Connect (PlayerID, Claims, Identity); Request.Expires (exp +
 // auth.leeway) is enforced by the poller's once-a-second sweep, which
-// closes the socket with 1008 (no timer per socket). Rate limits are keyed
-// by player id, or for anonymous sockets by "ip:<client IP prefix>" (a /32
-// or a /64), so reconnecting resets nothing; the limiter and the per-IP
-// state are swept on a ticker owned by the Server and stopped by Shutdown.
+// closes the socket with 1008 (no timer per socket). Join and event rate
+// limits are keyed by player id, or for anonymous sockets by
+// "ip:<client IP prefix>" (a /32 or a /64), so reconnecting resets nothing;
+// heartbeats are limited per connection, so one socket heartbeating too fast
+// never leaves a neighbour's heartbeats unanswered (which its client would
+// take for a dead connection). The limiter and the per-IP state are swept on
+// a ticker owned by the Server and stopped by Shutdown.
 //
 // # Closing
 //

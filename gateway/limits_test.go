@@ -289,21 +289,24 @@ func isRateLimited(p []byte) bool {
 	return err == nil && v >= 1
 }
 
-// TestRateAbuseCloses1008: a player who keeps pushing (or heartbeating)
-// past the limit for the abuse window is disconnected with 1008.
+// TestRateAbuseCloses1008: a player who keeps pushing past the limit, or a
+// connection that keeps heartbeating past its own, for the abuse window is
+// disconnected with 1008. Heartbeats are limited per connection, so another
+// socket of the same player still has its heartbeats answered.
 func TestRateAbuseCloses1008(t *testing.T) {
 	for _, tc := range []struct {
-		name  string
-		frame func(i int) []byte
+		name       string
+		frame      func(i int) []byte
+		perConnHBs bool
 	}{
 		{name: "events", frame: func(i int) []byte { return fmt.Appendf(nil, `["1","%d","room:a","echo",{}]`, i+2) }},
-		{name: "heartbeats", frame: func(i int) []byte { return fmt.Appendf(nil, `[null,"%d","phoenix","heartbeat",{}]`, i+2) }},
+		{name: "heartbeats", frame: func(i int) []byte { return fmt.Appendf(nil, `[null,"%d","phoenix","heartbeat",{}]`, i+2) }, perConnHBs: true},
 	} {
-		t.Run(tc.name, func(t *testing.T) { testRateAbuse(t, tc.frame) })
+		t.Run(tc.name, func(t *testing.T) { testRateAbuse(t, tc.frame, tc.perConnHBs) })
 	}
 }
 
-func testRateAbuse(t *testing.T, frame func(i int) []byte) {
+func testRateAbuse(t *testing.T, frame func(i int) []byte, bystanderHeartbeats bool) {
 	const window = time.Second
 	s := prodServer(t, func(c *Config) {
 		rateLimitedConfig(c)
@@ -312,7 +315,9 @@ func testRateAbuse(t *testing.T, frame func(i int) []byte) {
 		c.Limits.AbuseWindow = window
 		c.Limits.AbuseQuiet = 500 * time.Millisecond
 	})
-	c := rawSocket(t, s, hsToken(t, claims("mallory")), "room:a")
+	token := hsToken(t, claims("mallory"))
+	bystander := rawSocket(t, s, token, "room:b")
+	c := rawSocket(t, s, token, "room:a")
 	_ = c.conn.SetDeadline(time.Now().Add(10 * time.Second))
 	closed := make(chan uint16, 1)
 	go func() {
@@ -344,6 +349,12 @@ func testRateAbuse(t *testing.T, frame func(i int) []byte) {
 			waitFor(t, 5*time.Second, func() bool {
 				return counterValue(t, s.Registry(), "phxgate_disconnects_total", "rate_abuse") == 1
 			}, "the rate_abuse disconnect counted")
+			if bystanderHeartbeats {
+				// The same player's other socket: its heartbeat bucket is
+				// its own, full, and its streak never started.
+				bystander.sendText(`[null,"b1","phoenix","heartbeat",{}]`)
+				bystander.expectMessage(ws.OpText, `[null,"b1","phoenix","phx_reply",{"response":{},"status":"ok"}]`)
+			}
 			return
 		case <-tick.C:
 			if _, err := c.conn.Write(clientFrame(0x81, true, frame(i), -1)); err != nil {
@@ -353,23 +364,40 @@ func testRateAbuse(t *testing.T, frame func(i int) []byte) {
 	}
 }
 
-// TestHeartbeatLimit: heartbeats over the limit get no reply (counted);
-// the socket stays usable.
+// TestHeartbeatLimit: heartbeats over a connection's limit get no reply
+// (counted); the socket stays usable. The limit is per connection: another
+// socket with the same rate key (the same player, or an anonymous socket
+// from the same address) still has every heartbeat answered.
 func TestHeartbeatLimit(t *testing.T) {
 	s := prodServer(t, func(c *Config) {
 		c.Limits.HeartbeatsPerSecond = 0.1
 		c.Limits.HeartbeatBurst = 2
 	})
-	c := rawSocket(t, s, hsToken(t, claims("carol")), "room:a")
-	for i := range 5 {
-		c.sendText(fmt.Sprintf(`[null,"h%d","phoenix","heartbeat",{}]`, i))
-	}
-	c.sendText(`["1","9","room:a","echo",{"after":true}]`)
-	c.expectMessage(ws.OpText, `[null,"h0","phoenix","phx_reply",{"response":{},"status":"ok"}]`)
-	c.expectMessage(ws.OpText, `[null,"h1","phoenix","phx_reply",{"response":{},"status":"ok"}]`)
-	c.expectMessage(ws.OpText, `["1","9","room:a","phx_reply",{"response":{"after":true},"status":"ok"}]`)
-	if got := counterValue(t, s.Registry(), "phxgate_ratelimit_limited_total", "heartbeat"); got != 3 {
-		t.Fatalf("limited heartbeats = %v, want 3", got)
+	carol := hsToken(t, claims("carol"))
+	for _, tc := range []struct{ name, token string }{
+		{"same player", carol},
+		{"anonymous, same address", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := counterValue(t, s.Registry(), "phxgate_ratelimit_limited_total", "heartbeat")
+			c := rawSocket(t, s, tc.token, "room:a")
+			neighbour := rawSocket(t, s, tc.token, "room:b")
+			for i := range 5 {
+				c.sendText(fmt.Sprintf(`[null,"h%d","phoenix","heartbeat",{}]`, i))
+			}
+			c.sendText(`["1","9","room:a","echo",{"after":true}]`)
+			c.expectMessage(ws.OpText, `[null,"h0","phoenix","phx_reply",{"response":{},"status":"ok"}]`)
+			c.expectMessage(ws.OpText, `[null,"h1","phoenix","phx_reply",{"response":{},"status":"ok"}]`)
+			c.expectMessage(ws.OpText, `["1","9","room:a","phx_reply",{"response":{"after":true},"status":"ok"}]`)
+			if got := counterValue(t, s.Registry(), "phxgate_ratelimit_limited_total", "heartbeat") - before; got != 3 {
+				t.Fatalf("limited heartbeats = %v, want 3", got)
+			}
+			for i := range 2 {
+				ref := fmt.Sprintf("n%d", i)
+				neighbour.sendText(`[null,"` + ref + `","phoenix","heartbeat",{}]`)
+				neighbour.expectMessage(ws.OpText, `[null,"`+ref+`","phoenix","phx_reply",{"response":{},"status":"ok"}]`)
+			}
+		})
 	}
 }
 

@@ -38,8 +38,8 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 	ccfg.NodeID = cfg.NodeID
 	// The guard's verifier and limiter: join tokens are checked with the
 	// same keys as connect tokens (ignored when auth is off), and a
-	// player's buckets are shared by the handshake-time key and every
-	// socket.
+	// player's join and event buckets are shared by the handshake-time key
+	// and every socket (heartbeat buckets are each socket's own).
 	if g.authOn() {
 		ccfg.Verifier = g.verifier
 	}

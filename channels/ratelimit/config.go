@@ -19,9 +19,9 @@ const (
 	// DefaultEventsPerSecond and DefaultEventBurst bound the default class.
 	DefaultEventsPerSecond = 20
 	DefaultEventBurst      = 40
-	// DefaultHeartbeatsPerSecond and DefaultHeartbeatBurst: phoenix.js sends
-	// one heartbeat per socket every 30 s; this leaves room for dozens of
-	// sockets per player while stopping a heartbeat flood.
+	// DefaultHeartbeatsPerSecond and DefaultHeartbeatBurst, per connection:
+	// phoenix.js sends one heartbeat every 30 s; this leaves room for
+	// clients with much shorter intervals while stopping a heartbeat flood.
 	DefaultHeartbeatsPerSecond = 2
 	DefaultHeartbeatBurst      = 10
 	// DefaultAbuseWindow: refused continuously for this long means abuse.
@@ -65,13 +65,14 @@ type Config struct {
 	// unknown class name. Must name a key of Classes.
 	DefaultClass string
 	// HeartbeatsPerSecond (limits.heartbeats_per_second): heartbeats per
-	// player per second, all sockets together; must be > 0.
+	// connection per second (HeartbeatBucket); must be > 0.
 	HeartbeatsPerSecond float64
-	// HeartbeatBurst (limits.heartbeat_burst): must be ≥ 1.
+	// HeartbeatBurst (limits.heartbeat_burst): heartbeats one connection
+	// may send at once; must be ≥ 1.
 	HeartbeatBurst int
-	// AbuseWindow (limits.abuse_window): a player refused continuously (no
-	// gap longer than AbuseQuiet without a refusal) for this long is
-	// abusive; must be > 0.
+	// AbuseWindow (limits.abuse_window): a player (for heartbeats: a
+	// connection) refused continuously (no gap longer than AbuseQuiet
+	// without a refusal) for this long is abusive; must be > 0.
 	AbuseWindow time.Duration
 	// AbuseQuiet (limits.abuse_quiet): a gap without refusals longer than this
 	// ends a refusal streak; must be > 0 and ≤ AbuseWindow.
@@ -79,7 +80,8 @@ type Config struct {
 	// MaxEntries (limits.max_entries): players tracked at most; must be ≥ 1.
 	MaxEntries int
 	// IdleTTL (limits.idle_ttl): an untouched entry is evicted after this
-	// long; must be ≥ AbuseWindow and ≥ the refill time of every bucket.
+	// long; must be ≥ AbuseWindow and ≥ the refill time of every
+	// per-player bucket (heartbeat buckets live with their connection).
 	IdleTTL time.Duration
 
 	// Now is the clock; nil means time.Now. For tests.
@@ -137,10 +139,9 @@ func (c Config) Validate() error {
 	if len(c.Classes) == 0 {
 		return configErr("classes", "must define at least the default class")
 	}
-	longest := max(
-		ClassLimit{c.JoinsPerSecond, c.JoinBurst}.refill(),
-		ClassLimit{c.HeartbeatsPerSecond, c.HeartbeatBurst}.refill(),
-	)
+	// Heartbeat buckets are not entries (they live and die with their
+	// connection), so only the per-player buckets bound IdleTTL.
+	longest := ClassLimit{c.JoinsPerSecond, c.JoinBurst}.refill()
 	for _, name := range sortedNames(c.Classes) {
 		if name == "" {
 			return configErr("classes", "a class name must not be empty")

@@ -17,6 +17,8 @@ type Kind uint8
 const (
 	KindJoin Kind = iota
 	KindEvent
+	// KindHeartbeat is limited per connection (HeartbeatBucket), not per
+	// player.
 	KindHeartbeat
 )
 
@@ -38,8 +40,9 @@ type Decision struct {
 	OK bool
 	// RetryAfter, when !OK, is how long until a token is available.
 	RetryAfter time.Duration
-	// Abusive, when !OK, means the player has been refused continuously
-	// for Config.AbuseWindow: close every socket of the player with 1008.
+	// Abusive, when !OK, means the player (for a heartbeat: the
+	// connection) has been refused continuously for Config.AbuseWindow:
+	// close the socket with 1008.
 	Abusive bool
 }
 
@@ -55,11 +58,10 @@ func (d Decision) RetryAfterMillis() int64 {
 // entry is one player's buckets and abuse state, guarded by its shard's
 // mutex (the rate.Limiters have their own locks as well, uncontended).
 type entry struct {
-	key       string
-	join      *rate.Limiter
-	heartbeat *rate.Limiter
-	classes   []*rate.Limiter // by class index; nil until first used
-	lastSeen  time.Time
+	key      string
+	join     *rate.Limiter
+	classes  []*rate.Limiter // by class index; nil until first used
+	lastSeen time.Time
 	// Abuse: the current refusal streak.
 	streakStart time.Time
 	lastRefused time.Time
@@ -87,6 +89,11 @@ type Limiter struct {
 	shards       []shard
 	mask         uint64
 	entries      atomic.Int64
+	// Heartbeat buckets (HeartbeatBucket) count time in milliseconds since
+	// epoch; hbPerMilli and hbBurst are their rate and size.
+	epoch      time.Time
+	hbPerMilli float64
+	hbBurst    float64
 
 	limited   *prometheus.CounterVec
 	abusive   *prometheus.CounterVec
@@ -111,7 +118,10 @@ func New(cfg Config, reg prometheus.Registerer) (*Limiter, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	l := &Limiter{cfg: cfg, now: cfg.Now, classIndex: map[string]int{}, seed: maphash.MakeSeed()}
+	l := &Limiter{
+		cfg: cfg, now: cfg.Now, classIndex: map[string]int{}, seed: maphash.MakeSeed(),
+		epoch: cfg.Now(), hbPerMilli: cfg.HeartbeatsPerSecond / 1000, hbBurst: float64(cfg.HeartbeatBurst),
+	}
 	for i, name := range sortedNames(cfg.Classes) {
 		l.classIndex[name] = i
 		l.classLimits = append(l.classLimits, cfg.Classes[name])
@@ -134,11 +144,11 @@ func New(cfg Config, reg prometheus.Registerer) (*Limiter, error) {
 
 	l.limited = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "phxgate_ratelimit_limited_total",
-		Help: "Joins, events and heartbeats refused by a per-player rate limit, by kind.",
+		Help: "Joins and events refused by a per-player rate limit, and heartbeats refused by a per-connection one, by kind.",
 	}, []string{"kind"})
 	l.abusive = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "phxgate_ratelimit_abusive_total",
-		Help: "Refusal streaks that lasted the abuse window (the player is disconnected with 1008), by kind.",
+		Help: "Refusal streaks that lasted the abuse window (the socket is disconnected with 1008), by kind.",
 	}, []string{"kind"})
 	l.evictions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "phxgate_ratelimit_evictions_total",
@@ -179,11 +189,6 @@ func (l *Limiter) AllowEvent(player, class string) Decision {
 	return l.allow(player, KindEvent, idx)
 }
 
-// AllowHeartbeat takes one token from player's heartbeat bucket.
-func (l *Limiter) AllowHeartbeat(player string) Decision {
-	return l.allow(player, KindHeartbeat, 0)
-}
-
 func (l *Limiter) allow(player string, kind Kind, class int) Decision {
 	now := l.now()
 	s := &l.shards[maphash.String(l.seed, player)&l.mask]
@@ -196,8 +201,6 @@ func (l *Limiter) allow(player string, kind Kind, class int) Decision {
 	switch kind {
 	case KindJoin:
 		lim = e.join
-	case KindHeartbeat:
-		lim = e.heartbeat
 	default:
 		lim = e.classes[class]
 		if lim == nil {
@@ -247,11 +250,10 @@ func (l *Limiter) get(s *shard, player string, now time.Time) *entry {
 		l.evictFull.Inc()
 	}
 	e = &entry{
-		key:       player,
-		join:      rate.NewLimiter(rate.Limit(l.cfg.JoinsPerSecond), l.cfg.JoinBurst),
-		heartbeat: rate.NewLimiter(rate.Limit(l.cfg.HeartbeatsPerSecond), l.cfg.HeartbeatBurst),
-		classes:   make([]*rate.Limiter, len(l.classLimits)),
-		lastSeen:  now,
+		key:      player,
+		join:     rate.NewLimiter(rate.Limit(l.cfg.JoinsPerSecond), l.cfg.JoinBurst),
+		classes:  make([]*rate.Limiter, len(l.classLimits)),
+		lastSeen: now,
 	}
 	s.m[player] = e
 	pushFront(s, e)

@@ -84,26 +84,27 @@ func metricValue(tb testing.TB, reg *prometheus.Registry, name, label, value str
 func TestBurstOverLimitGetsRetryAfter(t *testing.T) {
 	cases := []struct {
 		name      string
-		allow     func(l *Limiter) Decision
+		allow     func(l *Limiter, hb *HeartbeatBucket) Decision
 		burst     int
 		wantRetry time.Duration
 		kind      string
 	}{
-		{"join flood", func(l *Limiter) Decision { return l.AllowJoin("p1") }, 2, time.Second, "join"},
-		{"default class flood", func(l *Limiter) Decision { return l.AllowEvent("p1", "") }, 5, 100 * time.Millisecond, "event"},
-		{"unknown class falls back to default", func(l *Limiter) Decision { return l.AllowEvent("p1", "nope") }, 5, 100 * time.Millisecond, "event"},
-		{"chat flood", func(l *Limiter) Decision { return l.AllowEvent("p1", "chat") }, 1, time.Second, "event"},
-		{"heartbeat flood", func(l *Limiter) Decision { return l.AllowHeartbeat("p1") }, 2, time.Second, "heartbeat"},
+		{"join flood", func(l *Limiter, _ *HeartbeatBucket) Decision { return l.AllowJoin("p1") }, 2, time.Second, "join"},
+		{"default class flood", func(l *Limiter, _ *HeartbeatBucket) Decision { return l.AllowEvent("p1", "") }, 5, 100 * time.Millisecond, "event"},
+		{"unknown class falls back to default", func(l *Limiter, _ *HeartbeatBucket) Decision { return l.AllowEvent("p1", "nope") }, 5, 100 * time.Millisecond, "event"},
+		{"chat flood", func(l *Limiter, _ *HeartbeatBucket) Decision { return l.AllowEvent("p1", "chat") }, 1, time.Second, "event"},
+		{"heartbeat flood", func(l *Limiter, hb *HeartbeatBucket) Decision { return l.AllowHeartbeat(hb) }, 2, time.Second, "heartbeat"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			l, clock, reg := newTestLimiter(t, testConfig())
+			var hb HeartbeatBucket
 			for i := range tc.burst {
-				if d := tc.allow(l); !d.OK {
+				if d := tc.allow(l, &hb); !d.OK {
 					t.Fatalf("call %d within burst refused: %+v", i, d)
 				}
 			}
-			d := tc.allow(l)
+			d := tc.allow(l, &hb)
 			if d.OK || d.RetryAfter <= 0 || d.RetryAfter > tc.wantRetry || d.Abusive {
 				t.Fatalf("over burst: %+v, want refused with 0 < RetryAfter ≤ %v", d, tc.wantRetry)
 			}
@@ -112,7 +113,7 @@ func TestBurstOverLimitGetsRetryAfter(t *testing.T) {
 			}
 			// Waiting exactly RetryAfterMillis is enough.
 			clock.Advance(time.Duration(d.RetryAfterMillis()) * time.Millisecond)
-			if d := tc.allow(l); !d.OK {
+			if d := tc.allow(l, &hb); !d.OK {
 				t.Fatalf("after RetryAfter: %+v", d)
 			}
 			if got := metricValue(t, reg, "phxgate_ratelimit_limited_total", "kind", tc.kind); got != 1 {
@@ -285,11 +286,12 @@ func TestConcurrentUse(t *testing.T) {
 	var wg sync.WaitGroup
 	for g := range 8 {
 		wg.Go(func() {
+			var hb HeartbeatBucket // one connection per goroutine
 			for i := range 2000 {
 				p := fmt.Sprintf("p%d", (g*7919+i)%1000)
 				l.AllowEvent(p, "chat")
 				l.AllowJoin(p)
-				l.AllowHeartbeat(p)
+				l.AllowHeartbeat(&hb)
 				if i%100 == 0 {
 					clock.Advance(time.Second)
 					l.Sweep()
@@ -306,9 +308,10 @@ func TestConcurrentUse(t *testing.T) {
 func TestAllowDoesNotAllocate(t *testing.T) {
 	l, _, _ := newTestLimiter(t, testConfig())
 	l.AllowEvent("p1", "chat")
+	var hb HeartbeatBucket
 	allocs := testing.AllocsPerRun(1000, func() {
 		l.AllowEvent("p1", "chat") // mostly refused: the slow path
-		l.AllowHeartbeat("p1")
+		l.AllowHeartbeat(&hb)
 	})
 	if allocs != 0 {
 		t.Fatalf("Allow allocates %v times per call for a known player", allocs)
