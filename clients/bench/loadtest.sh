@@ -35,6 +35,15 @@ admin=$(free_port)
 cat >"$tmp/gateway.yaml" <<YAML
 listen: "127.0.0.1:$port"
 admin_listen: "127.0.0.1:$admin"
+# The per-IP caps and join rate protect a real edge; this run opens
+# CONNS sockets from three loopback addresses on purpose.
+limits:
+  ip_max_conns: 20000
+  ip_handshakes_per_second: 100000
+  ip_handshake_burst: 20000
+  joins_per_second: 100000
+  join_burst: 20000
+  max_conns: 100000
 routes:
   - topic: "room:*"
     backend: echo

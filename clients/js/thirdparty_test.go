@@ -86,8 +86,8 @@ func TestThirdPartyPhoenixChannels(t *testing.T) {
 		runNode(t, node, tpDir, "heartbeat.test.mjs", "PHXGATE_URL="+url,
 			fmt.Sprintf("PHXGATE_IDLE_TIMEOUT_MS=%d", thirdPartyIdleTimeout.Milliseconds()))
 	})
-	// The limits phase drains its address's heartbeat bucket, so it gets a
-	// gateway of its own; its test is a node `todo` (reported, not failing).
+	// The limits phase floods heartbeats from one socket while checking a
+	// neighbour on the same address, so it gets a gateway of its own.
 	t.Run("limits", func(t *testing.T) {
 		url, _ := startGateway(t, bin, plainConfig)
 		runNode(t, node, tpDir, "limits.test.mjs", "PHXGATE_URL="+url, "PHXGATE_LIMITS_PHASE=1")
