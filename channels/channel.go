@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/phxgate/phxgate/backends"
@@ -46,6 +47,11 @@ type task struct {
 // incarnation (one join); a duplicate join or a rejoin after leave makes a
 // new incarnation in the same slot, so that every call for a topic goes
 // through one FIFO, in the order the client sent it.
+//
+// Every idle joined connection holds one, so it is kept at 128 bytes (a
+// malloc size class): fields that are set only by join tokens, duplicate
+// joins or resuming joins live in channelRare, allocated on first use. The
+// fields are ordered so that the small ones share words.
 type channel struct {
 	sock  *Socket
 	route *Route
@@ -53,26 +59,69 @@ type channel struct {
 
 	// Poller side, guarded by sock.mu.
 	curJoinRef string
-	// joinID is the identity of this channel's join token (nil: the
-	// socket's applies). Written by the worker under sock.mu; read by the
-	// poller under sock.mu and by the worker running the slot.
-	joinID  *auth.Identity
-	queue   []*task
-	gen     uint32 // last incarnation handed out
-	curGen  uint32 // incarnation the client addresses; 0: none
-	running bool
+	queue      []*task
+	gen        uint32 // last incarnation handed out
+	curGen     uint32 // incarnation the client addresses; 0: none
+	running    bool
 
 	// Worker side: only the goroutine running the slot touches these.
-	wGen          uint32 // joined incarnation; 0: not joined
 	wCloseRefNull bool
+	wGen          uint32 // joined incarnation; 0: not joined
 	wJoinRef      string
-	pendingClose  []string // join_refs of replaced incarnations (phx_close after the next join reply)
 
 	// Hub side, guarded by th.mu.
 	th        *topicHub
-	resume    *resumeState // non-nil only while a resuming join is catching up
 	hubIdx    int32
 	positions bool
+
+	// rare is nil until one of its fields is first needed, then set once
+	// (by the goroutine running the slot) and never cleared, so a reader
+	// holding any of the locks sees nil or the one side struct. Atomic
+	// because its readers hold different locks; each field inside keeps
+	// the lock it had as a channel field.
+	rare atomic.Pointer[channelRare]
+}
+
+// channelRare holds the channel fields that are zero on almost every
+// channel; see channel.rare.
+type channelRare struct {
+	// joinID is the identity of this channel's join token (nil: the
+	// socket's applies). Guarded by sock.mu: written by the worker under
+	// it; read by the poller under it and by the worker running the slot.
+	joinID *auth.Identity
+	// pendingClose holds the join_refs of replaced incarnations (phx_close
+	// after the next join reply). Worker side.
+	pendingClose []string
+	// resume is non-nil only while a resuming join is catching up. Hub
+	// side, guarded by th.mu.
+	resume *resumeState
+}
+
+// side returns c.rare, allocating it on first use.
+func (c *channel) side() *channelRare {
+	if r := c.rare.Load(); r != nil {
+		return r
+	}
+	c.rare.CompareAndSwap(nil, &channelRare{})
+	return c.rare.Load()
+}
+
+// joinIdentity returns the join token's identity (nil: the socket's
+// applies). The caller holds sock.mu or is the worker running the slot.
+func (c *channel) joinIdentity() *auth.Identity {
+	if r := c.rare.Load(); r != nil {
+		return r.joinID
+	}
+	return nil
+}
+
+// catchingUp returns the live-event buffer of a resuming join that is
+// still reading history, or nil. Called with th.mu held.
+func (c *channel) catchingUp() *resumeState {
+	if r := c.rare.Load(); r != nil {
+		return r.resume
+	}
+	return nil
 }
 
 // closeRef is the ref slot of this incarnation's phx_close/phx_error: the
@@ -137,10 +186,13 @@ func (c *channel) exec(t *task) {
 		if c.wGen != 0 && c.wGen == t.gen {
 			ref := c.closeRef()
 			c.end(backends.LeaveDuplicate)
-			c.pendingClose = append(c.pendingClose, ref)
+			r := c.side()
+			r.pendingClose = append(r.pendingClose, ref)
 		}
 	case taskTerminate:
-		c.pendingClose = nil
+		if r := c.rare.Load(); r != nil {
+			r.pendingClose = nil
+		}
 		if c.wGen != 0 {
 			c.end(t.reason)
 		}
@@ -153,21 +205,25 @@ func (c *channel) sendControl(event string, payload []byte) {
 }
 
 func (c *channel) flushPendingClose() {
-	for _, ref := range c.pendingClose {
+	r := c.rare.Load()
+	if r == nil {
+		return
+	}
+	for _, ref := range r.pendingClose {
 		jr := ref
 		if c.sock.ser == V1 {
 			jr = "null"
 		}
 		c.sock.sendOrDrop(encodeMessage(c.sock.ser, jr, ref, c.topic, "phx_close", backends.Payload{Data: emptyObject}))
 	}
-	c.pendingClose = nil
+	r.pendingClose = nil
 }
 
 func (c *channel) newCall(event, joinRef, ref string, p backends.Payload) *backends.Call {
 	s := c.sock
 	jr, r := refString(joinRef), refString(ref)
 	player, claims := s.playerID, s.claims
-	if id := c.joinID; id != nil {
+	if id := c.joinIdentity(); id != nil {
 		player, claims = id.PlayerID, id.Raw
 	}
 	node := s.srv.cfg.NodeID

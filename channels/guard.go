@@ -109,8 +109,8 @@ func (s *Socket) allowEvent(c *channel, event []byte) ([]byte, error) {
 		class = c.route.RateLimits.ClassOf(string(event))
 	}
 	key := s.rateKey
-	if c.joinID != nil {
-		key = c.joinID.PlayerID
+	if id := c.joinIdentity(); id != nil {
+		key = id.PlayerID
 	}
 	d := l.AllowEvent(key, class)
 	switch {
@@ -186,8 +186,13 @@ func (c *channel) authorize(t *task) bool {
 	if id != nil && !id.MayJoin(c.topic) {
 		return false
 	}
-	s.mu.Lock()
-	c.joinID = joinID
-	s.mu.Unlock()
+	// A join without a token on a channel that never had one has nothing
+	// to record, so most channels never allocate the side struct.
+	if joinID != nil || c.rare.Load() != nil {
+		r := c.side()
+		s.mu.Lock()
+		r.joinID = joinID
+		s.mu.Unlock()
+	}
 	return true
 }

@@ -126,7 +126,9 @@ func (th *topicHub) del(c *channel) {
 	th.subs = th.subs[:last]
 	c.hubIdx = -1
 	c.th = nil
-	c.resume = nil
+	if r := c.rare.Load(); r != nil {
+		r.resume = nil
+	}
 	c.positions = false
 }
 
@@ -153,7 +155,7 @@ func (h *hub) subscribe(c *channel, t *task, resp backends.Payload) (overflow bo
 	since, resuming, perr := parseOffset(t.offset)
 	th.mu.Lock()
 	c.positions = true
-	c.resume = &resumeState{}
+	c.side().resume = &resumeState{}
 	th.add(c)
 	th.mu.Unlock()
 
@@ -194,8 +196,9 @@ func (h *hub) subscribe(c *channel, t *task, resp backends.Payload) (overflow bo
 	if n := len(hr.Events); recovered && n > 0 && hr.Events[n-1].Pos.Epoch == top.Epoch && hr.Events[n-1].Pos.Offset > top.Offset {
 		top = hr.Events[n-1].Pos
 	}
-	rs := c.resume
-	c.resume = nil
+	r := c.side()
+	rs := r.resume
+	r.resume = nil
 	for _, ev := range rs.buf {
 		if ev.Pos.Epoch == top.Epoch && ev.Pos.Offset <= top.Offset {
 			continue // already replayed or before the reported position
@@ -232,7 +235,7 @@ func (th *topicHub) deliver(ev *pubsub.Event) {
 	n := 0
 	th.mu.Lock()
 	for _, c := range th.subs {
-		if rs := c.resume; rs != nil {
+		if rs := c.catchingUp(); rs != nil {
 			if len(rs.buf) < limit {
 				rs.buf = append(rs.buf, ev)
 			} else {
