@@ -20,7 +20,7 @@ import (
 // watch the server close a socket that does not heartbeat, and long enough
 // (over the gateway's 1 s idle sweep) for heartbeats at a quarter of it to
 // keep a socket open under -race.
-const thirdPartyIdleTimeout = 2 * time.Second
+const thirdPartyIdleTimeout = 3 * time.Second
 
 // thirdPartyIdleConfig is gatewayConfig with a short idle_timeout.
 const thirdPartyIdleConfig = `# written by clients/js/thirdparty_test.go (idle phase)
