@@ -222,8 +222,13 @@ func (c *channel) flushPendingClose() {
 func (c *channel) newCall(event, joinRef, ref string, p backends.Payload) *backends.Call {
 	s := c.sock
 	jr, r := refString(joinRef), refString(ref)
-	player, claims := s.playerID, s.claims
-	if id := c.joinIdentity(); id != nil {
+	var player string
+	var claims []byte
+	id := c.joinIdentity()
+	if id == nil {
+		id = s.identity
+	}
+	if id != nil {
 		player, claims = id.PlayerID, id.Raw
 	}
 	node := s.srv.cfg.NodeID

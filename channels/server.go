@@ -1,12 +1,14 @@
 package channels
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/phxgate/phxgate/channels/auth"
 	"github.com/phxgate/phxgate/pubsub"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -69,11 +71,37 @@ func (s *Server) Connect(c Conn, info ConnectInfo) *Socket {
 		conn:     c,
 		ser:      info.Serializer,
 		params:   info.Params,
-		playerID: info.PlayerID,
-		claims:   info.Claims,
-		identity: info.Identity,
+		identity: connectIdentity(info),
 		rateKey:  rateKeyOf(c, info),
 	}
+}
+
+// connectIdentity returns the identity a socket keeps for info. The usual
+// cases hold nothing extra: anonymous (nil), or a verified token whose
+// player and claims are what info carries (the identity itself). When a
+// custom Admit set PlayerID or Claims apart from Identity, a copy carries
+// them: its Topics are Identity's, or nil (unrestricted, as no identity
+// is) when there is none, so what the socket may join is unchanged.
+func connectIdentity(info ConnectInfo) *auth.Identity {
+	id := info.Identity
+	if id == nil && info.PlayerID == "" && info.Claims == nil {
+		return nil
+	}
+	if id != nil && id.PlayerID == info.PlayerID && sameBytes(id.Raw, info.Claims) {
+		return id
+	}
+	var cp auth.Identity
+	if id != nil {
+		cp = *id
+	}
+	cp.PlayerID, cp.Raw = info.PlayerID, info.Claims
+	return &cp
+}
+
+// sameBytes reports whether a and b hold the same bytes; nil and empty
+// differ, since the backend sees the claims as given.
+func sameBytes(a, b []byte) bool {
+	return (a == nil) == (b == nil) && bytes.Equal(a, b)
 }
 
 // drainPoll is how often Close checks whether the queued calls are done.

@@ -14,13 +14,14 @@ import (
 // and Terminate are called by the gateway; the worker pool and the topic hub
 // touch the socket concurrently, so its state is guarded by mu.
 type Socket struct {
-	srv      *Server
-	conn     Conn
-	params   []byte
-	claims   []byte
-	playerID string
-	identity *auth.Identity // connect token; nil when anonymous
-	rateKey  string         // per-player rate limits (ConnectInfo.RateKey)
+	srv    *Server
+	conn   Conn
+	params []byte
+	// identity is the connect token's identity (nil when anonymous). Its
+	// PlayerID and Raw are the player and claims sent to the backend, so
+	// the socket does not hold them twice; see connectIdentity.
+	identity *auth.Identity
+	rateKey  string // per-player rate limits (ConnectInfo.RateKey)
 	closed   atomic.Bool
 	ser      Serializer
 	// hb is this connection's heartbeat limit. Only handle touches it, on

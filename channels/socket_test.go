@@ -12,6 +12,7 @@ import (
 	"unsafe"
 
 	"github.com/phxgate/phxgate/backends"
+	"github.com/phxgate/phxgate/channels/auth"
 )
 
 // A channel's calls reach the backend in the order the client sent them,
@@ -390,4 +391,28 @@ func TestIdleJoinedMemory(t *testing.T) {
 		t.Fatalf("%d bytes per idle joined socket, budget %d", per, budget)
 	}
 	runtime.KeepAlive(socks)
+}
+
+// The socket keeps the player and claims only through its identity: the
+// usual cases allocate nothing, and a custom Admit's PlayerID or Claims
+// still reach the backend without changing what the socket may join.
+func TestConnectIdentity(t *testing.T) {
+	tok := &auth.Identity{PlayerID: "p1", Topics: []string{"room:*"}, Raw: []byte(`{"sub":"p1"}`)}
+	if id := connectIdentity(ConnectInfo{}); id != nil {
+		t.Fatalf("anonymous: identity %+v, want nil", id)
+	}
+	if id := connectIdentity(ConnectInfo{PlayerID: "p1", Claims: tok.Raw, Identity: tok}); id != tok {
+		t.Fatalf("verified token: got a copy, want the identity itself")
+	}
+	id := connectIdentity(ConnectInfo{PlayerID: "p2", Claims: []byte(`{}`)})
+	if id == nil || id.PlayerID != "p2" || string(id.Raw) != `{}` || id.Topics != nil {
+		t.Fatalf("player without identity: %+v", id)
+	}
+	id = connectIdentity(ConnectInfo{PlayerID: "p3", Identity: tok})
+	if id == tok || id.PlayerID != "p3" || id.Raw != nil || !slices.Equal(id.Topics, tok.Topics) {
+		t.Fatalf("identity with another player: %+v", id)
+	}
+	if tok.PlayerID != "p1" {
+		t.Fatal("the caller's identity was modified")
+	}
 }
