@@ -53,7 +53,7 @@ type conn struct {
 	lastActive int64 // poller clock (UnixNano) of the last inbound byte, or of the close phase start
 	parser     wsframe.Parser
 	handler    SocketHandler
-	release    func() // from Options.Admit; called once at the final close
+	release    Releaser // from Options.Admit; released once at the final close
 
 	state atomic.Uint32 // written under mu, read anywhere
 
@@ -62,8 +62,11 @@ type conn struct {
 	pollOut bool // EPOLLOUT armed: the poller flushes on writability
 	reason  channels.DisconnectReason
 	queue   [][]byte // shared immutable frames, oldest first
-	head    int      // bytes of queue[0] already written
-	queued  int      // bytes in queue not yet written
+	// head and queued are int32 so that release can be an interface
+	// without leaving the 192-byte size class. Both fit: Send never queues
+	// past WriteQueueMaxBytes (at most 1 GiB) but for one small close frame.
+	head   int32 // bytes of queue[0] already written
+	queued int32 // bytes in queue not yet written
 }
 
 var _ channels.Conn = (*conn)(nil)
@@ -83,7 +86,7 @@ func (c *conn) Send(frame []byte) {
 		c.mu.Unlock()
 		return
 	}
-	if c.queued+len(frame) > c.p.srv.cfg.WriteQueueMaxBytes {
+	if int(c.queued)+len(frame) > c.p.srv.cfg.WriteQueueMaxBytes {
 		c.dropQueueLocked()
 		wake := c.startCloseLocked(uint16(channels.CloseTryAgainLater), channels.ReasonSlowConsumer)
 		c.mu.Unlock()
@@ -95,7 +98,7 @@ func (c *conn) Send(frame []byte) {
 		return
 	}
 	c.queue = append(c.queue, frame)
-	c.queued += len(frame)
+	c.queued += int32(len(frame))
 	c.p.queuedBytes.Add(int64(len(frame)))
 	wake := c.markDirtyLocked()
 	c.mu.Unlock()
@@ -130,7 +133,7 @@ func (c *conn) startCloseLocked(code uint16, reason channels.DisconnectReason) b
 	c.reason = reason
 	f := closeFrame(code)
 	c.queue = append(c.queue, f)
-	c.queued += len(f)
+	c.queued += int32(len(f))
 	c.p.queuedBytes.Add(int64(len(f)))
 	return c.markDirtyLocked()
 }
@@ -156,7 +159,7 @@ func (c *conn) dropQueueLocked() {
 		c.queue[i] = nil
 	}
 	c.queue = c.queue[:keep]
-	c.queued -= dropped
+	c.queued -= int32(dropped)
 	c.p.queuedBytes.Add(-int64(dropped))
 }
 

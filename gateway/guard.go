@@ -92,6 +92,10 @@ func (g *guard) sweep() {
 	}
 }
 
+// The admission ticket is the Releaser admit returns: stored in the conn
+// as is, it costs no allocation beyond the ticket itself.
+var _ Releaser = (*admission.Ticket)(nil)
+
 // errAmbiguousToken refuses a request carrying two different tokens (the
 // token param and the authToken subprotocol): which one names the player
 // would be a guess.
@@ -105,7 +109,7 @@ var errTokenParam = errors.New("gateway: token param is not a string")
 // origin, per-IP handshake rate and connection caps, token, per-player cap.
 // It runs on a handshake worker; Verify may wait for a JWKS refresh, bounded
 // by the handshake timeout.
-func (g *guard) admit(r *Request) (int, func()) {
+func (g *guard) admit(r *Request) (int, Releaser) {
 	log := g.log.With("conn", r.ConnID, "remote", r.RemoteAddr)
 	ip := g.ctl.ClientIP(r.RemoteAddr, r.XForwardedFor)
 	if err := g.ctl.CheckOrigin(r.Origin); err != nil {
@@ -149,7 +153,7 @@ func (g *guard) admit(r *Request) (int, func()) {
 		}
 		r.Info.RateKey = anonKeyPrefix + g.ctl.Key(ip).String()
 		admitted = true
-		return 0, t.Release
+		return 0, t
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.HandshakeTimeout)
 	id, err := g.verifier.Verify(ctx, token)
@@ -171,7 +175,7 @@ func (g *guard) admit(r *Request) (int, func()) {
 	// cut a moment later.
 	r.Expires = id.Expires.Add(g.cfg.Auth.Leeway)
 	admitted = true
-	return 0, t.Release
+	return 0, t
 }
 
 // refusal turns an admission error into the status to answer with, and

@@ -88,12 +88,25 @@ type Request struct {
 
 // AdmitFunc decides on a Request before the upgrade. It returns status 0 to
 // admit, or the HTTP status (4xx/5xx) to refuse with; the refusal has an
-// empty body. When it admits, release (if non-nil) is called exactly once:
-// when the socket is finally closed, or at once if the upgrade fails after
-// admission (this is where per-IP/per-player connection counts are given
-// back). It runs on a handshake worker and may block briefly (bounded by
-// the handshake timeout); it must not keep r.
-type AdmitFunc func(r *Request) (status int, release func())
+// empty body. When it admits, release.Release (if release is non-nil) is
+// called exactly once: when the socket is finally closed, or at once if the
+// upgrade fails after admission (this is where per-IP/per-player connection
+// counts are given back). It runs on a handshake worker and may block
+// briefly (bounded by the handshake timeout); it must not keep r.
+type AdmitFunc func(r *Request) (status int, release Releaser)
+
+// Releaser gives back what an admission took. It is an interface rather
+// than a func so that the admission's own handle (a pointer) is stored as
+// is: a method value such as t.Release would be one more allocation per
+// connection. Return a nil interface, not a typed nil pointer, for
+// "nothing to release".
+type Releaser interface{ Release() }
+
+// ReleaseFunc adapts a function to Releaser.
+type ReleaseFunc func()
+
+// Release calls f.
+func (f ReleaseFunc) Release() { f() }
 
 // Options are the code-level dependencies of a Server (as opposed to Config,
 // which is what an operator sets).

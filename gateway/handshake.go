@@ -278,7 +278,7 @@ func expirySecond(t time.Time) uint32 {
 func (c *conn) releaseAdmission() {
 	if r := c.release; r != nil {
 		c.release = nil
-		r()
+		r.Release()
 	}
 }
 

@@ -232,7 +232,7 @@ func TestOtherPathsGoToHTTP(t *testing.T) {
 func TestAdmitSeesTheRequestBeforeTheUpgrade(t *testing.T) {
 	seen := make(chan Request, 1)
 	var releases atomic.Int32
-	admit := func(r *Request) (int, func()) {
+	admit := func(r *Request) (int, Releaser) {
 		seen <- *r
 		if r.Origin == "https://evil.example" {
 			return http.StatusForbidden, nil
@@ -241,7 +241,7 @@ func TestAdmitSeesTheRequestBeforeTheUpgrade(t *testing.T) {
 			return http.StatusTooManyRequests, nil
 		}
 		r.Info.PlayerID = "player-1"
-		return 0, func() { releases.Add(1) }
+		return 0, ReleaseFunc(func() { releases.Add(1) })
 	}
 	s := startServer(t, nil, WithAdmit(admit))
 	tests := []struct {

@@ -175,7 +175,7 @@ func testConfig() Config {
 
 // admitAll bypasses the production admission (origin, caps, tokens) for the
 // transport tests, which exercise the handshake with made-up tokens.
-func admitAll(*Request) (int, func()) { return 0, nil }
+func admitAll(*Request) (int, Releaser) { return 0, nil }
 
 func startServer(tb testing.TB, mod func(*Config), opts ...Option) *testServer {
 	tb.Helper()

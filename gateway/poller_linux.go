@@ -518,13 +518,13 @@ func (p *poller) flush(c *conn) {
 // consumeWritten pops n written bytes off c's queue (c.mu held).
 func (p *poller) consumeWritten(c *conn, n int) {
 	p.bytesOut += n
-	c.queued -= n
+	c.queued -= int32(n)
 	p.queuedBytes.Add(-int64(n))
 	done := 0
 	for n > 0 {
-		rem := len(c.queue[done]) - c.head
+		rem := len(c.queue[done]) - int(c.head)
 		if n < rem {
-			c.head += n
+			c.head += int32(n)
 			break
 		}
 		n -= rem
