@@ -6,6 +6,8 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/phxgate/phxgate/channels/auth"
@@ -27,7 +29,8 @@ const anonKeyPrefix = "ip:"
 // guard holds the protections built from Config: the admission controller
 // (origin, per-IP handshake rate and connection caps, per-player and
 // global caps), the token verifier and the per-player rate limiter. All
-// three are safe for concurrent use; the guard adds no state of its own.
+// three are safe for concurrent use; the guard's own state is the interned
+// anonymous rate keys, behind their own lock.
 type guard struct {
 	cfg      Config
 	log      *slog.Logger
@@ -37,7 +40,53 @@ type guard struct {
 	// refused counts every connect refused by admit, by reason: the
 	// admission reasons (origin, ip_conn_limit …) and token_* ones. The
 	// building blocks' own metrics give more detail.
-	refused *prometheus.CounterVec
+	refused  *prometheus.CounterVec
+	anonKeys anonKeys
+}
+
+// anonKeys interns the rate keys of anonymous sockets ("ip:" + the client's
+// IP prefix), so that the sockets of one address share one string instead
+// of each holding its own copy for its lifetime. Entries live two sweep
+// intervals after their last handshake (about the admission's idle TTL for
+// the per-IP state they mirror); each generation holds at most maxAnonKeys,
+// past which a key is built fresh, as before interning. Safe for
+// concurrent use.
+type anonKeys struct {
+	mu        sync.Mutex
+	cur, prev map[netip.Prefix]string
+}
+
+// maxAnonKeys bounds one generation of anonKeys. Interning only pays off
+// for addresses that open many sockets, so the bound can be well below the
+// number of addresses the admission controller tracks.
+const maxAnonKeys = 16_384
+
+// get returns the rate key of prefix.
+func (k *anonKeys) get(prefix netip.Prefix) string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if key, ok := k.cur[prefix]; ok {
+		return key
+	}
+	key, ok := k.prev[prefix]
+	if !ok {
+		key = anonKeyPrefix + prefix.String()
+	}
+	if len(k.cur) < maxAnonKeys {
+		if k.cur == nil {
+			k.cur = make(map[netip.Prefix]string)
+		}
+		k.cur[prefix] = key
+	}
+	return key
+}
+
+// rotate starts a generation: keys not used since the previous rotate are
+// forgotten (their sockets keep their strings).
+func (k *anonKeys) rotate() {
+	k.mu.Lock()
+	k.prev, k.cur = k.cur, nil
+	k.mu.Unlock()
 }
 
 // newGuard builds the three building blocks and registers their metrics on
@@ -86,6 +135,7 @@ func (g *guard) sweepInterval() time.Duration {
 
 // sweep drops idle state; the Server calls it on its ticker.
 func (g *guard) sweep() {
+	g.anonKeys.rotate()
 	limiter, ips := g.limiter.Sweep(), g.ctl.Sweep()
 	if limiter+ips > 0 {
 		g.log.Debug("swept idle limiter state", "players", limiter, "ips", ips)
@@ -151,7 +201,7 @@ func (g *guard) admit(r *Request) (int, Releaser) {
 			g.refused.WithLabelValues("token_missing").Inc()
 			return http.StatusUnauthorized, nil
 		}
-		r.Info.RateKey = anonKeyPrefix + g.ctl.Key(ip).String()
+		r.Info.RateKey = g.anonKeys.get(g.ctl.Key(ip))
 		admitted = true
 		return 0, t
 	}
