@@ -230,11 +230,18 @@ func TestJoinPayloadStripped(t *testing.T) {
 	}
 }
 
+// TestSizes pins the per-connection structs of an idle joined socket (the
+// target is ≤ 1.5 KB per connection in all): Socket and channel are each
+// exactly the 128-byte malloc size class, so one more field costs a whole
+// 16-byte step (144). The rarely used channel fields stay in channelRare.
 func TestSizes(t *testing.T) {
-	t.Logf("sizeof Socket=%d channel=%d task=%d", unsafe.Sizeof(Socket{}), unsafe.Sizeof(channel{}), unsafe.Sizeof(task{}))
-	// 152 bytes plus the 16-byte per-connection heartbeat bucket.
-	if unsafe.Sizeof(Socket{}) > 168 || unsafe.Sizeof(channel{}) > 200 {
-		t.Fatalf("socket or channel struct grew: %d, %d", unsafe.Sizeof(Socket{}), unsafe.Sizeof(channel{}))
+	t.Logf("sizeof Socket=%d channel=%d channelRare=%d task=%d",
+		unsafe.Sizeof(Socket{}), unsafe.Sizeof(channel{}), unsafe.Sizeof(channelRare{}), unsafe.Sizeof(task{}))
+	if n := unsafe.Sizeof(Socket{}); n > 128 {
+		t.Errorf("Socket is %d bytes; keep it within 128", n)
+	}
+	if n := unsafe.Sizeof(channel{}); n > 128 {
+		t.Errorf("channel is %d bytes; keep it within 128 (rare fields go to channelRare)", n)
 	}
 }
 
