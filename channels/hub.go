@@ -153,9 +153,10 @@ func (h *hub) subscribe(c *channel, t *task, resp backends.Payload) (overflow bo
 	}
 
 	since, resuming, perr := parseOffset(t.offset)
+	r := c.side() // allocated before taking th.mu
 	th.mu.Lock()
 	c.positions = true
-	c.side().resume = &resumeState{}
+	r.resume = &resumeState{}
 	th.add(c)
 	th.mu.Unlock()
 
@@ -196,7 +197,6 @@ func (h *hub) subscribe(c *channel, t *task, resp backends.Payload) (overflow bo
 	if n := len(hr.Events); recovered && n > 0 && hr.Events[n-1].Pos.Epoch == top.Epoch && hr.Events[n-1].Pos.Offset > top.Offset {
 		top = hr.Events[n-1].Pos
 	}
-	r := c.side()
 	rs := r.resume
 	r.resume = nil
 	for _, ev := range rs.buf {
