@@ -188,6 +188,15 @@ type LimitsConfig struct {
 	// upgrade attempts per client IP (IPv6: per /64); over it → 429.
 	IPHandshakesPerSecond float64
 	IPHandshakeBurst      int
+	// IPMaxHandshakes (limits.ip_max_handshakes, default 16) caps the
+	// handshakes in progress per TCP peer address (IPv6: per /64), counted
+	// from accept, before a byte is read: over it the connection is
+	// answered 429 at once, without taking a handshake worker, so one
+	// address holding many silent connections cannot starve everyone else.
+	// Peers in trusted_proxies are exempt (their clients are capped once
+	// X-Forwarded-For is read). A normal handshake takes milliseconds, so
+	// even a large NAT rarely has more than a few in progress. Must be ≥ 1.
+	IPMaxHandshakes int
 	// IPMaxConns (limits.ip_max_conns) and PlayerMaxConns
 	// (limits.player_max_conns) cap open sockets per client IP and per
 	// player (429); MaxConns (limits.max_conns) caps the node (503).
@@ -228,6 +237,7 @@ func newLimitsConfig() LimitsConfig {
 		IdleTTL:               rl.IdleTTL,
 		IPHandshakesPerSecond: DefaultIPHandshakesPerSecond,
 		IPHandshakeBurst:      DefaultIPHandshakeBurst,
+		IPMaxHandshakes:       ad.PerIPMaxHandshakes,
 		IPMaxConns:            ad.PerIPMaxConns,
 		PlayerMaxConns:        ad.PerPlayerMaxConns,
 		MaxConns:              ad.MaxConns,
@@ -261,6 +271,7 @@ func (c Config) admissionConfig() admission.Config {
 	l := c.Limits
 	a.PerIPHandshakesPerSecond, a.PerIPHandshakeBurst = l.IPHandshakesPerSecond, l.IPHandshakeBurst
 	a.PerIPMaxConns, a.PerPlayerMaxConns, a.MaxConns = l.IPMaxConns, l.PlayerMaxConns, l.MaxConns
+	a.PerIPMaxHandshakes = l.IPMaxHandshakes
 	// The handshake bucket must outlive its refill time (admission checks
 	// it); keep the default TTL unless the configured rate needs longer.
 	if l.IPHandshakesPerSecond > 0 && l.IPHandshakeBurst > 0 {
@@ -592,6 +603,7 @@ func settings() []setting {
 		durSetting("limits.idle_ttl", "rate limiter entries idle this long are forgotten", func(c *Config) *time.Duration { return &c.Limits.IdleTTL }),
 		floatSetting("limits.ip_handshakes_per_second", "upgrade attempts per client IP (IPv6: /64) per second", func(c *Config) *float64 { return &c.Limits.IPHandshakesPerSecond }),
 		intSetting("limits.ip_handshake_burst", "upgrade attempts per client IP allowed at once", func(c *Config) *int { return &c.Limits.IPHandshakeBurst }),
+		intSetting("limits.ip_max_handshakes", "handshakes in progress per peer address (IPv6: /64), checked at accept; trusted_proxies exempt", func(c *Config) *int { return &c.Limits.IPMaxHandshakes }),
 		intSetting("limits.ip_max_conns", "open sockets per client IP (IPv6: /64)", func(c *Config) *int { return &c.Limits.IPMaxConns }),
 		intSetting("limits.player_max_conns", "open sockets per player", func(c *Config) *int { return &c.Limits.PlayerMaxConns }),
 		intSetting("limits.max_conns", "open sockets on this node (over it: 503)", func(c *Config) *int { return &c.Limits.MaxConns }),

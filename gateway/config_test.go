@@ -167,6 +167,7 @@ func TestAuthAndLimitsConfigErrorsNameTheKey(t *testing.T) {
 		{name: "short idle ttl", yaml: "limits:\n  idle_ttl: 1s\n", want: "config: limits.idle_ttl: "},
 		{name: "zero handshakes", yaml: "limits:\n  ip_handshakes_per_second: 0\n", want: "config: limits.ip_handshakes_per_second: "},
 		{name: "zero handshake burst", yaml: "limits:\n  ip_handshake_burst: 0\n", want: "config: limits.ip_handshake_burst: "},
+		{name: "zero ip handshakes in progress", yaml: "limits:\n  ip_max_handshakes: 0\n", want: "config: limits.ip_max_handshakes: "},
 		{name: "zero ip conns", yaml: "limits:\n  ip_max_conns: 0\n", want: "config: limits.ip_max_conns: "},
 		{name: "zero player conns", yaml: "limits:\n  player_max_conns: 0\n", want: "config: limits.player_max_conns: "},
 		{name: "zero conns", yaml: "limits:\n  max_conns: 0\n", want: "config: limits.max_conns: "},
@@ -229,18 +230,19 @@ routes:
 	}
 
 	env := map[string]string{
-		"PHXGATE_LIMITS_CLASSES":        "chat=2:4",
-		"PHXGATE_LIMITS_IP_MAX_CONNS":   "7",
-		"PHXGATE_AUTH_PUBLIC_KEY_FILES": "",
-		"PHXGATE_TRUSTED_PROXIES":       "10.1.0.0/16, 192.0.2.1",
+		"PHXGATE_LIMITS_CLASSES":           "chat=2:4",
+		"PHXGATE_LIMITS_IP_MAX_CONNS":      "7",
+		"PHXGATE_LIMITS_IP_MAX_HANDSHAKES": "3",
+		"PHXGATE_AUTH_PUBLIC_KEY_FILES":    "",
+		"PHXGATE_TRUSTED_PROXIES":          "10.1.0.0/16, 192.0.2.1",
 	}
-	cfg, err = LoadConfig([]string{"--limits.joins_per_second", "1.5", "--routes", "room:*=echo,class=chat,event.move=default"},
+	cfg, err = LoadConfig([]string{"--limits.joins_per_second", "1.5", "--limits.ip_max_handshakes", "5", "--routes", "room:*=echo,class=chat,event.move=default"},
 		func(k string) string { return env[k] }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Limits.Classes["chat"] != (ratelimit.ClassLimit{PerSecond: 2, Burst: 4}) || cfg.Limits.IPMaxConns != 7 ||
-		cfg.Limits.JoinsPerSecond != 1.5 || len(cfg.TrustedProxies) != 2 ||
+		cfg.Limits.IPMaxHandshakes != 5 || cfg.Limits.JoinsPerSecond != 1.5 || len(cfg.TrustedProxies) != 2 ||
 		cfg.Routes[0].RateLimits.ClassOf("move") != "default" || cfg.Routes[0].RateLimits.ClassOf("x") != "chat" {
 		t.Fatalf("cfg = %+v", cfg)
 	}

@@ -8,7 +8,12 @@
 // One accept goroutine feeds a bounded pool of handshake workers
 // (Config.HandshakeWorkers); each worker reads the request head under
 // Config.HandshakeTimeout and either upgrades it or hands it to the net/http
-// server on the same port. After the 101 the file descriptor leaves Go's
+// server on the same port. Before a connection takes a worker, the accept
+// goroutine counts it against its TCP peer's handshakes in progress
+// (limits.ip_max_handshakes; IPv4 address or IPv6 /64; trusted_proxies
+// exempt) and answers 429 at once past the cap, so silent connections from
+// one address (slowloris) hold at most that many workers, not all of them.
+// The slot is given back when the handshake ends, whichever way. After the 101 the file descriptor leaves Go's
 // netpoller and belongs to one of Config.Pollers epoll pollers. There is no
 // goroutine per connection: a poller goroutine reads, parses, calls the
 // SocketHandler, flushes write queues with writev and runs the idle sweep

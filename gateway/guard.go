@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"sync"
@@ -140,6 +141,27 @@ func (g *guard) sweep() {
 	if limiter+ips > 0 {
 		g.log.Debug("swept idle limiter state", "players", limiter, "ips", ips)
 	}
+}
+
+// beginHandshake counts a just-accepted connection against its TCP peer's
+// cap on handshakes in progress (limits.ip_max_handshakes). The peer is the
+// socket's, not X-Forwarded-For (nothing has been read yet); trusted proxies
+// are exempt. On success the caller must call release once the handshake
+// has ended; a refusal is counted under its reason.
+func (g *guard) beginHandshake(nc net.Conn) (release func(), err error) {
+	var peer netip.Addr
+	if ta, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
+		peer = ta.AddrPort().Addr()
+	}
+	release, err = g.ctl.BeginHandshake(peer)
+	if err != nil {
+		var ref *admission.Refusal
+		if errors.As(err, &ref) {
+			g.refused.WithLabelValues(ref.Reason).Inc()
+		}
+		g.log.Debug("connect refused at accept", "remote", nc.RemoteAddr().String(), "err", err)
+	}
+	return release, err
 }
 
 // The admission ticket is the Releaser admit returns: stored in the conn

@@ -40,7 +40,7 @@ type Server struct {
 	nextPoll atomic.Uint64
 	nextID   atomic.Uint64
 
-	jobs     chan net.Conn
+	jobs     chan handshakeJob
 	busy     atomic.Int64
 	inFlight sync.Map // net.Conn → struct{}: handshakes to cut short at shutdown
 
@@ -173,7 +173,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (*Server, error) {
 		s.sweepLimits()
 	}()
 
-	s.jobs = make(chan net.Conn)
+	s.jobs = make(chan handshakeJob)
 	for range cfg.HandshakeWorkers {
 		s.wg.Add(1)
 		go func() {
@@ -233,6 +233,19 @@ func (s *Server) pickPoller() *poller {
 	return s.pollers[s.nextPoll.Add(1)%uint64(len(s.pollers))]
 }
 
+// handshakeJob is an accepted connection on its way to a worker, with the
+// release of its per-peer handshake slot.
+type handshakeJob struct {
+	nc      net.Conn
+	release func()
+}
+
+// acceptRefuseTimeout bounds the write of a 429 from the accept loop. The
+// socket was just accepted, so its send buffer is empty and the short
+// response goes out at once; the deadline only guards the accept loop
+// against the unexpected.
+const acceptRefuseTimeout = 100 * time.Millisecond
+
 func (s *Server) acceptLoop() {
 	defer close(s.jobs)
 	var backoff time.Duration
@@ -250,7 +263,18 @@ func (s *Server) acceptLoop() {
 			continue
 		}
 		backoff = 0
-		s.jobs <- nc
+		// The per-peer cap on handshakes in progress is checked here,
+		// before the connection takes a worker: checks that need the
+		// request head come too late against a client that sends nothing,
+		// since its connections would already hold every worker.
+		release, err := s.guard.beginHandshake(nc)
+		if err != nil {
+			s.metrics.handshakes.WithLabelValues(hsRejected).Inc()
+			_ = nc.SetWriteDeadline(time.Now().Add(acceptRefuseTimeout))
+			s.refuse(nc, http.StatusTooManyRequests)
+			continue
+		}
+		s.jobs <- handshakeJob{nc: nc, release: release}
 	}
 }
 
@@ -270,11 +294,15 @@ func (s *Server) sweepLimits() {
 }
 
 func (s *Server) worker() {
-	for nc := range s.jobs {
+	for j := range s.jobs {
 		s.busy.Add(1)
-		s.inFlight.Store(nc, struct{}{})
-		s.handshake(nc)
-		s.inFlight.Delete(nc)
+		s.inFlight.Store(j.nc, struct{}{})
+		// handshake returns when the handshake has ended whichever way:
+		// upgraded, refused, timed out, or handed to net/http (whose own
+		// timeouts govern the connection from then on).
+		s.handshake(j.nc)
+		j.release()
+		s.inFlight.Delete(j.nc)
 		s.busy.Add(-1)
 	}
 }

@@ -457,6 +457,7 @@ func TestConfigValidate(t *testing.T) {
 		{"zero handshake rate", func(c *Config) { c.PerIPHandshakesPerSecond = 0 }, "limits.ip_handshakes_per_second"},
 		{"zero burst", func(c *Config) { c.PerIPHandshakeBurst = 0 }, "limits.ip_handshake_burst"},
 		{"zero per-IP is not unlimited", func(c *Config) { c.PerIPMaxConns = 0 }, "limits.ip_max_conns"},
+		{"zero handshakes in progress", func(c *Config) { c.PerIPMaxHandshakes = 0 }, "limits.ip_max_handshakes"},
 		{"zero per-player", func(c *Config) { c.PerPlayerMaxConns = 0 }, "limits.player_max_conns"},
 		{"zero global", func(c *Config) { c.MaxConns = 0 }, "limits.max_conns"},
 		{"zero tracked", func(c *Config) { c.MaxTrackedIPs = 0 }, "limits.max_tracked_ips"},

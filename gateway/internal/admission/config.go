@@ -18,6 +18,13 @@ const (
 	// DefaultPerIPMaxConns allows a household or a small NAT behind one
 	// address (or one IPv6 /64).
 	DefaultPerIPMaxConns = 100
+	// DefaultPerIPMaxHandshakes bounds the handshakes one peer address has
+	// in progress (accepted, request head not yet answered). A normal
+	// handshake takes milliseconds, so even a NAT of many players rarely
+	// has more than a few in flight; a slowloris client that opens
+	// hundreds of silent connections holds at most this many handshake
+	// workers instead of all of them.
+	DefaultPerIPMaxHandshakes = 16
 	// DefaultPerPlayerMaxConns: a player with several tabs or devices.
 	DefaultPerPlayerMaxConns = 10
 	// DefaultMaxConns bounds the node; past it the client is told to go to
@@ -58,6 +65,11 @@ type Config struct {
 	PerIPHandshakesPerSecond float64
 	// PerIPHandshakeBurst (limits.ip_handshake_burst): must be ≥ 1.
 	PerIPHandshakeBurst int
+	// PerIPMaxHandshakes (limits.ip_max_handshakes): handshakes in progress
+	// per TCP peer address (IPv6: per prefix), counted from accept until the
+	// handshake ends, before any byte is read; peers inside TrustedProxies
+	// are exempt (a proxy carries many clients). Must be ≥ 1.
+	PerIPMaxHandshakes int
 	// PerIPMaxConns (limits.ip_max_conns): open connections per IP (IPv6:
 	// per prefix); must be ≥ 1.
 	PerIPMaxConns int
@@ -86,6 +98,7 @@ func NewConfig() Config {
 	return Config{
 		PerIPHandshakesPerSecond: DefaultPerIPHandshakesPerSecond,
 		PerIPHandshakeBurst:      DefaultPerIPHandshakeBurst,
+		PerIPMaxHandshakes:       DefaultPerIPMaxHandshakes,
 		PerIPMaxConns:            DefaultPerIPMaxConns,
 		PerPlayerMaxConns:        DefaultPerPlayerMaxConns,
 		MaxConns:                 DefaultMaxConns,
@@ -119,6 +132,9 @@ func (c Config) Validate() error {
 	}
 	if c.PerIPHandshakeBurst < 1 {
 		return configErr("limits.ip_handshake_burst", "must be ≥ 1")
+	}
+	if c.PerIPMaxHandshakes < 1 {
+		return configErr("limits.ip_max_handshakes", "must be ≥ 1")
 	}
 	if c.PerIPMaxConns < 1 {
 		return configErr("limits.ip_max_conns", "must be ≥ 1")

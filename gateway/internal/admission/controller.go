@@ -17,6 +17,7 @@ const (
 	ReasonOrigin          = "origin"
 	ReasonBadAddress      = "bad_address"
 	ReasonHandshakeRate   = "ip_handshake_rate"
+	ReasonIPHandshakes    = "ip_handshakes"
 	ReasonIPConnLimit     = "ip_conn_limit"
 	ReasonPlayerConnLimit = "player_conn_limit"
 	ReasonGlobalConnLimit = "global_conn_limit"
@@ -27,6 +28,7 @@ var (
 	ErrOrigin          = errors.New("admission: origin not allowed")
 	ErrBadAddress      = errors.New("admission: client address unknown")
 	ErrHandshakeRate   = errors.New("admission: too many handshakes from this address")
+	ErrIPHandshakes    = errors.New("admission: too many handshakes in progress from this address")
 	ErrIPConnLimit     = errors.New("admission: too many connections from this address")
 	ErrPlayerConnLimit = errors.New("admission: too many connections for this player")
 	ErrGlobalConnLimit = errors.New("admission: node at its connection limit")
@@ -71,6 +73,12 @@ type Controller struct {
 	nIdle   int
 	players map[string]int
 	total   int
+	// pending counts the handshakes in progress per peer key
+	// (BeginHandshake). It is separate from ips because it is taken before
+	// anything else is known and must never be evicted while counted; an
+	// entry is deleted when its count returns to 0, so its size is bounded
+	// by the handshakes in progress (the gateway's worker pool).
+	pending map[netip.Prefix]int
 
 	refused   *prometheus.CounterVec
 	evictions *prometheus.CounterVec
@@ -91,6 +99,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Controller, error) {
 		v6bits:  cfg.IPv6PrefixBits,
 		ips:     make(map[netip.Prefix]*ipState),
 		players: make(map[string]int),
+		pending: make(map[netip.Prefix]int),
 	}
 	c.idle.next, c.idle.prev = &c.idle, &c.idle
 	for _, o := range cfg.CheckOrigin {
@@ -159,6 +168,65 @@ func (c *Controller) CheckOrigin(origin string) error {
 		return nil
 	}
 	return c.refuse(http.StatusForbidden, ReasonOrigin, ErrOrigin, 0)
+}
+
+// nopRelease is the release of a handshake that is not counted.
+func nopRelease() {}
+
+// BeginHandshake counts one more handshake in progress from the TCP peer
+// peer (keyed as Key does), before any byte of the request is read, so that
+// one address holding many silent connections cannot occupy every
+// handshake worker: past PerIPMaxHandshakes it returns a 429 *Refusal
+// (ReasonIPHandshakes). On success the caller must call release exactly
+// when the handshake ends, whichever way (upgrade, refusal, timeout, hand-off
+// to another server); release is idempotent and safe from any goroutine.
+//
+// Peers inside TrustedProxies are not counted: a proxy carries many
+// clients, which are told apart (and capped by Admit) only once
+// X-Forwarded-For has been read. An invalid peer is not counted either;
+// Admit refuses it once the request is read.
+func (c *Controller) BeginHandshake(peer netip.Addr) (release func(), err error) {
+	peer = peer.Unmap().WithZone("")
+	if !peer.IsValid() || c.trusted(peer) {
+		return nopRelease, nil
+	}
+	key := c.Key(peer)
+	c.mu.Lock()
+	n := c.pending[key]
+	if n >= c.cfg.PerIPMaxHandshakes {
+		c.mu.Unlock()
+		return nil, c.refuse(http.StatusTooManyRequests, ReasonIPHandshakes, ErrIPHandshakes, 0)
+	}
+	c.pending[key] = n + 1
+	c.mu.Unlock()
+	var once sync.Once
+	return func() { once.Do(func() { c.endHandshake(key) }) }, nil
+}
+
+// endHandshake undoes one BeginHandshake of key.
+func (c *Controller) endHandshake(key netip.Prefix) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n := c.pending[key] - 1; n > 0 {
+		c.pending[key] = n
+	} else {
+		delete(c.pending, key)
+	}
+}
+
+// Handshakes returns the handshakes in progress counted by BeginHandshake
+// for a's key (every key when a is the zero Addr).
+func (c *Controller) Handshakes(a netip.Addr) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !a.IsValid() {
+		n := 0
+		for _, v := range c.pending {
+			n += v
+		}
+		return n
+	}
+	return c.pending[c.Key(a)]
 }
 
 // Ticket is one admitted connection's share of the caps. Release it exactly

@@ -1,7 +1,8 @@
 // Package admission makes the checks that run before a WebSocket upgrade
 // (DESIGN.md §3, §5): the Origin allow-list, the client address behind
-// trusted proxies, the per-IP handshake rate, and the concurrent-connection
-// caps per IP, per player and in total.
+// trusted proxies, the handshakes in progress per peer address, the per-IP
+// handshake rate, and the concurrent-connection caps per IP, per player and
+// in total.
 //
 // A refusal is a *Refusal carrying the HTTP status to answer with (403 for a
 // bad origin, 429 for per-IP and per-player caps, 503 for the global cap)
@@ -10,6 +11,8 @@
 //
 // Flow, per handshake:
 //
+//	release, err := c.BeginHandshake(peer) // at accept, before reading: 429
+//	defer release()                        // when the handshake ends
 //	ip := c.ClientIP(peer, xff)
 //	if err := c.CheckOrigin(origin); err != nil { answer 403 }
 //	t, err := c.Admit(ip)            // handshake rate, per-IP and global caps
