@@ -32,6 +32,7 @@ limits:
   ip_max_conns: 20000
   ip_handshakes_per_second: 100000
   ip_handshake_burst: 20000
+  ip_max_handshakes: 1000
   joins_per_second: 100000
   join_burst: 20000
   max_conns: 100000
