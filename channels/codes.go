@@ -59,4 +59,6 @@ const (
 	ReplyUnauthorized    = "unauthorized"
 	ReplyRateLimited     = "rate_limited"
 	ReplyDenied          = "denied"
+	ReplyTopicTooLong    = "topic too long"
+	ReplyJoinRefTooLong  = "join_ref too long"
 )

@@ -14,6 +14,15 @@ import (
 const (
 	// DefaultMaxChannels is Phoenix's max_channels_per_transport (v1.8.9+).
 	DefaultMaxChannels = 100
+	// DefaultMaxTopicBytes bounds a joined topic's length. A channel keeps
+	// its topic for its whole life, so without a bound one socket could pin
+	// MaxChannels × max_message_size bytes. 255 is also the most a V2
+	// binary frame can carry (one length byte).
+	DefaultMaxTopicBytes = 255
+	// DefaultMaxJoinRefBytes bounds the join_ref (or, for V1, the join's
+	// ref) a channel keeps for its life. phoenix.js sends short decimal
+	// counters; 64 leaves room for UUIDs and other clients' schemes.
+	DefaultMaxJoinRefBytes = 64
 	// DefaultWorkers is the number of goroutines running backend calls.
 	DefaultWorkers = 64
 	// DefaultQueueSize bounds the channels waiting for a worker. Past it a
@@ -50,6 +59,14 @@ type Config struct {
 	// may hold; a join past it gets "too many channels joined". Zero is
 	// invalid.
 	MaxChannels int
+	// MaxTopicBytes is the longest topic a join may name, in bytes; a
+	// longer one gets {"reason":"topic too long"}. Zero is invalid.
+	MaxTopicBytes int
+	// MaxJoinRefBytes is the longest join_ref a join may carry (V1: the
+	// join's ref), in bytes, as received on the wire (a JSON string counts
+	// its quotes); a longer one gets {"reason":"join_ref too long"}. Zero
+	// is invalid.
+	MaxJoinRefBytes int
 	// Workers is the number of goroutines running backend calls. Zero is
 	// invalid.
 	Workers int
@@ -91,6 +108,8 @@ func NewConfig() Config {
 	return Config{
 		NodeID:           host + "-" + strconv.Itoa(os.Getpid()),
 		MaxChannels:      DefaultMaxChannels,
+		MaxTopicBytes:    DefaultMaxTopicBytes,
+		MaxJoinRefBytes:  DefaultMaxJoinRefBytes,
 		Workers:          DefaultWorkers,
 		QueueSize:        DefaultQueueSize,
 		ChannelQueue:     DefaultChannelQueue,
@@ -107,6 +126,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: empty NodeID", ErrBadConfig)
 	case c.MaxChannels <= 0:
 		return fmt.Errorf("%w: MaxChannels %d", ErrBadConfig, c.MaxChannels)
+	case c.MaxTopicBytes <= 0:
+		return fmt.Errorf("%w: MaxTopicBytes %d", ErrBadConfig, c.MaxTopicBytes)
+	case c.MaxJoinRefBytes <= 0:
+		return fmt.Errorf("%w: MaxJoinRefBytes %d", ErrBadConfig, c.MaxJoinRefBytes)
 	case c.Workers <= 0:
 		return fmt.Errorf("%w: Workers %d", ErrBadConfig, c.Workers)
 	case c.QueueSize <= 0:

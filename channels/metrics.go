@@ -17,6 +17,8 @@ const (
 	joinUnauthorized = "unauthorized"
 	// joinRateLimited: over the player's join rate.
 	joinRateLimited = "rate_limited"
+	// joinTooLong: the topic or join_ref is over its byte limit.
+	joinTooLong = "too_long"
 )
 
 type metrics struct {

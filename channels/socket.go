@@ -109,14 +109,28 @@ func (s *Socket) replyFrame(joinRef, ref, topic, status string, resp []byte) []b
 }
 
 var (
-	respUnmatched  = []byte(`{"reason":"` + ReplyUnmatchedTopic + `"}`)
-	respTooMany    = []byte(`{"reason":"` + ReplyTooManyChannels + `"}`)
-	respCrashed    = []byte(`{"reason":"` + ReplyJoinCrashed + `"}`)
-	respOverloaded = []byte(`{"reason":"` + backends.ReasonOverloaded + `"}`)
-	respUnavail    = []byte(`{"reason":"` + backends.ReasonUnavailable + `"}`)
-	respTimeout    = []byte(`{"reason":"` + backends.ReasonTimeout + `"}`)
-	payloadCrash   = []byte(`{"reason":"` + ReplyChannelCrash + `"}`)
+	respTopicTooLong   = []byte(`{"reason":"` + ReplyTopicTooLong + `"}`)
+	respJoinRefTooLong = []byte(`{"reason":"` + ReplyJoinRefTooLong + `"}`)
+	respUnmatched      = []byte(`{"reason":"` + ReplyUnmatchedTopic + `"}`)
+	respTooMany        = []byte(`{"reason":"` + ReplyTooManyChannels + `"}`)
+	respCrashed        = []byte(`{"reason":"` + ReplyJoinCrashed + `"}`)
+	respOverloaded     = []byte(`{"reason":"` + backends.ReasonOverloaded + `"}`)
+	respUnavail        = []byte(`{"reason":"` + backends.ReasonUnavailable + `"}`)
+	respTimeout        = []byte(`{"reason":"` + backends.ReasonTimeout + `"}`)
+	payloadCrash       = []byte(`{"reason":"` + ReplyChannelCrash + `"}`)
 )
+
+// joinTooLong returns the refusal of a join whose topic or join_ref is
+// over its limit, or nil.
+func (s *Socket) joinTooLong(topic []byte, joinRef string) []byte {
+	switch {
+	case len(topic) > s.srv.cfg.MaxTopicBytes:
+		return respTopicTooLong
+	case len(joinRef) > s.srv.cfg.MaxJoinRefBytes:
+		return respJoinRefTooLong
+	}
+	return nil
+}
 
 // find returns the slot for topic. Called with mu held.
 func (s *Socket) find(topic []byte) *channel {
@@ -261,6 +275,14 @@ func (s *Socket) handleJoin(m *message) error {
 	effJR, closeRefNull := jr, false
 	if s.ser == V1 && !m.hasJoinRef() {
 		effJR, closeRefNull = ref, true
+	}
+	// A channel keeps its topic and join_ref for its life: bound them so a
+	// socket cannot pin MaxChannels × max_message_size bytes. In order
+	// with the slot's replies when the topic already has one (a duplicate
+	// join with a long join_ref).
+	if resp := s.joinTooLong(m.topic, effJR); resp != nil {
+		s.srv.m.joins.WithLabelValues(joinTooLong).Inc()
+		return s.rejectInOrder(s.find(m.topic), jr, ref, string(m.topic), resp)
 	}
 	c := s.find(m.topic)
 	var ts []*task
