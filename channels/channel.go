@@ -20,8 +20,7 @@ const (
 	taskLeave                     // phx_leave for incarnation gen
 	taskDupLeave                  // incarnation gen replaced by a duplicate join
 	taskTerminate                 // the transport is gone
-	taskFrame                     // a ready frame queued behind the slot's work
-	taskReject                    // an error reply to a refused client message (payload: the shared, read-only response)
+	taskReply                     // a reply made without a backend call (ok: status; payload: the shared, read-only response)
 )
 
 // task is one queued piece of work for a channel. Everything in it is owned
@@ -31,6 +30,7 @@ type task struct {
 	binary       bool
 	positions    bool // join: the payload had "offset" (opt-in)
 	closeRefNull bool // join (V1): close/error frames carry a null ref
+	ok           bool // reply: status "ok" rather than "error"
 	gen          uint32
 	joinRef      string // raw token: the channel's join_ref
 	ref          string // raw token
@@ -39,7 +39,6 @@ type task struct {
 	token        string // join: the payload's "token" (never sent to the backend)
 	hasToken     bool   // join: the payload had a "token" key
 	payload      []byte
-	frame        []byte
 	reason       backends.LeaveReason
 }
 
@@ -159,11 +158,9 @@ func (c *channel) run() {
 func (c *channel) exec(t *task) {
 	s := c.sock
 	switch t.kind {
-	case taskFrame:
-		s.send(t.frame)
-	case taskReject:
-		// Encoded only now: a flood of refusals holds refs, not frames.
-		s.send(s.replyFrame(t.joinRef, t.ref, c.topic, "error", t.payload))
+	case taskReply:
+		// Encoded only now: a flood of such replies holds refs, not frames.
+		s.send(s.replyFrame(t.joinRef, t.ref, c.topic, replyStatus(t.ok), t.payload))
 	case taskJoin:
 		c.join(t)
 	case taskEvent:

@@ -18,10 +18,12 @@
 // # Order and overload
 //
 // Replies on one topic go out in the order the client sent the messages,
-// as from a Phoenix channel's mailbox, refusals included: a message refused
-// without a backend call (backend_overloaded past Config.ChannelQueue, and
-// any other refusal made with Socket.rejectInOrder) takes its turn in the
-// channel's FIFO as a small task holding only its refs. Only a channel with
+// as from a Phoenix channel's mailbox, refusals included: a message answered
+// without a backend call (backend_overloaded past Config.ChannelQueue, any
+// other refusal made with Socket.rejectInOrder, and the replies to leaves
+// and events on a topic whose slot is not joined but still busy, made with
+// Socket.replyInOrder) takes its turn in the channel's FIFO as a small task
+// holding only its refs. Only a channel with
 // nothing running or queued answers at once (the pool queue being full),
 // which is in order too. Past Config.ChannelQueueHard tasks on one channel
 // the client is flooding and the socket is closed with 1013 (overloaded).

@@ -169,3 +169,74 @@ func TestPoolFullEventRepliesAtOnce(t *testing.T) {
 		t.Fatalf("overloaded pool metric %v", v)
 	}
 }
+
+// A slot that is not joined but still running (here: its join is held at
+// the backend, then it is left) answers every further leave and event with
+// a reply queued in its turn. The client can send those without end, so
+// they count against ChannelQueueHard like refusals: the queue stays
+// bounded, the flood closes the socket with 1013, and what was accepted is
+// answered in order.
+func TestNotJoinedRepliesBounded(t *testing.T) {
+	env := newTestEnv(t, nil)
+	hard := env.srv.cfg.ChannelQueueHard
+	gate := make(chan struct{})
+	env.backend.joinGate = gate
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","room:a","phx_join",{}]`)
+	waitFor(t, waitLong, "join at the backend", func() bool { return len(env.backend.logged()) == 1 })
+	mustHandle(t, sock, `["1","2","room:a","phx_leave",{}]`)
+
+	queued := func() int {
+		sock.mu.Lock()
+		defer sock.mu.Unlock()
+		if c := sock.find([]byte("room:a")); c != nil {
+			return len(c.queue)
+		}
+		return 0
+	}
+	var want []string
+	var err error
+	maxQueue := 0
+	for i := 0; i < 5000; i++ {
+		ref := 3 + i
+		var msg, reply string
+		if i%2 == 0 {
+			msg = fmt.Sprintf(`["1","%d","room:a","phx_leave",{}]`, ref)
+			reply = fmt.Sprintf(`["1","%d","room:a","phx_reply",%s]`, ref, replyOK)
+		} else {
+			msg = fmt.Sprintf(`["1","%d","room:a","ping",{}]`, ref)
+			reply = fmt.Sprintf(`[null,"%d","room:a","phx_reply",{"response":{"reason":"unmatched topic"},"status":"error"}]`, ref)
+		}
+		if err = sock.HandleText([]byte(msg)); err != nil {
+			break
+		}
+		want = append(want, reply)
+		maxQueue = max(maxQueue, queued())
+	}
+	var ce *CloseError
+	if !errors.As(err, &ce) || ce.Code != CloseTryAgainLater || ce.Reason != ReasonOverloaded {
+		t.Fatalf("flood of leaves and events: got %v after %d, want a 1013 %s CloseError", err, len(want), ReasonOverloaded)
+	}
+	if maxQueue > hard+1 {
+		t.Fatalf("queue reached %d tasks, bound %d", maxQueue, hard)
+	}
+	if len(want) < hard-1 {
+		t.Fatalf("closed after %d messages, before the bound %d", len(want), hard)
+	}
+	close(gate)
+	want = append([]string{
+		`["1","1","room:a","phx_reply",` + replyOK + `]`,
+		`["1","2","room:a","phx_reply",` + replyOK + `]`,
+		`["1","1","room:a","phx_close",{}]`,
+	}, want...)
+	got := conn.waitTexts(t, len(want))
+	if len(got) != len(want) {
+		t.Fatalf("%d frames, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("frame %d: got %s want %s", i, got[i], want[i])
+		}
+	}
+	sock.Terminate(backends.LeaveDisconnected)
+}

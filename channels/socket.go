@@ -189,21 +189,29 @@ func (s *Socket) enqueue(c *channel, must bool, ts ...*task) bool {
 
 // rejectInOrder answers a client message addressed to slot c (nil: the
 // topic has no slot) with an error reply carrying response, without calling
-// the backend, in its turn: replies on one topic go out in the order the
-// client sent the messages, as from Phoenix's per-channel mailbox. When c
-// has work running or queued, the reply becomes a task at the tail of c's
-// FIFO (holding the refs and response, not a frame); otherwise every
-// earlier reply on c has been sent and it is sent at once. response is kept
-// by reference until sent and must not be modified. A refusal costs little,
-// so a client can queue many, but not without bound: past ChannelQueueHard
-// tasks on c nothing is queued and a *CloseError (1013, ReasonOverloaded)
-// is returned, which HandleText/HandleBinary hand to the gateway to close
-// the socket. Called with mu held.
+// the backend, in its turn; see replyInOrder. Called with mu held.
 func (s *Socket) rejectInOrder(c *channel, joinRef, ref, topic string, response []byte) error {
+	return s.replyInOrder(c, joinRef, ref, topic, false, response)
+}
+
+// replyInOrder answers a client message addressed to slot c (nil: the
+// topic has no slot) with an "ok" (ok set) or "error" reply carrying
+// response (nil: {}), without calling the backend, in its turn: replies on
+// one topic go out in the order the client sent the messages, as from
+// Phoenix's per-channel mailbox. When c has work running or queued, the
+// reply becomes a task at the tail of c's FIFO (holding the refs and
+// response, not a frame); otherwise every earlier reply on c has been sent
+// and it is sent at once. response is kept by reference until sent and
+// must not be modified. Such a reply costs little, so a client can queue
+// many, but not without bound: past ChannelQueueHard tasks on c nothing is
+// queued and a *CloseError (1013, ReasonOverloaded) is returned, which
+// HandleText/HandleBinary hand to the gateway to close the socket. Called
+// with mu held.
+func (s *Socket) replyInOrder(c *channel, joinRef, ref, topic string, ok bool, response []byte) error {
 	if c == nil || !c.running {
 		// Not running means the queue is empty and no task is executing
 		// (run clears running only then, under mu): nothing is owed.
-		s.send(s.replyFrame(joinRef, ref, topic, "error", response))
+		s.send(s.replyFrame(joinRef, ref, topic, replyStatus(ok), response))
 		return nil
 	}
 	if len(c.queue) >= s.srv.cfg.ChannelQueueHard {
@@ -214,8 +222,15 @@ func (s *Socket) rejectInOrder(c *channel, joinRef, ref, topic string, response 
 			Err:    fmt.Errorf("channels: %d messages queued on %q", len(c.queue), c.topic),
 		}
 	}
-	c.queue = append(c.queue, &task{kind: taskReject, joinRef: joinRef, ref: ref, payload: response})
+	c.queue = append(c.queue, &task{kind: taskReply, ok: ok, joinRef: joinRef, ref: ref, payload: response})
 	return nil
+}
+
+func replyStatus(ok bool) string {
+	if ok {
+		return "ok"
+	}
+	return "error"
 }
 
 func (s *Socket) handle(m *message) error {
@@ -234,8 +249,7 @@ func (s *Socket) handle(m *message) error {
 		return s.handleJoin(m)
 	case "phx_leave":
 		s.srv.m.messagesIn.WithLabelValues("leave").Inc()
-		s.handleLeave(m)
-		return nil
+		return s.handleLeave(m)
 	}
 	s.srv.m.messagesIn.WithLabelValues("event").Inc()
 	return s.handleEvent(m)
@@ -337,30 +351,29 @@ func (s *Socket) handleJoin(m *message) error {
 	return nil
 }
 
-func (s *Socket) handleLeave(m *message) {
+func (s *Socket) handleLeave(m *message) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed.Load() {
-		return
+		return nil
 	}
 	c := s.find(m.topic)
 	if c != nil && c.curGen != 0 {
 		if staleJoinRef(m, c.curJoinRef) {
 			s.srv.m.messagesIn.WithLabelValues("stale").Inc()
-			return
+			return nil
 		}
+		// Unchecked against the queue bounds: there is one such leave per
+		// incarnation (curGen is cleared below), and incarnations are
+		// bounded by the joins, which are checked.
 		s.enqueue(c, true, &task{kind: taskLeave, gen: c.curGen, joinRef: c.curJoinRef, ref: m.refToken()})
 		c.curGen = 0
-		return
+		return nil
 	}
 	// Not joined: ok reply. Behind a busy slot it waits its turn so that
-	// replies on one topic stay in order.
-	f := s.replyFrame(m.joinRefToken(), m.refToken(), string(m.topic), "ok", nil)
-	if c != nil {
-		s.enqueue(c, true, &task{kind: taskFrame, frame: f})
-		return
-	}
-	s.send(f)
+	// replies on one topic stay in order; a client can send any number of
+	// these, so they are bounded like refusals.
+	return s.replyInOrder(c, m.joinRefToken(), m.refToken(), string(m.topic), true, nil)
 }
 
 func (s *Socket) handleEvent(m *message) error {
@@ -371,13 +384,9 @@ func (s *Socket) handleEvent(m *message) error {
 	}
 	c := s.find(m.topic)
 	if c == nil || c.curGen == 0 {
-		f := s.replyFrame("null", m.refToken(), string(m.topic), "error", respUnmatched)
-		if c != nil {
-			s.enqueue(c, true, &task{kind: taskFrame, frame: f})
-			return nil
-		}
-		s.send(f)
-		return nil
+		// Not joined (possibly joining or leaving): in order behind the
+		// slot's work, and bounded, since a client can send any number.
+		return s.rejectInOrder(c, "null", m.refToken(), string(m.topic), respUnmatched)
 	}
 	if staleJoinRef(m, c.curJoinRef) {
 		s.srv.m.messagesIn.WithLabelValues("stale").Inc()
