@@ -98,12 +98,19 @@ func (h *hub) release(th *topicHub) {
 		cancel()
 		th.subscribed = false
 	}
-	th.subMu.Unlock()
+	// Forget the topic before letting go of subMu. The broker unsubscribes
+	// by name, so a newer topicHub for the same name must not exist while
+	// any release of this one can still reach Unsubscribe: a new one is
+	// only created once this one has left the map, and this one leaves it
+	// only here, under subMu, after its last Unsubscribe. Every later
+	// release of this one (refs fell to 0 before the delete) then finds it
+	// unsubscribed and calls nothing.
 	h.mu.Lock()
 	if th.refs == 0 && h.topics[th.name] == th {
 		delete(h.topics, th.name)
 	}
 	h.mu.Unlock()
+	th.subMu.Unlock()
 }
 
 // add appends c to the subscribers. Called with th.mu held.
