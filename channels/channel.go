@@ -17,7 +17,7 @@ type taskKind uint8
 const (
 	taskJoin      taskKind = iota // phx_join for incarnation gen
 	taskEvent                     // client event for incarnation gen
-	taskLeave                     // phx_leave for incarnation gen
+	taskLeave                     // phx_leave for incarnation gen (joinRef: the message's)
 	taskDupLeave                  // incarnation gen replaced by a duplicate join
 	taskTerminate                 // the transport is gone
 	taskReply                     // a reply made without a backend call (ok: status; payload: the shared, read-only response)
@@ -32,7 +32,7 @@ type task struct {
 	closeRefNull bool // join (V1): close/error frames carry a null ref
 	ok           bool // reply: status "ok" rather than "error"
 	gen          uint32
-	joinRef      string // raw token: the channel's join_ref
+	joinRef      string // raw token: the channel's join_ref (leave: the message's)
 	ref          string // raw token
 	event        string
 	offset       string // join: raw "offset" value
@@ -178,6 +178,7 @@ func (c *channel) exec(t *task) {
 			c.end(backends.LeaveLeft)
 			return
 		}
+		// Not joined (the join failed): the message's join_ref, as Phoenix.
 		s.send(s.replyFrame(t.joinRef, t.ref, c.topic, "ok", nil))
 	case taskDupLeave:
 		if c.wGen != 0 && c.wGen == t.gen {

@@ -251,6 +251,7 @@ type testBackend struct {
 	keys     []string
 	gate     chan struct{} // closes to release "slow" events
 	joinGate chan struct{} // when set, joins wait for it to close
+	denyAll  atomic.Bool   // when set, every join is refused as "deny" topics are
 	joinPl   [][]byte
 }
 
@@ -283,7 +284,7 @@ func (b *testBackend) Join(_ context.Context, c *backends.Call) (*backends.Reply
 		<-gate
 	}
 	switch {
-	case strings.Contains(c.Topic, "deny"):
+	case strings.Contains(c.Topic, "deny") || b.denyAll.Load():
 		return &backends.Reply{Status: "error", Response: backends.Payload{Data: []byte(`{"reason":"denied"}`)}}, nil
 	case strings.Contains(c.Topic, "crash"):
 		return nil, errCrash

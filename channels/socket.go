@@ -365,8 +365,11 @@ func (s *Socket) handleLeave(m *message) error {
 		}
 		// Unchecked against the queue bounds: there is one such leave per
 		// incarnation (curGen is cleared below), and incarnations are
-		// bounded by the joins, which are checked.
-		s.enqueue(c, true, &task{kind: taskLeave, gen: c.curGen, joinRef: c.curJoinRef, ref: m.refToken()})
+		// bounded by the joins, which are checked. joinRef is the
+		// message's: it is the reply's join_ref only if the join fails
+		// first, and Phoenix answers a leave on a topic not joined with
+		// the message's join_ref (null when the client sent null).
+		s.enqueue(c, true, &task{kind: taskLeave, gen: c.curGen, joinRef: m.joinRefToken(), ref: m.refToken()})
 		c.curGen = 0
 		return nil
 	}

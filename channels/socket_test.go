@@ -423,3 +423,26 @@ func TestConnectIdentity(t *testing.T) {
 		t.Fatal("the caller's identity was modified")
 	}
 }
+
+// A leave sent while the join is still at the backend, when that join is
+// then refused, is a leave on a topic not joined: Phoenix answers it with
+// the message's join_ref (here null), not the refused join's.
+func TestLeaveAfterFailedJoinEchoesMessageJoinRef(t *testing.T) {
+	env := newTestEnv(t, nil)
+	gate := make(chan struct{})
+	env.backend.joinGate = gate
+	env.backend.denyAll.Store(true)
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["5","1","room:x","phx_join",{}]`)
+	waitFor(t, waitLong, "join at the backend", func() bool { return len(env.backend.logged()) == 1 })
+	mustHandle(t, sock, `[null,"2","room:x","phx_leave",{}]`)
+	close(gate)
+	got := conn.waitTexts(t, 2)
+	want := []string{
+		`["5","1","room:x","phx_reply",{"response":{"reason":"denied"},"status":"error"}]`,
+		`[null,"2","room:x","phx_reply",{"response":{},"status":"ok"}]`,
+	}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+}
