@@ -23,6 +23,11 @@ const (
 	// ref) a channel keeps for its life. phoenix.js sends short decimal
 	// counters; 64 leaves room for UUIDs and other clients' schemes.
 	DefaultMaxJoinRefBytes = 64
+	// DefaultMaxRefBytes bounds the ref (and, on messages other than
+	// joins, the join_ref) of any client message. Refs are kept in queued
+	// tasks until the reply is sent, so without a bound every queued task
+	// could hold up to max_message_size bytes; 64 as for join_refs.
+	DefaultMaxRefBytes = 64
 	// DefaultWorkers is the number of goroutines running backend calls.
 	DefaultWorkers = 64
 	// DefaultQueueSize bounds the channels waiting for a worker. Past it a
@@ -67,6 +72,13 @@ type Config struct {
 	// its quotes); a longer one gets {"reason":"join_ref too long"}. Zero
 	// is invalid.
 	MaxJoinRefBytes int
+	// MaxRefBytes is the longest ref any client message may carry, and the
+	// longest join_ref of a message other than a join (a join's is bounded
+	// by MaxJoinRefBytes, with a reply), in bytes, counted as the raw JSON
+	// token (a JSON string counts its quotes; a binary frame's ref counts
+	// as the JSON string it becomes). A longer one closes the socket with
+	// 1011 (malformed), heartbeats included. Zero is invalid.
+	MaxRefBytes int
 	// Workers is the number of goroutines running backend calls. Zero is
 	// invalid.
 	Workers int
@@ -110,6 +122,7 @@ func NewConfig() Config {
 		MaxChannels:      DefaultMaxChannels,
 		MaxTopicBytes:    DefaultMaxTopicBytes,
 		MaxJoinRefBytes:  DefaultMaxJoinRefBytes,
+		MaxRefBytes:      DefaultMaxRefBytes,
 		Workers:          DefaultWorkers,
 		QueueSize:        DefaultQueueSize,
 		ChannelQueue:     DefaultChannelQueue,
@@ -130,6 +143,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: MaxTopicBytes %d", ErrBadConfig, c.MaxTopicBytes)
 	case c.MaxJoinRefBytes <= 0:
 		return fmt.Errorf("%w: MaxJoinRefBytes %d", ErrBadConfig, c.MaxJoinRefBytes)
+	case c.MaxRefBytes <= 0:
+		return fmt.Errorf("%w: MaxRefBytes %d", ErrBadConfig, c.MaxRefBytes)
 	case c.Workers <= 0:
 		return fmt.Errorf("%w: Workers %d", ErrBadConfig, c.Workers)
 	case c.QueueSize <= 0:

@@ -41,7 +41,9 @@
 // # Bytes
 //
 // Frame data passed to HandleText/HandleBinary is valid only until the call
-// returns; everything kept (refs, topic, payload) is copied. Payload bytes
+// returns; everything kept (refs, topic, payload) is copied. Refs are
+// kept until their reply is sent, so a ref (or a non-join message's
+// join_ref) over Config.MaxRefBytes closes the socket with 1011. Payload bytes
 // are passed to backends untouched, except that the join payload keys
 // "offset" and "token" are removed.
 //

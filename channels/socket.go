@@ -234,6 +234,12 @@ func replyStatus(ok bool) string {
 }
 
 func (s *Socket) handle(m *message) error {
+	// Refs are kept in queued tasks (and echoed) until the reply is sent:
+	// bound them for every serializer here, before anything keeps one.
+	if err := s.refsTooLong(m); err != nil {
+		s.srv.m.messagesIn.WithLabelValues("malformed").Inc()
+		return err
+	}
 	switch string(m.event) {
 	case "heartbeat":
 		if string(m.topic) == "phoenix" {
@@ -253,6 +259,40 @@ func (s *Socket) handle(m *message) error {
 	}
 	s.srv.m.messagesIn.WithLabelValues("event").Inc()
 	return s.handleEvent(m)
+}
+
+// refsTooLong returns a 1011 (malformed) *CloseError when m's ref, or the
+// join_ref of a message other than a join, is over MaxRefBytes. A join's
+// join_ref is the channel's and gets a reply instead (joinTooLong).
+func (s *Socket) refsTooLong(m *message) error {
+	limit := s.srv.cfg.MaxRefBytes
+	if n := refTokenLen(m.ref, m.rawRefs, limit); n > limit {
+		return malformed("ref of %d bytes, limit %d", n, limit)
+	}
+	if string(m.event) == "phx_join" {
+		return nil
+	}
+	if n := refTokenLen(m.joinRef, m.rawRefs, limit); n > limit {
+		return malformed("join_ref of %d bytes, limit %d", n, limit)
+	}
+	return nil
+}
+
+// refTokenLen is the length of the raw JSON token kept for a ref field b:
+// b itself for text frames; for binary frames (raw set) the JSON string
+// made of it (refTokenFromString), null when empty. Lengths over limit are
+// reported without encoding.
+func refTokenLen(b []byte, raw bool, limit int) int {
+	switch {
+	case !raw:
+		return len(b)
+	case len(b) == 0:
+		return len("null")
+	case len(b)+2 > limit:
+		return len(b) + 2
+	}
+	var buf [80]byte
+	return len(appendJSONString(buf[:0], string(b)))
 }
 
 // staleJoinRef reports whether m addresses an older incarnation of c: a
