@@ -121,9 +121,6 @@ func (c *jwksCache) lookup(ctx context.Context, kid string) (jwksKey, error) {
 	return jwksKey{}, ErrUnknownKID
 }
 
-// errThrottled: a refresh was asked for too soon after the previous one.
-var errThrottled = errors.New("jwks refresh throttled")
-
 // refresh fetches the set unless one was fetched less than minInterval ago
 // (force skips that check, for startup). Concurrent callers wait for the
 // fetch in flight and then see its result instead of fetching again.
