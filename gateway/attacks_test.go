@@ -4,11 +4,14 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -221,11 +224,29 @@ func TestIdleTimeoutResetByData(t *testing.T) {
 	}
 }
 
+// TestIdleTimeoutDisabled: idle_timeout 0 disables the idle close, so a
+// socket that sends nothing outlives several sweeps (the sweep is what
+// would close it) and still works afterwards.
 func TestIdleTimeoutDisabled(t *testing.T) {
-	cfg := testConfig()
-	cfg.IdleTimeout = 0
-	if err := cfg.Validate(); err != nil {
-		t.Fatalf("0s idle timeout must be valid: %v", err)
+	s := startServer(t, func(c *Config) { c.IdleTimeout = 0 })
+	c := open(t, s.Addr())
+	// Silent for two sweeps and a half: any frame, EOF or reset means the
+	// server acted on the idle socket; only the read deadline may end this.
+	_ = c.conn.SetReadDeadline(time.Now().Add(2*sweepInterval + sweepInterval/2))
+	h, _, err := c.readFrame()
+	var ne net.Error
+	if err == nil {
+		t.Fatalf("idle socket got a frame (opcode %v) with idle_timeout 0", h.OpCode)
+	}
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("idle socket ended with idle_timeout 0: %v", err)
+	}
+	c.br.Reset(c.conn)
+	_ = c.conn.SetDeadline(time.Now().Add(10 * time.Second))
+	c.sendText("tick")
+	c.expectMessage(ws.OpText, "tick")
+	if n := s.Connections(); n != 1 {
+		t.Fatalf("Connections() = %d, want 1", n)
 	}
 }
 
@@ -377,13 +398,19 @@ func TestShutdownCutsStragglers(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := open(t, s.Addr()) // never reads nor answers the close
-	_ = c
+	defer c.conn.Close()
+	// Registered with a poller first: a socket still being handed over
+	// when the drain starts is closed with the pollers, not cut.
+	waitFor(t, 5*time.Second, func() bool { return s.Connections() == 1 }, "1 socket")
 	ctx, cancel := contextWithTimeout(50 * time.Millisecond)
 	defer cancel()
+	// The client never completes the closing handshake, so the drain
+	// cannot finish in time: Shutdown reports the deadline and cuts it.
 	err = s.Shutdown(ctx)
-	if err == nil && s.Connections() != 0 {
-		t.Fatal("socket left open")
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown = %v, want context.DeadlineExceeded", err)
 	}
+	waitFor(t, 5*time.Second, func() bool { return s.Connections() == 0 }, "the straggler cut")
 	if got := len(rec.terminations()); got != 1 {
 		t.Fatalf("terminations = %d, want 1", got)
 	}
@@ -413,7 +440,9 @@ func TestAttackSurvivalUnderLoad(t *testing.T) {
 }
 
 // TestShutdownSpreadsDrainInBatches drains more sockets than one batch with
-// a deadline, exercising the paced path: every socket still gets 1012.
+// a deadline, exercising the paced path: every socket still gets 1012, in
+// more than one batch, and the 1012s arrive spread over drain ticks rather
+// than all at once.
 func TestShutdownSpreadsDrainInBatches(t *testing.T) {
 	cfg := testConfig()
 	cfg.Pollers = 1
@@ -428,18 +457,82 @@ func TestShutdownSpreadsDrainInBatches(t *testing.T) {
 		clients[i] = open(t, s.Addr())
 	}
 	waitFor(t, 5*time.Second, func() bool { return s.Connections() == n }, "all sockets open")
+	// Each client records when its close arrives and answers it only once
+	// every close has arrived: an answer wakes the poller, which would run
+	// the next batch early and hide the pacing this test looks for.
+	type arrival struct {
+		at   time.Time
+		code uint16
+		err  error
+	}
+	arrivals := make(chan arrival, n)
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				h, p, err := c.readFrame()
+				if err != nil {
+					arrivals <- arrival{err: err}
+					return
+				}
+				if h.OpCode != ws.OpClose {
+					continue
+				}
+				a := arrival{at: time.Now()}
+				if len(p) >= 2 {
+					a.code = binary.BigEndian.Uint16(p)
+				}
+				arrivals <- a
+				break
+			}
+			<-release
+			_, _ = c.conn.Write(clientFrame(0x88, true, binary.BigEndian.AppendUint16(nil, 1012), -1))
+			_, _ = io.Copy(io.Discard, c.br)
+		}()
+	}
 	ctx, cancel := contextWithTimeout(8 * time.Second)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- s.Shutdown(ctx) }()
-	for _, c := range clients {
-		c.expectClose(1012)
+	var first, last time.Time
+	for range n {
+		a := <-arrivals
+		if a.err != nil {
+			close(release)
+			t.Fatalf("waiting for close 1012: %v", a.err)
+		}
+		if a.code != 1012 {
+			close(release)
+			t.Fatalf("close code %d, want 1012", a.code)
+		}
+		if first.IsZero() || a.at.Before(first) {
+			first = a.at
+		}
+		if a.at.After(last) {
+			last = a.at
+		}
 	}
+	close(release)
+	wg.Wait()
 	if err := <-done; err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
 	if got := len(rec.terminations()); got != n {
 		t.Fatalf("terminations = %d, want %d", got, n)
+	}
+	// With 4 s of spread the batch is minDrainBatch, so n sockets take
+	// four batches, three ticks apart. Only a lower bound on the timing
+	// (at least one tick), which a loaded machine can only make longer.
+	// The poller has exited (Shutdown waited for it), so its batch size
+	// can be read.
+	if b := s.pollers[0].drainBatch; b <= 0 || b >= n {
+		t.Fatalf("drain batch %d, want in (0, %d): more than one batch", b, n)
+	}
+	if span := last.Sub(first); span < drainTick {
+		t.Fatalf("1012s arrived within %v, want spread over at least one drain tick (%v)", span, drainTick)
 	}
 }
 
