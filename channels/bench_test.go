@@ -22,7 +22,7 @@ func hubWithSubscribers(tb testing.TB, n int) (*topicHub, *discardConn) {
 	tb.Helper()
 	env := newTestEnv(tb, nil)
 	conn := &discardConn{}
-	th := &topicHub{h: env.srv.hub, name: "room:bench"}
+	th := newTopicHub(env.srv.hub, "room:bench")
 	for i := range n {
 		ser := V2
 		if i%4 == 0 {
@@ -30,7 +30,7 @@ func hubWithSubscribers(tb testing.TB, n int) (*topicHub, *discardConn) {
 		}
 		s := env.srv.Connect(conn, ConnectInfo{Serializer: ser})
 		c := &channel{sock: s, topic: th.name, hubIdx: -1, positions: i%3 == 0}
-		th.add(c)
+		th.add(&th.lanes[0], c)
 	}
 	return th, conn
 }

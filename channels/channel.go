@@ -68,7 +68,7 @@ type channel struct {
 	wGen          uint32 // joined incarnation; 0: not joined
 	wJoinRef      string
 
-	// Hub side, guarded by th.mu.
+	// Hub side, guarded by the mu of the topic lane holding the channel.
 	th        *topicHub
 	hubIdx    int32
 	positions bool
@@ -91,8 +91,9 @@ type channelRare struct {
 	// pendingClose holds the join_refs of replaced incarnations (phx_close
 	// after the next join reply). Worker side.
 	pendingClose []string
-	// resume is non-nil only while a resuming join is catching up. Hub
-	// side, guarded by th.mu.
+	// resume is non-nil from an opted-in join until its first live event
+	// past the reported position (see resumeState). Hub side, guarded
+	// like channel.th.
 	resume *resumeState
 }
 
@@ -110,15 +111,6 @@ func (c *channel) side() *channelRare {
 func (c *channel) joinIdentity() *auth.Identity {
 	if r := c.rare.Load(); r != nil {
 		return r.joinID
-	}
-	return nil
-}
-
-// catchingUp returns the live-event buffer of a resuming join that is
-// still reading history, or nil. Called with th.mu held.
-func (c *channel) catchingUp() *resumeState {
-	if r := c.rare.Load(); r != nil {
-		return r.resume
 	}
 	return nil
 }
@@ -419,18 +411,22 @@ func (c *channel) publish(bs []backends.Message) {
 	srv := c.sock.srv
 	ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.CallTimeout)
 	defer cancel()
+	own := false
 	for _, b := range bs {
 		topic := b.Topic
 		if topic == "" {
 			topic = c.topic
 		}
-		data := b.Payload.Data
-		if len(data) == 0 && !b.Payload.Binary {
-			data = emptyObject
+		// Errors are counted by Publish (a refusal by the output budget
+		// as shed, a broker failure as a publish error).
+		_, _ = srv.Publish(ctx, topic, b.Event, b.Payload.Data, b.Payload.Binary)
+		if topic == c.topic {
+			own = true
 		}
-		if _, err := srv.broker.Publish(ctx, topic, b.Event, data, b.Payload.Binary); err != nil {
-			srv.m.publishErrors.Inc()
-		}
+	}
+	if own {
+		// The sender gets its own broadcast before its reply.
+		c.drainOwn()
 	}
 }
 

@@ -61,4 +61,7 @@ const (
 	ReplyDenied          = "denied"
 	ReplyTopicTooLong    = "topic too long"
 	ReplyJoinRefTooLong  = "join_ref too long"
+	// ReplyOverloaded refuses a client push while the node's output budget
+	// is spent (gateway output_budget_bytes); the client may retry later.
+	ReplyOverloaded = "overloaded"
 )

@@ -109,6 +109,16 @@ type Config struct {
 	// limits (tests, embedders that limit elsewhere). The caller owns it
 	// (and its Sweep).
 	Limiter *ratelimit.Limiter `yaml:"-"`
+	// Fanout spreads broadcasts over the transport's event loops. Nil:
+	// the broker's delivery goroutine queues every subscriber's frame
+	// itself.
+	Fanout Fanout `yaml:"-"`
+	// Overloaded reports that the node's output budget is spent: while it
+	// returns true, client pushes are refused with {"reason":"overloaded"}
+	// (in their turn, without a backend call) and Publish refuses
+	// broadcasts with ErrOverloaded. Nil: never overloaded. Called on
+	// pollers and workers; must be cheap and must not block.
+	Overloaded func() bool `yaml:"-"`
 }
 
 // NewConfig returns the defaults.

@@ -14,6 +14,10 @@ var ErrMalformed = errors.New("channels: malformed message")
 // because a string field exceeds maxBinaryString bytes.
 var ErrStringTooLong = errors.New("channels: string too long for a binary frame")
 
+// ErrOverloaded is returned by Server.Publish while the node's output
+// budget is spent (Config.Overloaded): the event was not published.
+var ErrOverloaded = errors.New("channels: node overloaded: output budget spent")
+
 // CloseError is returned by Socket.HandleText and HandleBinary when the
 // socket must be closed; the gateway closes it with Code and an empty
 // reason, and labels its disconnect metric with Reason.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 
 	"github.com/phxgate/phxgate/backends"
 	"github.com/phxgate/phxgate/pubsub"
@@ -13,9 +14,9 @@ import (
 // subscription per topic with local subscribers: the first subscriber
 // subscribes, the last one gone unsubscribes.
 //
-// Lock order: topicHub.subMu → hub.mu. topicHub.mu is never held with
-// another hub lock, and never across a broker call, so a broker that delivers
-// while holding its own locks cannot deadlock with us.
+// Lock order: topicHub.subMu → hub.mu. A lane's mu (hubLane.mu) is never
+// held with another hub lock, and never across a broker call, so a broker
+// that delivers while holding its own locks cannot deadlock with us.
 type hub struct {
 	srv    *Server
 	mu     sync.Mutex
@@ -31,15 +32,44 @@ type topicHub struct {
 	subMu      sync.Mutex // serializes broker Subscribe/Unsubscribe
 	subscribed bool       // guarded by subMu
 
-	mu   sync.Mutex // guards subs and each subscriber's hub fields
-	subs []*channel // swap-remove by channel.hubIdx
+	// lanes holds the subscribers by Fanout lane (one lane without a
+	// Fanout): each lane's loop delivers to its own subscribers under its
+	// own lock, so the lanes of one topic deliver in parallel.
+	lanes []hubLane
 }
 
-// resumeState holds the live events that arrive while a resuming (or
-// opted-in) join reads the topic's history.
+// hubLane is one lane's share of a topic's subscribers.
+type hubLane struct {
+	mu   sync.Mutex // guards everything below and each subscriber's hub fields
+	subs []*channel // swap-remove by channel.hubIdx
+	// pending holds the events not yet delivered to this lane, oldest
+	// first. Whoever drains the lane (its Fanout job, or a publisher
+	// draining its own lane) delivers them all, in order.
+	pending []*prepared
+	// scheduled: a drain job for this lane is dispatched and has not run.
+	scheduled bool
+	job       laneJob
+	// n is len(subs), read without mu so that an event skips lanes with
+	// no subscriber. A subscriber added after the read misses the event,
+	// which is as if it had joined after it: an opted-in join reads the
+	// topic's history only after it is added, and so finds the event there.
+	n atomic.Int32
+}
+
+// resumeState is the hub side of an opted-in join. While the join reads
+// the topic's history (catching up), live events for it are buffered in
+// buf. Once it has sent the reply, the replayed events and the buffered
+// ones, it is live but skips events at or below the position it reported
+// (skipEpoch, skipThrough): an event becomes visible to History before
+// its delivery runs, so one that was replayed (or is older than the
+// reported position) can still arrive live once. The first event past that
+// position ends the state.
 type resumeState struct {
-	buf      []*pubsub.Event
-	overflow bool
+	buf         []*pubsub.Event
+	overflow    bool
+	live        bool
+	skipEpoch   string
+	skipThrough uint64
 }
 
 func newHub(s *Server) *hub {
@@ -50,12 +80,20 @@ func (h *hub) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), h.srv.cfg.CallTimeout)
 }
 
+func newTopicHub(h *hub, topic string) *topicHub {
+	th := &topicHub{h: h, name: topic, lanes: make([]hubLane, h.srv.lanes())}
+	for i := range th.lanes {
+		th.lanes[i].job = laneJob{th: th, lane: i}
+	}
+	return th
+}
+
 // acquire pins the topic and makes sure the broker delivers it here.
 func (h *hub) acquire(topic string) (*topicHub, error) {
 	h.mu.Lock()
 	th := h.topics[topic]
 	if th == nil {
-		th = &topicHub{h: h, name: topic}
+		th = newTopicHub(h, topic)
 		h.topics[topic] = th
 	}
 	th.refs++
@@ -113,24 +151,38 @@ func (h *hub) release(th *topicHub) {
 	th.subMu.Unlock()
 }
 
-// add appends c to the subscribers. Called with th.mu held.
-func (th *topicHub) add(c *channel) {
-	c.th = th
-	c.hubIdx = int32(len(th.subs))
-	th.subs = append(th.subs, c)
+// lane returns the share of the subscribers c belongs to.
+func (th *topicHub) lane(c *channel) *hubLane {
+	i := int(c.sock.lane)
+	if i >= len(th.lanes) {
+		i = 0
+	}
+	return &th.lanes[i]
 }
 
-// del swap-removes c. Called with th.mu held.
-func (th *topicHub) del(c *channel) {
+// add appends c to its lane. Called with that lane's mu held.
+func (th *topicHub) add(l *hubLane, c *channel) {
+	c.th = th
+	c.hubIdx = int32(len(l.subs))
+	l.subs = append(l.subs, c)
+	l.n.Store(int32(len(l.subs)))
+}
+
+// del swap-removes c from its lane. Called with that lane's mu held.
+func (th *topicHub) del(l *hubLane, c *channel) {
 	i := int(c.hubIdx)
-	if i < 0 || i >= len(th.subs) || th.subs[i] != c {
+	if i < 0 || i >= len(l.subs) || l.subs[i] != c {
 		return
 	}
-	last := len(th.subs) - 1
-	th.subs[i] = th.subs[last]
-	th.subs[i].hubIdx = int32(i)
-	th.subs[last] = nil
-	th.subs = th.subs[:last]
+	last := len(l.subs) - 1
+	l.subs[i] = l.subs[last]
+	l.subs[i].hubIdx = int32(i)
+	l.subs[last] = nil
+	l.subs = l.subs[:last]
+	if len(l.subs) == 0 {
+		l.subs = nil // a topic whose crowd left gives its array back
+	}
+	l.n.Store(int32(len(l.subs)))
 	c.hubIdx = -1
 	c.th = nil
 	if r := c.rare.Load(); r != nil {
@@ -151,21 +203,23 @@ func (h *hub) subscribe(c *channel, t *task, resp backends.Payload) (overflow bo
 	if err != nil {
 		return false, err
 	}
+	l := th.lane(c)
 	if !t.positions {
-		th.mu.Lock()
+		l.mu.Lock()
 		s.reply(t.joinRef, t.ref, c.topic, "ok", resp)
-		th.add(c)
-		th.mu.Unlock()
+		th.add(l, c)
+		l.mu.Unlock()
 		return false, nil
 	}
 
 	since, resuming, perr := parseOffset(t.offset)
-	r := c.side() // allocated before taking th.mu
-	th.mu.Lock()
+	r := c.side() // allocated before taking the lane's lock
+	rs := &resumeState{}
+	l.mu.Lock()
 	c.positions = true
-	r.resume = &resumeState{}
-	th.add(c)
-	th.mu.Unlock()
+	r.resume = rs
+	th.add(l, c)
+	l.mu.Unlock()
 
 	ctx, cancel := h.ctx()
 	var hr pubsub.HistoryResult
@@ -176,16 +230,16 @@ func (h *hub) subscribe(c *channel, t *task, resp backends.Payload) (overflow bo
 	}
 	cancel()
 	if err != nil {
-		th.mu.Lock()
-		th.del(c)
-		th.mu.Unlock()
+		l.mu.Lock()
+		th.del(l, c)
+		l.mu.Unlock()
 		h.release(th)
 		return false, err
 	}
 	recovered := resuming && perr == nil && hr.Recovered
 
-	th.mu.Lock()
-	defer th.mu.Unlock()
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	if !resp.Binary {
 		resp.Data = withPosition(resp.Data, hr.Top, resuming, recovered)
 	}
@@ -204,8 +258,6 @@ func (h *hub) subscribe(c *channel, t *task, resp backends.Payload) (overflow bo
 	if n := len(hr.Events); recovered && n > 0 && hr.Events[n-1].Pos.Epoch == top.Epoch && hr.Events[n-1].Pos.Offset > top.Offset {
 		top = hr.Events[n-1].Pos
 	}
-	rs := r.resume
-	r.resume = nil
 	for _, ev := range rs.buf {
 		if ev.Pos.Epoch == top.Epoch && ev.Pos.Offset <= top.Offset {
 			continue // already replayed or before the reported position
@@ -215,8 +267,12 @@ func (h *hub) subscribe(c *channel, t *task, resp backends.Payload) (overflow bo
 			continue
 		}
 		s.sendOrDrop(encodeBroadcast(v, ev))
+		top = ev.Pos
 	}
-	return rs.overflow, nil
+	overflow = rs.overflow
+	rs.buf = nil
+	rs.live, rs.skipEpoch, rs.skipThrough = true, top.Epoch, top.Offset
+	return overflow, nil
 }
 
 // unsubscribe removes c from its topic.
@@ -225,30 +281,117 @@ func (h *hub) unsubscribe(c *channel) {
 	if th == nil {
 		return
 	}
-	th.mu.Lock()
-	th.del(c)
-	th.mu.Unlock()
+	l := th.lane(c)
+	l.mu.Lock()
+	th.del(l, c)
+	l.mu.Unlock()
 	h.release(th)
 }
 
-// deliver is the broker handler of one topic. It encodes the event at most
-// once per variant actually needed and sends the same bytes to every
-// subscriber: nothing is allocated per subscriber.
+// deliver is the broker handler of one topic. Without a Fanout it
+// delivers the event here. With one, it appends the event to each lane
+// that has subscribers and makes sure a drain job is dispatched to that
+// lane: the publisher pays for a few appends, not for the fan-out, and
+// events published while a lane's loop is busy are delivered together.
+// Either way the event is encoded at most once per variant actually needed
+// and the same bytes go to every subscriber: nothing is allocated per
+// subscriber.
 func (th *topicHub) deliver(ev *pubsub.Event) {
-	m := th.h.srv.m
-	limit := th.h.srv.cfg.ResumeBuffer
-	var frames [numVariants][]byte
+	srv := th.h.srv
+	srv.m.broadcasts.Inc()
+	fo := srv.cfg.Fanout
+	if fo == nil {
+		for i := range th.lanes {
+			l := &th.lanes[i]
+			l.mu.Lock()
+			th.deliverLocked(l, ev, nil)
+			l.mu.Unlock()
+		}
+		return
+	}
+	b := &prepared{ev: ev}
+	for i := range th.lanes {
+		l := &th.lanes[i]
+		if l.n.Load() == 0 {
+			continue
+		}
+		l.mu.Lock()
+		l.pending = append(l.pending, b)
+		dispatch := !l.scheduled
+		l.scheduled = true
+		l.mu.Unlock()
+		if dispatch {
+			fo.Dispatch(i, &l.job)
+		}
+	}
+}
+
+// drain delivers lane i's pending events, oldest first. job is set when
+// called from the lane's dispatched job (which then may be dispatched
+// again).
+func (th *topicHub) drain(i int, job bool) {
+	l := &th.lanes[i]
+	l.mu.Lock()
+	if job {
+		l.scheduled = false
+	}
+	for k, b := range l.pending {
+		th.deliverLocked(l, b.ev, b)
+		l.pending[k] = nil
+	}
+	if cap(l.pending) > maxRetainedPending {
+		l.pending = nil
+	} else {
+		l.pending = l.pending[:0]
+	}
+	l.mu.Unlock()
+}
+
+// maxRetainedPending is the largest pending array a lane keeps once
+// drained.
+const maxRetainedPending = 16
+
+// drainOwn delivers what is pending on c's lane of its topic at once, on
+// the caller: a channel that broadcast to its own topic calls it before
+// sending its reply, so that the sender gets the broadcast first, as from
+// Phoenix (the memory broker delivers during Publish, so the event is
+// pending by now). Only c's worker calls it.
+func (c *channel) drainOwn() {
+	th := c.th // written only by the worker running c
+	if th == nil || c.sock.srv.cfg.Fanout == nil {
+		return
+	}
+	i := int(c.sock.lane)
+	if i >= len(th.lanes) {
+		i = 0
+	}
+	th.drain(i, false)
+}
+
+// deliverLocked delivers one event to a lane's subscribers. b, when set,
+// shares the encodings between lanes; without it the lane encodes what it
+// needs itself. Called with l.mu held.
+func (th *topicHub) deliverLocked(l *hubLane, ev *pubsub.Event, b *prepared) {
+	srv := th.h.srv
+	m := srv.m
+	var frames [numVariants][]byte // this call's encodings (copies of b's)
 	var failed [numVariants]bool
 	n := 0
-	th.mu.Lock()
-	for _, c := range th.subs {
-		if rs := c.catchingUp(); rs != nil {
-			if len(rs.buf) < limit {
-				rs.buf = append(rs.buf, ev)
-			} else {
-				rs.overflow = true
+	for _, c := range l.subs {
+		if r := c.rare.Load(); r != nil && r.resume != nil {
+			rs := r.resume
+			if !rs.live {
+				if len(rs.buf) < srv.cfg.ResumeBuffer {
+					rs.buf = append(rs.buf, ev)
+				} else {
+					rs.overflow = true
+				}
+				continue
 			}
-			continue
+			if ev.Pos.Epoch == rs.skipEpoch && ev.Pos.Offset <= rs.skipThrough {
+				continue // sent already, or older than the reported position
+			}
+			r.resume = nil
 		}
 		s := c.sock
 		if s.closed.Load() {
@@ -263,10 +406,16 @@ func (th *topicHub) deliver(ev *pubsub.Event) {
 			if failed[v] {
 				continue
 			}
-			var err error
-			if f, err = encodeBroadcast(v, ev); err != nil {
+			if b != nil {
+				f = b.frame(v, m)
+			} else {
+				var err error
+				if f, err = encodeBroadcast(v, ev); err != nil {
+					m.droppedFrames.WithLabelValues(dropReason(err)).Inc()
+				}
+			}
+			if f == nil {
 				failed[v] = true
-				m.droppedFrames.WithLabelValues(dropReason(err)).Inc()
 				continue
 			}
 			frames[v] = f
@@ -274,9 +423,9 @@ func (th *topicHub) deliver(ev *pubsub.Event) {
 		s.conn.Send(f)
 		n++
 	}
-	th.mu.Unlock()
-	m.broadcasts.Inc()
-	m.fanout.Add(float64(n))
+	if n > 0 {
+		m.fanout.Add(float64(n))
+	}
 }
 
 func dropReason(err error) string {

@@ -21,6 +21,12 @@ const (
 	joinTooLong = "too_long"
 )
 
+// What the output budget sheds (label "what" of phxgate_overload_shed_total).
+const (
+	shedPush      = "push"
+	shedBroadcast = "broadcast"
+)
+
 type metrics struct {
 	channels         prometheus.Gauge
 	joins            *prometheus.CounterVec
@@ -35,6 +41,7 @@ type metrics struct {
 	resumeOverflow   prometheus.Counter
 	publishErrors    prometheus.Counter
 	floodCloses      prometheus.Counter
+	shed             *prometheus.CounterVec
 	callDurationJoin prometheus.Observer
 	callDurationIn   prometheus.Observer
 	callDurationLv   prometheus.Observer
@@ -82,7 +89,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		floodCloses: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "phxgate_channel_flood_closes_total", Help: "Sockets closed (1013) for queueing more than ChannelQueueHard messages on one channel.",
 		}),
+		shed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "phxgate_overload_shed_total", Help: "Client pushes and broadcasts refused while the node's output budget was spent (output_budget_bytes), by what was refused (push, broadcast).",
+		}, []string{"what"}),
 	}
+	m.shed.WithLabelValues(shedPush)
+	m.shed.WithLabelValues(shedBroadcast)
 	m.callDurationJoin = m.backendDuration.WithLabelValues("join")
 	m.callDurationIn = m.backendDuration.WithLabelValues("handle_in")
 	m.callDurationLv = m.backendDuration.WithLabelValues("leave")
@@ -92,7 +104,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, c := range []prometheus.Collector{
 		m.channels, m.joins, m.messagesIn, m.broadcasts, m.fanout, m.backendCalls,
 		m.backendDuration, m.replayed, m.overloaded, m.droppedFrames, m.resumeOverflow, m.publishErrors,
-		m.floodCloses,
+		m.floodCloses, m.shed,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

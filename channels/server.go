@@ -66,14 +66,58 @@ func NewServer(cfg Config, router *Router, broker pubsub.Broker, reg prometheus.
 // Connect creates the protocol state of a newly upgraded connection. It
 // starts no goroutine.
 func (s *Server) Connect(c Conn, info ConnectInfo) *Socket {
+	lane := 0
+	if l, ok := c.(Laned); ok {
+		if lane = l.Lane(); lane < 0 || lane >= s.lanes() {
+			lane = 0
+		}
+	}
 	return &Socket{
 		srv:      s,
 		conn:     c,
+		lane:     uint16(lane),
 		ser:      info.Serializer,
 		params:   info.Params,
 		identity: connectIdentity(info),
 		rateKey:  rateKeyOf(c, info),
 	}
+}
+
+// lanes is the number of Fanout lanes a topic's subscribers are split into.
+func (s *Server) lanes() int {
+	if s.cfg.Fanout == nil {
+		return 1
+	}
+	return max(1, min(s.cfg.Fanout.Lanes(), maxLanes))
+}
+
+// maxLanes bounds the Fanout lanes (Socket.lane is 16 bits).
+const maxLanes = 1 << 16
+
+// overloaded reports whether the node's output budget is spent
+// (Config.Overloaded).
+func (s *Server) overloaded() bool {
+	return s.cfg.Overloaded != nil && s.cfg.Overloaded()
+}
+
+// Publish publishes an event to topic through the broker, as a backend's
+// broadcast does, unless the node's output budget is spent: then it
+// returns ErrOverloaded and publishes nothing (counted in
+// phxgate_overload_shed_total{what="broadcast"}). payload is JSON (empty
+// means {}) unless binary; it is kept, not copied.
+func (s *Server) Publish(ctx context.Context, topic, event string, payload []byte, binary bool) (pubsub.Position, error) {
+	if s.overloaded() {
+		s.m.shed.WithLabelValues(shedBroadcast).Inc()
+		return pubsub.Position{}, ErrOverloaded
+	}
+	if len(payload) == 0 && !binary {
+		payload = emptyObject
+	}
+	pos, err := s.broker.Publish(ctx, topic, event, payload, binary)
+	if err != nil {
+		s.m.publishErrors.Inc()
+	}
+	return pos, err
 }
 
 // connectIdentity returns the identity a socket keeps for info. The usual

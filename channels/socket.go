@@ -24,6 +24,7 @@ type Socket struct {
 	rateKey  string // per-player rate limits (ConnectInfo.RateKey)
 	closed   atomic.Bool
 	ser      Serializer
+	lane     uint16 // the Fanout lane of conn (Laned); 0 without one
 	// hb is this connection's heartbeat limit. Only handle touches it, on
 	// the poller, one frame at a time per socket, so it needs no lock.
 	hb ratelimit.HeartbeatBucket
@@ -115,6 +116,7 @@ var (
 	respTooMany        = []byte(`{"reason":"` + ReplyTooManyChannels + `"}`)
 	respCrashed        = []byte(`{"reason":"` + ReplyJoinCrashed + `"}`)
 	respOverloaded     = []byte(`{"reason":"` + backends.ReasonOverloaded + `"}`)
+	respNodeOverloaded = []byte(`{"reason":"` + ReplyOverloaded + `"}`)
 	respUnavail        = []byte(`{"reason":"` + backends.ReasonUnavailable + `"}`)
 	respTimeout        = []byte(`{"reason":"` + backends.ReasonTimeout + `"}`)
 	payloadCrash       = []byte(`{"reason":"` + ReplyChannelCrash + `"}`)
@@ -440,6 +442,12 @@ func (s *Socket) handleEvent(m *message) error {
 			return err
 		}
 		return s.rejectInOrder(c, c.curJoinRef, m.refToken(), c.topic, resp)
+	}
+	// Output budget spent: shed the push before it costs a backend call
+	// or makes more output. Refusals are small and bounded like the rest.
+	if s.srv.overloaded() {
+		s.srv.m.shed.WithLabelValues(shedPush).Inc()
+		return s.rejectInOrder(c, c.curJoinRef, m.refToken(), c.topic, respNodeOverloaded)
 	}
 	// Checked before the payload is copied: a refused push keeps nothing
 	// of it.

@@ -42,6 +42,14 @@ const (
 	// DefaultWriteQueueMaxBytes bounds the bytes queued for one client;
 	// past it the client is a slow consumer and is closed with 1013.
 	DefaultWriteQueueMaxBytes = 1 << 20
+	// DefaultOutputBudgetBytes bounds the output queued to all of a node's
+	// sockets together (frame bytes plus per-frame overhead, as charged
+	// against write_queue_max_bytes). Past it client pushes and broadcasts
+	// are refused ("overloaded") until the queues drain below it, so a
+	// room bigger than the node can write to costs at most this much
+	// memory. 256 MiB is a few seconds of a saturated 2-core node's output
+	// and far above what a healthy node holds (a few MiB).
+	DefaultOutputBudgetBytes = 256 << 20
 	// MaxHandshakeBytes bounds the HTTP request head of an upgrade (request
 	// line and headers). Larger heads are refused with 431.
 	MaxHandshakeBytes = 16 << 10
@@ -114,6 +122,11 @@ type Config struct {
 	// WriteQueueMaxBytes is the per-socket outbound queue cap in bytes;
 	// must be > 0. Past it the socket closes with 1013.
 	WriteQueueMaxBytes int
+	// OutputBudgetBytes is the node-wide bound on bytes queued to all
+	// sockets (as charged against WriteQueueMaxBytes); must be > 0. While
+	// the queues hold more, client pushes get {"reason":"overloaded"} and
+	// broadcasts are refused (phxgate_overload_shed_total).
+	OutputBudgetBytes int64
 	// Pollers is the number of epoll pollers; 0 means runtime.NumCPU().
 	Pollers int
 	// CloseTimeout bounds a socket's closing handshake; 0 means
@@ -299,6 +312,7 @@ func NewConfig() Config {
 		HandshakeWorkers:   DefaultHandshakeWorkers,
 		MaxMessageSize:     DefaultMaxMessageSize,
 		WriteQueueMaxBytes: DefaultWriteQueueMaxBytes,
+		OutputBudgetBytes:  DefaultOutputBudgetBytes,
 		CloseTimeout:       DefaultCloseTimeout,
 		DrainTimeout:       DefaultDrainTimeout,
 		Auth:               newAuthConfig(),
@@ -363,6 +377,12 @@ func (c Config) Validate() error {
 	}
 	if c.WriteQueueMaxBytes <= 0 || c.WriteQueueMaxBytes > 1<<30 {
 		return keyErr("write_queue_max_bytes", "must be between 1 and 1073741824 bytes")
+	}
+	if c.OutputBudgetBytes <= 0 || c.OutputBudgetBytes > 1<<40 {
+		return keyErr("output_budget_bytes", "must be between 1 and 1099511627776 bytes")
+	}
+	if c.OutputBudgetBytes < int64(c.WriteQueueMaxBytes) {
+		return keyErr("output_budget_bytes", "must be at least write_queue_max_bytes (%d)", c.WriteQueueMaxBytes)
 	}
 	if c.Pollers < 0 || c.Pollers > 1024 {
 		return keyErr("pollers", "must be between 0 and 1024")
@@ -505,6 +525,20 @@ func intSetting(key, usage string, f func(*Config) *int) setting {
 	}
 }
 
+func int64Setting(key, usage string, f func(*Config) *int64) setting {
+	return setting{key: key, usage: usage,
+		str: func(c *Config, s string) error {
+			v, err := strconv.ParseInt(s, 10, 64)
+			if err != nil {
+				return err
+			}
+			*f(c) = v
+			return nil
+		},
+		node: func(c *Config, n *yaml.Node) error { return n.Decode(f(c)) },
+	}
+}
+
 func boolSetting(key, usage string, f func(*Config) *bool) setting {
 	return setting{key: key, usage: usage, isBool: true,
 		str: func(c *Config, s string) error {
@@ -568,6 +602,7 @@ func settings() []setting {
 		intSetting("handshake_workers", "concurrent handshakes", func(c *Config) *int { return &c.HandshakeWorkers }),
 		intSetting("max_message_size", "largest WebSocket message in bytes", func(c *Config) *int { return &c.MaxMessageSize }),
 		intSetting("write_queue_max_bytes", "per-socket outbound queue cap in bytes", func(c *Config) *int { return &c.WriteQueueMaxBytes }),
+		int64Setting("output_budget_bytes", "bytes queued to all sockets together before pushes and broadcasts are refused", func(c *Config) *int64 { return &c.OutputBudgetBytes }),
 		intSetting("pollers", "epoll pollers (0 = number of CPUs)", func(c *Config) *int { return &c.Pollers }),
 		durSetting("close_timeout", "deadline for a socket's closing handshake", func(c *Config) *time.Duration { return &c.CloseTimeout }),
 		durSetting("drain_timeout", "graceful shutdown bound; 1012 closes are spread over its first half", func(c *Config) *time.Duration { return &c.DrainTimeout }),

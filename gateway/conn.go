@@ -29,10 +29,6 @@ const (
 	phaseLingering       // close frame written, write side shut down; waiting for EOF
 )
 
-// maxRetainedQueueCap is the largest write-queue backing array kept across
-// flushes; a socket that once had a burst gives the memory back.
-const maxRetainedQueueCap = 8
-
 // conn is one upgraded socket. It is kept small on purpose (the memory
 // target is per idle connection): no buffers while idle, no goroutine.
 type conn struct {
@@ -61,12 +57,9 @@ type conn struct {
 	dirty   bool // queued on the poller's dirty list
 	pollOut bool // EPOLLOUT armed: the poller flushes on writability
 	reason  channels.DisconnectReason
-	queue   [][]byte // shared immutable frames, oldest first
-	// head and queued are int32 so that release can be an interface
-	// without leaving the 192-byte size class. Both fit: Send never queues
-	// past WriteQueueMaxBytes (at most 1 GiB) but for one small close frame.
-	head   int32 // bytes of queue[0] already written
-	queued int32 // bytes in queue not yet written
+	// out is what the socket holds for the client; nil while idle (it is
+	// released by the sweep once empty), so an idle socket pays one word.
+	out *outQueue
 }
 
 var _ channels.Conn = (*conn)(nil)
@@ -74,9 +67,14 @@ var _ channels.Conn = (*conn)(nil)
 // ID implements channels.Conn.
 func (c *conn) ID() uint64 { return c.id }
 
+// Lane implements channels.Laned: broadcasts to this socket are queued by
+// its own poller (Server.Dispatch).
+func (c *conn) Lane() int { return c.p.idx }
+
 // Send implements channels.Conn: it queues a reference to frame (no copy)
-// and never blocks. Past Config.WriteQueueMaxBytes the socket is a slow
-// consumer: its queue is dropped and it is closed with 1013.
+// and never blocks. Past Config.WriteQueueMaxBytes (frame bytes plus
+// entryOverhead per frame) the socket is a slow consumer: its queue is
+// dropped and it is closed with 1013.
 func (c *conn) Send(frame []byte) {
 	if len(frame) == 0 {
 		return
@@ -86,22 +84,73 @@ func (c *conn) Send(frame []byte) {
 		c.mu.Unlock()
 		return
 	}
-	if int(c.queued)+len(frame) > c.p.srv.cfg.WriteQueueMaxBytes {
-		c.dropQueueLocked()
-		wake := c.startCloseLocked(uint16(channels.CloseTryAgainLater), channels.ReasonSlowConsumer)
-		c.mu.Unlock()
-		c.p.srv.metrics.slowConsumers.Inc()
-		c.p.srv.log.Warn("slow consumer: write queue over limit", "conn", c.id, "limit_bytes", c.p.srv.cfg.WriteQueueMaxBytes)
-		if wake {
-			c.p.enqueueDirty(c)
-		}
+	q := c.queueLocked()
+	if q.charged+cost(len(frame)) > int64(c.p.srv.cfg.WriteQueueMaxBytes) {
+		c.slowConsumerLocked()
 		return
 	}
-	c.queue = append(c.queue, frame)
-	c.queued += int32(len(frame))
-	c.p.queuedBytes.Add(int64(len(frame)))
+	q.push(frame)
+	c.p.queuedBytes.Add(cost(len(frame)))
 	wake := c.markDirtyLocked()
 	c.mu.Unlock()
+	if wake {
+		c.p.enqueueDirty(c)
+	}
+}
+
+// sendPong answers a ping (poller goroutine). At most one pong waits per
+// socket: a newer ping replaces the pending pong's payload, reusing its
+// buffer, so a ping flood that never reads allocates and holds nothing
+// per ping.
+func (c *conn) sendPong(payload []byte) {
+	c.mu.Lock()
+	if c.state.Load() != stateOpen {
+		c.mu.Unlock()
+		return
+	}
+	q := c.queueLocked()
+	before := q.charged
+	if q.pong != nil && cap(q.pong) >= 2+len(payload) {
+		q.charged -= int64(len(q.pong))
+		q.pong = appendControlFrame(q.pong[:0], wsframe.OpPong, payload)
+		q.charged += int64(len(q.pong))
+	} else {
+		q.setPong(appendControlFrame(make([]byte, 0, 2+len(payload)), wsframe.OpPong, payload))
+	}
+	c.p.queuedBytes.Add(q.charged - before)
+	if q.charged > int64(c.p.srv.cfg.WriteQueueMaxBytes) {
+		c.slowConsumerLocked()
+		return
+	}
+	wake := c.markDirtyLocked()
+	c.mu.Unlock()
+	if wake {
+		c.p.enqueueDirty(c)
+	}
+}
+
+// queueLocked returns c.out, creating it on first use.
+func (c *conn) queueLocked() *outQueue {
+	if c.out == nil {
+		c.out = &outQueue{}
+	}
+	return c.out
+}
+
+// slowConsumerLocked drops what is queued and closes with 1013. It
+// unlocks c.mu.
+func (c *conn) slowConsumerLocked() {
+	c.dropQueueLocked()
+	wake := c.startCloseLocked(uint16(channels.CloseTryAgainLater), channels.ReasonSlowConsumer)
+	// The dropped frames are released now, but the close frame must still
+	// be written: when EPOLLOUT is armed the poller would only come back
+	// on writability, so put the socket on the dirty list regardless.
+	if !wake && !c.dirty {
+		c.dirty, wake = true, true
+	}
+	c.mu.Unlock()
+	c.p.srv.metrics.slowConsumers.Inc()
+	c.p.srv.log.Warn("slow consumer: write queue over limit", "conn", c.id, "limit_bytes", c.p.srv.cfg.WriteQueueMaxBytes)
 	if wake {
 		c.p.enqueueDirty(c)
 	}
@@ -132,9 +181,8 @@ func (c *conn) startCloseLocked(code uint16, reason channels.DisconnectReason) b
 	c.state.Store(stateClosing)
 	c.reason = reason
 	f := closeFrame(code)
-	c.queue = append(c.queue, f)
-	c.queued += int32(len(f))
-	c.p.queuedBytes.Add(int64(len(f)))
+	c.queueLocked().push(f)
+	c.p.queuedBytes.Add(cost(len(f)))
 	return c.markDirtyLocked()
 }
 
@@ -149,18 +197,9 @@ func (c *conn) markDirtyLocked() bool {
 // dropQueueLocked discards queued frames, except a frame already partly
 // written: cutting it would corrupt the stream before the close frame.
 func (c *conn) dropQueueLocked() {
-	keep := 0
-	if c.head > 0 && len(c.queue) > 0 {
-		keep = 1
+	if c.out != nil {
+		c.p.queuedBytes.Add(-c.out.dropUnsent(false))
 	}
-	dropped := 0
-	for i := keep; i < len(c.queue); i++ {
-		dropped += len(c.queue[i])
-		c.queue[i] = nil
-	}
-	c.queue = c.queue[:keep]
-	c.queued -= int32(dropped)
-	c.p.queuedBytes.Add(-int64(dropped))
 }
 
 // Precomputed close frames for the codes the server sends itself; the
@@ -186,12 +225,12 @@ func buildCloseFrame(code uint16) []byte {
 	return binary.BigEndian.AppendUint16([]byte{0x80 | byte(wsframe.OpClose), 2}, code)
 }
 
-// controlFrame builds an unmasked server control frame (pong).
-func controlFrame(op wsframe.Op, payload []byte) []byte {
-	f := make([]byte, 2, 2+len(payload))
-	f[0] = 0x80 | byte(op)
-	f[1] = byte(len(payload))
-	return append(f, payload...)
+// appendControlFrame appends an unmasked server control frame (pong) to
+// dst. payload is at most 125 bytes (the parser refuses longer control
+// frames).
+func appendControlFrame(dst []byte, op wsframe.Op, payload []byte) []byte {
+	dst = append(dst, 0x80|byte(op), byte(len(payload)))
+	return append(dst, payload...)
 }
 
 // errPeerClosed stops the parser at the client's close frame: nothing the
@@ -241,7 +280,7 @@ func (c *conn) OnControl(op wsframe.Op, payload []byte) error {
 	}
 	switch op {
 	case wsframe.OpPing:
-		c.Send(controlFrame(wsframe.OpPong, payload))
+		c.sendPong(payload)
 		return nil
 	case wsframe.OpPong:
 		return nil // the server never pings; unsolicited pongs are allowed

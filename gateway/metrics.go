@@ -29,6 +29,7 @@ type metrics struct {
 	handshakes    *prometheus.CounterVec
 	framesIn      prometheus.Counter
 	framesOut     prometheus.Counter
+	writes        prometheus.Counter
 	bytesIn       prometheus.Counter
 	bytesOut      prometheus.Counter
 	disconnects   *prometheus.CounterVec
@@ -36,7 +37,7 @@ type metrics struct {
 	panics        prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer, queued func() float64, busy func() float64) *metrics {
+func newMetrics(reg prometheus.Registerer, queued func() float64, busy func() float64, budget int64) *metrics {
 	m := &metrics{
 		connections: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "phxgate_connections", Help: "Open WebSocket connections.",
@@ -49,6 +50,9 @@ func newMetrics(reg prometheus.Registerer, queued func() float64, busy func() fl
 		}),
 		framesOut: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "phxgate_frames_out_total", Help: "WebSocket frames fully written.",
+		}),
+		writes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_write_syscalls_total", Help: "writev calls made to sockets (frames queued together leave in one).",
 		}),
 		bytesIn: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "phxgate_bytes_in_total", Help: "Bytes read from upgraded sockets.",
@@ -72,11 +76,14 @@ func newMetrics(reg prometheus.Registerer, queued func() float64, busy func() fl
 	for _, r := range allDisconnectReasons {
 		m.disconnects.WithLabelValues(string(r))
 	}
-	reg.MustRegister(m.connections, m.handshakes, m.framesIn, m.framesOut, m.bytesIn,
+	reg.MustRegister(m.connections, m.handshakes, m.framesIn, m.framesOut, m.writes, m.bytesIn,
 		m.bytesOut, m.disconnects, m.slowConsumers, m.panics,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "phxgate_write_queue_bytes", Help: "Bytes queued for writing across all sockets.",
+			Name: "phxgate_write_queue_bytes", Help: "Bytes queued for writing across all sockets, with the per-frame overhead charged against write_queue_max_bytes and output_budget_bytes.",
 		}, queued),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "phxgate_output_budget_bytes", Help: "output_budget_bytes: past it pushes and broadcasts are refused.",
+		}, func() float64 { return float64(budget) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "phxgate_handshakes_in_flight", Help: "Handshake workers busy (bounded by handshake_workers).",
 		}, busy),

@@ -23,9 +23,8 @@ const (
 	readBufferSize = 64 << 10
 	// maxEvents is the epoll_wait batch size.
 	maxEvents = 256
-	// iovecBatch is the number of frames written per writev call (below
-	// IOV_MAX = 1024).
-	iovecBatch = 128
+	// iovecBatch is the most frames written per writev call: IOV_MAX.
+	iovecBatch = 1024
 	// sweepInterval is the idle/close timer granularity: one pass over the
 	// poller's connections instead of a timer per connection.
 	sweepInterval = time.Second
@@ -45,6 +44,7 @@ type pendingConn struct {
 // eventfd to wake it, one read buffer and one iovec scratch array.
 type poller struct {
 	srv  *Server
+	idx  int // this poller's fan-out lane (channels.Fanout)
 	epfd int
 	evfd int
 
@@ -62,10 +62,18 @@ type poller struct {
 	lastSweep  int64
 	framesIn   int
 	framesOut  int
+	writes     int // writev calls
 	bytesIn    int
 	bytesOut   int
-	drainPos   int // next index of conns to close while draining
-	drainBatch int // sockets closed per drainTick; 0 = all at once
+	drainPos   int  // next index of conns to close while draining
+	drainBatch int  // sockets closed per drainTick; 0 = all at once
+	sawDrain   bool // the draining flag as this pass read it
+	// sweepEvery is the idle/close timer granularity (sweepInterval; tests
+	// lengthen it to prove that nothing waits for the sweep).
+	sweepEvery time.Duration
+	// hookTaken, when set (tests only), runs on the poller goroutine right
+	// after a pass has taken its pending work, before doing it.
+	hookTaken func()
 
 	running     atomic.Bool  // run was started (it then owns epfd/evfd)
 	queuedBytes atomic.Int64 // bytes queued on this poller's sockets
@@ -76,6 +84,8 @@ type poller struct {
 	dirty    []*conn
 	spare    []*conn
 	pending  []pendingConn
+	jobs     []channels.FanoutJob // fan-out work for this lane, oldest first
+	spareJob []channels.FanoutJob
 	draining bool
 	spread   time.Duration // how long to spread drain closes over
 	stopping bool
@@ -84,7 +94,7 @@ type poller struct {
 
 var wakeValue = [8]byte{1, 0, 0, 0, 0, 0, 0, 0} // eventfd counter increment (little endian)
 
-func newPoller(srv *Server) (*poller, error) {
+func newPoller(srv *Server, idx int) (*poller, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: epoll_create1: %w", err)
@@ -101,11 +111,13 @@ func newPoller(srv *Server) (*poller, error) {
 		return nil, fmt.Errorf("gateway: epoll_ctl eventfd: %w", err)
 	}
 	return &poller{
-		srv:  srv,
-		epfd: epfd,
-		evfd: evfd,
-		buf:  make([]byte, readBufferSize),
-		iov:  make([]unix.Iovec, iovecBatch),
+		srv:        srv,
+		idx:        idx,
+		epfd:       epfd,
+		evfd:       evfd,
+		buf:        make([]byte, readBufferSize),
+		iov:        make([]unix.Iovec, iovecBatch),
+		sweepEvery: sweepInterval,
 	}, nil
 }
 
@@ -133,6 +145,21 @@ func (p *poller) enqueueDirty(c *conn) {
 		p.dirty = append(p.dirty, c)
 		p.signalLocked()
 	}
+	p.mu.Unlock()
+}
+
+// dispatch queues a fan-out job for this poller's goroutine, after every
+// job dispatched before it. Once the poller has exited the job runs at once
+// on the caller (its sockets are closed, so it only releases waiters).
+func (p *poller) dispatch(job channels.FanoutJob) {
+	p.mu.Lock()
+	if p.exited {
+		p.mu.Unlock()
+		job.RunFanout()
+		return
+	}
+	p.jobs = append(p.jobs, job)
+	p.signalLocked()
 	p.mu.Unlock()
 }
 
@@ -171,10 +198,15 @@ func (p *poller) started() bool { return p.running.Load() }
 
 func (p *poller) closeFDs() {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.exited = true
 	_ = unix.Close(p.epfd)
 	_ = unix.Close(p.evfd)
+	jobs := p.jobs
+	p.jobs = nil
+	p.mu.Unlock()
+	for _, j := range jobs { // dispatched after the last pass: release their waiters
+		j.RunFanout()
+	}
 }
 
 func (p *poller) run() {
@@ -183,7 +215,7 @@ func (p *poller) run() {
 	p.now = time.Now().UnixNano()
 	p.lastSweep = p.now
 	for {
-		timeout := sweepInterval
+		timeout := p.sweepEvery
 		if p.drainBatch > 0 && p.drainPos < len(p.conns) {
 			timeout = drainTick
 		}
@@ -198,12 +230,26 @@ func (p *poller) run() {
 		p.woken = true // enqueues while we work need no eventfd write
 		pending := p.pending
 		p.pending = nil
+		jobs := p.jobs
+		p.jobs = p.spareJob[:0]
 		draining, spread, stopping := p.draining, p.spread, p.stopping
+		p.sawDrain = draining
 		p.mu.Unlock()
+		if p.hookTaken != nil {
+			p.hookTaken()
+		}
 
 		for _, pc := range pending {
 			p.add(pc.c, pc.leftover)
 		}
+		// Fan-out first: every broadcast that arrived since the last pass
+		// is queued to its sockets before any is flushed, so broadcasts
+		// that arrive together leave in one writev per socket.
+		for i, j := range jobs {
+			p.runJob(j)
+			jobs[i] = nil
+		}
+		p.spareJob = jobs[:0]
 		for i := range n {
 			ev := &events[i]
 			slot := int(ev.Fd) // the epoll user data holds the slot, not the fd
@@ -226,7 +272,7 @@ func (p *poller) run() {
 		if draining {
 			p.drainStep(spread)
 		}
-		if p.now-p.lastSweep >= int64(sweepInterval) {
+		if p.now-p.lastSweep >= int64(p.sweepEvery) {
 			p.lastSweep = p.now
 			p.sweep()
 		}
@@ -270,6 +316,18 @@ func (p *poller) drainStep(spread time.Duration) {
 // minDrainBatch keeps small nodes from dribbling their drain out.
 const minDrainBatch = 64
 
+// runJob runs one fan-out job; a panic in it (a bug) is counted and costs
+// that broadcast on this lane, never the poller.
+func (p *poller) runJob(j channels.FanoutJob) {
+	defer func() {
+		if r := recover(); r != nil {
+			p.srv.metrics.panics.Inc()
+			p.srv.log.Error("fan-out job panicked", "panic", fmt.Sprint(r))
+		}
+	}()
+	j.RunFanout()
+}
+
 // flushDirty writes every socket that got frames since the last pass, and
 // re-arms the eventfd wake once the list is empty.
 func (p *poller) flushDirty() {
@@ -277,7 +335,7 @@ func (p *poller) flushDirty() {
 		p.mu.Lock()
 		list := p.dirty
 		if len(list) == 0 {
-			p.woken = false
+			p.idleLocked()
 			p.mu.Unlock()
 			return
 		}
@@ -294,6 +352,20 @@ func (p *poller) flushDirty() {
 	}
 }
 
+// idleLocked ends a pass. It clears woken, so that the next producer writes
+// the eventfd, unless work arrived during the pass that the pass did not
+// take (producers saw woken set and wrote nothing): a socket registered, a
+// fan-out job dispatched, or a drain started after the top of the loop.
+// Then it writes the eventfd itself, so the next epoll_wait returns at once
+// instead of after the sweep interval. Called with p.mu held.
+func (p *poller) idleLocked() {
+	if len(p.pending) > 0 || len(p.jobs) > 0 || p.draining != p.sawDrain {
+		p.wakeLocked() // woken stays set: this write is the pending wake
+		return
+	}
+	p.woken = false
+}
+
 func (p *poller) publishMetrics() {
 	m := p.srv.metrics
 	if p.framesIn > 0 {
@@ -303,6 +375,10 @@ func (p *poller) publishMetrics() {
 	if p.framesOut > 0 {
 		m.framesOut.Add(float64(p.framesOut))
 		p.framesOut = 0
+	}
+	if p.writes > 0 {
+		m.writes.Add(float64(p.writes))
+		p.writes = 0
 	}
 	if p.bytesIn > 0 {
 		m.bytesIn.Add(float64(p.bytesIn))
@@ -439,7 +515,9 @@ func closeFor(err error) (uint16, channels.DisconnectReason) {
 }
 
 // flush writes c's queue with writev until it is empty or the socket
-// would block (then EPOLLOUT is armed).
+// would block (then EPOLLOUT is armed). Everything queued leaves in as few
+// writev calls as IOV_MAX allows: frames that piled up since the last
+// flush (several broadcasts, a reply, a pong) cost one syscall.
 func (p *poller) flush(c *conn) {
 	if !c.registered {
 		return
@@ -450,14 +528,14 @@ func (p *poller) flush(c *conn) {
 		return
 	}
 	var failed error
-	for c.queued > 0 {
+	q := c.out
+	for q != nil && !q.empty() {
+		q.takePong()
 		iov := p.iov[:0]
-		for i, f := range c.queue {
-			if i == len(p.iov) {
-				break
-			}
+		for i := range min(q.n, int32(len(p.iov))) {
+			f := q.at(i)
 			if i == 0 {
-				f = f[c.head:]
+				f = f[q.off:]
 			}
 			var v unix.Iovec
 			v.Base = &f[0]
@@ -465,6 +543,7 @@ func (p *poller) flush(c *conn) {
 			iov = append(iov, v)
 		}
 		n, _, errno := unix.Syscall(unix.SYS_WRITEV, uintptr(c.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+		p.writes++
 		clear(iov) // drop references to frames
 		if errno == unix.EAGAIN || (errno == 0 && n == 0) {
 			if !c.pollOut {
@@ -480,16 +559,19 @@ func (p *poller) flush(c *conn) {
 			failed = errno
 			break
 		}
-		p.consumeWritten(c, int(n))
+		before := q.charged
+		p.framesOut += q.written(int(n))
+		p.bytesOut += int(n)
+		p.queuedBytes.Add(q.charged - before)
 	}
-	empty := c.queued == 0
+	empty := q == nil || q.empty()
 	if empty {
 		if c.pollOut {
 			c.pollOut = false
 			p.setPollOut(c, false)
 		}
-		if cap(c.queue) > maxRetainedQueueCap {
-			c.queue = nil
+		if q != nil && len(q.ring) > minRing {
+			q.ring, q.head = nil, 0
 		}
 	}
 	closing := c.state.Load() == stateClosing
@@ -515,30 +597,6 @@ func (p *poller) flush(c *conn) {
 	}
 }
 
-// consumeWritten pops n written bytes off c's queue (c.mu held).
-func (p *poller) consumeWritten(c *conn, n int) {
-	p.bytesOut += n
-	c.queued -= int32(n)
-	p.queuedBytes.Add(-int64(n))
-	done := 0
-	for n > 0 {
-		rem := len(c.queue[done]) - int(c.head)
-		if n < rem {
-			c.head += int32(n)
-			break
-		}
-		n -= rem
-		c.head = 0
-		done++
-	}
-	if done > 0 {
-		p.framesOut += done
-		k := copy(c.queue, c.queue[done:])
-		clear(c.queue[k:])
-		c.queue = c.queue[:k]
-	}
-}
-
 func (p *poller) setPollOut(c *conn, on bool) {
 	events := uint32(unix.EPOLLIN | unix.EPOLLRDHUP)
 	if on {
@@ -560,6 +618,13 @@ func (p *poller) sweep() {
 	for _, c := range p.conns {
 		if c == nil {
 			continue
+		}
+		if c.out != nil {
+			c.mu.Lock()
+			if c.out != nil && c.out.empty() {
+				c.out = nil // idle since at least the last flush: give it back
+			}
+			c.mu.Unlock()
 		}
 		switch c.state.Load() {
 		case stateOpen:
@@ -607,8 +672,10 @@ func (p *poller) finalClose(c *conn, reason channels.DisconnectReason) {
 		c.reason = cmp.Or(reason, channels.ReasonConnReset)
 	}
 	reason = c.reason
-	p.queuedBytes.Add(-int64(c.queued))
-	c.queue, c.queued, c.head = nil, 0, 0
+	if c.out != nil {
+		p.queuedBytes.Add(-c.out.charged)
+		c.out = nil
+	}
 	c.mu.Unlock()
 	c.parser.Reset()
 

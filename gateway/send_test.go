@@ -13,18 +13,25 @@ import (
 func detachedConn(tb testing.TB) (*conn, *poller) {
 	tb.Helper()
 	srv := &Server{cfg: testConfig(), log: discardLogger()}
-	srv.metrics = newMetrics(prometheus.NewRegistry(), func() float64 { return 0 }, func() float64 { return 0 })
+	srv.metrics = newMetrics(prometheus.NewRegistry(), func() float64 { return 0 }, func() float64 { return 0 }, 1<<30)
 	p := &poller{srv: srv, woken: true}
-	return &conn{p: p, queue: make([][]byte, 0, maxRetainedQueueCap)}, p
+	return &conn{p: p}, p
 }
 
 // flushed emulates a completed flush between sends.
 func flushed(c *conn, p *poller) {
 	c.mu.Lock()
-	clear(c.queue)
-	c.queue = c.queue[:0]
-	p.queuedBytes.Add(-int64(c.queued))
-	c.queued, c.dirty = 0, false
+	if q := c.out; q != nil {
+		q.takePong()
+		n := -int(q.off)
+		for i := range q.n {
+			n += len(q.at(i))
+		}
+		before := q.charged
+		q.written(n)
+		p.queuedBytes.Add(q.charged - before)
+	}
+	c.dirty = false
 	c.mu.Unlock()
 	p.mu.Lock()
 	clear(p.dirty)
@@ -52,20 +59,20 @@ func TestSendDoesNotAllocate(t *testing.T) {
 func TestSendOverQueueCapClosesWith1013(t *testing.T) {
 	c, p := detachedConn(t)
 	frame := make([]byte, 1024)
-	for range testConfig().WriteQueueMaxBytes/len(frame) + 1 {
+	for range testConfig().WriteQueueMaxBytes/int(cost(len(frame))) + 1 {
 		c.Send(frame)
 	}
 	if c.state.Load() != stateClosing || c.reason != "slow_consumer" {
 		t.Fatalf("state %d reason %q, want closing/slow_consumer", c.state.Load(), c.reason)
 	}
-	if len(c.queue) != 1 || string(c.queue[0]) != string(closeFrame(1013)) {
-		t.Fatalf("queue = %d frames, want only the 1013 close frame", len(c.queue))
+	if c.out.n != 1 || string(c.out.at(0)) != string(closeFrame(1013)) {
+		t.Fatalf("queue = %d frames, want only the 1013 close frame", c.out.n)
 	}
-	if got := p.queuedBytes.Load(); got != int64(len(closeFrame(1013))) {
-		t.Fatalf("queued bytes = %d", got)
+	if got, want := p.queuedBytes.Load(), cost(len(closeFrame(1013))); got != want {
+		t.Fatalf("queued bytes = %d, want %d", got, want)
 	}
 	c.Send(frame) // dropped: the socket is closing
-	if len(c.queue) != 1 {
+	if c.out.n != 1 {
 		t.Fatal("Send after close queued a frame")
 	}
 }

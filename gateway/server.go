@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/phxgate/phxgate/channels"
 	"github.com/phxgate/phxgate/channels/auth"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -76,7 +77,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (*Server, error) {
 		o.HTTP = http.NotFoundHandler()
 	}
 	s := &Server{cfg: cfg, opts: o, log: o.Logger.With("node", cfg.NodeID), reg: o.Registry}
-	s.metrics = newMetrics(o.Registry, s.queuedBytes, func() float64 { return float64(s.busy.Load()) })
+	s.metrics = newMetrics(o.Registry, s.queuedBytes, func() float64 { return float64(s.busy.Load()) }, cfg.OutputBudgetBytes)
 	g, err := newGuard(cfg, o.Registry, s.log)
 	if err != nil {
 		return nil, err
@@ -98,27 +99,30 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (*Server, error) {
 		}
 		cancel()
 	}
-	if o.Connect == nil {
-		connect, closers, err := defaultConnect(ctx, cfg, o.Registry, g)
-		if err != nil {
-			return nil, err
-		}
-		s.opts.Connect = connect
-		s.opts.Closers = append(s.opts.Closers, closers...)
-	}
-
+	// The pollers exist before the protocol layer, which spreads its
+	// broadcasts over them (Fanout).
 	n := cfg.Pollers
 	if n == 0 {
 		n = runtime.NumCPU()
 	}
 	for range n {
-		p, err := newPoller(s)
+		p, err := newPoller(s, len(s.pollers))
 		if err != nil {
 			s.closePollers()
 			return nil, err
 		}
 		s.pollers = append(s.pollers, p)
 	}
+	if o.Connect == nil {
+		connect, closers, err := defaultConnect(ctx, cfg, o.Registry, g, s)
+		if err != nil {
+			s.closePollers()
+			return nil, err
+		}
+		s.opts.Connect = connect
+		s.opts.Closers = append(s.opts.Closers, closers...)
+	}
+
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
 	if err != nil {
@@ -227,6 +231,23 @@ func (s *Server) queuedBytes() float64 {
 		n += p.queuedBytes.Load()
 	}
 	return float64(n)
+}
+
+// Lanes implements channels.Fanout: one lane per poller.
+func (s *Server) Lanes() int { return len(s.pollers) }
+
+// Dispatch implements channels.Fanout: the job runs on the poller that
+// owns the lane's sockets, before its next flush.
+func (s *Server) Dispatch(lane int, job channels.FanoutJob) { s.pollers[lane].dispatch(job) }
+
+// overBudget reports whether the output queued to all sockets has passed
+// output_budget_bytes (channels.Config.Overloaded).
+func (s *Server) overBudget() bool {
+	var n int64
+	for _, p := range s.pollers {
+		n += p.queuedBytes.Load()
+	}
+	return n > s.cfg.OutputBudgetBytes
 }
 
 func (s *Server) pickPoller() *poller {

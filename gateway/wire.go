@@ -12,8 +12,9 @@ import (
 
 // defaultConnect wires the production protocol layer: backends from the
 // routes, the in-memory broker (history sized per route), the channels
-// server with the guard's token verifier and rate limiter. The returned closers stop the channels server then the broker.
-func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g *guard) (ConnectFunc, []func() error, error) {
+// server with the guard's token verifier and rate limiter, spreading its
+// broadcasts over gw's pollers. The returned closers stop the channels server then the broker.
+func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g *guard, gw *Server) (ConnectFunc, []func() error, error) {
 	routes := make([]channels.Route, 0, len(cfg.Routes))
 	for i, rc := range cfg.Routes {
 		b, err := backends.New(rc.Backend)
@@ -44,6 +45,10 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 		ccfg.Verifier = g.verifier
 	}
 	ccfg.Limiter = g.limiter
+	// Broadcasts are spread over the pollers, and the output budget sheds
+	// pushes and broadcasts once the sockets' queues hold too much.
+	ccfg.Fanout = gw
+	ccfg.Overloaded = gw.overBudget
 	srv, err := channels.NewServer(ccfg, router, broker, reg)
 	if err != nil {
 		_ = broker.Close()

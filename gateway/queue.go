@@ -1,0 +1,142 @@
+package gateway
+
+// entryOverhead is what one queued frame costs beyond its bytes, charged
+// against write_queue_max_bytes and the node's output budget: its ring
+// slot (a 24-byte slice header; the ring holds up to four slots per entry
+// before it shrinks) plus the size-class rounding of a small frame's own
+// allocation. Without it a flood of tiny frames (2-byte pongs) would hold
+// megabytes while being charged a few kilobytes.
+const entryOverhead = 64
+
+// minRing is the smallest ring allocated, and the largest kept once the
+// queue is empty: a socket that had a burst gives the rest back.
+const minRing = 8
+
+// outQueue is what one socket holds for its client: shared immutable
+// frames, oldest first, in a ring that grows by doubling and shrinks as it
+// drains. It exists only while the socket has something to send (and
+// until the next sweep), so an idle socket holds none. Guarded by conn.mu.
+type outQueue struct {
+	ring [][]byte // power-of-two length; nil until the first push
+	head int32    // index of the oldest entry
+	n    int32    // entries
+	off  int32    // bytes of the oldest entry already written
+	// charged is what the queue holds for the client: unwritten frame
+	// bytes plus entryOverhead per entry, the pending pong included.
+	charged int64
+	// pong is the pong owed for the most recent ping, not yet in the ring
+	// (RFC 6455 §5.5.3 allows answering only the most recent ping, so a
+	// ping flood holds one pong, not one per ping). It goes in at the
+	// front at the next frame boundary: control frames may be sent
+	// between the frames of a message, and a pong should not wait behind
+	// a backlog.
+	pong []byte
+}
+
+// cost is what a frame of n bytes is charged while queued.
+func cost(n int) int64 { return int64(n) + entryOverhead }
+
+func (q *outQueue) empty() bool { return q.n == 0 && q.pong == nil }
+
+func (q *outQueue) mask() int32 { return int32(len(q.ring)) - 1 }
+
+// at returns the i-th oldest entry.
+func (q *outQueue) at(i int32) []byte { return q.ring[(q.head+i)&q.mask()] }
+
+func (q *outQueue) push(f []byte) {
+	if int(q.n) == len(q.ring) {
+		q.resize(max(minRing, 2*len(q.ring)))
+	}
+	q.ring[(q.head+q.n)&q.mask()] = f
+	q.n++
+	q.charged += cost(len(f))
+}
+
+// pushFront puts f before every entry. The caller makes sure the oldest
+// entry is not partly written (off == 0) and has charged f already.
+func (q *outQueue) pushFront(f []byte) {
+	if int(q.n) == len(q.ring) {
+		q.resize(max(minRing, 2*len(q.ring)))
+	}
+	q.head = (q.head - 1) & q.mask()
+	q.ring[q.head] = f
+	q.n++
+}
+
+// setPong records the pong owed for the latest ping, replacing one still
+// pending (never one already in the ring, which may be partly written).
+func (q *outQueue) setPong(f []byte) {
+	if q.pong != nil {
+		q.charged -= cost(len(q.pong))
+	}
+	q.pong = f
+	q.charged += cost(len(f))
+}
+
+// takePong moves a pending pong to the front of the ring when the oldest
+// entry has not been started, so that it leaves with the next write.
+func (q *outQueue) takePong() {
+	if q.pong != nil && q.off == 0 {
+		q.pushFront(q.pong)
+		q.pong = nil
+	}
+}
+
+// written pops n written bytes off the front and returns the number of
+// frames completed. It shrinks the ring once it is a quarter full.
+func (q *outQueue) written(n int) (done int) {
+	q.charged -= int64(n)
+	for n > 0 {
+		rem := len(q.at(0)) - int(q.off)
+		if n < rem {
+			q.off += int32(n)
+			break
+		}
+		n -= rem
+		q.off = 0
+		q.ring[q.head] = nil
+		q.head = (q.head + 1) & q.mask()
+		q.n--
+		q.charged -= entryOverhead
+		done++
+	}
+	if len(q.ring) > minRing && int(q.n) <= len(q.ring)/4 {
+		q.resize(len(q.ring) / 2)
+	}
+	return done
+}
+
+// dropUnsent discards every entry but a partly written oldest one (cutting
+// it would corrupt the stream) and the newest one when keepLast is set
+// (the close frame). It returns the bytes no longer charged.
+func (q *outQueue) dropUnsent(keepLast bool) int64 {
+	before := q.charged
+	var first, last []byte
+	keepFirst := q.off > 0 && q.n > 0
+	if keepFirst {
+		first = q.at(0)
+	}
+	if keepLast && q.n > 0 && (!keepFirst || q.n > 1) {
+		last = q.at(q.n - 1)
+	}
+	off := q.off
+	*q = outQueue{}
+	if first != nil {
+		q.push(first)
+		q.off = off
+		q.charged -= int64(off)
+	}
+	if last != nil {
+		q.push(last)
+	}
+	return before - q.charged
+}
+
+// resize moves the entries, oldest first, into a ring of size entries.
+func (q *outQueue) resize(size int) {
+	ring := make([][]byte, size)
+	for i := range q.n {
+		ring[i] = q.at(i)
+	}
+	q.ring, q.head = ring, 0
+}
