@@ -46,6 +46,9 @@ type hubLane struct {
 	// first. Whoever drains the lane (its Fanout job, or a publisher
 	// draining its own lane) delivers them all, in order.
 	pending []*prepared
+	// pendingCost is what pending will cost once queued to the lane's
+	// sockets (estimated), counted in Server.pendingOut until drained.
+	pendingCost int64
 	// scheduled: a drain job for this lane is dispatched and has not run.
 	scheduled bool
 	job       laneJob
@@ -310,6 +313,7 @@ func (th *topicHub) deliver(ev *pubsub.Event) {
 		return
 	}
 	b := &prepared{ev: ev}
+	unit := int64(len(ev.Payload) + len(ev.Topic) + len(ev.Event) + estFrameOverhead)
 	for i := range th.lanes {
 		l := &th.lanes[i]
 		if l.n.Load() == 0 {
@@ -317,6 +321,9 @@ func (th *topicHub) deliver(ev *pubsub.Event) {
 		}
 		l.mu.Lock()
 		l.pending = append(l.pending, b)
+		c := unit * int64(len(l.subs))
+		l.pendingCost += c
+		srv.pendingOut.Add(c)
 		dispatch := !l.scheduled
 		l.scheduled = true
 		l.mu.Unlock()
@@ -339,6 +346,8 @@ func (th *topicHub) drain(i int, job bool) {
 		th.deliverLocked(l, b.ev, b)
 		l.pending[k] = nil
 	}
+	th.h.srv.pendingOut.Add(-l.pendingCost)
+	l.pendingCost = 0
 	if cap(l.pending) > maxRetainedPending {
 		l.pending = nil
 	} else {
@@ -346,6 +355,11 @@ func (th *topicHub) drain(i int, job bool) {
 	}
 	l.mu.Unlock()
 }
+
+// estFrameOverhead estimates what a broadcast frame costs a subscriber
+// beyond its payload, topic and event: the frame and JSON framing, and the
+// transport's per-frame charge (as in the gateway's write queues).
+const estFrameOverhead = 128
 
 // maxRetainedPending is the largest pending array a lane keeps once
 // drained.

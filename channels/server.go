@@ -32,7 +32,16 @@ type Server struct {
 	inflight atomic.Int64 // channels scheduled or running
 	closing  atomic.Bool
 	once     sync.Once
+	// pendingOut estimates the bytes of broadcasts handed to Fanout lanes
+	// and not yet queued to their sockets (see PendingBytes).
+	pendingOut atomic.Int64
 }
+
+// PendingBytes is an estimate of the output the hub holds for Fanout
+// lanes that have not run yet: events published faster than the lanes
+// drain them. The transport adds it to its queued bytes when it decides
+// whether the node is over its output budget (Config.Overloaded).
+func (s *Server) PendingBytes() int64 { return s.pendingOut.Load() }
 
 // NewServer validates cfg, registers the metrics on reg (nil: not
 // registered) and starts cfg.Workers workers. Stop them with Close.

@@ -37,7 +37,10 @@ type Server struct {
 	httpSrv *http.Server
 	admin   *http.Server
 
-	pollers  []*poller
+	pollers []*poller
+	// proto is the protocol layer when wired by Start from cfg.Routes (nil
+	// with WithConnect).
+	proto    *channels.Server
 	nextPoll atomic.Uint64
 	nextID   atomic.Uint64
 
@@ -114,11 +117,12 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (*Server, error) {
 		s.pollers = append(s.pollers, p)
 	}
 	if o.Connect == nil {
-		connect, closers, err := defaultConnect(ctx, cfg, o.Registry, g, s)
+		proto, connect, closers, err := defaultConnect(ctx, cfg, o.Registry, g, s)
 		if err != nil {
 			s.closePollers()
 			return nil, err
 		}
+		s.proto = proto
 		s.opts.Connect = connect
 		s.opts.Closers = append(s.opts.Closers, closers...)
 	}
@@ -240,12 +244,16 @@ func (s *Server) Lanes() int { return len(s.pollers) }
 // owns the lane's sockets, before its next flush.
 func (s *Server) Dispatch(lane int, job channels.FanoutJob) { s.pollers[lane].dispatch(job) }
 
-// overBudget reports whether the output queued to all sockets has passed
+// overBudget reports whether the output queued to all sockets, plus what
+// the protocol layer still holds for the pollers, has passed
 // output_budget_bytes (channels.Config.Overloaded).
 func (s *Server) overBudget() bool {
 	var n int64
 	for _, p := range s.pollers {
 		n += p.queuedBytes.Load()
+	}
+	if s.proto != nil {
+		n += s.proto.PendingBytes()
 	}
 	return n > s.cfg.OutputBudgetBytes
 }

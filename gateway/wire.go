@@ -14,18 +14,18 @@ import (
 // routes, the in-memory broker (history sized per route), the channels
 // server with the guard's token verifier and rate limiter, spreading its
 // broadcasts over gw's pollers. The returned closers stop the channels server then the broker.
-func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g *guard, gw *Server) (ConnectFunc, []func() error, error) {
+func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g *guard, gw *Server) (*channels.Server, ConnectFunc, []func() error, error) {
 	routes := make([]channels.Route, 0, len(cfg.Routes))
 	for i, rc := range cfg.Routes {
 		b, err := backends.New(rc.Backend)
 		if err != nil {
-			return nil, nil, keyErr(fmt.Sprintf("routes[%d].backend", i), "%v", err)
+			return nil, nil, nil, keyErr(fmt.Sprintf("routes[%d].backend", i), "%v", err)
 		}
 		routes = append(routes, channels.Route{Pattern: rc.Topic, Backend: b, History: rc.History, Presence: rc.Presence, RateLimits: rc.RateLimits})
 	}
 	router, err := channels.NewRouter(routes)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: routes: %v", ErrConfig, err)
+		return nil, nil, nil, fmt.Errorf("%w: routes: %v", ErrConfig, err)
 	}
 	mcfg := pubsub.NewMemoryConfig()
 	mcfg.HistorySize = func(topic string) int {
@@ -52,7 +52,7 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 	srv, err := channels.NewServer(ccfg, router, broker, reg)
 	if err != nil {
 		_ = broker.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	connect := func(c channels.Conn, info channels.ConnectInfo) (SocketHandler, error) {
 		// *channels.Socket is a SocketHandler as is; its *channels.CloseError
@@ -67,5 +67,5 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 		},
 		broker.Close,
 	}
-	return connect, closers, nil
+	return srv, connect, closers, nil
 }
