@@ -207,8 +207,12 @@ func (h *hub) subscribe(c *channel, t *task, resp backends.Payload) (overflow bo
 		return false, err
 	}
 	l := th.lane(c)
+	// Events still pending on the lane were published before this join:
+	// they go to the subscribers already there, never to c (as if
+	// delivered before it joined; an opted-in join finds them in History).
 	if !t.positions {
 		l.mu.Lock()
+		th.drainLocked(l)
 		s.reply(t.joinRef, t.ref, c.topic, "ok", resp)
 		th.add(l, c)
 		l.mu.Unlock()
@@ -219,6 +223,7 @@ func (h *hub) subscribe(c *channel, t *task, resp backends.Payload) (overflow bo
 	r := c.side() // allocated before taking the lane's lock
 	rs := &resumeState{}
 	l.mu.Lock()
+	th.drainLocked(l)
 	c.positions = true
 	r.resume = rs
 	th.add(l, c)
@@ -342,6 +347,16 @@ func (th *topicHub) drain(i int, job bool) {
 	if job {
 		l.scheduled = false
 	}
+	th.drainLocked(l)
+	l.mu.Unlock()
+}
+
+// drainLocked delivers l's pending events to its subscribers. Called with
+// l.mu held.
+func (th *topicHub) drainLocked(l *hubLane) {
+	if len(l.pending) == 0 {
+		return
+	}
 	for k, b := range l.pending {
 		th.deliverLocked(l, b.ev, b)
 		l.pending[k] = nil
@@ -353,7 +368,6 @@ func (th *topicHub) drain(i int, job bool) {
 	} else {
 		l.pending = l.pending[:0]
 	}
-	l.mu.Unlock()
 }
 
 // estFrameOverhead estimates what a broadcast frame costs a subscriber

@@ -1,0 +1,184 @@
+package channels
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/phxgate/phxgate/pubsub"
+)
+
+// heldFanout is a Fanout whose jobs wait until the test runs them, which
+// makes every interleaving of delivery and joins reproducible.
+type heldFanout struct {
+	lanes int
+	mu    sync.Mutex
+	jobs  [][]FanoutJob
+}
+
+func newHeldFanout(lanes int) *heldFanout {
+	return &heldFanout{lanes: lanes, jobs: make([][]FanoutJob, lanes)}
+}
+
+func (f *heldFanout) Lanes() int { return f.lanes }
+
+func (f *heldFanout) Dispatch(lane int, job FanoutJob) {
+	f.mu.Lock()
+	f.jobs[lane] = append(f.jobs[lane], job)
+	f.mu.Unlock()
+}
+
+// run runs the jobs held for lane, in order.
+func (f *heldFanout) run(lane int) {
+	f.mu.Lock()
+	jobs := f.jobs[lane]
+	f.jobs[lane] = nil
+	f.mu.Unlock()
+	for _, j := range jobs {
+		j.RunFanout()
+	}
+}
+
+// lanedConn is a fakeConn on a Fanout lane.
+type lanedConn struct {
+	*fakeConn
+	lane int
+}
+
+func (c lanedConn) Lane() int { return c.lane }
+
+func (e *testEnv) connectLane(tb testing.TB, lane int) (*Socket, *fakeConn) {
+	tb.Helper()
+	c := newFakeConn(tb)
+	return e.srv.Connect(lanedConn{c, lane}, ConnectInfo{Serializer: V2, Params: []byte(`{}`)}), c
+}
+
+// publishLate makes event i visible to History but holds its delivery,
+// as a broker does between storing an event and calling the handler; the
+// returned func delivers it.
+func publishLate(tb testing.TB, b *testBroker, topic string, i int) func() {
+	tb.Helper()
+	t := b.topic(topic)
+	b.mu.Lock()
+	ev := &pubsub.Event{Topic: topic, Event: "ev", Payload: []byte(fmt.Sprintf(`{"i":%d}`, i)),
+		Pos: pubsub.Position{Epoch: b.epoch, Offset: uint64(len(t.events) + 1)}}
+	t.events = append(t.events, ev)
+	b.mu.Unlock()
+	return func() {
+		b.mu.Lock()
+		h := t.h
+		b.mu.Unlock()
+		h(ev)
+	}
+}
+
+// An event becomes visible to History before its delivery runs. A resuming
+// join that reads it from History (and replays it) must not get it again
+// when its delivery finally runs, with or without a Fanout.
+func TestResumeSkipsReplayedEventDeliveredLate(t *testing.T) {
+	for _, lanes := range []int{0, 1} {
+		t.Run(fmt.Sprintf("lanes=%d", lanes), func(t *testing.T) {
+			fo := newHeldFanout(max(lanes, 1))
+			env := newTestEnv(t, func(c *Config) {
+				if lanes > 0 {
+					c.Fanout = fo
+				}
+			})
+			plain, plainConn := env.connectLane(t, 0)
+			mustHandle(t, plain, `["1","1","room:a","phx_join",{}]`)
+			plainConn.waitTexts(t, 1)
+			publishN(t, env.broker, "room:a", 1, 2)
+			fo.run(0)
+			deliver3 := publishLate(t, env.broker, "room:a", 3)
+			sock, conn := env.connectLane(t, 0)
+			mustHandle(t, sock, `["1","1","room:a","phx_join",{"offset":"p:E1:1"}]`)
+			want := []string{
+				`["1","1","room:a","phx_reply",{"response":{"position":"p:E1:3","recovered":true},"status":"ok"}]`,
+				evFrame("room:a", `"p:E1:2"`, 2),
+				evFrame("room:a", `"p:E1:3"`, 3),
+			}
+			if got := conn.waitTexts(t, 3); !slices.Equal(got, want) {
+				t.Fatalf("after the join got  %s\nwant %s", strings.Join(got, "\n     "), strings.Join(want, "\n     "))
+			}
+			deliver3() // the resumer has it already
+			fo.run(0)
+			publishN(t, env.broker, "room:a", 4, 4)
+			fo.run(0)
+			want = append(want, evFrame("room:a", `"p:E1:4"`, 4))
+			if got := conn.waitTexts(t, 4); !slices.Equal(got, want) {
+				t.Fatalf("got  %s\nwant %s", strings.Join(got, "\n     "), strings.Join(want, "\n     "))
+			}
+			if conn.count() != 4 {
+				t.Fatalf("resumer got %d frames, want 4", conn.count())
+			}
+			if got := plainConn.waitTexts(t, 5); got[3] != evFrame("room:a", "null", 3) || got[4] != evFrame("room:a", "null", 4) {
+				t.Fatalf("plain subscriber got %v", got)
+			}
+		})
+	}
+}
+
+// Lanes deliver independently and each in publish order; a publisher's
+// call returns without waiting for any lane; and a channel that shouts to
+// its own topic gets the broadcast before its reply even while its lane's
+// job has not run.
+func TestFanoutLanes(t *testing.T) {
+	fo := newHeldFanout(2)
+	env := newTestEnv(t, func(c *Config) { c.Fanout = fo })
+	var conns [2]*fakeConn
+	for lane := range 2 {
+		s, c := env.connectLane(t, lane)
+		mustHandle(t, s, `["1","1","room:a","phx_join",{}]`)
+		c.waitTexts(t, 1)
+		conns[lane] = c
+	}
+	publishN(t, env.broker, "room:a", 1, 3) // returns with both lanes held
+	for lane := range 2 {
+		if n := conns[lane].count(); n != 1 {
+			t.Fatalf("lane %d got %d frames before its job ran", lane, n)
+		}
+	}
+	fo.run(1)
+	got := conns[1].waitTexts(t, 4)
+	for i := 1; i <= 3; i++ {
+		if got[i] != evFrame("room:a", "null", i) {
+			t.Fatalf("lane 1 frame %d = %s", i, got[i])
+		}
+	}
+	if n := conns[0].count(); n != 1 {
+		t.Fatalf("lane 0 got %d frames before its job ran", n)
+	}
+	// A shout from lane 0's socket: its own lane is drained by the
+	// publisher before the reply, oldest events first.
+	s0, c0 := env.connectLane(t, 0)
+	mustHandle(t, s0, `["1","1","room:a","phx_join",{}]`)
+	c0.waitTexts(t, 1)
+	mustHandle(t, s0, `["1","2","room:a","shout",{"x":1}]`)
+	want := []string{
+		`["1","1","room:a","phx_reply",{"response":{},"status":"ok"}]`,
+		`[null,null,"room:a","shout",{"x":1}]`,
+		`["1","2","room:a","phx_reply",{"response":{},"status":"ok"}]`,
+	}
+	if got := c0.waitTexts(t, 3); !slices.Equal(got, want) {
+		t.Fatalf("shouter got  %s\nwant %s", strings.Join(got, "\n     "), strings.Join(want, "\n     "))
+	}
+	got = conns[0].waitTexts(t, 5)
+	for i := 1; i <= 3; i++ {
+		if got[i] != evFrame("room:a", "null", i) {
+			t.Fatalf("lane 0 frame %d = %s, want event %d (in order, before the shout)", i, got[i], i)
+		}
+	}
+	if got[4] != `[null,null,"room:a","shout",{"x":1}]` {
+		t.Fatalf("lane 0 frame 4 = %s", got[4])
+	}
+	fo.run(0) // the held job finds nothing left: no duplicates
+	fo.run(1)
+	if n := conns[0].count(); n != 5 {
+		t.Fatalf("lane 0 has %d frames after its job ran, want 5", n)
+	}
+	if got := conns[1].waitTexts(t, 5); got[4] != `[null,null,"room:a","shout",{"x":1}]` || conns[1].count() != 5 {
+		t.Fatalf("lane 1 got %v", got)
+	}
+}
