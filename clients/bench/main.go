@@ -2,24 +2,63 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
 func main() {
-	if err := mainErr(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := mainErr(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 }
 
-func mainErr(args []string, stdout, stderr io.Writer) error {
+const usage = `usage: phxgate-bench [idle] [flags]     idle joined connections, gateway RSS slope
+       phxgate-bench broadcast [flags]  one publisher, N subscribers: latency, loss, server CPU
+       phxgate-bench floor [flags]      the least server for the broadcast scenario
+       phxgate-bench compare A.json B.json   two -json results side by side
+Run a subcommand with -h for its flags.
+`
+
+// mainErr dispatches on the subcommand; none (or a flag first) is idle,
+// the original scenario.
+func mainErr(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, rest := args[0], args[1:]
+		switch cmd {
+		case "idle":
+			return idleMain(ctx, rest, stdout, stderr)
+		case "broadcast":
+			return broadcastMain(ctx, rest, stdout, stderr)
+		case "broadcast-worker":
+			return workerMain(ctx, rest, stdin, stdout, stderr)
+		case "floor":
+			return floorMain(ctx, rest, stdout, stderr)
+		case "compare":
+			return compareMain(rest, stdout, stderr)
+		case "help":
+			fmt.Fprint(stdout, usage)
+			return nil
+		default:
+			fmt.Fprint(stderr, usage)
+			return fmt.Errorf("bench: unknown subcommand %q", cmd)
+		}
+	}
+	return idleMain(ctx, args, stdout, stderr)
+}
+
+func idleMain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg := NewConfig()
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs := flag.NewFlagSet("idle", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.URL, "url", cfg.URL, "gateway WebSocket endpoint")
 	fs.StringVar(&cfg.Admin, "admin", cfg.Admin, "gateway admin base URL; empty skips measurements")
@@ -45,11 +84,89 @@ func mainErr(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	raiseFileLimit(stderr)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	res, err := run(ctx, cfg, stdout)
 	summary(stdout, res)
 	return err
+}
+
+func broadcastMain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg := NewBroadcastConfig()
+	fs := flag.NewFlagSet("broadcast", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.URL, "url", cfg.URL, "server WebSocket endpoint (loopback only)")
+	fs.StringVar(&cfg.Topic, "topic", cfg.Topic, "topic every connection joins")
+	fs.StringVar(&cfg.Event, "event", cfg.Event, "event the publisher pushes and subscribers receive")
+	fs.IntVar(&cfg.Subs, "subs", cfg.Subs, fmt.Sprintf("subscribers (max %d; over -per-process, in worker processes)", MaxBroadcastSubs))
+	fs.Float64Var(&cfg.Rate, "rate", cfg.Rate, "publishes per second")
+	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "publishing time (events = ceil(rate × duration))")
+	fs.IntVar(&cfg.Count, "count", 0, "publishes (overrides -duration)")
+	fs.IntVar(&cfg.PayloadBytes, "payload", cfg.PayloadBytes, fmt.Sprintf("payload object size in bytes (%d..%d)", MinPayloadBytes, MaxPayloadBytes))
+	fs.IntVar(&cfg.ServerPID, "server-pid", 0, "server process whose CPU is measured (0: none)")
+	fs.IntVar(&cfg.PerProcess, "per-process", cfg.PerProcess, fmt.Sprintf("most subscribers per process (max %d)", MaxPerProcess))
+	fs.IntVar(&cfg.Loops, "loops", 0, "epoll reader goroutines per process (0: GOMAXPROCS)")
+	fs.Float64Var(&cfg.RampRate, "ramp-rate", cfg.RampRate, "subscribers dialled per second per process")
+	fs.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "dials in flight per process")
+	fs.DurationVar(&cfg.DialTimeout, "dial-timeout", cfg.DialTimeout, "bound on one dial plus join")
+	fs.DurationVar(&cfg.Heartbeat, "heartbeat", cfg.Heartbeat, "subscribers' heartbeat interval; negative disables")
+	fs.DurationVar(&cfg.Baseline, "baseline", cfg.Baseline, "idle server CPU measurement before publishing; 0 skips")
+	fs.DurationVar(&cfg.Drain, "drain", cfg.Drain, "after publishing, stop when nothing arrived for this long")
+	fs.DurationVar(&cfg.Progress, "progress", cfg.Progress, "progress line interval; negative silences")
+	fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "bound on the whole run")
+	fs.BoolVar(&cfg.JSON, "json", false, "print one JSON line after the summary")
+	label := fs.String("label", "", "name of the server in the JSON line (for compare)")
+	ips := fs.String("local-ips", "", "comma-separated loopback source addresses used round-robin")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var err error
+	if cfg.LocalIPs, err = parseIPs(*ips); err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	raiseFileLimit(stderr)
+	res, err := runBroadcast(ctx, cfg, stdout, stderr)
+	res.Server = *label
+	if res.Subs > 0 || res.Sent > 0 {
+		printBroadcast(stdout, res)
+		if cfg.JSON {
+			if jerr := writeJSON(stdout, res); jerr != nil {
+				err = errors.Join(err, jerr)
+			}
+		}
+	}
+	return err
+}
+
+func floorMain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg := NewFloorConfig()
+	fs := flag.NewFlagSet("floor", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "loopback address to listen on (port 0 picks one)")
+	fs.StringVar(&cfg.Path, "path", cfg.Path, "WebSocket path")
+	fs.StringVar(&cfg.Event, "event", cfg.Event, "push event that is broadcast")
+	fs.IntVar(&cfg.Writers, "writers", 0, "writer goroutines (0: GOMAXPROCS)")
+	fs.IntVar(&cfg.LogBytes, "log-bytes", cfg.LogBytes, "broadcast log bound in bytes")
+	fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "stop after this long")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	raiseFileLimit(stderr)
+	s, err := startFloor(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "floor listening %s\n", s.Addr())
+	<-s.Done()
+	s.Close()
+	st := s.Stats()
+	fmt.Fprintf(stdout, "floor stopped: %d conns, %d broadcasts, %d sweeps, %d writes (%d short), %d bytes, %d slow closed\n",
+		st.Conns, st.Broadcasts, st.Sweeps, st.Writes, st.Short, st.Bytes, st.Slow)
+	return nil
 }
 
 // raiseFileLimit lifts the soft open-file limit to the hard one: every
