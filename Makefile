@@ -7,7 +7,7 @@ JS_DIR  := clients/js
 # Extra flags for `go test`, e.g. make test GOTESTFLAGS='-run Conformance -v'.
 GOTESTFLAGS ?=
 
-.PHONY: run build test deps node-deps lint bench loadtest clean
+.PHONY: run build test deps node-deps lint bench loadtest bench-broadcast clean
 
 ## run: start phxgate on the embedded broker with the example config.
 run:
@@ -43,6 +43,11 @@ lint:
 ## the gateway's RSS slope per connection and its goroutine count.
 loadtest:
 	clients/bench/loadtest.sh
+
+## bench-broadcast: one publisher to SUBS subscribers (default 15,000) on the
+## gateway, then on a floor server; prints both and the ratios gateway/floor.
+bench-broadcast:
+	clients/bench/broadcast.sh
 
 ## bench: micro-benchmarks with allocation counts.
 bench:

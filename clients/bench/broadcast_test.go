@@ -148,6 +148,64 @@ func TestBroadcastAgainstFloor(t *testing.T) {
 	checkGoroutines(t, base)
 }
 
+// TestFloorCompaction: with a log far smaller than the run's broadcasts,
+// the floor drops what every socket has been sent and still delivers
+// everything, in order. Each push is read by both sockets before the next
+// one, so no socket ever lags (and none may be closed as slow).
+func TestFloorCompaction(t *testing.T) {
+	cfg := NewFloorConfig()
+	cfg.LogBytes = 2048 // a handful of frames
+	cfg.Timeout = 2 * time.Minute
+	fl, err := startFloor(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(fl.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	url := "ws://" + fl.Addr().String() + "/socket/websocket"
+	var conns [2]net.Conn
+	for i := range conns {
+		c, err := dialJoined(ctx, url, nil, 10*time.Second, joinFrame("room:c"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(60 * time.Second))
+		conns[i] = c
+	}
+	pub, sub := conns[0], conns[1]
+	m := newBcastMatcher("room:c", DefaultBroadcastEvent)
+	for seq := range 60 {
+		msg := fmt.Appendf(nil, `["1","%d","room:c","shout",`, seq+refBase)
+		msg = append(appendPayload(msg, int64(seq), 1, DefaultPayloadBytes), ']')
+		if _, err := pub.Write(appendClientFrame(nil, opText, msg, newMask())); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []net.Conn{pub, sub} {
+			data, _, err := wsutil.ReadServerData(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, ok := m.payload(data)
+			got, _, _ := decodePayload(p)
+			if !ok || got != int64(seq) {
+				t.Fatalf("push %d: got %s", seq, data)
+			}
+		}
+		if _, _, err := wsutil.ReadServerData(pub); err != nil { // the push's reply
+			t.Fatal(err)
+		}
+	}
+	_, base, end := fl.log.snapshot()
+	if base == 0 || end-base > int64(cfg.LogBytes) {
+		t.Fatalf("log base %d end %d: not compacted within %d bytes", base, end, cfg.LogBytes)
+	}
+	if st := fl.Stats(); st.Slow != 0 || st.Broadcasts != 60 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
 // TestBroadcastWorkers splits the subscribers over two worker processes
 // (this test binary, re-executed) and merges their results.
 func TestBroadcastWorkers(t *testing.T) {

@@ -1,22 +1,73 @@
-// Command bench is phxgate's connection-holding load tool. It opens up to
-// -conns WebSocket connections to a gateway, joins each to one topic, and at
-// checkpoints reads the gateway's resident memory and goroutine count from
-// its admin endpoint (after forcing a GC), then prints a table and the
-// least-squares RSS slope in bytes per connection (DESIGN.md §3 target:
-// ≤ 1.5 KB per idle joined connection over 15,000 connections).
+// Command bench (built as phxgate-bench) is phxgate's load tool. It has
+// three scenarios and a helper:
+//
+//	phxgate-bench [idle] …    idle joined connections; gateway RSS slope
+//	phxgate-bench broadcast … one publisher, N subscribers; latency, loss, CPU
+//	phxgate-bench floor …     the least server for the broadcast scenario
+//	phxgate-bench compare A.json B.json
+//
+// # idle (the default, so loadtest.sh runs it without a subcommand)
+//
+// Opens up to -conns WebSocket connections to a gateway, joins each to one
+// topic, and at checkpoints reads the gateway's resident memory and
+// goroutine count from its admin endpoint (after forcing a GC), then
+// prints a table and the least-squares RSS slope in bytes per connection
+// (DESIGN.md §3 target: ≤ 1.5 KB per idle joined connection over 15,000
+// connections).
 //
 //	go run ./clients/bench -url ws://127.0.0.1:4000/socket/websocket \
 //	    -conns 15000 -topic room:load -admin http://127.0.0.1:4001 \
 //	    -local-ips 127.0.0.1,127.0.0.2
 //
 // Each connection is held on the lean raw path (a gobwas dial, one join
-// frame, its reply read once) with no goroutine per connection: the point is
-// to measure the gateway, not a client library. One ticker goroutine sends
-// heartbeats for all connections so none reaches the gateway's idle
-// timeout; their replies are left unread in kernel buffers (a few bytes per
-// interval).
+// frame, its reply read once) with no goroutine per connection. One ticker
+// goroutine sends heartbeats for all connections; their replies are left
+// unread in kernel buffers.
 //
-// Goroutines: -concurrency dial workers while ramping, one pacer, one
-// heartbeat ticker. The run is bounded by -conns (≤ MaxConns) and -timeout,
-// and stops by itself; every connection is closed on exit.
+// # broadcast
+//
+// -subs subscribers join -topic; one publisher joins too and pushes -event
+// (default "shout", which the gateway's echo backend broadcasts to the
+// topic) -rate times a second for -duration (or -count times). Each
+// payload carries a sequence number and the send time (payload.go), so
+// each subscriber measures latency (receive − send, same clock) into a
+// log-linear histogram (hist.go) and tracks missing, duplicate and
+// reordered numbers (seq.go). The publisher counts ok and error replies by
+// reason: refusals (rate_limited, backend_overloaded, …) are results, not
+// failures. With -server-pid, the server's CPU (utime+stime from /proc)
+// is measured over the window from the first publish to the last
+// delivery, and per delivery; before publishing, -baseline measures it
+// idle. The tool's own CPU (all its processes) is reported too, to show
+// whether it competed with the server for the cores.
+//
+//	phxgate-bench broadcast -url ws://127.0.0.1:4000/socket/websocket \
+//	    -subs 15000 -rate 10 -duration 10s -server-pid $(pgrep phxgate) \
+//	    -local-ips 127.0.0.1,127.0.0.2,127.0.0.3 -json
+//
+// Subscribers are read without a goroutine per connection: -loops
+// goroutines (default GOMAXPROCS) each own an epoll instance and a share
+// of the sockets, and parse frames in place from one read buffer
+// (subs_linux.go). A process holds at most -per-process subscribers
+// (≤ MaxPerProcess, since a process may have 20,000 open files here);
+// past that the tool re-executes itself as `broadcast-worker` children
+// that report over stdout as JSON lines, and merges their results
+// (worker.go). Only loopback targets and sources are accepted.
+//
+// # floor
+//
+// A loopback WebSocket server that does the least the broadcast scenario
+// needs: ok replies to joins, heartbeats and pushes, and each broadcast
+// encoded once into a shared log that one writer goroutine per CPU sweeps
+// to its sockets, one write per socket per sweep (floor.go). Running the
+// same scenario against it and against the gateway shows what the
+// gateway's machinery costs; clients/bench/broadcast.sh (make
+// bench-broadcast) does both and prints the comparison.
+//
+// # Goroutines and bounds
+//
+// Every run is bounded by count and -timeout and closes every connection
+// on exit. broadcast: -loops readers and, while ramping, -concurrency
+// dialers per process; one publisher sender and one reader; one reader per
+// worker child. floor: one accept loop, one reader per socket, one writer
+// per CPU, all ended by its context or -timeout.
 package main

@@ -399,14 +399,14 @@ func (s *floorServer) broadcast(topic, payload json.RawMessage) {
 	}
 }
 
-// compactLocked drops the log's prefix every socket has taken, and closes
-// the sockets so far behind that room for need more bytes cannot be made
-// otherwise. Called with log.mu held.
+// compactLocked makes room for need more bytes: it closes, as slow
+// consumers, the sockets more than half the budget behind the end, and
+// drops the prefix every other socket has taken. Called with log.mu held.
 func (s *floorServer) compactLocked(need int) {
 	l := &s.log
 	end := l.base + int64(len(l.buf))
 	// Keep at most half the budget, so compaction is rare.
-	floor := end - int64(s.cfg.LogBytes/2) + int64(need)
+	cutoff := end - int64(s.cfg.LogBytes/2) + int64(need)
 	newBase := end
 	var slow []*floorConn
 	for _, w := range s.writers {
@@ -416,7 +416,7 @@ func (s *floorServer) compactLocked(need int) {
 			if p < 0 {
 				continue
 			}
-			if p < floor {
+			if p < cutoff {
 				slow = append(slow, c)
 				continue
 			}

@@ -432,9 +432,13 @@ func (g *subGroup) stopAll() {
 func (g *subGroup) close() {
 	g.closeOnce.Do(func() {
 		g.stopAll()
+		// A close frame first (best effort, never blocking), so the server
+		// sees clients leaving rather than connections reset.
+		bye := appendClientFrame(nil, opClose, ws.NewCloseFrameBody(ws.StatusNormalClosure, ""), newMask())
 		for _, l := range g.loops {
 			for i := range l.conns {
 				if c := l.conns[i].Load(); c != nil && c.fd >= 0 {
+					_, _ = unix.Write(c.fd, bye)
 					unix.Close(c.fd)
 					c.fd = -1
 				}
