@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"sort"
@@ -118,7 +119,7 @@ func runBroadcast(ctx context.Context, cfg BroadcastConfig, out, stderr io.Write
 			return res, err
 		}
 		c1, _ := procCPU(cfg.ServerPID)
-		res.ServerIdlePct = 100 * (c1 - c0) / cfg.Baseline.Seconds()
+		res.ServerIdlePct = math.Round(1000*(c1-c0)/cfg.Baseline.Seconds()) / 10
 		fmt.Fprintf(out, "server idle with %d subscribers: %.1f%% CPU\n", opened, res.ServerIdlePct)
 	}
 
@@ -194,7 +195,7 @@ poll:
 		expected := int64(opened) * pub.ok.Load()
 		if cfg.Progress > 0 && !now.Before(nextLine) {
 			nextLine = nextLine.Add(cfg.Progress)
-			fmt.Fprintf(out, "%6.1fs sent %d ok %d err %d | delivered %d/%d dup %d closed %d | p50 %s p99 %s\n",
+			fmt.Fprintf(out, "%6.1fs sent %d ok %d err %d | delivered %d (subs×ok %d) dup %d closed %d | p50 %s p99 %s\n",
 				now.Sub(t0).Seconds(), pub.sent.Load(), pub.ok.Load(), pub.errs.Load(),
 				p.Distinct, expected, p.Dups, p.Closed,
 				fmtDur(p.Hist.Quantile(0.5)), fmtDur(p.Hist.Quantile(0.99)))
@@ -234,9 +235,10 @@ poll:
 	rh := pub.replies.Snapshot()
 	res.ReplyP50, res.ReplyP99 = us(rh.Quantile(0.5)), us(rh.Quantile(0.99))
 	res.WindowSec = tEnd.Sub(t0).Seconds()
-	res.ClientCPU = cEnd - c0
+	// CPU figures are whole clock ticks; round off the float noise.
+	res.ClientCPU = roundTicks(cEnd - c0)
 	if cfg.ServerPID > 0 {
-		res.ServerCPU = sEnd - s0
+		res.ServerCPU = roundTicks(sEnd - s0)
 		if res.Delivered > 0 {
 			res.ServerCPUPerDeliveryUs = res.ServerCPU * 1e6 / float64(res.Delivered)
 		}
@@ -297,6 +299,9 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 }
 
 func us(ns int64) float64 { return float64(ns) / 1e3 }
+
+// roundTicks rounds CPU seconds to the clock tick.
+func roundTicks(s float64) float64 { return math.Round(s*clockTicks) / clockTicks }
 
 // fmtDur prints nanoseconds with three significant digits.
 func fmtDur(ns int64) string {

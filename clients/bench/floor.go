@@ -51,6 +51,8 @@ const (
 	floorRetry = time.Millisecond
 	// floorReadBuf is each reading goroutine's buffer.
 	floorReadBuf = 1 << 10
+	// floorHandshakeTimeout bounds one upgrade.
+	floorHandshakeTimeout = 10 * time.Second
 )
 
 // FloorConfig configures the floor server.
@@ -275,7 +277,7 @@ func (s *floorServer) acceptLoop() {
 // serve upgrades the socket and reads its messages until it ends.
 func (s *floorServer) serve(c *floorConn) {
 	defer s.drop(c)
-	_ = c.nc.SetDeadline(time.Now().Add(10 * time.Second))
+	_ = c.nc.SetDeadline(time.Now().Add(floorHandshakeTimeout))
 	u := ws.Upgrader{OnRequest: func(uri []byte) error {
 		path := uri
 		for i, b := range uri {

@@ -25,6 +25,9 @@ const (
 // with ref n+refBase.
 const refBase = 2
 
+// pubWriteTimeout bounds one publish write (the server stopped reading).
+const pubWriteTimeout = 10 * time.Second
+
 // publisher is the one connection that pushes the broadcast event. One
 // goroutine sends (run), one reads replies (read); counts are
 // goroutine-safe.
@@ -99,7 +102,7 @@ func (p *publisher) run(ctx context.Context, rate float64) int64 {
 		p.mu.Lock()
 		p.sentAt[seq] = now
 		p.mu.Unlock()
-		_ = p.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		_ = p.conn.SetWriteDeadline(time.Now().Add(pubWriteTimeout))
 		if _, err := p.conn.Write(frame); err != nil {
 			p.closeCode.CompareAndSwap(0, -1)
 			break
