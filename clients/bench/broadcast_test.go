@@ -221,9 +221,6 @@ func TestBroadcastWorkers(t *testing.T) {
 	if res.Processes != 2 || res.Groups != 2 {
 		t.Fatalf("processes %d groups %d, want 2", res.Processes, res.Groups)
 	}
-	if res.ClientCPU <= 0 {
-		t.Fatalf("client CPU %v: the workers' CPU was not counted", res.ClientCPU)
-	}
 }
 
 // TestBroadcastAgainstGateway runs the same small scenario against a real
