@@ -33,7 +33,11 @@ type broadcastResult struct {
 	// Reasons counts refusals by reason ("overloaded", "rate_limited" …).
 	Reasons      map[string]int64 `json:"reasons,omitempty"`
 	PubCloseCode int64            `json:"publisher_close_code,omitempty"`
-	SelfReceived int64            `json:"publisher_received"`
+	// PubLagMaxUs is how far behind schedule the publisher fell at worst;
+	// beyond a few ms this process was starved and the run offered less
+	// than -rate.
+	PubLagMaxUs  float64 `json:"publisher_lag_max_us"`
+	SelfReceived int64   `json:"publisher_received"`
 
 	groupResult
 	// Latency hides groupResult's histogram from the JSON line (the
@@ -229,6 +233,7 @@ poll:
 	res.Reasons = pub.reasonCounts()
 	res.PubCloseCode = pub.closeCode.Load()
 	res.SelfReceived = pub.self.Load()
+	res.PubLagMaxUs = us(pub.maxLag.Load())
 	lat := res.groupResult.Latency
 	res.P50us, res.P99us, res.P999us = us(lat.Quantile(0.5)), us(lat.Quantile(0.99)), us(lat.Quantile(0.999))
 	res.MaxUs, res.MeanUs = us(lat.Max), lat.Mean()/1e3
@@ -326,7 +331,7 @@ func printBroadcast(w io.Writer, r broadcastResult) {
 	if r.PubCloseCode != 0 {
 		fmt.Fprintf(w, "; closed by server (%d)", r.PubCloseCode)
 	}
-	fmt.Fprintln(w)
+	fmt.Fprintf(w, "; worst lag behind schedule %s\n", fmtUs(r.PubLagMaxUs))
 	fmt.Fprintf(w, "deliveries:  expected %d, delivered %d, missing %d (%d subscribers, worst %d), duplicates %d (%d subscribers), late %d",
 		r.Expected, r.Delivered, r.Missing, r.SubsMissing, r.MaxMissing, r.Dups, r.SubsDup, r.Late)
 	if r.Extra > 0 || r.Bad > 0 {

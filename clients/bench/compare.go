@@ -99,6 +99,7 @@ func printCompare(w io.Writer, a, b broadcastResult) {
 		{"latency max", fmtUs(a.MaxUs), fmtUs(b.MaxUs), ratio(a.MaxUs, b.MaxUs)},
 		{"push reply p50", fmtUs(a.ReplyP50), fmtUs(b.ReplyP50), ratio(a.ReplyP50, b.ReplyP50)},
 		{"client CPU s", f(a.ClientCPU, 2), f(b.ClientCPU, 2), ""},
+		{"publisher worst lag", fmtUs(a.PubLagMaxUs), fmtUs(b.PubLagMaxUs), ""},
 	}
 	fmt.Fprintf(w, "%-26s %14s %14s %12s\n", "", na, nb, na+"/"+nb)
 	for _, r := range rows {

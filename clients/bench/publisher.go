@@ -44,8 +44,11 @@ type publisher struct {
 	reasons map[string]int64
 
 	sent, ok, errs, self atomic.Int64
-	closeCode            atomic.Int64 // 0 while open; -1: ended without close frame
-	readDone             chan struct{}
+	// maxLag is how far behind its schedule a publish went out, in ns: a
+	// lagging publisher means this process, not the server, was starved.
+	maxLag    atomic.Int64
+	closeCode atomic.Int64 // 0 while open; -1: ended without close frame
+	readDone  chan struct{}
 }
 
 // startPublisher joins the topic on c's behalf (c is already joined) and
@@ -76,7 +79,8 @@ func (p *publisher) run(ctx context.Context, rate float64) int64 {
 	start := time.Now()
 	var frame, msg []byte
 	for seq := range len(p.sentAt) {
-		if d := time.Until(start.Add(time.Duration(seq) * interval)); d > 0 {
+		at := start.Add(time.Duration(seq) * interval)
+		if d := time.Until(at); d > 0 {
 			t := time.NewTimer(d)
 			select {
 			case <-ctx.Done():
@@ -87,6 +91,9 @@ func (p *publisher) run(ctx context.Context, rate float64) int64 {
 		}
 		if ctx.Err() != nil || p.closeCode.Load() != 0 {
 			break
+		}
+		if lag := int64(time.Since(at)); lag > p.maxLag.Load() {
+			p.maxLag.Store(lag)
 		}
 		now := time.Now().UnixNano()
 		msg = append(msg[:0], `["1","`...)
