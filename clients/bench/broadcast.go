@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"os"
+	"runtime"
 	"sort"
 	"strings"
 	"time"
@@ -88,6 +89,12 @@ func runBroadcast(ctx context.Context, cfg BroadcastConfig, out, stderr io.Write
 		}
 	}()
 	if len(specs) == 1 {
+		// One P more than the readers, so that the publisher's pacing and
+		// the polling are never queued behind busy readers in this
+		// process; the kernel then shares the cores.
+		if n := cfg.Loops + 1; runtime.GOMAXPROCS(0) < n {
+			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(n))
+		}
 		g, err := startSubGroup(ctx, specs[0])
 		if err != nil {
 			return res, err

@@ -96,10 +96,11 @@ if [ -z "$port" ] || ! curl -fsS "http://127.0.0.1:$admin/readyz" >/dev/null; th
 	exit 1
 fi
 bench gateway "ws://127.0.0.1:$port/socket/websocket" "$gw_pid"
-# What the gateway counted as shed, dropped or closed during the run.
+# What the gateway counted as shed, dropped or closed during the run (the
+# bench's own exit, client_closed, left out).
 curl -fsS "http://127.0.0.1:$admin/metrics" 2>/dev/null |
 	grep -E '^phxgate_[a-z_]*(shed|drop|overload|slow|disconnect|budget|publish_err)[a-z_]*(\{[^}]*\})? [1-9]' |
-	sed 's/^/  gateway metric: /' || true
+	grep -v 'reason="client_closed"' | sed 's/^/  gateway metric: /' || true
 n=$(grep -cE '"level":"(WARN|ERROR)"' "$tmp/gateway.log" || true)
 if [ "${n:-0}" -gt 0 ]; then
 	echo "  gateway log: $n warning/error lines, first ones:"

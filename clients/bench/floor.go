@@ -156,11 +156,14 @@ type floorConn struct {
 	dead bool
 }
 
-// floorWriter owns a share of the sockets.
+// floorWriter owns a share of the sockets. Its counters are its own, so
+// that writers do not share a cache line on every write.
 type floorWriter struct {
 	mu    sync.Mutex
 	conns []*floorConn
 	wake  chan struct{}
+
+	sweeps, writes, bytes, short atomic.Int64
 }
 
 // floorServer is a running floor server.
@@ -170,7 +173,7 @@ type floorServer struct {
 	log     bcastLog
 	writers []*floorWriter
 	next    atomic.Uint64
-	stats   struct{ conns, bcasts, sweeps, writes, bytes, short, slow atomic.Int64 }
+	stats   struct{ conns, bcasts, slow atomic.Int64 }
 	wg      sync.WaitGroup
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -235,11 +238,14 @@ func (s *floorServer) Close() {
 
 // Stats returns the counters.
 func (s *floorServer) Stats() floorStats {
-	return floorStats{
-		Conns: s.stats.conns.Load(), Broadcasts: s.stats.bcasts.Load(),
-		Sweeps: s.stats.sweeps.Load(), Writes: s.stats.writes.Load(),
-		Bytes: s.stats.bytes.Load(), Short: s.stats.short.Load(), Slow: s.stats.slow.Load(),
+	st := floorStats{Conns: s.stats.conns.Load(), Broadcasts: s.stats.bcasts.Load(), Slow: s.stats.slow.Load()}
+	for _, w := range s.writers {
+		st.Sweeps += w.sweeps.Load()
+		st.Writes += w.writes.Load()
+		st.Bytes += w.bytes.Load()
+		st.Short += w.short.Load()
 	}
+	return st
 }
 
 func (s *floorServer) acceptLoop() {
@@ -494,11 +500,11 @@ func (s *floorServer) flushLocked(c *floorConn, direct []byte) bool {
 		n, werr = unix.Write(int(fd), p)
 		return true // never wait: the writer comes back
 	})
-	s.stats.writes.Add(1)
+	c.w.writes.Add(1)
 	if n < 0 {
 		n = 0
 	}
-	s.stats.bytes.Add(int64(n))
+	c.w.bytes.Add(int64(n))
 	if err != nil || (werr != nil && !errors.Is(werr, unix.EAGAIN)) {
 		c.dead = true
 		c.out = nil
@@ -515,7 +521,7 @@ func (s *floorServer) flushLocked(c *floorConn, direct []byte) bool {
 	default:
 		c.out = append(c.out, rest...)
 	}
-	s.stats.short.Add(1)
+	c.w.short.Add(1)
 	return true
 }
 
@@ -539,7 +545,7 @@ func (s *floorServer) writeLoop(w *floorWriter) {
 		case <-w.wake:
 		case <-retry.C:
 		}
-		s.stats.sweeps.Add(1)
+		w.sweeps.Add(1)
 		w.mu.Lock()
 		conns = append(conns[:0], w.conns...)
 		w.mu.Unlock()
