@@ -18,6 +18,14 @@ type Conn interface {
 	ID() uint64
 }
 
+// BulkConn is implemented by a Conn that can give broadcast output a lower
+// priority than replies: the hub queues broadcast frames with SendBulk,
+// everything else goes through Send. Frames keep the order in which they
+// were queued either way; only when the socket is written may differ.
+type BulkConn interface {
+	SendBulk(frame []byte)
+}
+
 // Serializer identifies the wire format negotiated from the vsn parameter.
 type Serializer uint8
 

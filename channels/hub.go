@@ -448,7 +448,11 @@ func (th *topicHub) deliverLocked(l *hubLane, ev *pubsub.Event, b *prepared) {
 			}
 			frames[v] = f
 		}
-		s.conn.Send(f)
+		if bc, ok := s.conn.(BulkConn); ok {
+			bc.SendBulk(f)
+		} else {
+			s.conn.Send(f)
+		}
 		n++
 	}
 	if n > 0 {

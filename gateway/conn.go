@@ -54,7 +54,8 @@ type conn struct {
 	state atomic.Uint32 // written under mu, read anywhere
 
 	mu      sync.Mutex
-	dirty   bool // queued on the poller's dirty list
+	dirty   bool // on the poller's bulk list (broadcast output)
+	urgent  bool // on the poller's urgent list (replies, control frames)
 	pollOut bool // EPOLLOUT armed: the poller flushes on writability
 	reason  channels.DisconnectReason
 	// out is what the socket holds for the client; nil while idle (it is
@@ -62,7 +63,10 @@ type conn struct {
 	out *outQueue
 }
 
-var _ channels.Conn = (*conn)(nil)
+var (
+	_ channels.Conn     = (*conn)(nil)
+	_ channels.BulkConn = (*conn)(nil)
+)
 
 // ID implements channels.Conn.
 func (c *conn) ID() uint64 { return c.id }
@@ -74,8 +78,18 @@ func (c *conn) Lane() int { return c.p.idx }
 // Send implements channels.Conn: it queues a reference to frame (no copy)
 // and never blocks. Past Config.WriteQueueMaxBytes (frame bytes plus
 // entryOverhead per frame) the socket is a slow consumer: its queue is
-// dropped and it is closed with 1013.
-func (c *conn) Send(frame []byte) {
+// dropped and it is closed with 1013. The socket is flushed ahead of
+// sockets that only have broadcast output (SendBulk), so a reply does not
+// wait behind a large fan-out.
+func (c *conn) Send(frame []byte) { c.send(frame, true) }
+
+// SendBulk implements channels.BulkConn: as Send, for broadcast frames.
+// Frames keep their order on the socket whichever method queued them; the
+// socket is only flushed in its turn among the sockets with broadcast
+// output, which the poller writes in slices between its other work.
+func (c *conn) SendBulk(frame []byte) { c.send(frame, false) }
+
+func (c *conn) send(frame []byte, urgent bool) {
 	if len(frame) == 0 {
 		return
 	}
@@ -91,11 +105,9 @@ func (c *conn) Send(frame []byte) {
 	}
 	q.push(frame)
 	c.p.queuedBytes.Add(cost(len(frame)))
-	wake := c.markDirtyLocked()
+	list := c.markDirtyLocked(urgent)
 	c.mu.Unlock()
-	if wake {
-		c.p.enqueueDirty(c)
-	}
+	c.p.enqueueDirty(c, list)
 }
 
 // sendPong answers a ping (poller goroutine). At most one pong waits per
@@ -122,11 +134,9 @@ func (c *conn) sendPong(payload []byte) {
 		c.slowConsumerLocked()
 		return
 	}
-	wake := c.markDirtyLocked()
+	list := c.markDirtyLocked(true)
 	c.mu.Unlock()
-	if wake {
-		c.p.enqueueDirty(c)
-	}
+	c.p.enqueueDirty(c, list)
 }
 
 // queueLocked returns c.out, creating it on first use.
@@ -141,19 +151,17 @@ func (c *conn) queueLocked() *outQueue {
 // unlocks c.mu.
 func (c *conn) slowConsumerLocked() {
 	c.dropQueueLocked()
-	wake := c.startCloseLocked(uint16(channels.CloseTryAgainLater), channels.ReasonSlowConsumer)
+	list := c.startCloseLocked(uint16(channels.CloseTryAgainLater), channels.ReasonSlowConsumer)
 	// The dropped frames are released now, but the close frame must still
 	// be written: when EPOLLOUT is armed the poller would only come back
-	// on writability, so put the socket on the dirty list regardless.
-	if !wake && !c.dirty {
-		c.dirty, wake = true, true
+	// on writability, so put the socket on the urgent list regardless.
+	if list == listNone && !c.urgent {
+		c.urgent, list = true, listUrgent
 	}
 	c.mu.Unlock()
 	c.p.srv.metrics.slowConsumers.Inc()
 	c.p.srv.log.Warn("slow consumer: write queue over limit", "conn", c.id, "limit_bytes", c.p.srv.cfg.WriteQueueMaxBytes)
-	if wake {
-		c.p.enqueueDirty(c)
-	}
+	c.p.enqueueDirty(c, list)
 }
 
 // Close implements channels.Conn: a close frame with code goes out after
@@ -165,33 +173,50 @@ func (c *conn) Close(code channels.CloseCode, reason channels.DisconnectReason) 
 
 func (c *conn) closeWith(code uint16, reason channels.DisconnectReason) {
 	c.mu.Lock()
-	wake := c.startCloseLocked(code, reason)
+	list := c.startCloseLocked(code, reason)
 	c.mu.Unlock()
-	if wake {
-		c.p.enqueueDirty(c)
-	}
+	c.p.enqueueDirty(c, list)
 }
 
-// startCloseLocked queues the close frame; it reports whether the caller
-// must put c on the poller's dirty list.
-func (c *conn) startCloseLocked(code uint16, reason channels.DisconnectReason) bool {
+// startCloseLocked queues the close frame; it returns the poller list the
+// caller must put c on.
+func (c *conn) startCloseLocked(code uint16, reason channels.DisconnectReason) dirtyList {
 	if c.state.Load() != stateOpen {
-		return false
+		return listNone
 	}
 	c.state.Store(stateClosing)
 	c.reason = reason
 	f := closeFrame(code)
 	c.queueLocked().push(f)
 	c.p.queuedBytes.Add(cost(len(f)))
-	return c.markDirtyLocked()
+	return c.markDirtyLocked(true)
 }
 
-func (c *conn) markDirtyLocked() bool {
-	if c.dirty || c.pollOut {
-		return false
+// dirtyList names the poller list a socket with new output goes on.
+type dirtyList uint8
+
+const (
+	listNone   dirtyList = iota // already on it, or EPOLLOUT will flush it
+	listBulk                    // broadcast output only: flushed in slices
+	listUrgent                  // a reply or control frame: flushed first
+)
+
+// markDirtyLocked records that c has new output and returns the list the
+// caller must put it on (after releasing c.mu). An urgent frame moves a
+// socket that is on the bulk list to the urgent list too; flushing it
+// twice is harmless.
+func (c *conn) markDirtyLocked(urgent bool) dirtyList {
+	switch {
+	case c.pollOut:
+		return listNone // the poller flushes it on writability
+	case urgent && !c.urgent:
+		c.urgent = true
+		return listUrgent
+	case !urgent && !c.dirty && !c.urgent:
+		c.dirty = true
+		return listBulk
 	}
-	c.dirty = true
-	return true
+	return listNone
 }
 
 // dropQueueLocked discards queued frames, except a frame already partly

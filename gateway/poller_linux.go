@@ -74,22 +74,32 @@ type poller struct {
 	// hookTaken, when set (tests only), runs on the poller goroutine right
 	// after a pass has taken its pending work, before doing it.
 	hookTaken func()
+	// more: bulk output is left for the next pass, which then polls
+	// without sleeping.
+	more  bool
+	batch []*conn // scratch for a slice of the bulk list
 
 	running     atomic.Bool  // run was started (it then owns epfd/evfd)
 	queuedBytes atomic.Int64 // bytes queued on this poller's sockets
 	open        atomic.Int64 // registered sockets
 
-	mu       sync.Mutex
-	woken    bool // the poller is awake or an eventfd write is pending
-	dirty    []*conn
-	spare    []*conn
-	pending  []pendingConn
-	jobs     []channels.FanoutJob // fan-out work for this lane, oldest first
-	spareJob []channels.FanoutJob
-	draining bool
-	spread   time.Duration // how long to spread drain closes over
-	stopping bool
-	exited   bool // run returned and the fds are closed
+	mu    sync.Mutex
+	woken bool // the poller is awake or an eventfd write is pending
+	// urgent holds sockets with a reply or control frame to write; they
+	// are flushed first. bulk holds sockets with only broadcast output,
+	// oldest first from bulkHead; they are flushed in slices of at most
+	// bulkPerPass per pass, between reads and urgent flushes.
+	urgent      []*conn
+	spareUrgent []*conn
+	bulk        []*conn
+	bulkHead    int
+	pending     []pendingConn
+	jobs        []channels.FanoutJob // fan-out work for this lane, oldest first
+	spareJob    []channels.FanoutJob
+	draining    bool
+	spread      time.Duration // how long to spread drain closes over
+	stopping    bool
+	exited      bool // run returned and the fds are closed
 }
 
 var wakeValue = [8]byte{1, 0, 0, 0, 0, 0, 0, 0} // eventfd counter increment (little endian)
@@ -139,10 +149,18 @@ func (p *poller) signalLocked() {
 	}
 }
 
-func (p *poller) enqueueDirty(c *conn) {
+// enqueueDirty puts c on list (nothing for listNone) and wakes the poller.
+func (p *poller) enqueueDirty(c *conn, list dirtyList) {
+	if list == listNone {
+		return
+	}
 	p.mu.Lock()
 	if !p.exited {
-		p.dirty = append(p.dirty, c)
+		if list == listUrgent {
+			p.urgent = append(p.urgent, c)
+		} else {
+			p.bulk = append(p.bulk, c)
+		}
 		p.signalLocked()
 	}
 	p.mu.Unlock()
@@ -219,6 +237,9 @@ func (p *poller) run() {
 		if p.drainBatch > 0 && p.drainPos < len(p.conns) {
 			timeout = drainTick
 		}
+		if p.more {
+			timeout = 0 // bulk output left: look for input, then go on
+		}
 		n, err := unix.EpollWait(p.epfd, events, int(timeout/time.Millisecond))
 		if err != nil && !errors.Is(err, unix.EINTR) {
 			p.srv.log.Error("epoll_wait failed", "err", err)
@@ -285,6 +306,10 @@ func (p *poller) run() {
 				}
 			}
 			p.flushDirty() // releases conns queued by the final closes
+			p.mu.Lock()
+			clear(p.bulk)
+			p.bulk, p.bulkHead = nil, 0
+			p.mu.Unlock()
 			return
 		}
 	}
@@ -328,29 +353,81 @@ func (p *poller) runJob(j channels.FanoutJob) {
 	j.RunFanout()
 }
 
-// flushDirty writes every socket that got frames since the last pass, and
-// re-arms the eventfd wake once the list is empty.
+// Bulk flushing bounds. A pass writes at most bulkPerPass sockets that
+// only have broadcast output, then polls for input again (without
+// sleeping), so that reading, replies and new fan-out jobs never wait for a
+// whole large fan-out to be written: at a few µs per write, a slice is a
+// few milliseconds. Between chunks of bulkChunk sockets it flushes the
+// urgent list.
+const (
+	bulkPerPass = 512
+	bulkChunk   = 64
+)
+
+// flushDirty writes the sockets with new output: every urgent one, and
+// bulk ones up to bulkPerPass; then it ends the pass (idleLocked).
 func (p *poller) flushDirty() {
+	budget := bulkPerPass
 	for {
 		p.mu.Lock()
-		list := p.dirty
-		if len(list) == 0 {
+		if len(p.urgent) > 0 {
+			list := p.urgent
+			p.urgent = p.spareUrgent[:0]
+			p.mu.Unlock()
+			for i, c := range list {
+				c.mu.Lock()
+				c.urgent = false
+				c.mu.Unlock()
+				p.flush(c)
+				list[i] = nil
+			}
+			p.spareUrgent = list[:0]
+			continue
+		}
+		rest := len(p.bulk) - p.bulkHead
+		if rest == 0 || budget == 0 {
+			p.more = rest > 0
+			if rest == 0 {
+				if cap(p.bulk) > maxRetainedBulk {
+					p.bulk = nil
+				} else {
+					p.bulk = p.bulk[:0]
+				}
+				p.bulkHead = 0
+			}
 			p.idleLocked()
 			p.mu.Unlock()
 			return
 		}
-		p.dirty = p.spare[:0]
+		k := min(rest, bulkChunk, budget)
+		batch := append(p.batch[:0], p.bulk[p.bulkHead:p.bulkHead+k]...)
+		clear(p.bulk[p.bulkHead : p.bulkHead+k])
+		p.bulkHead += k
+		if p.bulkHead >= compactBulkAt && 2*p.bulkHead >= len(p.bulk) {
+			n := copy(p.bulk, p.bulk[p.bulkHead:])
+			clear(p.bulk[n:])
+			p.bulk, p.bulkHead = p.bulk[:n], 0
+		}
 		p.mu.Unlock()
-		for i, c := range list {
+		budget -= k
+		for i, c := range batch {
 			c.mu.Lock()
 			c.dirty = false
 			c.mu.Unlock()
 			p.flush(c)
-			list[i] = nil
+			batch[i] = nil
 		}
-		p.spare = list[:0]
+		p.batch = batch[:0]
 	}
 }
+
+// maxRetainedBulk is the largest bulk list array kept once empty;
+// compactBulkAt is how far the head may advance before the list is moved
+// down (when it is at least half done).
+const (
+	maxRetainedBulk = 4096
+	compactBulkAt   = 1024
+)
 
 // idleLocked ends a pass. It clears woken, so that the next producer writes
 // the eventfd, unless work arrived during the pass that the pass did not

@@ -31,11 +31,13 @@ func flushed(c *conn, p *poller) {
 		q.written(n)
 		p.queuedBytes.Add(q.charged - before)
 	}
-	c.dirty = false
+	c.dirty, c.urgent = false, false
 	c.mu.Unlock()
 	p.mu.Lock()
-	clear(p.dirty)
-	p.dirty = p.dirty[:0]
+	clear(p.urgent)
+	p.urgent = p.urgent[:0]
+	clear(p.bulk)
+	p.bulk, p.bulkHead = p.bulk[:0], 0
 	p.mu.Unlock()
 }
 
