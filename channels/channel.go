@@ -95,6 +95,11 @@ type channelRare struct {
 	// past the reported position (see resumeState). Hub side, guarded
 	// like channel.th.
 	resume *resumeState
+	// ahead is the lane sequence number up to which this channel already
+	// has its topic's pending events, queued to it directly when it
+	// broadcast to its own topic (drainOwn); the lane skips it for those.
+	// 0 when none. Hub side, guarded like channel.th; reset on add and del.
+	ahead uint64
 }
 
 // side returns c.rare, allocating it on first use.

@@ -45,7 +45,9 @@ type hubLane struct {
 	// pending holds the events not yet delivered to this lane, oldest
 	// first. Whoever drains the lane (its Fanout job, or a publisher
 	// draining its own lane) delivers them all, in order.
-	pending []*prepared
+	pending []pendingEvent
+	// seq numbers the events appended to pending (the last one given).
+	seq uint64
 	// pendingCost is what pending will cost once queued to the lane's
 	// sockets (estimated), counted in Server.pendingOut until drained.
 	pendingCost int64
@@ -57,6 +59,13 @@ type hubLane struct {
 	// which is as if it had joined after it: an opted-in join reads the
 	// topic's history only after it is added, and so finds the event there.
 	n atomic.Int32
+}
+
+// pendingEvent is an event waiting on a lane, with its lane sequence
+// number.
+type pendingEvent struct {
+	b   *prepared
+	seq uint64
 }
 
 // resumeState is the hub side of an opted-in join. While the join reads
@@ -166,6 +175,9 @@ func (th *topicHub) lane(c *channel) *hubLane {
 // add appends c to its lane. Called with that lane's mu held.
 func (th *topicHub) add(l *hubLane, c *channel) {
 	c.th = th
+	if r := c.rare.Load(); r != nil {
+		r.ahead = 0
+	}
 	c.hubIdx = int32(len(l.subs))
 	l.subs = append(l.subs, c)
 	l.n.Store(int32(len(l.subs)))
@@ -189,7 +201,7 @@ func (th *topicHub) del(l *hubLane, c *channel) {
 	c.hubIdx = -1
 	c.th = nil
 	if r := c.rare.Load(); r != nil {
-		r.resume = nil
+		r.resume, r.ahead = nil, 0
 	}
 	c.positions = false
 }
@@ -312,7 +324,7 @@ func (th *topicHub) deliver(ev *pubsub.Event) {
 		for i := range th.lanes {
 			l := &th.lanes[i]
 			l.mu.Lock()
-			th.deliverLocked(l, ev, nil)
+			th.deliverLocked(l, ev, nil, 0)
 			l.mu.Unlock()
 		}
 		return
@@ -325,7 +337,8 @@ func (th *topicHub) deliver(ev *pubsub.Event) {
 			continue
 		}
 		l.mu.Lock()
-		l.pending = append(l.pending, b)
+		l.seq++
+		l.pending = append(l.pending, pendingEvent{b, l.seq})
 		c := unit * int64(len(l.subs))
 		l.pendingCost += c
 		srv.pendingOut.Add(c)
@@ -357,9 +370,9 @@ func (th *topicHub) drainLocked(l *hubLane) {
 	if len(l.pending) == 0 {
 		return
 	}
-	for k, b := range l.pending {
-		th.deliverLocked(l, b.ev, b)
-		l.pending[k] = nil
+	for k, pe := range l.pending {
+		th.deliverLocked(l, pe.b.ev, pe.b, pe.seq)
+		l.pending[k] = pendingEvent{}
 	}
 	th.h.srv.pendingOut.Add(-l.pendingCost)
 	l.pendingCost = 0
@@ -379,85 +392,111 @@ const estFrameOverhead = 128
 // drained.
 const maxRetainedPending = 16
 
-// drainOwn delivers what is pending on c's lane of its topic at once, on
-// the caller: a channel that broadcast to its own topic calls it before
-// sending its reply, so that the sender gets the broadcast first, as from
-// Phoenix (the memory broker delivers during Publish, so the event is
-// pending by now). Only c's worker calls it.
+// drainOwn queues to c, at once and on the caller, the events pending on
+// its lane of its topic that it does not have yet: a channel that
+// broadcast to its own topic calls it before sending its reply, so that
+// the sender gets the broadcast first, as from Phoenix (the memory broker
+// delivers during Publish, so the event is pending by now). The lane's job
+// later skips c for those events (channelRare.ahead), so the publisher
+// pays for its own copy, not for the fan-out. Only c's worker calls it.
 func (c *channel) drainOwn() {
 	th := c.th // written only by the worker running c
 	if th == nil || c.sock.srv.cfg.Fanout == nil {
 		return
 	}
-	i := int(c.sock.lane)
-	if i >= len(th.lanes) {
-		i = 0
+	r := c.side() // allocated before taking the lane's lock
+	l := th.lane(c)
+	var frames [numVariants][]byte
+	var failed [numVariants]bool
+	l.mu.Lock()
+	if c.th == th {
+		for _, pe := range l.pending {
+			if pe.seq > r.ahead {
+				th.deliverTo(c, pe.b.ev, pe.b, &frames, &failed)
+			}
+		}
+		r.ahead = l.seq
 	}
-	th.drain(i, false)
+	l.mu.Unlock()
 }
 
 // deliverLocked delivers one event to a lane's subscribers. b, when set,
 // shares the encodings between lanes; without it the lane encodes what it
-// needs itself. Called with l.mu held.
-func (th *topicHub) deliverLocked(l *hubLane, ev *pubsub.Event, b *prepared) {
-	srv := th.h.srv
-	m := srv.m
+// needs itself. seq is the event's lane sequence number (0 without a
+// Fanout). Called with l.mu held.
+func (th *topicHub) deliverLocked(l *hubLane, ev *pubsub.Event, b *prepared, seq uint64) {
 	var frames [numVariants][]byte // this call's encodings (copies of b's)
 	var failed [numVariants]bool
 	n := 0
 	for _, c := range l.subs {
-		if r := c.rare.Load(); r != nil && r.resume != nil {
-			rs := r.resume
-			if !rs.live {
-				if len(rs.buf) < srv.cfg.ResumeBuffer {
-					rs.buf = append(rs.buf, ev)
-				} else {
-					rs.overflow = true
-				}
-				continue
+		if seq != 0 {
+			if r := c.rare.Load(); r != nil && r.ahead >= seq {
+				continue // queued to it already by drainOwn
 			}
-			if ev.Pos.Epoch == rs.skipEpoch && ev.Pos.Offset <= rs.skipThrough {
-				continue // sent already, or older than the reported position
-			}
-			r.resume = nil
 		}
-		s := c.sock
-		if s.closed.Load() {
-			continue
+		if th.deliverTo(c, ev, b, &frames, &failed) {
+			n++
 		}
-		v := broadcastVariant(s.ser, c.positions, ev.Binary)
-		if v < 0 {
-			continue // binary events are not sent to V1 sockets
-		}
-		f := frames[v]
-		if f == nil {
-			if failed[v] {
-				continue
-			}
-			if b != nil {
-				f = b.frame(v, m)
-			} else {
-				var err error
-				if f, err = encodeBroadcast(v, ev); err != nil {
-					m.droppedFrames.WithLabelValues(dropReason(err)).Inc()
-				}
-			}
-			if f == nil {
-				failed[v] = true
-				continue
-			}
-			frames[v] = f
-		}
-		if bc, ok := s.conn.(BulkConn); ok {
-			bc.SendBulk(f)
-		} else {
-			s.conn.Send(f)
-		}
-		n++
 	}
 	if n > 0 {
-		m.fanout.Add(float64(n))
+		th.h.srv.m.fanout.Add(float64(n))
 	}
+}
+
+// deliverTo queues ev to one subscriber (or buffers it for a resuming
+// join), and reports whether a frame was queued. frames and failed cache
+// the encodings across the subscribers of one delivery. Called with the
+// subscriber's lane mu held.
+func (th *topicHub) deliverTo(c *channel, ev *pubsub.Event, b *prepared, frames *[numVariants][]byte, failed *[numVariants]bool) bool {
+	srv := th.h.srv
+	if r := c.rare.Load(); r != nil && r.resume != nil {
+		rs := r.resume
+		if !rs.live {
+			if len(rs.buf) < srv.cfg.ResumeBuffer {
+				rs.buf = append(rs.buf, ev)
+			} else {
+				rs.overflow = true
+			}
+			return false
+		}
+		if ev.Pos.Epoch == rs.skipEpoch && ev.Pos.Offset <= rs.skipThrough {
+			return false // sent already, or older than the reported position
+		}
+		r.resume = nil
+	}
+	s := c.sock
+	if s.closed.Load() {
+		return false
+	}
+	v := broadcastVariant(s.ser, c.positions, ev.Binary)
+	if v < 0 {
+		return false // binary events are not sent to V1 sockets
+	}
+	f := frames[v]
+	if f == nil {
+		if failed[v] {
+			return false
+		}
+		if b != nil {
+			f = b.frame(v, srv.m)
+		} else {
+			var err error
+			if f, err = encodeBroadcast(v, ev); err != nil {
+				srv.m.droppedFrames.WithLabelValues(dropReason(err)).Inc()
+			}
+		}
+		if f == nil {
+			failed[v] = true
+			return false
+		}
+		frames[v] = f
+	}
+	if bc, ok := s.conn.(BulkConn); ok {
+		bc.SendBulk(f)
+	} else {
+		s.conn.Send(f)
+	}
+	return true
 }
 
 func dropReason(err error) string {
