@@ -389,6 +389,14 @@ func (c *channel) join(t *task) {
 
 func (c *channel) handleIn(t *task) {
 	s := c.sock
+	// The budget is checked again when the push's turn comes: it may have
+	// waited behind others while the node's output grew. Refused before
+	// the backend call, so no action is applied and no broadcast dropped.
+	if s.srv.overloaded() {
+		s.srv.m.shed.WithLabelValues(shedPush).Inc()
+		s.send(s.replyFrame(t.joinRef, t.ref, c.topic, "error", respNodeOverloaded))
+		return
+	}
 	call := c.newCall(t.event, t.joinRef, t.ref, backends.Payload{Data: t.payload, Binary: t.binary})
 	rep, err := c.call(opHandleIn, call, "")
 	if err != nil {

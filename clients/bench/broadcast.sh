@@ -101,6 +101,8 @@ bench gateway "ws://127.0.0.1:$port/socket/websocket" "$gw_pid"
 curl -fsS "http://127.0.0.1:$admin/metrics" 2>/dev/null |
 	grep -E '^phxgate_[a-z_]*(shed|drop|overload|slow|disconnect|budget|publish_err)[a-z_]*(\{[^}]*\})? [1-9]' |
 	grep -v 'reason="client_closed"' | sed 's/^/  gateway metric: /' || true
+# Peak resident memory: what the run cost the gateway, queues included.
+echo "  gateway peak RSS: $(awk '/^VmHWM/ {printf "%.0f MiB", $2/1024}' "/proc/$gw_pid/status" 2>/dev/null)"
 n=$(grep -cE '"level":"(WARN|ERROR)"' "$tmp/gateway.log" || true)
 if [ "${n:-0}" -gt 0 ]; then
 	echo "  gateway log: $n warning/error lines, first ones:"
@@ -124,6 +126,7 @@ if [ -z "$addr" ]; then
 	exit 1
 fi
 bench floor "ws://$addr/socket/websocket" "$floor_pid"
+echo "  floor peak RSS: $(awk '/^VmHWM/ {printf "%.0f MiB", $2/1024}' "/proc/$floor_pid/status" 2>/dev/null)"
 stop "$floor_pid"
 floor_pid=""
 sed -n 's/^floor stopped: /  floor: /p' "$tmp/floor.log"
