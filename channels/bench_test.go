@@ -30,7 +30,7 @@ func hubWithSubscribers(tb testing.TB, n int) (*topicHub, *discardConn) {
 		}
 		s := env.srv.Connect(conn, ConnectInfo{Serializer: ser})
 		c := &channel{sock: s, topic: th.name, hubIdx: -1, positions: i%3 == 0}
-		th.add(&th.lanes[0], c)
+		th.add(th.lane(c), c)
 	}
 	return th, conn
 }

@@ -170,6 +170,8 @@ func (c *channel) exec(t *task) {
 		}
 	case taskLeave:
 		if c.wGen != 0 && c.wGen == t.gen {
+			// Out of the hub first: no broadcast follows phx_close.
+			s.srv.hub.unsubscribe(c)
 			s.send(s.replyFrame(c.wJoinRef, t.ref, c.topic, "ok", nil))
 			c.sendControl("phx_close", emptyObject)
 			c.end(backends.LeaveLeft)
@@ -451,6 +453,10 @@ func (c *channel) pushes(ps []backends.Message) {
 
 // stop ends the channel as the backend asked: phx_close or phx_error.
 func (c *channel) stop(how backends.Stop) {
+	if how == backends.StopNormal || how == backends.StopCrash {
+		// Out of the hub first: no broadcast follows phx_close/phx_error.
+		c.sock.srv.hub.unsubscribe(c)
+	}
 	switch how {
 	case backends.StopNormal:
 		c.sendControl("phx_close", emptyObject)

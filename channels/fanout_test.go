@@ -5,7 +5,9 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/phxgate/phxgate/pubsub"
 )
@@ -193,5 +195,103 @@ func TestFanoutLanes(t *testing.T) {
 	fo.run(1)
 	if got := conns[1].waitTexts(t, 6); got[4] != `[null,null,"room:a","shout",{"x":1}]` || got[5] != evFrame("room:a", "null", 4) || conns[1].count() != 6 {
 		t.Fatalf("lane 1 got %v", got)
+	}
+}
+
+// While the node is over its output budget a push is refused with
+// {"reason":"overloaded"} in its turn among the channel's replies (after
+// the slow call ahead of it), without a backend call; a push whose turn
+// comes while over budget is refused then too; once under budget, pushes
+// flow again. Server.Publish refuses with ErrOverloaded meanwhile.
+func TestOverloadedPushRefusedInOrder(t *testing.T) {
+	var over atomic.Bool
+	env := newTestEnv(t, func(c *Config) { c.Overloaded = over.Load })
+	gate := make(chan struct{})
+	var release sync.Once
+	open := func() { release.Do(func() { close(gate) }) }
+	t.Cleanup(open) // a failed test must not leave the worker waiting
+	env.backend.mu.Lock()
+	env.backend.gate = gate
+	env.backend.mu.Unlock()
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","room:a","phx_join",{}]`)
+	conn.waitTexts(t, 1)
+	mustHandle(t, sock, `["1","2","room:a","slow",{}]`) // runs, waits on the gate
+	mustHandle(t, sock, `["1","3","room:a","ping",{}]`) // queued behind it
+	waitFor(t, 5*time.Second, "the slow call to reach the backend", func() bool {
+		return slices.Contains(env.backend.logged(), "in room:a slow 2")
+	})
+	over.Store(true)
+	mustHandle(t, sock, `["1","4","room:a","ping",{}]`) // refused at arrival, in its turn
+	if _, err := env.srv.Publish(t.Context(), "room:a", "ev", []byte(`{}`), false); err != ErrOverloaded {
+		t.Fatalf("Publish over budget: %v, want ErrOverloaded", err)
+	}
+	open() // "slow" replies; "ping" 3 is refused when its turn comes
+	want := []string{
+		`["1","1","room:a","phx_reply",{"response":{},"status":"ok"}]`,
+		`["1","2","room:a","phx_reply",{"response":{},"status":"ok"}]`,
+		`["1","3","room:a","phx_reply",{"response":{"reason":"overloaded"},"status":"error"}]`,
+		`["1","4","room:a","phx_reply",{"response":{"reason":"overloaded"},"status":"error"}]`,
+	}
+	if got := conn.waitTexts(t, 4); !slices.Equal(got, want) {
+		t.Fatalf("got  %s\nwant %s", strings.Join(got, "\n     "), strings.Join(want, "\n     "))
+	}
+	over.Store(false)
+	mustHandle(t, sock, `["1","5","room:a","ping",{}]`)
+	if got := conn.waitTexts(t, 5); got[4] != `["1","5","room:a","phx_reply",{"response":{"pong":true},"status":"ok"}]` {
+		t.Fatalf("after the overload: %s", got[4])
+	}
+	for _, l := range env.backend.logged() {
+		if strings.Contains(l, "ping 3") || strings.Contains(l, "ping 4") {
+			t.Fatalf("a refused push reached the backend: %v", env.backend.logged())
+		}
+	}
+}
+
+// panicConn panics in Send once armed (a transport bug).
+type panicConn struct {
+	*fakeConn
+	armed atomic.Bool
+}
+
+func (c *panicConn) Send(f []byte) {
+	if c.armed.Swap(false) {
+		panic("send failed")
+	}
+	c.fakeConn.Send(f)
+}
+
+// A panic while a lane delivers (recovered by the transport, as the
+// gateway's pollers do) must not leave the lane locked: the topic's next
+// event is delivered and nothing stays charged as pending.
+func TestPanickingSendDoesNotWedgeTheTopic(t *testing.T) {
+	fo := newHeldFanout(1)
+	env := newTestEnv(t, func(c *Config) { c.Fanout = fo })
+	pc := &panicConn{fakeConn: newFakeConn(t)}
+	sock := env.srv.Connect(pc, ConnectInfo{Serializer: V2, Params: []byte(`{}`)})
+	mustHandle(t, sock, `["1","1","room:a","phx_join",{}]`)
+	pc.waitTexts(t, 1)
+	pc.armed.Store(true)
+	publishN(t, env.broker, "room:a", 1, 1)
+	func() {
+		defer func() { _ = recover() }()
+		fo.run(0)
+	}()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		publishN(t, env.broker, "room:a", 2, 2)
+		fo.run(0)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the topic is wedged after a panic in a delivery")
+	}
+	if got := pc.waitTexts(t, 2); got[1] != evFrame("room:a", "null", 2) {
+		t.Fatalf("after the panic got %v", got)
+	}
+	if n := env.srv.PendingBytes(); n != 0 {
+		t.Fatalf("PendingBytes = %d after every lane ran, want 0", n)
 	}
 }

@@ -34,8 +34,10 @@ type topicHub struct {
 
 	// lanes holds the subscribers by Fanout lane (one lane without a
 	// Fanout): each lane's loop delivers to its own subscribers under its
-	// own lock, so the lanes of one topic deliver in parallel.
-	lanes []hubLane
+	// own lock, so the lanes of one topic deliver in parallel. A lane is
+	// allocated when its first subscriber joins and kept for the topic's
+	// life, so a topic costs a pointer per lane plus the lanes it uses.
+	lanes []atomic.Pointer[hubLane]
 }
 
 // hubLane is one lane's share of a topic's subscribers.
@@ -93,11 +95,7 @@ func (h *hub) ctx() (context.Context, context.CancelFunc) {
 }
 
 func newTopicHub(h *hub, topic string) *topicHub {
-	th := &topicHub{h: h, name: topic, lanes: make([]hubLane, h.srv.lanes())}
-	for i := range th.lanes {
-		th.lanes[i].job = laneJob{th: th, lane: i}
-	}
-	return th
+	return &topicHub{h: h, name: topic, lanes: make([]atomic.Pointer[hubLane], h.srv.lanes())}
 }
 
 // acquire pins the topic and makes sure the broker delivers it here.
@@ -163,13 +161,15 @@ func (h *hub) release(th *topicHub) {
 	th.subMu.Unlock()
 }
 
-// lane returns the share of the subscribers c belongs to.
+// lane returns the share of the subscribers c belongs to, allocating it
+// on first use.
 func (th *topicHub) lane(c *channel) *hubLane {
-	i := int(c.sock.lane)
-	if i >= len(th.lanes) {
-		i = 0
+	i := int(c.sock.lane) % len(th.lanes)
+	if l := th.lanes[i].Load(); l != nil {
+		return l
 	}
-	return &th.lanes[i]
+	th.lanes[i].CompareAndSwap(nil, &hubLane{job: laneJob{th: th, lane: i}})
+	return th.lanes[i].Load()
 }
 
 // add appends c to its lane. Called with that lane's mu held.
@@ -322,46 +322,61 @@ func (th *topicHub) deliver(ev *pubsub.Event) {
 	fo := srv.cfg.Fanout
 	if fo == nil {
 		for i := range th.lanes {
-			l := &th.lanes[i]
-			l.mu.Lock()
-			th.deliverLocked(l, ev, nil, 0)
-			l.mu.Unlock()
+			if l := th.lanes[i].Load(); l != nil {
+				th.deliverSync(l, ev)
+			}
 		}
 		return
 	}
 	b := &prepared{ev: ev}
 	unit := int64(len(ev.Payload) + len(ev.Topic) + len(ev.Event) + estFrameOverhead)
 	for i := range th.lanes {
-		l := &th.lanes[i]
-		if l.n.Load() == 0 {
+		l := th.lanes[i].Load()
+		if l == nil || l.n.Load() == 0 {
 			continue
 		}
-		l.mu.Lock()
-		l.seq++
-		l.pending = append(l.pending, pendingEvent{b, l.seq})
-		c := unit * int64(len(l.subs))
-		l.pendingCost += c
-		srv.pendingOut.Add(c)
-		dispatch := !l.scheduled
-		l.scheduled = true
-		l.mu.Unlock()
-		if dispatch {
+		if l.appendPending(b, unit, &srv.pendingOut) {
 			fo.Dispatch(i, &l.job)
 		}
 	}
+}
+
+// deliverSync delivers ev to l's subscribers on the caller (no Fanout).
+func (th *topicHub) deliverSync(l *hubLane, ev *pubsub.Event) {
+	l.mu.Lock()
+	defer l.mu.Unlock() // a panic in a send must not leave the lane locked
+	th.deliverLocked(l, ev, nil, 0)
+}
+
+// appendPending queues b on the lane, charging its estimated cost to
+// pending, and reports whether a drain job must be dispatched.
+func (l *hubLane) appendPending(b *prepared, unit int64, pending *atomic.Int64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.seq++
+	l.pending = append(l.pending, pendingEvent{b, l.seq})
+	c := unit*int64(len(l.subs)) + estEventOverhead
+	l.pendingCost += c
+	pending.Add(c)
+	dispatch := !l.scheduled
+	l.scheduled = true
+	return dispatch
 }
 
 // drain delivers lane i's pending events, oldest first. job is set when
 // called from the lane's dispatched job (which then may be dispatched
 // again).
 func (th *topicHub) drain(i int, job bool) {
-	l := &th.lanes[i]
+	l := th.lanes[i].Load()
+	if l == nil {
+		return
+	}
 	l.mu.Lock()
+	defer l.mu.Unlock() // a panic in a send must not leave the lane locked
 	if job {
 		l.scheduled = false
 	}
 	th.drainLocked(l)
-	l.mu.Unlock()
 }
 
 // drainLocked delivers l's pending events to its subscribers. Called with
@@ -370,16 +385,18 @@ func (th *topicHub) drainLocked(l *hubLane) {
 	if len(l.pending) == 0 {
 		return
 	}
-	for k, pe := range l.pending {
-		th.deliverLocked(l, pe.b.ev, pe.b, pe.seq)
-		l.pending[k] = pendingEvent{}
-	}
+	// Uncharged first: should a delivery panic, the events are dropped
+	// (counted by the poller) rather than charged for ever.
 	th.h.srv.pendingOut.Add(-l.pendingCost)
 	l.pendingCost = 0
-	if cap(l.pending) > maxRetainedPending {
-		l.pending = nil
-	} else {
-		l.pending = l.pending[:0]
+	pending := l.pending
+	l.pending = nil
+	for k, pe := range pending {
+		pending[k] = pendingEvent{}
+		th.deliverLocked(l, pe.b.ev, pe.b, pe.seq)
+	}
+	if cap(pending) <= maxRetainedPending {
+		l.pending = pending[:0]
 	}
 }
 
@@ -387,6 +404,10 @@ func (th *topicHub) drainLocked(l *hubLane) {
 // beyond its payload, topic and event: the frame and JSON framing, and the
 // transport's per-frame charge (as in the gateway's write queues).
 const estFrameOverhead = 128
+
+// estEventOverhead estimates what one pending event costs a lane whatever
+// its subscriber count: its slot and its share of the prepared event.
+const estEventOverhead = 256
 
 // maxRetainedPending is the largest pending array a lane keeps once
 // drained.
@@ -406,18 +427,17 @@ func (c *channel) drainOwn() {
 	}
 	r := c.side() // allocated before taking the lane's lock
 	l := th.lane(c)
-	var frames [numVariants][]byte
-	var failed [numVariants]bool
 	l.mu.Lock()
-	if c.th == th {
-		for _, pe := range l.pending {
-			if pe.seq > r.ahead {
-				th.deliverTo(c, pe.b.ev, pe.b, &frames, &failed)
-			}
+	defer l.mu.Unlock()
+	for _, pe := range l.pending {
+		if pe.seq > r.ahead {
+			// Each event has its own encodings.
+			var frames [numVariants][]byte
+			var failed [numVariants]bool
+			th.deliverTo(c, pe.b.ev, pe.b, &frames, &failed)
 		}
-		r.ahead = l.seq
 	}
-	l.mu.Unlock()
+	r.ahead = l.seq
 }
 
 // deliverLocked delivers one event to a lane's subscribers. b, when set,

@@ -77,9 +77,8 @@ func NewServer(cfg Config, router *Router, broker pubsub.Broker, reg prometheus.
 func (s *Server) Connect(c Conn, info ConnectInfo) *Socket {
 	lane := 0
 	if l, ok := c.(Laned); ok {
-		if lane = l.Lane(); lane < 0 || lane >= s.lanes() {
-			lane = 0
-		}
+		// Sockets of pollers past maxLanes share the lanes, modulo.
+		lane = max(l.Lane(), 0) % s.lanes()
 	}
 	return &Socket{
 		srv:      s,
@@ -100,8 +99,10 @@ func (s *Server) lanes() int {
 	return max(1, min(s.cfg.Fanout.Lanes(), maxLanes))
 }
 
-// maxLanes bounds the Fanout lanes (Socket.lane is 16 bits).
-const maxLanes = 1 << 16
+// maxLanes bounds the lanes a topic is split into: every topic holds a
+// pointer per lane, and more lanes than this buy no more parallelism in
+// one topic's fan-out.
+const maxLanes = 16
 
 // overloaded reports whether the node's output budget is spent
 // (Config.Overloaded).

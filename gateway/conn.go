@@ -139,6 +139,19 @@ func (c *conn) sendPong(payload []byte) {
 	c.p.enqueueDirty(c, list)
 }
 
+// abandon marks a socket that never reached its poller closed and gives
+// back what Connect may have queued, so that the node's output count
+// (output_budget_bytes) does not keep it.
+func (c *conn) abandon() {
+	c.mu.Lock()
+	c.state.Store(stateClosed)
+	if c.out != nil {
+		c.p.queuedBytes.Add(-c.out.charged)
+		c.out = nil
+	}
+	c.mu.Unlock()
+}
+
 // queueLocked returns c.out, creating it on first use.
 func (c *conn) queueLocked() *outQueue {
 	if c.out == nil {

@@ -230,7 +230,7 @@ func (s *Server) upgrade(nc net.Conn, head, leftover []byte) {
 	if _, err := nc.Write(rc.out); err != nil {
 		s.metrics.handshakes.WithLabelValues(hsError).Inc()
 		_ = nc.Close()
-		c.state.Store(stateClosed)
+		c.abandon()
 		c.handler.Terminate(leaveReason(channels.ReasonConnReset))
 		c.releaseAdmission()
 		return
@@ -239,7 +239,7 @@ func (s *Server) upgrade(nc net.Conn, head, leftover []byte) {
 	if err != nil {
 		s.metrics.handshakes.WithLabelValues(hsError).Inc()
 		s.log.Error("detaching upgraded socket failed", "conn", c.id, "err", err)
-		c.state.Store(stateClosed)
+		c.abandon()
 		c.handler.Terminate(leaveReason(channels.ReasonInternal))
 		c.releaseAdmission()
 		return
@@ -253,7 +253,7 @@ func (s *Server) upgrade(nc net.Conn, head, leftover []byte) {
 	s.log.Debug("socket upgraded", "conn", c.id, "remote", st.req.RemoteAddr, "vsn", st.req.Info.Serializer)
 	if !c.p.register(c, lo) {
 		_ = unix.Close(fd)
-		c.state.Store(stateClosed)
+		c.abandon()
 		c.handler.Terminate(leaveReason(channels.ReasonDrain))
 		c.releaseAdmission()
 	}

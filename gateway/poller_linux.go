@@ -696,13 +696,11 @@ func (p *poller) sweep() {
 		if c == nil {
 			continue
 		}
-		if c.out != nil {
-			c.mu.Lock()
-			if c.out != nil && c.out.empty() {
-				c.out = nil // idle since at least the last flush: give it back
-			}
-			c.mu.Unlock()
+		c.mu.Lock()
+		if c.out != nil && c.out.empty() {
+			c.out = nil // idle since at least the last flush: give it back
 		}
+		c.mu.Unlock()
 		switch c.state.Load() {
 		case stateOpen:
 			if idle > 0 && p.now-c.lastActive >= idle {

@@ -2,11 +2,12 @@ package gateway
 
 // entryOverhead is what one queued frame costs beyond its bytes, charged
 // against write_queue_max_bytes and the node's output budget: its ring
-// slot (a 24-byte slice header; the ring holds up to four slots per entry
-// before it shrinks) plus the size-class rounding of a small frame's own
-// allocation. Without it a flood of tiny frames (2-byte pongs) would hold
-// megabytes while being charged a few kilobytes.
-const entryOverhead = 64
+// slot, a 24-byte slice header, of which the ring holds up to four per
+// entry before it shrinks (96 bytes at worst). A frame made for one socket
+// (a reply) is also its own allocation, but its bytes are charged already.
+// Without this a flood of tiny frames would hold megabytes while being
+// charged a few kilobytes.
+const entryOverhead = 96
 
 // minRing is the smallest ring allocated, and the largest kept once the
 // queue is empty: a socket that had a burst gives the rest back.
@@ -31,6 +32,10 @@ type outQueue struct {
 	// between the frames of a message, and a pong should not wait behind
 	// a backlog.
 	pong []byte
+	// frontPong: the oldest entry is a pong taken from pong (it may be
+	// partly written). A newer pong replaces it while it has not started
+	// and otherwise waits for it, so pongs never overtake each other.
+	frontPong bool
 }
 
 // cost is what a frame of n bytes is charged while queued.
@@ -74,12 +79,21 @@ func (q *outQueue) setPong(f []byte) {
 }
 
 // takePong moves a pending pong to the front of the ring when the oldest
-// entry has not been started, so that it leaves with the next write.
+// entry has not been started, so that it leaves with the next write. An
+// older pong still at the front is replaced if it has not started (only
+// the latest ping needs an answer), or else is left to finish first.
 func (q *outQueue) takePong() {
-	if q.pong != nil && q.off == 0 {
-		q.pushFront(q.pong)
-		q.pong = nil
+	if q.pong == nil || q.off != 0 {
+		return
 	}
+	if q.frontPong {
+		q.charged -= cost(len(q.ring[q.head]))
+		q.ring[q.head] = q.pong
+	} else {
+		q.pushFront(q.pong)
+		q.frontPong = true
+	}
+	q.pong = nil
 }
 
 // written pops n written bytes off the front and returns the number of
@@ -94,6 +108,7 @@ func (q *outQueue) written(n int) (done int) {
 		}
 		n -= rem
 		q.off = 0
+		q.frontPong = false
 		q.ring[q.head] = nil
 		q.head = (q.head + 1) & q.mask()
 		q.n--
@@ -119,12 +134,13 @@ func (q *outQueue) dropUnsent(keepLast bool) int64 {
 	if keepLast && q.n > 0 && (!keepFirst || q.n > 1) {
 		last = q.at(q.n - 1)
 	}
-	off := q.off
+	off, frontPong := q.off, q.frontPong
 	*q = outQueue{}
 	if first != nil {
 		q.push(first)
 		q.off = off
 		q.charged -= int64(off)
+		q.frontPong = frontPong
 	}
 	if last != nil {
 		q.push(last)

@@ -90,3 +90,30 @@ func BenchmarkSend(b *testing.B) {
 		flushed(c, p)
 	}
 }
+
+// TestTinyFramesChargedTheirRealCost: a socket that never reads, sent
+// frames of 2 bytes each (as pongs, short replies or refusals are), is
+// closed as a slow consumer before what its queue really holds passes the
+// cap by much: each frame is charged its bookkeeping, not only its bytes.
+// Each accepted frame holds at least its ring slot (a 24-byte slice header)
+// and its own smallest allocation (8 bytes).
+func TestTinyFramesChargedTheirRealCost(t *testing.T) {
+	c, _ := detachedConn(t)
+	limit := testConfig().WriteQueueMaxBytes
+	accepted := 0
+	for {
+		c.Send([]byte{0x8a, 0}) // a fresh 2-byte frame each time
+		if c.state.Load() != stateOpen {
+			break
+		}
+		accepted++
+		if accepted > limit {
+			t.Fatal("never closed")
+		}
+	}
+	held := accepted * (24 + 8)
+	t.Logf("%d frames accepted under a %d-byte cap: at least %d bytes held", accepted, limit, held)
+	if held > limit*5/4 {
+		t.Errorf("%d tiny frames accepted: at least %d bytes held for a %d-byte cap", accepted, held, limit)
+	}
+}

@@ -151,6 +151,14 @@ func TestBroadcastBurstCoalescesWrites(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The publisher only handed the events to the held poller's lane:
+	// nothing is queued to the subscriber yet, it is pending.
+	if q := s.queuedBytes(); q != 0 {
+		t.Errorf("queued %v bytes while the poller was held: the publisher did the fan-out itself", q)
+	}
+	if srv.PendingBytes() == 0 {
+		t.Error("nothing pending for the held poller's lane")
+	}
 	close(release)
 	for i := range burst {
 		sub.expectMessage(ws.OpText, fmt.Sprintf(`[null,null,"room:a","shout",{"i":%d}]`, i))
