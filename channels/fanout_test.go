@@ -295,3 +295,36 @@ func TestPanickingSendDoesNotWedgeTheTopic(t *testing.T) {
 		t.Fatalf("PendingBytes = %d after every lane ran, want 0", n)
 	}
 }
+
+// A sender whose lane holds other events when it shouts gets each of them,
+// then its own broadcast, then its reply, each exactly once.
+func TestShoutWithOtherEventsPending(t *testing.T) {
+	fo := newHeldFanout(1)
+	env := newTestEnv(t, func(c *Config) { c.Fanout = fo })
+	s0, c0 := env.connectLane(t, 0)
+	s1, c1 := env.connectLane(t, 0)
+	for _, s := range []*Socket{s0, s1} {
+		mustHandle(t, s, `["1","1","room:a","phx_join",{}]`)
+	}
+	c0.waitTexts(t, 1)
+	c1.waitTexts(t, 1)
+	publishN(t, env.broker, "room:a", 1, 2) // held on the lane
+	mustHandle(t, s0, `["1","2","room:a","shout",{"x":1}]`)
+	want := []string{
+		`["1","1","room:a","phx_reply",{"response":{},"status":"ok"}]`,
+		evFrame("room:a", "null", 1),
+		evFrame("room:a", "null", 2),
+		`[null,null,"room:a","shout",{"x":1}]`,
+		`["1","2","room:a","phx_reply",{"response":{},"status":"ok"}]`,
+	}
+	if got := c0.waitTexts(t, 5); !slices.Equal(got, want) {
+		t.Fatalf("shouter got  %s\nwant %s", strings.Join(got, "\n     "), strings.Join(want, "\n     "))
+	}
+	fo.run(0)
+	if got := c1.waitTexts(t, 4); !slices.Equal(got, want[:4]) {
+		t.Fatalf("other subscriber got  %s\nwant %s", strings.Join(got, "\n     "), strings.Join(want[:4], "\n     "))
+	}
+	if c0.count() != 5 || c1.count() != 4 {
+		t.Fatalf("frames after the lane ran: shouter %d (want 5), other %d (want 4)", c0.count(), c1.count())
+	}
+}
