@@ -28,8 +28,14 @@ type Call struct {
 	JoinRef string
 	Ref     string
 	Payload Payload
-	// IdempotencyKey is unique per client push ("node:conn:join_ref:ref"):
-	// a retried call carries the same key and must not apply twice.
+	// IdempotencyKey is unique per call and the same on every retry of it,
+	// so a backend that remembers keys applies an action at most once:
+	// "<instance>:<conn>:<gen>:<seq>" (a random per-boot id, the connection,
+	// the channel incarnation, a sequence), or "player:<player>:<key>" for
+	// a push from an identified player whose payload carries its own
+	// string "idempotency_key" (≤ 64 bytes), so a bet resent after a
+	// reconnect (another node, another ref) carries the same key. Never
+	// built from the client's refs; treat it as opaque.
 	IdempotencyKey string
 }
 

@@ -3,7 +3,6 @@ package channels
 import (
 	"context"
 	"errors"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -216,7 +215,8 @@ func (c *channel) flushPendingClose() {
 	r.pendingClose = nil
 }
 
-func (c *channel) newCall(event, joinRef, ref string, p backends.Payload) *backends.Call {
+// newCall builds a backend call for incarnation gen of c.
+func (c *channel) newCall(gen uint32, event, joinRef, ref string, p backends.Payload) *backends.Call {
 	s := c.sock
 	jr, r := refString(joinRef), refString(ref)
 	var player string
@@ -229,14 +229,7 @@ func (c *channel) newCall(event, joinRef, ref string, p backends.Payload) *backe
 		player, claims = id.PlayerID, id.Raw
 	}
 	node := s.srv.cfg.NodeID
-	key := make([]byte, 0, len(node)+len(jr)+len(r)+24)
-	key = append(key, node...)
-	key = append(key, ':')
-	key = strconv.AppendUint(key, s.conn.ID(), 10)
-	key = append(key, ':')
-	key = append(key, jr...)
-	key = append(key, ':')
-	key = append(key, r...)
+	key := s.srv.callKey(s.conn.ID(), gen, player, event, p)
 	return &backends.Call{
 		NodeID:         node,
 		ConnID:         s.conn.ID(),
@@ -248,7 +241,7 @@ func (c *channel) newCall(event, joinRef, ref string, p backends.Payload) *backe
 		JoinRef:        jr,
 		Ref:            r,
 		Payload:        p,
-		IdempotencyKey: string(key),
+		IdempotencyKey: key,
 	}
 }
 
@@ -339,7 +332,7 @@ func (c *channel) join(t *task) {
 		c.flushPendingClose()
 		return
 	}
-	call := c.newCall("phx_join", t.joinRef, t.ref, backends.Payload{Data: t.payload, Binary: t.binary})
+	call := c.newCall(t.gen, "phx_join", t.joinRef, t.ref, backends.Payload{Data: t.payload, Binary: t.binary})
 	rep, err := c.call(opJoin, call, "")
 	if err != nil {
 		if callResult(err) == "error" {
@@ -372,7 +365,7 @@ func (c *channel) join(t *task) {
 		m.joins.WithLabelValues(joinBackend).Inc()
 		s.send(s.replyFrame(t.joinRef, t.ref, c.topic, "error", respUnavail))
 		c.wGen = 0
-		c.call(opLeave, c.newCall("phx_leave", c.wJoinRef, "null", backends.Payload{}), backends.LeaveCrashed)
+		c.call(opLeave, c.newCall(t.gen, "phx_leave", c.wJoinRef, "null", backends.Payload{}), backends.LeaveCrashed)
 		c.failJoin(t.gen)
 		c.flushPendingClose()
 		return
@@ -399,7 +392,7 @@ func (c *channel) handleIn(t *task) {
 		s.send(s.replyFrame(t.joinRef, t.ref, c.topic, "error", respNodeOverloaded))
 		return
 	}
-	call := c.newCall(t.event, t.joinRef, t.ref, backends.Payload{Data: t.payload, Binary: t.binary})
+	call := c.newCall(c.wGen, t.event, t.joinRef, t.ref, backends.Payload{Data: t.payload, Binary: t.binary})
 	rep, err := c.call(opHandleIn, call, "")
 	if err != nil {
 		if callResult(err) == "error" {
@@ -473,7 +466,7 @@ func (c *channel) end(reason backends.LeaveReason) {
 	s := c.sock
 	gen := c.wGen
 	s.srv.hub.unsubscribe(c)
-	c.call(opLeave, c.newCall("phx_leave", c.wJoinRef, "null", backends.Payload{}), reason)
+	c.call(opLeave, c.newCall(gen, "phx_leave", c.wJoinRef, "null", backends.Payload{}), reason)
 	c.wGen = 0
 	s.srv.m.channels.Dec()
 	s.mu.Lock()

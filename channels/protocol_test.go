@@ -3,6 +3,7 @@ package channels
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -322,18 +323,75 @@ func TestBinaryReplyAndPush(t *testing.T) {
 	}
 }
 
+// Idempotency keys are unique per call whatever the client's refs (null,
+// or holding ':'), unique across servers that share a node id and
+// connection ids, and a push's own "idempotency_key" from an identified
+// player gives the same key on every socket of that player.
 func TestIdempotencyKey(t *testing.T) {
+	keysOf := func(env *testEnv) []string {
+		env.backend.mu.Lock()
+		defer env.backend.mu.Unlock()
+		return slices.Clone(env.backend.keys)
+	}
+	connect := func(env *testEnv, player string) (*Socket, *fakeConn) {
+		c := newFakeConn(t)
+		return env.srv.Connect(c, ConnectInfo{Serializer: V2, Params: []byte(`{}`), PlayerID: player}), c
+	}
+	envA, envB := newTestEnv(t, nil), newTestEnv(t, nil) // same node id "n1"
+	var all []string
+	for _, env := range []*testEnv{envA, envB} {
+		sock, conn := connect(env, "")
+		mustHandle(t, sock, `["1","1","room:a","phx_join",{}]`)
+		mustHandle(t, sock, `["1",null,"room:a","ping",{}]`)
+		mustHandle(t, sock, `["1",null,"room:a","ping",{}]`)
+		mustHandle(t, sock, `["1","a:b","room:a","ping",{}]`)
+		mustHandle(t, sock, `["1","2","room:a","ping",{"idempotency_key":"anon-ignored"}]`)
+		conn.waitTexts(t, 5)
+		keys := keysOf(env)
+		if len(keys) != 5 {
+			t.Fatalf("keys %v, want 5", keys)
+		}
+		prefix := env.srv.InstanceID() + ":" + strconv.FormatUint(conn.ID(), 10) + ":1:"
+		for _, k := range keys {
+			if !strings.HasPrefix(k, prefix) {
+				t.Fatalf("key %q, want prefix %q (instance:conn:gen:seq)", k, prefix)
+			}
+		}
+		all = append(all, keys...)
+	}
+	if envA.srv.InstanceID() == envB.srv.InstanceID() {
+		t.Fatal("two servers share an instance id")
+	}
+	seen := map[string]bool{}
+	for _, k := range all {
+		if seen[k] {
+			t.Fatalf("key %q given twice in %v", k, all)
+		}
+		seen[k] = true
+	}
+
+	// A player's own key: the same on two sockets (a reconnect elsewhere),
+	// unambiguous when the player id holds ':'; too long or not a string:
+	// ignored.
 	env := newTestEnv(t, nil)
-	sock, conn := env.connect(t, V2)
+	for i, player := range []string{"alice", "alice", "a:b%"} {
+		sock, conn := connect(env, player)
+		mustHandle(t, sock, `["1","1","room:a","phx_join",{}]`)
+		mustHandle(t, sock, fmt.Sprintf(`["1","%d","room:a","bet",{"amount":5,"idempotency_key":"bet-1"}]`, 7+i))
+		conn.waitTexts(t, 2)
+	}
+	sock, conn := connect(env, "bob")
 	mustHandle(t, sock, `["1","1","room:a","phx_join",{}]`)
-	mustHandle(t, sock, `["1","2","room:a","ping",{}]`)
-	conn.waitTexts(t, 2)
-	env.backend.mu.Lock()
-	keys := slices.Clone(env.backend.keys)
-	env.backend.mu.Unlock()
-	id := conn.ID()
-	want := []string{fmt.Sprintf("n1:%d:1:1", id), fmt.Sprintf("n1:%d:1:2", id)}
-	if !slices.Equal(keys, want) {
-		t.Fatalf("keys %v want %v", keys, want)
+	mustHandle(t, sock, `["1","2","room:a","bet",{"idempotency_key":"`+strings.Repeat("k", MaxClientKeyBytes+1)+`"}]`)
+	mustHandle(t, sock, `["1","3","room:a","bet",{"idempotency_key":12}]`)
+	conn.waitTexts(t, 3)
+	keys := keysOf(env)
+	if keys[1] != "player:alice:bet-1" || keys[3] != "player:alice:bet-1" || keys[5] != "player:a%3Ab%25:bet-1" {
+		t.Fatalf("player keys %v", keys)
+	}
+	for _, k := range keys[7:] {
+		if strings.HasPrefix(k, "player:") {
+			t.Fatalf("an invalid client key was used: %v", keys)
+		}
 	}
 }

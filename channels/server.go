@@ -3,11 +3,17 @@ package channels
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/json"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/phxgate/phxgate/backends"
 	"github.com/phxgate/phxgate/channels/auth"
 	"github.com/phxgate/phxgate/pubsub"
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,9 +38,98 @@ type Server struct {
 	inflight atomic.Int64 // channels scheduled or running
 	closing  atomic.Bool
 	once     sync.Once
+	// instance is random per boot (Server), so that idempotency keys never
+	// repeat across restarts, nodes or containers that share a hostname
+	// and pid; callSeq numbers the backend calls of this instance.
+	instance string
+	callSeq  atomic.Uint64
 	// pendingOut estimates the bytes of broadcasts handed to Fanout lanes
 	// and not yet queued to their sockets (see PendingBytes).
 	pendingOut atomic.Int64
+}
+
+// InstanceID is this server's random per-boot id, the first part of the
+// idempotency keys it generates.
+func (s *Server) InstanceID() string { return s.instance }
+
+// newInstanceID returns 16 random base32 characters (80 bits).
+func newInstanceID() string {
+	var b [10]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go ≥ 1.24)
+	return strings.ToLower(base32.StdEncoding.EncodeToString(b[:]))
+}
+
+// MaxClientKeyBytes bounds a push payload's "idempotency_key".
+const MaxClientKeyBytes = 64
+
+// callKey returns the idempotency key of one backend call (see
+// backends.Call.IdempotencyKey). A push from an identified player whose
+// JSON object payload has a string "idempotency_key" of 1 to
+// MaxClientKeyBytes bytes gets "player:<player>:<that key>" (':' and '%'
+// in the player id percent-encoded, so the form is unambiguous): the same
+// bet resent after a reconnect, to another node with another ref, carries
+// the same key. Every other call gets "<instance>:<conn>:<gen>:<seq>":
+// this boot's random id, the connection, the channel's incarnation and a
+// sequence number unique in this boot. The client's refs are never part
+// of a key (they are passed apart, as Call.JoinRef and Call.Ref).
+func (s *Server) callKey(conn uint64, gen uint32, player, event string, p backends.Payload) string {
+	if player != "" && !p.Binary && event != "phx_join" && event != "phx_leave" {
+		if k, ok := clientKey(p.Data); ok {
+			return "player:" + escapeKeyPart(player) + ":" + k
+		}
+	}
+	b := make([]byte, 0, len(s.instance)+48)
+	b = append(b, s.instance...)
+	b = append(b, ':')
+	b = strconv.AppendUint(b, conn, 10)
+	b = append(b, ':')
+	b = strconv.AppendUint(b, uint64(gen), 10)
+	b = append(b, ':')
+	b = strconv.AppendUint(b, s.callSeq.Add(1), 10)
+	return string(b)
+}
+
+// clientKey returns a payload's "idempotency_key" when it is a string of
+// 1 to MaxClientKeyBytes bytes.
+func clientKey(p []byte) (key string, ok bool) {
+	i := skipWS(p, 0)
+	if i >= len(p) || p[i] != '{' {
+		return "", false
+	}
+	objectMembers(p[i:], func(k, val []byte, _, _ int) bool {
+		if string(k) != "idempotency_key" {
+			return true
+		}
+		if len(val) < 2 || val[0] != '"' || len(val) > 2*MaxClientKeyBytes+2 {
+			return false
+		}
+		var str string
+		if err := json.Unmarshal(val, &str); err == nil && str != "" && len(str) <= MaxClientKeyBytes {
+			key, ok = str, true
+		}
+		return false
+	})
+	return key, ok
+}
+
+// escapeKeyPart percent-encodes '%' and ':' so that a key part cannot
+// shift the separators.
+func escapeKeyPart(s string) string {
+	if !strings.ContainsAny(s, "%:") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '%':
+			b.WriteString("%25")
+		case ':':
+			b.WriteString("%3A")
+		default:
+			b.WriteByte(s[i])
+		}
+	}
+	return b.String()
 }
 
 // PendingBytes is an estimate of the output the hub holds for Fanout
@@ -57,12 +152,13 @@ func NewServer(cfg Config, router *Router, broker pubsub.Broker, reg prometheus.
 		return nil, fmt.Errorf("channels: metrics: %w", err)
 	}
 	s := &Server{
-		cfg:    cfg,
-		router: router,
-		broker: broker,
-		m:      m,
-		ready:  make(chan *channel, cfg.QueueSize),
-		quit:   make(chan struct{}),
+		instance: newInstanceID(),
+		cfg:      cfg,
+		router:   router,
+		broker:   broker,
+		m:        m,
+		ready:    make(chan *channel, cfg.QueueSize),
+		quit:     make(chan struct{}),
 	}
 	s.hub = newHub(s)
 	s.workers.Add(cfg.Workers)
