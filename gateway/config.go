@@ -438,7 +438,7 @@ func (c Config) Validate() error {
 			return keyErr(fmt.Sprintf("routes[%d].topic", i), "a wildcard is only allowed at the end, got %q", r.Topic)
 		}
 		if !knownBackend(r.Backend) {
-			return keyErr(fmt.Sprintf("routes[%d].backend", i), "unknown backend %q (echo, bench, demo, grpc://host:port, http(s)://url)", r.Backend)
+			return keyErr(fmt.Sprintf("routes[%d].backend", i), "unknown backend %q (echo, bench, demo, grpc://host:port, http(s)://url, inproc:name)", r.Backend)
 		}
 		if r.History < 0 || r.History > 1<<20 {
 			return keyErr(fmt.Sprintf("routes[%d].history", i), "must be between 0 and 1048576")
@@ -447,12 +447,15 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// InprocPrefix names a route backend registered with WithBackend.
+const InprocPrefix = "inproc:"
+
 func knownBackend(spec string) bool {
 	switch spec {
 	case "echo", "bench", "demo":
 		return true
 	}
-	for _, p := range []string{"grpc://", "http://", "https://"} {
+	for _, p := range []string{"grpc://", "grpcs://", "http://", "https://", InprocPrefix} {
 		if strings.HasPrefix(spec, p) && len(spec) > len(p) {
 			return true
 		}

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -125,8 +126,23 @@ type Options struct {
 	// registry (served on /metrics together with Go and process collectors).
 	Registry *prometheus.Registry
 	// Closers run during Shutdown after the sockets are closed (the
-	// production wiring closes the channels server and broker here).
-	Closers []func() error
+	// production wiring closes the channels server and broker here), with
+	// what is left of the drain window (at least closerFloor).
+	Closers []func(context.Context) error
+	// Backends are in-process backends for routes whose backend is
+	// "inproc:<name>" (embedders' own engines, tests).
+	Backends map[string]backends.Backend
+}
+
+// WithBackend registers an in-process backend for routes that name it as
+// "inproc:<name>".
+func WithBackend(name string, b backends.Backend) Option {
+	return func(o *Options) {
+		if o.Backends == nil {
+			o.Backends = map[string]backends.Backend{}
+		}
+		o.Backends[name] = b
+	}
 }
 
 // Option sets a field of Options.

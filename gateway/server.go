@@ -202,6 +202,9 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (*Server, error) {
 	return s, nil
 }
 
+// closerFloor is the least time the Closers get at shutdown.
+const closerFloor = 2 * time.Second
+
 // httpIdleTimeout bounds a kept-alive plain HTTP connection between
 // requests on the client port.
 const httpIdleTimeout = 60 * time.Second
@@ -386,8 +389,16 @@ wait:
 	}
 	s.wg.Wait() // accept loop, workers, the http servers
 	s.closePollers()
+	// The Closers get what is left of the drain window (the 1012s took
+	// the first half), but never less than closerFloor: the Leaves queued
+	// by the last closes still get a chance when the window ran out.
+	cctx, cancel := ctx, context.CancelFunc(func() {})
+	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) < closerFloor {
+		cctx, cancel = context.WithTimeout(context.Background(), closerFloor)
+	}
+	defer cancel()
 	for _, c := range s.opts.Closers {
-		if cerr := c(); cerr != nil && err == nil {
+		if cerr := c(cctx); cerr != nil && err == nil {
 			err = cerr
 		}
 	}

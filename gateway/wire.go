@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/phxgate/phxgate/backends"
 	"github.com/phxgate/phxgate/channels"
@@ -14,10 +15,18 @@ import (
 // routes, the in-memory broker (history sized per route), the channels
 // server with the guard's token verifier and rate limiter, spreading its
 // broadcasts over gw's pollers. The returned closers stop the channels server then the broker.
-func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g *guard, gw *Server) (*channels.Server, ConnectFunc, []func() error, error) {
+func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g *guard, gw *Server) (*channels.Server, ConnectFunc, []func(context.Context) error, error) {
 	routes := make([]channels.Route, 0, len(cfg.Routes))
 	for i, rc := range cfg.Routes {
-		b, err := backends.New(rc.Backend)
+		var b backends.Backend
+		var err error
+		if name, ok := strings.CutPrefix(rc.Backend, InprocPrefix); ok {
+			if b = gw.opts.Backends[name]; b == nil {
+				err = fmt.Errorf("no in-process backend %q registered (gateway.WithBackend)", name)
+			}
+		} else {
+			b, err = backends.New(rc.Backend)
+		}
 		if err != nil {
 			return nil, nil, nil, keyErr(fmt.Sprintf("routes[%d].backend", i), "%v", err)
 		}
@@ -59,13 +68,10 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 		// is understood by closeFor. No adapter keeps the socket small.
 		return srv.Connect(c, info), nil
 	}
-	closers := []func() error{
-		func() error {
-			ctx, cancel := context.WithTimeout(context.Background(), ccfg.CallTimeout)
-			defer cancel()
-			return srv.Close(ctx)
-		},
-		broker.Close,
+	closers := []func(context.Context) error{
+		// Every Leave queued by the closes runs within the drain window.
+		srv.Close,
+		func(context.Context) error { return broker.Close() },
 	}
 	return srv, connect, closers, nil
 }

@@ -1,0 +1,89 @@
+//go:build linux
+
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/phxgate/phxgate/backends"
+)
+
+// leaveCounter is an in-process backend whose Leave is slow and counted
+// per (connection, topic).
+type leaveCounter struct {
+	delay  time.Duration
+	mu     sync.Mutex
+	leaves map[string][]backends.LeaveReason
+}
+
+func (b *leaveCounter) Join(context.Context, *backends.Call) (*backends.Reply, error) {
+	return &backends.Reply{Status: "ok"}, nil
+}
+
+func (b *leaveCounter) HandleIn(context.Context, *backends.Call) (*backends.Reply, error) {
+	return &backends.Reply{Status: "ok"}, nil
+}
+
+func (b *leaveCounter) Leave(_ context.Context, c *backends.Call, r backends.LeaveReason) error {
+	time.Sleep(b.delay) // a slow backend; the call's deadline is not the point here
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	k := fmt.Sprintf("%d %s", c.ConnID, c.Topic)
+	b.leaves[k] = append(b.leaves[k], r)
+	return nil
+}
+
+// TestDrainRunsEveryLeave: SIGTERM-style drain of 2,000 joined channels
+// behind a backend whose Leave takes 200 ms (about 6 s of Leaves for the
+// 64 workers, more than one call timeout): every channel gets exactly one
+// Leave, with reason "drained", before Shutdown returns.
+func TestDrainRunsEveryLeave(t *testing.T) {
+	const sockets, perSocket = 20, 100
+	be := &leaveCounter{delay: 200 * time.Millisecond, leaves: map[string][]backends.LeaveReason{}}
+	cfg := testConfig()
+	cfg.Routes = []RouteConfig{{Topic: "room:*", Backend: InprocPrefix + "slow"}}
+	cfg.Limits.JoinsPerSecond, cfg.Limits.JoinBurst = 1e6, 1e6 // 2,000 joins from one address
+	s, err := Start(context.Background(), cfg, WithLogger(discardLogger()), WithBackend("slow", be))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range sockets {
+		c := attempt(t, nil, s.Addr(), "/socket/websocket?vsn=2.0.0")
+		if c.status() != http.StatusSwitchingProtocols {
+			t.Fatalf("status %d", c.status())
+		}
+		var frames []byte
+		for j := range perSocket {
+			frames = append(frames, clientFrame(0x81, true, fmt.Appendf(nil, `["%d","%d","room:%d","phx_join",{}]`, j, j, j), -1)...)
+		}
+		c.write(frames)
+		for range perSocket {
+			h, p, err := c.readFrame()
+			if err != nil || h.OpCode != ws.OpText || !strings.Contains(string(p), `"status":"ok"`) {
+				t.Fatalf("socket %d: join reply %s: %v", i, p, err)
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	be.mu.Lock()
+	defer be.mu.Unlock()
+	if len(be.leaves) != sockets*perSocket {
+		t.Fatalf("%d channels got a Leave, want %d", len(be.leaves), sockets*perSocket)
+	}
+	for k, rs := range be.leaves {
+		if len(rs) != 1 || rs[0] != backends.LeaveDrained {
+			t.Fatalf("%s: leaves %v, want exactly one %q", k, rs, backends.LeaveDrained)
+		}
+	}
+}
