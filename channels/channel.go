@@ -3,6 +3,7 @@ package channels
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -262,14 +263,14 @@ func (c *channel) call(op string, call *backends.Call, reason backends.LeaveReas
 	b := c.route.Backend
 	var obs = srv.m.callDurationJoin
 	switch op {
-	case opJoin:
-		rep, err = b.Join(ctx, call)
 	case opHandleIn:
 		obs = srv.m.callDurationIn
-		rep, err = b.HandleIn(ctx, call)
-	default:
+	case opLeave:
 		obs = srv.m.callDurationLv
-		err = b.Leave(ctx, call, reason)
+	}
+	rep, err = invoke(ctx, b, op, call, reason)
+	if errors.Is(err, errBackendPanic) {
+		srv.m.backendPanics.Inc()
 	}
 	obs.Observe(time.Since(start).Seconds())
 	if err == nil && rep == nil && op != opLeave {
@@ -280,6 +281,28 @@ func (c *channel) call(op string, call *backends.Call, reason backends.LeaveReas
 	}
 	srv.m.backendCalls.WithLabelValues(op, callResult(err)).Inc()
 	return rep, err
+}
+
+// errBackendPanic is the error of a backend call that panicked: the panic
+// is recovered and counted, and only that channel pays (a crashed join, or
+// phx_error).
+var errBackendPanic = errors.New("channels: backend panicked")
+
+// invoke makes one backend call, turning a panic into errBackendPanic.
+func invoke(ctx context.Context, b backends.Backend, op string, call *backends.Call, reason backends.LeaveReason) (rep *backends.Reply, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			rep, err = nil, fmt.Errorf("%w: %s %s: %v", errBackendPanic, op, call.Topic, r)
+		}
+	}()
+	switch op {
+	case opJoin:
+		return b.Join(ctx, call)
+	case opHandleIn:
+		return b.HandleIn(ctx, call)
+	default:
+		return nil, b.Leave(ctx, call, reason)
+	}
 }
 
 func callResult(err error) string {

@@ -328,3 +328,33 @@ func TestShoutWithOtherEventsPending(t *testing.T) {
 		t.Fatalf("frames after the lane ran: shouter %d (want 5), other %d (want 4)", c0.count(), c1.count())
 	}
 }
+
+// A backend that panics costs only that channel: a join gets "join
+// crashed", a push ends its channel with phx_error (the client rejoins);
+// the socket's other channel keeps working; panics are counted.
+func TestBackendPanicEndsOnlyThatChannel(t *testing.T) {
+	env := newTestEnv(t, nil)
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","room:a","phx_join",{}]`)
+	mustHandle(t, sock, `["2","2","room:b","phx_join",{}]`)
+	mustHandle(t, sock, `["3","3","room:panicjoin","phx_join",{}]`)
+	mustHandle(t, sock, `["1","4","room:a","panic",{}]`)
+	mustHandle(t, sock, `["2","5","room:b","ping",{}]`)
+	got := conn.waitTexts(t, 5)
+	want := map[string]bool{
+		`["1","1","room:a","phx_reply",{"response":{},"status":"ok"}]`:                                   true,
+		`["2","2","room:b","phx_reply",{"response":{},"status":"ok"}]`:                                   true,
+		`["3","3","room:panicjoin","phx_reply",{"response":{"reason":"join crashed"},"status":"error"}]`: true,
+		`["1","1","room:a","phx_error",{"reason":"channel_crash"}]`:                                      true,
+		`["2","5","room:b","phx_reply",{"response":{"pong":true},"status":"ok"}]`:                        true,
+	}
+	for _, f := range got {
+		delete(want, f)
+	}
+	if len(want) != 0 {
+		t.Fatalf("got %v\nmissing %v", got, want)
+	}
+	waitFor(t, 5*time.Second, "both panics counted", func() bool {
+		return counterValue(t, env.reg, "phxgate_backend_panics_total", "") == 2
+	})
+}

@@ -286,6 +286,8 @@ func (b *testBackend) Join(_ context.Context, c *backends.Call) (*backends.Reply
 	switch {
 	case strings.Contains(c.Topic, "deny") || b.denyAll.Load():
 		return &backends.Reply{Status: "error", Response: backends.Payload{Data: []byte(`{"reason":"denied"}`)}}, nil
+	case strings.Contains(c.Topic, "panicjoin"):
+		panic("join bug")
 	case strings.Contains(c.Topic, "crash"):
 		return nil, errCrash
 	case strings.Contains(c.Topic, "unavail"):
@@ -331,6 +333,8 @@ func (b *testBackend) HandleIn(ctx context.Context, c *backends.Call) (*backends
 		r := ok(`{}`)
 		r.Pushes = []backends.Message{{Event: "pushed", Payload: backends.Payload{Data: []byte(`{"n":1}`)}}}
 		return r, nil
+	case "panic":
+		panic("handle_in bug")
 	case "hang":
 		<-ctx.Done()
 		return nil, ctx.Err()

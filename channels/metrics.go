@@ -42,6 +42,7 @@ type metrics struct {
 	publishErrors    prometheus.Counter
 	floodCloses      prometheus.Counter
 	shed             *prometheus.CounterVec
+	backendPanics    prometheus.Counter
 	callDurationJoin prometheus.Observer
 	callDurationIn   prometheus.Observer
 	callDurationLv   prometheus.Observer
@@ -93,6 +94,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "phxgate_overload_shed_total", Help: "Client pushes and broadcasts refused while the node's output budget was spent (output_budget_bytes), by what was refused (push, broadcast).",
 		}, []string{"what"}),
 	}
+	m.backendPanics = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "phxgate_backend_panics_total", Help: "Backend calls that panicked (recovered: a crashed join, or the channel ended with phx_error).",
+	})
 	m.shed.WithLabelValues(shedPush)
 	m.shed.WithLabelValues(shedBroadcast)
 	m.callDurationJoin = m.backendDuration.WithLabelValues("join")
@@ -104,7 +108,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, c := range []prometheus.Collector{
 		m.channels, m.joins, m.messagesIn, m.broadcasts, m.fanout, m.backendCalls,
 		m.backendDuration, m.replayed, m.overloaded, m.droppedFrames, m.resumeOverflow, m.publishErrors,
-		m.floodCloses, m.shed,
+		m.floodCloses, m.shed, m.backendPanics,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
