@@ -7,7 +7,7 @@ JS_DIR  := clients/js
 # Extra flags for `go test`, e.g. make test GOTESTFLAGS='-run Conformance -v'.
 GOTESTFLAGS ?=
 
-.PHONY: run build test deps node-deps lint bench loadtest bench-broadcast clean
+.PHONY: run build test deps node-deps lint bench loadtest bench-broadcast clean proto
 
 ## run: start phxgate on the embedded broker with the example config.
 run:
@@ -52,6 +52,21 @@ bench-broadcast:
 ## bench: micro-benchmarks with allocation counts.
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./gateway/... ./channels/... ./pubsub/...
+
+## proto: regenerate the committed Go code of backends/proto with Debian's
+## protoc (installed when missing) and the pinned Go plugins (into ./bin).
+proto:
+	@command -v protoc >/dev/null 2>&1 || { \
+		echo "installing protobuf-compiler with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler; }
+	GOBIN=$(CURDIR)/bin $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+	GOBIN=$(CURDIR)/bin $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+	protoc -I backends/proto \
+		--plugin=protoc-gen-go=$(CURDIR)/bin/protoc-gen-go \
+		--plugin=protoc-gen-go-grpc=$(CURDIR)/bin/protoc-gen-go-grpc \
+		--go_out=backends/proto --go_opt=paths=source_relative \
+		--go-grpc_out=backends/proto --go-grpc_opt=paths=source_relative \
+		phxgate/backend/v1/backend.proto
 
 clean:
 	rm -rf bin

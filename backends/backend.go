@@ -37,6 +37,14 @@ type Call struct {
 	// reconnect (another node, another ref) carries the same key. Never
 	// built from the client's refs; treat it as opaque.
 	IdempotencyKey string
+
+	// Join only. ResumePosition is the stream position the client asked to
+	// resume after ("" when none); Recoverable says whether the history
+	// can replay the events after it; Rejoin says the same player rejoined
+	// the topic within its grace window.
+	ResumePosition string
+	Recoverable    bool
+	Rejoin         bool
 }
 
 // Message is an event sent to a topic or to one channel.
@@ -73,6 +81,12 @@ type Reply struct {
 	Pushes []Message
 	// Stop ends the channel after the reply and pushes.
 	Stop Stop
+
+	// Join only. PresenceMeta is the JSON object to track for the player
+	// on the topic's presence (nil: none). SnapshotPosition is the stream
+	// position the join's reply reflects ("" when none).
+	PresenceMeta     []byte
+	SnapshotPosition string
 }
 
 // LeaveReason says why a channel ended.
@@ -86,6 +100,8 @@ const (
 	LeaveDrained      LeaveReason = "drained"
 	LeaveCrashed      LeaveReason = "crashed"
 	LeaveDuplicate    LeaveReason = "duplicate_join"
+	// LeaveExpired: the connect token or a rejoin grace window expired.
+	LeaveExpired LeaveReason = "expired"
 )
 
 // Backend is the contract every game backend engine fulfils. Calls for one
@@ -103,11 +119,23 @@ const (
 	ReasonUnavailable = "backend_unavailable"
 	ReasonTimeout     = "backend_timeout"
 	ReasonOverloaded  = "backend_overloaded"
+	ReasonError       = "backend_error"
 )
 
-// ErrUnavailable and ErrTimeout classify backend failures; the channels
-// layer turns them into error replies with ReasonUnavailable/ReasonTimeout.
+// ErrUnavailable, ErrTimeout, ErrOverloaded and ErrBackend classify backend
+// failures; ReplyReason maps them to the reasons of the error replies
+// (ReasonUnavailable, ReasonTimeout, ReasonOverloaded, ReasonError).
 var (
+	// ErrUnavailable: the backend cannot be reached (also while its
+	// circuit breaker is open).
 	ErrUnavailable = errors.New("backends: backend unavailable")
-	ErrTimeout     = errors.New("backends: backend timeout")
+	// ErrTimeout: the backend did not answer within the call's deadline.
+	ErrTimeout = errors.New("backends: backend timeout")
+	// ErrOverloaded: the call was refused before it was sent, because the
+	// engine's cap on calls in flight and waiting was reached (or no slot
+	// freed before the deadline), or the backend said it is exhausted.
+	ErrOverloaded = errors.New("backends: backend overloaded")
+	// ErrBackend: any other failure (the backend answered with an error,
+	// or with a malformed response).
+	ErrBackend = errors.New("backends: backend error")
 )

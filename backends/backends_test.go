@@ -149,7 +149,8 @@ func TestNew(t *testing.T) {
 		{"bench", Bench{}},
 		{"", nil},
 		{"ECHO", nil},
-		{"grpc://127.0.0.1:1", nil},
+		{"http://127.0.0.1:1", nil}, // the webhook engine is not there yet
+		{"grpc:127.0.0.1:1", nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.spec, func(t *testing.T) {

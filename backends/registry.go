@@ -15,15 +15,30 @@ const (
 // ErrUnknownBackend is returned by New for a spec no engine accepts.
 var ErrUnknownBackend = errors.New("backends: unknown backend")
 
-// New builds the backend named by spec ("echo" or "bench"; later also
-// grpc:// and http(s):// URLs). Anything else fails with an error wrapping
-// ErrUnknownBackend that names the spec.
+// New builds the backend named by spec: "echo", "bench", or a
+// grpc://host:port or grpcs://host:port URL with options (see the package
+// doc). A spec an engine claims but cannot accept fails with an error
+// wrapping ErrBadSpec that names the bad part; anything else with an error
+// wrapping ErrUnknownBackend that names the spec.
+//
+// A backend that holds resources (the gRPC engine's connection) also
+// implements io.Closer; its owner closes it once no call can be made.
 func New(spec string) (Backend, error) {
-	switch spec {
-	case SpecEcho:
+	switch {
+	case spec == SpecEcho:
 		return Echo{}, nil
-	case SpecBench:
+	case spec == SpecBench:
 		return Bench{}, nil
+	case isGRPCSpec(spec):
+		cfg, err := ParseGRPCSpec(spec)
+		if err != nil {
+			return nil, err
+		}
+		g, err := NewGRPC(cfg)
+		if err != nil {
+			return nil, err // not a typed nil in the interface
+		}
+		return g, nil
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrUnknownBackend, spec)
 	}
