@@ -305,27 +305,40 @@ func invoke(ctx context.Context, b backends.Backend, op string, call *backends.C
 	}
 }
 
+// callResult labels a call's outcome (phxgate_backend_calls_total).
+// "error" is a crash: an error of no class (an in-process backend's own
+// error, a panic), which ends the channel as a crashed Phoenix channel
+// would; the classed failures get an error reply and keep the channel.
 func callResult(err error) string {
 	switch {
 	case err == nil:
 		return "ok"
+	case errors.Is(err, backends.ErrOverloaded):
+		return "overloaded"
 	case errors.Is(err, backends.ErrUnavailable):
 		return "unavailable"
 	case errors.Is(err, backends.ErrTimeout):
 		return "timeout"
+	case errors.Is(err, backends.ErrBackend):
+		return "backend_error"
 	default:
 		return "error"
 	}
 }
 
-// errorResponse maps a backend failure to a reply response; crash reports
-// failures that are neither unavailable nor timeout.
+// errorResponse maps a backend failure to a reply response
+// ({"reason":"backend_unavailable"} …); crash is the response for a
+// failure of no class.
 func errorResponse(err error, crash []byte) []byte {
 	switch {
+	case errors.Is(err, backends.ErrOverloaded):
+		return respOverloaded
 	case errors.Is(err, backends.ErrUnavailable):
 		return respUnavail
 	case errors.Is(err, backends.ErrTimeout):
 		return respTimeout
+	case errors.Is(err, backends.ErrBackend):
+		return respBackendError
 	default:
 		return crash
 	}

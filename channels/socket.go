@@ -119,6 +119,7 @@ var (
 	respNodeOverloaded = []byte(`{"reason":"` + ReplyOverloaded + `"}`)
 	respUnavail        = []byte(`{"reason":"` + backends.ReasonUnavailable + `"}`)
 	respTimeout        = []byte(`{"reason":"` + backends.ReasonTimeout + `"}`)
+	respBackendError   = []byte(`{"reason":"` + backends.ReasonError + `"}`)
 	payloadCrash       = []byte(`{"reason":"` + ReplyChannelCrash + `"}`)
 )
 

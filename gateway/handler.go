@@ -172,6 +172,8 @@ func leaveReason(r channels.DisconnectReason) backends.LeaveReason {
 		return backends.LeaveKicked
 	case channels.ReasonIdleTimeout:
 		return backends.LeaveTimedOut
+	case channels.ReasonTokenExpired:
+		return backends.LeaveExpired
 	default:
 		return backends.LeaveDisconnected
 	}

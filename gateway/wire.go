@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 
 	"github.com/phxgate/phxgate/backends"
@@ -17,24 +18,50 @@ import (
 // broadcasts over gw's pollers. The returned closers stop the channels server then the broker.
 func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g *guard, gw *Server) (*channels.Server, ConnectFunc, []func(context.Context) error, error) {
 	routes := make([]channels.Route, 0, len(cfg.Routes))
+	// One engine per backend spec: routes naming the same backend share
+	// its connection, breaker and bulkhead.
+	engines := map[string]backends.Backend{}
+	var closeEngines []io.Closer
+	fail := func(err error) (*channels.Server, ConnectFunc, []func(context.Context) error, error) {
+		for _, c := range closeEngines {
+			_ = c.Close()
+		}
+		return nil, nil, nil, err
+	}
 	for i, rc := range cfg.Routes {
-		var b backends.Backend
+		b := engines[rc.Backend]
 		var err error
-		if name, ok := strings.CutPrefix(rc.Backend, InprocPrefix); ok {
+		switch name, inproc := strings.CutPrefix(rc.Backend, InprocPrefix); {
+		case b != nil:
+		case inproc:
 			if b = gw.opts.Backends[name]; b == nil {
 				err = fmt.Errorf("no in-process backend %q registered (gateway.WithBackend)", name)
 			}
-		} else {
-			b, err = backends.New(rc.Backend)
+		default:
+			if b, err = backends.New(rc.Backend); err == nil {
+				if c, ok := b.(io.Closer); ok {
+					closeEngines = append(closeEngines, c)
+				}
+				if g, ok := b.(*backends.GRPC); ok {
+					label := rc.Backend
+					if j := strings.IndexByte(label, '?'); j >= 0 {
+						label = label[:j]
+					}
+					if rerr := reg.Register(g.Collector(prometheus.Labels{"backend": label})); rerr != nil {
+						err = rerr
+					}
+				}
+			}
 		}
 		if err != nil {
-			return nil, nil, nil, keyErr(fmt.Sprintf("routes[%d].backend", i), "%v", err)
+			return fail(keyErr(fmt.Sprintf("routes[%d].backend", i), "%v", err))
 		}
+		engines[rc.Backend] = b
 		routes = append(routes, channels.Route{Pattern: rc.Topic, Backend: b, History: rc.History, Presence: rc.Presence, RateLimits: rc.RateLimits})
 	}
 	router, err := channels.NewRouter(routes)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("%w: routes: %v", ErrConfig, err)
+		return fail(fmt.Errorf("%w: routes: %v", ErrConfig, err))
 	}
 	mcfg := pubsub.NewMemoryConfig()
 	mcfg.HistorySize = func(topic string) int {
@@ -61,7 +88,7 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 	srv, err := channels.NewServer(ccfg, router, broker, reg)
 	if err != nil {
 		_ = broker.Close()
-		return nil, nil, nil, err
+		return fail(err)
 	}
 	connect := func(c channels.Conn, info channels.ConnectInfo) (SocketHandler, error) {
 		// *channels.Socket is a SocketHandler as is; its *channels.CloseError
@@ -72,6 +99,15 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 		// Every Leave queued by the closes runs within the drain window.
 		srv.Close,
 		func(context.Context) error { return broker.Close() },
+		func(context.Context) error {
+			var first error
+			for _, c := range closeEngines {
+				if err := c.Close(); err != nil && first == nil {
+					first = err
+				}
+			}
+			return first
+		},
 	}
 	return srv, connect, closers, nil
 }
