@@ -45,10 +45,15 @@ func TestProductionWiringSpeaksPhoenix(t *testing.T) {
 
 func TestStartRejectsUnknownBackendByKey(t *testing.T) {
 	cfg := testConfig()
-	cfg.Routes = []RouteConfig{{Topic: "room:*", Backend: "echo"}, {Topic: "g:*", Backend: "grpc://127.0.0.1:1"}}
-	_, err := Start(context.Background(), cfg, WithLogger(discardLogger()))
-	if err == nil || !strings.Contains(err.Error(), "routes[1].backend") {
-		t.Fatalf("err = %v, want it to name routes[1].backend", err)
+	for _, spec := range []string{"grpc://127.0.0.1:1?timeout=forever", "inproc:missing"} {
+		cfg.Routes = []RouteConfig{{Topic: "room:*", Backend: "echo"}, {Topic: "g:*", Backend: spec}}
+		s, err := Start(context.Background(), cfg, WithLogger(discardLogger()))
+		if err == nil {
+			_ = s.Shutdown(context.Background())
+		}
+		if err == nil || !strings.Contains(err.Error(), "routes[1].backend") {
+			t.Fatalf("%s: err = %v, want it to name routes[1].backend", spec, err)
+		}
 	}
 }
 
