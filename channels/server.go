@@ -325,3 +325,60 @@ func (s *Server) schedule(c *channel, must bool) bool {
 	}()
 	return true
 }
+
+// PlayerID is the player of a socket's connect token ("" when anonymous).
+func (s *Socket) PlayerID() string {
+	if s.identity != nil {
+		return s.identity.PlayerID
+	}
+	return ""
+}
+
+// PushTo sends event with payload to every channel of player joined to
+// topic on this node, as a push of that channel (its join_ref, a null ref),
+// and returns how many channels it reached. A channel joined with a join
+// token counts as that token's player. It scans the topic's local
+// subscribers.
+func (s *Server) PushTo(topic, player, event string, p backends.Payload) int {
+	if player == "" || event == "" {
+		return 0
+	}
+	s.hub.mu.Lock()
+	th := s.hub.topics[topic]
+	s.hub.mu.Unlock()
+	if th == nil {
+		return 0
+	}
+	var subs []*channel
+	for i := range th.lanes {
+		l := th.lanes[i].Load()
+		if l == nil {
+			continue
+		}
+		l.mu.Lock()
+		subs = append(subs, l.subs...)
+		l.mu.Unlock()
+	}
+	n := 0
+	for _, c := range subs {
+		sock := c.sock
+		sock.mu.Lock()
+		id := c.joinIdentity()
+		if id == nil {
+			id = sock.identity
+		}
+		joined, jr := c.curGen != 0, c.curJoinRef
+		sock.mu.Unlock()
+		if !joined || id == nil || id.PlayerID != player {
+			continue
+		}
+		f, err := encodeMessage(sock.ser, jr, "null", c.topic, event, p)
+		if err != nil {
+			s.m.droppedFrames.WithLabelValues(dropReason(err)).Inc()
+			continue
+		}
+		sock.send(f)
+		n++
+	}
+	return n
+}

@@ -24,6 +24,10 @@ const (
 	// DefaultAdminListen is the ops listener (metrics, health, pprof). It is
 	// loopback by default because pprof must not face the internet.
 	DefaultAdminListen = "127.0.0.1:4001"
+	// DefaultAPIListen is where games reach the Gateway gRPC service
+	// (broadcast, push, disconnect). Loopback by default: anyone who can
+	// reach it can broadcast to any topic.
+	DefaultAPIListen = "127.0.0.1:4002"
 	// DefaultSocketPath is the Phoenix socket mount; the WebSocket endpoint
 	// is DefaultSocketPath + "/websocket", as in `socket "/socket", ...`.
 	DefaultSocketPath = "/socket"
@@ -103,6 +107,12 @@ type Config struct {
 	Listen string
 	// AdminListen is the admin address; empty disables the admin listener.
 	AdminListen string
+	// APIListen is the address of the Gateway gRPC service games call;
+	// empty disables it.
+	APIListen string
+	// APISecret, when set, must be sent by API callers as
+	// "authorization: Bearer <secret>" metadata (at least 32 bytes).
+	APISecret string
 	// NodeID names this node in idempotency keys and presence; empty means
 	// hostname-pid (filled by NewConfig).
 	NodeID string
@@ -305,6 +315,7 @@ func NewConfig() Config {
 	return Config{
 		Listen:             DefaultListen,
 		AdminListen:        DefaultAdminListen,
+		APIListen:          DefaultAPIListen,
 		NodeID:             host + "-" + strconv.Itoa(os.Getpid()),
 		SocketPath:         DefaultSocketPath,
 		IdleTimeout:        DefaultIdleTimeout,
@@ -374,6 +385,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxMessageSize <= 0 || c.MaxMessageSize > 64<<20 {
 		return keyErr("max_message_size", "must be between 1 and 67108864 bytes")
+	}
+	if c.APISecret != "" && len(c.APISecret) < 32 {
+		return keyErr("api_secret", "must be at least 32 bytes")
 	}
 	if c.WriteQueueMaxBytes <= 0 || c.WriteQueueMaxBytes > 1<<30 {
 		return keyErr("write_queue_max_bytes", "must be between 1 and 1073741824 bytes")
@@ -598,6 +612,8 @@ func settings() []setting {
 	return []setting{
 		strSetting("listen", "client listen address", func(c *Config) *string { return &c.Listen }),
 		strSetting("admin_listen", "admin listen address (metrics, health, pprof); empty disables", func(c *Config) *string { return &c.AdminListen }),
+		strSetting("api_listen", "Gateway gRPC service for games (broadcast, push, disconnect); empty disables", func(c *Config) *string { return &c.APIListen }),
+		strSetting("api_secret", "bearer secret API callers must send (at least 32 bytes; empty: none)", func(c *Config) *string { return &c.APISecret }),
 		strSetting("node_id", "node id (default hostname-pid)", func(c *Config) *string { return &c.NodeID }),
 		strSetting("socket_path", "Phoenix socket path; the WebSocket is at <path>/websocket", func(c *Config) *string { return &c.SocketPath }),
 		durSetting("idle_timeout", "close sockets idle this long (0s disables)", func(c *Config) *time.Duration { return &c.IdleTimeout }),

@@ -162,6 +162,7 @@ func testConfig() Config {
 	cfg := NewConfig()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.AdminListen = "127.0.0.1:0"
+	cfg.APIListen = "" // the tests of the Gateway service turn it on
 	cfg.HandshakeWorkers = 8
 	cfg.Pollers = 2
 	cfg.MaxMessageSize = 4096

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
 )
 
 // Server is a running gateway. Create it with Start; stop it with Shutdown.
@@ -33,6 +34,8 @@ type Server struct {
 
 	ln      net.Listener
 	adminLn net.Listener
+	apiLn   net.Listener
+	api     *grpc.Server
 	httpLn  *chanListener
 	httpSrv *http.Server
 	admin   *http.Server
@@ -143,6 +146,20 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (*Server, error) {
 		}
 		s.adminLn = aln
 	}
+	if cfg.APIListen != "" && s.proto != nil {
+		apiLn, err := lc.Listen(ctx, "tcp", cfg.APIListen)
+		if err != nil {
+			ln.Close()
+			if s.adminLn != nil {
+				s.adminLn.Close()
+			}
+			s.closePollers()
+			s.runClosers(context.Background())
+			return nil, fmt.Errorf("%w: api_listen: %v", ErrConfig, err)
+		}
+		s.apiLn = apiLn
+		s.api = s.newAPIServer()
+	}
 	for _, p := range s.pollers {
 		s.pollWG.Add(1)
 		p.running.Store(true)
@@ -165,6 +182,13 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (*Server, error) {
 		defer s.wg.Done()
 		_ = s.httpSrv.Serve(s.httpLn)
 	}()
+	if s.api != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			_ = s.api.Serve(s.apiLn)
+		}()
+	}
 	if s.adminLn != nil {
 		s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
 		s.wg.Add(1)
@@ -198,8 +222,46 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (*Server, error) {
 	if s.adminLn != nil {
 		args = append(args, "admin", s.adminLn.Addr().String())
 	}
+	if s.apiLn != nil {
+		args = append(args, "api", s.apiLn.Addr().String())
+	}
 	s.log.Info("phxgate listening", args...)
 	return s, nil
+}
+
+// runClosers runs the Closers and returns the first error.
+func (s *Server) runClosers(ctx context.Context) error {
+	var first error
+	for _, c := range s.opts.Closers {
+		if err := c(ctx); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// stopAPI stops the Gateway service: calls in progress get a second to
+// finish (a Disconnect waits for the pollers, which are still running).
+func (s *Server) stopAPI() {
+	done := make(chan struct{})
+	go func() {
+		s.api.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+		s.api.Stop()
+		<-done
+	}
+}
+
+// APIAddr is the Gateway service's address (nil when disabled).
+func (s *Server) APIAddr() net.Addr {
+	if s.apiLn == nil {
+		return nil
+	}
+	return s.apiLn.Addr()
 }
 
 // closerFloor is the least time the Closers get at shutdown.
@@ -387,7 +449,10 @@ wait:
 	if s.admin != nil {
 		_ = s.admin.Close()
 	}
-	s.wg.Wait() // accept loop, workers, the http servers
+	if s.api != nil {
+		s.stopAPI()
+	}
+	s.wg.Wait() // accept loop, workers, the http and api servers
 	s.closePollers()
 	// The Closers get what is left of the drain window (the 1012s took
 	// the first half), but never less than closerFloor: the Leaves queued
@@ -397,10 +462,8 @@ wait:
 		cctx, cancel = context.WithTimeout(context.Background(), closerFloor)
 	}
 	defer cancel()
-	for _, c := range s.opts.Closers {
-		if cerr := c(cctx); cerr != nil && err == nil {
-			err = cerr
-		}
+	if cerr := s.runClosers(cctx); cerr != nil && err == nil {
+		err = cerr
 	}
 	s.log.Info("stopped")
 	return err

@@ -23,11 +23,6 @@ func (nopHandler) HandleText([]byte) error        { return nil }
 func (nopHandler) HandleBinary([]byte) error      { return nil }
 func (nopHandler) Terminate(backends.LeaveReason) {}
 
-// jobFunc is a channels.FanoutJob made of a function.
-type jobFunc func()
-
-func (f jobFunc) RunFanout() { f() }
-
 // socketPair returns a connected non-blocking pair; the caller owns ours.
 func socketPair(t *testing.T) (ours, theirs int) {
 	t.Helper()

@@ -108,6 +108,7 @@ func TestConfigValidate(t *testing.T) {
 // gateway with its admin listener, end to end.
 func TestRunAgainstGateway(t *testing.T) {
 	cfg := gateway.NewConfig()
+	cfg.APIListen = ""
 	cfg.Listen = "127.0.0.1:0"
 	cfg.AdminListen = "127.0.0.1:0"
 	cfg.Routes = []gateway.RouteConfig{{Topic: "room:*", Backend: "echo"}}
@@ -151,6 +152,7 @@ func TestRunAgainstGateway(t *testing.T) {
 
 func TestRunJoinRefused(t *testing.T) {
 	cfg := gateway.NewConfig()
+	cfg.APIListen = ""
 	cfg.Listen = "127.0.0.1:0"
 	cfg.AdminListen = ""
 	cfg.Routes = []gateway.RouteConfig{{Topic: "room:*", Backend: "echo"}}

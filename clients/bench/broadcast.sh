@@ -50,6 +50,7 @@ fi
 cat >"$tmp/gateway.yaml" <<YAML
 listen: "127.0.0.1:0"
 admin_listen: "127.0.0.1:0"
+api_listen: ""
 # The per-address caps and rates protect a real edge; this run opens SUBS
 # sockets from three loopback addresses and publishes from one of them,
 # anonymous (so every limit keyed by player is keyed by address).

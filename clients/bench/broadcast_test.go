@@ -227,6 +227,7 @@ func TestBroadcastWorkers(t *testing.T) {
 // in-process gateway with the echo backend, through the main entry point.
 func TestBroadcastAgainstGateway(t *testing.T) {
 	gc := gateway.NewConfig()
+	gc.APIListen = ""
 	gc.Listen = "127.0.0.1:0"
 	gc.AdminListen = ""
 	gc.Routes = []gateway.RouteConfig{{Topic: "room:*", Backend: "echo"}}

@@ -26,6 +26,7 @@ go build -o "$tmp/bench" ./clients/bench
 cat >"$tmp/gateway.yaml" <<YAML
 listen: "127.0.0.1:0"
 admin_listen: "127.0.0.1:0"
+api_listen: ""
 # The per-IP caps and join rate protect a real edge; this run opens
 # CONNS sockets from three loopback addresses on purpose.
 limits:

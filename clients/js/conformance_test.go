@@ -47,6 +47,7 @@ const (
 const gatewayConfig = `# written by clients/js/conformance_test.go
 listen: "%s"
 admin_listen: "%s"
+api_listen: ""
 idle_timeout: 60s
 auth:
   required: false
@@ -67,6 +68,7 @@ routes:
 const authGatewayConfig = `# written by clients/js/conformance_test.go (auth phase)
 listen: "%s"
 admin_listen: "%s"
+api_listen: ""
 idle_timeout: 60s
 auth:
   required: true

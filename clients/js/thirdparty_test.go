@@ -26,6 +26,7 @@ const thirdPartyIdleTimeout = 3 * time.Second
 const thirdPartyIdleConfig = `# written by clients/js/thirdparty_test.go (idle phase)
 listen: "%s"
 admin_listen: "%s"
+api_listen: ""
 idle_timeout: %s
 auth:
   required: false

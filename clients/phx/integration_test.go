@@ -24,6 +24,7 @@ func startGateway(tb testing.TB) string {
 	cfg := gateway.NewConfig()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.AdminListen = ""
+	cfg.APIListen = ""
 	cfg.Routes = []gateway.RouteConfig{
 		{Topic: "room:*", Backend: "echo", History: 100},
 		{Topic: "bench:*", Backend: "bench"},
