@@ -358,3 +358,81 @@ func TestBackendPanicEndsOnlyThatChannel(t *testing.T) {
 		return counterValue(t, env.reg, "phxgate_backend_panics_total", "") == 2
 	})
 }
+
+// hookConn runs onSend after queueing each frame (on the sender's goroutine).
+type hookConn struct {
+	*fakeConn
+	onSend func(f []byte)
+}
+
+func (c *hookConn) Send(f []byte) {
+	c.fakeConn.Send(f)
+	if c.onSend != nil {
+		c.onSend(f)
+	}
+}
+
+// No broadcast follows phx_close: a channel that leaves (or whose backend
+// stops it) is out of the hub before its leave reply and phx_close are
+// queued. The lane's job is run right when phx_close is queued, the worst
+// moment, with an event pending.
+func TestNoBroadcastAfterPhxClose(t *testing.T) {
+	for _, tc := range []struct{ name, msg, last string }{
+		{"leave", `["1","2","room:a","phx_leave",{}]`, `["1","1","room:a","phx_close",{}]`},
+		{"stop", `["1","2","room:a","stop",{}]`, `["1","1","room:a","phx_close",{}]`},
+		{"crash", `["1","2","room:a","stopcrash",{}]`, `["1","1","room:a","phx_error",{"reason":"channel_crash"}]`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fo := newHeldFanout(1)
+			env := newTestEnv(t, func(c *Config) { c.Fanout = fo })
+			other, _ := env.connectLane(t, 0) // keeps the topic alive
+			mustHandle(t, other, `["1","1","room:a","phx_join",{}]`)
+			hc := &hookConn{fakeConn: newFakeConn(t)}
+			hc.onSend = func(f []byte) {
+				if strings.Contains(string(f), `"phx_close"`) || strings.Contains(string(f), `"phx_error"`) {
+					fo.run(0)
+				}
+			}
+			sock := env.srv.Connect(hc, ConnectInfo{Serializer: V2, Params: []byte(`{}`)})
+			mustHandle(t, sock, `["1","1","room:a","phx_join",{}]`)
+			hc.waitTexts(t, 1)
+			publishN(t, env.broker, "room:a", 1, 1) // pending on the lane
+			mustHandle(t, sock, tc.msg)
+			waitFor(t, 5*time.Second, "the channel to end", func() bool {
+				for _, f := range hc.texts() {
+					if f == tc.last {
+						return true
+					}
+				}
+				return false
+			})
+			fo.run(0)
+			texts := hc.texts()
+			if texts[len(texts)-1] != tc.last {
+				t.Fatalf("got %v, want nothing after %s", texts, tc.last)
+			}
+		})
+	}
+}
+
+// A transport with more event loops than a topic has lanes: a socket's
+// lane is its loop's index modulo the lanes, and it is served there.
+func TestLanesModulo(t *testing.T) {
+	fo := newHeldFanout(2)
+	env := newTestEnv(t, func(c *Config) { c.Fanout = fo })
+	sock, conn := env.connectLane(t, 5) // loop 5 of a transport with more loops than lanes
+	if sock.lane != 1 {
+		t.Fatalf("socket on loop 5 got lane %d, want 5 mod 2 = 1", sock.lane)
+	}
+	mustHandle(t, sock, `["1","1","room:a","phx_join",{}]`)
+	conn.waitTexts(t, 1)
+	publishN(t, env.broker, "room:a", 1, 1)
+	fo.run(0)
+	if conn.count() != 1 {
+		t.Fatal("lane 0's job delivered to a lane 1 socket")
+	}
+	fo.run(1)
+	if got := conn.waitTexts(t, 2); got[1] != evFrame("room:a", "null", 1) {
+		t.Fatalf("got %v", got)
+	}
+}

@@ -72,7 +72,8 @@ var (
 func (c *conn) ID() uint64 { return c.id }
 
 // Lane implements channels.Laned: broadcasts to this socket are queued by
-// its own poller (Server.Dispatch).
+// the poller of its lane (Server.Dispatch): its own poller, or with more
+// pollers than a topic has lanes (16), the poller of index lane modulo.
 func (c *conn) Lane() int { return c.p.idx }
 
 // Send implements channels.Conn: it queues a reference to frame (no copy)

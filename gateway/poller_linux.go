@@ -68,6 +68,7 @@ type poller struct {
 	drainPos   int  // next index of conns to close while draining
 	drainBatch int  // sockets closed per drainTick; 0 = all at once
 	sawDrain   bool // the draining flag as this pass read it
+	sawStop    bool // the stopping flag as this pass read it
 	// sweepEvery is the idle/close timer granularity (sweepInterval; tests
 	// lengthen it to prove that nothing waits for the sweep).
 	sweepEvery time.Duration
@@ -76,8 +77,12 @@ type poller struct {
 	hookTaken func()
 	// more: bulk output is left for the next pass, which then polls
 	// without sleeping.
-	more  bool
-	batch []*conn // scratch for a slice of the bulk list
+	more bool
+	// bulkPerPass is the most bulk sockets written per pass (the constant;
+	// tests lower it). hookFlush (tests only) runs at each flush.
+	bulkPerPass int
+	hookFlush   func(c *conn)
+	batch       []*conn // scratch for a slice of the bulk list
 
 	running     atomic.Bool  // run was started (it then owns epfd/evfd)
 	queuedBytes atomic.Int64 // bytes queued on this poller's sockets
@@ -121,13 +126,14 @@ func newPoller(srv *Server, idx int) (*poller, error) {
 		return nil, fmt.Errorf("gateway: epoll_ctl eventfd: %w", err)
 	}
 	return &poller{
-		srv:        srv,
-		idx:        idx,
-		epfd:       epfd,
-		evfd:       evfd,
-		buf:        make([]byte, readBufferSize),
-		iov:        make([]unix.Iovec, iovecBatch),
-		sweepEvery: sweepInterval,
+		srv:         srv,
+		idx:         idx,
+		epfd:        epfd,
+		evfd:        evfd,
+		buf:         make([]byte, readBufferSize),
+		iov:         make([]unix.Iovec, iovecBatch),
+		sweepEvery:  sweepInterval,
+		bulkPerPass: bulkPerPass,
 	}, nil
 }
 
@@ -254,7 +260,7 @@ func (p *poller) run() {
 		jobs := p.jobs
 		p.jobs = p.spareJob[:0]
 		draining, spread, stopping := p.draining, p.spread, p.stopping
-		p.sawDrain = draining
+		p.sawDrain, p.sawStop = draining, stopping
 		p.mu.Unlock()
 		if p.hookTaken != nil {
 			p.hookTaken()
@@ -360,17 +366,29 @@ func (p *poller) runJob(j channels.FanoutJob) {
 // few milliseconds. Between chunks of bulkChunk sockets it flushes the
 // urgent list.
 const (
-	bulkPerPass = 512
-	bulkChunk   = 64
+	bulkPerPass     = 512
+	bulkChunk       = 64
+	maxUrgentRounds = 16 // urgent lists taken per pass
 )
 
 // flushDirty writes the sockets with new output: every urgent one, and
 // bulk ones up to bulkPerPass; then it ends the pass (idleLocked).
 func (p *poller) flushDirty() {
-	budget := bulkPerPass
+	budget := p.bulkPerPass
+	rounds := 0
 	for {
 		p.mu.Lock()
+		if len(p.urgent) > 0 && rounds == maxUrgentRounds {
+			// Replies keep coming faster than they are written: end the
+			// pass anyway, so that input, jobs and bulk output get their
+			// turn; the next pass polls without sleeping.
+			p.more = true
+			p.idleLocked()
+			p.mu.Unlock()
+			return
+		}
 		if len(p.urgent) > 0 {
+			rounds++
 			list := p.urgent
 			p.urgent = p.spareUrgent[:0]
 			p.mu.Unlock()
@@ -432,11 +450,13 @@ const (
 // idleLocked ends a pass. It clears woken, so that the next producer writes
 // the eventfd, unless work arrived during the pass that the pass did not
 // take (producers saw woken set and wrote nothing): a socket registered, a
-// fan-out job dispatched, or a drain started after the top of the loop.
+// fan-out job dispatched, or a drain or stop started after the top of the
+// loop (stop writes the eventfd itself, but the pass may have read that
+// write away).
 // Then it writes the eventfd itself, so the next epoll_wait returns at once
 // instead of after the sweep interval. Called with p.mu held.
 func (p *poller) idleLocked() {
-	if len(p.pending) > 0 || len(p.jobs) > 0 || p.draining != p.sawDrain {
+	if len(p.pending) > 0 || len(p.jobs) > 0 || p.draining != p.sawDrain || p.stopping != p.sawStop {
 		p.wakeLocked() // woken stays set: this write is the pending wake
 		return
 	}
@@ -599,6 +619,9 @@ func (p *poller) flush(c *conn) {
 	if !c.registered {
 		return
 	}
+	if p.hookFlush != nil {
+		p.hookFlush(c)
+	}
 	c.mu.Lock()
 	if c.state.Load() == stateClosed {
 		c.mu.Unlock()
@@ -607,7 +630,9 @@ func (p *poller) flush(c *conn) {
 	var failed error
 	q := c.out
 	for q != nil && !q.empty() {
+		before := q.charged // a newer pong may replace an unstarted one
 		q.takePong()
+		p.queuedBytes.Add(q.charged - before)
 		iov := p.iov[:0]
 		for i := range min(q.n, int32(len(p.iov))) {
 			f := q.at(i)
@@ -636,7 +661,7 @@ func (p *poller) flush(c *conn) {
 			failed = errno
 			break
 		}
-		before := q.charged
+		before = q.charged
 		p.framesOut += q.written(int(n))
 		p.bytesOut += int(n)
 		p.queuedBytes.Add(q.charged - before)

@@ -22,12 +22,14 @@ func detachedConn(tb testing.TB) (*conn, *poller) {
 func flushed(c *conn, p *poller) {
 	c.mu.Lock()
 	if q := c.out; q != nil {
+		before := q.charged
 		q.takePong()
+		p.queuedBytes.Add(q.charged - before)
 		n := -int(q.off)
 		for i := range q.n {
 			n += len(q.at(i))
 		}
-		before := q.charged
+		before = q.charged
 		q.written(n)
 		p.queuedBytes.Add(q.charged - before)
 	}

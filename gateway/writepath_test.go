@@ -239,3 +239,97 @@ func TestOutputBudgetShedsAndRecovers(t *testing.T) {
 	}
 	pub.expectMessage(ws.OpText, `[null,null,"room:b","shout",{"ok":1}]`)
 }
+
+// testPoller is a poller that is never run: the test drives flushDirty
+// itself. Its sockets are socketpairs; the peers are returned.
+func testPoller(t *testing.T, n int) (*poller, []*conn, []int) {
+	t.Helper()
+	srv := &Server{cfg: testConfig(), log: discardLogger()}
+	srv.metrics = newMetrics(prometheus.NewRegistry(), func() float64 { return 0 }, func() float64 { return 0 }, 1<<30)
+	p, err := newPoller(srv, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.closeFDs)
+	var conns []*conn
+	var peers []int
+	for i := range n {
+		fd, peer := socketPair(t)
+		t.Cleanup(func() { _ = unix.Close(fd) })
+		conns = append(conns, &conn{id: uint64(i + 1), p: p, fd: int32(fd), registered: true, handler: nopHandler{}})
+		peers = append(peers, peer)
+	}
+	return p, conns, peers
+}
+
+// TestRepliesFlushAheadOfBroadcastOutput: sockets with only broadcast
+// output are written at most bulkPerPass per pass; a reply queued
+// meanwhile is written before any of them, and a pass that leaves bulk
+// output asks for the next pass at once (p.more).
+func TestRepliesFlushAheadOfBroadcastOutput(t *testing.T) {
+	p, conns, _ := testPoller(t, 20)
+	p.bulkPerPass = 8
+	var order []uint64
+	p.hookFlush = func(c *conn) { order = append(order, c.id) }
+	frame := serverFrame(ws.OpText, []byte("broadcast"))
+	for _, c := range conns[:19] {
+		c.SendBulk(frame)
+	}
+	conns[19].Send(serverFrame(ws.OpText, []byte("reply")))
+	p.flushDirty()
+	if len(order) != 9 || order[0] != 20 {
+		t.Fatalf("first pass flushed %v, want the reply's socket (20) first, then 8 bulk sockets", order)
+	}
+	if !p.more {
+		t.Fatal("bulk output left, but the pass did not ask for another at once")
+	}
+	for range 3 {
+		p.flushDirty()
+	}
+	if len(order) != 20 || p.more {
+		t.Fatalf("after four passes %d sockets flushed (more=%v), want all 20 and nothing left", len(order), p.more)
+	}
+}
+
+// TestPongReplacementKeepsTheNodeCountExact: a pong that could not be
+// written (EAGAIN) and is then replaced by a newer one is uncharged from
+// the node's count as well as from the socket's queue.
+func TestPongReplacementKeepsTheNodeCountExact(t *testing.T) {
+	p, conns, peers := testPoller(t, 1)
+	c, peer := conns[0], peers[0]
+	fill := make([]byte, 64<<10)
+	for { // fill the socket's buffers: the next write would block
+		if _, err := unix.Write(int(c.fd), fill); err != nil {
+			break
+		}
+	}
+	drain := func() {
+		buf := make([]byte, 1<<20)
+		for {
+			if _, err := unix.Read(peer, buf); err != nil {
+				return
+			}
+		}
+	}
+	for i := range 100 {
+		c.sendPong([]byte{'a', byte(i)})
+		p.flush(c) // EAGAIN: the pong waits at the front, not started
+		c.sendPong([]byte{'b', byte(i)})
+		drain()
+		p.flush(c)
+		c.mu.Lock()
+		var charged int64
+		if c.out != nil {
+			charged = c.out.charged
+		}
+		c.mu.Unlock()
+		if got := p.queuedBytes.Load(); got != charged {
+			t.Fatalf("cycle %d: node count %d, socket queue %d", i, got, charged)
+		}
+		for { // fill again for the next cycle
+			if _, err := unix.Write(int(c.fd), fill); err != nil {
+				break
+			}
+		}
+	}
+}
