@@ -385,6 +385,7 @@ func (c *channel) join(t *task) {
 	if status == "" {
 		status = "ok"
 	}
+	// A lost broadcast of a join is counted; the join's answer stands.
 	c.publish(rep.Broadcasts)
 	if status != "ok" {
 		m.joins.WithLabelValues(joinError).Inc()
@@ -440,30 +441,44 @@ func (c *channel) handleIn(t *task) {
 	}
 	// Broadcasts first: a shout reaches the sender before its own reply,
 	// as in Phoenix.
-	c.publish(rep.Broadcasts)
+	lost := !c.publish(rep.Broadcasts)
 	if rep.Status != "" {
 		s.reply(t.joinRef, t.ref, c.topic, rep.Status, rep.Response)
 	}
 	c.pushes(rep.Pushes)
+	if lost {
+		// A broadcast the backend asked for could not be published: the
+		// channel errors, so the client rejoins and resyncs from the
+		// backend rather than missing an event silently.
+		c.stop(backends.StopCrash)
+		return
+	}
 	c.stop(rep.Stop)
 }
 
-func (c *channel) publish(bs []backends.Message) {
+// publish publishes a backend reply's broadcasts, in order, and reports
+// whether all were published. A broker failure is retried within the
+// call's deadline; a refusal by the output budget is not (the node is
+// shedding). A broadcast that is lost is counted
+// (phxgate_reply_broadcasts_lost_total).
+func (c *channel) publish(bs []backends.Message) bool {
 	if len(bs) == 0 {
-		return
+		return true
 	}
 	srv := c.sock.srv
 	ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.CallTimeout)
 	defer cancel()
-	own := false
+	own, ok := false, true
 	for _, b := range bs {
 		topic := b.Topic
 		if topic == "" {
 			topic = c.topic
 		}
-		// Errors are counted by Publish (a refusal by the output budget
-		// as shed, a broker failure as a publish error).
-		_, _ = srv.Publish(ctx, topic, b.Event, b.Payload.Data, b.Payload.Binary)
+		if err := srv.publishRetrying(ctx, topic, b); err != nil {
+			srv.m.replyBroadcastsLost.Inc()
+			ok = false
+			continue
+		}
 		if topic == c.topic {
 			own = true
 		}
@@ -471,6 +486,27 @@ func (c *channel) publish(bs []backends.Message) {
 	if own {
 		// The sender gets its own broadcast before its reply.
 		c.drainOwn()
+	}
+	return ok
+}
+
+// publishRetrying publishes b, retrying broker failures with a growing
+// pause until ctx ends.
+func (s *Server) publishRetrying(ctx context.Context, topic string, b backends.Message) error {
+	pause := 5 * time.Millisecond
+	for {
+		_, err := s.Publish(ctx, topic, b.Event, b.Payload.Data, b.Payload.Binary)
+		if err == nil || errors.Is(err, ErrOverloaded) {
+			return err
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		pause = min(2*pause, 200*time.Millisecond)
 	}
 }
 

@@ -436,3 +436,44 @@ func TestLanesModulo(t *testing.T) {
 		t.Fatalf("got %v", got)
 	}
 }
+
+// A broadcast in a backend's reply is never lost silently: a broker that
+// fails for a moment is retried within the call's deadline; one that keeps
+// failing (or a spent output budget) ends the channel with phx_error after
+// the reply, so the client rejoins and resyncs; each loss is counted.
+func TestReplyBroadcastRetriedOrChannelErrors(t *testing.T) {
+	var over atomic.Bool
+	env := newTestEnv(t, func(c *Config) {
+		c.CallTimeout = time.Second
+		c.Overloaded = over.Load
+	})
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","room:a","phx_join",{}]`)
+	conn.waitTexts(t, 1)
+
+	env.broker.failPublish.Store(3) // three failures, then it works
+	mustHandle(t, sock, `["1","2","room:a","shout",{"n":1}]`)
+	got := conn.waitTexts(t, 3)
+	if got[1] != `[null,null,"room:a","shout",{"n":1}]` || got[2] != `["1","2","room:a","phx_reply",{"response":{},"status":"ok"}]` {
+		t.Fatalf("after a brief broker failure: %v", got)
+	}
+
+	env.broker.failPublish.Store(1 << 40) // down for good
+	mustHandle(t, sock, `["1","3","room:a","shout",{"n":2}]`)
+	got = conn.waitTexts(t, 5)
+	if got[3] != `["1","3","room:a","phx_reply",{"response":{},"status":"ok"}]` || got[4] != `["1","1","room:a","phx_error",{"reason":"channel_crash"}]` {
+		t.Fatalf("with the broker down: %v", got[3:])
+	}
+	env.broker.failPublish.Store(0)
+
+	mustHandle(t, sock, `["5","5","room:a","phx_join",{}]`)
+	conn.waitTexts(t, 6)
+	over.Store(true) // the node sheds: the push itself is refused first
+	mustHandle(t, sock, `["5","6","room:a","shout",{"n":3}]`)
+	if got = conn.waitTexts(t, 7); got[6] != `["5","6","room:a","phx_reply",{"response":{"reason":"overloaded"},"status":"error"}]` {
+		t.Fatalf("over budget: %v", got[6])
+	}
+	if n := counterValue(t, env.reg, "phxgate_reply_broadcasts_lost_total", ""); n != 1 {
+		t.Fatalf("lost broadcasts counted %v, want 1", n)
+	}
+}

@@ -146,6 +146,7 @@ type testBroker struct {
 	topics        map[string]*tbTopic
 	subscribes    atomic.Int64
 	unsubscribes  atomic.Int64
+	failPublish   atomic.Int64        // the next this many Publish calls fail
 	beforeHistory func(topic string) // test hook, called without locks
 	afterHistory  func(topic string) // test hook, called without locks
 }
@@ -172,6 +173,9 @@ func (b *testBroker) topic(name string) *tbTopic {
 }
 
 func (b *testBroker) Publish(_ context.Context, topic, event string, payload []byte, binary bool) (pubsub.Position, error) {
+	if b.failPublish.Add(-1) >= 0 {
+		return pubsub.Position{}, errors.New("broker unreachable")
+	}
 	t := b.topic(topic)
 	t.deliver.Lock()
 	defer t.deliver.Unlock()

@@ -28,24 +28,25 @@ const (
 )
 
 type metrics struct {
-	channels         prometheus.Gauge
-	joins            *prometheus.CounterVec
-	messagesIn       *prometheus.CounterVec
-	broadcasts       prometheus.Counter
-	fanout           prometheus.Counter
-	backendCalls     *prometheus.CounterVec
-	backendDuration  *prometheus.HistogramVec
-	replayed         prometheus.Counter
-	overloaded       *prometheus.CounterVec
-	droppedFrames    *prometheus.CounterVec
-	resumeOverflow   prometheus.Counter
-	publishErrors    prometheus.Counter
-	floodCloses      prometheus.Counter
-	shed             *prometheus.CounterVec
-	backendPanics    prometheus.Counter
-	callDurationJoin prometheus.Observer
-	callDurationIn   prometheus.Observer
-	callDurationLv   prometheus.Observer
+	channels            prometheus.Gauge
+	joins               *prometheus.CounterVec
+	messagesIn          *prometheus.CounterVec
+	broadcasts          prometheus.Counter
+	fanout              prometheus.Counter
+	backendCalls        *prometheus.CounterVec
+	backendDuration     *prometheus.HistogramVec
+	replayed            prometheus.Counter
+	overloaded          *prometheus.CounterVec
+	droppedFrames       *prometheus.CounterVec
+	resumeOverflow      prometheus.Counter
+	publishErrors       prometheus.Counter
+	floodCloses         prometheus.Counter
+	shed                *prometheus.CounterVec
+	backendPanics       prometheus.Counter
+	replyBroadcastsLost prometheus.Counter
+	callDurationJoin    prometheus.Observer
+	callDurationIn      prometheus.Observer
+	callDurationLv      prometheus.Observer
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -97,6 +98,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.backendPanics = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "phxgate_backend_panics_total", Help: "Backend calls that panicked (recovered: a crashed join, or the channel ended with phx_error).",
 	})
+	m.replyBroadcastsLost = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "phxgate_reply_broadcasts_lost_total", Help: "Broadcasts in a backend's reply that could not be published (broker failing past the call's deadline, or the output budget spent); the channel ends with phx_error.",
+	})
 	m.shed.WithLabelValues(shedPush)
 	m.shed.WithLabelValues(shedBroadcast)
 	m.callDurationJoin = m.backendDuration.WithLabelValues("join")
@@ -108,7 +112,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, c := range []prometheus.Collector{
 		m.channels, m.joins, m.messagesIn, m.broadcasts, m.fanout, m.backendCalls,
 		m.backendDuration, m.replayed, m.overloaded, m.droppedFrames, m.resumeOverflow, m.publishErrors,
-		m.floodCloses, m.shed, m.backendPanics,
+		m.floodCloses, m.shed, m.backendPanics, m.replyBroadcastsLost,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
