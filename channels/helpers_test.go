@@ -146,7 +146,7 @@ type testBroker struct {
 	topics        map[string]*tbTopic
 	subscribes    atomic.Int64
 	unsubscribes  atomic.Int64
-	failPublish   atomic.Int64        // the next this many Publish calls fail
+	failPublish   atomic.Int64       // the next this many Publish calls fail
 	beforeHistory func(topic string) // test hook, called without locks
 	afterHistory  func(topic string) // test hook, called without locks
 }
