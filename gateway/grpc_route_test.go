@@ -4,7 +4,10 @@ package gateway
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 
@@ -93,4 +96,136 @@ func TestGRPCRoute(t *testing.T) {
 	c.expectMessage(ws.OpText, `["2","7","game:1","phx_reply",{"response":{"reason":"backend_unavailable"},"status":"error"}]`)
 	c.sendText(`["1","8","room:a","echo",{"still":"here"}]`)
 	c.expectMessage(ws.OpText, `["1","8","room:a","phx_reply",{"response":{"still":"here"},"status":"ok"}]`)
+}
+
+// cutProxy forwards TCP connections to a backend until cut closes every
+// connection it holds; new connections are served again afterwards.
+type cutProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func newCutProxy(t *testing.T, target string) *cutProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{ln: ln, target: target}
+	t.Cleanup(func() { ln.Close(); p.cut() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, b)
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(b, c); b.Close() }()
+			go func() { _, _ = io.Copy(c, b); c.Close() }()
+		}
+	}()
+	return p
+}
+
+func (p *cutProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// ledgerGame applies each idempotency key once and answers a repeated key
+// with the first answer. Its first bet is applied and then the connection
+// is cut before the answer leaves (cutFirst).
+type ledgerGame struct {
+	backendv1.UnimplementedGameBackendServer
+	mu       sync.Mutex
+	applied  map[string]string // key → answer
+	debits   int
+	keys     []string
+	cutFirst func()
+}
+
+func (g *ledgerGame) Join(context.Context, *backendv1.JoinRequest) (*backendv1.JoinResponse, error) {
+	return &backendv1.JoinResponse{Reply: &backendv1.Reply{Status: "ok"}}, nil
+}
+
+func (g *ledgerGame) HandleIn(_ context.Context, r *backendv1.HandleInRequest) (*backendv1.HandleInResponse, error) {
+	key := r.GetCall().GetIdempotencyKey()
+	g.mu.Lock()
+	g.keys = append(g.keys, key)
+	answer, seen := g.applied[key]
+	if !seen {
+		g.debits++
+		answer = fmt.Sprintf(`{"bet_id":"b%d"}`, g.debits)
+		g.applied[key] = answer
+	}
+	cut := g.cutFirst
+	g.cutFirst = nil
+	g.mu.Unlock()
+	if cut != nil {
+		cut() // applied, and the answer never reaches phxgate
+	}
+	return &backendv1.HandleInResponse{Reply: &backendv1.Reply{Status: "ok", Response: &backendv1.Payload{Data: []byte(answer)}}}, nil
+}
+
+func (g *ledgerGame) Leave(context.Context, *backendv1.LeaveRequest) (*backendv1.LeaveResponse, error) {
+	return &backendv1.LeaveResponse{}, nil
+}
+
+// TestRetryAfterCutConnectionAppliesOnce: the connection to the game is
+// cut after the game applied a bet but before its answer got back; phxgate
+// retries with the same idempotency key, the game answers from its ledger,
+// the client gets the original answer, and the bet was debited once. A
+// bet the client resends with its own idempotency_key from a second socket
+// (as after a reconnect) is applied once too.
+func TestRetryAfterCutConnectionAppliesOnce(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	game := &ledgerGame{applied: map[string]string{}}
+	gs := grpc.NewServer()
+	backendv1.RegisterGameBackendServer(gs, game)
+	go func() { _ = gs.Serve(ln) }()
+	t.Cleanup(gs.Stop)
+	proxy := newCutProxy(t, ln.Addr().String())
+	game.cutFirst = proxy.cut
+
+	s := prodServer(t, func(c *Config) {
+		c.Routes = []RouteConfig{{Topic: "table:*", Backend: "grpc://" + proxy.ln.Addr().String() + "?timeout=5s&retries=3&backoff=5ms"}}
+	})
+	token := hsToken(t, claims("alice"))
+	c := rawSocket(t, s, token, "table:1")
+	c.sendText(`["1","2","table:1","bet",{"amount":5}]`)
+	c.expectMessage(ws.OpText, `["1","2","table:1","phx_reply",{"response":{"bet_id":"b1"},"status":"ok"}]`)
+	game.mu.Lock()
+	keys, debits := slices.Clone(game.keys), game.debits
+	game.mu.Unlock()
+	if debits != 1 || len(keys) != 2 || keys[0] != keys[1] {
+		t.Fatalf("debits %d, keys %v: want one debit and the same key twice", debits, keys)
+	}
+
+	// The client's own key, resent from another socket with another ref.
+	c.sendText(`["1","3","table:1","bet",{"amount":7,"idempotency_key":"bet-42"}]`)
+	c.expectMessage(ws.OpText, `["1","3","table:1","phx_reply",{"response":{"bet_id":"b2"},"status":"ok"}]`)
+	c2 := rawSocket(t, s, token, "table:1")
+	c2.sendText(`["1","9","table:1","bet",{"amount":7,"idempotency_key":"bet-42"}]`)
+	c2.expectMessage(ws.OpText, `["1","9","table:1","phx_reply",{"response":{"bet_id":"b2"},"status":"ok"}]`)
+	game.mu.Lock()
+	defer game.mu.Unlock()
+	if game.debits != 2 {
+		t.Fatalf("debits %d, want 2 (the resent bet applied once)", game.debits)
+	}
 }
