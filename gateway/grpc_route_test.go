@@ -8,11 +8,13 @@ import (
 	"io"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/gobwas/ws"
 	backendv1 "github.com/phxgate/phxgate/backends/proto/phxgate/backend/v1"
+	"github.com/phxgate/phxgate/channels/ratelimit"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -227,5 +229,98 @@ func TestRetryAfterCutConnectionAppliesOnce(t *testing.T) {
 	defer game.mu.Unlock()
 	if game.debits != 2 {
 		t.Fatalf("debits %d, want 2 (the resent bet applied once)", game.debits)
+	}
+}
+
+// orderGame records the pushes it gets per topic; a push "wait" on one
+// topic blocks until a push "go" arrives on another, which only works if
+// two channels' calls run at the same time.
+type orderGame struct {
+	backendv1.UnimplementedGameBackendServer
+	mu   sync.Mutex
+	seen map[string][]string
+	gate chan struct{}
+}
+
+func (g *orderGame) Join(context.Context, *backendv1.JoinRequest) (*backendv1.JoinResponse, error) {
+	return &backendv1.JoinResponse{Reply: &backendv1.Reply{Status: "ok"}}, nil
+}
+
+func (g *orderGame) HandleIn(ctx context.Context, r *backendv1.HandleInRequest) (*backendv1.HandleInResponse, error) {
+	c := r.GetCall()
+	switch c.GetEvent() {
+	case "wait":
+		select {
+		case <-g.gate:
+		case <-ctx.Done():
+			return nil, status.Error(codes.DeadlineExceeded, "never released")
+		}
+	case "go":
+		close(g.gate)
+	default:
+		g.mu.Lock()
+		g.seen[c.GetTopic()] = append(g.seen[c.GetTopic()], string(c.GetPayload().GetData()))
+		g.mu.Unlock()
+	}
+	return &backendv1.HandleInResponse{Reply: &backendv1.Reply{Status: "ok"}}, nil
+}
+
+func (g *orderGame) Leave(context.Context, *backendv1.LeaveRequest) (*backendv1.LeaveResponse, error) {
+	return &backendv1.LeaveResponse{}, nil
+}
+
+// TestGRPCOrderAndConcurrency: 1,000 numbered pushes on one channel reach
+// the game in the order sent; calls of two channels run concurrently.
+func TestGRPCOrderAndConcurrency(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	game := &orderGame{seen: map[string][]string{}, gate: make(chan struct{})}
+	gs := grpc.NewServer()
+	backendv1.RegisterGameBackendServer(gs, game)
+	go func() { _ = gs.Serve(ln) }()
+	t.Cleanup(gs.Stop)
+	s := prodServer(t, func(c *Config) {
+		c.Limits.Classes = map[string]ratelimit.ClassLimit{"default": {PerSecond: 1e6, Burst: 1e6}}
+		c.Routes = []RouteConfig{{Topic: "table:*", Backend: "grpc://" + ln.Addr().String()}}
+	})
+	c := rawSocket(t, s, "", "table:1")
+	c.sendText(`["2","2","table:2","phx_join",{}]`)
+	c.expectMessage(ws.OpText, `["2","2","table:2","phx_reply",{"response":{},"status":"ok"}]`)
+
+	// table:1 blocks until table:2's call runs.
+	c.sendText(`["1","3","table:1","wait",{}]`)
+	c.sendText(`["2","4","table:2","go",{}]`)
+	for range 2 {
+		if msg := c.readV2(); !strings.Contains(string(msg[4]), `"status":"ok"`) {
+			t.Fatalf("concurrent channels: %s", msg)
+		}
+	}
+
+	const n, batch = 1000, 200 // batches stay under the channel queue (256)
+	for from := 0; from < n; from += batch {
+		var frames []byte
+		for i := from; i < from+batch; i++ {
+			frames = append(frames, clientFrame(0x81, true, fmt.Appendf(nil, `["1","%d","table:1","n",{"i":%d}]`, 10+i, i), -1)...)
+		}
+		c.write(frames)
+		for i := from; i < from+batch; i++ {
+			msg := c.readV2()
+			if string(msg[1]) != fmt.Sprintf(`"%d"`, 10+i) || !strings.Contains(string(msg[4]), `"status":"ok"`) {
+				t.Fatalf("reply %d: %s", i, msg)
+			}
+		}
+	}
+	game.mu.Lock()
+	defer game.mu.Unlock()
+	got := game.seen["table:1"]
+	if len(got) != n {
+		t.Fatalf("the game got %d pushes, want %d", len(got), n)
+	}
+	for i, p := range got {
+		if p != fmt.Sprintf(`{"i":%d}`, i) {
+			t.Fatalf("push %d reached the game as %s: out of order", i, p)
+		}
 	}
 }
