@@ -149,7 +149,7 @@ func TestNew(t *testing.T) {
 		{"bench", Bench{}},
 		{"", nil},
 		{"ECHO", nil},
-		{"http://127.0.0.1:1", nil}, // the webhook engine is not there yet
+		{"ftp://127.0.0.1:1", nil},
 		{"grpc:127.0.0.1:1", nil},
 	}
 	for _, tc := range tests {

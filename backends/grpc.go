@@ -4,17 +4,13 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/url"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	backendv1 "github.com/phxgate/phxgate/backends/proto/phxgate/backend/v1"
@@ -49,25 +45,13 @@ const (
 	DefaultGRPCMaxMessage       = 4 << 20
 )
 
-// Bounds of the gRPC engine's options. Past them a spec is refused rather
-// than clamped, so a typo cannot silently turn a limit off.
+// Bounds of the gRPC engine's own options (the shared ones are in
+// limits.go).
 const (
-	grpcMinTimeout   = time.Millisecond
-	grpcMaxTimeout   = 5 * time.Minute
-	grpcMaxInflight  = 1 << 16
-	grpcMaxQueue     = 1 << 20
-	grpcMaxRetries   = 10
-	grpcMaxBackoff   = 10 * time.Second
-	grpcMaxFailures  = 1 << 16
-	grpcMaxCooldown  = time.Hour
 	grpcMinKeepalive = 10 * time.Second // gRPC raises anything lower to 10s
 	grpcMaxKeepalive = 2 * time.Hour
 	grpcMinKATimeout = time.Second
 	grpcMaxKATimeout = 10 * time.Minute
-	grpcMinMessage   = 1 << 10
-	grpcMaxMessage   = 64 << 20
-	// A retry waits at most this many times the backoff option.
-	grpcBackoffCapFactor = 8
 )
 
 // Reconnection of the shared connection after it broke: a game restarting
@@ -77,30 +61,6 @@ const (
 	grpcReconnectBase  = 100 * time.Millisecond
 	grpcReconnectMax   = 2 * time.Second
 	grpcConnectTimeout = 5 * time.Second
-)
-
-// Names of the calls, as in CallError.Op.
-const (
-	opJoin     = "join"
-	opHandleIn = "handle_in"
-	opLeave    = "leave"
-)
-
-var (
-	// ErrBadSpec is returned by New for a backend spec an engine claims but
-	// cannot accept (a bad URL, an unknown option, a value out of range).
-	ErrBadSpec = errors.New("backends: bad backend spec")
-	// ErrCircuitOpen is the cause of an ErrUnavailable failure that was
-	// never sent because the backend's circuit breaker is open.
-	ErrCircuitOpen = errors.New("backends: circuit open")
-	// ErrClosed is the cause of an ErrUnavailable failure of a call made
-	// on, or cut short by, a closed engine.
-	ErrClosed = errors.New("backends: backend closed")
-
-	errQueueFull = errors.New("calls in flight and waiting at their caps")
-	errQueueWait = errors.New("no call slot freed before the deadline")
-	errMalformed = errors.New("malformed response")
-	errNilCall   = errors.New("nil call")
 )
 
 // GRPCConfig configures the gRPC engine. NewGRPCConfig returns the
@@ -169,22 +129,17 @@ func (c GRPCConfig) Validate() error {
 	if err := checkTarget(c.Target); err != nil {
 		return err
 	}
+	if err := c.limits().check("grpc"); err != nil {
+		return err
+	}
 	checks := []struct {
 		name   string
 		ok     bool
 		val    any
 		bounds string
 	}{
-		{"timeout", c.Timeout >= grpcMinTimeout && c.Timeout <= grpcMaxTimeout, c.Timeout, fmt.Sprintf("%v..%v", grpcMinTimeout, grpcMaxTimeout)},
-		{"max_inflight", c.MaxInflight >= 1 && c.MaxInflight <= grpcMaxInflight, c.MaxInflight, fmt.Sprintf("1..%d", grpcMaxInflight)},
-		{"max_queue", c.MaxQueue >= 0 && c.MaxQueue <= grpcMaxQueue, c.MaxQueue, fmt.Sprintf("0..%d", grpcMaxQueue)},
-		{"retries", c.Retries >= 0 && c.Retries <= grpcMaxRetries, c.Retries, fmt.Sprintf("0..%d", grpcMaxRetries)},
-		{"backoff", c.Backoff >= time.Millisecond && c.Backoff <= grpcMaxBackoff, c.Backoff, fmt.Sprintf("1ms..%v", grpcMaxBackoff)},
-		{"breaker_failures", c.BreakerFailures >= 1 && c.BreakerFailures <= grpcMaxFailures, c.BreakerFailures, fmt.Sprintf("1..%d", grpcMaxFailures)},
-		{"breaker_cooldown", c.BreakerCooldown >= time.Millisecond && c.BreakerCooldown <= grpcMaxCooldown, c.BreakerCooldown, fmt.Sprintf("1ms..%v", grpcMaxCooldown)},
 		{"keepalive", c.Keepalive >= grpcMinKeepalive && c.Keepalive <= grpcMaxKeepalive, c.Keepalive, fmt.Sprintf("%v..%v", grpcMinKeepalive, grpcMaxKeepalive)},
 		{"keepalive_timeout", c.KeepaliveTimeout >= grpcMinKATimeout && c.KeepaliveTimeout <= grpcMaxKATimeout, c.KeepaliveTimeout, fmt.Sprintf("%v..%v", grpcMinKATimeout, grpcMaxKATimeout)},
-		{"max_message", c.MaxMessage >= grpcMinMessage && c.MaxMessage <= grpcMaxMessage, c.MaxMessage, fmt.Sprintf("%d..%d", grpcMinMessage, grpcMaxMessage)},
 	}
 	for _, ch := range checks {
 		if !ch.ok {
@@ -192,6 +147,19 @@ func (c GRPCConfig) Validate() error {
 		}
 	}
 	return nil
+}
+
+func (c GRPCConfig) limits() callLimits {
+	return callLimits{
+		Timeout:         c.Timeout,
+		MaxInflight:     c.MaxInflight,
+		MaxQueue:        c.MaxQueue,
+		Retries:         c.Retries,
+		Backoff:         c.Backoff,
+		BreakerFailures: c.BreakerFailures,
+		BreakerCooldown: c.BreakerCooldown,
+		MaxMessage:      c.MaxMessage,
+	}
 }
 
 func checkTarget(target string) error {
@@ -206,7 +174,7 @@ func checkTarget(target string) error {
 }
 
 // grpcOptions are the URL query options, each setting one field.
-var grpcOptions = map[string]func(c *GRPCConfig, v string) error{
+var grpcOptions = map[string]optionSetter[GRPCConfig]{
 	"timeout":           durationOpt(func(c *GRPCConfig) *time.Duration { return &c.Timeout }),
 	"max_inflight":      intOpt(func(c *GRPCConfig) *int { return &c.MaxInflight }),
 	"max_queue":         intOpt(func(c *GRPCConfig) *int { return &c.MaxQueue }),
@@ -217,28 +185,6 @@ var grpcOptions = map[string]func(c *GRPCConfig, v string) error{
 	"keepalive":         durationOpt(func(c *GRPCConfig) *time.Duration { return &c.Keepalive }),
 	"keepalive_timeout": durationOpt(func(c *GRPCConfig) *time.Duration { return &c.KeepaliveTimeout }),
 	"max_message":       intOpt(func(c *GRPCConfig) *int { return &c.MaxMessage }),
-}
-
-func durationOpt(field func(*GRPCConfig) *time.Duration) func(*GRPCConfig, string) error {
-	return func(c *GRPCConfig, v string) error {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			return fmt.Errorf("%q is not a duration such as 3s or 250ms", v)
-		}
-		*field(c) = d
-		return nil
-	}
-}
-
-func intOpt(field func(*GRPCConfig) *int) func(*GRPCConfig, string) error {
-	return func(c *GRPCConfig, v string) error {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			return fmt.Errorf("%q is not an integer", v)
-		}
-		*field(c) = n
-		return nil
-	}
 }
 
 // isGRPCSpec reports whether spec is a grpc:// or grpcs:// URL.
@@ -270,26 +216,8 @@ func ParseGRPCSpec(spec string) (GRPCConfig, error) {
 	case u.Fragment != "":
 		return GRPCConfig{}, fmt.Errorf("%w: grpc spec: unexpected fragment %q", ErrBadSpec, u.Fragment)
 	}
-	q, err := url.ParseQuery(u.RawQuery)
-	if err != nil {
-		return GRPCConfig{}, fmt.Errorf("%w: grpc spec: query: %v", ErrBadSpec, err)
-	}
-	names := make([]string, 0, len(q))
-	for name := range q {
-		names = append(names, name)
-	}
-	sort.Strings(names) // the first bad option reported is always the same
-	for _, name := range names {
-		set, ok := grpcOptions[name]
-		if !ok {
-			return GRPCConfig{}, fmt.Errorf("%w: grpc option %q is unknown (known: %s)", ErrBadSpec, name, knownGRPCOptions())
-		}
-		if vs := q[name]; len(vs) != 1 {
-			return GRPCConfig{}, fmt.Errorf("%w: grpc option %q is given %d times", ErrBadSpec, name, len(vs))
-		}
-		if err := set(&c, q.Get(name)); err != nil {
-			return GRPCConfig{}, fmt.Errorf("%w: grpc option %q: %v", ErrBadSpec, name, err)
-		}
+	if err := applyOptions("grpc", u.RawQuery, grpcOptions, &c); err != nil {
+		return GRPCConfig{}, err
 	}
 	if err := c.Validate(); err != nil {
 		return GRPCConfig{}, err
@@ -297,61 +225,8 @@ func ParseGRPCSpec(spec string) (GRPCConfig, error) {
 	return c, nil
 }
 
-func knownGRPCOptions() string {
-	names := make([]string, 0, len(grpcOptions))
-	for name := range grpcOptions {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	return strings.Join(names, ", ")
-}
-
-// BreakerState is the state of a circuit breaker.
-type BreakerState int32
-
-const (
-	// BreakerClosed lets every call through.
-	BreakerClosed BreakerState = iota
-	// BreakerOpen fails every call fast until the cool-down has passed.
-	BreakerOpen
-	// BreakerHalfOpen lets one probe through; the others fail fast.
-	BreakerHalfOpen
-)
-
-func (s BreakerState) String() string {
-	switch s {
-	case BreakerClosed:
-		return "closed"
-	case BreakerOpen:
-		return "open"
-	case BreakerHalfOpen:
-		return "half_open"
-	default:
-		return "BreakerState(" + strconv.Itoa(int(s)) + ")"
-	}
-}
-
-// GRPCStats is a snapshot of a gRPC engine's counters (totals since New)
-// and gauges.
-type GRPCStats struct {
-	// Outcomes of the calls made, one per call whatever its retries.
-	OK, Unavailable, Timeouts, Overloaded, Errors uint64
-	// Attempts counts the requests sent, first tries and retries.
-	Attempts uint64
-	// Retries counts the requests sent again after UNAVAILABLE.
-	Retries uint64
-	// Breaker is the breaker's state; BreakerOpens counts its openings;
-	// BreakerRejected the calls it failed fast.
-	Breaker         BreakerState
-	BreakerOpens    uint64
-	BreakerRejected uint64
-	// BulkheadRejected counts the calls refused because MaxInflight calls
-	// were in flight and MaxQueue waiting, or because no slot freed before
-	// their deadline.
-	BulkheadRejected uint64
-	// InFlight is the calls holding a slot; Queued the calls waiting.
-	InFlight, Queued int
-}
+// GRPCStats is a snapshot of a gRPC engine's counters and gauges.
+type GRPCStats = CallStats
 
 // GRPC is the gRPC engine: it forwards Join, HandleIn and Leave to a game's
 // GameBackend service over one shared connection, with a deadline per
@@ -361,16 +236,9 @@ type GRPC struct {
 	cfg    GRPCConfig
 	conn   *grpc.ClientConn
 	client backendv1.GameBackendClient
-	br     breaker
-	// slots holds one token per call in flight (cap MaxInflight).
-	slots  chan struct{}
-	queued atomic.Int64
-	closed atomic.Bool
+	r      *runner
 	once   sync.Once
 	errC   error
-
-	ok, unavail, timeouts, overloaded, errs atomic.Uint64
-	attempts, retries, bulkheadRejected     atomic.Uint64
 }
 
 // NewGRPC validates cfg and sets up the connection to cfg.Target. It does
@@ -424,8 +292,7 @@ func NewGRPC(cfg GRPCConfig) (*GRPC, error) {
 		cfg:    cfg,
 		conn:   conn,
 		client: backendv1.NewGameBackendClient(conn),
-		br:     breaker{threshold: cfg.BreakerFailures, cooldown: cfg.BreakerCooldown, now: cfg.now},
-		slots:  make(chan struct{}, cfg.MaxInflight),
+		r:      newRunner(cfg.limits(), cfg.now, classifyGRPC),
 	}, nil
 }
 
@@ -436,36 +303,19 @@ func (g *GRPC) Config() GRPCConfig { return g.cfg }
 // (cause ErrClosed), and so does every later call. Close is idempotent.
 func (g *GRPC) Close() error {
 	g.once.Do(func() {
-		g.closed.Store(true)
+		g.r.close()
 		g.errC = g.conn.Close()
 	})
 	return g.errC
 }
 
 // Stats returns a snapshot of the engine's counters and gauges.
-func (g *GRPC) Stats() GRPCStats {
-	state, opens, rejected := g.br.stats()
-	return GRPCStats{
-		OK:               g.ok.Load(),
-		Unavailable:      g.unavail.Load(),
-		Timeouts:         g.timeouts.Load(),
-		Overloaded:       g.overloaded.Load(),
-		Errors:           g.errs.Load(),
-		Attempts:         g.attempts.Load(),
-		Retries:          g.retries.Load(),
-		Breaker:          state,
-		BreakerOpens:     opens,
-		BreakerRejected:  rejected,
-		BulkheadRejected: g.bulkheadRejected.Load(),
-		InFlight:         len(g.slots),
-		Queued:           int(g.queued.Load()),
-	}
-}
+func (g *GRPC) Stats() GRPCStats { return g.r.stats() }
 
 // Join implements Backend.
 func (g *GRPC) Join(ctx context.Context, c *Call) (*Reply, error) {
 	if c == nil {
-		return nil, g.fail(&CallError{Op: opJoin, Kind: ErrBackend, Err: errNilCall})
+		return nil, g.r.fail(&CallError{Op: opJoin, Kind: ErrBackend, Err: errNilCall})
 	}
 	req := &backendv1.JoinRequest{
 		Call:           toProtoCall(c),
@@ -474,7 +324,7 @@ func (g *GRPC) Join(ctx context.Context, c *Call) (*Reply, error) {
 		Rejoin:         c.Rejoin,
 	}
 	var resp *backendv1.JoinResponse
-	err := g.invoke(ctx, opJoin, func(ctx context.Context) error {
+	err := g.r.run(ctx, opJoin, func(ctx context.Context) error {
 		var err error
 		resp, err = g.client.Join(ctx, req)
 		return err
@@ -484,22 +334,22 @@ func (g *GRPC) Join(ctx context.Context, c *Call) (*Reply, error) {
 	}
 	r, err := fromProtoReply(resp.GetReply(), resp.GetBroadcasts(), resp.GetPushes(), resp.GetStop())
 	if err != nil {
-		return nil, g.malformed(opJoin, err)
+		return nil, g.r.malformed(opJoin, err)
 	}
 	r.PresenceMeta = resp.GetPresenceMeta()
 	r.SnapshotPosition = resp.GetSnapshotPosition()
-	g.ok.Add(1)
+	g.r.succeeded()
 	return r, nil
 }
 
 // HandleIn implements Backend.
 func (g *GRPC) HandleIn(ctx context.Context, c *Call) (*Reply, error) {
 	if c == nil {
-		return nil, g.fail(&CallError{Op: opHandleIn, Kind: ErrBackend, Err: errNilCall})
+		return nil, g.r.fail(&CallError{Op: opHandleIn, Kind: ErrBackend, Err: errNilCall})
 	}
 	req := &backendv1.HandleInRequest{Call: toProtoCall(c)}
 	var resp *backendv1.HandleInResponse
-	err := g.invoke(ctx, opHandleIn, func(ctx context.Context) error {
+	err := g.r.run(ctx, opHandleIn, func(ctx context.Context) error {
 		var err error
 		resp, err = g.client.HandleIn(ctx, req)
 		return err
@@ -509,136 +359,31 @@ func (g *GRPC) HandleIn(ctx context.Context, c *Call) (*Reply, error) {
 	}
 	r, err := fromProtoReply(resp.GetReply(), resp.GetBroadcasts(), resp.GetPushes(), resp.GetStop())
 	if err != nil {
-		return nil, g.malformed(opHandleIn, err)
+		return nil, g.r.malformed(opHandleIn, err)
 	}
-	g.ok.Add(1)
+	g.r.succeeded()
 	return r, nil
 }
 
 // Leave implements Backend.
 func (g *GRPC) Leave(ctx context.Context, c *Call, reason LeaveReason) error {
 	if c == nil {
-		return g.fail(&CallError{Op: opLeave, Kind: ErrBackend, Err: errNilCall})
+		return g.r.fail(&CallError{Op: opLeave, Kind: ErrBackend, Err: errNilCall})
 	}
 	req := &backendv1.LeaveRequest{Call: toProtoCall(c), Reason: toProtoLeaveReason(reason)}
-	err := g.invoke(ctx, opLeave, func(ctx context.Context) error {
+	err := g.r.run(ctx, opLeave, func(ctx context.Context) error {
 		_, err := g.client.Leave(ctx, req)
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	g.ok.Add(1)
+	g.r.succeeded()
 	return nil
 }
 
-// invoke runs one call: breaker, bulkhead, then up to 1+Retries attempts,
-// all within the call's deadline. It returns nil or a counted *CallError;
-// a nil result is counted by the caller once the response is checked.
-func (g *GRPC) invoke(ctx context.Context, op string, attempt func(context.Context) error) error {
-	if g.closed.Load() {
-		return g.fail(&CallError{Op: op, Kind: ErrUnavailable, Err: ErrClosed})
-	}
-	if err := ctx.Err(); err != nil {
-		// The caller gave up before the call began: nothing to tell the
-		// breaker about the backend.
-		kind := ErrBackend
-		if errors.Is(err, context.DeadlineExceeded) {
-			kind = ErrTimeout
-		}
-		return g.fail(&CallError{Op: op, Kind: kind, Err: err})
-	}
-	ctx, cancel := context.WithTimeout(ctx, g.cfg.Timeout)
-	defer cancel()
-	ticket, ok := g.br.allow()
-	if !ok {
-		return g.fail(&CallError{Op: op, Kind: ErrUnavailable, Err: ErrCircuitOpen})
-	}
-	if err := g.acquire(ctx); err != nil {
-		g.br.done(ticket, outcomeNeutral)
-		g.bulkheadRejected.Add(1)
-		return g.fail(&CallError{Op: op, Kind: ErrOverloaded, Err: err})
-	}
-	defer func() { <-g.slots }()
-	var err error
-	for n := 0; ; n++ {
-		g.attempts.Add(1)
-		err = attempt(ctx)
-		if err == nil || n == g.cfg.Retries || status.Code(err) != codes.Unavailable || g.closed.Load() {
-			break
-		}
-		if !g.wait(ctx, n) {
-			break
-		}
-		g.retries.Add(1)
-	}
-	outcome, kind := classify(err)
-	if g.closed.Load() && kind != nil {
-		kind, outcome, err = ErrUnavailable, outcomeNeutral, errors.Join(ErrClosed, err)
-	}
-	g.br.done(ticket, outcome)
-	if kind == nil {
-		return nil
-	}
-	return g.fail(&CallError{Op: op, Kind: kind, Err: err})
-}
-
-// acquire takes a slot, waiting in the bounded queue when none is free.
-func (g *GRPC) acquire(ctx context.Context) error {
-	select {
-	case g.slots <- struct{}{}:
-		return nil
-	default:
-	}
-	if g.queued.Add(1) > int64(g.cfg.MaxQueue) {
-		g.queued.Add(-1)
-		return errQueueFull
-	}
-	defer g.queued.Add(-1)
-	select {
-	case g.slots <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("%w: %w", errQueueWait, ctx.Err())
-	}
-}
-
-// wait sleeps before retry n+1 and reports whether it should be made: not
-// when the deadline would pass first.
-func (g *GRPC) wait(ctx context.Context, n int) bool {
-	d := g.cfg.Backoff << min(n, 3)
-	if most := g.cfg.Backoff * grpcBackoffCapFactor; d > most {
-		d = most
-	}
-	d = d/2 + rand.N(d/2+1)
-	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= d {
-		return false
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
-// outcome is what a call tells the breaker.
-type outcome uint8
-
-const (
-	// outcomeNeutral: nothing learnt about the backend (the caller gave
-	// up, the call never went out).
-	outcomeNeutral outcome = iota
-	// outcomeSuccess: the backend answered, even with an error.
-	outcomeSuccess
-	// outcomeFailure: the backend could not be reached or did not answer.
-	outcomeFailure
-)
-
-// classify maps a call's final error to its outcome and its class.
-func classify(err error) (o outcome, kind error) {
+// classifyGRPC maps an attempt's error to its outcome and its class.
+func classifyGRPC(err error) (o outcome, kind error) {
 	if err == nil {
 		return outcomeSuccess, nil
 	}
@@ -654,25 +399,6 @@ func classify(err error) (o outcome, kind error) {
 	default:
 		return outcomeSuccess, ErrBackend
 	}
-}
-
-// fail counts a failed call by its class and returns it.
-func (g *GRPC) fail(e *CallError) error {
-	switch e.Kind {
-	case ErrUnavailable:
-		g.unavail.Add(1)
-	case ErrTimeout:
-		g.timeouts.Add(1)
-	case ErrOverloaded:
-		g.overloaded.Add(1)
-	default:
-		g.errs.Add(1)
-	}
-	return e
-}
-
-func (g *GRPC) malformed(op string, err error) error {
-	return g.fail(&CallError{Op: op, Kind: ErrBackend, Err: fmt.Errorf("%w: %w", errMalformed, err)})
 }
 
 func toProtoCall(c *Call) *backendv1.Call {
@@ -765,143 +491,11 @@ func fromProtoReply(rep *backendv1.Reply, bs []*backendv1.Broadcast, ps []*backe
 	return r, nil
 }
 
-// breaker is a consecutive-failure circuit breaker. Every state change
-// bumps gen; a call's result counts only against the state it was let
-// through in, so a slow call from before an opening cannot close it.
-type breaker struct {
-	threshold int
-	cooldown  time.Duration
-	now       func() time.Time
-
-	mu       sync.Mutex
-	state    BreakerState
-	gen      uint64
-	failures int       // consecutive, while closed
-	until    time.Time // while open: when a probe may go
-	probing  bool      // while half-open: the probe is out
-	opens    uint64
-	rejected uint64
-}
-
-// ticket is what allow hands a call and done takes back.
-type ticket struct {
-	gen   uint64
-	probe bool
-}
-
-// allow lets a call through, or refuses it while the breaker is open or
-// its probe is out.
-func (b *breaker) allow() (ticket, bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	switch b.state {
-	case BreakerOpen:
-		if b.now().Before(b.until) {
-			b.rejected++
-			return ticket{}, false
-		}
-		b.state = BreakerHalfOpen
-		b.gen++
-	case BreakerClosed:
-		return ticket{gen: b.gen}, true
-	}
-	if b.probing {
-		b.rejected++
-		return ticket{}, false
-	}
-	b.probing = true
-	return ticket{gen: b.gen, probe: true}, true
-}
-
-// done records a let-through call's outcome.
-func (b *breaker) done(t ticket, o outcome) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if t.gen != b.gen {
-		return
-	}
-	if t.probe {
-		b.probing = false
-	}
-	switch o {
-	case outcomeSuccess:
-		b.failures = 0
-		if b.state != BreakerClosed {
-			b.state = BreakerClosed
-			b.gen++
-		}
-	case outcomeFailure:
-		b.failures++
-		if b.state == BreakerHalfOpen || b.failures >= b.threshold {
-			b.state = BreakerOpen
-			b.until = b.now().Add(b.cooldown)
-			b.failures = 0
-			b.gen++
-			b.opens++
-		}
-	}
-}
-
-func (b *breaker) stats() (BreakerState, uint64, uint64) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.state, b.opens, b.rejected
-}
-
 // Collector returns a Prometheus collector of the engine's Stats, its
 // metrics carrying labels (say, the route), so that several engines can be
 // registered side by side. Nothing is registered here.
 func (g *GRPC) Collector(labels prometheus.Labels) prometheus.Collector {
-	d := func(name, help string, varLabels ...string) *prometheus.Desc {
-		return prometheus.NewDesc("phxgate_backend_grpc_"+name, help, varLabels, labels)
-	}
-	return &grpcCollector{
-		g:         g,
-		calls:     d("calls_total", "Backend calls by result.", "result"),
-		attempts:  d("attempts_total", "Requests sent to the backend, retries included."),
-		retries:   d("retries_total", "Requests sent again after UNAVAILABLE."),
-		state:     d("breaker_state", "Circuit breaker state: 0 closed, 1 open, 2 half-open."),
-		opens:     d("breaker_opens_total", "Times the circuit breaker opened."),
-		bRejected: d("breaker_rejected_total", "Calls failed fast by the open circuit breaker."),
-		hRejected: d("bulkhead_rejected_total", "Calls refused at the cap on calls in flight and waiting."),
-		inflight:  d("inflight_calls", "Calls in flight."),
-		queued:    d("queued_calls", "Calls waiting for a slot."),
-	}
-}
-
-type grpcCollector struct {
-	g                                                            *GRPC
-	calls, attempts, retries, state, opens, bRejected, hRejected *prometheus.Desc
-	inflight, queued                                             *prometheus.Desc
-}
-
-func (c *grpcCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.calls, c.attempts, c.retries, c.state, c.opens, c.bRejected, c.hRejected, c.inflight, c.queued} {
-		ch <- d
-	}
-}
-
-func (c *grpcCollector) Collect(ch chan<- prometheus.Metric) {
-	s := c.g.Stats()
-	counter := func(d *prometheus.Desc, v uint64, lv ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), lv...)
-	}
-	gauge := func(d *prometheus.Desc, v float64) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v)
-	}
-	counter(c.calls, s.OK, "ok")
-	counter(c.calls, s.Unavailable, "unavailable")
-	counter(c.calls, s.Timeouts, "timeout")
-	counter(c.calls, s.Overloaded, "overloaded")
-	counter(c.calls, s.Errors, "error")
-	counter(c.attempts, s.Attempts)
-	counter(c.retries, s.Retries)
-	gauge(c.state, float64(s.Breaker))
-	counter(c.opens, s.BreakerOpens)
-	counter(c.bRejected, s.BreakerRejected)
-	counter(c.hRejected, s.BulkheadRejected)
-	gauge(c.inflight, float64(s.InFlight))
-	gauge(c.queued, float64(s.Queued))
+	return newCallCollector("grpc", g.Stats, labels)
 }
 
 var (

@@ -15,14 +15,16 @@ const (
 // ErrUnknownBackend is returned by New for a spec no engine accepts.
 var ErrUnknownBackend = errors.New("backends: unknown backend")
 
-// New builds the backend named by spec: "echo", "bench", or a
-// grpc://host:port or grpcs://host:port URL with options (see the package
-// doc). A spec an engine claims but cannot accept fails with an error
-// wrapping ErrBadSpec that names the bad part; anything else with an error
-// wrapping ErrUnknownBackend that names the spec.
+// New builds the backend named by spec: "echo", "bench", a
+// grpc://host:port or grpcs://host:port URL, or an http:// or https://
+// webhook URL, with options (see the package doc). A spec an engine
+// claims but cannot accept fails with an error wrapping ErrBadSpec that
+// names the bad part; anything else with an error wrapping
+// ErrUnknownBackend that names the spec.
 //
-// A backend that holds resources (the gRPC engine's connection) also
-// implements io.Closer; its owner closes it once no call can be made.
+// A backend that holds resources (the gRPC engine's connection, the
+// webhook engine's connection pool) also implements io.Closer; its owner
+// closes it once no call can be made.
 func New(spec string) (Backend, error) {
 	switch {
 	case spec == SpecEcho:
@@ -39,6 +41,16 @@ func New(spec string) (Backend, error) {
 			return nil, err // not a typed nil in the interface
 		}
 		return g, nil
+	case isWebhookSpec(spec):
+		cfg, err := ParseWebhookSpec(spec)
+		if err != nil {
+			return nil, err
+		}
+		w, err := NewWebhook(cfg)
+		if err != nil {
+			return nil, err // not a typed nil in the interface
+		}
+		return w, nil
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrUnknownBackend, spec)
 	}
