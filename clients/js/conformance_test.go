@@ -131,6 +131,62 @@ func TestConformancePhoenixJS(t *testing.T) {
 		})
 		runNode(t, node, jsDir, "auth/", "PHXGATE_URL="+url, "PHXGATE_AUTH_SECRET="+secret)
 	})
+	// The dice phase: the example game over real gRPC (issue 7).
+	t.Run("dice", func(t *testing.T) {
+		secret := rand.Text() + rand.Text()
+		api, game := freePort(t), freePort(t)
+		startDice(t, root, game, api)
+		url, _ := startGateway(t, bin, func(listen, admin string) string {
+			return fmt.Sprintf(diceGatewayConfig, listen, admin, api, secret, game)
+		})
+		runNode(t, node, jsDir, "dice/", "PHXGATE_URL="+url, "PHXGATE_AUTH_SECRET="+secret)
+	})
+}
+
+// diceGatewayConfig routes table:* to the example dice game over gRPC and
+// serves the Gateway API the game broadcasts its rounds through.
+const diceGatewayConfig = `# written by clients/js/conformance_test.go (dice phase)
+listen: "%s"
+admin_listen: "%s"
+api_listen: "%s"
+auth:
+  required: true
+  hs256_secret: "%s"
+routes:
+  - topic: "table:*"
+    backend: "grpc://%s"
+`
+
+// startDice builds and starts the example dice game on game, broadcasting
+// through the Gateway API at api, with a 1 s betting window.
+func startDice(t *testing.T, root, game, api string) {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "dice")
+	bctx, bcancel := context.WithTimeout(context.Background(), buildTimeout)
+	defer bcancel()
+	build := exec.CommandContext(bctx, "go", "build", "-o", bin, "./backends/examples/dice")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./backends/examples/dice: %v\n%s", err, out)
+	}
+	cmd := exec.Command(bin, "-listen", game, "-api", api, "-window", "1s")
+	out := logWriter(t, "dice: ")
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(stopGrace):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		out.Close()
+	})
 }
 
 func plainConfig(listen, admin string) string {
