@@ -42,7 +42,9 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 				if c, ok := b.(io.Closer); ok {
 					closeEngines = append(closeEngines, c)
 				}
-				if g, ok := b.(*backends.GRPC); ok {
+				if g, ok := b.(interface {
+					Collector(prometheus.Labels) prometheus.Collector
+				}); ok {
 					label := rc.Backend
 					if j := strings.IndexByte(label, '?'); j >= 0 {
 						label = label[:j]
