@@ -159,6 +159,9 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (*Server, error) {
 		}
 		s.apiLn = apiLn
 		s.api = s.newAPIServer()
+		if cfg.APISecret == "" && !isLoopback(apiLn.Addr()) {
+			s.log.Warn("api_listen is not on loopback and api_secret is empty: anyone who reaches it can broadcast, push and disconnect", "api", apiLn.Addr().String())
+		}
 	}
 	for _, p := range s.pollers {
 		s.pollWG.Add(1)
@@ -262,6 +265,12 @@ func (s *Server) APIAddr() net.Addr {
 		return nil
 	}
 	return s.apiLn.Addr()
+}
+
+// isLoopback reports whether addr is a loopback TCP address.
+func isLoopback(addr net.Addr) bool {
+	ta, ok := addr.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
 }
 
 // closerFloor is the least time the Closers get at shutdown.
