@@ -268,6 +268,9 @@ func (c *channel) call(op string, call *backends.Call, reason backends.LeaveReas
 	case opLeave:
 		obs = srv.m.callDurationLv
 	}
+	if op == opLeave {
+		srv.m.leaves.WithLabelValues(string(reason)).Inc()
+	}
 	rep, err = invoke(ctx, b, op, call, reason)
 	if errors.Is(err, errBackendPanic) {
 		srv.m.backendPanics.Inc()

@@ -1,6 +1,9 @@
 package channels
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/phxgate/phxgate/backends"
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Join results (label "result" of phxgate_joins_total).
 const (
@@ -44,6 +47,7 @@ type metrics struct {
 	shed                *prometheus.CounterVec
 	backendPanics       prometheus.Counter
 	replyBroadcastsLost prometheus.Counter
+	leaves              *prometheus.CounterVec
 	callDurationJoin    prometheus.Observer
 	callDurationIn      prometheus.Observer
 	callDurationLv      prometheus.Observer
@@ -101,6 +105,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.replyBroadcastsLost = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "phxgate_reply_broadcasts_lost_total", Help: "Broadcasts in a backend's reply that could not be published (broker failing past the call's deadline, or the output budget spent); the channel ends with phx_error.",
 	})
+	m.leaves = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "phxgate_leaves_total", Help: "Backend Leave calls by reason (one per joined channel).",
+	}, []string{"reason"})
+	for _, r := range []backends.LeaveReason{backends.LeaveLeft, backends.LeaveDisconnected, backends.LeaveKicked,
+		backends.LeaveTimedOut, backends.LeaveDrained, backends.LeaveCrashed, backends.LeaveDuplicate, backends.LeaveExpired} {
+		m.leaves.WithLabelValues(string(r))
+	}
 	m.shed.WithLabelValues(shedPush)
 	m.shed.WithLabelValues(shedBroadcast)
 	m.callDurationJoin = m.backendDuration.WithLabelValues("join")
@@ -112,7 +123,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, c := range []prometheus.Collector{
 		m.channels, m.joins, m.messagesIn, m.broadcasts, m.fanout, m.backendCalls,
 		m.backendDuration, m.replayed, m.overloaded, m.droppedFrames, m.resumeOverflow, m.publishErrors,
-		m.floodCloses, m.shed, m.backendPanics, m.replyBroadcastsLost,
+		m.floodCloses, m.shed, m.backendPanics, m.replyBroadcastsLost, m.leaves,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

@@ -76,6 +76,9 @@ func TestDrainRunsEveryLeave(t *testing.T) {
 	if err := s.Shutdown(ctx); err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
+	if n := sumCounter(t, s.Registry(), "phxgate_leaves_total", "reason", "drained"); n != sockets*perSocket {
+		t.Errorf("phxgate_leaves_total{reason=drained} = %v, want %d", n, sockets*perSocket)
+	}
 	be.mu.Lock()
 	defer be.mu.Unlock()
 	if len(be.leaves) != sockets*perSocket {
