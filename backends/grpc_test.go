@@ -543,6 +543,17 @@ func TestGRPCBreaker(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		wantErr(t, do(), ErrUnavailable, ErrCircuitOpen)
 	}
+	// A Leave is never failed fast: it reaches the game while the breaker
+	// is open (and leaves the breaker as it was).
+	leavesBefore := len(g.requests())
+	if err := e.Leave(context.Background(), call("phx_leave", `{}`), LeaveDisconnected); err != nil {
+		t.Fatalf("Leave with the breaker open: %v", err)
+	}
+	if len(g.requests()) != leavesBefore+1 {
+		t.Fatal("the Leave did not reach the game")
+	}
+	g.attempts.Add(-1) // the checks below count the other calls' attempts
+	state(BreakerOpen)
 	clock.Advance(59 * time.Second)
 	wantErr(t, do(), ErrUnavailable, ErrCircuitOpen)
 	if n := g.attempts.Load(); n != 3 {

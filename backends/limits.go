@@ -294,12 +294,24 @@ func (r *runner) run(ctx context.Context, op string, attempt func(context.Contex
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.lim.Timeout)
 	defer cancel()
-	ticket, ok := r.br.allow()
-	if !ok {
-		return r.fail(&CallError{Op: op, Kind: ErrUnavailable, Err: ErrCircuitOpen})
+	// A Leave is never failed fast by the breaker: a seat left open on the
+	// game (a player counted at a table for ever) costs more than one call
+	// to a backend that may be down; it still has its deadline.
+	bypass := op == opLeave
+	var tk ticket
+	if !bypass {
+		var ok bool
+		if tk, ok = r.br.allow(); !ok {
+			return r.fail(&CallError{Op: op, Kind: ErrUnavailable, Err: ErrCircuitOpen})
+		}
+	}
+	done := func(out outcome) {
+		if !bypass {
+			r.br.done(tk, out)
+		}
 	}
 	if err := r.acquire(ctx); err != nil {
-		r.br.done(ticket, outcomeNeutral)
+		done(outcomeNeutral)
 		r.bulkheadRejected.Add(1)
 		return r.fail(&CallError{Op: op, Kind: ErrOverloaded, Err: err})
 	}
@@ -324,7 +336,7 @@ func (r *runner) run(ctx context.Context, op string, attempt func(context.Contex
 	if r.closed.Load() && kind != nil {
 		kind, out, err = ErrUnavailable, outcomeNeutral, errors.Join(ErrClosed, err)
 	}
-	r.br.done(ticket, out)
+	done(out)
 	if kind == nil {
 		return nil
 	}

@@ -268,10 +268,14 @@ func (c *channel) call(op string, call *backends.Call, reason backends.LeaveReas
 	case opLeave:
 		obs = srv.m.callDurationLv
 	}
-	if op == opLeave {
-		srv.m.leaves.WithLabelValues(string(reason)).Inc()
-	}
 	rep, err = invoke(ctx, b, op, call, reason)
+	if op == opLeave {
+		if err == nil {
+			srv.m.leaves.WithLabelValues(string(reason)).Inc()
+		} else {
+			srv.m.leavesLost.Inc() // the game never heard of it
+		}
+	}
 	if errors.Is(err, errBackendPanic) {
 		srv.m.backendPanics.Inc()
 	}
@@ -424,6 +428,14 @@ func (c *channel) join(t *task) {
 
 func (c *channel) handleIn(t *task) {
 	s := c.sock
+	// A client that sends its own idempotency key relies on it: one that
+	// is not usable is refused rather than silently replaced.
+	if !t.binary {
+		if _, present, ok := clientKey(t.payload); present && !ok {
+			s.send(s.replyFrame(t.joinRef, t.ref, c.topic, "error", respBadKey))
+			return
+		}
+	}
 	// The budget is checked again when the push's turn comes: it may have
 	// waited behind others while the node's output grew. Refused before
 	// the backend call, so no action is applied and no broadcast dropped.

@@ -64,4 +64,7 @@ const (
 	// ReplyOverloaded refuses a client push while the node's output budget
 	// is spent (gateway output_budget_bytes); the client may retry later.
 	ReplyOverloaded = "overloaded"
+	// ReplyBadIdempotencyKey refuses a push whose "idempotency_key" is not
+	// a string of 1 to 64 bytes of valid UTF-8, or appears twice.
+	ReplyBadIdempotencyKey = "bad_idempotency_key"
 )

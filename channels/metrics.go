@@ -48,6 +48,7 @@ type metrics struct {
 	backendPanics       prometheus.Counter
 	replyBroadcastsLost prometheus.Counter
 	leaves              *prometheus.CounterVec
+	leavesLost          prometheus.Counter
 	callDurationJoin    prometheus.Observer
 	callDurationIn      prometheus.Observer
 	callDurationLv      prometheus.Observer
@@ -106,8 +107,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name: "phxgate_reply_broadcasts_lost_total", Help: "Broadcasts in a backend's reply that could not be published (broker failing past the call's deadline, or the output budget spent); the channel ends with phx_error.",
 	})
 	m.leaves = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "phxgate_leaves_total", Help: "Backend Leave calls by reason (one per joined channel).",
+		Name: "phxgate_leaves_total", Help: "Leave calls the backend answered, by reason (one per joined channel).",
 	}, []string{"reason"})
+	m.leavesLost = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "phxgate_leaves_lost_total", Help: "Leaves the backend never got: the call failed (down past its deadline), or shutdown ran out of drain window before it ran.",
+	})
 	for _, r := range []backends.LeaveReason{backends.LeaveLeft, backends.LeaveDisconnected, backends.LeaveKicked,
 		backends.LeaveTimedOut, backends.LeaveDrained, backends.LeaveCrashed, backends.LeaveDuplicate, backends.LeaveExpired} {
 		m.leaves.WithLabelValues(string(r))
@@ -123,7 +127,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, c := range []prometheus.Collector{
 		m.channels, m.joins, m.messagesIn, m.broadcasts, m.fanout, m.backendCalls,
 		m.backendDuration, m.replayed, m.overloaded, m.droppedFrames, m.resumeOverflow, m.publishErrors,
-		m.floodCloses, m.shed, m.backendPanics, m.replyBroadcastsLost, m.leaves,
+		m.floodCloses, m.shed, m.backendPanics, m.replyBroadcastsLost, m.leaves, m.leavesLost,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

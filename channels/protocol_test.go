@@ -380,18 +380,37 @@ func TestIdempotencyKey(t *testing.T) {
 		mustHandle(t, sock, fmt.Sprintf(`["1","%d","room:a","bet",{"amount":5,"idempotency_key":"bet-1"}]`, 7+i))
 		conn.waitTexts(t, 2)
 	}
+	// 30 × é escaped is 180 bytes of source but 60 bytes of key: valid.
 	sock, conn := connect(env, "bob")
 	mustHandle(t, sock, `["1","1","room:a","phx_join",{}]`)
-	mustHandle(t, sock, `["1","2","room:a","bet",{"idempotency_key":"`+strings.Repeat("k", MaxClientKeyBytes+1)+`"}]`)
-	mustHandle(t, sock, `["1","3","room:a","bet",{"idempotency_key":12}]`)
-	conn.waitTexts(t, 3)
+	mustHandle(t, sock, `["1","2","room:a","bet",{"idempotency_key":"`+strings.Repeat(`\u00e9`, 30)+`"}]`)
+	conn.waitTexts(t, 2)
 	keys := keysOf(env)
-	if keys[1] != "player:alice:bet-1" || keys[3] != "player:alice:bet-1" || keys[5] != "player:a%3Ab%25:bet-1" {
+	if keys[1] != "player:alice:bet-1" || keys[3] != "player:alice:bet-1" || keys[5] != "player:a%3Ab%25:bet-1" ||
+		keys[7] != "player:bob:"+strings.Repeat("é", 30) {
 		t.Fatalf("player keys %v", keys)
 	}
-	for _, k := range keys[7:] {
-		if strings.HasPrefix(k, "player:") {
-			t.Fatalf("an invalid client key was used: %v", keys)
+	// A key the client relies on but that cannot be used is refused, not
+	// replaced: too long, not a string, a lone surrogate (which decoding
+	// would merge with others), given twice.
+	before := len(keysOf(env))
+	bad := []string{
+		`{"idempotency_key":"` + strings.Repeat("k", MaxClientKeyBytes+1) + `"}`,
+		`{"idempotency_key":12}`,
+		`{"idempotency_key":"\ud800"}`,
+		`{"idempotency_key":"a","idempotency_key":"b"}`,
+		`{"idempotency_key":""}`,
+	}
+	for i, p := range bad {
+		mustHandle(t, sock, fmt.Sprintf(`["1","%d","room:a","bet",%s]`, 10+i, p))
+	}
+	got := conn.waitTexts(t, 2+len(bad))
+	for i := range bad {
+		if want := fmt.Sprintf(`["1","%d","room:a","phx_reply",{"response":{"reason":"bad_idempotency_key"},"status":"error"}]`, 10+i); got[2+i] != want {
+			t.Fatalf("bad key %s: got %s", bad[i], got[2+i])
 		}
+	}
+	if n := len(keysOf(env)); n != before {
+		t.Fatalf("a push with a bad key reached the backend (%d calls, was %d)", n, before)
 	}
 }

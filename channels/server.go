@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -74,7 +75,7 @@ const MaxClientKeyBytes = 64
 // of a key (they are passed apart, as Call.JoinRef and Call.Ref).
 func (s *Server) callKey(conn uint64, gen uint32, player, event string, p backends.Payload) string {
 	if player != "" && !p.Binary && event != "phx_join" && event != "phx_leave" {
-		if k, ok := clientKey(p.Data); ok {
+		if k, _, ok := clientKey(p.Data); ok {
 			return "player:" + escapeKeyPart(player) + ":" + k
 		}
 	}
@@ -89,27 +90,39 @@ func (s *Server) callKey(conn uint64, gen uint32, player, event string, p backen
 	return string(b)
 }
 
-// clientKey returns a payload's "idempotency_key" when it is a string of
-// 1 to MaxClientKeyBytes bytes.
-func clientKey(p []byte) (key string, ok bool) {
+// clientKey returns a payload's "idempotency_key" (present reports the
+// member exists). It is valid (ok) when it is a string that decodes to 1 to
+// MaxClientKeyBytes bytes of valid UTF-8 (no lone surrogate, which a JSON
+// decoder would turn into U+FFFD and so merge distinct keys) and the
+// member appears once.
+func clientKey(p []byte) (key string, present, ok bool) {
 	i := skipWS(p, 0)
 	if i >= len(p) || p[i] != '{' {
-		return "", false
+		return "", false, false
 	}
+	count := 0
+	var raw []byte
 	objectMembers(p[i:], func(k, val []byte, _, _ int) bool {
-		if string(k) != "idempotency_key" {
-			return true
+		if string(k) == "idempotency_key" {
+			count++
+			raw = val
 		}
-		if len(val) < 2 || val[0] != '"' || len(val) > 2*MaxClientKeyBytes+2 {
-			return false
-		}
-		var str string
-		if err := json.Unmarshal(val, &str); err == nil && str != "" && len(str) <= MaxClientKeyBytes {
-			key, ok = str, true
-		}
-		return false
+		return true
 	})
-	return key, ok
+	if count == 0 {
+		return "", false, false
+	}
+	// \uXXXX escapes take 6 bytes a character at most, and so bound the
+	// source of a valid key.
+	if count > 1 || len(raw) < 2 || raw[0] != '"' || len(raw) > 6*MaxClientKeyBytes+2 {
+		return "", true, false
+	}
+	var str string
+	if err := json.Unmarshal(raw, &str); err != nil || str == "" || len(str) > MaxClientKeyBytes ||
+		!utf8.ValidString(str) || strings.ContainsRune(str, utf8.RuneError) {
+		return "", true, false
+	}
+	return str, true, true
 }
 
 // escapeKeyPart percent-encodes '%' and ':' so that a key part cannot
@@ -277,8 +290,38 @@ func (s *Server) Close(ctx context.Context) error {
 		}
 		close(s.quit)
 		s.workers.Wait()
+		if err != nil {
+			// Out of time: the channels still queued never run. Their
+			// Leaves are lost; say how many, loudly.
+			if n := s.dropQueued(); n > 0 {
+				s.m.leavesLost.Add(float64(n))
+				err = fmt.Errorf("channels: close: %d Leave calls never ran: %w", n, err)
+			}
+		}
 	})
 	return err
+}
+
+// dropQueued empties the ready queue once the workers are gone and
+// returns how many Leaves (a leave, a terminate of a joined channel)
+// were waiting in it.
+func (s *Server) dropQueued() int {
+	n := 0
+	for {
+		select {
+		case c := <-s.ready:
+			c.sock.mu.Lock()
+			for _, t := range c.queue {
+				if t.kind == taskLeave || (t.kind == taskTerminate && c.wGen != 0) {
+					n++
+				}
+			}
+			c.sock.mu.Unlock()
+			s.inflight.Add(-1)
+		default:
+			return n
+		}
+	}
 }
 
 func (s *Server) worker() {
@@ -332,6 +375,25 @@ func (s *Socket) PlayerID() string {
 		return s.identity.PlayerID
 	}
 	return ""
+}
+
+// ServesPlayer reports whether the socket acts for player: its connect
+// token's player, or a join token's on one of its channels.
+func (s *Socket) ServesPlayer(player string) bool {
+	if player == "" {
+		return false
+	}
+	if s.PlayerID() == player {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.chans {
+		if id := c.joinIdentity(); id != nil && id.PlayerID == player {
+			return true
+		}
+	}
+	return false
 }
 
 // PushTo sends event with payload to every channel of player joined to

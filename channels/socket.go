@@ -120,6 +120,7 @@ var (
 	respUnavail        = []byte(`{"reason":"` + backends.ReasonUnavailable + `"}`)
 	respTimeout        = []byte(`{"reason":"` + backends.ReasonTimeout + `"}`)
 	respBackendError   = []byte(`{"reason":"` + backends.ReasonError + `"}`)
+	respBadKey         = []byte(`{"reason":"` + ReplyBadIdempotencyKey + `"}`)
 	payloadCrash       = []byte(`{"reason":"` + ReplyChannelCrash + `"}`)
 )
 

@@ -135,7 +135,7 @@ func (p *poller) kickLocal(player string, conn uint64) int {
 		}
 		match := conn != 0 && c.id == conn
 		if !match && player != "" {
-			if ps, ok := c.handler.(interface{ PlayerID() string }); ok && ps.PlayerID() == player {
+			if ps, ok := c.handler.(interface{ ServesPlayer(string) bool }); ok && ps.ServesPlayer(player) {
 				match = true
 			}
 		}

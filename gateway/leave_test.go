@@ -45,6 +45,17 @@ func (b *leaveCounter) Leave(_ context.Context, c *backends.Call, r backends.Lea
 // 64 workers, more than one call timeout): every channel gets exactly one
 // Leave, with reason "drained", before Shutdown returns.
 func TestDrainRunsEveryLeave(t *testing.T) {
+	testDrainLeaves(t, 30*time.Second)
+}
+
+// TestDrainTooShortCountsLostLeaves: the same drain with a window too
+// short for the Leaves: Shutdown says how many never ran, and every
+// channel is either a Leave the game got or a Leave counted lost.
+func TestDrainTooShortCountsLostLeaves(t *testing.T) {
+	testDrainLeaves(t, 3*time.Second)
+}
+
+func testDrainLeaves(t *testing.T, window time.Duration) {
 	const sockets, perSocket = 20, 100
 	be := &leaveCounter{delay: 200 * time.Millisecond, leaves: map[string][]backends.LeaveReason{}}
 	cfg := testConfig()
@@ -71,13 +82,23 @@ func TestDrainRunsEveryLeave(t *testing.T) {
 			}
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), window)
 	defer cancel()
-	if err := s.Shutdown(ctx); err != nil {
+	err = s.Shutdown(ctx)
+	got := sumCounter(t, s.Registry(), "phxgate_leaves_total", "reason", "drained")
+	lost := counterValue(t, s.Registry(), "phxgate_leaves_lost_total", "")
+	t.Logf("window %v: %v Leaves, %v lost", window, got, lost)
+	if window < 5*time.Second { // about 6 s of Leaves for 64 workers
+		if err == nil || !strings.Contains(err.Error(), "never ran") || lost == 0 || got+lost != sockets*perSocket {
+			t.Fatalf("Shutdown: %v; %v Leaves and %v lost, want the %d split between them and the loss reported", err, got, lost, sockets*perSocket)
+		}
+		return
+	}
+	if err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
-	if n := sumCounter(t, s.Registry(), "phxgate_leaves_total", "reason", "drained"); n != sockets*perSocket {
-		t.Errorf("phxgate_leaves_total{reason=drained} = %v, want %d", n, sockets*perSocket)
+	if got != sockets*perSocket || lost != 0 {
+		t.Errorf("phxgate_leaves_total{reason=drained} = %v, lost %v, want %d and 0", got, lost, sockets*perSocket)
 	}
 	be.mu.Lock()
 	defer be.mu.Unlock()
