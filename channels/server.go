@@ -9,10 +9,10 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/phxgate/phxgate/backends"
 	"github.com/phxgate/phxgate/channels/auth"
