@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/phxgate/phxgate/backends"
+	backendv1 "github.com/phxgate/phxgate/backends/proto/phxgate/backend/v1"
 )
 
 // leaveCounter is an in-process backend whose Leave is slow and counted
@@ -108,6 +110,71 @@ func testDrainLeaves(t *testing.T, window time.Duration) {
 	for k, rs := range be.leaves {
 		if len(rs) != 1 || rs[0] != backends.LeaveDrained {
 			t.Fatalf("%s: leaves %v, want exactly one %q", k, rs, backends.LeaveDrained)
+		}
+	}
+}
+
+// TestLeaveExactlyOnceWithReason: whatever ends a joined channel, the game
+// gets exactly one Leave with the reason that ended it: the client's
+// phx_leave (left), the socket killed (disconnected), a kick through the
+// Gateway service (kicked), the idle timeout (timed_out), the connect
+// token's expiry (expired).
+func TestLeaveExactlyOnceWithReason(t *testing.T) {
+	be := &leaveCounter{leaves: map[string][]backends.LeaveReason{}}
+	s := prodServer(t, func(c *Config) {
+		c.Auth.Leeway = 0
+		c.IdleTimeout = 2 * time.Second
+		c.APIListen = "127.0.0.1:0"
+		c.Routes = []RouteConfig{{Topic: "room:*", Backend: InprocPrefix + "count"}}
+	}, WithBackend("count", be))
+	open := func(player, topic string, exp time.Time) *client {
+		claims := jwt.MapClaims{"sub": player, "exp": exp.Unix()}
+		return rawSocket(t, s, hsToken(t, claims), topic)
+	}
+	later := time.Now().Add(time.Hour)
+	left := open("p-left", "room:left", later)
+	killed := open("p-killed", "room:killed", later)
+	kicked := open("p-kicked", "room:kicked", later)
+	_ = open("p-idle", "room:idle", later) // sends nothing more: idle
+	expiring := open("p-expired", "room:expired", time.Unix(time.Now().Unix()+2, 0))
+
+	left.sendText(`["1","2","room:left","phx_leave",{}]`)
+	left.expectMessage(ws.OpText, `["1","2","room:left","phx_reply",{"response":{},"status":"ok"}]`)
+	killed.conn.Close()
+	api := apiClient(t, s)
+	if _, err := api.Disconnect(t.Context(), &backendv1.DisconnectRequest{Target: &backendv1.DisconnectRequest_PlayerId{PlayerId: "p-kicked"}}); err != nil {
+		t.Fatal(err)
+	}
+	// The others keep their sockets alive (heartbeats), but for idle.
+	stop := time.Now().Add(6 * time.Second)
+	for time.Now().Before(stop) {
+		for _, c := range []*client{left, kicked, expiring} {
+			_, _ = c.conn.Write(clientFrame(0x81, true, []byte(`[null,"h","phoenix","heartbeat",{}]`), -1))
+		}
+		be.mu.Lock()
+		n := len(be.leaves)
+		be.mu.Unlock()
+		if n == 5 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // heartbeat pacing, not synchronization
+	}
+	want := map[string]backends.LeaveReason{
+		"room:left": backends.LeaveLeft, "room:killed": backends.LeaveDisconnected,
+		"room:kicked": backends.LeaveKicked, "room:idle": backends.LeaveTimedOut,
+		"room:expired": backends.LeaveExpired,
+	}
+	waitFor(t, 10*time.Second, func() bool {
+		be.mu.Lock()
+		defer be.mu.Unlock()
+		return len(be.leaves) == len(want)
+	}, "a Leave for each of the five channels")
+	be.mu.Lock()
+	defer be.mu.Unlock()
+	for k, rs := range be.leaves {
+		topic := k[strings.IndexByte(k, ' ')+1:]
+		if len(rs) != 1 || rs[0] != want[topic] {
+			t.Errorf("%s: leaves %v, want exactly one %q", topic, rs, want[topic])
 		}
 	}
 }

@@ -25,7 +25,7 @@ import (
 // prodServer starts a gateway wired as in production (channels server,
 // echo backends, admission, verifier and limiter), with the HS256 test
 // secret.
-func prodServer(tb testing.TB, mod func(*Config)) *Server {
+func prodServer(tb testing.TB, mod func(*Config), opts ...Option) *Server {
 	tb.Helper()
 	cfg := testConfig()
 	cfg.Auth.HS256Secret = testSecret
@@ -33,7 +33,7 @@ func prodServer(tb testing.TB, mod func(*Config)) *Server {
 	if mod != nil {
 		mod(&cfg)
 	}
-	s, err := Start(context.Background(), cfg, WithLogger(discardLogger()))
+	s, err := Start(context.Background(), cfg, append([]Option{WithLogger(discardLogger())}, opts...)...)
 	if err != nil {
 		tb.Fatalf("Start: %v", err)
 	}
