@@ -191,7 +191,11 @@ func (c *channel) exec(t *task) {
 			r.pendingClose = nil
 		}
 		if c.wGen != 0 {
-			c.end(t.reason)
+			if key, ok := c.seatKey(); ok && t.reason == backends.LeaveDisconnected && c.route.LeaveGrace > 0 {
+				c.park(key)
+			} else {
+				c.end(t.reason)
+			}
 		}
 	}
 }
@@ -376,6 +380,22 @@ func (c *channel) join(t *task) {
 		return
 	}
 	call := c.newCall(t.gen, "phx_join", t.joinRef, t.ref, backends.Payload{Data: t.payload, Binary: t.binary})
+	if c.route.LeaveGrace > 0 {
+		if key, ok := c.seatKey(); ok {
+			if taken := s.srv.seats.take(key); taken != nil {
+				// The player's dropped seat: no Leave if this join
+				// succeeds; its Leave goes out if it fails.
+				call.Rejoin = true
+				joined := false
+				defer func() {
+					if !joined {
+						s.srv.seats.leave(taken)
+					}
+				}()
+				defer func() { joined = c.wGen == t.gen }()
+			}
+		}
+	}
 	rep, err := c.call(opJoin, call, "")
 	if err != nil {
 		if callResult(err) == "error" {
@@ -545,6 +565,36 @@ func (c *channel) stop(how backends.Stop) {
 		c.sendControl("phx_error", payloadCrash)
 		c.end(backends.LeaveCrashed)
 	}
+}
+
+// seatKey is the player's seat on c's topic (ok false for an anonymous
+// channel, which holds no seat).
+func (c *channel) seatKey() (seatKey, bool) {
+	id := c.joinIdentity()
+	if id == nil {
+		id = c.sock.identity
+	}
+	if id == nil || id.PlayerID == "" {
+		return seatKey{}, false
+	}
+	return seatKey{player: id.PlayerID, topic: c.topic}, true
+}
+
+// park ends the channel like end, but holds its Leave for the route's
+// LeaveGrace (see Route.LeaveGrace).
+func (c *channel) park(key seatKey) {
+	s := c.sock
+	gen := c.wGen
+	s.srv.hub.unsubscribe(c)
+	call := c.newCall(gen, "phx_leave", c.wJoinRef, "null", backends.Payload{})
+	s.srv.seats.hold(key, c.route.Backend, call, c.route.LeaveGrace)
+	c.wGen = 0
+	s.srv.m.channels.Dec()
+	s.mu.Lock()
+	if c.curGen == gen {
+		c.curGen = 0
+	}
+	s.mu.Unlock()
 }
 
 // end leaves the hub, calls the backend's Leave once, and forgets the

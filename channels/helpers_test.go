@@ -278,7 +278,11 @@ func (b *testBackend) logged() []string {
 var errCrash = errors.New("backend exploded")
 
 func (b *testBackend) Join(_ context.Context, c *backends.Call) (*backends.Reply, error) {
-	b.record("join " + c.Topic + " " + c.JoinRef)
+	rejoin := ""
+	if c.Rejoin {
+		rejoin = " rejoin"
+	}
+	b.record("join " + c.Topic + " " + c.JoinRef + rejoin)
 	b.mu.Lock()
 	b.keys = append(b.keys, c.IdempotencyKey)
 	b.joinPl = append(b.joinPl, c.Payload.Data)

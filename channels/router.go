@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/phxgate/phxgate/backends"
 	"github.com/phxgate/phxgate/channels/ratelimit"
@@ -23,6 +24,12 @@ type Route struct {
 	// RateLimits maps the route's event names to rate-limit classes
 	// (zero: every event is in the limiter's default class).
 	RateLimits ratelimit.Route
+	// LeaveGrace holds an identified player's seat when their socket drops
+	// without phx_leave: the Leave (reason disconnected) waits this long,
+	// and a join of the same player to the same topic on this node within
+	// it sends no Leave and a Join with Rejoin set. 0 sends the Leave at
+	// once.
+	LeaveGrace time.Duration
 }
 
 // Router holds an ordered list of routes. It is immutable after NewRouter

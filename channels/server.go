@@ -44,6 +44,7 @@ type Server struct {
 	// and pid; callSeq numbers the backend calls of this instance.
 	instance string
 	callSeq  atomic.Uint64
+	seats    seats
 	// pendingOut estimates the bytes of broadcasts handed to Fanout lanes
 	// and not yet queued to their sockets (see PendingBytes).
 	pendingOut atomic.Int64
@@ -174,6 +175,7 @@ func NewServer(cfg Config, router *Router, broker pubsub.Broker, reg prometheus.
 		quit:     make(chan struct{}),
 	}
 	s.hub = newHub(s)
+	s.seats.srv = s
 	s.workers.Add(cfg.Workers)
 	for range cfg.Workers {
 		go s.worker()
@@ -290,6 +292,8 @@ func (s *Server) Close(ctx context.Context) error {
 		}
 		close(s.quit)
 		s.workers.Wait()
+		// Nobody comes back to a node that stops: held seats leave now.
+		s.seats.flush(ctx)
 		if err != nil {
 			// Out of time: the channels still queued never run. Their
 			// Leaves are lost; say how many, loudly.

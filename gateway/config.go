@@ -242,6 +242,10 @@ type RouteConfig struct {
 	// limits.classes: default_class for unlisted events (empty:
 	// limits.default_class) and events.<event>: <class>.
 	RateLimits ratelimit.Route `yaml:"rate_limits"`
+	// LeaveGrace (routes[].leave_grace) holds a player's seat this long
+	// when their socket drops without phx_leave (0s: Leave at once; at most
+	// 10m); see channels.Route.LeaveGrace.
+	LeaveGrace time.Duration `yaml:"leave_grace"`
 }
 
 func newLimitsConfig() LimitsConfig {
@@ -457,6 +461,9 @@ func (c Config) Validate() error {
 		if r.History < 0 || r.History > 1<<20 {
 			return keyErr(fmt.Sprintf("routes[%d].history", i), "must be between 0 and 1048576")
 		}
+		if r.LeaveGrace < 0 || r.LeaveGrace > 10*time.Minute {
+			return keyErr(fmt.Sprintf("routes[%d].leave_grace", i), "must be between 0s and 10m")
+		}
 	}
 	return nil
 }
@@ -662,7 +669,7 @@ func settings() []setting {
 		intSetting("limits.player_max_conns", "open sockets per player", func(c *Config) *int { return &c.Limits.PlayerMaxConns }),
 		intSetting("limits.max_conns", "open sockets on this node (over it: 503)", func(c *Config) *int { return &c.Limits.MaxConns }),
 		{
-			key: "routes", usage: `routes as "pattern=backend[,presence][,history=N];..."`,
+			key: "routes", usage: `routes as "pattern=backend[,presence][,history=N][,leave_grace=D];..."`,
 			str:  func(c *Config, s string) error { return parseRoutesFlag(c, s) },
 			node: decodeRoutes,
 		},
@@ -801,6 +808,12 @@ func parseRoutesFlag(c *Config, s string) error {
 					return fmt.Errorf("route %d: history: %v", i, err)
 				}
 				r.History = n
+			case "leave_grace":
+				d, err := time.ParseDuration(v)
+				if err != nil {
+					return fmt.Errorf("route %d: leave_grace: %v", i, err)
+				}
+				r.LeaveGrace = d
 			case "class":
 				r.RateLimits.DefaultClass = v
 			default:
@@ -842,6 +855,11 @@ func decodeRoutes(c *Config, n *yaml.Node) error {
 				err = v.Decode(&r.Presence)
 			case "history":
 				err = v.Decode(&r.History)
+			case "leave_grace":
+				var str string
+				if err = v.Decode(&str); err == nil {
+					r.LeaveGrace, err = time.ParseDuration(str)
+				}
 			case "rate_limits":
 				if err := decodeRateLimits(key+".rate_limits", v, &r.RateLimits); err != nil {
 					return err

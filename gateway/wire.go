@@ -59,7 +59,7 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 			return fail(keyErr(fmt.Sprintf("routes[%d].backend", i), "%v", err))
 		}
 		engines[rc.Backend] = b
-		routes = append(routes, channels.Route{Pattern: rc.Topic, Backend: b, History: rc.History, Presence: rc.Presence, RateLimits: rc.RateLimits})
+		routes = append(routes, channels.Route{Pattern: rc.Topic, Backend: b, History: rc.History, Presence: rc.Presence, RateLimits: rc.RateLimits, LeaveGrace: rc.LeaveGrace})
 	}
 	router, err := channels.NewRouter(routes)
 	if err != nil {
