@@ -100,7 +100,8 @@ const (
 	LeaveDrained      LeaveReason = "drained"
 	LeaveCrashed      LeaveReason = "crashed"
 	LeaveDuplicate    LeaveReason = "duplicate_join"
-	// LeaveExpired: the connect token or a rejoin grace window expired.
+	// LeaveExpired: the connect token expired (the socket was closed with
+	// 1008). A seat whose leave_grace ran out leaves as "disconnected".
 	LeaveExpired LeaveReason = "expired"
 )
 

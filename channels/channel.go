@@ -380,19 +380,20 @@ func (c *channel) join(t *task) {
 		return
 	}
 	call := c.newCall(t.gen, "phx_join", t.joinRef, t.ref, backends.Payload{Data: t.payload, Binary: t.binary})
+	// rejoined: the backend accepted a join that took a held seat, which
+	// then needs no Leave of its own (the new channel has its own).
+	rejoined := false
 	if c.route.LeaveGrace > 0 {
 		if key, ok := c.seatKey(); ok {
 			if taken := s.srv.seats.take(key); taken != nil {
 				// The player's dropped seat: no Leave if this join
 				// succeeds; its Leave goes out if it fails.
 				call.Rejoin = true
-				joined := false
 				defer func() {
-					if !joined {
+					if !rejoined {
 						s.srv.seats.leave(taken)
 					}
 				}()
-				defer func() { joined = c.wGen == t.gen }()
 			}
 		}
 	}
@@ -421,6 +422,7 @@ func (c *channel) join(t *task) {
 		c.flushPendingClose()
 		return
 	}
+	rejoined = true
 	c.wGen, c.wJoinRef, c.wCloseRefNull = t.gen, t.joinRef, t.closeRefNull
 	overflow, err := s.srv.hub.subscribe(c, t, rep.Response)
 	if err != nil {

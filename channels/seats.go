@@ -25,12 +25,24 @@ type seat struct {
 	timer   *time.Timer
 }
 
+// maxSeatSenders bounds the Leaves of seats sent at once, so that many
+// seats ending together (a network blip, a shutdown) do not overrun the
+// backend's cap on calls in flight.
+const maxSeatSenders = 32
+
 // seats holds the open seats. Its methods are safe for concurrent use.
+//
+// wg counts every held seat (from hold until it is taken or its Leave is
+// queued) and every running sender, so flush's Wait returns only once no
+// seat is held and every queued Leave has been sent.
 type seats struct {
-	srv  *Server
-	mu   sync.Mutex
-	held map[seatKey]*seat
-	wg   sync.WaitGroup // Leaves being sent
+	srv     *Server
+	mu      sync.Mutex
+	held    map[seatKey]*seat
+	closed  bool    // after flush: a new seat leaves at once
+	queue   []*seat // Leaves to send, oldest first
+	senders int
+	wg      sync.WaitGroup
 }
 
 // hold keeps a seat for grace. A seat already held for the same key (the
@@ -39,30 +51,28 @@ type seats struct {
 func (ss *seats) hold(key seatKey, b backends.Backend, call *backends.Call, grace time.Duration) {
 	st := &seat{backend: b, call: call}
 	ss.mu.Lock()
+	defer ss.mu.Unlock()
 	if ss.held == nil {
 		ss.held = map[seatKey]*seat{}
 	}
-	var evicted *seat
 	if old := ss.held[key]; old != nil && old.timer.Stop() {
-		evicted = old
 		delete(ss.held, key)
+		ss.queueLocked(old)
+		ss.wg.Done() // old is no longer held
 	}
-	if len(ss.held) >= MaxSeats {
-		ss.mu.Unlock()
-		ss.leave(evicted)
-		ss.leave(st)
+	if ss.closed || len(ss.held) >= MaxSeats {
+		ss.queueLocked(st)
 		return
 	}
 	ss.held[key] = st
+	ss.wg.Add(1)
 	st.timer = time.AfterFunc(grace, func() { ss.expire(key, st) })
-	ss.mu.Unlock()
-	ss.leave(evicted)
 }
 
 // take returns the seat held for key, no longer held (nil when none, or
 // when its grace just ended and its Leave is on its way). The player is
-// back: if their join succeeds the seat needs no Leave; if it fails, the
-// caller sends the seat's Leave (leave).
+// back: if their join is accepted the seat needs no Leave; if it is not,
+// the caller sends the seat's Leave (leave).
 func (ss *seats) take(key seatKey) *seat {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
@@ -71,54 +81,80 @@ func (ss *seats) take(key seatKey) *seat {
 		return nil
 	}
 	delete(ss.held, key)
+	ss.wg.Done()
 	return st
 }
 
 func (ss *seats) expire(key seatKey, st *seat) {
 	ss.mu.Lock()
+	defer ss.mu.Unlock()
 	if ss.held[key] == st {
 		delete(ss.held, key)
 	}
-	ss.mu.Unlock()
-	ss.leave(st)
+	ss.queueLocked(st)
+	ss.wg.Done() // st is no longer held; its Leave is queued
 }
 
-// leave sends a seat's Leave (reason disconnected) in the background.
+// leave queues the Leave of a seat that is not held (a refused rejoin).
 func (ss *seats) leave(st *seat) {
-	if st == nil {
-		return
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.queueLocked(st)
+}
+
+// queueLocked queues st's Leave (reason disconnected) and starts a sender
+// if fewer than maxSeatSenders run. Called with mu held.
+func (ss *seats) queueLocked(st *seat) {
+	ss.queue = append(ss.queue, st)
+	if ss.senders < maxSeatSenders {
+		ss.senders++
+		ss.wg.Add(1)
+		go ss.send()
 	}
-	ss.wg.Add(1)
-	go func() {
-		defer ss.wg.Done()
-		srv := ss.srv
+}
+
+// send sends queued Leaves until the queue is empty.
+func (ss *seats) send() {
+	defer ss.wg.Done()
+	srv := ss.srv
+	for {
+		ss.mu.Lock()
+		if len(ss.queue) == 0 {
+			ss.senders--
+			ss.queue = nil
+			ss.mu.Unlock()
+			return
+		}
+		st := ss.queue[0]
+		ss.queue[0] = nil
+		ss.queue = ss.queue[1:]
+		ss.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.CallTimeout)
-		defer cancel()
 		_, err := invoke(ctx, st.backend, opLeave, st.call, backends.LeaveDisconnected)
+		cancel()
 		srv.m.backendCalls.WithLabelValues(opLeave, callResult(err)).Inc()
 		if err == nil {
 			srv.m.leaves.WithLabelValues(string(backends.LeaveDisconnected)).Inc()
 		} else {
 			srv.m.leavesLost.Inc()
 		}
-	}()
+	}
 }
 
-// flush ends every seat now (shutdown: nobody will come back to this node)
-// and waits for their Leaves, or ctx.
+// flush ends every seat now (shutdown: nobody will come back to this node),
+// makes later seats leave at once, and waits for every Leave, or ctx.
 func (ss *seats) flush(ctx context.Context) {
 	ss.mu.Lock()
-	var open []*seat
+	ss.closed = true
 	for k, st := range ss.held {
 		if st.timer.Stop() {
-			open = append(open, st)
+			delete(ss.held, k)
+			ss.queueLocked(st)
+			ss.wg.Done()
 		}
-		delete(ss.held, k)
+		// else its timer is firing: expire queues it and releases it.
 	}
 	ss.mu.Unlock()
-	for _, st := range open {
-		ss.leave(st)
-	}
 	done := make(chan struct{})
 	go func() { ss.wg.Wait(); close(done) }()
 	select {

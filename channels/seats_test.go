@@ -2,6 +2,7 @@ package channels
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -82,6 +83,7 @@ func TestLeaveGrace(t *testing.T) {
 		if l := leavesOf(env); l[0] != "leave room:a 1 disconnected" {
 			t.Fatalf("Leaves %v", l)
 		}
+		waitFor(t, 5*time.Second, "the expired seat forgotten", func() bool { return env.srv.seats.count() == 0 })
 		s2, c2 := env.connectPlayer(t, "bob")
 		mustHandle(t, s2, `["2","2","room:a","phx_join",{}]`)
 		c2.waitTexts(t, 1)
@@ -134,6 +136,35 @@ func TestLeaveGrace(t *testing.T) {
 		waitFor(t, 5*time.Second, "the old seat's Leave", func() bool { return len(leavesOf(env)) == 1 })
 		if l := leavesOf(env); l[0] != "leave room:a 1 disconnected" {
 			t.Fatalf("Leaves %v", l)
+		}
+	})
+	t.Run("many seats at shutdown, and one after it", func(t *testing.T) {
+		env := graceEnv(t, time.Hour)
+		const n = 300
+		for i := range n {
+			s, c := env.connectPlayer(t, fmt.Sprintf("p%d", i))
+			mustHandle(t, s, `["1","1","room:a","phx_join",{}]`)
+			c.waitTexts(t, 1)
+			s.Terminate(backends.LeaveDisconnected)
+		}
+		waitFor(t, 5*time.Second, "the seats held", func() bool { return env.srv.seats.count() == n })
+		late, lc := env.connectPlayer(t, "late")
+		mustHandle(t, late, `["1","1","room:a","phx_join",{}]`)
+		lc.waitTexts(t, 1)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := env.srv.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if l := leavesOf(env); len(l) != n {
+			t.Fatalf("%d Leaves when Close returned, want %d", len(l), n)
+		}
+		// A socket that drops after Close holds no seat: its Leave goes
+		// out at once.
+		late.Terminate(backends.LeaveDisconnected)
+		waitFor(t, 5*time.Second, "the late Leave", func() bool { return len(leavesOf(env)) == n+1 })
+		if env.srv.seats.count() != 0 {
+			t.Fatal("a seat is held after Close")
 		}
 	})
 }
