@@ -424,7 +424,7 @@ func (c *channel) join(t *task) {
 	}
 	rejoined = true
 	c.wGen, c.wJoinRef, c.wCloseRefNull = t.gen, t.joinRef, t.closeRefNull
-	overflow, err := s.srv.hub.subscribe(c, t, rep.Response)
+	overflow, err := s.srv.hub.subscribe(c, t, rep.Response, rep.SnapshotPosition)
 	if err != nil {
 		// The reply was not sent: the broker could not subscribe or read
 		// history. The backend accepted the join, so it gets its Leave.

@@ -300,6 +300,8 @@ func (b *testBackend) Join(_ context.Context, c *backends.Call) (*backends.Reply
 		return nil, errCrash
 	case strings.Contains(c.Topic, "unavail"):
 		return nil, fmt.Errorf("dial: %w", backends.ErrUnavailable)
+	case strings.Contains(c.Topic, "snap"):
+		return &backends.Reply{Response: backends.Payload{Data: []byte(`{"snapshot":2}`)}, SnapshotPosition: "p:E1:2"}, nil
 	case strings.Contains(c.Topic, "pushy"):
 		return &backends.Reply{Response: backends.Payload{Data: []byte(`{"hello":1}`)},
 			Pushes: []backends.Message{{Event: "welcome", Payload: backends.Payload{Data: []byte(`{"w":1}`)}}}}, nil

@@ -212,7 +212,7 @@ func (th *topicHub) del(l *hubLane, c *channel) {
 // sends reply, replay and the live events that arrived meanwhile, in order,
 // without duplicates. overflow reports that live events were lost while
 // catching up (the caller ends the channel with phx_error).
-func (h *hub) subscribe(c *channel, t *task, resp backends.Payload) (overflow bool, err error) {
+func (h *hub) subscribe(c *channel, t *task, resp backends.Payload, snapshot string) (overflow bool, err error) {
 	s := c.sock
 	th, err := h.acquire(c.topic)
 	if err != nil {
@@ -232,6 +232,14 @@ func (h *hub) subscribe(c *channel, t *task, resp backends.Payload) (overflow bo
 	}
 
 	since, resuming, perr := parseOffset(t.offset)
+	// A backend whose join reply is a snapshot up to a position: the
+	// replay starts after it, whatever the client asked, so the client
+	// applies the snapshot and then exactly the events it does not hold.
+	if snapshot != "" {
+		if p, err := pubsub.ParsePosition(snapshot); err == nil {
+			since, resuming, perr = p, true, nil
+		}
+	}
 	r := c.side() // allocated before taking the lane's lock
 	rs := &resumeState{}
 	l.mu.Lock()

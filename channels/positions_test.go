@@ -182,3 +182,30 @@ func TestWithPosition(t *testing.T) {
 		}
 	}
 }
+
+// A join whose backend answers with a snapshot up to a position gets the
+// events after that position replayed, whatever offset the client sent
+// (too old, another epoch, none), so it ends up exactly in sync.
+func TestSnapshotPositionReplaysOnlyAfterIt(t *testing.T) {
+	for _, offset := range []string{`"p:OLD:1"`, `"p:E1:0"`, `null`} {
+		t.Run(offset, func(t *testing.T) {
+			env := newTestEnv(t, nil)
+			publishN(t, env.broker, "room:snap", 1, 4)
+			sock, conn := env.connect(t, V2)
+			mustHandle(t, sock, `["1","1","room:snap","phx_join",{"offset":`+offset+`}]`)
+			want := []string{
+				`["1","1","room:snap","phx_reply",{"response":{"position":"p:E1:4","recovered":true,"snapshot":2},"status":"ok"}]`,
+				evFrame("room:snap", `"p:E1:3"`, 3),
+				evFrame("room:snap", `"p:E1:4"`, 4),
+			}
+			got := conn.waitTexts(t, 3)
+			if !slices.Equal(got, want) {
+				t.Fatalf("got  %s\nwant %s", strings.Join(got, "\n     "), strings.Join(want, "\n     "))
+			}
+			publishN(t, env.broker, "room:snap", 5, 5)
+			if got := conn.waitTexts(t, 4); got[3] != evFrame("room:snap", `"p:E1:5"`, 5) || conn.count() != 4 {
+				t.Fatalf("live after the replay: %v", got)
+			}
+		})
+	}
+}
