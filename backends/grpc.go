@@ -70,35 +70,13 @@ type GRPCConfig struct {
 	Target string
 	// TLS dials with TLS, checking the server against the system's roots.
 	TLS bool
-	// Timeout bounds each call, retries and any wait for a slot included,
-	// on top of the caller's own deadline. Must be > 0.
-	Timeout time.Duration
-	// MaxInflight caps the calls sent and not yet answered. Must be > 0.
-	MaxInflight int
-	// MaxQueue caps the calls waiting for a slot; past it a call fails at
-	// once with ErrOverloaded. Zero means no waiting at all.
-	MaxQueue int
-	// Retries is how many times a call that failed with UNAVAILABLE is
-	// sent again (same request, same idempotency key). Zero: never.
-	Retries int
-	// Backoff is the base wait before a retry; the n-th retry waits a
-	// random time between half and all of Backoff·2ⁿ⁻¹ (at most 8·Backoff),
-	// and is not made when the deadline would pass first. Must be > 0.
-	Backoff time.Duration
-	// BreakerFailures consecutive calls failing with UNAVAILABLE or
-	// DEADLINE_EXCEEDED open the circuit breaker. Must be > 0.
-	BreakerFailures int
-	// BreakerCooldown is how long an open breaker fails calls fast before
-	// it lets one probe through. Must be > 0.
-	BreakerCooldown time.Duration
+	// CallLimits: deadline, caps, retries, breaker, message size.
+	CallLimits
 	// Keepalive is the interval of the keepalive pings sent while calls are
 	// in flight; KeepaliveTimeout how long a ping may go unanswered before
 	// the connection is dropped. Both must be > 0 (Keepalive ≥ 10s).
 	Keepalive        time.Duration
 	KeepaliveTimeout time.Duration
-	// MaxMessage caps the size in bytes of a request and of a response.
-	// Must be > 0.
-	MaxMessage int
 
 	// For tests: the breaker's clock (time.Now when nil) and the roots of
 	// grpcs (the system's when nil).
@@ -109,17 +87,19 @@ type GRPCConfig struct {
 // NewGRPCConfig returns the defaults for target (host:port).
 func NewGRPCConfig(target string) GRPCConfig {
 	return GRPCConfig{
-		Target:           target,
-		Timeout:          DefaultGRPCTimeout,
-		MaxInflight:      DefaultGRPCMaxInflight,
-		MaxQueue:         DefaultGRPCMaxQueue,
-		Retries:          DefaultGRPCRetries,
-		Backoff:          DefaultGRPCBackoff,
-		BreakerFailures:  DefaultGRPCBreakerFailures,
-		BreakerCooldown:  DefaultGRPCBreakerCooldown,
+		Target: target,
+		CallLimits: CallLimits{
+			Timeout:         DefaultGRPCTimeout,
+			MaxInflight:     DefaultGRPCMaxInflight,
+			MaxQueue:        DefaultGRPCMaxQueue,
+			Retries:         DefaultGRPCRetries,
+			Backoff:         DefaultGRPCBackoff,
+			BreakerFailures: DefaultGRPCBreakerFailures,
+			BreakerCooldown: DefaultGRPCBreakerCooldown,
+			MaxMessage:      DefaultGRPCMaxMessage,
+		},
 		Keepalive:        DefaultGRPCKeepalive,
 		KeepaliveTimeout: DefaultGRPCKeepaliveTimeout,
-		MaxMessage:       DefaultGRPCMaxMessage,
 	}
 }
 
@@ -129,7 +109,7 @@ func (c GRPCConfig) Validate() error {
 	if err := checkTarget(c.Target); err != nil {
 		return err
 	}
-	if err := c.limits().check("grpc"); err != nil {
+	if err := c.CallLimits.check("grpc"); err != nil {
 		return err
 	}
 	checks := []struct {
@@ -147,19 +127,6 @@ func (c GRPCConfig) Validate() error {
 		}
 	}
 	return nil
-}
-
-func (c GRPCConfig) limits() callLimits {
-	return callLimits{
-		Timeout:         c.Timeout,
-		MaxInflight:     c.MaxInflight,
-		MaxQueue:        c.MaxQueue,
-		Retries:         c.Retries,
-		Backoff:         c.Backoff,
-		BreakerFailures: c.BreakerFailures,
-		BreakerCooldown: c.BreakerCooldown,
-		MaxMessage:      c.MaxMessage,
-	}
 }
 
 func checkTarget(target string) error {
@@ -292,7 +259,7 @@ func NewGRPC(cfg GRPCConfig) (*GRPC, error) {
 		cfg:    cfg,
 		conn:   conn,
 		client: backendv1.NewGameBackendClient(conn),
-		r:      newRunner(cfg.limits(), cfg.now, classifyGRPC),
+		r:      newRunner(cfg.CallLimits, cfg.now, classifyGRPC),
 	}, nil
 }
 

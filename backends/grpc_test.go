@@ -904,9 +904,9 @@ func TestGRPCSpec(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := GRPCConfig{Target: "[::1]:5000", TLS: true, Timeout: 1500 * time.Millisecond, MaxInflight: 8, MaxQueue: 0,
-			Retries: 0, Backoff: 5 * time.Millisecond, BreakerFailures: 2, BreakerCooldown: 250 * time.Millisecond,
-			Keepalive: time.Minute, KeepaliveTimeout: 2 * time.Second, MaxMessage: 65536}
+		want := GRPCConfig{Target: "[::1]:5000", TLS: true, CallLimits: CallLimits{Timeout: 1500 * time.Millisecond, MaxInflight: 8, MaxQueue: 0,
+			Retries: 0, Backoff: 5 * time.Millisecond, BreakerFailures: 2, BreakerCooldown: 250 * time.Millisecond, MaxMessage: 65536},
+			Keepalive: time.Minute, KeepaliveTimeout: 2 * time.Second}
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("got %+v, want %+v", got, want)
 		}

@@ -64,23 +64,39 @@ var (
 	errNilCall   = errors.New("nil call")
 )
 
-// callLimits are the options every remote engine has, checked by check
-// and enforced by runner. Each engine's config carries them as its own
-// fields (see GRPCConfig, WebhookConfig for units and what zero means).
-type callLimits struct {
-	Timeout         time.Duration
-	MaxInflight     int
-	MaxQueue        int
-	Retries         int
-	Backoff         time.Duration
+// CallLimits are the options every remote engine has (GRPCConfig and
+// WebhookConfig embed them), checked by check and enforced by runner.
+type CallLimits struct {
+	// Timeout bounds each call, retries and any wait for a slot included,
+	// on top of the caller's own deadline. Must be > 0.
+	Timeout time.Duration
+	// MaxInflight caps the calls sent and not yet answered (for webhooks,
+	// also the connections to the game). Must be > 0.
+	MaxInflight int
+	// MaxQueue caps the calls waiting for a slot; past it a call fails at
+	// once with ErrOverloaded. Zero means no waiting at all.
+	MaxQueue int
+	// Retries is how many times a call the game was unavailable for is
+	// sent again (same request, same idempotency key). Zero: never.
+	Retries int
+	// Backoff is the base wait before a retry; the n-th retry waits a
+	// random time between half and all of Backoff·2ⁿ⁻¹ (at most 8·Backoff),
+	// and is not made when the deadline would pass first. Must be > 0.
+	Backoff time.Duration
+	// BreakerFailures consecutive calls failing as unavailable or timed
+	// out open the circuit breaker. Must be > 0.
 	BreakerFailures int
+	// BreakerCooldown is how long an open breaker fails calls fast before
+	// it lets one probe through. Must be > 0.
 	BreakerCooldown time.Duration
-	MaxMessage      int
+	// MaxMessage caps the size in bytes of a request and of a response.
+	// Must be > 0.
+	MaxMessage int
 }
 
 // check reports the first limit out of its bounds, naming it by its URL
 // option, with an error wrapping ErrBadSpec.
-func (l callLimits) check(engine string) error {
+func (l CallLimits) check(engine string) error {
 	checks := []struct {
 		name   string
 		ok     bool
@@ -248,7 +264,7 @@ const (
 // ErrUnavailable, with backoff, all within the deadline. It counts every
 // call's result. Safe for concurrent use.
 type runner struct {
-	lim callLimits
+	lim CallLimits
 	// classify maps an attempt's error to what it tells the breaker and
 	// its class; only ErrUnavailable is retried.
 	classify func(error) (outcome, error)
@@ -262,7 +278,7 @@ type runner struct {
 	attempts, retries, bulkheadRejected     atomic.Uint64
 }
 
-func newRunner(lim callLimits, now func() time.Time, classify func(error) (outcome, error)) *runner {
+func newRunner(lim CallLimits, now func() time.Time, classify func(error) (outcome, error)) *runner {
 	return &runner{
 		lim:      lim,
 		classify: classify,

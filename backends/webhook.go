@@ -125,31 +125,8 @@ type WebhookConfig struct {
 	// Unsigned sends requests without a signature. It must be asked for
 	// explicitly, and never together with a Secret.
 	Unsigned bool
-	// Timeout bounds each call, retries and any wait for a slot included,
-	// on top of the caller's own deadline. Must be > 0.
-	Timeout time.Duration
-	// MaxInflight caps the calls sent and not yet answered, and so the
-	// connections to the game. Must be > 0.
-	MaxInflight int
-	// MaxQueue caps the calls waiting for a slot; past it a call fails at
-	// once with ErrOverloaded. Zero means no waiting at all.
-	MaxQueue int
-	// Retries is how many times a call the game was unavailable for is
-	// sent again (same body, same idempotency key). Zero: never.
-	Retries int
-	// Backoff is the base wait before a retry; the n-th retry waits a
-	// random time between half and all of Backoff·2ⁿ⁻¹ (at most 8·Backoff),
-	// and is not made when the deadline would pass first. Must be > 0.
-	Backoff time.Duration
-	// BreakerFailures consecutive calls failing as unavailable or timed
-	// out open the circuit breaker. Must be > 0.
-	BreakerFailures int
-	// BreakerCooldown is how long an open breaker fails calls fast before
-	// it lets one probe through. Must be > 0.
-	BreakerCooldown time.Duration
-	// MaxMessage caps the size in bytes of a request body and of a
-	// response body. Must be > 0.
-	MaxMessage int
+	// CallLimits: deadline, caps, retries, breaker, body size.
+	CallLimits
 
 	// For tests: the breaker's clock (time.Now when nil) and the roots of
 	// https (the system's when nil).
@@ -161,15 +138,17 @@ type WebhookConfig struct {
 // secret: set Secret, or Unsigned.
 func NewWebhookConfig(rawURL string) WebhookConfig {
 	return WebhookConfig{
-		URL:             rawURL,
-		Timeout:         DefaultWebhookTimeout,
-		MaxInflight:     DefaultWebhookMaxInflight,
-		MaxQueue:        DefaultWebhookMaxQueue,
-		Retries:         DefaultWebhookRetries,
-		Backoff:         DefaultWebhookBackoff,
-		BreakerFailures: DefaultWebhookBreakerFailures,
-		BreakerCooldown: DefaultWebhookBreakerCooldown,
-		MaxMessage:      DefaultWebhookMaxMessage,
+		URL: rawURL,
+		CallLimits: CallLimits{
+			Timeout:         DefaultWebhookTimeout,
+			MaxInflight:     DefaultWebhookMaxInflight,
+			MaxQueue:        DefaultWebhookMaxQueue,
+			Retries:         DefaultWebhookRetries,
+			Backoff:         DefaultWebhookBackoff,
+			BreakerFailures: DefaultWebhookBreakerFailures,
+			BreakerCooldown: DefaultWebhookBreakerCooldown,
+			MaxMessage:      DefaultWebhookMaxMessage,
+		},
 	}
 }
 
@@ -188,20 +167,7 @@ func (c WebhookConfig) Validate() error {
 	case !c.Unsigned && len(c.Secret) < MinWebhookSecret:
 		return fmt.Errorf("%w: webhook option \"secret_env\": the secret is %d bytes, want at least %d", ErrBadSpec, len(c.Secret), MinWebhookSecret)
 	}
-	return c.limits().check("webhook")
-}
-
-func (c WebhookConfig) limits() callLimits {
-	return callLimits{
-		Timeout:         c.Timeout,
-		MaxInflight:     c.MaxInflight,
-		MaxQueue:        c.MaxQueue,
-		Retries:         c.Retries,
-		Backoff:         c.Backoff,
-		BreakerFailures: c.BreakerFailures,
-		BreakerCooldown: c.BreakerCooldown,
-		MaxMessage:      c.MaxMessage,
-	}
+	return c.CallLimits.check("webhook")
 }
 
 // webhookBase checks a webhook URL and returns it without a trailing
@@ -369,7 +335,7 @@ func NewWebhook(cfg WebhookConfig) (*Webhook, error) {
 			// answer, and not a 2xx one.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-		r:    newRunner(cfg.limits(), cfg.now, classifyWebhook),
+		r:    newRunner(cfg.CallLimits, cfg.now, classifyWebhook),
 		life: life,
 		kill: kill,
 	}, nil

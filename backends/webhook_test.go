@@ -1094,9 +1094,9 @@ func TestWebhookSpec(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := WebhookConfig{URL: "http://[::1]:8080", Secret: testSecret, Timeout: 1500 * time.Millisecond, MaxInflight: 8,
+		want := WebhookConfig{URL: "http://[::1]:8080", Secret: testSecret, CallLimits: CallLimits{Timeout: 1500 * time.Millisecond, MaxInflight: 8,
 			MaxQueue: 0, Retries: 0, Backoff: 5 * time.Millisecond, BreakerFailures: 2, BreakerCooldown: 250 * time.Millisecond,
-			MaxMessage: 65536}
+			MaxMessage: 65536}}
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("got %+v, want %+v", got, want)
 		}
