@@ -44,7 +44,7 @@ func TestBroadcastAllocsIndependentOfSubscribers(t *testing.T) {
 	var prev float64 = -1
 	for _, n := range []int{16, 256, 4096} {
 		th, conn := hubWithSubscribers(t, n)
-		allocs := testing.AllocsPerRun(50, func() { th.deliver(benchEvent) })
+		allocs := testing.AllocsPerRun(50, func() { th.emit(benchEvent) })
 		t.Logf("%d subscribers: %v allocs per broadcast", n, allocs)
 		if allocs > 4 {
 			t.Errorf("%d subscribers: %v allocs, want ≤ 4 (one per variant)", n, allocs)
@@ -107,7 +107,7 @@ func BenchmarkBroadcast10kSubscribers(b *testing.B) {
 	th, _ := hubWithSubscribers(b, 10_000)
 	b.ReportAllocs()
 	for b.Loop() {
-		th.deliver(benchEvent)
+		th.emit(benchEvent)
 	}
 }
 

@@ -2,8 +2,11 @@ package channels
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -21,6 +24,7 @@ const (
 	taskDupLeave                  // incarnation gen replaced by a duplicate join
 	taskTerminate                 // the transport is gone
 	taskReply                     // a reply made without a backend call (ok: status; payload: the shared, read-only response)
+	taskLost                      // the topic's continuity was lost (hub): end with phx_error if still marked
 )
 
 // task is one queued piece of work for a channel. Everything in it is owned
@@ -100,6 +104,10 @@ type channelRare struct {
 	// broadcast to its own topic (drainOwn); the lane skips it for those.
 	// 0 when none. Hub side, guarded like channel.th; reset on add and del.
 	ahead uint64
+	// lost marks a channel holding positions whose topic lost continuity:
+	// it gets no more events and its worker ends it with phx_error
+	// (taskLost). Hub side, guarded like channel.th; reset on add and del.
+	lost bool
 }
 
 // side returns c.rare, allocating it on first use.
@@ -185,6 +193,10 @@ func (c *channel) exec(t *task) {
 			c.end(backends.LeaveDuplicate)
 			r := c.side()
 			r.pendingClose = append(r.pendingClose, ref)
+		}
+	case taskLost:
+		if c.wGen != 0 && c.th != nil && c.th.isLost(c) {
+			c.stop(backends.StopCrash)
 		}
 	case taskTerminate:
 		if r := c.rare.Load(); r != nil {
@@ -414,7 +426,7 @@ func (c *channel) join(t *task) {
 		status = "ok"
 	}
 	// A lost broadcast of a join is counted; the join's answer stands.
-	c.publish(rep.Broadcasts)
+	c.publish(call, rep.Broadcasts)
 	if status != "ok" {
 		m.joins.WithLabelValues(joinError).Inc()
 		s.reply(t.joinRef, t.ref, c.topic, status, rep.Response)
@@ -478,7 +490,7 @@ func (c *channel) handleIn(t *task) {
 	}
 	// Broadcasts first: a shout reaches the sender before its own reply,
 	// as in Phoenix.
-	lost := !c.publish(rep.Broadcasts)
+	lost := !c.publish(call, rep.Broadcasts)
 	if rep.Status != "" {
 		s.reply(t.joinRef, t.ref, c.topic, rep.Status, rep.Response)
 	}
@@ -498,49 +510,70 @@ func (c *channel) handleIn(t *task) {
 // call's deadline; a refusal by the output budget is not (the node is
 // shedding). A broadcast that is lost is counted
 // (phxgate_reply_broadcasts_lost_total).
-func (c *channel) publish(bs []backends.Message) bool {
+func (c *channel) publish(call *backends.Call, bs []backends.Message) bool {
 	if len(bs) == 0 {
 		return true
 	}
 	srv := c.sock.srv
 	ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.CallTimeout)
 	defer cancel()
-	own, ok := false, true
-	for _, b := range bs {
+	var own pubsub.Position
+	ok := true
+	for i, b := range bs {
 		topic := b.Topic
 		if topic == "" {
 			topic = c.topic
 		}
-		if err := srv.publishRetrying(ctx, topic, b); err != nil {
+		m := pubsub.Message{Event: b.Event, Payload: b.Payload.Data, Binary: b.Payload.Binary,
+			IdempotencyKey: broadcastKey(call.IdempotencyKey, i)}
+		pos, err := srv.publishRetrying(ctx, topic, m)
+		if err != nil {
 			srv.m.replyBroadcastsLost.Inc()
 			ok = false
 			continue
 		}
 		if topic == c.topic {
-			own = true
+			own = pos
 		}
 	}
-	if own {
-		// The sender gets its own broadcast before its reply.
+	if th := c.th; !own.IsZero() && th != nil {
+		// The sender gets its own broadcast before its reply, whenever
+		// the engine delivers it.
+		th.waitDelivered(own)
 		c.drainOwn()
 	}
 	return ok
 }
 
-// publishRetrying publishes b, retrying broker failures with a growing
+// broadcastKey is the publish idempotency key of the i-th broadcast of a
+// call's reply: a publish retried after a lost answer is published once.
+// Keys too long for the broker are hashed.
+func broadcastKey(callKey string, i int) string {
+	if callKey == "" {
+		return ""
+	}
+	k := callKey + ":b" + strconv.Itoa(i)
+	if len(k) <= pubsub.MaxIdempotencyKeyLen {
+		return k
+	}
+	sum := sha256.Sum256([]byte(k))
+	return "h:" + hex.EncodeToString(sum[:])
+}
+
+// publishRetrying publishes m, retrying broker failures with a growing
 // pause until ctx ends.
-func (s *Server) publishRetrying(ctx context.Context, topic string, b backends.Message) error {
+func (s *Server) publishRetrying(ctx context.Context, topic string, m pubsub.Message) (pubsub.Position, error) {
 	pause := 5 * time.Millisecond
 	for {
-		_, err := s.Publish(ctx, topic, b.Event, b.Payload.Data, b.Payload.Binary)
+		pos, err := s.Publish(ctx, topic, m)
 		if err == nil || errors.Is(err, ErrOverloaded) {
-			return err
+			return pos, err
 		}
 		t := time.NewTimer(pause)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return err
+			return pos, err
 		case <-t.C:
 		}
 		pause = min(2*pause, 200*time.Millisecond)

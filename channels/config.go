@@ -50,6 +50,15 @@ const (
 	// while its history is read; past it the channel ends with phx_error and
 	// the client rejoins from its last position.
 	DefaultResumeBuffer = 4096
+	// DefaultMaxReplay bounds the events one resuming join is replayed;
+	// a client that missed more gets recovered=false and rebuilds from
+	// the backend's join reply instead.
+	DefaultMaxReplay = 1000
+	// DefaultReplayBytes bounds the payload bytes one resuming join is
+	// replayed, so that a replay never overflows the socket's write queue
+	// (which would close it, and the client would retry the same resume
+	// for ever).
+	DefaultReplayBytes = 512 << 10
 )
 
 // ErrBadConfig is wrapped by Validate errors.
@@ -99,6 +108,13 @@ type Config struct {
 	// ResumeBuffer is the number of live events held per resuming join while
 	// its history is read. Zero is invalid.
 	ResumeBuffer int
+	// MaxReplay is the most events a resuming join is replayed; past it
+	// the join answers recovered=false. Zero is invalid.
+	MaxReplay int
+	// ReplayBytes is the most payload bytes a resuming join is replayed;
+	// past it the join answers recovered=false. Keep it well under the
+	// transport's write queue bound. Zero is invalid.
+	ReplayBytes int
 
 	// Verifier checks join-payload tokens ("token", stripped before the
 	// backend sees the payload). Nil: auth is off; join tokens are
@@ -139,6 +155,8 @@ func NewConfig() Config {
 		ChannelQueueHard: DefaultChannelQueueHard,
 		CallTimeout:      DefaultCallTimeout,
 		ResumeBuffer:     DefaultResumeBuffer,
+		MaxReplay:        DefaultMaxReplay,
+		ReplayBytes:      DefaultReplayBytes,
 	}
 }
 
@@ -167,6 +185,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: CallTimeout %v", ErrBadConfig, c.CallTimeout)
 	case c.ResumeBuffer <= 0:
 		return fmt.Errorf("%w: ResumeBuffer %d", ErrBadConfig, c.ResumeBuffer)
+	case c.MaxReplay <= 0:
+		return fmt.Errorf("%w: MaxReplay %d", ErrBadConfig, c.MaxReplay)
+	case c.ReplayBytes <= 0:
+		return fmt.Errorf("%w: ReplayBytes %d", ErrBadConfig, c.ReplayBytes)
 	}
 	return nil
 }

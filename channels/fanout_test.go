@@ -72,7 +72,7 @@ func publishLate(tb testing.TB, b *testBroker, topic string, i int) func() {
 		b.mu.Lock()
 		h := t.h
 		b.mu.Unlock()
-		h(ev)
+		h.Deliver(ev)
 	}
 }
 
@@ -223,7 +223,7 @@ func TestOverloadedPushRefusedInOrder(t *testing.T) {
 	})
 	over.Store(true)
 	mustHandle(t, sock, `["1","4","room:a","ping",{}]`) // refused at arrival, in its turn
-	if _, err := env.srv.Publish(t.Context(), "room:a", "ev", []byte(`{}`), false); err != ErrOverloaded {
+	if _, err := env.srv.Publish(t.Context(), "room:a", pubsub.Message{Event: "ev", Payload: []byte(`{}`)}); err != ErrOverloaded {
 		t.Fatalf("Publish over budget: %v, want ErrOverloaded", err)
 	}
 	open() // "slow" replies; "ping" 3 is refused when its turn comes

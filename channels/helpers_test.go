@@ -172,7 +172,7 @@ func (b *testBroker) topic(name string) *tbTopic {
 	return t
 }
 
-func (b *testBroker) Publish(_ context.Context, topic, event string, payload []byte, binary bool) (pubsub.Position, error) {
+func (b *testBroker) Publish(_ context.Context, topic string, m pubsub.Message) (pubsub.Position, error) {
 	if b.failPublish.Add(-1) >= 0 {
 		return pubsub.Position{}, errors.New("broker unreachable")
 	}
@@ -180,25 +180,30 @@ func (b *testBroker) Publish(_ context.Context, topic, event string, payload []b
 	t.deliver.Lock()
 	defer t.deliver.Unlock()
 	b.mu.Lock()
-	ev := &pubsub.Event{Topic: topic, Event: event, Payload: payload, Binary: binary,
-		Pos: pubsub.Position{Epoch: b.epoch, Offset: uint64(len(t.events) + 1)}}
-	t.events = append(t.events, ev)
+	ev := &pubsub.Event{Topic: topic, Event: m.Event, Payload: m.Payload, Binary: m.Binary}
+	if !m.Ephemeral {
+		ev.Pos = pubsub.Position{Epoch: b.epoch, Offset: uint64(len(t.events) + 1)}
+		t.events = append(t.events, ev)
+	}
 	h := t.h
 	b.mu.Unlock()
 	if h != nil {
-		h(ev)
+		h.Deliver(ev)
 	}
 	return ev.Pos, nil
 }
 
-func (b *testBroker) Subscribe(_ context.Context, topic string, h pubsub.Handler) error {
+func (b *testBroker) Subscribe(_ context.Context, topic string, h pubsub.Handler) (pubsub.Position, error) {
 	t := b.topic(topic)
 	b.mu.Lock()
 	t.h = h
+	pos := pubsub.Position{Epoch: b.epoch, Offset: uint64(len(t.events))}
 	b.mu.Unlock()
 	b.subscribes.Add(1)
-	return nil
+	return pos, nil
 }
+
+func (b *testBroker) Ping(context.Context) error { return nil }
 
 func (b *testBroker) Unsubscribe(_ context.Context, topic string) error {
 	t := b.topic(topic)
@@ -209,7 +214,7 @@ func (b *testBroker) Unsubscribe(_ context.Context, topic string) error {
 	return nil
 }
 
-func (b *testBroker) History(_ context.Context, topic string, since pubsub.Position, _ int) (pubsub.HistoryResult, error) {
+func (b *testBroker) History(_ context.Context, topic string, since pubsub.Position, limit int) (pubsub.HistoryResult, error) {
 	if b.beforeHistory != nil {
 		b.beforeHistory(topic)
 	}
@@ -226,7 +231,11 @@ func (b *testBroker) History(_ context.Context, topic string, since pubsub.Posit
 	if since.Epoch != b.epoch || since.Offset > top.Offset {
 		return pubsub.HistoryResult{Top: top}, nil
 	}
-	evs := append([]*pubsub.Event(nil), t.events[since.Offset:]...)
+	if limit <= 0 || limit > pubsub.MaxHistoryPage {
+		limit = pubsub.MaxHistoryPage
+	}
+	rest := t.events[since.Offset:]
+	evs := append([]*pubsub.Event(nil), rest[:min(len(rest), limit)]...)
 	return pubsub.HistoryResult{Events: evs, Top: top, Recovered: true}, nil
 }
 

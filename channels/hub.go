@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/phxgate/phxgate/backends"
 	"github.com/phxgate/phxgate/pubsub"
@@ -14,9 +15,12 @@ import (
 // subscription per topic with local subscribers: the first subscriber
 // subscribes, the last one gone unsubscribes.
 //
-// Lock order: topicHub.subMu → hub.mu. A lane's mu (hubLane.mu) is never
-// held with another hub lock, and never across a broker call, so a broker
-// that delivers while holding its own locks cannot deadlock with us.
+// Lock order: topicHub.subMu → hub.mu, and topicHub.seqMu → hubLane.mu.
+// A lane's mu is never held with another hub lock, and never across a
+// broker call; seqMu is held across the History calls of a gap fill (on
+// the broker's delivery path, which is where the engine expects them) but
+// never across Subscribe, Unsubscribe or Publish; so a broker that
+// delivers while holding its own locks cannot deadlock with us.
 type hub struct {
 	srv    *Server
 	mu     sync.Mutex
@@ -31,6 +35,13 @@ type topicHub struct {
 
 	subMu      sync.Mutex // serializes broker Subscribe/Unsubscribe
 	subscribed bool       // guarded by subMu
+
+	// seqMu serializes the topic's deliveries (the engine's contract
+	// already does; the lock is for the readers of seq) and guards the
+	// fields below.
+	seqMu   sync.Mutex
+	seq     *pubsub.Sequencer
+	waiters []deliveryWaiter
 
 	// lanes holds the subscribers by Fanout lane (one lane without a
 	// Fanout): each lane's loop delivers to its own subscribers under its
@@ -61,6 +72,13 @@ type hubLane struct {
 	// which is as if it had joined after it: an opted-in join reads the
 	// topic's history only after it is added, and so finds the event there.
 	n atomic.Int32
+}
+
+// deliveryWaiter is a publisher waiting for its event to be delivered on
+// this node (waitDelivered).
+type deliveryWaiter struct {
+	pos  pubsub.Position
+	done chan struct{}
 }
 
 // pendingEvent is an event waiting on a lane, with its lane sequence
@@ -95,7 +113,13 @@ func (h *hub) ctx() (context.Context, context.CancelFunc) {
 }
 
 func newTopicHub(h *hub, topic string) *topicHub {
-	return &topicHub{h: h, name: topic, lanes: make([]atomic.Pointer[hubLane], h.srv.lanes())}
+	th := &topicHub{h: h, name: topic, lanes: make([]atomic.Pointer[hubLane], h.srv.lanes())}
+	th.seq = th.newSequencer()
+	return th
+}
+
+func (th *topicHub) newSequencer() *pubsub.Sequencer {
+	return pubsub.NewSequencer(th.h.srv.broker, th.name, 0, th.h.srv.cfg.CallTimeout)
 }
 
 // acquire pins the topic and makes sure the broker delivers it here.
@@ -112,10 +136,22 @@ func (h *hub) acquire(topic string) (*topicHub, error) {
 	th.subMu.Lock()
 	var err error
 	if !th.subscribed {
+		// A fresh sequencer before the broker can deliver: what it missed
+		// while unsubscribed was missed by nobody here. A delivery that
+		// races ahead of Subscribe's answer sets the position itself.
+		th.seqMu.Lock()
+		th.seq = th.newSequencer()
+		th.seqMu.Unlock()
 		ctx, cancel := h.ctx()
-		err = h.srv.broker.Subscribe(ctx, topic, th.deliver)
+		var pos pubsub.Position
+		pos, err = h.srv.broker.Subscribe(ctx, topic, th)
 		cancel()
 		th.subscribed = err == nil
+		if err == nil {
+			th.seqMu.Lock()
+			th.seq.Baseline(pos)
+			th.seqMu.Unlock()
+		}
 	}
 	th.subMu.Unlock()
 	if err != nil {
@@ -176,7 +212,7 @@ func (th *topicHub) lane(c *channel) *hubLane {
 func (th *topicHub) add(l *hubLane, c *channel) {
 	c.th = th
 	if r := c.rare.Load(); r != nil {
-		r.ahead = 0
+		r.ahead, r.lost = 0, false
 	}
 	c.hubIdx = int32(len(l.subs))
 	l.subs = append(l.subs, c)
@@ -201,7 +237,7 @@ func (th *topicHub) del(l *hubLane, c *channel) {
 	c.hubIdx = -1
 	c.th = nil
 	if r := c.rare.Load(); r != nil {
-		r.resume, r.ahead = nil, 0
+		r.resume, r.ahead, r.lost = nil, 0, false
 	}
 	c.positions = false
 }
@@ -249,14 +285,21 @@ func (h *hub) subscribe(c *channel, t *task, resp backends.Payload, snapshot str
 	th.add(l, c)
 	l.mu.Unlock()
 
-	ctx, cancel := h.ctx()
 	var hr pubsub.HistoryResult
 	if resuming && perr == nil {
-		hr, err = h.srv.broker.History(ctx, c.topic, since, 0)
+		var result string
+		hr, result, err = h.replay(c.topic, since)
+		if err == nil {
+			h.srv.m.resumes.WithLabelValues(result).Inc()
+		}
 	} else {
+		if resuming {
+			h.srv.m.resumes.WithLabelValues(resumeBad).Inc()
+		}
+		ctx, cancel := h.ctx()
 		hr, err = h.srv.broker.History(ctx, c.topic, pubsub.Position{}, 0)
+		cancel()
 	}
-	cancel()
 	if err != nil {
 		l.mu.Lock()
 		th.del(l, c)
@@ -297,10 +340,48 @@ func (h *hub) subscribe(c *channel, t *task, resp backends.Payload, snapshot str
 		s.sendOrDrop(encodeBroadcast(v, ev))
 		top = ev.Pos
 	}
-	overflow = rs.overflow
+	overflow = rs.overflow || r.lost
 	rs.buf = nil
 	rs.live, rs.skipEpoch, rs.skipThrough = true, top.Epoch, top.Offset
 	return overflow, nil
+}
+
+// replay reads what a resuming join missed after since, page by page,
+// within MaxReplay events and ReplayBytes payload bytes. Past either it
+// answers not recovered (with the topic's position), so the client
+// rebuilds from the backend's join reply instead of being sent more than
+// its write queue holds on every reconnect. result is the
+// phxgate_resumes_total label.
+func (h *hub) replay(topic string, since pubsub.Position) (hr pubsub.HistoryResult, result string, err error) {
+	cfg := &h.srv.cfg
+	ctx, cancel := h.ctx()
+	defer cancel()
+	var events []*pubsub.Event
+	bytes := 0
+	for {
+		page, err := h.srv.broker.History(ctx, topic, since, min(pubsub.MaxHistoryPage, cfg.MaxReplay+1-len(events)))
+		if err != nil {
+			return pubsub.HistoryResult{}, "", err
+		}
+		if !page.Recovered {
+			return pubsub.HistoryResult{Top: page.Top}, resumeStale, nil
+		}
+		for _, ev := range page.Events {
+			bytes += len(ev.Payload)
+		}
+		events = append(events, page.Events...)
+		switch {
+		case len(events) > cfg.MaxReplay:
+			return pubsub.HistoryResult{Top: page.Top}, resumeTooMany, nil
+		case bytes > cfg.ReplayBytes:
+			return pubsub.HistoryResult{Top: page.Top}, resumeTooLarge, nil
+		}
+		n := len(page.Events)
+		if n == 0 || page.Events[n-1].Pos.Offset >= page.Top.Offset {
+			return pubsub.HistoryResult{Events: events, Top: page.Top, Recovered: true}, resumeRecovered, nil
+		}
+		since = page.Events[n-1].Pos
+	}
 }
 
 // unsubscribe removes c from its topic.
@@ -316,7 +397,135 @@ func (h *hub) unsubscribe(c *channel) {
 	h.release(th)
 }
 
-// deliver is the broker handler of one topic. Without a Fanout it
+// Deliver implements pubsub.Handler: the topic's events go on to the
+// subscribers exactly once and in order (pubsub.Sequencer), and a gap that
+// cannot be filled ends the channels that hold positions.
+func (th *topicHub) Deliver(ev *pubsub.Event) {
+	th.seqMu.Lock()
+	defer th.seqMu.Unlock()
+	var st pubsub.SequencerStats
+	th.seq.Deliver(ev, th.emit, th.lost, &st)
+	th.after(&st)
+}
+
+// Resync implements pubsub.Handler: catch up from history.
+func (th *topicHub) Resync(string) {
+	th.seqMu.Lock()
+	defer th.seqMu.Unlock()
+	var st pubsub.SequencerStats
+	th.seq.Resync(th.emit, th.lost, &st)
+	th.after(&st)
+}
+
+// after counts what the sequencer did and wakes the publishers whose event
+// is now delivered. Called with seqMu held.
+func (th *topicHub) after(st *pubsub.SequencerStats) {
+	m := th.h.srv.m
+	if *st != (pubsub.SequencerStats{}) {
+		m.seqDuplicates.Add(float64(st.Duplicates))
+		m.seqGaps.Add(float64(st.Gaps))
+		m.seqFilled.Add(float64(st.Filled))
+		m.seqLost.Add(float64(st.Lost))
+	}
+	if len(th.waiters) == 0 {
+		return
+	}
+	last := th.seq.Last()
+	kept := th.waiters[:0]
+	for _, w := range th.waiters {
+		if w.pos.Epoch != last.Epoch || w.pos.Offset <= last.Offset {
+			// Delivered, or another epoch: waiting longer cannot help.
+			close(w.done)
+			continue
+		}
+		kept = append(kept, w)
+	}
+	clear(th.waiters[len(kept):])
+	th.waiters = kept
+}
+
+// ownDeliveryWait bounds how long a reply waits for its sender's own
+// broadcast to come back from the broker.
+const ownDeliveryWait = time.Second
+
+// waitDelivered waits until the event at pos has been handed to this
+// node's subscribers of the topic (at most ownDeliveryWait), so that a
+// sender's broadcast precedes its reply whatever the engine. The memory
+// engine delivers before Publish returns, so this returns at once.
+func (th *topicHub) waitDelivered(pos pubsub.Position) {
+	if pos.IsZero() {
+		return
+	}
+	th.seqMu.Lock()
+	last := th.seq.Last()
+	if last.Epoch == pos.Epoch && last.Offset >= pos.Offset {
+		th.seqMu.Unlock()
+		return
+	}
+	w := deliveryWaiter{pos: pos, done: make(chan struct{})}
+	th.waiters = append(th.waiters, w)
+	th.seqMu.Unlock()
+	t := time.NewTimer(ownDeliveryWait)
+	defer t.Stop()
+	select {
+	case <-w.done:
+	case <-t.C:
+		th.h.srv.m.ownWaitTimeout.Inc()
+		th.seqMu.Lock()
+		for i := range th.waiters {
+			if th.waiters[i].done == w.done {
+				th.waiters = append(th.waiters[:i], th.waiters[i+1:]...)
+				break
+			}
+		}
+		th.seqMu.Unlock()
+	}
+}
+
+// lost ends the topic's continuity for the channels holding positions:
+// they get no more events (which would silently skip the gap) and each is
+// ended with phx_error by its own worker, so its client rejoins with its
+// position and is replayed or told recovered=false. Channels without
+// positions carry on, as Phoenix's at-most-once broadcasts would. Called
+// with seqMu held.
+func (th *topicHub) lost() {
+	var hit []*channel
+	for i := range th.lanes {
+		l := th.lanes[i].Load()
+		if l == nil {
+			continue
+		}
+		l.mu.Lock()
+		for _, c := range l.subs {
+			if c.positions {
+				if r := c.rare.Load(); r != nil && !r.lost {
+					r.lost = true
+					hit = append(hit, c)
+				}
+			}
+		}
+		l.mu.Unlock()
+	}
+	for _, c := range hit {
+		s := c.sock
+		s.mu.Lock()
+		if !s.closed.Load() {
+			s.enqueue(c, true, &task{kind: taskLost})
+		}
+		s.mu.Unlock()
+	}
+}
+
+// isLost reports whether c was marked by lost (and not re-added since).
+func (th *topicHub) isLost(c *channel) bool {
+	l := th.lane(c)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r := c.rare.Load()
+	return r != nil && r.lost && c.th == th
+}
+
+// emit hands one event of the topic to its local subscribers. Without a Fanout it
 // delivers the event here. With one, it appends the event to each lane
 // that has subscribers and makes sure a drain job is dispatched to that
 // lane: the publisher pays for a few appends, not for the fan-out, and
@@ -324,9 +533,12 @@ func (h *hub) unsubscribe(c *channel) {
 // Either way the event is encoded at most once per variant actually needed
 // and the same bytes go to every subscriber: nothing is allocated per
 // subscriber.
-func (th *topicHub) deliver(ev *pubsub.Event) {
+func (th *topicHub) emit(ev *pubsub.Event) {
 	srv := th.h.srv
 	srv.m.broadcasts.Inc()
+	if !ev.Published.IsZero() {
+		srv.m.deliveryLag.Observe(time.Since(ev.Published).Seconds())
+	}
 	fo := srv.cfg.Fanout
 	if fo == nil {
 		for i := range th.lanes {
@@ -477,7 +689,9 @@ func (th *topicHub) deliverLocked(l *hubLane, ev *pubsub.Event, b *prepared, seq
 // subscriber's lane mu held.
 func (th *topicHub) deliverTo(c *channel, ev *pubsub.Event, b *prepared, frames *[numVariants][]byte, failed *[numVariants]bool) bool {
 	srv := th.h.srv
-	if r := c.rare.Load(); r != nil && r.resume != nil {
+	if r := c.rare.Load(); r != nil && r.lost {
+		return false // ending with phx_error: a gap must not be skipped
+	} else if r != nil && r.resume != nil {
 		rs := r.resume
 		if !rs.live {
 			if len(rs.buf) < srv.cfg.ResumeBuffer {

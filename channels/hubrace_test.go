@@ -15,7 +15,7 @@ import (
 // network engine would wait on I/O.
 type slowSubBroker struct{ *testBroker }
 
-func (b slowSubBroker) Subscribe(ctx context.Context, topic string, h pubsub.Handler) error {
+func (b slowSubBroker) Subscribe(ctx context.Context, topic string, h pubsub.Handler) (pubsub.Position, error) {
 	yieldSome()
 	return b.testBroker.Subscribe(ctx, topic, h)
 }

@@ -107,7 +107,7 @@ func TestRealResume(t *testing.T) {
 	}
 	ctx := context.Background()
 	for i := 1; i <= 2; i++ {
-		if _, err := br.Publish(ctx, "room:r", "ev", []byte(fmt.Sprintf(`{"i":%d}`, i)), false); err != nil {
+		if _, err := br.Publish(ctx, "room:r", pubsub.Message{Event: "ev", Payload: []byte(fmt.Sprintf(`{"i":%d}`, i))}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -118,7 +118,7 @@ func TestRealResume(t *testing.T) {
 	}
 	s1.Terminate(backends.LeaveDisconnected)
 	for i := 3; i <= 5; i++ {
-		if _, err := br.Publish(ctx, "room:r", "ev", []byte(fmt.Sprintf(`{"i":%d}`, i)), false); err != nil {
+		if _, err := br.Publish(ctx, "room:r", pubsub.Message{Event: "ev", Payload: []byte(fmt.Sprintf(`{"i":%d}`, i))}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -52,7 +52,24 @@ type metrics struct {
 	callDurationJoin    prometheus.Observer
 	callDurationIn      prometheus.Observer
 	callDurationLv      prometheus.Observer
+	// Topic continuity (pubsub.Sequencer) and resumes.
+	seqDuplicates  prometheus.Counter
+	seqGaps        prometheus.Counter
+	seqFilled      prometheus.Counter
+	seqLost        prometheus.Counter
+	resumes        *prometheus.CounterVec
+	deliveryLag    prometheus.Histogram
+	ownWaitTimeout prometheus.Counter
 }
+
+// Resume results (phxgate_resumes_total{result}).
+const (
+	resumeRecovered = "recovered"
+	resumeStale     = "stale"     // position older than history, or another epoch
+	resumeTooMany   = "too_many"  // more than MaxReplay events missed
+	resumeTooLarge  = "too_large" // more than ReplayBytes missed
+	resumeBad       = "bad_position"
+)
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
@@ -116,6 +133,31 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		backends.LeaveTimedOut, backends.LeaveDrained, backends.LeaveCrashed, backends.LeaveDuplicate, backends.LeaveExpired} {
 		m.leaves.WithLabelValues(string(r))
 	}
+	m.seqDuplicates = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "phxgate_pubsub_duplicates_dropped_total", Help: "Live events dropped as already delivered to this node's topic hub (after a gap fill or a broker resync).",
+	})
+	m.seqGaps = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "phxgate_pubsub_gap_fills_total", Help: "Gaps in a topic's live offsets, and broker resyncs, filled (or tried) from history.",
+	})
+	m.seqFilled = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "phxgate_pubsub_filled_events_total", Help: "Events delivered from history to fill gaps.",
+	})
+	m.seqLost = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "phxgate_pubsub_continuity_losses_total", Help: "Gaps that could not be filled (epoch change, history gone, broker error): the topic's channels holding positions end with phx_error and rejoin.",
+	})
+	m.resumes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "phxgate_resumes_total", Help: "Joins that resumed from a position, by result (recovered, stale, too_many, too_large, bad_position).",
+	}, []string{"result"})
+	for _, r := range []string{resumeRecovered, resumeStale, resumeTooMany, resumeTooLarge, resumeBad} {
+		m.resumes.WithLabelValues(r)
+	}
+	m.deliveryLag = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "phxgate_pubsub_delivery_latency_seconds", Help: "From an event's publish (on any node) to its hand-over to this node's socket queues.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
+	})
+	m.ownWaitTimeout = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "phxgate_pubsub_own_delivery_timeouts_total", Help: "Replies sent before the sender's own broadcast came back from the broker (waited 1 s).",
+	})
 	m.shed.WithLabelValues(shedPush)
 	m.shed.WithLabelValues(shedBroadcast)
 	m.callDurationJoin = m.backendDuration.WithLabelValues("join")
@@ -128,6 +170,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.channels, m.joins, m.messagesIn, m.broadcasts, m.fanout, m.backendCalls,
 		m.backendDuration, m.replayed, m.overloaded, m.droppedFrames, m.resumeOverflow, m.publishErrors,
 		m.floodCloses, m.shed, m.backendPanics, m.replyBroadcastsLost, m.leaves, m.leavesLost,
+		m.seqDuplicates, m.seqGaps, m.seqFilled, m.seqLost, m.resumes, m.deliveryLag, m.ownWaitTimeout,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

@@ -6,12 +6,14 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/phxgate/phxgate/pubsub"
 )
 
 func publishN(tb testing.TB, b *testBroker, topic string, from, to int) {
 	tb.Helper()
 	for i := from; i <= to; i++ {
-		if _, err := b.Publish(context.Background(), topic, "ev", []byte(fmt.Sprintf(`{"i":%d}`, i)), false); err != nil {
+		if _, err := b.Publish(context.Background(), topic, pubsub.Message{Event: "ev", Payload: []byte(fmt.Sprintf(`{"i":%d}`, i))}); err != nil {
 			tb.Fatal(err)
 		}
 	}

@@ -224,17 +224,17 @@ func (s *Server) overloaded() bool {
 // Publish publishes an event to topic through the broker, as a backend's
 // broadcast does, unless the node's output budget is spent: then it
 // returns ErrOverloaded and publishes nothing (counted in
-// phxgate_overload_shed_total{what="broadcast"}). payload is JSON (empty
-// means {}) unless binary; it is kept, not copied.
-func (s *Server) Publish(ctx context.Context, topic, event string, payload []byte, binary bool) (pubsub.Position, error) {
+// phxgate_overload_shed_total{what="broadcast"}). The payload is JSON
+// (empty means {}) unless binary; it is kept, not copied.
+func (s *Server) Publish(ctx context.Context, topic string, msg pubsub.Message) (pubsub.Position, error) {
 	if s.overloaded() {
 		s.m.shed.WithLabelValues(shedBroadcast).Inc()
 		return pubsub.Position{}, ErrOverloaded
 	}
-	if len(payload) == 0 && !binary {
-		payload = emptyObject
+	if len(msg.Payload) == 0 && !msg.Binary {
+		msg.Payload = emptyObject
 	}
-	pos, err := s.broker.Publish(ctx, topic, event, payload, binary)
+	pos, err := s.broker.Publish(ctx, topic, msg)
 	if err != nil {
 		s.m.publishErrors.Inc()
 	}

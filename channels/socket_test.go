@@ -13,6 +13,7 @@ import (
 
 	"github.com/phxgate/phxgate/backends"
 	"github.com/phxgate/phxgate/channels/auth"
+	"github.com/phxgate/phxgate/pubsub"
 )
 
 // A channel's calls reach the backend in the order the client sent them,
@@ -194,7 +195,7 @@ func TestHubSubscribesOncePerTopic(t *testing.T) {
 	if n := env.broker.subscribes.Load(); n != 1 {
 		t.Fatalf("%d subscribes, want 1", n)
 	}
-	if _, err := env.broker.Publish(context.Background(), "room:a", "ev", []byte(`{"x":1}`), false); err != nil {
+	if _, err := env.broker.Publish(context.Background(), "room:a", pubsub.Message{Event: "ev", Payload: []byte(`{"x":1}`)}); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range conns {
@@ -342,7 +343,7 @@ func TestJoinReplyPrecedesBroadcasts(t *testing.T) {
 				return
 			default:
 			}
-			_, _ = env.broker.Publish(context.Background(), "room:a", "tick", []byte(`{}`), false)
+			_, _ = env.broker.Publish(context.Background(), "room:a", pubsub.Message{Event: "tick", Payload: []byte(`{}`)})
 		}
 	}()
 	var conns []*fakeConn

@@ -11,6 +11,7 @@ import (
 	"github.com/phxgate/phxgate/backends"
 	backendv1 "github.com/phxgate/phxgate/backends/proto/phxgate/backend/v1"
 	"github.com/phxgate/phxgate/channels"
+	"github.com/phxgate/phxgate/pubsub"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -55,8 +56,11 @@ func (a *apiServer) Broadcast(ctx context.Context, r *backendv1.BroadcastRequest
 		return nil, status.Error(codes.InvalidArgument, "topic and event are required")
 	}
 	p := payloadOf(r.GetPayload())
-	pos, err := a.s.proto.Publish(ctx, r.GetTopic(), r.GetEvent(), p.Data, p.Binary)
+	pos, err := a.s.proto.Publish(ctx, r.GetTopic(), pubsub.Message{
+		Event: r.GetEvent(), Payload: p.Data, Binary: p.Binary, IdempotencyKey: r.GetIdempotencyKey()})
 	switch {
+	case errors.Is(err, pubsub.ErrBadIdempotencyKey):
+		return nil, status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, channels.ErrOverloaded):
 		return nil, status.Error(codes.ResourceExhausted, err.Error())
 	case err != nil:

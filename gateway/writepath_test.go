@@ -13,6 +13,7 @@ import (
 	"github.com/phxgate/phxgate/backends"
 	"github.com/phxgate/phxgate/channels"
 	"github.com/phxgate/phxgate/channels/ratelimit"
+	"github.com/phxgate/phxgate/pubsub"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 )
@@ -142,7 +143,7 @@ func TestBroadcastBurstCoalescesWrites(t *testing.T) {
 	// publish as a backend would: through the channels server's Publish.
 	srv := channelsServerOf(t, s)
 	for i := range burst {
-		if _, err := srv.Publish(t.Context(), "room:a", "shout", fmt.Appendf(nil, `{"i":%d}`, i), false); err != nil {
+		if _, err := srv.Publish(t.Context(), "room:a", pubsub.Message{Event: "shout", Payload: fmt.Appendf(nil, `{"i":%d}`, i)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -195,7 +196,7 @@ func TestOutputBudgetShedsAndRecovers(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("never over budget: queued %v, pending %d", s.queuedBytes(), srv.PendingBytes())
 		}
-		_, err := srv.Publish(t.Context(), "room:a", "shout", big, false)
+		_, err := srv.Publish(t.Context(), "room:a", pubsub.Message{Event: "shout", Payload: big})
 		switch {
 		case err == channels.ErrOverloaded:
 			waitFor(t, 5*time.Second, func() bool { return srv.PendingBytes() == 0 }, "the pollers to take what is pending")
@@ -203,7 +204,7 @@ func TestOutputBudgetShedsAndRecovers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := srv.Publish(t.Context(), "room:a", "shout", big, false); err != channels.ErrOverloaded {
+	if _, err := srv.Publish(t.Context(), "room:a", pubsub.Message{Event: "shout", Payload: big}); err != channels.ErrOverloaded {
 		t.Fatalf("publishing past the budget: err = %v, want ErrOverloaded", err)
 	}
 	pub.sendText(`["1","2","room:b","echo",{"a":1}]`)
@@ -234,7 +235,7 @@ func TestOutputBudgetShedsAndRecovers(t *testing.T) {
 	waitFor(t, 20*time.Second, func() bool { return s.queuedBytes() <= budget }, "the queues to drain below the budget")
 	pub.sendText(`["1","3","room:b","echo",{"a":2}]`)
 	pub.expectMessage(ws.OpText, `["1","3","room:b","phx_reply",{"response":{"a":2},"status":"ok"}]`)
-	if _, err := srv.Publish(t.Context(), "room:b", "shout", []byte(`{"ok":1}`), false); err != nil {
+	if _, err := srv.Publish(t.Context(), "room:b", pubsub.Message{Event: "shout", Payload: []byte(`{"ok":1}`)}); err != nil {
 		t.Fatalf("publish after recovery: %v", err)
 	}
 	pub.expectMessage(ws.OpText, `[null,null,"room:b","shout",{"ok":1}]`)

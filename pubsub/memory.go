@@ -21,8 +21,18 @@ const (
 	// memory of the connections that would use them.
 	DefaultMaxTopics = 100_000
 	// MaxHistorySize caps HistorySize per topic, whatever the route says,
-	// so that one misconfigured route cannot pin unbounded memory.
+	// so that one misconfigured route cannot pin unbounded memory. Both
+	// engines keep up to this many; configuration refuses more.
 	MaxHistorySize = 100_000
+	// DefaultHistoryBytes bounds the payload bytes one topic's history
+	// holds: the oldest events go first when a publish would exceed it.
+	DefaultHistoryBytes = 8 << 20
+	// DefaultMaxIdempotencyKeys bounds the publish idempotency keys one
+	// topic remembers; past it the oldest are forgotten early.
+	DefaultMaxIdempotencyKeys = 10_000
+	// memIdempotencyWindow is how long the memory engine remembers a
+	// publish idempotency key.
+	memIdempotencyWindow = 5 * time.Minute
 	// epochBytes random bytes give an 8-character base32 epoch: 40 bits is
 	// plenty to tell two lifetimes of one topic apart.
 	epochBytes = 5
@@ -59,11 +69,15 @@ type MemoryConfig struct {
 	// more (through Publish, Subscribe or History) fails with
 	// ErrTooManyTopics. Zero means DefaultMaxTopics.
 	MaxTopics int
+	// HistoryBytes bounds the payload bytes kept per topic; the oldest
+	// events are dropped first (the newest is always kept). Zero means
+	// DefaultHistoryBytes.
+	HistoryBytes int
 }
 
 // NewMemoryConfig returns a MemoryConfig with the defaults filled in.
 func NewMemoryConfig() MemoryConfig {
-	return MemoryConfig{HistoryTTL: DefaultHistoryTTL, MaxTopics: DefaultMaxTopics}
+	return MemoryConfig{HistoryTTL: DefaultHistoryTTL, MaxTopics: DefaultMaxTopics, HistoryBytes: DefaultHistoryBytes}
 }
 
 // Validate reports a negative TTL or topic bound.
@@ -73,6 +87,9 @@ func (c MemoryConfig) Validate() error {
 	}
 	if c.MaxTopics < 0 {
 		return fmt.Errorf("%w: MaxTopics %d is negative", ErrInvalidConfig, c.MaxTopics)
+	}
+	if c.HistoryBytes < 0 {
+		return fmt.Errorf("%w: HistoryBytes %d is negative", ErrInvalidConfig, c.HistoryBytes)
 	}
 	return nil
 }
@@ -109,9 +126,19 @@ type memTopic struct {
 	top      uint64
 	size     int      // ring capacity (HistorySize at creation)
 	ring     []*Event // nil until the first publish; len == size after
-	count    int      // events held in ring (≤ size)
+	count    int      // events held in ring (≤ size): offsets top-count+1 … top
+	bytes    int      // payload bytes of the events held
 	handler  Handler
 	lastUsed time.Time
+	// keys remembers publish idempotency keys (oldest first in keyOrder)
+	// for memIdempotencyWindow; nil until a keyed publish.
+	keys     map[string]Position
+	keyOrder []memKey
+}
+
+type memKey struct {
+	key string
+	at  time.Time
 }
 
 // NewMemory returns a running in-memory broker. Zero fields of cfg take
@@ -123,6 +150,9 @@ func NewMemory(cfg MemoryConfig) *Memory {
 	}
 	if cfg.MaxTopics <= 0 {
 		cfg.MaxTopics = DefaultMaxTopics
+	}
+	if cfg.HistoryBytes <= 0 {
+		cfg.HistoryBytes = DefaultHistoryBytes
 	}
 	m := &Memory{
 		cfg:     cfg,
@@ -225,9 +255,12 @@ func newEpoch() string {
 // Publish implements Broker. It appends the event and calls the topic's
 // handler before returning; concurrent publishers of one topic are
 // serialized. The payload is kept, not copied.
-func (m *Memory) Publish(ctx context.Context, topic, event string, payload []byte, binary bool) (Position, error) {
+func (m *Memory) Publish(ctx context.Context, topic string, msg Message) (Position, error) {
 	if err := ctx.Err(); err != nil {
 		return Position{}, err
+	}
+	if len(msg.IdempotencyKey) > MaxIdempotencyKeyLen {
+		return Position{}, ErrBadIdempotencyKey
 	}
 	for {
 		t, err := m.topic(topic)
@@ -242,36 +275,101 @@ func (m *Memory) Publish(ctx context.Context, topic, event string, payload []byt
 			t.deliver.Unlock()
 			continue
 		}
-		t.top++
-		ev := &Event{Topic: topic, Event: event, Payload: payload, Binary: binary,
-			Pos: Position{Epoch: t.epoch, Offset: t.top}}
-		if t.size > 0 {
-			if t.ring == nil {
-				t.ring = make([]*Event, t.size)
+		now := m.now()
+		t.lastUsed = now
+		ev := &Event{Topic: topic, Event: msg.Event, Payload: msg.Payload, Binary: msg.Binary, Published: now}
+		if !msg.Ephemeral {
+			if msg.IdempotencyKey != "" {
+				if pos, ok := t.seenKeyLocked(msg.IdempotencyKey, now); ok {
+					t.mu.Unlock()
+					t.deliver.Unlock()
+					return pos, nil
+				}
 			}
-			t.ring[(t.top-1)%uint64(t.size)] = ev
-			t.count = min(t.count+1, t.size)
+			t.top++
+			ev.Pos = Position{Epoch: t.epoch, Offset: t.top}
+			t.appendLocked(ev, m.cfg.HistoryBytes)
+			if msg.IdempotencyKey != "" {
+				t.rememberKeyLocked(msg.IdempotencyKey, ev.Pos, now)
+			}
 		}
-		t.lastUsed = m.now()
 		h := t.handler
 		t.mu.Unlock()
 		if h != nil {
-			h(ev)
+			h.Deliver(ev)
 		}
 		t.deliver.Unlock()
 		return ev.Pos, nil
 	}
 }
 
+// appendLocked adds ev to the ring, dropping the oldest events beyond the
+// ring's size or the byte bound. Called with t.mu held.
+func (t *memTopic) appendLocked(ev *Event, maxBytes int) {
+	if t.size == 0 {
+		return
+	}
+	if t.ring == nil {
+		t.ring = make([]*Event, t.size)
+	}
+	slot := (ev.Pos.Offset - 1) % uint64(t.size)
+	if t.count == t.size {
+		t.bytes -= len(t.ring[slot].Payload) // overwritten: the oldest
+		t.count--
+	}
+	t.ring[slot] = ev
+	t.count++
+	t.bytes += len(ev.Payload)
+	for t.bytes > maxBytes && t.count > 1 {
+		oldest := (t.top - uint64(t.count)) % uint64(t.size)
+		t.bytes -= len(t.ring[oldest].Payload)
+		t.ring[oldest] = nil
+		t.count--
+	}
+}
+
+// seenKeyLocked returns the position a key was published at, if it is
+// still remembered. Called with t.mu held.
+func (t *memTopic) seenKeyLocked(key string, now time.Time) (Position, bool) {
+	t.forgetKeysLocked(now)
+	pos, ok := t.keys[key]
+	return pos, ok
+}
+
+func (t *memTopic) rememberKeyLocked(key string, pos Position, now time.Time) {
+	if t.keys == nil {
+		t.keys = make(map[string]Position)
+	}
+	t.keys[key] = pos
+	t.keyOrder = append(t.keyOrder, memKey{key, now})
+	t.forgetKeysLocked(now)
+}
+
+// forgetKeysLocked drops keys past the window, and the oldest beyond
+// DefaultMaxIdempotencyKeys.
+func (t *memTopic) forgetKeysLocked(now time.Time) {
+	n := 0
+	for n < len(t.keyOrder) && (now.Sub(t.keyOrder[n].at) >= memIdempotencyWindow || len(t.keyOrder)-n > DefaultMaxIdempotencyKeys) {
+		delete(t.keys, t.keyOrder[n].key)
+		n++
+	}
+	if n > 0 {
+		t.keyOrder = append(t.keyOrder[:0:0], t.keyOrder[n:]...)
+		if len(t.keyOrder) == 0 {
+			t.keys, t.keyOrder = nil, nil
+		}
+	}
+}
+
 // Subscribe implements Broker. It never waits for a running handler.
-func (m *Memory) Subscribe(ctx context.Context, topic string, h Handler) error {
+func (m *Memory) Subscribe(ctx context.Context, topic string, h Handler) (Position, error) {
 	if h == nil {
-		return errors.New("pubsub: nil handler")
+		return Position{}, errors.New("pubsub: nil handler")
 	}
 	for {
 		t, err := m.topic(topic)
 		if err != nil {
-			return err
+			return Position{}, err
 		}
 		t.mu.Lock()
 		if t.dead {
@@ -280,8 +378,9 @@ func (m *Memory) Subscribe(ctx context.Context, topic string, h Handler) error {
 		}
 		t.handler = h
 		t.lastUsed = m.now()
+		pos := Position{Epoch: t.epoch, Offset: t.top}
 		t.mu.Unlock()
-		return nil
+		return pos, nil
 	}
 }
 
@@ -303,11 +402,11 @@ func (m *Memory) Unsubscribe(ctx context.Context, topic string) error {
 	return nil
 }
 
-// History implements Broker. Events are returned oldest first; with a limit
-// they are the first limit events after since, so a caller can page on.
-// An event becomes visible to History just before its handler call, so a
-// subscriber replaying from History must skip live events with an offset
-// at or below the Top it replayed to.
+// History implements Broker. Events are returned oldest first: the first
+// limit events after since, so a caller can page on. An event becomes
+// visible to History just before its handler call, so a subscriber
+// replaying from History must skip live events with an offset at or below
+// the Top it replayed to.
 func (m *Memory) History(ctx context.Context, topic string, since Position, limit int) (HistoryResult, error) {
 	if err := ctx.Err(); err != nil {
 		return HistoryResult{}, err
@@ -341,10 +440,10 @@ func (t *memTopic) historyLocked(since Position, limit int) HistoryResult {
 	if missed > uint64(t.count) {
 		return res // some of what was missed has been overwritten
 	}
-	n := int(missed)
-	if limit > 0 && limit < n {
-		n = limit
+	if limit <= 0 || limit > MaxHistoryPage {
+		limit = MaxHistoryPage
 	}
+	n := int(min(missed, uint64(limit)))
 	res.Events = make([]*Event, n)
 	for i := range n {
 		off := since.Offset + 1 + uint64(i)
@@ -352,6 +451,16 @@ func (t *memTopic) historyLocked(since Position, limit int) HistoryResult {
 	}
 	res.Recovered = true
 	return res
+}
+
+// Ping implements Broker: the memory engine is ready until closed.
+func (m *Memory) Ping(ctx context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return ErrClosed
+	}
+	return ctx.Err()
 }
 
 // Close implements Broker: it stops the sweeper and drops every topic.

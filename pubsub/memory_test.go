@@ -44,7 +44,7 @@ func publishN(tb testing.TB, m *Memory, topic string, n int) []Position {
 	tb.Helper()
 	out := make([]Position, n)
 	for i := range n {
-		p, err := m.Publish(context.Background(), topic, "ev", []byte(fmt.Sprintf(`{"i":%d}`, i+1)), false)
+		p, err := m.Publish(context.Background(), topic, Message{Event: "ev", Payload: []byte(fmt.Sprintf(`{"i":%d}`, i+1))})
 		if err != nil {
 			tb.Fatalf("publish %d: %v", i+1, err)
 		}
@@ -180,7 +180,7 @@ func TestMemoryTTLNewEpoch(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			m, clk := newTestMemory(t, MemoryConfig{HistorySize: fixedHistory(8), HistoryTTL: ttl})
 			if tc.subscribe {
-				if err := m.Subscribe(context.Background(), "room:t", func(*Event) {}); err != nil {
+				if err := subscribe(m, context.Background(), "room:t", func(*Event) {}); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -218,7 +218,7 @@ func TestMemoryUnsubscribeStartsTTL(t *testing.T) {
 	const ttl = time.Minute
 	m, clk := newTestMemory(t, MemoryConfig{HistoryTTL: ttl})
 	var calls atomic.Int32
-	if err := m.Subscribe(context.Background(), "room:u", func(*Event) { calls.Add(1) }); err != nil {
+	if err := subscribe(m, context.Background(), "room:u", func(*Event) { calls.Add(1) }); err != nil {
 		t.Fatal(err)
 	}
 	p := publishN(t, m, "room:u", 1)[0]
@@ -241,7 +241,7 @@ func TestMemoryMaxTopics(t *testing.T) {
 	m, clk := newTestMemory(t, MemoryConfig{MaxTopics: 2, HistoryTTL: time.Minute})
 	publishN(t, m, "a", 1)
 	publishN(t, m, "b", 1)
-	_, err := m.Publish(context.Background(), "c", "ev", []byte(`{}`), false)
+	_, err := m.Publish(context.Background(), "c", Message{Event: "ev", Payload: []byte(`{}`)})
 	if !errors.Is(err, ErrTooManyTopics) {
 		t.Fatalf("third topic: err = %v, want ErrTooManyTopics", err)
 	}
@@ -263,10 +263,10 @@ func TestMemoryClosed(t *testing.T) {
 	if err := m.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
-	if _, err := m.Publish(context.Background(), "a", "e", nil, false); !errors.Is(err, ErrClosed) {
+	if _, err := m.Publish(context.Background(), "a", Message{Event: "e", Payload: nil}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Publish after Close: %v", err)
 	}
-	if err := m.Subscribe(context.Background(), "a", func(*Event) {}); !errors.Is(err, ErrClosed) {
+	if err := subscribe(m, context.Background(), "a", func(*Event) {}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Subscribe after Close: %v", err)
 	}
 }
@@ -305,7 +305,7 @@ func TestMemoryConcurrentOrdering(t *testing.T) {
 		last      uint64 // only touched inside the handler
 		bad       atomic.Value
 	)
-	err := m.Subscribe(context.Background(), "room:c", func(ev *Event) {
+	err := subscribe(m, context.Background(), "room:c", func(ev *Event) {
 		if inHandler.Add(1) != 1 {
 			bad.Store("handler called concurrently")
 		}
@@ -322,7 +322,7 @@ func TestMemoryConcurrentOrdering(t *testing.T) {
 	for range publishers {
 		wg.Go(func() {
 			for range each {
-				if _, err := m.Publish(context.Background(), "room:c", "ev", []byte(`{}`), false); err != nil {
+				if _, err := m.Publish(context.Background(), "room:c", Message{Event: "ev", Payload: []byte(`{}`)}); err != nil {
 					bad.Store(err.Error())
 				}
 			}
@@ -378,7 +378,7 @@ func TestMemoryHandlerHubLockPattern(t *testing.T) {
 		wg.Go(func() {
 			for range 50 {
 				hub.Lock()
-				if err := m.Subscribe(ctx, topic, handler); err != nil {
+				if err := subscribe(m, ctx, topic, handler); err != nil {
 					failed.Store(err.Error())
 				}
 				res, err := m.History(ctx, topic, Position{}, 0)
@@ -405,7 +405,7 @@ func TestMemoryHandlerHubLockPattern(t *testing.T) {
 	for range publishers {
 		wg.Go(func() {
 			for range each {
-				if _, err := m.Publish(ctx, topic, "ev", []byte(`{}`), false); err != nil {
+				if _, err := m.Publish(ctx, topic, Message{Event: "ev", Payload: []byte(`{}`)}); err != nil {
 					failed.Store(err.Error())
 				}
 			}
@@ -446,13 +446,13 @@ func BenchmarkMemoryPublish(b *testing.B) {
 			m := NewMemory(MemoryConfig{HistorySize: fixedHistory(tc.history)})
 			b.Cleanup(func() { _ = m.Close() })
 			if tc.handler {
-				_ = m.Subscribe(context.Background(), "room:b", func(*Event) {})
+				_ = subscribe(m, context.Background(), "room:b", func(*Event) {})
 			}
 			payload := []byte(`{"body":"hello"}`)
 			ctx := context.Background()
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := m.Publish(ctx, "room:b", "ev", payload, false); err != nil {
+				if _, err := m.Publish(ctx, "room:b", Message{Event: "ev", Payload: payload}); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -469,7 +469,7 @@ func BenchmarkMemoryPublishParallelTopics(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		topic := fmt.Sprintf("room:%d", n.Add(1))
 		for pb.Next() {
-			if _, err := m.Publish(context.Background(), topic, "ev", payload, false); err != nil {
+			if _, err := m.Publish(context.Background(), topic, Message{Event: "ev", Payload: payload}); err != nil {
 				b.Error(err)
 				return
 			}
@@ -480,13 +480,19 @@ func BenchmarkMemoryPublishParallelTopics(b *testing.B) {
 // TestMemoryPublishAllocs pins the hot path: one Event per publish.
 func TestMemoryPublishAllocs(t *testing.T) {
 	m, _ := newTestMemory(t, MemoryConfig{HistorySize: fixedHistory(16)})
-	_ = m.Subscribe(context.Background(), "room:a", func(*Event) {})
+	_ = subscribe(m, context.Background(), "room:a", func(*Event) {})
 	payload := []byte(`{}`)
 	ctx := context.Background()
 	allocs := testing.AllocsPerRun(1000, func() {
-		_, _ = m.Publish(ctx, "room:a", "ev", payload, false)
+		_, _ = m.Publish(ctx, "room:a", Message{Event: "ev", Payload: payload})
 	})
 	if allocs > 1 {
 		t.Fatalf("Publish allocates %.1f times, budget 1", allocs)
 	}
+}
+
+// subscribe installs f as the topic's handler.
+func subscribe(m *Memory, ctx context.Context, topic string, f func(*Event)) error {
+	_, err := m.Subscribe(ctx, topic, HandlerFuncs{OnDeliver: f})
+	return err
 }

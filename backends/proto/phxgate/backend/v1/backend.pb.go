@@ -891,12 +891,16 @@ func (*LeaveResponse) Descriptor() ([]byte, []int) {
 }
 
 type BroadcastRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Topic         string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
-	Event         string                 `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
-	Payload       *Payload               `protobuf:"bytes,3,opt,name=payload,proto3" json:"payload,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Topic   string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	Event   string                 `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
+	Payload *Payload               `protobuf:"bytes,3,opt,name=payload,proto3" json:"payload,omitempty"`
+	// idempotency_key, when set (at most 128 bytes), publishes the broadcast
+	// at most once per topic and key within a few minutes: a retry after a
+	// lost answer returns the first publish's position.
+	IdempotencyKey string `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *BroadcastRequest) Reset() {
@@ -948,6 +952,13 @@ func (x *BroadcastRequest) GetPayload() *Payload {
 		return x.Payload
 	}
 	return nil
+}
+
+func (x *BroadcastRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
 }
 
 type BroadcastResponse struct {
@@ -1550,11 +1561,12 @@ const file_phxgate_backend_v1_backend_proto_rawDesc = "" +
 	"broadcasts\x120\n" +
 	"\x06pushes\x18\x03 \x03(\v2\x18.phxgate.backend.v1.PushR\x06pushes\x12,\n" +
 	"\x04stop\x18\x04 \x01(\x0e2\x18.phxgate.backend.v1.StopR\x04stop\"\x0f\n" +
-	"\rLeaveResponse\"u\n" +
+	"\rLeaveResponse\"\x9e\x01\n" +
 	"\x10BroadcastRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x14\n" +
 	"\x05event\x18\x02 \x01(\tR\x05event\x125\n" +
-	"\apayload\x18\x03 \x01(\v2\x1b.phxgate.backend.v1.PayloadR\apayload\"/\n" +
+	"\apayload\x18\x03 \x01(\v2\x1b.phxgate.backend.v1.PayloadR\apayload\x12'\n" +
+	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\"/\n" +
 	"\x11BroadcastResponse\x12\x1a\n" +
 	"\bposition\x18\x01 \x01(\tR\bposition\"\x8d\x01\n" +
 	"\vPushRequest\x12\x1b\n" +
