@@ -7,7 +7,7 @@ JS_DIR  := clients/js
 # Extra flags for `go test`, e.g. make test GOTESTFLAGS='-run Conformance -v'.
 GOTESTFLAGS ?=
 
-.PHONY: run build test deps node-deps lint bench loadtest bench-broadcast clean proto
+.PHONY: run build test deps node-deps redis-deps lint bench loadtest bench-broadcast clean proto
 
 ## run: start phxgate on the embedded broker with the example config.
 run:
@@ -23,7 +23,7 @@ test: deps lint
 	$(GO) test -race -count=1 -timeout 30m $(GOTESTFLAGS) ./...
 
 ## deps: system packages and the pinned Node packages the tests use.
-deps: node-deps
+deps: node-deps redis-deps
 
 node-deps:
 	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
@@ -33,6 +33,12 @@ node-deps:
 		cd $(JS_DIR) && npm ci --no-audit --no-fund; fi
 	@if [ ! -d $(JS_DIR)/thirdparty/node_modules ] || [ $(JS_DIR)/thirdparty/package-lock.json -nt $(JS_DIR)/thirdparty/node_modules/.package-lock.json ]; then \
 		cd $(JS_DIR)/thirdparty && npm ci --no-audit --no-fund; fi
+
+# redis-deps: the redis-server and redis-cli that pubsub/redistest runs.
+redis-deps:
+	@command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || { \
+		echo "installing redis-server with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
 ## lint: gofmt and go vet must be clean.
 lint:
