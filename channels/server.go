@@ -241,6 +241,10 @@ func (s *Server) Publish(ctx context.Context, topic string, msg pubsub.Message) 
 	return pos, err
 }
 
+// BrokerReady reports whether the broker can serve publishes now (a
+// readiness check): nil, or why not.
+func (s *Server) BrokerReady(ctx context.Context) error { return s.broker.Ping(ctx) }
+
 // connectIdentity returns the identity a socket keeps for info. The usual
 // cases hold nothing extra: anonymous (nil), or a verified token whose
 // player and claims are what info carries (the identity itself). When a

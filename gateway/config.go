@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/phxgate/phxgate/channels/auth"
 	"github.com/phxgate/phxgate/channels/ratelimit"
 	"github.com/phxgate/phxgate/gateway/internal/admission"
+	"github.com/phxgate/phxgate/pubsub"
 	"gopkg.in/yaml.v3"
 )
 
@@ -145,9 +147,35 @@ type Config struct {
 	// DrainTimeout bounds the graceful shutdown done by Run; 0 means
 	// DefaultDrainTimeout.
 	DrainTimeout time.Duration
-	// RedisURL selects the Redis Streams broker; empty is the embedded
-	// in-memory broker. Not supported yet: must be empty.
+	// RedisURL selects the Redis Streams broker (redis:// or rediss://
+	// for TLS); empty with no RedisClusterAddrs is the embedded in-memory
+	// broker (one node only).
 	RedisURL string
+	// RedisClusterAddrs (redis_cluster_addrs) selects Redis Cluster: the
+	// host:port of some of its masters. RedisURL then only lends its
+	// credentials and TLS.
+	RedisClusterAddrs []string
+	// RedisPrefix (redis_prefix) starts every Redis key and channel, so
+	// that deployments can share a Redis; empty means "phx".
+	RedisPrefix string
+	// RedisTimeout (redis_timeout) bounds every Redis call; a publish
+	// fails after it while Redis is unreachable. Zero means 2s.
+	RedisTimeout time.Duration
+	// HistoryTTL (history_ttl) is how long a topic's history outlives its
+	// last publish (Redis; the memory engine: its last use). Zero means 10m.
+	HistoryTTL time.Duration
+	// HistoryBytes (history_bytes) bounds the payload bytes of one topic's
+	// history; the oldest events go first. Zero means 8 MiB.
+	HistoryBytes int
+	// MaxReplay (max_replay) is the most events one resuming join is
+	// replayed; a client that missed more gets recovered=false. Zero
+	// means 1,000.
+	MaxReplay int
+	// ReplayBytes (replay_bytes) is the most payload bytes one resuming
+	// join is replayed (past it: recovered=false), so a replay never
+	// overflows the socket's write queue. Zero means half of
+	// write_queue_max_bytes.
+	ReplayBytes int
 	// CheckOrigin (check_origin) lists allowed Origin values:
 	// "https://app.example.com", "https://app.example.com:8443" or
 	// "https://*.example.com"; scheme, host and port are compared. A
@@ -411,8 +439,8 @@ func (c Config) Validate() error {
 	if c.DrainTimeout < 0 || c.DrainTimeout > time.Hour {
 		return keyErr("drain_timeout", "must be between 0s and 1h")
 	}
-	if c.RedisURL != "" {
-		return keyErr("redis_url", "the Redis broker is not available in this build; leave it empty for the in-memory broker")
+	if err := c.validateBroker(); err != nil {
+		return err
 	}
 	for i, o := range c.CheckOrigin {
 		if o == "" {
@@ -458,8 +486,8 @@ func (c Config) Validate() error {
 		if !knownBackend(r.Backend) {
 			return keyErr(fmt.Sprintf("routes[%d].backend", i), "unknown backend %q (echo, bench, demo, grpc://host:port, http(s)://url, inproc:name)", r.Backend)
 		}
-		if r.History < 0 || r.History > 1<<20 {
-			return keyErr(fmt.Sprintf("routes[%d].history", i), "must be between 0 and 1048576")
+		if r.History < 0 || r.History > pubsub.MaxHistorySize {
+			return keyErr(fmt.Sprintf("routes[%d].history", i), "must be between 0 and %d (what a broker keeps per topic)", pubsub.MaxHistorySize)
 		}
 		if r.LeaveGrace < 0 || r.LeaveGrace > 10*time.Minute {
 			return keyErr(fmt.Sprintf("routes[%d].leave_grace", i), "must be between 0s and 10m")
@@ -615,6 +643,37 @@ func listSetting(key, usage string, f func(*Config) *[]string) setting {
 	}
 }
 
+// validateBroker checks the pubsub settings.
+func (c *Config) validateBroker() error {
+	if c.RedisURL != "" {
+		u, err := url.Parse(c.RedisURL)
+		if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
+			return keyErr("redis_url", "must be redis://host:port[/db] or rediss://host:port[/db]")
+		}
+		if err := (pubsub.RedisConfig{URL: c.RedisURL}).Validate(); err != nil {
+			return keyErr("redis_url", "%v", err)
+		}
+	}
+	for i, a := range c.RedisClusterAddrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return keyErr(fmt.Sprintf("redis_cluster_addrs[%d]", i), "must be host:port, got %q", a)
+		}
+	}
+	switch {
+	case c.RedisTimeout < 0 || c.RedisTimeout > time.Minute:
+		return keyErr("redis_timeout", "must be between 0s and 1m")
+	case c.HistoryTTL < 0 || c.HistoryTTL > 7*24*time.Hour:
+		return keyErr("history_ttl", "must be between 0s and 168h")
+	case c.HistoryBytes < 0 || c.HistoryBytes > 1<<30:
+		return keyErr("history_bytes", "must be between 0 and 1073741824")
+	case c.MaxReplay < 0 || c.MaxReplay > pubsub.MaxHistorySize:
+		return keyErr("max_replay", "must be between 0 and %d", pubsub.MaxHistorySize)
+	case c.ReplayBytes < 0 || (c.ReplayBytes > c.WriteQueueMaxBytes && c.WriteQueueMaxBytes > 0):
+		return keyErr("replay_bytes", "must be between 0 and write_queue_max_bytes (%d): a bigger replay would close the socket", c.WriteQueueMaxBytes)
+	}
+	return nil
+}
+
 func settings() []setting {
 	return []setting{
 		strSetting("listen", "client listen address", func(c *Config) *string { return &c.Listen }),
@@ -632,7 +691,14 @@ func settings() []setting {
 		intSetting("pollers", "epoll pollers (0 = number of CPUs)", func(c *Config) *int { return &c.Pollers }),
 		durSetting("close_timeout", "deadline for a socket's closing handshake", func(c *Config) *time.Duration { return &c.CloseTimeout }),
 		durSetting("drain_timeout", "graceful shutdown bound; 1012 closes are spread over its first half", func(c *Config) *time.Duration { return &c.DrainTimeout }),
-		strSetting("redis_url", "Redis URL (empty: in-memory broker)", func(c *Config) *string { return &c.RedisURL }),
+		strSetting("redis_url", "Redis URL, redis:// or rediss:// (empty: in-memory broker)", func(c *Config) *string { return &c.RedisURL }),
+		listSetting("redis_cluster_addrs", "Redis Cluster masters host:port, comma-separated (selects Cluster)", func(c *Config) *[]string { return &c.RedisClusterAddrs }),
+		strSetting("redis_prefix", "prefix of every Redis key and channel (empty: phx)", func(c *Config) *string { return &c.RedisPrefix }),
+		durSetting("redis_timeout", "bound of every Redis call (0s: 2s)", func(c *Config) *time.Duration { return &c.RedisTimeout }),
+		durSetting("history_ttl", "how long a topic's history outlives its last publish (0s: 10m)", func(c *Config) *time.Duration { return &c.HistoryTTL }),
+		intSetting("history_bytes", "payload bytes kept per topic's history (0: 8 MiB)", func(c *Config) *int { return &c.HistoryBytes }),
+		intSetting("max_replay", "most events one resuming join is replayed (0: 1000)", func(c *Config) *int { return &c.MaxReplay }),
+		intSetting("replay_bytes", "most payload bytes one resuming join is replayed (0: half of write_queue_max_bytes)", func(c *Config) *int { return &c.ReplayBytes }),
 		listSetting("check_origin", "allowed origins, comma-separated (empty allows all; https://*.example.com for subdomains)", func(c *Config) *[]string { return &c.CheckOrigin }),
 		boolSetting("require_origin", "with check_origin, also refuse requests without an Origin header", func(c *Config) *bool { return &c.RequireOrigin }),
 		listSetting("trusted_proxies", "CIDRs of reverse proxies whose X-Forwarded-For is believed, comma-separated", func(c *Config) *[]string { return &c.TrustedProxies }),

@@ -503,6 +503,9 @@ func Run(ctx context.Context, cfg Config, opts ...Option) error {
 	return s.Shutdown(sctx)
 }
 
+// readyzBrokerTimeout bounds the broker check of one /readyz.
+const readyzBrokerTimeout = time.Second
+
 func (s *Server) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
@@ -510,10 +513,21 @@ func (s *Server) adminHandler() http.Handler {
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if s.draining.Load() {
 			http.Error(w, "draining", http.StatusServiceUnavailable)
 			return
+		}
+		if p := s.proto; p != nil {
+			// Not ready while the broker is unreachable: publishes and
+			// joins would fail. Sockets stay connected meanwhile.
+			ctx, cancel := context.WithTimeout(r.Context(), readyzBrokerTimeout)
+			err := p.BrokerReady(ctx)
+			cancel()
+			if err != nil {
+				http.Error(w, "broker: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
