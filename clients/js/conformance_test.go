@@ -28,6 +28,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/phxgate/phxgate/pubsub/redistest"
 )
 
 const (
@@ -131,6 +133,18 @@ func TestConformancePhoenixJS(t *testing.T) {
 		})
 		runNode(t, node, jsDir, "auth/", "PHXGATE_URL="+url, "PHXGATE_AUTH_SECRET="+secret)
 	})
+	// The cluster phase: three gateways on one real redis-server.
+	t.Run("cluster", func(t *testing.T) {
+		rs := redistest.Start(t, redistest.Options{})
+		var urls []string
+		for i := range 3 {
+			url, _ := startGateway(t, bin, func(listen, admin string) string {
+				return fmt.Sprintf(clusterGatewayConfig, listen, admin, i, rs.URL())
+			})
+			urls = append(urls, url)
+		}
+		runNode(t, node, jsDir, "cluster/", "PHXGATE_URL="+urls[0], "PHXGATE_URLS="+strings.Join(urls, ","))
+	})
 	// The dice phase: the example game over real gRPC (issue 7).
 	t.Run("dice", func(t *testing.T) {
 		secret := rand.Text() + rand.Text()
@@ -142,6 +156,31 @@ func TestConformancePhoenixJS(t *testing.T) {
 		runNode(t, node, jsDir, "dice/", "PHXGATE_URL="+url, "PHXGATE_AUTH_SECRET="+secret)
 	})
 }
+
+// clusterGatewayConfig is one of the cluster phase's three nodes
+// (cluster/*.test.mjs): the Redis engine, small histories and max_replay to
+// reach the resume boundaries quickly, and per-address limits raised since
+// every client of the phase comes from 127.0.0.1 without a token.
+const clusterGatewayConfig = `# written by clients/js/conformance_test.go (cluster phase)
+listen: "%s"
+admin_listen: "%s"
+api_listen: ""
+node_id: "node-%d"
+redis_url: "%s"
+max_replay: 20
+limits:
+  joins_per_second: 1000
+  join_burst: 1000
+  classes:
+    default: {per_second: 1000, burst: 1000}
+routes:
+  - topic: "room:*"
+    backend: echo
+    history: 100
+  - topic: "small:*"
+    backend: echo
+    history: 5
+`
 
 // diceGatewayConfig routes table:* to the example dice game over gRPC and
 // serves the Gateway API the game broadcasts its rounds through.

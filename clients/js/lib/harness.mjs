@@ -24,12 +24,13 @@ export function uniqueTopic(prefix = "room") {
 }
 
 // connect opens a phoenix.js Socket for vsn with a recording transport and
-// waits for the WebSocket to open. Reconnects and rejoins are fast so tests
+// waits for the WebSocket to open (url: a gateway other than PHXGATE_URL).
+// Reconnects and rejoins are fast so tests
 // that provoke them finish quickly; tests override what they need.
-export async function connect(t, vsn, opts = {}, {name = "socket", waitOpen = true} = {}) {
+export async function connect(t, vsn, opts = {}, {name = "socket", waitOpen = true, url} = {}) {
   const codec = codecFor(vsn)
   const rec = new Recorder(codec, `${name} vsn=${vsn}`)
-  const socket = new Socket(gatewayURL(), {
+  const socket = new Socket(url ?? gatewayURL(), {
     transport: recordingTransport(rec),
     reconnectAfterMs: () => 20,
     rejoinAfterMs: () => 50,
