@@ -71,6 +71,7 @@ func (s *Sequencer) Deliver(ev *Event, emit func(*Event), lost func(), st *Seque
 		emit(ev)
 		return
 	case s.last.IsZero():
+		// Nothing expected yet: this is where the topic starts for us.
 	case ev.Pos.Epoch != s.last.Epoch:
 		// The topic's history was lost and started over: whatever was
 		// published in the old epoch after our last is gone. The new
@@ -88,8 +89,10 @@ func (s *Sequencer) Deliver(ev *Event, emit func(*Event), lost func(), st *Seque
 	case ev.Pos.Offset > s.last.Offset+1:
 		s.fill(ev.Pos.Offset-1, emit, lost, st)
 	}
-	if ev.Pos.Epoch == s.last.Epoch && ev.Pos.Offset <= s.last.Offset {
-		st.Duplicates++ // filled from History already
+	if !s.last.IsZero() && (ev.Pos.Epoch != s.last.Epoch || ev.Pos.Offset <= s.last.Offset) {
+		// Filled from History already, or the fill found the topic in a
+		// newer epoch than ev's.
+		st.Duplicates++
 		return
 	}
 	s.last = ev.Pos
@@ -108,24 +111,46 @@ func (s *Sequencer) Resync(emit func(*Event), lost func(), st *SequencerStats) {
 }
 
 // fill emits the events after s.last up to offset through (0: up to the
-// topic's top), reading History in pages. On failure it calls lost once
-// and moves s.last to the newest position it learnt of, so that the next
-// live event is not taken for another gap.
+// topic's top), reading History in pages. When they cannot be had it calls
+// lost once; if the topic moved to a new epoch meanwhile, it goes on with
+// that epoch's events from its start (for subscribers holding no
+// position), otherwise it moves s.last past the gap (to through, or to the
+// top it learnt of), so that the next live event is not taken for another
+// gap.
 func (s *Sequencer) fill(through uint64, emit func(*Event), lost func(), st *SequencerStats) {
 	st.Gaps++
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 	defer cancel()
-	read := 0
+	read, signalled := 0, false
+	loss := func() {
+		if !signalled {
+			signalled = true
+			st.Lost++
+			lost()
+		}
+	}
 	for {
 		want := MaxHistoryPage
 		if through > 0 {
 			want = int(min(uint64(want), through-s.last.Offset))
 		}
 		hr, err := s.broker.History(ctx, s.topic, s.last, want)
-		if err != nil || !hr.Recovered {
-			st.Lost++
-			lost()
-			if err == nil && (hr.Top.Epoch != s.last.Epoch || hr.Top.Offset > s.last.Offset) {
+		if err != nil {
+			loss()
+			return
+		}
+		if !hr.Recovered {
+			loss()
+			if hr.Top.Epoch != s.last.Epoch && s.last.Offset != 0 {
+				s.last = Position{Epoch: hr.Top.Epoch}
+				through = 0
+				continue
+			}
+			switch {
+			case through > 0 && hr.Top.Epoch == s.last.Epoch:
+				// The live event after the gap comes next.
+				s.last.Offset = max(s.last.Offset, through)
+			case hr.Top.Epoch != s.last.Epoch || hr.Top.Offset > s.last.Offset:
 				s.last = hr.Top
 			}
 			return
@@ -144,8 +169,7 @@ func (s *Sequencer) fill(through uint64, emit func(*Event), lost func(), st *Seq
 			return
 		}
 		if read >= s.maxFill {
-			st.Lost++
-			lost()
+			loss()
 			s.last = hr.Top
 			return
 		}
