@@ -14,17 +14,19 @@ import (
 
 func TestMemoryConformance(t *testing.T) {
 	brokertest.Run(t, brokertest.Harness{
-		New: func(t *testing.T, history int) pubsub.Broker {
+		New: func(t *testing.T, l brokertest.Limits) pubsub.Broker {
 			cfg := pubsub.NewMemoryConfig()
-			cfg.HistorySize = func(string) int { return history }
+			cfg.HistorySize = func(string) int { return l.History }
+			cfg.HistoryBytes = l.HistoryBytes
 			return pubsub.NewMemory(cfg)
 		},
 	})
 }
 
-func redisConfig(history int) pubsub.RedisConfig {
+func redisConfig(l brokertest.Limits) pubsub.RedisConfig {
 	cfg := pubsub.NewRedisConfig()
-	cfg.HistorySize = func(string) int { return history }
+	cfg.HistorySize = func(string) int { return l.History }
+	cfg.HistoryBytes = l.HistoryBytes
 	return cfg
 }
 
@@ -41,10 +43,10 @@ func each(t *testing.T, addrs []string, f func(c *redis.Client) error) {
 	}
 }
 
-func redisHarness(addrs []string, newBroker func(t *testing.T, history int) pubsub.Broker) brokertest.Harness {
+func redisHarness(addrs []string, newBroker func(t *testing.T, l brokertest.Limits) pubsub.Broker) brokertest.Harness {
 	return brokertest.Harness{
 		New:  newBroker,
-		Peer: func(t *testing.T, _ pubsub.Broker, history int) pubsub.Broker { return newBroker(t, history) },
+		Peer: func(t *testing.T, _ pubsub.Broker, l brokertest.Limits) pubsub.Broker { return newBroker(t, l) },
 		DropLive: func(t *testing.T, _ pubsub.Broker) {
 			each(t, addrs, func(c *redis.Client) error {
 				return c.ClientKillByFilter(context.Background(), "TYPE", "pubsub").Err()
@@ -64,8 +66,8 @@ func redisHarness(addrs []string, newBroker func(t *testing.T, history int) pubs
 
 func TestRedisConformance(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	brokertest.Run(t, redisHarness([]string{srv.Addr()}, func(t *testing.T, history int) pubsub.Broker {
-		cfg := redisConfig(history)
+	brokertest.Run(t, redisHarness([]string{srv.Addr()}, func(t *testing.T, l brokertest.Limits) pubsub.Broker {
+		cfg := redisConfig(l)
 		cfg.URL = srv.URL()
 		b, err := pubsub.NewRedis(cfg)
 		if err != nil {
@@ -77,8 +79,8 @@ func TestRedisConformance(t *testing.T) {
 
 func TestRedisClusterConformance(t *testing.T) {
 	cl := redistest.StartCluster(t, 3)
-	brokertest.Run(t, redisHarness(cl.Addrs(), func(t *testing.T, history int) pubsub.Broker {
-		cfg := redisConfig(history)
+	brokertest.Run(t, redisHarness(cl.Addrs(), func(t *testing.T, l brokertest.Limits) pubsub.Broker {
+		cfg := redisConfig(l)
 		cfg.ClusterAddrs = cl.Addrs()
 		b, err := pubsub.NewRedis(cfg)
 		if err != nil {

@@ -22,12 +22,13 @@ import (
 
 // Harness tells the suite how to make and break an engine.
 type Harness struct {
-	// New returns a fresh engine (empty state) keeping history events per
-	// topic. The suite closes it.
-	New func(t *testing.T, history int) pubsub.Broker
+	// New returns a fresh engine (empty state) keeping, per topic, the
+	// last l.History events within l.HistoryBytes payload bytes (0: the
+	// engine's default). The suite closes it.
+	New func(t *testing.T, l Limits) pubsub.Broker
 	// Peer returns another node of the same deployment as b (same
 	// storage, its own subscriptions); nil for a single-node engine.
-	Peer func(t *testing.T, b pubsub.Broker, history int) pubsub.Broker
+	Peer func(t *testing.T, b pubsub.Broker, l Limits) pubsub.Broker
 	// DropLive breaks the live feed of b's subscriptions the way a
 	// network fault would (the engine must notice and Resync); nil when
 	// the engine has no such failure.
@@ -38,6 +39,12 @@ type Harness struct {
 	LoseHistory func(t *testing.T, b pubsub.Broker)
 }
 
+// Limits are the history bounds an engine is made with.
+type Limits struct {
+	History      int
+	HistoryBytes int
+}
+
 // Run runs the whole suite.
 func Run(t *testing.T, h Harness) {
 	t.Run("Positions", func(t *testing.T) { testPositions(t, h) })
@@ -45,6 +52,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("TopicsIndependent", func(t *testing.T) { testTopicsIndependent(t, h) })
 	t.Run("HistoryPaging", func(t *testing.T) { testHistoryPaging(t, h) })
 	t.Run("HistoryStale", func(t *testing.T) { testHistoryStale(t, h) })
+	t.Run("HistoryBytes", func(t *testing.T) { testHistoryBytes(t, h) })
 	t.Run("Idempotent", func(t *testing.T) { testIdempotent(t, h) })
 	t.Run("Ephemeral", func(t *testing.T) { testEphemeral(t, h) })
 	t.Run("Unsubscribe", func(t *testing.T) { testUnsubscribe(t, h) })
@@ -158,9 +166,9 @@ func ctx(t *testing.T) context.Context {
 	return c
 }
 
-func newBroker(t *testing.T, h Harness, history int) pubsub.Broker {
+func newBroker(t *testing.T, h Harness, l Limits) pubsub.Broker {
 	t.Helper()
-	b := h.New(t, history)
+	b := h.New(t, l)
 	t.Cleanup(func() { _ = b.Close() })
 	return b
 }
@@ -209,7 +217,7 @@ func checkRun(t *testing.T, evs []*pubsub.Event, epoch string, from uint64, n in
 }
 
 func testPositions(t *testing.T, h Harness) {
-	b := newBroker(t, h, 100)
+	b := newBroker(t, h, Limits{History: 100})
 	topic := topicName(t, "a")
 	r := NewRecorder(nil, topic)
 	start := subscribe(t, b, topic, r)
@@ -234,7 +242,7 @@ func testPositions(t *testing.T, h Harness) {
 // Publishers race on one topic while the handler is slow: every event
 // arrives once, in offset order, with no gap.
 func testOrderSlowHandler(t *testing.T, h Harness) {
-	b := newBroker(t, h, 1000)
+	b := newBroker(t, h, Limits{History: 1000})
 	topic := topicName(t, "a")
 	r := NewRecorder(nil, topic)
 	r.slow = func(ev *pubsub.Event) {
@@ -276,7 +284,7 @@ func testOrderSlowHandler(t *testing.T, h Harness) {
 }
 
 func testTopicsIndependent(t *testing.T, h Harness) {
-	b := newBroker(t, h, 100)
+	b := newBroker(t, h, Limits{History: 100})
 	ta, tb := topicName(t, "a"), topicName(t, "b")
 	ra, rb := NewRecorder(nil, ta), NewRecorder(nil, tb)
 	ea := subscribe(t, b, ta, ra)
@@ -295,7 +303,7 @@ func testTopicsIndependent(t *testing.T, h Harness) {
 }
 
 func testHistoryPaging(t *testing.T, h Harness) {
-	b := newBroker(t, h, 100)
+	b := newBroker(t, h, Limits{History: 100})
 	topic := topicName(t, "a")
 	var first pubsub.Position
 	for i := 1; i <= 25; i++ {
@@ -342,7 +350,7 @@ func testHistoryPaging(t *testing.T, h Harness) {
 // Positions the history cannot serve: too old, another epoch, ahead of
 // the top.
 func testHistoryStale(t *testing.T, h Harness) {
-	b := newBroker(t, h, 10)
+	b := newBroker(t, h, Limits{History: 10})
 	topic := topicName(t, "a")
 	var p1 pubsub.Position
 	for i := 1; i <= 25; i++ {
@@ -380,8 +388,55 @@ func testHistoryStale(t *testing.T, h Harness) {
 	}
 }
 
+// History is bounded in bytes as well as in count: the oldest events go
+// first, the newest always stays.
+func testHistoryBytes(t *testing.T, h Harness) {
+	b := newBroker(t, h, Limits{History: 100, HistoryBytes: 1000})
+	topic := topicName(t, "a")
+	payload := func(i int) []byte { // 200 bytes
+		head := fmt.Sprintf(`{"i":%d,"pad":"`, i)
+		return fmt.Appendf(nil, `%s%0*d"}`, head, 200-len(head)-2, 0)
+	}
+	var first pubsub.Position
+	for i := 1; i <= 20; i++ {
+		p, err := b.Publish(ctx(t), topic, pubsub.Message{Event: "ev", Payload: payload(i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 1 {
+			first = p
+		}
+	}
+	// 1000 bytes hold 5 events of 200: offsets 16..20.
+	hr, err := b.History(ctx(t), topic, pubsub.Position{Epoch: first.Epoch, Offset: 15}, 0)
+	if err != nil || !hr.Recovered || len(hr.Events) != 5 {
+		t.Fatalf("from 15: recovered=%v, %d events, %v; want the last 5", hr.Recovered, len(hr.Events), err)
+	}
+	for k, ev := range hr.Events {
+		if string(ev.Payload) != string(payload(16+k)) {
+			t.Fatalf("event %d: %s", k, ev.Payload)
+		}
+	}
+	if hr, err := b.History(ctx(t), topic, pubsub.Position{Epoch: first.Epoch, Offset: 14}, 0); err != nil || hr.Recovered {
+		t.Fatalf("from 14: recovered=%v, %v; want not recovered (offset 15 is past the byte bound)", hr.Recovered, err)
+	}
+	// One event larger than the bound is still kept, alone.
+	big := fmt.Appendf(nil, `{"big":"%01990d"}`, 0)
+	p, err := b.Publish(ctx(t), topic, pubsub.Message{Event: "ev", Payload: big})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hr, err = b.History(ctx(t), topic, pubsub.Position{Epoch: p.Epoch, Offset: p.Offset - 1}, 0)
+	if err != nil || !hr.Recovered || len(hr.Events) != 1 {
+		t.Fatalf("the oversized newest event: recovered=%v, %d events, %v", hr.Recovered, len(hr.Events), err)
+	}
+	if hr, err := b.History(ctx(t), topic, pubsub.Position{Epoch: p.Epoch, Offset: p.Offset - 2}, 0); err != nil || hr.Recovered {
+		t.Fatalf("before the oversized event: recovered=%v, %v; want not recovered", hr.Recovered, err)
+	}
+}
+
 func testIdempotent(t *testing.T, h Harness) {
-	b := newBroker(t, h, 100)
+	b := newBroker(t, h, Limits{History: 100})
 	topic := topicName(t, "a")
 	r := NewRecorder(nil, topic)
 	start := subscribe(t, b, topic, r)
@@ -415,7 +470,7 @@ func testIdempotent(t *testing.T, h Harness) {
 }
 
 func testEphemeral(t *testing.T, h Harness) {
-	b := newBroker(t, h, 100)
+	b := newBroker(t, h, Limits{History: 100})
 	topic := topicName(t, "a")
 	r := NewRecorder(nil, topic)
 	start := subscribe(t, b, topic, r)
@@ -439,7 +494,7 @@ func testEphemeral(t *testing.T, h Harness) {
 }
 
 func testUnsubscribe(t *testing.T, h Harness) {
-	b := newBroker(t, h, 100)
+	b := newBroker(t, h, Limits{History: 100})
 	topic := topicName(t, "a")
 	r := NewRecorder(nil, topic)
 	subscribe(t, b, topic, r)
@@ -462,7 +517,7 @@ func testUnsubscribe(t *testing.T, h Harness) {
 }
 
 func testPingClose(t *testing.T, h Harness) {
-	b := h.New(t, 10)
+	b := h.New(t, Limits{History: 10})
 	if err := b.Ping(ctx(t)); err != nil {
 		t.Fatalf("Ping: %v", err)
 	}
@@ -483,8 +538,8 @@ func testPingClose(t *testing.T, h Harness) {
 // Two nodes: what one publishes, the other delivers with the same
 // positions, and both read the same history.
 func testPeers(t *testing.T, h Harness) {
-	a := newBroker(t, h, 100)
-	b := h.Peer(t, a, 100)
+	a := newBroker(t, h, Limits{History: 100})
+	b := h.Peer(t, a, Limits{History: 100})
 	t.Cleanup(func() { _ = b.Close() })
 	topic := topicName(t, "a")
 	ra, rb := NewRecorder(nil, topic), NewRecorder(nil, topic)
@@ -518,10 +573,10 @@ func testPeers(t *testing.T, h Harness) {
 // and a sequencing subscriber ends with every event exactly once, in
 // order, without a continuity loss.
 func testDropLive(t *testing.T, h Harness) {
-	a := newBroker(t, h, 1000)
+	a := newBroker(t, h, Limits{History: 1000})
 	pub := a
 	if h.Peer != nil {
-		pub = h.Peer(t, a, 1000)
+		pub = h.Peer(t, a, Limits{History: 1000})
 		t.Cleanup(func() { _ = pub.Close() })
 	}
 	topic := topicName(t, "a")
@@ -550,7 +605,7 @@ func testDropLive(t *testing.T, h Harness) {
 // The store forgets the topic: an old position is told not recovered,
 // a new epoch starts at offset 1, and a subscriber learns of the loss.
 func testEpochChange(t *testing.T, h Harness) {
-	b := newBroker(t, h, 100)
+	b := newBroker(t, h, Limits{History: 100})
 	topic := topicName(t, "a")
 	r := NewRecorder(b, topic)
 	start := subscribe(t, b, topic, r)
