@@ -35,8 +35,9 @@
 //
 // Conn.Send and Conn.Close (called from pollers, workers and broker
 // delivery goroutines, sometimes while a topic lock is held). The
-// pubsub.Handler installed by the hub only takes a topic lock and calls
-// Conn.Send.
+// pubsub.Handler installed by the hub takes the topic's sequencing lock,
+// appends to its lanes' pending lists (or, without a Fanout, calls
+// Conn.Send), and only to fill a gap reads the broker's History.
 //
 // # Bytes
 //
@@ -94,7 +95,25 @@
 // A join payload with the key "offset" opts the channel in: its broadcasts
 // carry "p:<epoch>:<offset>" in the ref slot, the join reply carries
 // "position" (and "recovered" when resuming), and a resuming join gets the
-// events it missed after the reply and before any live event.
+// events it missed after the reply and before any live event: at most
+// Config.MaxReplay events and Config.ReplayBytes payload bytes, past which
+// the join answers recovered=false (so a replay never overflows the write
+// queue and closes the socket on every reconnect).
+//
+// Each topic's live events pass through a pubsub.Sequencer first: an event
+// at or below the last one delivered is dropped, a gap is filled from
+// History, and what cannot be filled (epoch change, history gone, broker
+// down) is a continuity loss: every channel of the topic holding positions
+// stops getting events at once and is ended with phx_error by its worker,
+// so its client rejoins with its position and is replayed or told
+// recovered=false, never left with a silent gap. Plain channels carry on.
+//
+// A push whose reply broadcasts to its own topic is answered only once the
+// broadcast has been handed to this node's subscribers (at most 1 s), so
+// the sender gets its broadcast before its reply with any engine (the
+// Redis one delivers after Publish returns). Reply broadcasts carry an
+// idempotency key derived from the call's, so a publish retried after a
+// lost answer is published once.
 //
 // The join of an opted-in channel never holds the topic lock across a broker
 // call: it registers the subscriber in catch-up mode (live events for it are
@@ -110,6 +129,8 @@
 // Socket.mu guards a socket's channel slots and their queues; it is never
 // held while calling a backend, the broker or another lock's owner, except
 // that Terminate and the Handle methods schedule work (non-blocking) under
-// it. In the hub the order is topicHub.subMu → hub.mu; topicHub.mu (taken by
-// the broker handler) is held alone, and only around Conn.Send calls.
+// it. In the hub the orders are topicHub.subMu → hub.mu and topicHub.seqMu
+// → hubLane.mu; a lane's mu is held alone otherwise, and never across a
+// broker call. A continuity loss collects the channels to end under the
+// lanes' locks and takes Socket.mu only after letting them go.
 package channels
