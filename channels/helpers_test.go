@@ -241,6 +241,17 @@ func (b *testBroker) History(_ context.Context, topic string, since pubsub.Posit
 
 func (b *testBroker) Close() error { return nil }
 
+// loseHistory forgets every topic's events and starts a new epoch, as a
+// store restarted without persistence does.
+func (b *testBroker) loseHistory(epoch string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.epoch = epoch
+	for _, t := range b.topics {
+		t.events = nil
+	}
+}
+
 func (b *testBroker) hasHandler(topic string) bool {
 	t := b.topic(topic)
 	b.mu.Lock()

@@ -536,9 +536,6 @@ func (th *topicHub) isLost(c *channel) bool {
 func (th *topicHub) emit(ev *pubsub.Event) {
 	srv := th.h.srv
 	srv.m.broadcasts.Inc()
-	if !ev.Published.IsZero() {
-		srv.m.deliveryLag.Observe(time.Since(ev.Published).Seconds())
-	}
 	fo := srv.cfg.Fanout
 	if fo == nil {
 		for i := range th.lanes {
@@ -667,6 +664,11 @@ func (c *channel) drainOwn() {
 func (th *topicHub) deliverLocked(l *hubLane, ev *pubsub.Event, b *prepared, seq uint64) {
 	var frames [numVariants][]byte // this call's encodings (copies of b's)
 	var failed [numVariants]bool
+	if !ev.Published.IsZero() && len(l.subs) > 0 {
+		// Publish (on any node) to queued on this lane's sockets, whose
+		// poller writes them next.
+		th.h.srv.m.deliveryLag.Observe(time.Since(ev.Published).Seconds())
+	}
 	n := 0
 	for _, c := range l.subs {
 		if seq != 0 {

@@ -152,7 +152,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.resumes.WithLabelValues(r)
 	}
 	m.deliveryLag = prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name: "phxgate_pubsub_delivery_latency_seconds", Help: "From an event's publish (on any node) to its hand-over to this node's socket queues.",
+		Name: "phxgate_pubsub_delivery_latency_seconds", Help: "From an event's publish (on any node) to its being queued on this node's sockets for writing; one sample per event and poller lane with subscribers.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
 	})
 	m.ownWaitTimeout = prometheus.NewCounter(prometheus.CounterOpts{

@@ -211,3 +211,81 @@ func TestSnapshotPositionReplaysOnlyAfterIt(t *testing.T) {
 		})
 	}
 }
+
+// A resume that would replay more than MaxReplay events, or more than
+// ReplayBytes payload bytes, answers recovered=false and replays nothing:
+// the client rebuilds from the join reply instead of overflowing its write
+// queue on every reconnect.
+func TestResumeBounds(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		tweak     func(*Config)
+		offset    string
+		recovered bool
+		result    string
+	}{
+		{"within both bounds", func(c *Config) { c.MaxReplay = 5; c.ReplayBytes = 1000 }, "p:E1:5", true, resumeRecovered},
+		{"more events than max_replay", func(c *Config) { c.MaxReplay = 4 }, "p:E1:5", false, resumeTooMany},
+		{"more bytes than replay_bytes", func(c *Config) { c.ReplayBytes = 30 }, "p:E1:5", false, resumeTooLarge},
+		{"older than history", nil, "p:OTHER:5", false, resumeStale},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := newTestEnv(t, tc.tweak)
+			publishN(t, env.broker, "room:a", 1, 10) // {"i":N}: 7-8 bytes each, 36 for 6..10
+			sock, conn := env.connect(t, V2)
+			mustHandle(t, sock, `["1","1","room:a","phx_join",{"offset":"`+tc.offset+`"}]`)
+			want := []string{fmt.Sprintf(`["1","1","room:a","phx_reply",{"response":{"position":"p:E1:10","recovered":%v},"status":"ok"}]`, tc.recovered)}
+			if tc.recovered {
+				for i := 6; i <= 10; i++ {
+					want = append(want, evFrame("room:a", fmt.Sprintf(`"p:E1:%d"`, i), i))
+				}
+			}
+			conn.waitTexts(t, len(want))
+			publishN(t, env.broker, "room:a", 11, 11)
+			want = append(want, evFrame("room:a", `"p:E1:11"`, 11))
+			if got := conn.waitTexts(t, len(want)); !slices.Equal(got, want) {
+				t.Fatalf("got  %s\nwant %s", strings.Join(got, "\n     "), strings.Join(want, "\n     "))
+			}
+			if n := counterValue(t, env.reg, "phxgate_resumes_total", tc.result); n != 1 {
+				t.Fatalf("phxgate_resumes_total{result=%q} = %v, want 1", tc.result, n)
+			}
+		})
+	}
+}
+
+// The broker loses a topic's history (a new epoch): channels holding
+// positions get phx_error and no event of the new epoch (which would hide
+// the gap); a plain channel carries on and gets it. Rejoining with the last
+// position answers recovered=false.
+func TestContinuityLossEndsPositionedChannels(t *testing.T) {
+	env := newTestEnv(t, nil)
+	publishN(t, env.broker, "room:a", 1, 2)
+	pos, posConn := env.connect(t, V2)
+	plain, plainConn := env.connect(t, V2)
+	mustHandle(t, pos, `["1","1","room:a","phx_join",{"offset":null}]`)
+	mustHandle(t, plain, `["1","1","room:a","phx_join",{}]`)
+	posConn.waitTexts(t, 1)
+	plainConn.waitTexts(t, 1)
+	publishN(t, env.broker, "room:a", 3, 3)
+	posConn.waitTexts(t, 2)
+	plainConn.waitTexts(t, 2)
+
+	env.broker.loseHistory("E2")
+	publishN(t, env.broker, "room:a", 4, 4) // offset 1 of the new epoch
+	got := posConn.waitTexts(t, 3)
+	if want := `["1","1","room:a","phx_error",{"reason":"channel_crash"}]`; got[2] != want {
+		t.Fatalf("after the loss the positioned channel got %s, want %s", got[2], want)
+	}
+	if got := plainConn.waitTexts(t, 3); got[2] != evFrame("room:a", "null", 4) {
+		t.Fatalf("plain channel got %s", got[2])
+	}
+	mustHandle(t, pos, `["2","2","room:a","phx_join",{"offset":"p:E1:3"}]`)
+	got = posConn.waitTexts(t, 4)
+	if want := `["2","2","room:a","phx_reply",{"response":{"position":"p:E2:1","recovered":false},"status":"ok"}]`; got[3] != want {
+		t.Fatalf("rejoin: %s, want %s", got[3], want)
+	}
+	if n := counterValue(t, env.reg, "phxgate_pubsub_continuity_losses_total", ""); n != 1 {
+		t.Fatalf("continuity losses counted %v, want 1", n)
+	}
+	waitFor(t, waitLong, "the ended channel's Leave", func() bool { return slices.Contains(env.backend.logged(), "leave room:a 1 crashed") })
+}
