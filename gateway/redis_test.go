@@ -10,6 +10,10 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	backendv1 "github.com/phxgate/phxgate/backends/proto/phxgate/backend/v1"
 	"github.com/phxgate/phxgate/pubsub"
 	"github.com/phxgate/phxgate/pubsub/redistest"
 )
@@ -356,5 +360,61 @@ func TestRedisStallFailsFastAndRecovers(t *testing.T) {
 	checkMembers(t, p, members)
 	for i, m := range members {
 		m.heartbeat(fmt.Sprintf("healed%d", i))
+	}
+}
+
+// With the Redis engine the broadcast comes back after Publish returns;
+// a sender still gets its own shout before its reply, as from Phoenix, and
+// a member on another node gets every shout.
+func TestRedisSenderGetsItsBroadcastBeforeItsReply(t *testing.T) {
+	rs := redistest.Start(t, redistest.Options{})
+	a := redisNode(t, rs.URL(), nil)
+	b := redisNode(t, rs.URL(), nil)
+	sender := rawSocket(t, a, "", "room:s")
+	other := rawSocket(t, b, "", "room:s")
+	for i := range 20 {
+		ref := fmt.Sprint(i + 2)
+		body := fmt.Sprintf(`{"n":%d}`, i)
+		sender.sendText(`["1","` + ref + `","room:s","shout",` + body + `]`)
+		sender.expectMessage(ws.OpText, `[null,null,"room:s","shout",`+body+`]`)
+		sender.expectMessage(ws.OpText, `["1","`+ref+`","room:s","phx_reply",{"response":{},"status":"ok"}]`)
+		other.expectMessage(ws.OpText, `[null,null,"room:s","shout",`+body+`]`)
+	}
+}
+
+// A game retries Gateway.Broadcast after a lost answer, on another node
+// even: with the same idempotency key it is published once, at one
+// position.
+func TestRedisGatewayBroadcastIdempotent(t *testing.T) {
+	rs := redistest.Start(t, redistest.Options{})
+	api := func(c *Config) {
+		c.APIListen = "127.0.0.1:0"
+		c.APISecret = testAPISecret
+	}
+	a := redisNode(t, rs.URL(), api)
+	b := redisNode(t, rs.URL(), api)
+	member := rawSocket(t, b, "", "room:i")
+	ctx, cancel := contextWithTimeout(10 * time.Second)
+	defer cancel()
+	ctx = withSecret(ctx)
+	req := &backendv1.BroadcastRequest{Topic: "room:i", Event: "round", IdempotencyKey: "round-1",
+		Payload: &backendv1.Payload{Data: []byte(`{"r":1}`)}}
+	first, err := apiClient(t, a).Broadcast(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := apiClient(t, b).Broadcast(ctx, req)
+	if err != nil || again.GetPosition() != first.GetPosition() {
+		t.Fatalf("retry: %v, %v; want the first position %s", again, err, first.GetPosition())
+	}
+	req.IdempotencyKey, req.Payload = "round-2", &backendv1.Payload{Data: []byte(`{"r":2}`)}
+	if _, err := apiClient(t, a).Broadcast(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	member.expectMessage(ws.OpText, `[null,null,"room:i","round",{"r":1}]`)
+	member.expectMessage(ws.OpText, `[null,null,"room:i","round",{"r":2}]`)
+	req.IdempotencyKey = strings.Repeat("k", pubsub.MaxIdempotencyKeyLen+1)
+	if _, err := apiClient(t, a).Broadcast(ctx, req); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("a key over %d bytes: %v, want InvalidArgument", pubsub.MaxIdempotencyKeyLen, err)
 	}
 }
