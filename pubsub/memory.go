@@ -28,11 +28,13 @@ const (
 	// holds: the oldest events go first when a publish would exceed it.
 	DefaultHistoryBytes = 8 << 20
 	// DefaultMaxIdempotencyKeys bounds the publish idempotency keys one
-	// topic remembers; past it the oldest are forgotten early.
-	DefaultMaxIdempotencyKeys = 10_000
+	// topic remembers (about 150 bytes each); past it the oldest are
+	// forgotten early. A retry comes within a call's deadline, far fewer
+	// publishes later on any one topic.
+	DefaultMaxIdempotencyKeys = 4096
 	// memIdempotencyWindow is how long the memory engine remembers a
 	// publish idempotency key.
-	memIdempotencyWindow = 5 * time.Minute
+	memIdempotencyWindow = MinIdempotencyWindow
 	// epochBytes random bytes give an 8-character base32 epoch: 40 bits is
 	// plenty to tell two lifetimes of one topic apart.
 	epochBytes = 5

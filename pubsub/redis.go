@@ -29,8 +29,10 @@ const (
 	// history, so that a client whose position has expired from history is
 	// told recovered=false rather than seeing the topic start over.
 	redisMetaTTLFactor = 6
-	// redisIdempotencyWindow is how long a publish idempotency key is kept.
-	redisIdempotencyWindow = 5 * time.Minute
+	// redisIdempotencyWindow is how long a publish idempotency key is kept
+	// (one small key per keyed publish: 1,000 keyed publishes a second
+	// hold about 120,000 keys).
+	redisIdempotencyWindow = MinIdempotencyWindow
 	// redisPingEvery is how often an idle pub/sub connection is pinged;
 	// redisDeadAfter without any answer and it is replaced.
 	redisPingEvery = time.Second
@@ -668,6 +670,12 @@ func (sh *redisShard) run() {
 		lastHeard = time.Now()
 		if resync {
 			resync = false
+			// The new connection subscribed to what is installed now:
+			// confirmations of unsubscriptions sent on the old one will
+			// not come.
+			sh.mu.Lock()
+			clear(sh.unsubs)
+			sh.mu.Unlock()
 			sh.resyncAll()
 		}
 		switch m := msg.(type) {
