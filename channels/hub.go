@@ -330,15 +330,18 @@ func (h *hub) subscribe(c *channel, t *task, resp backends.Payload, snapshot str
 		top = hr.Events[n-1].Pos
 	}
 	for _, ev := range rs.buf {
-		if ev.Pos.Epoch == top.Epoch && ev.Pos.Offset <= top.Offset {
+		eph := ev.Ephemeral()
+		if !eph && ev.Pos.Epoch == top.Epoch && ev.Pos.Offset <= top.Offset {
 			continue // already replayed or before the reported position
 		}
-		v := broadcastVariant(s.ser, true, ev.Binary)
+		v := broadcastVariant(s.ser, !eph, ev.Binary)
 		if v < 0 {
 			continue
 		}
 		s.sendOrDrop(encodeBroadcast(v, ev))
-		top = ev.Pos
+		if !eph {
+			top = ev.Pos
+		}
 	}
 	overflow = rs.overflow || r.lost
 	rs.buf = nil
@@ -703,16 +706,22 @@ func (th *topicHub) deliverTo(c *channel, ev *pubsub.Event, b *prepared, frames 
 			}
 			return false
 		}
-		if ev.Pos.Epoch == rs.skipEpoch && ev.Pos.Offset <= rs.skipThrough {
+		switch {
+		case ev.Ephemeral():
+			// No position: sent, and says nothing about the skip.
+		case ev.Pos.Epoch == rs.skipEpoch && ev.Pos.Offset <= rs.skipThrough:
 			return false // sent already, or older than the reported position
+		default:
+			r.resume = nil
 		}
-		r.resume = nil
 	}
 	s := c.sock
 	if s.closed.Load() {
 		return false
 	}
-	v := broadcastVariant(s.ser, c.positions, ev.Binary)
+	// An ephemeral event has no position: a null ref, as for plain
+	// channels.
+	v := broadcastVariant(s.ser, c.positions && !ev.Ephemeral(), ev.Binary)
 	if v < 0 {
 		return false // binary events are not sent to V1 sockets
 	}

@@ -289,3 +289,38 @@ func TestContinuityLossEndsPositionedChannels(t *testing.T) {
 	}
 	waitFor(t, waitLong, "the ended channel's Leave", func() bool { return slices.Contains(env.backend.logged(), "leave room:a 1 crashed") })
 }
+
+// Ephemeral events (presence diffs) reach opted-in channels with a null
+// ref, and neither replay nor the resume skip state is thrown off by them.
+func TestEphemeralEventsOnPositionedChannels(t *testing.T) {
+	env := newTestEnv(t, nil)
+	publishN(t, env.broker, "room:a", 1, 3)
+	// During the join: an ephemeral event and event 4 are published
+	// before history is read (buffered, and 4 replayed too), and another
+	// ephemeral one after it.
+	eph := func(n int) {
+		if _, err := env.broker.Publish(context.Background(), "room:a", pubsub.Message{Event: "presence_diff", Payload: fmt.Appendf(nil, `{"n":%d}`, n), Ephemeral: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env.broker.beforeHistory = func(string) { eph(1); publishN(t, env.broker, "room:a", 4, 4) }
+	env.broker.afterHistory = func(string) { eph(2) }
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","room:a","phx_join",{"offset":"p:E1:2"}]`)
+	conn.waitTexts(t, 5)
+	// Event 4 was replayed and also buffered: it must not come twice.
+	publishN(t, env.broker, "room:a", 5, 5)
+	eph(3)
+	want := []string{
+		`["1","1","room:a","phx_reply",{"response":{"position":"p:E1:4","recovered":true},"status":"ok"}]`,
+		evFrame("room:a", `"p:E1:3"`, 3),
+		evFrame("room:a", `"p:E1:4"`, 4),
+		`[null,null,"room:a","presence_diff",{"n":1}]`,
+		`[null,null,"room:a","presence_diff",{"n":2}]`,
+		evFrame("room:a", `"p:E1:5"`, 5),
+		`[null,null,"room:a","presence_diff",{"n":3}]`,
+	}
+	if got := conn.waitTexts(t, len(want)); !slices.Equal(got, want) {
+		t.Fatalf("got  %s\nwant %s", strings.Join(got, "\n     "), strings.Join(want, "\n     "))
+	}
+}
