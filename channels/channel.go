@@ -108,6 +108,9 @@ type channelRare struct {
 	// it gets no more events and its worker ends it with phx_error
 	// (taskLost). Hub side, guarded like channel.th; reset on add and del.
 	lost bool
+	// presenceTag names the presence this incarnation holds on the
+	// tracker ("" when none). Worker side.
+	presenceTag string
 }
 
 // side returns c.rare, allocating it on first use.
@@ -395,9 +398,10 @@ func (c *channel) join(t *task) {
 	// rejoined: the backend accepted a join that took a held seat, which
 	// then needs no Leave of its own (the new channel has its own).
 	rejoined := false
+	var taken *seat
 	if c.route.LeaveGrace > 0 {
 		if key, ok := c.seatKey(); ok {
-			if taken := s.srv.seats.take(key); taken != nil {
+			if taken = s.srv.seats.take(key); taken != nil {
 				// The player's dropped seat: no Leave if this join
 				// succeeds; its Leave goes out if it fails.
 				call.Rejoin = true
@@ -442,6 +446,11 @@ func (c *channel) join(t *task) {
 		// history. The backend accepted the join, so it gets its Leave.
 		m.joins.WithLabelValues(joinBackend).Inc()
 		s.send(s.replyFrame(t.joinRef, t.ref, c.topic, "error", respUnavail))
+		if taken != nil && taken.presenceTag != "" {
+			// The seat's presence ends with the join that took it.
+			c.side().presenceTag, taken.presenceTag = taken.presenceTag, ""
+			c.untrackPresence()
+		}
 		c.wGen = 0
 		c.call(opLeave, c.newCall(t.gen, "phx_leave", c.wJoinRef, "null", backends.Payload{}), backends.LeaveCrashed)
 		c.failJoin(t.gen)
@@ -452,6 +461,7 @@ func (c *channel) join(t *task) {
 	m.channels.Inc()
 	c.flushPendingClose()
 	c.pushes(rep.Pushes)
+	c.trackPresence(rep, taken)
 	if overflow {
 		m.resumeOverflow.Inc()
 		c.stop(backends.StopCrash)
@@ -622,7 +632,13 @@ func (c *channel) park(key seatKey) {
 	gen := c.wGen
 	s.srv.hub.unsubscribe(c)
 	call := c.newCall(gen, "phx_leave", c.wJoinRef, "null", backends.Payload{})
-	s.srv.seats.hold(key, c.route.Backend, call, c.route.LeaveGrace)
+	// The presence stays with the seat: a rejoin within the grace keeps
+	// it, its end removes it.
+	var tag string
+	if r := c.rare.Load(); r != nil {
+		tag, r.presenceTag = r.presenceTag, ""
+	}
+	s.srv.seats.hold(key, c.route.Backend, call, tag, c.route.LeaveGrace)
 	c.wGen = 0
 	s.srv.m.channels.Dec()
 	s.mu.Lock()
@@ -638,6 +654,7 @@ func (c *channel) end(reason backends.LeaveReason) {
 	s := c.sock
 	gen := c.wGen
 	s.srv.hub.unsubscribe(c)
+	c.untrackPresence()
 	c.call(opLeave, c.newCall(gen, "phx_leave", c.wJoinRef, "null", backends.Payload{}), reason)
 	c.wGen = 0
 	s.srv.m.channels.Dec()

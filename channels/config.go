@@ -116,6 +116,10 @@ type Config struct {
 	// transport's write queue bound. Zero is invalid.
 	ReplayBytes int
 
+	// Presence tracks the players of routes with Presence on (nil: no
+	// route tracks presence).
+	Presence PresenceTracker `yaml:"-"`
+
 	// Verifier checks join-payload tokens ("token", stripped before the
 	// backend sees the payload). Nil: auth is off; join tokens are
 	// stripped and ignored.

@@ -23,6 +23,10 @@ type seat struct {
 	backend backends.Backend
 	call    *backends.Call // the Leave, built when the socket dropped
 	timer   *time.Timer
+	// presenceTag is the dropped channel's presence ("" when none): kept
+	// while the seat is held, taken over by a rejoin, removed with the
+	// seat's Leave.
+	presenceTag string
 }
 
 // maxSeatSenders bounds the Leaves of seats sent at once, so that many
@@ -48,8 +52,8 @@ type seats struct {
 // hold keeps a seat for grace. A seat already held for the same key (the
 // player's other socket dropped too) gets its Leave now, so every join
 // keeps exactly one Leave.
-func (ss *seats) hold(key seatKey, b backends.Backend, call *backends.Call, grace time.Duration) {
-	st := &seat{backend: b, call: call}
+func (ss *seats) hold(key seatKey, b backends.Backend, call *backends.Call, presenceTag string, grace time.Duration) {
+	st := &seat{backend: b, call: call, presenceTag: presenceTag}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.held == nil {
@@ -130,6 +134,9 @@ func (ss *seats) send() {
 		ss.queue = ss.queue[1:]
 		ss.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.CallTimeout)
+		if st.presenceTag != "" {
+			srv.cfg.Presence.Untrack(ctx, st.call.Topic, st.presenceTag)
+		}
 		_, err := invoke(ctx, st.backend, opLeave, st.call, backends.LeaveDisconnected)
 		cancel()
 		srv.m.backendCalls.WithLabelValues(opLeave, callResult(err)).Inc()

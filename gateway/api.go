@@ -11,6 +11,7 @@ import (
 	"github.com/phxgate/phxgate/backends"
 	backendv1 "github.com/phxgate/phxgate/backends/proto/phxgate/backend/v1"
 	"github.com/phxgate/phxgate/channels"
+	"github.com/phxgate/phxgate/presence"
 	"github.com/phxgate/phxgate/pubsub"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -96,14 +97,57 @@ func (a *apiServer) Disconnect(ctx context.Context, r *backendv1.DisconnectReque
 	return &backendv1.DisconnectResponse{Disconnected: uint32(n)}, nil
 }
 
-// ListPresence implements backendv1.GatewayServer.
-func (a *apiServer) ListPresence(context.Context, *backendv1.ListPresenceRequest) (*backendv1.ListPresenceResponse, error) {
-	return nil, status.Error(codes.Unavailable, "presence is not available on this gateway yet")
+// ListPresence implements backendv1.GatewayServer: who is present on a
+// topic across the cluster, one entry per player with one meta per
+// connection. UNAVAILABLE when no route tracks presence.
+func (a *apiServer) ListPresence(ctx context.Context, r *backendv1.ListPresenceRequest) (*backendv1.ListPresenceResponse, error) {
+	t := a.s.presence
+	if t == nil {
+		return nil, status.Error(codes.Unavailable, "no route of this gateway tracks presence")
+	}
+	if r.GetTopic() == "" {
+		return nil, status.Error(codes.InvalidArgument, "topic is required")
+	}
+	ps, err := t.List(ctx, r.GetTopic())
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	resp := &backendv1.ListPresenceResponse{}
+	idx := map[string]*backendv1.PresenceEntry{}
+	for _, p := range ps {
+		e := idx[p.Key]
+		if e == nil {
+			e = &backendv1.PresenceEntry{PlayerId: p.Key}
+			idx[p.Key] = e
+			resp.Entries = append(resp.Entries, e)
+		}
+		e.Metas = append(e.Metas, p.Meta)
+	}
+	return resp, nil
 }
 
-// UpdatePresence implements backendv1.GatewayServer.
-func (a *apiServer) UpdatePresence(context.Context, *backendv1.UpdatePresenceRequest) (*backendv1.UpdatePresenceResponse, error) {
-	return nil, status.Error(codes.Unavailable, "presence is not available on this gateway yet")
+// UpdatePresence implements backendv1.GatewayServer: every meta of the
+// player on the topic, on every node, becomes meta (with a new phx_ref
+// and phx_ref_prev), announced as one presence_diff. NOT_FOUND when the
+// player is not present there.
+func (a *apiServer) UpdatePresence(ctx context.Context, r *backendv1.UpdatePresenceRequest) (*backendv1.UpdatePresenceResponse, error) {
+	t := a.s.presence
+	if t == nil {
+		return nil, status.Error(codes.Unavailable, "no route of this gateway tracks presence")
+	}
+	if r.GetTopic() == "" || r.GetPlayerId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "topic and player_id are required")
+	}
+	n, err := t.Update(ctx, r.GetTopic(), r.GetPlayerId(), r.GetMeta())
+	switch {
+	case errors.Is(err, presence.ErrRefused):
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	case err != nil:
+		return nil, status.Error(codes.Unavailable, err.Error())
+	case n == 0:
+		return nil, status.Error(codes.NotFound, "the player is not present on the topic")
+	}
+	return &backendv1.UpdatePresenceResponse{}, nil
 }
 
 // kick closes with 1001 every socket of player (non-empty) or the socket

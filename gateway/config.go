@@ -15,6 +15,7 @@ import (
 	"github.com/phxgate/phxgate/channels/auth"
 	"github.com/phxgate/phxgate/channels/ratelimit"
 	"github.com/phxgate/phxgate/gateway/internal/admission"
+	"github.com/phxgate/phxgate/presence"
 	"github.com/phxgate/phxgate/pubsub"
 	"gopkg.in/yaml.v3"
 )
@@ -194,9 +195,15 @@ type Config struct {
 	// Limits are the per-player rate limits and the connection caps
 	// (limits.*).
 	Limits LimitsConfig
+	// Presence bounds presence tracking on routes with presence on
+	// (presence.*).
+	Presence PresenceConfig
 	// Routes maps topic patterns to backends, in order.
 	Routes []RouteConfig
 }
+
+// PresenceConfig is the presence package's Config (keys presence.*).
+type PresenceConfig = presence.Config
 
 // AuthConfig configures token verification; it is the auth package's
 // Config (keys auth.*). Zero Required means anonymous sockets are allowed.
@@ -360,6 +367,7 @@ func NewConfig() Config {
 		DrainTimeout:       DefaultDrainTimeout,
 		Auth:               newAuthConfig(),
 		Limits:             newLimitsConfig(),
+		Presence:           presence.NewConfig(),
 	}
 }
 
@@ -441,6 +449,19 @@ func (c Config) Validate() error {
 	}
 	if err := c.validateBroker(); err != nil {
 		return err
+	}
+	if err := c.Presence.Validate(); err != nil {
+		switch p := c.Presence; {
+		case p.Window < 0 || p.Window > 10*time.Second:
+			return keyErr("presence.window", "must be between 0s and 10s")
+		case p.MaxMetaBytes < 0 || p.MaxMetaBytes > 64<<10:
+			return keyErr("presence.max_meta_bytes", "must be between 0 and 65536")
+		case p.MaxMetasPerKey < 0 || p.MaxMetasPerKey > presence.MaxMetasPerKey:
+			return keyErr("presence.max_metas_per_key", "must be between 0 and %d", presence.MaxMetasPerKey)
+		case p.MaxPerTopic < 0 || p.MaxPerTopic > 1_000_000:
+			return keyErr("presence.max_per_topic", "must be between 0 and 1000000")
+		}
+		return keyErr("presence", "%v", err)
 	}
 	for i, o := range c.CheckOrigin {
 		if o == "" {
@@ -714,6 +735,10 @@ func settings() []setting {
 		strSetting("auth.audience", "required token audience (empty: not checked)", func(c *Config) *string { return &c.Auth.Audience }),
 		strSetting("auth.issuer", "required token issuer (empty: not checked)", func(c *Config) *string { return &c.Auth.Issuer }),
 		intSetting("auth.max_token_bytes", "largest token accepted, in bytes, checked before parsing", func(c *Config) *int { return &c.Auth.MaxTokenBytes }),
+		durSetting("presence.window", "a topic's presence changes on one node within this window make one presence_diff", func(c *Config) *time.Duration { return &c.Presence.Window }),
+		intSetting("presence.max_meta_bytes", "largest presence meta in bytes; a bigger one is refused (the join stands)", func(c *Config) *int { return &c.Presence.MaxMetaBytes }),
+		intSetting("presence.max_metas_per_key", "connections of one player present on one topic", func(c *Config) *int { return &c.Presence.MaxMetasPerKey }),
+		intSetting("presence.max_per_topic", "presences on one topic", func(c *Config) *int { return &c.Presence.MaxPerTopic }),
 		floatSetting("limits.joins_per_second", "joins per player (anonymous: per client IP) per second", func(c *Config) *float64 { return &c.Limits.JoinsPerSecond }),
 		intSetting("limits.join_burst", "joins allowed at once", func(c *Config) *int { return &c.Limits.JoinBurst }),
 		{

@@ -18,6 +18,7 @@ import (
 
 	"github.com/phxgate/phxgate/channels"
 	"github.com/phxgate/phxgate/channels/auth"
+	"github.com/phxgate/phxgate/presence"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -43,9 +44,14 @@ type Server struct {
 	pollers []*poller
 	// proto is the protocol layer when wired by Start from cfg.Routes (nil
 	// with WithConnect).
-	proto    *channels.Server
-	nextPoll atomic.Uint64
-	nextID   atomic.Uint64
+	proto *channels.Server
+	// presence is the presence tracker when a route has presence on.
+	presence *presence.Tracker
+	// drainHooks run when a drain starts, before any socket is closed
+	// (presence: the node's players leave at once).
+	drainHooks []func(context.Context)
+	nextPoll   atomic.Uint64
+	nextID     atomic.Uint64
 
 	jobs     chan handshakeJob
 	busy     atomic.Int64
@@ -423,6 +429,9 @@ func (s *Server) shutdown(ctx context.Context) error {
 	s.draining.Store(true)
 	s.log.Info("draining", "connections", s.Connections())
 	_ = s.ln.Close()
+	for _, h := range s.drainHooks {
+		h(ctx)
+	}
 	// Cut handshakes in progress: their deadline fires now.
 	s.inFlight.Range(func(k, _ any) bool {
 		_ = k.(net.Conn).SetDeadline(time.Now())

@@ -8,6 +8,7 @@ import (
 
 	"github.com/phxgate/phxgate/backends"
 	"github.com/phxgate/phxgate/channels"
+	"github.com/phxgate/phxgate/presence"
 	"github.com/phxgate/phxgate/pubsub"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -83,6 +84,11 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 	// pushes and broadcasts once the sockets' queues hold too much.
 	ccfg.Fanout = gw
 	ccfg.Overloaded = gw.overBudget
+	if tracker := newPresence(cfg, broker, reg, gw); tracker != nil {
+		ccfg.Presence = tracker
+		gw.drainHooks = append(gw.drainHooks, tracker.Drain)
+		gw.presence = tracker
+	}
 	if cfg.MaxReplay > 0 {
 		ccfg.MaxReplay = cfg.MaxReplay
 	}
@@ -169,4 +175,27 @@ func newBroker(cfg Config, router *channels.Router, reg prometheus.Registerer) (
 		}
 	}
 	return r, nil
+}
+
+// newPresence builds the presence tracker when a route has presence on
+// (nil otherwise): its diffs are ephemeral events of the room, published
+// straight to the broker (the output budget must not drop them: a lost
+// diff leaves clients with a wrong list).
+func newPresence(cfg Config, broker pubsub.Broker, reg prometheus.Registerer, gw *Server) *presence.Tracker {
+	on := false
+	for _, r := range cfg.Routes {
+		on = on || r.Presence
+	}
+	if !on {
+		return nil
+	}
+	pub := func(ctx context.Context, topic string, payload []byte) error {
+		_, err := broker.Publish(ctx, topic, pubsub.Message{Event: "presence_diff", Payload: payload, Ephemeral: true})
+		return err
+	}
+	t := presence.NewTracker(cfg.Presence, presence.NewMemory(), pub, gw.log)
+	if reg != nil {
+		_ = reg.Register(t.Collector())
+	}
+	return t
 }

@@ -16,11 +16,13 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +31,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	backendv1 "github.com/phxgate/phxgate/backends/proto/phxgate/backend/v1"
 	"github.com/phxgate/phxgate/pubsub/redistest"
 )
 
@@ -145,6 +151,17 @@ func TestConformancePhoenixJS(t *testing.T) {
 		}
 		runNode(t, node, jsDir, "cluster/", "PHXGATE_URL="+urls[0], "PHXGATE_URLS="+strings.Join(urls, ","))
 	})
+	// The presence phase: phoenix.js Presence, tokens for player ids, and
+	// a control endpoint that calls the Gateway API.
+	t.Run("presence", func(t *testing.T) {
+		secret := rand.Text() + rand.Text()
+		api := freePort(t)
+		url, _ := startGateway(t, bin, func(listen, admin string) string {
+			return fmt.Sprintf(presenceGatewayConfig, listen, admin, api, secret)
+		})
+		control := startControl(t, api)
+		runNode(t, node, jsDir, "presence/", "PHXGATE_URL="+url, "PHXGATE_AUTH_SECRET="+secret, "PHXGATE_CONTROL="+control)
+	})
 	// The dice phase: the example game over real gRPC (issue 7).
 	t.Run("dice", func(t *testing.T) {
 		secret := rand.Text() + rand.Text()
@@ -181,6 +198,63 @@ routes:
     backend: echo
     history: 5
 `
+
+// presenceGatewayConfig is the presence phase's gateway: tokens give the
+// player ids, room:* tracks presence, grace:* too with a 1 s leave_grace,
+// and the Gateway API is served (no secret: loopback, this run only).
+const presenceGatewayConfig = `# written by clients/js/conformance_test.go (presence phase)
+listen: "%s"
+admin_listen: "%s"
+api_listen: "%s"
+auth:
+  required: true
+  hs256_secret: "%s"
+limits:
+  joins_per_second: 1000
+  join_burst: 1000
+routes:
+  - topic: "room:*"
+    backend: echo
+    presence: true
+  - topic: "grace:*"
+    backend: echo
+    presence: true
+    leave_grace: 1s
+`
+
+// startControl serves the presence phase's control endpoint: POST
+// /update-presence {"topic","player","meta"} calls Gateway.UpdatePresence
+// on the gateway's API at api. It returns the endpoint's base URL.
+func startControl(t *testing.T, api string) string {
+	t.Helper()
+	cc, err := grpc.NewClient(api, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	gw := backendv1.NewGatewayClient(cc)
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /update-presence", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Topic  string          `json:"topic"`
+			Player string          `json:"player"`
+			Meta   json.RawMessage `json:"meta"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		_, err := gw.UpdatePresence(r.Context(), &backendv1.UpdatePresenceRequest{Topic: req.Topic, PlayerId: req.Player, Meta: req.Meta})
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
 
 // diceGatewayConfig routes table:* to the example dice game over gRPC and
 // serves the Gateway API the game broadcasts its rounds through.

@@ -1,0 +1,84 @@
+package channels
+
+import (
+	"context"
+	"strconv"
+
+	"github.com/phxgate/phxgate/backends"
+)
+
+// PresenceTracker is the presence port; *presence.Tracker implements it.
+// Track and Untrack may block on a store (bounded by the tracker's own
+// timeout), so they are only called on workers and seat senders.
+type PresenceTracker interface {
+	// Track makes key present on topic under tag with meta (a JSON
+	// object). A refusal is the tracker's to count; the join stands.
+	Track(ctx context.Context, topic, tag, key string, meta []byte) error
+	// Untrack removes tag's presence from topic.
+	Untrack(ctx context.Context, topic, tag string)
+	// State returns topic's presence_state payload.
+	State(ctx context.Context, topic string) ([]byte, error)
+}
+
+// presenceTag names c's presence on this node's tracker: unique per boot,
+// connection and incarnation.
+func (c *channel) presenceTag(gen uint32) string {
+	s := c.sock
+	b := make([]byte, 0, len(s.srv.instance)+24)
+	b = append(b, s.srv.instance...)
+	b = append(b, ':')
+	b = strconv.AppendUint(b, s.conn.ID(), 10)
+	b = append(b, ':')
+	b = strconv.AppendUint(b, uint64(gen), 10)
+	return string(b)
+}
+
+// trackPresence runs after a join succeeded on a route with presence:
+// the player becomes present (or keeps the presence of the seat its
+// rejoin took, so a quick reconnect makes no leave/join pair), then the
+// channel gets the topic's presence_state, as phoenix.js needs after every
+// join and rejoin. An anonymous channel is not tracked but gets the state.
+func (c *channel) trackPresence(rep *backends.Reply, taken *seat) {
+	s := c.sock
+	p := s.srv.cfg.Presence
+	if p == nil || !c.route.Presence {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.CallTimeout)
+	defer cancel()
+	if key, ok := c.seatKey(); ok {
+		r := c.side()
+		switch {
+		case taken != nil && taken.presenceTag != "":
+			r.presenceTag, taken.presenceTag = taken.presenceTag, ""
+		default:
+			tag := c.presenceTag(c.wGen)
+			meta := rep.PresenceMeta
+			if len(meta) == 0 {
+				meta = emptyObject
+			}
+			if p.Track(ctx, c.topic, tag, key.player, meta) == nil {
+				r.presenceTag = tag
+			}
+		}
+	}
+	state, err := p.State(ctx, c.topic)
+	if err != nil {
+		return // the diffs still come; a rejoin gets the whole state
+	}
+	s.sendOrDrop(encodeMessage(s.ser, c.wJoinRef, "null", c.topic, "presence_state", backends.Payload{Data: state}))
+}
+
+// untrackPresence removes c's presence, if it has one.
+func (c *channel) untrackPresence() {
+	r := c.rare.Load()
+	if r == nil || r.presenceTag == "" {
+		return
+	}
+	tag := r.presenceTag
+	r.presenceTag = ""
+	srv := c.sock.srv
+	ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.CallTimeout)
+	defer cancel()
+	srv.cfg.Presence.Untrack(ctx, c.topic, tag)
+}

@@ -1,0 +1,29 @@
+// Package presence tracks who is on a topic, Phoenix-compatible, across
+// nodes (PROTOCOL.md §4, DESIGN.md §7).
+//
+// A route with presence on tracks every joined player under key = player
+// id, one meta per connection (the backend's join-reply presence meta, {}
+// by default, plus a cluster-unique phx_ref). A channel gets
+// presence_state after every join and rejoin; every change reaches every
+// subscriber as presence_diff ({"joins":…,"leaves":…}, both keys always
+// there). An update is one diff: the old meta in leaves, the new one with
+// phx_ref_prev in joins.
+//
+// Tracker is the node's side: it stores changes in a Store, batches a
+// topic's changes into one diff per Config.Window, and publishes each diff
+// as an ephemeral event of the room, which every node fans out to its own
+// subscribers. Memory is the Store of one node; Redis keeps each topic's
+// presences in a hash shared by the nodes, with node liveness keys: a node
+// that dies (kill -9) has its presences removed by another node, which
+// publishes their leaves, within RedisDeadAfter; a node that drains removes
+// its own at once; a node restarted under the same id removes what its
+// earlier life left.
+//
+// Limits (Config): meta size, metas per key, presences per topic. Past one
+// the presence is refused — counted (phxgate_presence_refused_total) and
+// logged — while the join itself succeeds.
+//
+// Goroutine safety: Tracker and every Store are safe for concurrent use.
+// Track, Untrack and Update block on the store (bounded by Config.Timeout),
+// never on publishing a diff.
+package presence

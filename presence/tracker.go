@@ -1,0 +1,385 @@
+package presence
+
+import (
+	"context"
+	"encoding/json"
+	"hash/fnv"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Publish sends a presence_diff payload to every subscriber of topic on
+// every node (an ephemeral event of the room).
+type Publish func(ctx context.Context, topic string, payload []byte) error
+
+// Tracker tracks this node's presences in a Store and tells every node's
+// subscribers what changed: a topic's changes made here within one Window
+// go out as one presence_diff, diffs of one topic leave this node in the
+// order the changes were made, and a change and its diff are made under
+// the topic's lock, so no client can see a leave before its join.
+//
+// Methods are safe for concurrent use. Track, Untrack and Update wait for
+// the store (bounded by Config.Timeout), never for a diff to be published.
+type Tracker struct {
+	cfg   Config
+	store Store
+	pub   Publish
+	log   *slog.Logger
+	m     *metrics
+
+	locks [64]sync.Mutex // by topic: a store change and its queueing
+
+	mu     sync.Mutex
+	topics map[string]*topicDiff
+	local  map[string]map[string]struct{} // topic → tags tracked here
+	closed bool
+	wg     sync.WaitGroup // flushes in progress and armed timers
+}
+
+// topicDiff is a topic's changes not yet published.
+type topicDiff struct {
+	joins, leaves []Presence
+	armed         bool // a window timer will flush
+	flushing      bool // a flush is publishing; it takes what comes meanwhile
+}
+
+// NewTracker returns a tracker over store, publishing diffs with pub.
+// Zero fields of cfg take their defaults.
+func NewTracker(cfg Config, store Store, pub Publish, log *slog.Logger) *Tracker {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Tracker{cfg: cfg.withDefaults(), store: store, pub: pub, log: log, m: newMetrics(),
+		topics: map[string]*topicDiff{}, local: map[string]map[string]struct{}{}}
+}
+
+func (t *Tracker) lock(topic string) *sync.Mutex {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(topic))
+	return &t.locks[h.Sum32()%uint32(len(t.locks))]
+}
+
+func (t *Tracker) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, t.cfg.Timeout)
+}
+
+// Track makes key present on topic with meta (a JSON object; empty means
+// {}), under tag (the tracking connection's name, unique on this node). A
+// refusal (ErrRefused: a limit, or a meta that is not an object) is
+// counted and logged; the caller's join stands either way.
+func (t *Tracker) Track(ctx context.Context, topic, tag, key string, meta []byte) error {
+	if len(meta) > t.cfg.MaxMetaBytes {
+		return t.refuse(topic, ReasonMetaTooLarge)
+	}
+	body, ok := objectBody(meta)
+	if !ok || (len(body) > 0 && !json.Valid(meta)) {
+		return t.refuse(topic, ReasonBadMeta)
+	}
+	ref := NewRef()
+	p := Presence{Key: key, Ref: ref, Meta: withRefs(ref, "", body)}
+	l := t.lock(topic)
+	l.Lock()
+	defer l.Unlock()
+	t.mu.Lock()
+	closed := t.closed
+	t.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	ctx, cancel := t.ctx(ctx)
+	defer cancel()
+	err := t.store.Add(ctx, topic, tag, p, Limits{MaxMetasPerKey: t.cfg.MaxMetasPerKey, MaxPerTopic: t.cfg.MaxPerTopic})
+	if r := RefusalReason(err); r != "" {
+		return t.refuse(topic, r)
+	}
+	if err != nil {
+		t.m.errors.Inc()
+		t.log.Warn("presence: track failed", "topic", topic, "err", err)
+		return err
+	}
+	t.mu.Lock()
+	tags := t.local[topic]
+	if tags == nil {
+		tags = map[string]struct{}{}
+		t.local[topic] = tags
+	}
+	tags[tag] = struct{}{}
+	t.queueLocked(topic, []Presence{p}, nil)
+	t.mu.Unlock()
+	t.m.tracked.Inc()
+	return nil
+}
+
+func (t *Tracker) refuse(topic, reason string) error {
+	t.m.refused.WithLabelValues(reason).Inc()
+	t.log.Info("presence refused", "topic", topic, "reason", reason)
+	return refused(reason)
+}
+
+// Untrack removes tag's presence from topic (nothing when there is none).
+func (t *Tracker) Untrack(ctx context.Context, topic, tag string) {
+	l := t.lock(topic)
+	l.Lock()
+	defer l.Unlock()
+	t.untrackLocked(ctx, topic, tag)
+}
+
+func (t *Tracker) untrackLocked(ctx context.Context, topic, tag string) {
+	t.mu.Lock()
+	_, mine := t.local[topic][tag]
+	t.mu.Unlock()
+	if !mine {
+		return
+	}
+	ctx, cancel := t.ctx(ctx)
+	defer cancel()
+	p, ok, err := t.store.Remove(ctx, topic, tag)
+	if err != nil {
+		t.m.errors.Inc()
+		t.log.Warn("presence: untrack failed", "topic", topic, "err", err)
+		// Still ours to remove: Drain or the store's liveness takes it.
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if tags := t.local[topic]; tags != nil {
+		delete(tags, tag)
+		if len(tags) == 0 {
+			delete(t.local, topic)
+		}
+	}
+	t.m.tracked.Dec()
+	if ok {
+		t.queueLocked(topic, nil, []Presence{p})
+	}
+}
+
+// Update replaces the meta of every presence of key on topic, on every
+// node, as one diff (old metas in leaves, new ones with phx_ref_prev in
+// joins). It returns how many presences changed.
+func (t *Tracker) Update(ctx context.Context, topic, key string, meta []byte) (int, error) {
+	if len(meta) > t.cfg.MaxMetaBytes {
+		return 0, t.refuse(topic, ReasonMetaTooLarge)
+	}
+	body, ok := objectBody(meta)
+	if !ok || (len(body) > 0 && !json.Valid(meta)) {
+		return 0, t.refuse(topic, ReasonBadMeta)
+	}
+	refs := make([]string, t.cfg.MaxMetasPerKey)
+	for i := range refs {
+		refs[i] = NewRef()
+	}
+	l := t.lock(topic)
+	l.Lock()
+	defer l.Unlock()
+	ctx, cancel := t.ctx(ctx)
+	defer cancel()
+	left, joined, err := t.store.Update(ctx, topic, key, body, refs)
+	if err != nil {
+		t.m.errors.Inc()
+		return 0, err
+	}
+	if len(joined) > 0 {
+		t.mu.Lock()
+		t.queueLocked(topic, joined, left)
+		t.mu.Unlock()
+	}
+	return len(joined), nil
+}
+
+// List returns topic's presences across the cluster.
+func (t *Tracker) List(ctx context.Context, topic string) ([]Presence, error) {
+	ctx, cancel := t.ctx(ctx)
+	defer cancel()
+	return t.store.List(ctx, topic)
+}
+
+// State returns topic's presence_state payload.
+func (t *Tracker) State(ctx context.Context, topic string) ([]byte, error) {
+	ps, err := t.List(ctx, topic)
+	if err != nil {
+		t.m.errors.Inc()
+		return nil, err
+	}
+	return EncodeState(ps), nil
+}
+
+// Leaves queues leaves found by someone else (a store that reaped a dead
+// node's presences): they go out in this node's next diff of the topic.
+func (t *Tracker) Leaves(topic string, ps []Presence) {
+	if len(ps) == 0 {
+		return
+	}
+	l := t.lock(topic)
+	l.Lock()
+	defer l.Unlock()
+	t.mu.Lock()
+	t.queueLocked(topic, nil, ps)
+	t.mu.Unlock()
+}
+
+// queueLocked adds changes to topic's next diff, arming its window timer.
+// Called with t.mu held.
+func (t *Tracker) queueLocked(topic string, joins, leaves []Presence) {
+	d := t.topics[topic]
+	if d == nil {
+		d = &topicDiff{}
+		t.topics[topic] = d
+	}
+	d.joins = append(d.joins, joins...)
+	d.leaves = append(d.leaves, leaves...)
+	if d.armed || d.flushing {
+		return
+	}
+	d.armed = true
+	t.wg.Add(1)
+	time.AfterFunc(t.cfg.Window, func() {
+		defer t.wg.Done()
+		t.flush(topic, true)
+	})
+}
+
+// flush publishes topic's pending changes, and whatever is queued while it
+// publishes, in order. timer says a window timer called it.
+func (t *Tracker) flush(topic string, timer bool) {
+	t.mu.Lock()
+	d := t.topics[topic]
+	if d == nil {
+		t.mu.Unlock()
+		return
+	}
+	if timer {
+		d.armed = false
+	}
+	if d.flushing {
+		t.mu.Unlock()
+		return // the running flush takes these too
+	}
+	d.flushing = true
+	for len(d.joins)+len(d.leaves) > 0 {
+		joins, leaves := d.joins, d.leaves
+		d.joins, d.leaves = nil, nil
+		t.mu.Unlock()
+		t.send(topic, joins, leaves)
+		t.mu.Lock()
+	}
+	d.flushing = false
+	if !d.armed {
+		delete(t.topics, topic)
+	}
+	t.mu.Unlock()
+}
+
+func (t *Tracker) send(topic string, joins, leaves []Presence) {
+	payload := EncodeDiff(joins, leaves)
+	ctx, cancel := t.ctx(context.Background())
+	defer cancel()
+	if err := t.pub(ctx, topic, payload); err != nil {
+		// Clients resync their list on their next join (presence_state).
+		t.m.diffsLost.Inc()
+		t.log.Warn("presence: diff not published", "topic", topic, "joins", len(joins), "leaves", len(leaves), "err", err)
+		return
+	}
+	t.m.diffs.Inc()
+	t.m.diffBytes.Add(float64(len(payload)))
+}
+
+// Drain removes every presence tracked here and publishes the leaves now
+// (a node going away: others see its players leave at once), then refuses
+// new ones. It returns when the leaves are published, or ctx ends.
+func (t *Tracker) Drain(ctx context.Context) {
+	t.mu.Lock()
+	t.closed = true
+	var pairs [][2]string
+	for topic, tags := range t.local {
+		for tag := range tags {
+			pairs = append(pairs, [2]string{topic, tag})
+		}
+	}
+	t.mu.Unlock()
+	for _, p := range pairs {
+		if ctx.Err() != nil {
+			break
+		}
+		t.Untrack(ctx, p[0], p[1])
+	}
+	t.mu.Lock()
+	var topics []string
+	for topic := range t.topics {
+		topics = append(topics, topic)
+	}
+	t.mu.Unlock()
+	for _, topic := range topics {
+		t.flush(topic, false)
+	}
+	done := make(chan struct{})
+	go func() { t.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+// Collector returns the tracker's metrics for registration.
+func (t *Tracker) Collector() prometheus.Collector { return t.m }
+
+type metrics struct {
+	tracked   prometheus.Gauge
+	diffs     prometheus.Counter
+	diffBytes prometheus.Counter
+	diffsLost prometheus.Counter
+	refused   *prometheus.CounterVec
+	errors    prometheus.Counter
+	cleanups  prometheus.Counter
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		tracked: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "phxgate_presence_tracked", Help: "Presences tracked by this node's connections.",
+		}),
+		diffs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_presence_diffs_total", Help: "presence_diff events published by this node (one per topic per window with changes).",
+		}),
+		diffBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_presence_diff_bytes_total", Help: "Payload bytes of the presence_diff events published by this node.",
+		}),
+		diffsLost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_presence_diffs_lost_total", Help: "presence_diff events the broker refused (clients resync on their next join).",
+		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "phxgate_presence_refused_total", Help: "Presences refused (the join still succeeded), by reason (meta_too_large, too_many_metas, too_many_presences, bad_meta).",
+		}, []string{"reason"}),
+		errors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_presence_errors_total", Help: "Presence store calls that failed.",
+		}),
+		cleanups: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_presence_node_cleanups_total", Help: "Dead nodes (or an earlier life of this node) whose presences this node removed.",
+		}),
+	}
+	for _, r := range []string{ReasonMetaTooLarge, ReasonTooManyMetas, ReasonTooMany, ReasonBadMeta} {
+		m.refused.WithLabelValues(r)
+	}
+	return m
+}
+
+func (m *metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.tracked, m.diffs, m.diffBytes, m.diffsLost, m.refused, m.errors, m.cleanups}
+}
+
+// Describe implements prometheus.Collector.
+func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range m.collectors() {
+		c.Describe(ch)
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range m.collectors() {
+		c.Collect(ch)
+	}
+}
