@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"math"
 	"net"
@@ -51,18 +52,14 @@ const (
 	DefaultBroadcastTimeout = 5 * time.Minute
 )
 
-// BroadcastConfig configures the broadcast scenario.
-type BroadcastConfig struct {
-	// URL is the server's WebSocket endpoint; its host must be a loopback
-	// address (or "localhost"). vsn=2.0.0 is appended.
-	URL string
-	// Topic every connection joins; Event is the push the publisher sends
-	// and the broadcast the subscribers expect.
-	Topic string
+// PublishConfig holds what the broadcast and rooms scenarios share: what
+// is published and how fast, how the subscribers are held, and the run's
+// bounds.
+type PublishConfig struct {
+	// Event is the push the publishers send and the broadcast the
+	// subscribers expect; empty means DefaultBroadcastEvent.
 	Event string
-	// Subs is the number of subscribers, 1..MaxBroadcastSubs.
-	Subs int
-	// Rate is publishes per second, > 0 and ≤ MaxBroadcastRate.
+	// Rate is publishes per second in all, > 0 and ≤ MaxBroadcastRate.
 	Rate float64
 	// Duration of publishing; the run sends ceil(Rate × Duration) events.
 	// Ignored when Count is set.
@@ -72,8 +69,6 @@ type BroadcastConfig struct {
 	// PayloadBytes is the size of each payload object,
 	// MinPayloadBytes..MaxPayloadBytes.
 	PayloadBytes int
-	// ServerPID is the server process whose CPU is measured; 0 skips it.
-	ServerPID int
 	// LocalIPs are loopback source addresses used round-robin; empty lets
 	// the kernel choose.
 	LocalIPs []net.IP
@@ -90,50 +85,46 @@ type BroadcastConfig struct {
 	// Concurrency bounds dials in flight per process; 0 means
 	// DefaultConcurrency.
 	Concurrency int
-	// DialTimeout bounds one dial plus join; 0 means DefaultDialTimeout.
+	// DialTimeout bounds one dial plus its joins; 0 means
+	// DefaultDialTimeout.
 	DialTimeout time.Duration
 	// Heartbeat is the subscribers' heartbeat interval; 0 means
 	// DefaultBroadcastHeartbeat, negative disables them.
 	Heartbeat time.Duration
-	// Baseline is how long the idle server's CPU is measured before
-	// publishing; 0 skips it.
-	Baseline time.Duration
 	// Drain: after the last publish, stop when nothing arrived for this
 	// long; 0 means DefaultDrain.
 	Drain time.Duration
 	// Progress is the interval of progress lines; 0 means
 	// DefaultProgress, negative silences them.
 	Progress time.Duration
-	// Timeout bounds the whole run; 0 means DefaultBroadcastTimeout.
+	// Timeout bounds the whole run; 0 means the scenario's default.
 	Timeout time.Duration
 	// JSON prints one machine-readable line after the summary.
 	JSON bool
 }
 
-// NewBroadcastConfig returns the defaults.
-func NewBroadcastConfig() BroadcastConfig {
-	return BroadcastConfig{
-		URL:          "ws://127.0.0.1:4000/socket/websocket",
-		Topic:        DefaultBroadcastTopic,
+// newPublishConfig returns the shared defaults with the scenario's rate,
+// duration and timeout.
+func newPublishConfig(rate float64, duration, timeout time.Duration) PublishConfig {
+	return PublishConfig{
 		Event:        DefaultBroadcastEvent,
-		Subs:         DefaultBroadcastSubs,
-		Rate:         DefaultBroadcastRate,
-		Duration:     DefaultBroadcastDuration,
+		Rate:         rate,
+		Duration:     duration,
 		PayloadBytes: DefaultPayloadBytes,
 		PerProcess:   MaxPerProcess,
 		RampRate:     DefaultRampRate,
 		Concurrency:  DefaultConcurrency,
 		DialTimeout:  DefaultDialTimeout,
 		Heartbeat:    DefaultBroadcastHeartbeat,
-		Baseline:     DefaultBaseline,
 		Drain:        DefaultDrain,
 		Progress:     DefaultProgress,
-		Timeout:      DefaultBroadcastTimeout,
+		Timeout:      timeout,
 	}
 }
 
-func (c *BroadcastConfig) fill() {
-	d := NewBroadcastConfig()
+// fill replaces zeros by defaults; timeout is the scenario's.
+func (c *PublishConfig) fill(timeout time.Duration) {
+	d := newPublishConfig(0, 0, timeout)
 	if c.PerProcess == 0 {
 		c.PerProcess = d.PerProcess
 	}
@@ -167,37 +158,26 @@ func (c *BroadcastConfig) fill() {
 }
 
 // events is the number of publishes of the run.
-func (c BroadcastConfig) events() int {
+func (c PublishConfig) events() int {
 	if c.Count > 0 {
 		return c.Count
 	}
 	return int(math.Ceil(c.Rate * c.Duration.Seconds()))
 }
 
-// Validate checks the configuration; it refuses any target or source that
-// is not a loopback address.
-func (c BroadcastConfig) Validate() error {
-	u, err := url.Parse(c.URL)
-	if err != nil || u.Scheme != "ws" || u.Host == "" {
-		return fmt.Errorf("%w: -url %q is not a ws:// URL", ErrConfig, c.URL)
-	}
-	if !isLoopbackHost(u.Hostname()) {
-		return fmt.Errorf("%w: -url host %q is not a loopback address", ErrConfig, u.Hostname())
-	}
+// validate checks the shared settings for subs subscribers plus conns
+// more connections (the publishers), as many as the sources allow.
+func (c PublishConfig) validate(subs, conns int) error {
 	for _, ip := range c.LocalIPs {
 		if !ip.IsLoopback() {
 			return fmt.Errorf("%w: -local-ips: %s is not a loopback address", ErrConfig, ip)
 		}
 	}
-	if c.Topic == "" || len(c.Topic) > 255 || c.Event == "" || len(c.Event) > 255 {
-		return fmt.Errorf("%w: -topic and -event must be 1..255 bytes", ErrConfig)
+	if c.Event == "" || len(c.Event) > 255 {
+		return fmt.Errorf("%w: -event must be 1..255 bytes", ErrConfig)
 	}
-	if c.Subs < 1 || c.Subs > MaxBroadcastSubs {
-		return fmt.Errorf("%w: -subs %d out of 1..%d", ErrConfig, c.Subs, MaxBroadcastSubs)
-	}
-	// The publisher is one more connection.
-	if ips := max(len(c.LocalIPs), 1); c.Subs+1 > ips*maxPortsPerIP {
-		return fmt.Errorf("%w: %d subscribers need at least %d source addresses (-local-ips)", ErrConfig, c.Subs, (c.Subs+maxPortsPerIP)/maxPortsPerIP)
+	if ips := max(len(c.LocalIPs), 1); subs+conns > ips*maxPortsPerIP {
+		return fmt.Errorf("%w: %d subscribers need at least %d source addresses (-local-ips)", ErrConfig, subs, (subs+conns+maxPortsPerIP-1)/maxPortsPerIP)
 	}
 	if !(c.Rate > 0) || c.Rate > MaxBroadcastRate {
 		return fmt.Errorf("%w: -rate %v out of (0, %d]", ErrConfig, c.Rate, MaxBroadcastRate)
@@ -211,17 +191,117 @@ func (c BroadcastConfig) Validate() error {
 	if c.PayloadBytes < MinPayloadBytes || c.PayloadBytes > MaxPayloadBytes {
 		return fmt.Errorf("%w: -payload %d out of %d..%d", ErrConfig, c.PayloadBytes, MinPayloadBytes, MaxPayloadBytes)
 	}
-	if c.ServerPID < 0 {
-		return fmt.Errorf("%w: -server-pid must be ≥ 0", ErrConfig)
-	}
 	if c.PerProcess < 0 || c.PerProcess > MaxPerProcess {
 		return fmt.Errorf("%w: -per-process %d out of 0..%d", ErrConfig, c.PerProcess, MaxPerProcess)
 	}
 	if c.Loops < 0 || c.Loops > 256 {
 		return fmt.Errorf("%w: -loops %d out of 0..256", ErrConfig, c.Loops)
 	}
-	if c.RampRate < 0 || c.Concurrency < 0 || c.DialTimeout < 0 || c.Baseline < 0 || c.Drain < 0 || c.Timeout < 0 {
-		return fmt.Errorf("%w: negative -ramp-rate, -concurrency, -dial-timeout, -baseline, -drain or -timeout", ErrConfig)
+	if c.RampRate < 0 || c.Concurrency < 0 || c.DialTimeout < 0 || c.Drain < 0 || c.Timeout < 0 {
+		return fmt.Errorf("%w: negative -ramp-rate, -concurrency, -dial-timeout, -drain or -timeout", ErrConfig)
+	}
+	return nil
+}
+
+// flags registers the shared flags on fs; call the returned function
+// after fs.Parse to read -local-ips.
+func (c *PublishConfig) flags(fs *flag.FlagSet) func() error {
+	fs.StringVar(&c.Event, "event", c.Event, "event the publishers push and subscribers receive")
+	fs.Float64Var(&c.Rate, "rate", c.Rate, "publishes per second in all")
+	fs.DurationVar(&c.Duration, "duration", c.Duration, "publishing time (events = ceil(rate × duration))")
+	fs.IntVar(&c.Count, "count", 0, "publishes (overrides -duration)")
+	fs.IntVar(&c.PayloadBytes, "payload", c.PayloadBytes, fmt.Sprintf("payload object size in bytes (%d..%d)", MinPayloadBytes, MaxPayloadBytes))
+	fs.IntVar(&c.PerProcess, "per-process", c.PerProcess, fmt.Sprintf("most subscribers per process (max %d)", MaxPerProcess))
+	fs.IntVar(&c.Loops, "loops", 0, "epoll reader goroutines per process (0: GOMAXPROCS)")
+	fs.Float64Var(&c.RampRate, "ramp-rate", c.RampRate, "subscribers dialled per second per process")
+	fs.IntVar(&c.Concurrency, "concurrency", c.Concurrency, "dials in flight per process")
+	fs.DurationVar(&c.DialTimeout, "dial-timeout", c.DialTimeout, "bound on one dial plus its joins")
+	fs.DurationVar(&c.Heartbeat, "heartbeat", c.Heartbeat, "subscribers' heartbeat interval; negative disables")
+	fs.DurationVar(&c.Drain, "drain", c.Drain, "after publishing, stop when nothing arrived for this long")
+	fs.DurationVar(&c.Progress, "progress", c.Progress, "progress line interval; negative silences")
+	fs.DurationVar(&c.Timeout, "timeout", c.Timeout, "bound on the whole run")
+	fs.BoolVar(&c.JSON, "json", false, "print one JSON line after the summary")
+	ips := fs.String("local-ips", "", "comma-separated loopback source addresses used round-robin")
+	return func() error {
+		var err error
+		c.LocalIPs, err = parseIPs(*ips)
+		return err
+	}
+}
+
+// groupSpec is the part of a group's spec these settings decide.
+func (c PublishConfig) groupSpec() groupSpec {
+	ips := make([]string, len(c.LocalIPs))
+	for i, ip := range c.LocalIPs {
+		ips[i] = ip.String()
+	}
+	return groupSpec{
+		Event: c.Event, LocalIPs: ips,
+		Loops: c.Loops, RampRate: c.RampRate, Concurrency: c.Concurrency,
+		DialTimeout: c.DialTimeout, Heartbeat: c.Heartbeat,
+	}
+}
+
+// BroadcastConfig configures the broadcast scenario.
+type BroadcastConfig struct {
+	// URL is the server's WebSocket endpoint; its host must be a loopback
+	// address (or "localhost"). vsn=2.0.0 is appended.
+	URL string
+	// Topic every connection joins.
+	Topic string
+	// Subs is the number of subscribers, 1..MaxBroadcastSubs.
+	Subs int
+	// ServerPID is the server process whose CPU is measured; 0 skips it.
+	ServerPID int
+	// Baseline is how long the idle server's CPU is measured before
+	// publishing; 0 skips it.
+	Baseline time.Duration
+	PublishConfig
+}
+
+// NewBroadcastConfig returns the defaults.
+func NewBroadcastConfig() BroadcastConfig {
+	return BroadcastConfig{
+		URL:           "ws://127.0.0.1:4000/socket/websocket",
+		Topic:         DefaultBroadcastTopic,
+		Subs:          DefaultBroadcastSubs,
+		Baseline:      DefaultBaseline,
+		PublishConfig: newPublishConfig(DefaultBroadcastRate, DefaultBroadcastDuration, DefaultBroadcastTimeout),
+	}
+}
+
+func (c *BroadcastConfig) fill() { c.PublishConfig.fill(DefaultBroadcastTimeout) }
+
+// Validate checks the configuration; it refuses any target or source that
+// is not a loopback address.
+func (c BroadcastConfig) Validate() error {
+	if err := validateWSURL("-url", c.URL); err != nil {
+		return err
+	}
+	if c.Topic == "" || len(c.Topic) > 255 {
+		return fmt.Errorf("%w: -topic must be 1..255 bytes", ErrConfig)
+	}
+	if c.Subs < 1 || c.Subs > MaxBroadcastSubs {
+		return fmt.Errorf("%w: -subs %d out of 1..%d", ErrConfig, c.Subs, MaxBroadcastSubs)
+	}
+	if c.ServerPID < 0 {
+		return fmt.Errorf("%w: -server-pid must be ≥ 0", ErrConfig)
+	}
+	if c.Baseline < 0 {
+		return fmt.Errorf("%w: negative -baseline", ErrConfig)
+	}
+	// The publisher is one more connection.
+	return c.PublishConfig.validate(c.Subs, 1)
+}
+
+// validateWSURL refuses anything but a ws:// URL to a loopback host.
+func validateWSURL(flag, raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme != "ws" || u.Host == "" {
+		return fmt.Errorf("%w: %s %q is not a ws:// URL", ErrConfig, flag, raw)
+	}
+	if !isLoopbackHost(u.Hostname()) {
+		return fmt.Errorf("%w: %s host %q is not a loopback address", ErrConfig, flag, u.Hostname())
 	}
 	return nil
 }
@@ -236,28 +316,30 @@ func isLoopbackHost(h string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
+func (c BroadcastConfig) shared() PublishConfig { return c.PublishConfig }
+
 // specs splits the subscribers over processes of at most PerProcess each,
 // as evenly as possible. Call after fill.
 func (c BroadcastConfig) specs() []groupSpec {
-	n := (c.Subs + c.PerProcess - 1) / c.PerProcess
-	ips := make([]string, len(c.LocalIPs))
-	for i, ip := range c.LocalIPs {
-		ips[i] = ip.String()
-	}
+	base := c.groupSpec()
+	base.URL, base.Topic = c.URL, c.Topic
+	return splitSpecs(base, c.Subs, c.PerProcess)
+}
+
+// splitSpecs copies base into specs of at most perProcess of the subs
+// subscribers each, as evenly as possible.
+func splitSpecs(base groupSpec, subs, perProcess int) []groupSpec {
+	n := (subs + perProcess - 1) / perProcess
 	out := make([]groupSpec, n)
 	first := 0
 	for i := range out {
-		subs := c.Subs / n
-		if i < c.Subs%n {
-			subs++
+		out[i] = base
+		out[i].Subs = subs / n
+		if i < subs%n {
+			out[i].Subs++
 		}
-		out[i] = groupSpec{
-			URL: c.URL, Topic: c.Topic, Event: c.Event,
-			Subs: subs, FirstIndex: first, LocalIPs: ips,
-			Loops: c.Loops, RampRate: c.RampRate, Concurrency: c.Concurrency,
-			DialTimeout: c.DialTimeout, Heartbeat: c.Heartbeat,
-		}
-		first += subs
+		out[i].FirstIndex = first
+		first += out[i].Subs
 	}
 	return out
 }

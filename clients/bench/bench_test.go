@@ -90,13 +90,7 @@ func TestConfigValidate(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := tc.cfg.Validate()
-			if (err == nil) != tc.ok {
-				t.Fatalf("Validate() = %v, want ok=%v", err, tc.ok)
-			}
-			if err != nil && !errors.Is(err, ErrConfig) {
-				t.Fatalf("%v does not wrap ErrConfig", err)
-			}
+			checkConfigErr(t, tc.cfg.Validate(), tc.ok)
 		})
 	}
 	if _, err := parseIPs("127.0.0.1, nope"); !errors.Is(err, ErrConfig) {
@@ -176,5 +170,17 @@ func TestRunJoinRefused(t *testing.T) {
 	}
 	if res.Opened != 0 || res.Failed != 5 {
 		t.Fatalf("opened %d failed %d, want 0/5", res.Opened, res.Failed)
+	}
+}
+
+// checkConfigErr fails unless err is nil when ok is set, and wraps
+// ErrConfig when it is not.
+func checkConfigErr(tb testing.TB, err error, ok bool) {
+	tb.Helper()
+	if (err == nil) != ok {
+		tb.Fatalf("Validate() = %v, want ok=%v", err, ok)
+	}
+	if err != nil && !errors.Is(err, ErrConfig) {
+		tb.Fatalf("%v does not wrap ErrConfig", err)
 	}
 }

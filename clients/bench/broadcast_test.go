@@ -323,13 +323,7 @@ func TestBroadcastConfigValidate(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := tc.cfg.Validate()
-			if (err == nil) != tc.ok {
-				t.Fatalf("Validate() = %v, want ok=%v", err, tc.ok)
-			}
-			if err != nil && !errors.Is(err, ErrConfig) {
-				t.Fatalf("%v does not wrap ErrConfig", err)
-			}
+			checkConfigErr(t, tc.cfg.Validate(), tc.ok)
 		})
 	}
 	// A refused target never gets dialled: runBroadcast validates first.
@@ -384,8 +378,8 @@ func TestSettleAndMerge(t *testing.T) {
 	for _, n := range []int64{0, 2, 1} { // 5 accepted missing, 1 late
 		s2.Observe(n)
 	}
-	a.settle(&s1, fin)
-	a.settle(&s2, fin)
+	a.settle(&s1, fin, 0, 0)
+	a.settle(&s2, fin, 0, 0)
 	r1 := newHistRecorder()
 	r1.Record(1000)
 	a.Latency = r1.Snapshot()
@@ -397,40 +391,53 @@ func TestSettleAndMerge(t *testing.T) {
 	for _, n := range []int64{0, 1, 2, 4, 5, 6, 8, 9} {
 		s3.Observe(n)
 	}
-	b.settle(&s3, fin)
+	b.settle(&s3, fin, 0, 0)
 	r2 := newHistRecorder()
 	r2.Record(3000)
 	b.Latency = r2.Snapshot()
 	b.Closed, b.CloseCodes = 2, map[string]int64{"1013": 1, closeNone: 1}
 
-	var merged groupResult
-	for _, g := range []groupResult{a, b} {
-		js, err := json.Marshal(g)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var back groupResult
-		if err := json.Unmarshal(js, &back); err != nil {
-			t.Fatal(err)
-		}
-		merged.merge(back)
-	}
+	merged := mergeViaJSON(t, a, b)
 	want := groupResult{
-		Groups: 2, Subs: 3, Failed: 2,
-		Expected: 24, Delivered: 8 + 3 + 8, Missing: 5, Dups: 1, Late: 1, Extra: 1,
-		SubsMissing: 1, SubsDup: 1, MaxMissing: 5, Closed: 3,
+		Groups: 2,
+		tally: tally{Subs: 3, Failed: 2, Expected: 24, Delivered: 8 + 3 + 8, Missing: 5, Dups: 1,
+			SubsMissing: 1, SubsDup: 1},
+		Late: 1, Extra: 1, MaxMissing: 5, Closed: 3,
 	}
 	got := merged
-	got.CloseCodes, got.Latency = nil, hist{}
+	got.CloseCodes, got.Latency, got.Orders = nil, hist{}, nil
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("merged\n%+v\nwant\n%+v", got, want)
 	}
 	if merged.Expected != merged.Delivered+merged.Missing {
 		t.Fatal("expected ≠ delivered + missing")
 	}
+	// Only s3 got every accepted event and nothing refused.
+	if complete, differ := merged.orderSplit(); complete != 1 || differ != 0 {
+		t.Fatalf("orderSplit = %d, %d, want 1, 0", complete, differ)
+	}
 	if merged.CloseCodes["1013"] != 2 || merged.CloseCodes[closeNone] != 1 || merged.Latency.N != 2 || merged.Latency.Max != 3000 {
 		t.Fatalf("codes %v latency %+v", merged.CloseCodes, merged.Latency)
 	}
+}
+
+// mergeViaJSON merges results as the orchestrator merges its workers':
+// each through a JSON round trip.
+func mergeViaJSON(tb testing.TB, rs ...groupResult) groupResult {
+	tb.Helper()
+	var merged groupResult
+	for _, g := range rs {
+		js, err := json.Marshal(g)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		var back groupResult
+		if err := json.Unmarshal(js, &back); err != nil {
+			tb.Fatal(err)
+		}
+		merged.merge(back)
+	}
+	return merged
 }
 
 func TestCompare(t *testing.T) {
@@ -447,8 +454,8 @@ func TestCompare(t *testing.T) {
 		}
 		return p
 	}
-	a := broadcastResult{Server: "gateway", ServerCPUPerDeliveryUs: 3, P50us: 2000, P99us: 9000, Complete: true}
-	b := broadcastResult{Server: "floor", ServerCPUPerDeliveryUs: 1.5, P50us: 1000, P99us: 3000, Complete: true}
+	a := broadcastResult{Server: "gateway", ServerCPUPerDeliveryUs: 3, runResult: runResult{latencyUs: latencyUs{P50us: 2000, P99us: 9000}, Complete: true}}
+	b := broadcastResult{Server: "floor", ServerCPUPerDeliveryUs: 1.5, runResult: runResult{latencyUs: latencyUs{P50us: 1000, P99us: 3000}, Complete: true}}
 	var out bytes.Buffer
 	if err := compareMain([]string{write("a.json", a), write("b.json", b)}, &out, &out); err != nil {
 		t.Fatal(err)

@@ -44,3 +44,33 @@ func parseProcStat(b []byte) (float64, error) {
 	}
 	return float64(ut+st) / clockTicks, nil
 }
+
+// machineCPU returns the time all CPUs together have spent busy and idle
+// since boot, in seconds, from /proc/stat: the whole machine, whoever ran.
+func machineCPU() (busy, idle float64, err error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	return parseMachineStat(b)
+}
+
+// parseMachineStat reads the first line of /proc/stat, "cpu user nice
+// system idle iowait irq softirq steal …" in clock ticks. Busy is user,
+// nice, system, irq, softirq and steal (guest time is inside user); idle
+// is idle and iowait.
+func parseMachineStat(b []byte) (busy, idle float64, err error) {
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	f := bytes.Fields(line)
+	if len(f) < 9 || string(f[0]) != "cpu" {
+		return 0, 0, fmt.Errorf("bench: /proc/stat: no cpu line")
+	}
+	var v [8]uint64
+	for i := range v {
+		if v[i], err = strconv.ParseUint(string(f[i+1]), 10, 64); err != nil {
+			return 0, 0, fmt.Errorf("bench: /proc/stat: %q: %w", f[i+1], err)
+		}
+	}
+	user, nice, system, idl, iowait, irq, softirq, steal := v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]
+	return float64(user+nice+system+irq+softirq+steal) / clockTicks, float64(idl+iowait) / clockTicks, nil
+}

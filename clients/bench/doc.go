@@ -1,8 +1,9 @@
 // Command bench (built as phxgate-bench) is phxgate's load tool. It has
-// three scenarios and a helper:
+// four scenarios and a helper:
 //
 //	phxgate-bench [idle] …    idle joined connections; gateway RSS slope
 //	phxgate-bench broadcast … one publisher, N subscribers; latency, loss, CPU
+//	phxgate-bench rooms …     clients over several nodes and many rooms
 //	phxgate-bench floor …     the least server for the broadcast scenario
 //	phxgate-bench compare A.json B.json
 //
@@ -53,6 +54,35 @@
 // that report over stdout as JSON lines, and merges their results
 // (worker.go). Only loopback targets and sources are accepted.
 //
+// # rooms
+//
+// -clients subscribers spread evenly over the nodes of -urls (gateways
+// sharing one broker) and over -rooms rooms (room:bench-<i>): subscriber i
+// dials node i mod N and joins room ⌊i/N⌋ mod R, so every room has
+// subscribers on every node. Each node gets one publisher socket per 100
+// rooms (a socket's channel limit), joined to them; the run pushes -rate
+// events per second in all, event k to room k mod R from the node
+// (room + round) mod N, so each room is published from every node in turn
+// and most deliveries cross the broker. Each room numbers its events from
+// 0, and the payload carries that number and the send time as in
+// broadcast. The summary gives joins, publishes, missing and duplicate
+// deliveries per node, latency p50/p99/p999/max, and the CPU of each
+// -pids process (gateways, redis-server) and of the tool over the window.
+// It also checks the broker's promise that every subscriber of a room, on
+// whatever node, gets the room's events in one order (a digest of each
+// subscriber's order, compared within its room). "late" counts an event
+// overtaken by a later one of its room: publishes from different nodes
+// race, so that is no fault; a room whose subscribers disagree on the
+// order is.
+//
+//	phxgate-bench rooms -urls ws://127.0.0.1:4000/socket/websocket,ws://127.0.0.1:4010/socket/websocket \
+//	    -clients 15000 -rooms 100 -rate 1000 -duration 20s \
+//	    -pids gw1=$(pgrep -n phxgate),redis=$(pgrep redis-server) \
+//	    -local-ips 127.0.0.1,127.0.0.2,127.0.0.3
+//
+// clients/bench/redis.sh (make bench-redis) starts a redis-server and three
+// gateways on it and runs this scenario.
+//
 // # floor
 //
 // A loopback WebSocket server that does the least the broadcast scenario
@@ -66,8 +96,8 @@
 // # Goroutines and bounds
 //
 // Every run is bounded by count and -timeout and closes every connection
-// on exit. broadcast: -loops readers and, while ramping, -concurrency
-// dialers per process; one publisher sender and one reader; one reader per
-// worker child. floor: one accept loop, one reader per socket, one writer
+// on exit. broadcast and rooms: -loops readers and, while ramping,
+// -concurrency dialers per process; one publishing goroutine, one reader
+// per publisher socket; one reader per worker child. floor: one accept loop, one reader per socket, one writer
 // per CPU, all ended by its context or -timeout.
 package main

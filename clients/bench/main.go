@@ -24,6 +24,7 @@ func main() {
 
 const usage = `usage: phxgate-bench [idle] [flags]     idle joined connections, gateway RSS slope
        phxgate-bench broadcast [flags]  one publisher, N subscribers: latency, loss, server CPU
+       phxgate-bench rooms [flags]      clients over several nodes and many rooms: latency, loss, CPU
        phxgate-bench floor [flags]      the least server for the broadcast scenario
        phxgate-bench compare A.json B.json   two -json results side by side
 Run a subcommand with -h for its flags.
@@ -39,6 +40,8 @@ func mainErr(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 			return idleMain(ctx, rest, stdout, stderr)
 		case "broadcast":
 			return broadcastMain(ctx, rest, stdout, stderr)
+		case "rooms":
+			return roomsMain(ctx, rest, stdout, stderr)
 		case "broadcast-worker":
 			return workerMain(ctx, rest, stdin, stdout, stderr)
 		case "floor":
@@ -95,31 +98,15 @@ func broadcastMain(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.URL, "url", cfg.URL, "server WebSocket endpoint (loopback only)")
 	fs.StringVar(&cfg.Topic, "topic", cfg.Topic, "topic every connection joins")
-	fs.StringVar(&cfg.Event, "event", cfg.Event, "event the publisher pushes and subscribers receive")
 	fs.IntVar(&cfg.Subs, "subs", cfg.Subs, fmt.Sprintf("subscribers (max %d; over -per-process, in worker processes)", MaxBroadcastSubs))
-	fs.Float64Var(&cfg.Rate, "rate", cfg.Rate, "publishes per second")
-	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "publishing time (events = ceil(rate × duration))")
-	fs.IntVar(&cfg.Count, "count", 0, "publishes (overrides -duration)")
-	fs.IntVar(&cfg.PayloadBytes, "payload", cfg.PayloadBytes, fmt.Sprintf("payload object size in bytes (%d..%d)", MinPayloadBytes, MaxPayloadBytes))
 	fs.IntVar(&cfg.ServerPID, "server-pid", 0, "server process whose CPU is measured (0: none)")
-	fs.IntVar(&cfg.PerProcess, "per-process", cfg.PerProcess, fmt.Sprintf("most subscribers per process (max %d)", MaxPerProcess))
-	fs.IntVar(&cfg.Loops, "loops", 0, "epoll reader goroutines per process (0: GOMAXPROCS)")
-	fs.Float64Var(&cfg.RampRate, "ramp-rate", cfg.RampRate, "subscribers dialled per second per process")
-	fs.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "dials in flight per process")
-	fs.DurationVar(&cfg.DialTimeout, "dial-timeout", cfg.DialTimeout, "bound on one dial plus join")
-	fs.DurationVar(&cfg.Heartbeat, "heartbeat", cfg.Heartbeat, "subscribers' heartbeat interval; negative disables")
 	fs.DurationVar(&cfg.Baseline, "baseline", cfg.Baseline, "idle server CPU measurement before publishing; 0 skips")
-	fs.DurationVar(&cfg.Drain, "drain", cfg.Drain, "after publishing, stop when nothing arrived for this long")
-	fs.DurationVar(&cfg.Progress, "progress", cfg.Progress, "progress line interval; negative silences")
-	fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "bound on the whole run")
-	fs.BoolVar(&cfg.JSON, "json", false, "print one JSON line after the summary")
 	label := fs.String("label", "", "name of the server in the JSON line (for compare)")
-	ips := fs.String("local-ips", "", "comma-separated loopback source addresses used round-robin")
+	parsed := cfg.flags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	var err error
-	if cfg.LocalIPs, err = parseIPs(*ips); err != nil {
+	if err := parsed(); err != nil {
 		return err
 	}
 	if err := cfg.Validate(); err != nil {
@@ -128,15 +115,7 @@ func broadcastMain(ctx context.Context, args []string, stdout, stderr io.Writer)
 	raiseFileLimit(stderr)
 	res, err := runBroadcast(ctx, cfg, stdout, stderr)
 	res.Server = *label
-	if res.Subs > 0 || res.Sent > 0 {
-		printBroadcast(stdout, res)
-		if cfg.JSON {
-			if jerr := writeJSON(stdout, res); jerr != nil {
-				err = errors.Join(err, jerr)
-			}
-		}
-	}
-	return err
+	return report(stdout, res.Subs > 0 || res.Sent > 0, cfg.JSON, func(w io.Writer) { printBroadcast(w, res) }, res, err)
 }
 
 func floorMain(ctx context.Context, args []string, stdout, stderr io.Writer) error {

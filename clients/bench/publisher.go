@@ -21,27 +21,37 @@ const (
 	pubError
 )
 
-// refBase offsets publish refs past the join's "1": publish seq n is sent
-// with ref n+refBase.
+// refBase offsets publish refs past a one-topic publisher's join ("1"):
+// its publish seq n is sent with ref n+refBase. A publisher joined to k
+// topics (join refs 1..k) offsets them by k+1.
 const refBase = 2
 
 // pubWriteTimeout bounds one publish write (the server stopped reading).
 const pubWriteTimeout = 10 * time.Second
 
-// publisher is the one connection that pushes the broadcast event. One
-// goroutine sends (run), one reads replies (read); counts are
-// goroutine-safe.
+// publisher is a connection that pushes the broadcast event to the topics
+// it joined (join_ref i+1 for topic index i). One goroutine sends (run or
+// send), one reads replies (read); counts are goroutine-safe.
 type publisher struct {
-	conn    net.Conn
-	topic   []byte // JSON-encoded
-	event   []byte // JSON-encoded
-	size    int
-	replies *histRecorder // push → reply time
+	conn     net.Conn
+	topics   [][]byte // JSON-encoded, by topic index
+	joinRefs []string // by topic index
+	refBase  int
+	event    []byte // JSON-encoded
+	size     int
+	replies  *histRecorder // push → reply time
 
-	mu      sync.Mutex
-	sentAt  []int64 // by seq, Unix ns; 0 until sent
-	status  []uint8 // by seq
+	mu     sync.Mutex
+	sentAt []int64 // by publish index (the i-th publish), Unix ns; 0 until sent
+	status []uint8 // by publish index
+	// items are the topic and seq of each publish, when there are several
+	// topics; with one, publish i is seq i.
+	items   []pubItem
 	reasons map[string]int64
+	// okByTopic counts ok replies by topic index.
+	okByTopic []atomic.Int64
+	// the sender's scratch buffers
+	frame, msg []byte
 
 	sent, ok, errs, self atomic.Int64
 	// maxLag is how far behind its schedule a publish went out, in ns: a
@@ -51,18 +61,33 @@ type publisher struct {
 	readDone  chan struct{}
 }
 
-// startPublisher joins the topic on c's behalf (c is already joined) and
-// starts reading; count bounds the publishes.
-func startPublisher(c net.Conn, topic, event string, size, count int) *publisher {
-	t, _ := json.Marshal(topic)
+// pubItem is what one publish of a several-topic publisher carried.
+type pubItem struct {
+	topic int32
+	seq   int64
+}
+
+// startPublisher starts reading c, already joined to topics with join
+// refs 1..len(topics) (see publisherJoins); count bounds the publishes.
+func startPublisher(c net.Conn, topics []string, event string, size, count int) *publisher {
 	e, _ := json.Marshal(event)
 	p := &publisher{
-		conn: c, topic: t, event: e, size: size,
-		replies:  newHistRecorder(),
-		sentAt:   make([]int64, count),
-		status:   make([]uint8, count),
-		reasons:  map[string]int64{},
-		readDone: make(chan struct{}),
+		conn: c, event: e, size: size,
+		refBase:   len(topics) + 1,
+		replies:   newHistRecorder(),
+		sentAt:    make([]int64, count),
+		status:    make([]uint8, count),
+		reasons:   map[string]int64{},
+		okByTopic: make([]atomic.Int64, len(topics)),
+		readDone:  make(chan struct{}),
+	}
+	for i, t := range topics {
+		b, _ := json.Marshal(t)
+		p.topics = append(p.topics, b)
+		p.joinRefs = append(p.joinRefs, strconv.Itoa(i+1))
+	}
+	if len(topics) > 1 {
+		p.items = make([]pubItem, count)
 	}
 	go func() {
 		defer close(p.readDone)
@@ -71,52 +96,76 @@ func startPublisher(c net.Conn, topic, event string, size, count int) *publisher
 	return p
 }
 
-// run publishes count events at rate per second, starting now, until done
-// or ctx ends or the server closes the connection. It returns the number
-// sent.
+// publisherJoins are the joins of a publisher of topics: join_ref and
+// ref i+1 for topic i.
+func publisherJoins(topics []string) [][]byte {
+	out := make([][]byte, len(topics))
+	for i, t := range topics {
+		out[i] = joinFrameRef(t, i+1)
+	}
+	return out
+}
+
+// run publishes count events to topic 0 at rate per second, starting now,
+// until done or ctx ends or the server closes the connection. It returns
+// the number sent.
 func (p *publisher) run(ctx context.Context, rate float64) int64 {
 	interval := time.Duration(float64(time.Second) / rate)
 	start := time.Now()
-	var frame, msg []byte
 	for seq := range len(p.sentAt) {
 		at := start.Add(time.Duration(seq) * interval)
-		if d := time.Until(at); d > 0 {
-			t := time.NewTimer(d)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return p.sent.Load()
-			case <-t.C:
-			}
-		}
-		if ctx.Err() != nil || p.closeCode.Load() != 0 {
+		if !waitUntil(ctx, at) || p.closeCode.Load() != 0 {
 			break
 		}
-		if lag := int64(time.Since(at)); lag > p.maxLag.Load() {
-			p.maxLag.Store(lag)
-		}
-		now := time.Now().UnixNano()
-		msg = append(msg[:0], `["1","`...)
-		msg = strconv.AppendInt(msg, int64(seq+refBase), 10)
-		msg = append(msg, `",`...)
-		msg = append(msg, p.topic...)
-		msg = append(msg, ',')
-		msg = append(msg, p.event...)
-		msg = append(msg, ',')
-		msg = appendPayload(msg, int64(seq), now, p.size)
-		msg = append(msg, ']')
-		frame = appendClientFrame(frame[:0], opText, msg, newMask())
-		p.mu.Lock()
-		p.sentAt[seq] = now
-		p.mu.Unlock()
-		_ = p.conn.SetWriteDeadline(time.Now().Add(pubWriteTimeout))
-		if _, err := p.conn.Write(frame); err != nil {
-			p.closeCode.CompareAndSwap(0, -1)
+		if p.send(0, int64(seq), at) != nil {
 			break
 		}
-		p.sent.Add(1)
 	}
 	return p.sent.Load()
+}
+
+// errPublisherDone: the publisher's connection ended or it sent all it
+// was sized for.
+var errPublisherDone = errors.New("bench: publisher done")
+
+// send pushes the publisher's next publish: seq of topic index t, due at
+// at (for the lag figure), stamped with the time it is written. Only one
+// goroutine may send.
+func (p *publisher) send(t int, seq int64, at time.Time) error {
+	i := int(p.sent.Load())
+	if i >= len(p.sentAt) || p.closeCode.Load() != 0 {
+		return errPublisherDone
+	}
+	if lag := int64(time.Since(at)); lag > p.maxLag.Load() {
+		p.maxLag.Store(lag)
+	}
+	now := time.Now().UnixNano()
+	msg := append(p.msg[:0], '[')
+	msg = strconv.AppendQuote(msg, p.joinRefs[t])
+	msg = append(msg, `,"`...)
+	msg = strconv.AppendInt(msg, int64(i+p.refBase), 10)
+	msg = append(msg, `",`...)
+	msg = append(msg, p.topics[t]...)
+	msg = append(msg, ',')
+	msg = append(msg, p.event...)
+	msg = append(msg, ',')
+	msg = appendPayload(msg, seq, now, p.size)
+	msg = append(msg, ']')
+	p.msg = msg
+	p.frame = appendClientFrame(p.frame[:0], opText, msg, newMask())
+	p.mu.Lock()
+	p.sentAt[i] = now
+	if p.items != nil {
+		p.items[i] = pubItem{topic: int32(t), seq: seq}
+	}
+	p.mu.Unlock()
+	_ = p.conn.SetWriteDeadline(time.Now().Add(pubWriteTimeout))
+	if _, err := p.conn.Write(p.frame); err != nil {
+		p.closeCode.CompareAndSwap(0, -1)
+		return err
+	}
+	p.sent.Add(1)
+	return nil
 }
 
 // read counts replies until the connection ends.
@@ -150,22 +199,23 @@ func (p *publisher) read() {
 			continue
 		}
 		n, err := strconv.Atoi(ref)
-		seq := n - refBase
-		if err != nil || seq < 0 || seq >= len(p.status) {
+		i := n - p.refBase
+		if err != nil || i < 0 || i >= len(p.status) {
 			continue
 		}
 		p.mu.Lock()
-		if p.status[seq] == pubPending {
+		if p.status[i] == pubPending {
 			if body.Status == "ok" {
-				p.status[seq] = pubOK
+				p.status[i] = pubOK
 				p.ok.Add(1)
+				p.okByTopic[p.topicOf(i)].Add(1)
 			} else {
-				p.status[seq] = pubError
+				p.status[i] = pubError
 				p.errs.Add(1)
 				p.reasons[replyReason(body.Status, body.Response)]++
 			}
-			if p.sentAt[seq] > 0 {
-				p.replies.Record(now - p.sentAt[seq])
+			if p.sentAt[i] > 0 {
+				p.replies.Record(now - p.sentAt[i])
 			}
 		}
 		p.mu.Unlock()
@@ -184,14 +234,29 @@ func replyReason(status string, resp json.RawMessage) string {
 	return status
 }
 
-// refused lists the publishes sent but not acknowledged ok.
-func (p *publisher) refused() []int64 {
+// topicOf is the topic index of publish i; called with mu held.
+func (p *publisher) topicOf(i int) int {
+	if p.items == nil {
+		return 0
+	}
+	return int(p.items[i].topic)
+}
+
+// refused lists, by topic index, the seqs of the publishes sent but not
+// acknowledged ok.
+func (p *publisher) refused() [][]int64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var out []int64
-	for seq := range int(p.sent.Load()) {
-		if p.status[seq] != pubOK {
-			out = append(out, int64(seq))
+	out := make([][]int64, len(p.topics))
+	for i := range int(p.sent.Load()) {
+		if p.status[i] == pubOK {
+			continue
+		}
+		if p.items == nil {
+			out[0] = append(out[0], int64(i))
+		} else {
+			it := p.items[i]
+			out[it.topic] = append(out[it.topic], it.seq)
 		}
 	}
 	return out

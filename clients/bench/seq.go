@@ -21,7 +21,17 @@ type seqTracker struct {
 	dups     int64
 	late     int64 // new numbers that arrived after a higher one
 	invalid  int64 // negative numbers
+	// order is a digest (FNV-1a over the numbers) of the order in which
+	// new numbers arrived: subscribers that got the same numbers in the
+	// same order have the same digest.
+	order uint64
 }
+
+// FNV-1a 64-bit parameters, for the order digest.
+const (
+	fnvOffset64 = 14695981039346656037
+	fnvPrime64  = 1099511628211
+)
 
 // Observe records n and reports whether it was new.
 func (t *seqTracker) Observe(n int64) bool {
@@ -47,6 +57,10 @@ func (t *seqTracker) Observe(n int64) bool {
 	}
 	t.bits[w] |= 1 << b
 	t.distinct++
+	if t.distinct == 1 {
+		t.order = fnvOffset64
+	}
+	t.order = (t.order ^ uint64(n)) * fnvPrime64
 	if n < t.next {
 		t.late++
 	} else {
@@ -92,6 +106,10 @@ func (t *seqTracker) Distinct() int64 { return t.distinct }
 // Dups is the count of numbers received more than once (each extra copy
 // counts).
 func (t *seqTracker) Dups() int64 { return t.dups }
+
+// Order is the digest of the order in which new numbers arrived (0 when
+// none did).
+func (t *seqTracker) Order() uint64 { return t.order }
 
 // Late is the count of numbers that arrived after a higher one.
 func (t *seqTracker) Late() int64 { return t.late }

@@ -40,6 +40,8 @@ const (
 // (until finish, after the loops have returned).
 type subConn struct {
 	fd      int
+	node    int32  // index of the URL it dialled
+	topic   int32  // index of the topic it joined
 	pending []byte // an incomplete frame left by the last read
 	frag    []byte // a fragmented message being reassembled
 	seq     seqTracker
@@ -50,7 +52,7 @@ type subLoop struct {
 	g     *subGroup
 	ep    int
 	conns []atomic.Pointer[subConn] // by slot; the slot is epoll's data
-	match bcastMatcher
+	match []bcastMatcher            // by topic index
 	rec   *histRecorder
 	buf   []byte
 	codes map[string]int64 // loop-owned
@@ -62,16 +64,22 @@ type subLoop struct {
 type subGroup struct {
 	spec       groupSpec
 	loops      []*subLoop
+	urls       []string
+	topics     []string
 	registered atomic.Int64
 	opened     atomic.Int64
 	failed     atomic.Int64
-	ready      atomic.Bool
-	stop       atomic.Bool
-	rampErr    atomic.Pointer[string]
-	rampCancel context.CancelFunc
-	rampDone   chan struct{}
-	loopsWG    sync.WaitGroup
-	closeOnce  sync.Once
+	// By node and topic index, when there are several (else nil).
+	joinedByNode  []atomic.Int64
+	failedByNode  []atomic.Int64
+	joinedByTopic []atomic.Int64
+	ready         atomic.Bool
+	stop          atomic.Bool
+	rampErr       atomic.Pointer[string]
+	rampCancel    context.CancelFunc
+	rampDone      chan struct{}
+	loopsWG       sync.WaitGroup
+	closeOnce     sync.Once
 }
 
 var _ group = (*subGroup)(nil)
@@ -90,7 +98,18 @@ func startSubGroup(ctx context.Context, spec groupSpec) (*subGroup, error) {
 		}
 		ips = append(ips, ip)
 	}
-	g := &subGroup{spec: spec, rampDone: make(chan struct{})}
+	g := &subGroup{spec: spec, urls: spec.urls(), topics: spec.topics(), rampDone: make(chan struct{})}
+	if len(g.urls) > 1 {
+		g.joinedByNode = make([]atomic.Int64, len(g.urls))
+		g.failedByNode = make([]atomic.Int64, len(g.urls))
+	}
+	if len(g.topics) > 1 {
+		g.joinedByTopic = make([]atomic.Int64, len(g.topics))
+	}
+	match := make([]bcastMatcher, len(g.topics))
+	for i, t := range g.topics {
+		match[i] = newBcastMatcher(t, spec.Event)
+	}
 	perLoop := (spec.Subs + spec.Loops - 1) / spec.Loops
 	for range spec.Loops {
 		ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
@@ -101,7 +120,7 @@ func startSubGroup(ctx context.Context, spec groupSpec) (*subGroup, error) {
 		g.loops = append(g.loops, &subLoop{
 			g: g, ep: ep,
 			conns: make([]atomic.Pointer[subConn], perLoop),
-			match: newBcastMatcher(spec.Topic, spec.Event),
+			match: match,
 			rec:   newHistRecorder(),
 			buf:   make([]byte, subReadBuf),
 			codes: map[string]int64{},
@@ -123,23 +142,37 @@ func startSubGroup(ctx context.Context, spec groupSpec) (*subGroup, error) {
 // dials in flight.
 func (g *subGroup) ramp(ctx context.Context, ips []net.IP) {
 	defer g.ready.Store(true)
-	join := joinFrame(g.spec.Topic)
+	joins := make([][]byte, len(g.topics))
+	for i, t := range g.topics {
+		joins[i] = joinFrame(t)
+	}
 	jobs := make(chan int)
 	var wg sync.WaitGroup
 	for range min(g.spec.Concurrency, g.spec.Subs) {
 		wg.Go(func() {
 			for i := range jobs {
+				idx := g.spec.FirstIndex + i
 				var local net.IP
 				if len(ips) > 0 {
-					local = ips[(g.spec.FirstIndex+i)%len(ips)]
+					local = ips[idx%len(ips)]
 				}
-				if err := g.open(ctx, local, join); err != nil {
+				node, topic := placeAt(idx, len(g.urls), len(g.topics))
+				if err := g.open(ctx, local, node, topic, joins[topic]); err != nil {
 					g.failed.Add(1)
+					if g.failedByNode != nil {
+						g.failedByNode[node].Add(1)
+					}
 					msg := err.Error()
 					g.rampErr.CompareAndSwap(nil, &msg)
 					continue
 				}
 				g.opened.Add(1)
+				if g.joinedByNode != nil {
+					g.joinedByNode[node].Add(1)
+				}
+				if g.joinedByTopic != nil {
+					g.joinedByTopic[topic].Add(1)
+				}
 			}
 		})
 	}
@@ -147,14 +180,8 @@ func (g *subGroup) ramp(ctx context.Context, ips []net.IP) {
 	start := time.Now()
 loop:
 	for i := range g.spec.Subs {
-		if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
-			t := time.NewTimer(d)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				break loop
-			case <-t.C:
-			}
+		if !waitUntil(ctx, start.Add(time.Duration(i)*interval)) {
+			break
 		}
 		select {
 		case jobs <- i:
@@ -166,9 +193,9 @@ loop:
 	wg.Wait()
 }
 
-// open dials, joins and hands the socket to a loop.
-func (g *subGroup) open(ctx context.Context, local net.IP, join []byte) error {
-	c, err := dialJoined(ctx, g.spec.URL, local, g.spec.DialTimeout, join)
+// open dials node, joins topic and hands the socket to a loop.
+func (g *subGroup) open(ctx context.Context, local net.IP, node, topic int, join []byte) error {
+	c, err := dialJoined(ctx, g.urls[node], local, g.spec.DialTimeout, join)
 	if err != nil {
 		return err
 	}
@@ -183,7 +210,7 @@ func (g *subGroup) open(ctx context.Context, local net.IP, join []byte) error {
 		unix.Close(fd)
 		return errors.New("bench: more subscribers than the group holds")
 	}
-	l.conns[slot].Store(&subConn{fd: fd})
+	l.conns[slot].Store(&subConn{fd: fd, node: int32(node), topic: int32(topic)})
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(slot)}
 	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		// Not registered, so the loop never reads this slot's socket.
@@ -326,7 +353,7 @@ func (l *subLoop) frames(c *subConn, data []byte, now int64) int {
 
 // message handles one whole message.
 func (l *subLoop) message(c *subConn, m []byte, now int64) {
-	p, ok := l.match.payload(m)
+	p, ok := l.match[c.topic].payload(m)
 	if !ok {
 		l.other.Add(1)
 		return
@@ -394,16 +421,37 @@ func (g *subGroup) progress() groupProgress {
 		p.Closed += l.closed.Load()
 		p.Hist.Merge(l.rec.Snapshot())
 	}
+	p.JoinedByNode = loadInts(g.joinedByNode)
+	p.FailedByNode = loadInts(g.failedByNode)
+	p.JoinedByTopic = loadInts(g.joinedByTopic)
 	return p
+}
+
+// loadInts reads counters; nil for nil.
+func loadInts(a []atomic.Int64) []int {
+	if a == nil {
+		return nil
+	}
+	out := make([]int, len(a))
+	for i := range a {
+		out[i] = int(a[i].Load())
+	}
+	return out
 }
 
 func (g *subGroup) finish(f finishSpec) (groupResult, error) {
 	g.stopAll()
-	r := groupResult{Groups: 1, Failed: int(g.failed.Load())}
+	r := groupResult{Groups: 1, tally: tally{Failed: int(g.failed.Load())}}
+	if g.failedByNode != nil {
+		r.Nodes = make([]tally, len(g.urls))
+		for i := range r.Nodes {
+			r.Nodes[i].Failed = int(g.failedByNode[i].Load())
+		}
+	}
 	for _, l := range g.loops {
 		for i := range l.conns {
 			if c := l.conns[i].Load(); c != nil {
-				r.settle(&c.seq, f)
+				r.settle(&c.seq, f.topic(int(c.topic)), int(c.node), int(c.topic))
 			}
 		}
 		for k, v := range l.codes {
