@@ -10,12 +10,13 @@
 #   CONNS=5000 make loadtest
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. clients/bench/lib.sh
 
 CONNS=${CONNS:-15000}
 tmp=$(mktemp -d)
 gw_pid=""
 cleanup() {
-	if [ -n "$gw_pid" ]; then kill -TERM "$gw_pid" 2>/dev/null || true; wait "$gw_pid" 2>/dev/null || true; fi
+	stop "$gw_pid"
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -27,16 +28,7 @@ cat >"$tmp/gateway.yaml" <<YAML
 listen: "127.0.0.1:0"
 admin_listen: "127.0.0.1:0"
 api_listen: ""
-# The per-IP caps and join rate protect a real edge; this run opens
-# CONNS sockets from three loopback addresses on purpose.
-limits:
-  ip_max_conns: 20000
-  ip_handshakes_per_second: 100000
-  ip_handshake_burst: 20000
-  ip_max_handshakes: 1000
-  joins_per_second: 100000
-  join_burst: 20000
-  max_conns: 100000
+$(raised_limits)
 routes:
   - topic: "room:*"
     backend: echo
@@ -44,23 +36,8 @@ YAML
 
 # One process may hold at most 20,000 open files here; both processes stay
 # under it (CONNS ≤ 15,000 per process).
-(ulimit -n 20000 && exec "$tmp/phxgate" --config "$tmp/gateway.yaml") >"$tmp/gateway.log" 2>&1 &
-gw_pid=$!
-port="" admin=""
-for _ in $(seq 1 100); do
-	line=$(grep -m1 '"phxgate listening"' "$tmp/gateway.log" || true)
-	if [ -n "$line" ]; then
-		port=$(sed -E 's/.*"listen":"[^"]*:([0-9]+)".*/\1/' <<<"$line")
-		admin=$(sed -E 's/.*"admin":"[^"]*:([0-9]+)".*/\1/' <<<"$line")
-		break
-	fi
-	sleep 0.1
-done
-if [ -z "$port" ] || ! curl -fsS "http://127.0.0.1:$admin/readyz" >/dev/null; then
-	cat "$tmp/gateway.log"
-	exit 1
-fi
+start_gateway "$tmp/phxgate" "$tmp/gateway.yaml" "$tmp/gateway.log"
 
-(ulimit -n 20000 && "$tmp/bench" -url "ws://127.0.0.1:$port/socket/websocket" \
-	-admin "http://127.0.0.1:$admin" -conns "$CONNS" -topic room:load \
+(ulimit -n 20000 && "$tmp/bench" -url "ws://127.0.0.1:$gw_port/socket/websocket" \
+	-admin "http://127.0.0.1:$gw_admin" -conns "$CONNS" -topic room:load \
 	-local-ips 127.0.0.1,127.0.0.2,127.0.0.3 -timeout 5m)
