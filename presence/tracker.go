@@ -36,14 +36,14 @@ type Tracker struct {
 	topics map[string]*topicDiff
 	local  map[string]map[string]struct{} // topic → tags tracked here
 	closed bool
-	wg     sync.WaitGroup // flushes in progress and armed timers
 }
 
 // topicDiff is a topic's changes not yet published.
 type topicDiff struct {
 	joins, leaves []Presence
-	armed         bool // a window timer will flush
-	flushing      bool // a flush is publishing; it takes what comes meanwhile
+	timer         *time.Timer // armed: the window's flush is due
+	gen           uint64      // numbers the timers; the armed one's is current
+	flushing      bool        // a flush is publishing; it takes what comes meanwhile
 }
 
 // NewTracker returns a tracker over store, publishing diffs with pub.
@@ -231,28 +231,29 @@ func (t *Tracker) queueLocked(topic string, joins, leaves []Presence) {
 	}
 	d.joins = append(d.joins, joins...)
 	d.leaves = append(d.leaves, leaves...)
-	if d.armed || d.flushing {
+	if d.timer != nil || d.flushing {
 		return
 	}
-	d.armed = true
-	t.wg.Add(1)
-	time.AfterFunc(t.cfg.Window, func() {
-		defer t.wg.Done()
-		t.flush(topic, true)
-	})
+	d.gen++
+	gen := d.gen
+	d.timer = time.AfterFunc(t.cfg.Window, func() { t.flush(topic, gen) })
 }
 
 // flush publishes topic's pending changes, and whatever is queued while it
-// publishes, in order. timer says a window timer called it.
-func (t *Tracker) flush(topic string, timer bool) {
+// publishes, in order. gen is the window timer's that called it (0: a
+// drain).
+func (t *Tracker) flush(topic string, gen uint64) {
 	t.mu.Lock()
 	d := t.topics[topic]
 	if d == nil {
 		t.mu.Unlock()
 		return
 	}
-	if timer {
-		d.armed = false
+	if gen == 0 || d.gen == gen {
+		if d.timer != nil {
+			d.timer.Stop()
+		}
+		d.timer = nil
 	}
 	if d.flushing {
 		t.mu.Unlock()
@@ -267,7 +268,7 @@ func (t *Tracker) flush(topic string, timer bool) {
 		t.mu.Lock()
 	}
 	d.flushing = false
-	if !d.armed {
+	if d.timer == nil {
 		delete(t.topics, topic)
 	}
 	t.mu.Unlock()
@@ -306,20 +307,25 @@ func (t *Tracker) Drain(ctx context.Context) {
 		}
 		t.Untrack(ctx, p[0], p[1])
 	}
-	t.mu.Lock()
-	var topics []string
-	for topic := range t.topics {
-		topics = append(topics, topic)
-	}
-	t.mu.Unlock()
-	for _, topic := range topics {
-		t.flush(topic, false)
-	}
-	done := make(chan struct{})
-	go func() { t.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
+	// Flush every topic now; a flush already publishing elsewhere takes
+	// what is left, so wait for the map to empty.
+	for ctx.Err() == nil {
+		t.mu.Lock()
+		var topics []string
+		for topic := range t.topics {
+			topics = append(topics, topic)
+		}
+		t.mu.Unlock()
+		if len(topics) == 0 {
+			return
+		}
+		for _, topic := range topics {
+			t.flush(topic, 0)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Millisecond):
+		}
 	}
 }
 

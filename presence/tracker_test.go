@@ -1,0 +1,261 @@
+package presence
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+)
+
+// diffLog is a Publish that keeps every diff, decoded.
+type diffLog struct {
+	mu    sync.Mutex
+	diffs []decodedDiff
+	fail  bool
+}
+
+type decodedDiff struct {
+	Topic  string
+	Joins  map[string]struct{ Metas []map[string]any } `json:"joins"`
+	Leaves map[string]struct{ Metas []map[string]any } `json:"leaves"`
+	Raw    string
+}
+
+func (l *diffLog) publish(_ context.Context, topic string, payload []byte) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.fail {
+		return errors.New("broker down")
+	}
+	var d decodedDiff
+	if err := json.Unmarshal(payload, &d); err != nil {
+		panic(err)
+	}
+	d.Topic, d.Raw = topic, string(payload)
+	l.diffs = append(l.diffs, d)
+	return nil
+}
+
+func (l *diffLog) all() []decodedDiff {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]decodedDiff(nil), l.diffs...)
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func newTestTracker(t *testing.T, cfg Config) (*Tracker, *diffLog) {
+	t.Helper()
+	l := &diffLog{}
+	tr := NewTracker(cfg, NewMemory(), l.publish, nil)
+	t.Cleanup(func() { tr.Drain(context.Background()) })
+	return tr, l
+}
+
+func TestEncodeStateAndDiff(t *testing.T) {
+	ps := []Presence{
+		{Key: "bob", Ref: "r1", Meta: withRefs("r1", "", []byte(`"a":1`))},
+		{Key: `al"ice`, Ref: "r2", Meta: withRefs("r2", "", nil)},
+		{Key: "bob", Ref: "r3", Meta: withRefs("r3", "r0", nil)},
+	}
+	if got, want := string(EncodeState(ps)), `{"bob":{"metas":[{"a":1,"phx_ref":"r1"},{"phx_ref":"r3","phx_ref_prev":"r0"}]},"al\"ice":{"metas":[{"phx_ref":"r2"}]}}`; got != want {
+		t.Fatalf("state\n got %s\nwant %s", got, want)
+	}
+	if got, want := string(EncodeDiff(nil, ps[1:2])), `{"joins":{},"leaves":{"al\"ice":{"metas":[{"phx_ref":"r2"}]}}}`; got != want {
+		t.Fatalf("diff\n got %s\nwant %s", got, want)
+	}
+	if r := NewRef(); len(r) != 16 || strings.ContainsAny(r, "+/=") {
+		t.Fatalf("ref %q: want 16 url-safe characters", r)
+	}
+}
+
+// A topic's changes within one window make one diff, in order; the
+// window's leave of a presence joined in the same window is kept (a
+// joiner may have seen it in presence_state).
+func TestTrackerBatchesPerWindow(t *testing.T) {
+	tr, l := newTestTracker(t, Config{Window: 30 * time.Millisecond})
+	ctx := context.Background()
+	for i, k := range []string{"a", "b", "c"} {
+		if err := tr.Track(ctx, "room:1", "tag"+k, k, []byte(`{"i":`+string(rune('0'+i))+`}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tr.Untrack(ctx, "room:1", "tagb")
+	if err := tr.Track(ctx, "room:2", "tagz", "z", nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "two diffs", func() bool { return len(l.all()) == 2 })
+	var d1 decodedDiff
+	for _, d := range l.all() {
+		if d.Topic == "room:1" {
+			d1 = d
+		}
+	}
+	if len(d1.Joins) != 3 || len(d1.Leaves) != 1 || d1.Leaves["b"].Metas[0]["phx_ref"] != d1.Joins["b"].Metas[0]["phx_ref"] {
+		t.Fatalf("room:1 diff %s: want a, b, c joined and b left", d1.Raw)
+	}
+	if d1.Joins["a"].Metas[0]["i"] != 0.0 {
+		t.Fatalf("meta lost its keys: %s", d1.Raw)
+	}
+	st, err := tr.State(ctx, "room:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var state map[string]any
+	if err := json.Unmarshal(st, &state); err != nil || len(state) != 2 || state["b"] != nil {
+		t.Fatalf("state %s: want a and c", st)
+	}
+}
+
+func TestTrackerLimits(t *testing.T) {
+	tr, l := newTestTracker(t, Config{Window: time.Millisecond, MaxMetaBytes: 20, MaxMetasPerKey: 2, MaxPerTopic: 3})
+	ctx := context.Background()
+	cases := []struct {
+		name, tag, key, meta, reason string
+	}{
+		{"ok", "t1", "p", `{}`, ""},
+		{"second tab", "t2", "p", `{"x":1}`, ""},
+		{"third tab of one player", "t3", "p", `{}`, ReasonTooManyMetas},
+		{"meta too large", "t4", "q", `{"pad":"0123456789abcdef"}`, ReasonMetaTooLarge},
+		{"not an object", "t5", "q", `[1]`, ReasonBadMeta},
+		{"not JSON", "t6", "q", `{nope}`, ReasonBadMeta},
+		{"another player", "t7", "q", ``, ""},
+		{"topic full", "t8", "r", `{}`, ReasonTooMany},
+	}
+	for _, c := range cases {
+		err := tr.Track(ctx, "room:l", c.tag, c.key, []byte(c.meta))
+		if got := RefusalReason(err); got != c.reason || (c.reason == "" && err != nil) {
+			t.Fatalf("%s: %v (reason %q), want %q", c.name, err, got, c.reason)
+		}
+	}
+	for _, r := range []string{ReasonTooManyMetas, ReasonMetaTooLarge, ReasonTooMany} {
+		if n := counter(t, tr.m.refused.WithLabelValues(r)); n != 1 {
+			t.Fatalf("refused{%s} = %v, want 1", r, n)
+		}
+	}
+	if n := counter(t, tr.m.refused.WithLabelValues(ReasonBadMeta)); n != 2 {
+		t.Fatalf("refused{bad_meta} = %v, want 2", n)
+	}
+	// A refused presence is not untracked later (it was never ours).
+	tr.Untrack(ctx, "room:l", "t3")
+	waitFor(t, "the diff", func() bool { return len(l.all()) == 1 })
+	time.Sleep(10 * time.Millisecond) // one more window: no second diff
+	if n := len(l.all()); n != 1 {
+		t.Fatalf("%d diffs, want 1 (the refused untrack makes none)", n)
+	}
+}
+
+// An update is one diff: the old metas in leaves, the new ones, with
+// phx_ref_prev, in joins.
+func TestTrackerUpdate(t *testing.T) {
+	tr, l := newTestTracker(t, Config{Window: time.Millisecond})
+	ctx := context.Background()
+	_ = tr.Track(ctx, "room:u", "t1", "p", []byte(`{"s":"here"}`))
+	_ = tr.Track(ctx, "room:u", "t2", "p", nil)
+	waitFor(t, "the joins", func() bool { return len(l.all()) == 1 })
+	n, err := tr.Update(ctx, "room:u", "p", []byte(`{"s":"away"}`))
+	if err != nil || n != 2 {
+		t.Fatalf("update: %d, %v", n, err)
+	}
+	waitFor(t, "the update diff", func() bool { return len(l.all()) == 2 })
+	joined, left := l.all()[0], l.all()[1]
+	if len(left.Leaves["p"].Metas) != 2 || len(left.Joins["p"].Metas) != 2 {
+		t.Fatalf("update diff %s: want 2 leaves and 2 joins of p", left.Raw)
+	}
+	for i, m := range left.Joins["p"].Metas {
+		if m["s"] != "away" || m["phx_ref_prev"] != joined.Joins["p"].Metas[i]["phx_ref"] || m["phx_ref"] == m["phx_ref_prev"] {
+			t.Fatalf("updated meta %v", m)
+		}
+	}
+	if n, err := tr.Update(ctx, "room:u", "nobody", []byte(`{}`)); n != 0 || err != nil {
+		t.Fatalf("update of an absent player: %d, %v", n, err)
+	}
+	// Untracking after the update removes the updated presence.
+	tr.Untrack(ctx, "room:u", "t1")
+	waitFor(t, "the leave", func() bool { return len(l.all()) == 3 })
+	if got := l.all()[2].Leaves["p"].Metas[0]["phx_ref"]; got != left.Joins["p"].Metas[0]["phx_ref"] {
+		t.Fatalf("leave of %v, want the updated ref", got)
+	}
+}
+
+// Diffs of one topic leave in order even when publishing is slow: a
+// change made during a publish goes in the next diff, after it.
+func TestTrackerDiffOrderWithSlowPublish(t *testing.T) {
+	var mu sync.Mutex
+	var order []string
+	gate := make(chan struct{})
+	first := true
+	pub := func(_ context.Context, topic string, payload []byte) error {
+		mu.Lock()
+		wait := first
+		first = false
+		mu.Unlock()
+		if wait {
+			<-gate
+		}
+		mu.Lock()
+		order = append(order, string(payload))
+		mu.Unlock()
+		return nil
+	}
+	tr := NewTracker(Config{Window: time.Millisecond}, NewMemory(), pub, nil)
+	ctx := context.Background()
+	_ = tr.Track(ctx, "room:o", "t1", "p", nil)
+	time.Sleep(20 * time.Millisecond) // the first flush is now blocked in publish
+	tr.Untrack(ctx, "room:o", "t1")
+	time.Sleep(20 * time.Millisecond) // the leave's window passed while the join publishes
+	close(gate)
+	tr.Drain(ctx)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(order) != 2 || !strings.Contains(order[0], `"joins":{"p"`) || !strings.Contains(order[1], `"leaves":{"p"`) {
+		t.Fatalf("diffs %v: want the join then the leave", order)
+	}
+}
+
+// Drain removes every presence of the node at once and publishes the
+// leaves; later tracks are refused.
+func TestTrackerDrain(t *testing.T) {
+	l := &diffLog{}
+	tr := NewTracker(Config{Window: time.Hour}, NewMemory(), l.publish, nil)
+	ctx := context.Background()
+	_ = tr.Track(ctx, "room:d", "t1", "p", nil)
+	_ = tr.Track(ctx, "room:e", "t2", "q", nil)
+	tr.Drain(ctx)
+	var leaves int
+	for _, d := range l.all() {
+		leaves += len(d.Leaves)
+	}
+	if leaves != 2 {
+		t.Fatalf("diffs after drain %v: want both leaves (window an hour: drain flushes)", l.all())
+	}
+	if ps, _ := tr.List(ctx, "room:d"); len(ps) != 0 {
+		t.Fatalf("presences left: %v", ps)
+	}
+	if err := tr.Track(ctx, "room:d", "t3", "p", nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("track after drain: %v", err)
+	}
+}
+
+func counter(t *testing.T, c interface{ Write(*dto.Metric) error }) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
