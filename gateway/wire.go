@@ -84,7 +84,12 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 	// pushes and broadcasts once the sockets' queues hold too much.
 	ccfg.Fanout = gw
 	ccfg.Overloaded = gw.overBudget
-	if tracker := newPresence(cfg, broker, reg, gw); tracker != nil {
+	tracker, closePresence, err := newPresence(cfg, broker, reg, gw)
+	if err != nil {
+		_ = broker.Close()
+		return fail(err)
+	}
+	if tracker != nil {
 		ccfg.Presence = tracker
 		gw.drainHooks = append(gw.drainHooks, tracker.Drain)
 		gw.presence = tracker
@@ -109,6 +114,7 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 	closers := []func(context.Context) error{
 		// Every Leave queued by the closes runs within the drain window.
 		srv.Close,
+		closePresence,
 		func(context.Context) error { return broker.Close() },
 		func(context.Context) error {
 			var first error
@@ -178,24 +184,44 @@ func newBroker(cfg Config, router *channels.Router, reg prometheus.Registerer) (
 }
 
 // newPresence builds the presence tracker when a route has presence on
-// (nil otherwise): its diffs are ephemeral events of the room, published
-// straight to the broker (the output budget must not drop them: a lost
-// diff leaves clients with a wrong list).
-func newPresence(cfg Config, broker pubsub.Broker, reg prometheus.Registerer, gw *Server) *presence.Tracker {
+// (nil otherwise), on the broker's Redis when there is one. Its diffs are
+// ephemeral events of the room, published straight to the broker (the
+// output budget must not drop them: a lost diff leaves clients with a
+// wrong list). The returned closer takes the node out of the cluster's
+// presence after the drain removed its presences.
+func newPresence(cfg Config, broker pubsub.Broker, reg prometheus.Registerer, gw *Server) (*presence.Tracker, func(context.Context) error, error) {
+	noop := func(context.Context) error { return nil }
 	on := false
 	for _, r := range cfg.Routes {
 		on = on || r.Presence
 	}
 	if !on {
-		return nil
+		return nil, noop, nil
 	}
 	pub := func(ctx context.Context, topic string, payload []byte) error {
 		_, err := broker.Publish(ctx, topic, pubsub.Message{Event: "presence_diff", Payload: payload, Ephemeral: true})
 		return err
 	}
-	t := presence.NewTracker(cfg.Presence, presence.NewMemory(), pub, gw.log)
+	rb, shared := broker.(*pubsub.Redis)
+	if !shared {
+		t := presence.NewTracker(cfg.Presence, presence.NewMemory(), pub, gw.log)
+		if reg != nil {
+			_ = reg.Register(t.Collector())
+		}
+		return t, noop, nil
+	}
+	var t *presence.Tracker
+	store, err := presence.NewRedis(presence.RedisConfig{Client: rb.Client(), Prefix: cfg.RedisPrefix,
+		NodeID: cfg.NodeID, Timeout: cfg.Presence.Timeout, Log: gw.log, OnReap: func() { t.CountCleanup() }})
+	if err != nil {
+		return nil, nil, keyErr("node_id", "%v", err)
+	}
+	t = presence.NewTracker(cfg.Presence, store, pub, gw.log)
+	if err := store.Start(t.Leaves); err != nil {
+		return nil, nil, keyErr("redis_url", "presence: %v", err)
+	}
 	if reg != nil {
 		_ = reg.Register(t.Collector())
 	}
-	return t
+	return t, func(context.Context) error { return store.Close() }, nil
 }

@@ -221,6 +221,10 @@ func (t *Tracker) Leaves(topic string, ps []Presence) {
 	t.mu.Unlock()
 }
 
+// CountCleanup counts a dead node (or an earlier life of this one) whose
+// presences were removed (phxgate_presence_node_cleanups_total).
+func (t *Tracker) CountCleanup() { t.m.cleanups.Inc() }
+
 // queueLocked adds changes to topic's next diff, arming its window timer.
 // Called with t.mu held.
 func (t *Tracker) queueLocked(topic string, joins, leaves []Presence) {

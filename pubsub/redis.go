@@ -852,6 +852,10 @@ func (r *Redis) Close() error {
 	return r.client.Close()
 }
 
+// Client returns the engine's Redis client, for other state kept in the
+// same Redis (presence). It is closed by Close.
+func (r *Redis) Client() redis.UniversalClient { return r.client }
+
 // Collector returns the engine's metrics for registration.
 func (r *Redis) Collector() prometheus.Collector { return r.m }
 

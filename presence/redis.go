@@ -1,0 +1,485 @@
+package presence
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Liveness of the Redis store's nodes.
+const (
+	// RedisDeadAfter is how long a node's liveness key lives without a
+	// refresh: a node silent this long is dead, and another node removes
+	// its presences (publishing their leaves) within a reaper period more.
+	RedisDeadAfter = 5 * time.Second
+	// redisBeat is how often a node refreshes its liveness and looks for
+	// dead nodes.
+	redisBeat = time.Second
+	// redisReapLock keeps two nodes from reaping the same dead node at
+	// once.
+	redisReapLock = 10 * time.Second
+	// redisTopicTTL bounds how long a topic's presence hash outlives its
+	// last change, should every node of the cluster vanish at once.
+	redisTopicTTL = 24 * time.Hour
+)
+
+// RedisConfig configures the Redis store.
+type RedisConfig struct {
+	// Client is the Redis client (single server or Cluster); the store
+	// does not close it.
+	Client redis.UniversalClient
+	// Prefix starts every key ("phx" when empty).
+	Prefix string
+	// NodeID names this node; a node restarted under the same id removes
+	// what its earlier life left at once. Required.
+	NodeID string
+	// Timeout bounds the store's own calls (liveness, reaping). Zero
+	// means DefaultTimeout.
+	Timeout time.Duration
+	// Log receives the reaper's reports; nil discards them.
+	Log *slog.Logger
+	// OnReap, when set, is called once per node (or earlier life of this
+	// one) whose presences were removed.
+	OnReap func()
+}
+
+// Redis is the Store shared by several nodes: each topic's presences are a
+// hash (field: the tracking connection's tag; value: node, boot, key,
+// phx_ref and meta) beside a hash of metas per key, under the topic's hash
+// tag so that one script changes both. Every node keeps a liveness key
+// alive; a node whose key expired is reaped by another.
+type Redis struct {
+	cfg     RedisConfig
+	c       redis.UniversalClient
+	boot    string
+	onLeave func(topic string, ps []Presence)
+	log     *slog.Logger
+
+	mu      sync.Mutex
+	mine    map[string]int // topic → presences of this node there
+	stop    chan struct{}
+	done    chan struct{}
+	once    sync.Once
+	started bool
+}
+
+// NewRedis returns the store. Start begins its liveness and reaping.
+func NewRedis(cfg RedisConfig) (*Redis, error) {
+	if cfg.Client == nil || cfg.NodeID == "" {
+		return nil, fmt.Errorf("%w: a Redis client and a node id are required", ErrInvalidConfig)
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "phx"
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return &Redis{cfg: cfg, c: cfg.Client, boot: refEncoding.EncodeToString(b[:]), log: log,
+		mine: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}, nil
+}
+
+func (r *Redis) hashKey(topic string) string   { return r.cfg.Prefix + ":{" + topic + "}:p" }
+func (r *Redis) countsKey(topic string) string { return r.cfg.Prefix + ":{" + topic + "}:pk" }
+func (r *Redis) liveKey(node string) string    { return r.cfg.Prefix + ":presence:node:" + node }
+func (r *Redis) nodesKey() string              { return r.cfg.Prefix + ":presence:nodes" }
+func (r *Redis) topicsKey(node string) string  { return r.cfg.Prefix + ":presence:topics:" + node }
+func (r *Redis) reapKey(node string) string    { return r.cfg.Prefix + ":presence:reap:" + node }
+
+func (r *Redis) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), r.cfg.Timeout)
+}
+
+// Start removes what an earlier life of this node id left (publishing
+// those leaves through onLeave), makes the node alive, and starts the
+// loop that keeps it alive and reaps dead nodes. Close stops it.
+func (r *Redis) Start(onLeave func(topic string, ps []Presence)) error {
+	r.onLeave = onLeave
+	if err := r.reap(r.cfg.NodeID, true); err != nil {
+		return err
+	}
+	if err := r.beat(); err != nil {
+		return err
+	}
+	r.started = true
+	go r.loop()
+	return nil
+}
+
+func (r *Redis) beat() error {
+	ctx, cancel := r.ctx()
+	defer cancel()
+	_, err := r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, r.liveKey(r.cfg.NodeID), r.boot, RedisDeadAfter)
+		p.SAdd(ctx, r.nodesKey(), r.cfg.NodeID)
+		return nil
+	})
+	return err
+}
+
+func (r *Redis) loop() {
+	defer close(r.done)
+	t := time.NewTicker(redisBeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-t.C:
+		}
+		if err := r.beat(); err != nil {
+			r.log.Warn("presence: liveness not refreshed", "err", err)
+			continue
+		}
+		r.reapDead()
+	}
+}
+
+// reapDead reaps every node whose liveness key is gone.
+func (r *Redis) reapDead() {
+	ctx, cancel := r.ctx()
+	nodes, err := r.c.SMembers(ctx, r.nodesKey()).Result()
+	cancel()
+	if err != nil {
+		return
+	}
+	for _, n := range nodes {
+		if n == r.cfg.NodeID {
+			continue
+		}
+		ctx, cancel := r.ctx()
+		alive, err := r.c.Exists(ctx, r.liveKey(n)).Result()
+		cancel()
+		if err != nil || alive > 0 {
+			continue
+		}
+		if err := r.reap(n, false); err != nil {
+			r.log.Warn("presence: reaping a dead node failed", "node", n, "err", err)
+		}
+	}
+}
+
+// reapScript removes a topic's presences of a node, but not those of its
+// current life (ARGV[2], "" when it is dead). KEYS: hash, counts. It
+// returns the removed values.
+var reapScript = redis.NewScript(`
+local out = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local v = all[i + 1]
+  local seq, nl, bl, kl = string.match(v, '^(%d+) (%d+) (%d+) (%d+) %d+\n')
+  if seq then
+    local h = #seq + #nl + #bl + #kl + 4
+    local rest = string.sub(v, string.find(v, '\n', 1, true) + 1)
+    local node = string.sub(rest, 1, tonumber(nl))
+    local boot = string.sub(rest, tonumber(nl) + 1, tonumber(nl) + tonumber(bl))
+    local key = string.sub(rest, tonumber(nl) + tonumber(bl) + 1, tonumber(nl) + tonumber(bl) + tonumber(kl))
+    if node == ARGV[1] and boot ~= ARGV[2] then
+      redis.call('HDEL', KEYS[1], all[i])
+      if redis.call('HINCRBY', KEYS[2], key, -1) <= 0 then redis.call('HDEL', KEYS[2], key) end
+      out[#out + 1] = v
+    end
+  end
+end
+return out
+`)
+
+// reap removes node's presences from every topic it had some on and hands
+// them to onLeave. self: this node's earlier lives (its current one is
+// kept).
+func (r *Redis) reap(node string, self bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*r.cfg.Timeout)
+	defer cancel()
+	if !self {
+		ok, err := r.c.SetNX(ctx, r.reapKey(node), r.cfg.NodeID, redisReapLock).Result()
+		if err != nil || !ok {
+			return err // another node reaps it
+		}
+	}
+	keep := ""
+	if self {
+		keep = r.boot
+	}
+	topics, err := r.c.SMembers(ctx, r.topicsKey(node)).Result()
+	if err != nil {
+		return err
+	}
+	removed := 0
+	for _, topic := range topics {
+		vals, err := reapScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, node, keep).StringSlice()
+		if err != nil {
+			return err
+		}
+		var ps []Presence
+		for _, v := range vals {
+			if p, _, ok := decodeValue(v); ok {
+				ps = append(ps, p)
+			}
+		}
+		removed += len(ps)
+		if len(ps) > 0 && r.onLeave != nil {
+			r.onLeave(topic, ps)
+		}
+	}
+	if self {
+		// Our earlier life's topics; this life adds its own as it goes.
+		_ = r.c.Del(ctx, r.topicsKey(node)).Err()
+	} else {
+		_, err = r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			p.Del(ctx, r.topicsKey(node))
+			p.SRem(ctx, r.nodesKey(), node)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if (removed > 0 || !self) && r.cfg.OnReap != nil {
+		r.cfg.OnReap()
+	}
+	if removed > 0 || !self {
+		r.log.Info("presence: removed the presences of a node gone", "node", node, "earlier_life", self, "presences", removed, "topics", len(topics))
+	}
+	return nil
+}
+
+// encodeValue is a hash value: "<seq> <node len> <boot len> <key len> <ref
+// len>\n<node><boot><key><ref><meta>".
+func (r *Redis) encodeValue(seq int64, p Presence) string {
+	var b strings.Builder
+	b.Grow(len(r.cfg.NodeID) + len(r.boot) + len(p.Key) + len(p.Ref) + len(p.Meta) + 40)
+	fmt.Fprintf(&b, "%d %d %d %d %d\n", seq, len(r.cfg.NodeID), len(r.boot), len(p.Key), len(p.Ref))
+	b.WriteString(r.cfg.NodeID)
+	b.WriteString(r.boot)
+	b.WriteString(p.Key)
+	b.WriteString(p.Ref)
+	b.Write(p.Meta)
+	return b.String()
+}
+
+// decodeValue reads a hash value back (seq for ordering).
+func decodeValue(v string) (p Presence, seq int64, ok bool) {
+	head, rest, found := strings.Cut(v, "\n")
+	if !found {
+		return Presence{}, 0, false
+	}
+	f := strings.Fields(head)
+	if len(f) != 5 {
+		return Presence{}, 0, false
+	}
+	var n [5]int64
+	for i, s := range f {
+		x, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || x < 0 {
+			return Presence{}, 0, false
+		}
+		n[i] = x
+	}
+	nl, bl, kl, rl := int(n[1]), int(n[2]), int(n[3]), int(n[4])
+	if nl+bl+kl+rl > len(rest) {
+		return Presence{}, 0, false
+	}
+	off := nl + bl
+	p.Key = rest[off : off+kl]
+	p.Ref = rest[off+kl : off+kl+rl]
+	p.Meta = []byte(rest[off+kl+rl:])
+	return p, n[0], true
+}
+
+// addScript stores a presence unless a limit refuses it. KEYS: hash,
+// counts. ARGV: tag, key, value, max metas per key, max per topic, TTL ms.
+var addScript = redis.NewScript(`
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then
+  return 'too_many_presences'
+end
+if tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') >= tonumber(ARGV[4]) then
+  return 'too_many_metas'
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+return 'ok'
+`)
+
+// Add implements Store.
+func (r *Redis) Add(ctx context.Context, topic, tag string, p Presence, lim Limits) error {
+	r.mu.Lock()
+	first := r.mine[topic] == 0
+	r.mine[topic]++
+	r.mu.Unlock()
+	if first {
+		// Listed before the presence exists, so a reaper always finds it.
+		if err := r.c.SAdd(ctx, r.topicsKey(r.cfg.NodeID), topic).Err(); err != nil {
+			r.forget(topic)
+			return err
+		}
+	}
+	res, err := addScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, tag, p.Key,
+		r.encodeValue(time.Now().UnixNano(), p), lim.MaxMetasPerKey, lim.MaxPerTopic, redisTopicTTL.Milliseconds()).Text()
+	if err == nil && res != "ok" {
+		err = refused(res)
+	}
+	if err != nil {
+		r.forget(topic)
+	}
+	return err
+}
+
+// forget counts one presence of this node on topic less; the last one
+// takes the topic off the node's list.
+func (r *Redis) forget(topic string) {
+	r.mu.Lock()
+	r.mine[topic]--
+	last := r.mine[topic] <= 0
+	if last {
+		delete(r.mine, topic)
+	}
+	r.mu.Unlock()
+	if last {
+		ctx, cancel := r.ctx()
+		defer cancel()
+		_ = r.c.SRem(ctx, r.topicsKey(r.cfg.NodeID), topic).Err()
+	}
+}
+
+// removeScript removes one presence. KEYS: hash, counts. ARGV: tag.
+var removeScript = redis.NewScript(`
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return false end
+local seq, nl, bl, kl = string.match(v, '^(%d+) (%d+) (%d+) (%d+) %d+\n')
+local rest = string.sub(v, string.find(v, '\n', 1, true) + 1)
+local key = string.sub(rest, tonumber(nl) + tonumber(bl) + 1, tonumber(nl) + tonumber(bl) + tonumber(kl))
+redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HINCRBY', KEYS[2], key, -1) <= 0 then redis.call('HDEL', KEYS[2], key) end
+return v
+`)
+
+// Remove implements Store.
+func (r *Redis) Remove(ctx context.Context, topic, tag string) (Presence, bool, error) {
+	v, err := removeScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, tag).Text()
+	if errors.Is(err, redis.Nil) {
+		r.forget(topic)
+		return Presence{}, false, nil
+	}
+	if err != nil {
+		return Presence{}, false, err
+	}
+	r.forget(topic)
+	p, _, ok := decodeValue(v)
+	return p, ok, nil
+}
+
+// updateScript gives every presence of a key a new meta. KEYS: hash.
+// ARGV: key, meta body, then the new refs. It returns old and new values,
+// alternating.
+var updateScript = redis.NewScript(`
+local out = {}
+local all = redis.call('HGETALL', KEYS[1])
+local n = 0
+for i = 1, #all, 2 do
+  local v = all[i + 1]
+  local seq, nl, bl, kl, rl = string.match(v, '^(%d+) (%d+) (%d+) (%d+) (%d+)\n')
+  if seq then
+    local rest = string.sub(v, string.find(v, '\n', 1, true) + 1)
+    nl, bl, kl, rl = tonumber(nl), tonumber(bl), tonumber(kl), tonumber(rl)
+    local key = string.sub(rest, nl + bl + 1, nl + bl + kl)
+    if key == ARGV[1] and n + 3 <= #ARGV then
+      n = n + 1
+      local oldref = string.sub(rest, nl + bl + kl + 1, nl + bl + kl + rl)
+      local ref = ARGV[2 + n]
+      local meta = '{' .. ARGV[2]
+      if ARGV[2] ~= '' then meta = meta .. ',' end
+      meta = meta .. '"phx_ref":"' .. ref .. '","phx_ref_prev":"' .. oldref .. '"}'
+      local nv = seq .. ' ' .. nl .. ' ' .. bl .. ' ' .. kl .. ' ' .. #ref .. '\n' ..
+        string.sub(rest, 1, nl + bl + kl) .. ref .. meta
+      redis.call('HSET', KEYS[1], all[i], nv)
+      out[#out + 1] = v
+      out[#out + 1] = nv
+    end
+  end
+end
+return out
+`)
+
+// Update implements Store.
+func (r *Redis) Update(ctx context.Context, topic, key string, body []byte, refs []string) (left, joined []Presence, err error) {
+	args := make([]any, 0, 2+len(refs))
+	args = append(args, key, body)
+	for _, ref := range refs {
+		args = append(args, ref)
+	}
+	vals, err := updateScript.Run(ctx, r.c, []string{r.hashKey(topic)}, args...).StringSlice()
+	if err != nil {
+		return nil, nil, err
+	}
+	for i := 0; i+1 < len(vals); i += 2 {
+		o, _, ok1 := decodeValue(vals[i])
+		n, _, ok2 := decodeValue(vals[i+1])
+		if ok1 && ok2 {
+			left, joined = append(left, o), append(joined, n)
+		}
+	}
+	return left, joined, nil
+}
+
+// List implements Store: every node's presences, in join order.
+func (r *Redis) List(ctx context.Context, topic string) ([]Presence, error) {
+	vals, err := r.c.HVals(ctx, r.hashKey(topic)).Result()
+	if err != nil {
+		return nil, err
+	}
+	type entry struct {
+		p   Presence
+		seq int64
+	}
+	es := make([]entry, 0, len(vals))
+	for _, v := range vals {
+		if p, seq, ok := decodeValue(v); ok {
+			es = append(es, entry{p, seq})
+		}
+	}
+	slices.SortFunc(es, func(a, b entry) int { return cmp.Compare(a.seq, b.seq) })
+	out := make([]Presence, len(es))
+	for i, e := range es {
+		out[i] = e.p
+	}
+	return out, nil
+}
+
+// Close stops the liveness loop and takes the node off the cluster (its
+// presences should be gone already: Tracker.Drain). Idempotent.
+func (r *Redis) Close() error {
+	r.once.Do(func() {
+		close(r.stop)
+		if r.started {
+			<-r.done
+		}
+		ctx, cancel := r.ctx()
+		defer cancel()
+		_, _ = r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			p.Del(ctx, r.liveKey(r.cfg.NodeID))
+			p.SRem(ctx, r.nodesKey(), r.cfg.NodeID)
+			p.Del(ctx, r.topicsKey(r.cfg.NodeID))
+			return nil
+		})
+	})
+	return nil
+}
+
+var _ Store = (*Redis)(nil)
