@@ -162,6 +162,38 @@ func TestConformancePhoenixJS(t *testing.T) {
 		control := startControl(t, api)
 		runNode(t, node, jsDir, "presence/", "PHXGATE_URL="+url, "PHXGATE_AUTH_SECRET="+secret, "PHXGATE_CONTROL="+control)
 	})
+	// The presence-cluster phase: three nodes on one Redis; the node
+	// tests kill -9 one node and drain another, then both are restarted
+	// under the same ids for presence-restart/.
+	t.Run("presence-cluster", func(t *testing.T) {
+		secret := rand.Text() + rand.Text()
+		rs := redistest.Start(t, redistest.Options{})
+		topic := "room:presence-" + strings.ToLower(rand.Text()[:8])
+		listens := make([]string, 3)
+		var urls, pids []string
+		start := func(i int) string {
+			url, pid := startGateway(t, bin, func(listen, admin string) string {
+				if listens[i] == "" {
+					listens[i] = listen
+				}
+				return fmt.Sprintf(presenceClusterConfig, listens[i], admin, i, rs.URL(), secret)
+			})
+			pids = append(pids, fmt.Sprint(pid))
+			return url
+		}
+		for i := range 3 {
+			urls = append(urls, start(i))
+		}
+		env := []string{"PHXGATE_URL=" + urls[0], "PHXGATE_URLS=" + strings.Join(urls, ","),
+			"PHXGATE_AUTH_SECRET=" + secret, "PHXGATE_TOPIC=" + topic}
+		runNode(t, node, jsDir, "presence-cluster/", append(env, "PHXGATE_PIDS="+strings.Join(pids, ","))...)
+		if t.Failed() {
+			return
+		}
+		start(1)
+		start(2)
+		runNode(t, node, jsDir, "presence-restart/", env...)
+	})
 	// The dice phase: the example game over real gRPC (issue 7).
 	t.Run("dice", func(t *testing.T) {
 		secret := rand.Text() + rand.Text()
@@ -220,6 +252,27 @@ routes:
     backend: echo
     presence: true
     leave_grace: 1s
+`
+
+// presenceClusterConfig is one node of the presence-cluster phase: a
+// fixed node id (a restart keeps it), Redis, tokens, room:* with presence.
+const presenceClusterConfig = `# written by clients/js/conformance_test.go (presence-cluster phase)
+listen: "%s"
+admin_listen: "%s"
+api_listen: ""
+node_id: "presence-node-%d"
+redis_url: "%s"
+drain_timeout: 4s
+auth:
+  required: true
+  hs256_secret: "%s"
+limits:
+  joins_per_second: 1000
+  join_burst: 1000
+routes:
+  - topic: "room:*"
+    backend: echo
+    presence: true
 `
 
 // startControl serves the presence phase's control endpoint: POST
