@@ -233,7 +233,8 @@ routes:
 
 // presenceGatewayConfig is the presence phase's gateway: tokens give the
 // player ids, room:* tracks presence, grace:* too with a 1 s leave_grace,
-// and the Gateway API is served (no secret: loopback, this run only).
+// the Gateway API is served (no secret: loopback, this run only), and the
+// per-address limits let the herd test's 2,000 sockets in.
 const presenceGatewayConfig = `# written by clients/js/conformance_test.go (presence phase)
 listen: "%s"
 admin_listen: "%s"
@@ -241,9 +242,14 @@ api_listen: "%s"
 auth:
   required: true
   hs256_secret: "%s"
+# herd.test.mjs opens 2,000 sockets from 127.0.0.1 within a second.
 limits:
   joins_per_second: 1000
   join_burst: 1000
+  ip_max_conns: 5000
+  ip_handshakes_per_second: 10000
+  ip_handshake_burst: 5000
+  ip_max_handshakes: 1000
 routes:
   - topic: "room:*"
     backend: echo
