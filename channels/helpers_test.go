@@ -241,6 +241,18 @@ func (b *testBroker) History(_ context.Context, topic string, since pubsub.Posit
 
 func (b *testBroker) Close() error { return nil }
 
+// resync calls the topic's handler's Resync, as an engine does after a
+// reconnect.
+func (b *testBroker) resync(topic string) {
+	t := b.topic(topic)
+	b.mu.Lock()
+	h := t.h
+	b.mu.Unlock()
+	if h != nil {
+		h.Resync(topic)
+	}
+}
+
 // loseHistory forgets every topic's events and starts a new epoch, as a
 // store restarted without persistence does.
 func (b *testBroker) loseHistory(epoch string) {
@@ -399,6 +411,7 @@ func newTestEnv(tb testing.TB, tweak func(*Config)) *testEnv {
 	router, err := NewRouter([]Route{
 		{Pattern: "room:*", Backend: be, History: 100},
 		{Pattern: "lobby", Backend: be},
+		{Pattern: "here:*", Backend: be, Presence: true},
 	})
 	if err != nil {
 		tb.Fatal(err)

@@ -411,13 +411,54 @@ func (th *topicHub) Deliver(ev *pubsub.Event) {
 	th.after(&st)
 }
 
-// Resync implements pubsub.Handler: catch up from history.
+// Resync implements pubsub.Handler: catch up from history. Presence
+// diffs, which have no history, may have been lost too: the topic's
+// channels get a fresh presence_state.
 func (th *topicHub) Resync(string) {
 	th.seqMu.Lock()
-	defer th.seqMu.Unlock()
 	var st pubsub.SequencerStats
 	th.seq.Resync(th.emit, th.lost, &st)
 	th.after(&st)
+	th.seqMu.Unlock()
+	th.refreshPresence()
+}
+
+// refreshPresence sends the topic's presence_state again to every local
+// channel, when its route tracks presence: phoenix.js computes the joins
+// and leaves it missed from it. It runs on its own goroutine (reading the
+// state may wait on the store), one per resync.
+func (th *topicHub) refreshPresence() {
+	srv := th.h.srv
+	p := srv.cfg.Presence
+	if r := srv.router.Match(th.name); p == nil || r == nil || !r.Presence {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.CallTimeout)
+		defer cancel()
+		state, err := p.State(ctx, th.name)
+		if err != nil {
+			return
+		}
+		var subs []*channel
+		for i := range th.lanes {
+			if l := th.lanes[i].Load(); l != nil {
+				l.mu.Lock()
+				subs = append(subs, l.subs...)
+				l.mu.Unlock()
+			}
+		}
+		for _, c := range subs {
+			s := c.sock
+			s.mu.Lock()
+			joined, jr := c.curGen != 0, c.curJoinRef
+			s.mu.Unlock()
+			if joined {
+				s.sendOrDrop(encodeMessage(s.ser, jr, "null", th.name, "presence_state", backends.Payload{Data: state}))
+			}
+		}
+		srv.m.presenceRefreshes.Inc()
+	}()
 }
 
 // after counts what the sequencer did and wakes the publishers whose event

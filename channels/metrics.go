@@ -60,6 +60,9 @@ type metrics struct {
 	resumes        *prometheus.CounterVec
 	deliveryLag    prometheus.Histogram
 	ownWaitTimeout prometheus.Counter
+	// presenceRefreshes counts topics whose presence_state was sent again
+	// after a broker resync.
+	presenceRefreshes prometheus.Counter
 }
 
 // Resume results (phxgate_resumes_total{result}).
@@ -158,6 +161,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.ownWaitTimeout = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "phxgate_pubsub_own_delivery_timeouts_total", Help: "Replies sent before the sender's own broadcast came back from the broker (waited 1 s).",
 	})
+	m.presenceRefreshes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "phxgate_presence_state_refreshes_total", Help: "Topics whose channels got presence_state again after the broker resynced them (presence diffs have no history).",
+	})
 	m.shed.WithLabelValues(shedPush)
 	m.shed.WithLabelValues(shedBroadcast)
 	m.callDurationJoin = m.backendDuration.WithLabelValues("join")
@@ -170,7 +176,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.channels, m.joins, m.messagesIn, m.broadcasts, m.fanout, m.backendCalls,
 		m.backendDuration, m.replayed, m.overloaded, m.droppedFrames, m.resumeOverflow, m.publishErrors,
 		m.floodCloses, m.shed, m.backendPanics, m.replyBroadcastsLost, m.leaves, m.leavesLost,
-		m.seqDuplicates, m.seqGaps, m.seqFilled, m.seqLost, m.resumes, m.deliveryLag, m.ownWaitTimeout,
+		m.seqDuplicates, m.seqGaps, m.seqFilled, m.seqLost, m.resumes, m.deliveryLag, m.ownWaitTimeout, m.presenceRefreshes,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

@@ -1,0 +1,71 @@
+package channels
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// fakePresence is a PresenceTracker that records calls and serves a
+// state whose version grows with every call to State.
+type fakePresence struct {
+	mu      sync.Mutex
+	calls   []string
+	version atomic.Int64
+}
+
+func (f *fakePresence) Track(_ context.Context, topic, tag, key string, meta []byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, "track "+topic+" "+key+" "+string(meta))
+	return nil
+}
+
+func (f *fakePresence) Untrack(_ context.Context, topic, tag string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, "untrack "+topic)
+}
+
+func (f *fakePresence) State(context.Context, string) ([]byte, error) {
+	return []byte(`{"v":` + string(rune('0'+f.version.Add(1))) + `}`), nil
+}
+
+func (f *fakePresence) log() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.calls)
+}
+
+// Presence routes: an anonymous channel is not tracked but gets
+// presence_state after its join; a broker resync sends it again (diffs
+// have no history to fill from); other routes get none.
+func TestPresenceStateOnJoinAndResync(t *testing.T) {
+	fp := &fakePresence{}
+	env := newTestEnv(t, func(c *Config) { c.Presence = fp })
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","here:a","phx_join",{}]`)
+	mustHandle(t, sock, `["2","2","room:a","phx_join",{}]`)
+	// The two channels run on their own workers: compare per topic.
+	got := conn.waitTexts(t, 3)
+	here := slices.DeleteFunc(slices.Clone(got), func(f string) bool { return !strings.Contains(f, `"here:a"`) })
+	want := []string{
+		`["1","1","here:a","phx_reply",{"response":{},"status":"ok"}]`,
+		`["1",null,"here:a","presence_state",{"v":1}]`,
+	}
+	if !slices.Equal(here, want) || !slices.Contains(got, `["2","2","room:a","phx_reply",{"response":{},"status":"ok"}]`) {
+		t.Fatalf("got  %s\nwant %s and room:a's reply", strings.Join(got, "\n     "), strings.Join(want, "\n     "))
+	}
+	if l := fp.log(); len(l) != 0 {
+		t.Fatalf("an anonymous channel was tracked: %v", l)
+	}
+	env.broker.resync("here:a")
+	env.broker.resync("room:a")
+	got = conn.waitTexts(t, 4)
+	if got[3] != `["1",null,"here:a","presence_state",{"v":2}]` {
+		t.Fatalf("after a resync: %s", got[3])
+	}
+}
