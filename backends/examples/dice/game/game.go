@@ -176,7 +176,16 @@ func (g *Game) Join(_ context.Context, req *backendv1.JoinRequest) (*backendv1.J
 		g.calls.put(key, a, now)
 	}
 	g.log.Debug("dice: join", "topic", topic, "player", player, "node_id", c.GetNodeId(), "conn_id", c.GetConnId(), "round", view.ID)
-	return &backendv1.JoinResponse{Reply: a.reply()}, nil
+	return &backendv1.JoinResponse{Reply: a.reply(), PresenceMeta: presenceMeta(player)}, nil
+}
+
+// presenceMeta is what a player is shown with on a table with presence on:
+// their name.
+func presenceMeta(player string) []byte {
+	b, _ := json.Marshal(struct {
+		Name string `json:"name"`
+	}{player})
+	return b
 }
 
 // HandleIn answers a client event: bet, or an unknown event error.

@@ -26,6 +26,11 @@ func TestJoin(t *testing.T) {
 		if r.GetStatus() != StatusOK || string(r.GetResponse().GetData()) != want {
 			t.Fatalf("join reply %s %s, want ok %s", r.GetStatus(), r.GetResponse().GetData(), want)
 		}
+		// The player is shown by name on tables with presence on.
+		res, err := f.g.Join(context.Background(), &backendv1.JoinRequest{Call: call("table:1", `al"ice`, "phx_join", newKey(), []byte("{}"))})
+		if err != nil || string(res.GetPresenceMeta()) != `{"name":"al\"ice"}` {
+			t.Fatalf("presence meta %s, %v", res.GetPresenceMeta(), err)
+		}
 		// A second player joins the round already open.
 		f.clk.Move(time.Second)
 		if j := f.mustJoin(t, "table:1", "bob"); j.Round.ID != 1 || j.Round.ClosesAtMs != start.Add(DefaultWindow).UnixMilli() {
