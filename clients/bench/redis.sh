@@ -15,6 +15,7 @@
 #   make bench-redis                  # 3 nodes, 15,000 clients, 100 rooms, 1,000 events/s, 20 s
 #   CLIENTS=6000 RATE=500 DURATION=10s make bench-redis
 #   BENCH_FLAGS="-per-process 5000" make bench-redis   # subscribers in 3 worker processes
+#   GATEWAY_YAML="pollers: 1" make bench-redis         # extra lines in every gateway's config
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . clients/bench/lib.sh
@@ -77,6 +78,7 @@ admin_listen: "127.0.0.1:0"
 api_listen: ""
 node_id: "bench-$i"
 redis_url: "redis://127.0.0.1:$redis_port/0"
+${GATEWAY_YAML:-}
 $(raised_limits)
 routes:
   - topic: "room:*"
