@@ -212,7 +212,48 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		_ = r.client.Close()
 		return nil, fmt.Errorf("%w: %v", ErrRedis, err)
 	}
+	r.wg.Add(1)
+	go r.keepEpochs()
 	return r, nil
+}
+
+// keepEpochs refreshes the epoch TTL of every topic subscribed here, so a
+// room whose players are connected but quiet does not lose its epoch (and
+// send them all phx_error and recovered=false on its next event), as the
+// memory engine keeps every topic that has a handler.
+func (r *Redis) keepEpochs() {
+	defer r.wg.Done()
+	ttl := redisMetaTTLFactor * r.cfg.HistoryTTL
+	t := time.NewTicker(min(ttl/3, 5*time.Minute))
+	defer t.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-t.C:
+		}
+		r.mu.Lock()
+		topics := make([]string, 0, len(r.subs))
+		for _, s := range r.subs {
+			topics = append(topics, s.topic)
+		}
+		r.mu.Unlock()
+		for len(topics) > 0 {
+			batch := topics[:min(len(topics), 1000)]
+			topics = topics[len(batch):]
+			ctx, cancel := r.callCtx(r.ctx)
+			_, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for _, topic := range batch {
+					p.PExpire(ctx, r.metaKey(topic), ttl)
+				}
+				return nil
+			})
+			cancel()
+			if err != nil {
+				r.m.errors.WithLabelValues("keepalive").Inc()
+			}
+		}
+	}
 }
 
 // Key names. A topic's keys all carry the tag {<topic>}: whatever the
@@ -265,14 +306,29 @@ local top = redis.call('HINCRBY', meta, 't', 1)
 local size = tonumber(ARGV[4])
 if size > 0 then
   local maxbytes = tonumber(ARGV[5])
+  if redis.call('EXISTS', stream) == 0 then
+    redis.call('HSET', meta, 'b', 0) -- the history expired: nothing is held
+  end
   redis.call('XADD', stream, top .. '-0', 'e', ARGV[1], 'p', ARGV[2], 'b', ARGV[3], 't', ARGV[12])
-  local bytes = redis.call('HINCRBY', meta, 'b', #ARGV[2])
+  local bytes = tonumber(redis.call('HINCRBY', meta, 'b', #ARGV[2]))
   local n = redis.call('XLEN', stream)
+  -- Trim the oldest entries, a batch at a time, down to the count and
+  -- byte bounds (the newest one always stays).
   while n > size or (bytes > maxbytes and n > 1) do
-    local old = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
-    bytes = redis.call('HINCRBY', meta, 'b', -#old[1][2][4])
-    redis.call('XDEL', stream, old[1][1])
-    n = n - 1
+    local batch = redis.call('XRANGE', stream, '-', '+', 'COUNT', math.min(n - 1, 256))
+    local cut = nil
+    local freed = 0
+    for _, e in ipairs(batch) do
+      if n <= size and (bytes - freed <= maxbytes or n <= 1) then break end
+      freed = freed + #e[2][4]
+      n = n - 1
+      cut = e[1]
+    end
+    if not cut then break end
+    -- Everything up to cut goes: XTRIM MINID keeps IDs >= the next one.
+    local off = tonumber(string.match(cut, '^(%d+)'))
+    redis.call('XTRIM', stream, 'MINID', (off + 1) .. '-0')
+    bytes = tonumber(redis.call('HINCRBY', meta, 'b', -freed))
   end
   redis.call('PEXPIRE', stream, tonumber(ARGV[6]))
 end
@@ -298,6 +354,7 @@ if not epoch then
   redis.call('HSET', meta, 'e', epoch, 't', 0, 'b', 0)
   redis.call('PEXPIRE', meta, tonumber(ARGV[5]))
 end
+redis.call('PEXPIRE', meta, tonumber(ARGV[5]))
 local top = tonumber(redis.call('HGET', meta, 't'))
 local since = tonumber(ARGV[2])
 if ARGV[1] ~= epoch or since >= top then
@@ -501,18 +558,24 @@ func (r *Redis) Subscribe(ctx context.Context, topic string, h Handler) (Positio
 	}
 	r.subs[ch] = &redisSub{topic: topic, h: h, shard: sh}
 	r.mu.Unlock()
-	if err := sh.subscribe(ctx, ch); err != nil {
+	err = sh.subscribe(ctx, ch)
+	var hr HistoryResult
+	if err == nil {
+		hr, err = r.History(ctx, topic, Position{}, 1)
+	}
+	if err != nil {
+		// Undo it all, or the connection would keep (and resubscribe on
+		// every reconnect) a channel nobody reads.
 		r.mu.Lock()
 		if s := r.subs[ch]; s != nil && s.h == h {
 			delete(r.subs, ch)
 		}
 		r.mu.Unlock()
+		uctx, cancel := r.callCtx(r.ctx)
+		_ = sh.unsubscribe(uctx, ch)
+		cancel()
 		r.m.errors.WithLabelValues("subscribe").Inc()
 		return Position{}, fmt.Errorf("%w: subscribe to %q: %v", ErrRedis, topic, err)
-	}
-	hr, err := r.History(ctx, topic, Position{}, 1)
-	if err != nil {
-		return Position{}, err
 	}
 	return hr.Top, nil
 }
@@ -525,11 +588,15 @@ func (r *Redis) Unsubscribe(ctx context.Context, topic string) error {
 	r.mu.Lock()
 	s := r.subs[ch]
 	delete(r.subs, ch)
+	var sh *redisShard
+	if s != nil {
+		sh = s.shard
+	}
 	r.mu.Unlock()
 	if s == nil {
 		return nil
 	}
-	if err := s.shard.unsubscribe(ctx, ch); err != nil {
+	if err := sh.unsubscribe(ctx, ch); err != nil {
 		r.m.errors.WithLabelValues("subscribe").Inc()
 		return fmt.Errorf("%w: unsubscribe from %q: %v", ErrRedis, topic, err)
 	}
@@ -665,6 +732,13 @@ func (sh *redisShard) run() {
 				return
 			case <-time.After(min(redisRetryPause, r.cfg.Timeout)):
 			}
+			if r.cluster != nil {
+				// go-redis resubscribes a new connection with one
+				// SSUBSCRIBE for every channel, which a Cluster refuses
+				// (CROSSSLOT) once they span slots: start over with one
+				// subscription per channel.
+				sh.replace()
+			}
 			continue
 		}
 		lastHeard = time.Now()
@@ -703,6 +777,7 @@ func (sh *redisShard) replace() {
 	for ch := range sh.waits {
 		chans = append(chans, ch)
 	}
+	clear(sh.unsubs) // the old connection's confirmations will not come
 	old := sh.ps
 	sh.ps = sh.newPubSub()
 	ps := sh.ps
@@ -713,10 +788,13 @@ func (sh *redisShard) replace() {
 	}
 	ctx, cancel := r.callCtx(r.ctx)
 	defer cancel()
-	if r.cluster != nil {
-		_ = ps.SSubscribe(ctx, chans...)
-	} else {
+	if r.cluster == nil {
 		_ = ps.Subscribe(ctx, chans...)
+		return
+	}
+	for _, ch := range chans {
+		// One per command: channels of different slots cannot share one.
+		_ = ps.SSubscribe(ctx, ch)
 	}
 }
 
@@ -749,24 +827,84 @@ func (sh *redisShard) confirm(m *redis.Subscription) {
 	}
 }
 
-// moved re-subscribes a channel whose subscription Redis ended.
+// moved re-subscribes a channel whose subscription Redis ended (in a
+// Cluster, its slot moved to another master): with the slot map reloaded,
+// where the slot lives now, retrying until that works, the topic is
+// unsubscribed, or the engine closes. Then the topic catches up.
 func (r *Redis) moved(ch string) {
 	r.mu.Lock()
 	s := r.subs[ch]
+	var oldShard *redisShard
+	if s != nil {
+		oldShard = s.shard
+	}
 	r.mu.Unlock()
 	if s == nil {
 		return
 	}
 	r.wg.Add(1)
 	go func() {
-		// Not on the shard's goroutine: Subscribe waits for a
+		// Not on the shard's goroutine: subscribing waits for a
 		// confirmation that this shard may be the one to read.
 		defer r.wg.Done()
-		if _, err := r.Subscribe(r.ctx, s.topic, s.h); err != nil {
-			r.m.errors.WithLabelValues("subscribe").Inc()
+		// The old connection forgets the channel (go-redis would
+		// resubscribe it there on its next reconnect).
+		oldShard.mu.Lock()
+		oldShard.unsubs[ch]++
+		old := oldShard.ps
+		oldShard.mu.Unlock()
+		ctx, cancel := r.callCtx(r.ctx)
+		if r.cluster != nil {
+			_ = old.SUnsubscribe(ctx, ch)
+		} else {
+			_ = old.Unsubscribe(ctx, ch)
 		}
-		s.h.Resync(s.topic)
+		cancel()
+		pause := 50 * time.Millisecond
+		for r.ctx.Err() == nil {
+			r.mu.Lock()
+			current := r.subs[ch] == s
+			r.mu.Unlock()
+			if !current {
+				return // unsubscribed, or subscribed anew, meanwhile
+			}
+			if err := r.resubscribe(s); err == nil {
+				s.h.Resync(s.topic)
+				return
+			}
+			r.m.errors.WithLabelValues("subscribe").Inc()
+			select {
+			case <-r.ctx.Done():
+				return
+			case <-time.After(pause):
+			}
+			pause = min(2*pause, redisRetryPause)
+		}
 	}()
+}
+
+// resubscribe subscribes s's channel where its slot lives now and, unless
+// the topic changed hands meanwhile, records the new shard.
+func (r *Redis) resubscribe(s *redisSub) error {
+	ctx, cancel := r.callCtx(r.ctx)
+	defer cancel()
+	if r.cluster != nil {
+		r.cluster.ReloadState(ctx)
+	}
+	ch := r.channel(s.topic)
+	sh, err := r.shardFor(ctx, ch)
+	if err != nil {
+		return err
+	}
+	if err := sh.subscribe(ctx, ch); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.subs[ch] == s {
+		s.shard = sh
+	}
+	return nil
 }
 
 // resyncAll tells every handler of the shard to catch up.
@@ -800,7 +938,8 @@ func (sh *redisShard) deliver(m *redis.Message) {
 	ev, err := decodeLive(s.topic, m.Payload)
 	if err != nil {
 		r.m.errors.WithLabelValues("decode").Inc()
-		return // the gap it leaves is filled from history
+		s.h.Resync(s.topic) // what it carried is read from history
+		return
 	}
 	s.h.Deliver(ev)
 }
@@ -872,7 +1011,7 @@ func newRedisMetrics() *redisMetrics {
 			Name: "phxgate_pubsub_redis_publishes_total", Help: "Events published through Redis by this node.",
 		}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "phxgate_pubsub_redis_errors_total", Help: "Failed Redis calls, by operation (publish, history, subscribe, pubsub, decode).",
+			Name: "phxgate_pubsub_redis_errors_total", Help: "Failed Redis calls, by operation (publish, history, subscribe, pubsub, decode, keepalive).",
 		}, []string{"op"}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "phxgate_pubsub_redis_reconnects_total", Help: "Pub/sub connections lost (or replaced after going silent) and re-established.",
@@ -881,7 +1020,7 @@ func newRedisMetrics() *redisMetrics {
 			Name: "phxgate_pubsub_redis_resyncs_total", Help: "Topics caught up from history after a pub/sub reconnect.",
 		}),
 	}
-	for _, op := range []string{"publish", "history", "subscribe", "pubsub", "decode"} {
+	for _, op := range []string{"publish", "history", "subscribe", "pubsub", "decode", "keepalive"} {
 		m.errors.WithLabelValues(op)
 	}
 	return m

@@ -147,10 +147,18 @@ func (s *Sequencer) fill(through uint64, emit func(*Event), lost func(), st *Seq
 				continue
 			}
 			switch {
-			case through > 0 && hr.Top.Epoch == s.last.Epoch:
+			case hr.Top.Epoch != s.last.Epoch:
+				s.last = hr.Top
+			case hr.Top.Offset < s.last.Offset:
+				// The store went back in the same epoch (restored from
+				// an older copy): what it hands out next reuses offsets
+				// delivered already, which must not be taken for
+				// duplicates.
+				s.last = hr.Top
+			case through > 0:
 				// The live event after the gap comes next.
 				s.last.Offset = max(s.last.Offset, through)
-			case hr.Top.Epoch != s.last.Epoch || hr.Top.Offset > s.last.Offset:
+			default:
 				s.last = hr.Top
 			}
 			return
@@ -170,7 +178,11 @@ func (s *Sequencer) fill(through uint64, emit func(*Event), lost func(), st *Seq
 		}
 		if read >= s.maxFill {
 			loss()
-			s.last = hr.Top
+			if through > 0 {
+				s.last.Offset = max(s.last.Offset, through) // the live event comes next
+			} else {
+				s.last = hr.Top
+			}
 			return
 		}
 	}

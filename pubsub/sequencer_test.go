@@ -174,6 +174,16 @@ func TestSequencer(t *testing.T) {
 			want: positions("E", 1, 201), wantLosses: 0,
 		},
 		{
+			name: "a store gone back in the same epoch is a loss, and its reused offsets are delivered", broker: histBroker{epoch: "E", top: 5, first: 1},
+			baseline: Position{"E", 8},
+			run: func(r *seqRun, _ *histBroker) {
+				r.resync() // after a reconnect: history tops out at 5, behind 8
+				r.deliver(ev("E", 6))
+				r.deliver(ev("E", 7))
+			},
+			want: positions("E", 6, 7), wantLosses: 1,
+		},
+		{
 			name: "resync into a new epoch is a loss and reads the new epoch", broker: histBroker{epoch: "F", top: 2, first: 1},
 			baseline: Position{"E", 7},
 			run: func(r *seqRun, _ *histBroker) {
