@@ -35,6 +35,10 @@ type topicHub struct {
 
 	subMu      sync.Mutex // serializes broker Subscribe/Unsubscribe
 	subscribed bool       // guarded by subMu
+	// flight is the broker Subscribe in progress (guarded by subMu, not
+	// held across the call): joins arriving meanwhile share its outcome
+	// instead of each waiting for a broker timeout in turn.
+	flight *subFlight
 
 	// seqMu serializes the topic's deliveries (the engine's contract
 	// already does; the lock is for the readers of seq) and guards the
@@ -72,6 +76,12 @@ type hubLane struct {
 	// which is as if it had joined after it: an opted-in join reads the
 	// topic's history only after it is added, and so finds the event there.
 	n atomic.Int32
+}
+
+// subFlight is one broker Subscribe call and its outcome.
+type subFlight struct {
+	done chan struct{}
+	err  error
 }
 
 // deliveryWaiter is a publisher waiting for its event to be delivered on
@@ -134,30 +144,47 @@ func (h *hub) acquire(topic string) (*topicHub, error) {
 	h.mu.Unlock()
 
 	th.subMu.Lock()
-	var err error
-	if !th.subscribed {
+	for !th.subscribed {
+		if f := th.flight; f != nil {
+			// Another join is subscribing: its outcome is ours.
+			th.subMu.Unlock()
+			<-f.done
+			if f.err != nil {
+				h.release(th)
+				return nil, f.err
+			}
+			th.subMu.Lock()
+			continue // subscribed, unless released and unsubscribed meanwhile
+		}
+		f := &subFlight{done: make(chan struct{})}
+		th.flight = f
 		// A fresh sequencer before the broker can deliver: what it missed
 		// while unsubscribed was missed by nobody here. A delivery that
 		// races ahead of Subscribe's answer sets the position itself.
 		th.seqMu.Lock()
 		th.seq = th.newSequencer()
 		th.seqMu.Unlock()
+		th.subMu.Unlock()
 		ctx, cancel := h.ctx()
-		var pos pubsub.Position
-		pos, err = h.srv.broker.Subscribe(ctx, topic, th)
+		pos, err := h.srv.broker.Subscribe(ctx, topic, th)
 		cancel()
-		th.subscribed = err == nil
 		if err == nil {
 			th.seqMu.Lock()
 			th.seq.Baseline(pos)
 			th.seqMu.Unlock()
 		}
+		th.subMu.Lock()
+		th.flight = nil
+		th.subscribed = err == nil
+		f.err = err
+		close(f.done)
+		if err != nil {
+			th.subMu.Unlock()
+			h.release(th)
+			return nil, err
+		}
 	}
 	th.subMu.Unlock()
-	if err != nil {
-		h.release(th)
-		return nil, err
-	}
 	return th, nil
 }
 

@@ -2,7 +2,9 @@ package channels
 
 import (
 	"context"
+	"errors"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -81,5 +83,53 @@ func TestHubChurnKeepsBrokerSubscription(t *testing.T) {
 			t.Fatalf("round %d: the hub holds %s subscribed but the broker has no handler for it", r, topic)
 		}
 		h.release(th)
+	}
+}
+
+// stuckSubBroker's Subscribe blocks until released, then fails, as a
+// stalled network engine does after its timeout.
+type stuckSubBroker struct {
+	*testBroker
+	calls atomic.Int64
+	gate  chan struct{}
+}
+
+func (b *stuckSubBroker) Subscribe(context.Context, string, pubsub.Handler) (pubsub.Position, error) {
+	b.calls.Add(1)
+	<-b.gate
+	return pubsub.Position{}, errors.New("broker stalled")
+}
+
+// Joins to a topic whose broker Subscribe is stuck share that one call's
+// outcome: they are all refused when it fails, instead of each waiting
+// for a timeout in turn (which would hold every worker for minutes).
+func TestJoinsShareOneStuckSubscribe(t *testing.T) {
+	env := newTestEnv(t, nil)
+	b := &stuckSubBroker{testBroker: env.broker, gate: make(chan struct{})}
+	env.srv.broker = b // before any use
+	const n = 6
+	conns := make([]*fakeConn, n)
+	for i := range n {
+		sock, conn := env.connect(t, V2)
+		conns[i] = conn
+		mustHandle(t, sock, `["1","1","room:stuck","phx_join",{}]`)
+	}
+	waitFor(t, waitLong, "the first Subscribe", func() bool { return b.calls.Load() == 1 })
+	// Every join holds the topic (is in acquire) before the broker answers.
+	waitFor(t, waitLong, "all joins waiting on it", func() bool {
+		h := env.srv.hub
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		th := h.topics["room:stuck"]
+		return th != nil && th.refs == n
+	})
+	close(b.gate)
+	for i, c := range conns {
+		if got := c.waitTexts(t, 1)[0]; !strings.Contains(got, `"status":"error"`) {
+			t.Fatalf("join %d: %s, want an error reply", i, got)
+		}
+	}
+	if got := b.calls.Load(); got != 1 {
+		t.Fatalf("%d broker Subscribe calls for %d joins of one topic, want 1", got, n)
 	}
 }
