@@ -324,3 +324,43 @@ func TestEphemeralEventsOnPositionedChannels(t *testing.T) {
 		t.Fatalf("got  %s\nwant %s", strings.Join(got, "\n     "), strings.Join(want, "\n     "))
 	}
 }
+
+// A resume that misses more than one history page (1,000 events) is read
+// page by page, every event replayed once and in order.
+func TestResumeReadsEveryPage(t *testing.T) {
+	env := newTestEnv(t, func(c *Config) { c.MaxReplay = 2500; c.ReplayBytes = 1 << 20 })
+	publishN(t, env.broker, "room:a", 1, 2300)
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","room:a","phx_join",{"offset":"p:E1:100"}]`)
+	got := conn.waitTexts(t, 2201)
+	if want := `["1","1","room:a","phx_reply",{"response":{"position":"p:E1:2300","recovered":true},"status":"ok"}]`; got[0] != want {
+		t.Fatalf("reply %s", got[0])
+	}
+	for i := 101; i <= 2300; i++ {
+		if want := evFrame("room:a", fmt.Sprintf(`"p:E1:%d"`, i), i); got[i-100] != want {
+			t.Fatalf("frame %d: %s, want %s", i-100, got[i-100], want)
+		}
+	}
+}
+
+// The position Subscribe reports is where the topic's delivery starts: an
+// event published after it whose delivery is late (a gap at the very
+// start) is filled from history before the next one, not skipped.
+func TestGapRightAfterSubscribeIsFilled(t *testing.T) {
+	env := newTestEnv(t, nil)
+	publishN(t, env.broker, "room:a", 1, 2)
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","room:a","phx_join",{}]`) // subscribed at p:E1:2
+	conn.waitTexts(t, 1)
+	late := publishLate(t, env.broker, "room:a", 3) // stored, delivery held
+	publishN(t, env.broker, "room:a", 4, 4)
+	got := conn.waitTexts(t, 3)
+	if want := []string{evFrame("room:a", "null", 3), evFrame("room:a", "null", 4)}; !slices.Equal(got[1:], want) {
+		t.Fatalf("got %v, want %v", got[1:], want)
+	}
+	late() // its live copy, now a duplicate
+	publishN(t, env.broker, "room:a", 5, 5)
+	if got := conn.waitTexts(t, 4); got[3] != evFrame("room:a", "null", 5) || conn.count() != 4 {
+		t.Fatalf("after the late copy: %v", got)
+	}
+}
