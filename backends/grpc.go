@@ -271,7 +271,9 @@ func (g *GRPC) Config() GRPCConfig { return g.cfg }
 func (g *GRPC) Close() error {
 	g.once.Do(func() {
 		g.r.close()
-		g.errC = g.conn.Close()
+		if g.conn != nil { // nil in process (NewInprocGRPC)
+			g.errC = g.conn.Close()
+		}
 	})
 	return g.errC
 }

@@ -1,12 +1,16 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
+	"sync/atomic"
 
 	"github.com/phxgate/phxgate/backends"
+	"github.com/phxgate/phxgate/backends/examples/dice/game"
 	"github.com/phxgate/phxgate/channels"
 	"github.com/phxgate/phxgate/presence"
 	"github.com/phxgate/phxgate/pubsub"
@@ -23,6 +27,9 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 	// its connection, breaker and bulkhead.
 	engines := map[string]backends.Backend{}
 	var closeEngines []io.Closer
+	// The demo game broadcasts its rounds through the channels server,
+	// which exists only once the routes (and so the game) do.
+	demoOut := &lateBroadcaster{}
 	fail := func(err error) (*channels.Server, ConnectFunc, []func(context.Context) error, error) {
 		for _, c := range closeEngines {
 			_ = c.Close()
@@ -37,6 +44,12 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 		case inproc:
 			if b = gw.opts.Backends[name]; b == nil {
 				err = fmt.Errorf("no in-process backend %q registered (gateway.WithBackend)", name)
+			}
+		case rc.Backend == specDemo:
+			var c io.Closer
+			b, c, err = newDemo(demoOut, gw, reg)
+			if err == nil {
+				closeEngines = append(closeEngines, c)
 			}
 		default:
 			if b, err = backends.New(rc.Backend); err == nil {
@@ -106,6 +119,7 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 		_ = broker.Close()
 		return fail(err)
 	}
+	demoOut.srv.Store(srv)
 	connect := func(c channels.Conn, info channels.ConnectInfo) (SocketHandler, error) {
 		// *channels.Socket is a SocketHandler as is; its *channels.CloseError
 		// is understood by closeFor. No adapter keeps the socket small.
@@ -224,4 +238,48 @@ func newPresence(cfg Config, broker pubsub.Broker, reg prometheus.Registerer, gw
 		_ = reg.Register(t.Collector())
 	}
 	return t, func(context.Context) error { return store.Close() }, nil
+}
+
+// specDemo is the built-in demo game's backend spec: the example dice game
+// (backends/examples/dice) compiled in, on table:* topics.
+const specDemo = "demo"
+
+// newDemo starts the dice game in process, served through the same engine
+// as a remote gRPC game (deadline, bulkhead, breaker, metrics), its round
+// results broadcast through out.
+func newDemo(out *lateBroadcaster, gw *Server, reg prometheus.Registerer) (backends.Backend, io.Closer, error) {
+	g, err := game.New(game.NewConfig(), game.Options{Broadcaster: out, Logger: gw.log})
+	if err != nil {
+		return nil, nil, err
+	}
+	b := backends.NewInprocGRPC(g)
+	if reg != nil {
+		_ = reg.Register(b.Collector(prometheus.Labels{"backend": specDemo}))
+	}
+	return b, closerFunc(func() error {
+		_ = b.Close()
+		g.Close()
+		return nil
+	}), nil
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
+
+// lateBroadcaster publishes the demo game's round results through the
+// channels server, once it exists.
+type lateBroadcaster struct {
+	srv atomic.Pointer[channels.Server]
+}
+
+// Broadcast implements game.Broadcaster. The payload is copied: the game
+// may reuse it once this returns.
+func (b *lateBroadcaster) Broadcast(ctx context.Context, topic, event string, payload []byte) error {
+	s := b.srv.Load()
+	if s == nil {
+		return errors.New("demo: the gateway is not started")
+	}
+	_, err := s.Publish(ctx, topic, pubsub.Message{Event: event, Payload: bytes.Clone(payload)})
+	return err
 }
