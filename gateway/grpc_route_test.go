@@ -191,7 +191,7 @@ func (g *ledgerGame) Leave(context.Context, *backendv1.LeaveRequest) (*backendv1
 // retries with the same idempotency key, the game answers from its ledger,
 // the client gets the original answer, and the bet was debited once. A
 // bet the client resends with its own idempotency_key from a second socket
-// (as after a reconnect) is applied once too.
+// (as after a reconnect), on this node or another, is applied once too.
 func TestRetryAfterCutConnectionAppliesOnce(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -225,10 +225,18 @@ func TestRetryAfterCutConnectionAppliesOnce(t *testing.T) {
 	c2 := rawSocket(t, s, token, "table:1")
 	c2.sendText(`["1","9","table:1","bet",{"amount":7,"idempotency_key":"bet-42"}]`)
 	c2.expectMessage(ws.OpText, `["1","9","table:1","phx_reply",{"response":{"bet_id":"b2"},"status":"ok"}]`)
+	// And from another node (a second gateway before the same game), as
+	// after a reconnect that a load balancer sent elsewhere.
+	other := prodServer(t, func(c *Config) {
+		c.Routes = []RouteConfig{{Topic: "table:*", Backend: "grpc://" + ln.Addr().String()}}
+	})
+	c3 := rawSocket(t, other, token, "table:1")
+	c3.sendText(`["1","4","table:1","bet",{"amount":7,"idempotency_key":"bet-42"}]`)
+	c3.expectMessage(ws.OpText, `["1","4","table:1","phx_reply",{"response":{"bet_id":"b2"},"status":"ok"}]`)
 	game.mu.Lock()
 	defer game.mu.Unlock()
 	if game.debits != 2 {
-		t.Fatalf("debits %d, want 2 (the resent bet applied once)", game.debits)
+		t.Fatalf("debits %d, want 2 (the bet resent on this node and on another applied once)", game.debits)
 	}
 }
 
