@@ -41,10 +41,14 @@ type Call struct {
 	// Join only. ResumePosition is the stream position the client asked to
 	// resume after ("" when none); Recoverable says whether the history
 	// can replay the events after it; Rejoin says the same player rejoined
-	// the topic within its grace window.
+	// the topic within its grace window, taking over the seat of the
+	// dropped connection RejoinConnID (on this node) joined as
+	// RejoinJoinRef, for which no Leave was sent.
 	ResumePosition string
 	Recoverable    bool
 	Rejoin         bool
+	RejoinConnID   uint64
+	RejoinJoinRef  string
 }
 
 // Message is an event sent to a topic or to one channel.

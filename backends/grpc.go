@@ -291,6 +291,8 @@ func (g *GRPC) Join(ctx context.Context, c *Call) (*Reply, error) {
 		ResumePosition: c.ResumePosition,
 		Recoverable:    c.Recoverable,
 		Rejoin:         c.Rejoin,
+		RejoinConnId:   c.RejoinConnID,
+		RejoinJoinRef:  c.RejoinJoinRef,
 	}
 	var resp *backendv1.JoinResponse
 	err := g.r.run(ctx, opJoin, func(ctx context.Context) error {

@@ -380,6 +380,8 @@ func (w *Webhook) Join(ctx context.Context, c *Call) (*Reply, error) {
 		ResumePosition: c.ResumePosition,
 		Recoverable:    c.Recoverable,
 		Rejoin:         c.Rejoin,
+		RejoinConnID:   c.RejoinConnID,
+		RejoinJoinRef:  c.RejoinJoinRef,
 	})
 	if err != nil {
 		return nil, w.r.fail(&CallError{Op: opJoin, Kind: ErrBackend, Err: err})
@@ -721,6 +723,8 @@ type webhookJoinRequest struct {
 	ResumePosition string      `json:"resume_position"`
 	Recoverable    bool        `json:"recoverable"`
 	Rejoin         bool        `json:"rejoin"`
+	RejoinConnID   uint64      `json:"rejoin_conn_id,omitempty"`
+	RejoinJoinRef  string      `json:"rejoin_join_ref,omitempty"`
 }
 
 type webhookHandleInRequest struct {

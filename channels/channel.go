@@ -352,6 +352,20 @@ func callResult(err error) string {
 	}
 }
 
+// joinMayHaveApplied reports whether a failed Join may still have been
+// applied by the game: its answer timed out, or the connection failed
+// while it was in flight. A call refused before it was sent (bulkhead
+// full, breaker open, engine closed) or answered with an error was not.
+func joinMayHaveApplied(err error) bool {
+	switch {
+	case errors.Is(err, backends.ErrOverloaded), errors.Is(err, backends.ErrCircuitOpen), errors.Is(err, backends.ErrClosed):
+		return false
+	case errors.Is(err, backends.ErrTimeout), errors.Is(err, backends.ErrUnavailable):
+		return true
+	}
+	return false
+}
+
 // errorResponse maps a backend failure to a reply response
 // ({"reason":"backend_unavailable"} …); crash is the response for a
 // failure of no class.
@@ -405,6 +419,7 @@ func (c *channel) join(t *task) {
 				// The player's dropped seat: no Leave if this join
 				// succeeds; its Leave goes out if it fails.
 				call.Rejoin = true
+				call.RejoinConnID, call.RejoinJoinRef = taken.call.ConnID, taken.call.JoinRef
 				defer func() {
 					if !rejoined {
 						s.srv.seats.leave(taken)
@@ -421,6 +436,12 @@ func (c *channel) join(t *task) {
 			m.joins.WithLabelValues(joinBackend).Inc()
 		}
 		s.send(s.replyFrame(t.joinRef, t.ref, c.topic, "error", errorResponse(err, respCrashed)))
+		if joinMayHaveApplied(err) {
+			// The game may have seated the player without our hearing of
+			// it: its Leave (same connection and join_ref) undoes that,
+			// and a game ignores a Leave for a join it never applied.
+			c.call(opLeave, c.newCall(t.gen, "phx_leave", t.joinRef, "null", backends.Payload{}), backends.LeaveCrashed)
+		}
 		c.failJoin(t.gen)
 		c.flushPendingClose()
 		return

@@ -69,3 +69,23 @@ func TestPresenceStateOnJoinAndResync(t *testing.T) {
 		t.Fatalf("after a resync: %s", got[3])
 	}
 }
+
+// A join whose outcome is unknown (the backend unreachable or slow past
+// the deadline while the call was out) gets a Leave for the same
+// connection and join_ref, so a game that did seat the player unseats
+// them; a join the game answered (even with a crash) gets none.
+func TestJoinWithUnknownOutcomeGetsItsLeave(t *testing.T) {
+	env := newTestEnv(t, nil)
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","room:unavail","phx_join",{}]`)
+	mustHandle(t, sock, `["2","2","room:crash","phx_join",{}]`)
+	conn.waitTexts(t, 2)
+	waitFor(t, waitLong, "the unknown join's Leave", func() bool {
+		return slices.Contains(env.backend.logged(), "leave room:unavail 1 crashed")
+	})
+	for _, l := range env.backend.logged() {
+		if strings.HasPrefix(l, "leave room:crash") {
+			t.Fatalf("a Leave for a join the backend answered: %v", env.backend.logged())
+		}
+	}
+}

@@ -168,7 +168,12 @@ func (g *Game) Join(_ context.Context, req *backendv1.JoinRequest) (*backendv1.J
 		g.tables[topic] = t
 	}
 	t.mu.Lock()
-	t.players[player]++
+	if req.GetRejoin() {
+		// The player's dropped connection's seat, for which no Leave
+		// comes: this join takes it over.
+		delete(t.seats, seatID(c.GetNodeId(), req.GetRejoinConnId(), req.GetRejoinJoinRef()))
+	}
+	t.seats[seatID(c.GetNodeId(), c.GetConnId(), c.GetJoinRef())] = player
 	view := t.round.view(now)
 	t.mu.Unlock()
 	a := okAnswer(joinReply{Balance: bal, Round: view})
@@ -177,6 +182,12 @@ func (g *Game) Join(_ context.Context, req *backendv1.JoinRequest) (*backendv1.J
 	}
 	g.log.Debug("dice: join", "topic", topic, "player", player, "node_id", c.GetNodeId(), "conn_id", c.GetConnId(), "round", view.ID)
 	return &backendv1.JoinResponse{Reply: a.reply(), PresenceMeta: presenceMeta(player)}, nil
+}
+
+// seatID names the seat a join takes: the joining channel's node,
+// connection and join_ref.
+func seatID(node string, conn uint64, joinRef string) string {
+	return node + "\x00" + strconv.FormatUint(conn, 10) + "\x00" + joinRef
 }
 
 // presenceMeta is what a player is shown with on a table with presence on:
@@ -263,12 +274,8 @@ func (g *Game) Leave(_ context.Context, req *backendv1.LeaveRequest) (*backendv1
 	}
 	if t := g.tables[topic]; t != nil {
 		t.mu.Lock()
-		if n := t.players[player]; n > 1 {
-			t.players[player] = n - 1
-		} else {
-			delete(t.players, player)
-		}
-		if len(t.players) == 0 {
+		delete(t.seats, seatID(c.GetNodeId(), c.GetConnId(), c.GetJoinRef()))
+		if len(t.seats) == 0 {
 			refund = t.round
 			t.round = nil
 			close(t.stop)

@@ -428,7 +428,7 @@ func TestLastLeaveStopsTheTable(t *testing.T) {
 	base := runtime.NumGoroutine()
 	f := newFixture(t, nil)
 	f.mustJoin(t, "table:1", "alice")
-	f.mustJoin(t, "table:1", "alice") // a second socket of hers
+	f.joinSeat(t, "table:1", "alice", "alice-tab-2") // a second socket of hers
 	f.mustJoin(t, "table:1", "bob")
 	f.mustBet(t, "table:1", "alice", 300, PickHigh)
 	f.mustBet(t, "table:1", "bob", 100, PickLow)
@@ -437,12 +437,13 @@ func TestLastLeaveStopsTheTable(t *testing.T) {
 
 	f.leave(t, "table:1", "bob")
 	f.leave(t, "table:1", "alice")
+	f.leave(t, "table:1", "alice") // a Leave for a seat gone already: nothing
 	select {
 	case <-tb.done:
 		t.Fatal("the loop stopped while alice still has a channel")
 	default:
 	}
-	f.leave(t, "table:1", "alice")
+	f.leaveSeat(t, "table:1", "alice", "alice-tab-2")
 	waitClosed(t, tb.done, "the table's loop returns")
 	if n := f.clk.Pending(); n != 0 {
 		t.Fatalf("%d timers pending after the last leave, want 0", n)
@@ -505,7 +506,7 @@ func TestRetriedJoinAndLeaveCountOnce(t *testing.T) {
 	// call is another join.
 	f.joinKey(t, "table:3", "carol", "join-1")
 	f.joinKey(t, "table:3", "dave", "join-1")
-	if n := len(f.table(t, "table:3").players); n != 2 {
+	if n := len(f.table(t, "table:3").seats); n != 2 {
 		t.Fatalf("table:3 counts %d players, want 2", n)
 	}
 
@@ -700,6 +701,14 @@ func TestConcurrentTables(t *testing.T) {
 		}
 	}()
 	wg.Wait()
+	// Bets may all land in one open round per table: keep rolling until
+	// one was settled, or the leaves below would only refund them.
+	for deadline := time.Now().Add(10 * time.Second); paid.Load() == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("no round paid anything in 10 s of rolling")
+		}
+		runtime.Gosched()
+	}
 	close(stop)
 	<-roller
 	for ti := range tables {
@@ -720,4 +729,32 @@ func TestConcurrentTables(t *testing.T) {
 	if paid.Load() == 0 {
 		t.Fatal("no round paid anything: the test raced nothing")
 	}
+}
+
+// A rejoin within phxgate's leave_grace takes over the dropped
+// connection's seat (no Leave comes for it); a Leave for a join the game
+// never applied (phxgate sends one when a join's answer was lost) unseats
+// nobody.
+func TestRejoinTakesTheDroppedSeat(t *testing.T) {
+	f := newFixture(t, nil)
+	f.joinSeat(t, "table:1", "alice", "a1")
+	tb := f.table(t, "table:1")
+	c := call("table:1", "alice", "phx_join", newKey(), []byte("{}"))
+	c.ConnId, c.JoinRef = 8, "a2"
+	if _, err := f.g.Join(context.Background(), &backendv1.JoinRequest{Call: c, Rejoin: true, RejoinConnId: 7, RejoinJoinRef: "a1"}); err != nil {
+		t.Fatal(err)
+	}
+	f.leaveSeat(t, "table:1", "alice", "never-applied")
+	tb.mu.Lock()
+	n := len(tb.seats)
+	tb.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d seats, want 1 (the rejoin's)", n)
+	}
+	lv := call("table:1", "alice", "phx_leave", newKey(), nil)
+	lv.ConnId, lv.JoinRef = 8, "a2"
+	if _, err := f.g.Leave(context.Background(), &backendv1.LeaveRequest{Call: lv}); err != nil {
+		t.Fatal(err)
+	}
+	waitClosed(t, tb.done, "the table stops with its last seat")
 }

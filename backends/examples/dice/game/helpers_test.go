@@ -220,6 +220,7 @@ func call(topic, player, event, key string, payload []byte) *backendv1.Call {
 	return &backendv1.Call{
 		NodeId:         "node-1",
 		ConnId:         7,
+		JoinRef:        player, // one seat per player unless a test says otherwise
 		PlayerId:       player,
 		Topic:          topic,
 		Event:          event,
@@ -253,6 +254,28 @@ func (f *fixture) mustJoin(tb testing.TB, topic, player string) joinReply {
 	var j joinReply
 	decode(tb, r.GetResponse().GetData(), &j)
 	return j
+}
+
+// joinSeat joins player to topic from the channel joined as joinRef (a
+// second socket of the player's has its own).
+func (f *fixture) joinSeat(tb testing.TB, topic, player, joinRef string) {
+	tb.Helper()
+	c := call(topic, player, "phx_join", newKey(), []byte("{}"))
+	c.JoinRef = joinRef
+	res, err := f.g.Join(context.Background(), &backendv1.JoinRequest{Call: c})
+	if err != nil || res.GetReply().GetStatus() != StatusOK {
+		tb.Fatalf("Join(%s, %s, %s): %v %v", topic, player, joinRef, res, err)
+	}
+}
+
+// leaveSeat leaves the seat joinSeat took.
+func (f *fixture) leaveSeat(tb testing.TB, topic, player, joinRef string) {
+	tb.Helper()
+	c := call(topic, player, "phx_leave", newKey(), nil)
+	c.JoinRef = joinRef
+	if _, err := f.g.Leave(context.Background(), &backendv1.LeaveRequest{Call: c, Reason: backendv1.LeaveReason_LEAVE_REASON_LEFT}); err != nil {
+		tb.Fatalf("Leave(%s, %s, %s): %v", topic, player, joinRef, err)
+	}
 }
 
 func (f *fixture) leave(tb testing.TB, topic, player string) {

@@ -26,7 +26,11 @@ type table struct {
 	done  chan struct{} // closed when the loop has returned
 
 	mu      sync.Mutex
-	players map[string]int // channels joined, per player
+	// seats are the channels joined, by seatID (node, connection and
+	// join_ref), each the player's: a Leave removes exactly its join's
+	// seat, and one for a join never applied (phxgate sends it when a
+	// join's answer was lost) removes nothing.
+	seats map[string]string
 	round   *round         // taking bets; nil once stopped
 }
 
@@ -85,7 +89,7 @@ func (g *Game) startTable(topic string, now time.Time) *table {
 		topic:   topic,
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
-		players: make(map[string]int),
+		seats:   make(map[string]string),
 		round:   g.newRound(now),
 	}
 	g.loops.Add(1)

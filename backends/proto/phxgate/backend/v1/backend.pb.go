@@ -364,9 +364,13 @@ type JoinRequest struct {
 	// recoverable says whether phxgate can replay the events after
 	// resume_position from its history.
 	Recoverable bool `protobuf:"varint,3,opt,name=recoverable,proto3" json:"recoverable,omitempty"`
-	// rejoin says the same player rejoined this topic within its grace
-	// window (always false for now).
-	Rejoin        bool `protobuf:"varint,4,opt,name=rejoin,proto3" json:"rejoin,omitempty"`
+	// rejoin says the same player rejoined this topic within its route's
+	// leave_grace: no Leave was sent for the seat it takes over, the one of
+	// the dropped connection rejoin_conn_id (same node) joined as
+	// rejoin_join_ref.
+	Rejoin        bool   `protobuf:"varint,4,opt,name=rejoin,proto3" json:"rejoin,omitempty"`
+	RejoinConnId  uint64 `protobuf:"varint,5,opt,name=rejoin_conn_id,json=rejoinConnId,proto3" json:"rejoin_conn_id,omitempty"`
+	RejoinJoinRef string `protobuf:"bytes,6,opt,name=rejoin_join_ref,json=rejoinJoinRef,proto3" json:"rejoin_join_ref,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -427,6 +431,20 @@ func (x *JoinRequest) GetRejoin() bool {
 		return x.Rejoin
 	}
 	return false
+}
+
+func (x *JoinRequest) GetRejoinConnId() uint64 {
+	if x != nil {
+		return x.RejoinConnId
+	}
+	return 0
+}
+
+func (x *JoinRequest) GetRejoinJoinRef() string {
+	if x != nil {
+		return x.RejoinJoinRef
+	}
+	return ""
 }
 
 type HandleInRequest struct {
@@ -1524,12 +1542,14 @@ const file_phxgate_backend_v1_backend_proto_rawDesc = "" +
 	"\x03ref\x18\t \x01(\tR\x03ref\x125\n" +
 	"\apayload\x18\n" +
 	" \x01(\v2\x1b.phxgate.backend.v1.PayloadR\apayload\x12'\n" +
-	"\x0fidempotency_key\x18\v \x01(\tR\x0eidempotencyKey\"\x9e\x01\n" +
+	"\x0fidempotency_key\x18\v \x01(\tR\x0eidempotencyKey\"\xec\x01\n" +
 	"\vJoinRequest\x12,\n" +
 	"\x04call\x18\x01 \x01(\v2\x18.phxgate.backend.v1.CallR\x04call\x12'\n" +
 	"\x0fresume_position\x18\x02 \x01(\tR\x0eresumePosition\x12 \n" +
 	"\vrecoverable\x18\x03 \x01(\bR\vrecoverable\x12\x16\n" +
-	"\x06rejoin\x18\x04 \x01(\bR\x06rejoin\"?\n" +
+	"\x06rejoin\x18\x04 \x01(\bR\x06rejoin\x12$\n" +
+	"\x0erejoin_conn_id\x18\x05 \x01(\x04R\frejoinConnId\x12&\n" +
+	"\x0frejoin_join_ref\x18\x06 \x01(\tR\rrejoinJoinRef\"?\n" +
 	"\x0fHandleInRequest\x12,\n" +
 	"\x04call\x18\x01 \x01(\v2\x18.phxgate.backend.v1.CallR\x04call\"u\n" +
 	"\fLeaveRequest\x12,\n" +
