@@ -25,13 +25,13 @@ type table struct {
 	stop  chan struct{} // closed by the last leave
 	done  chan struct{} // closed when the loop has returned
 
-	mu      sync.Mutex
+	mu sync.Mutex
 	// seats are the channels joined, by seatID (node, connection and
 	// join_ref), each the player's: a Leave removes exactly its join's
 	// seat, and one for a join never applied (phxgate sends it when a
 	// join's answer was lost) removes nothing.
 	seats map[string]string
-	round   *round         // taking bets; nil once stopped
+	round *round // taking bets; nil once stopped
 }
 
 // round is one betting window. Stakes are summed per player and pick, so
@@ -86,11 +86,11 @@ func (g *Game) newRound(now time.Time) *round {
 // running. Called under g.mu, with g not closed.
 func (g *Game) startTable(topic string, now time.Time) *table {
 	t := &table{
-		topic:   topic,
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
-		seats:   make(map[string]string),
-		round:   g.newRound(now),
+		topic: topic,
+		stop:  make(chan struct{}),
+		done:  make(chan struct{}),
+		seats: make(map[string]string),
+		round: g.newRound(now),
 	}
 	g.loops.Add(1)
 	go g.runTable(t)
