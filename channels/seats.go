@@ -137,7 +137,9 @@ func (ss *seats) send() {
 		if st.presenceTag != "" {
 			srv.cfg.Presence.Untrack(ctx, st.call.Topic, st.presenceTag)
 		}
+		start := time.Now()
 		_, err := invoke(ctx, st.backend, opLeave, st.call, backends.LeaveDisconnected)
+		srv.m.callDurationLv.Observe(time.Since(start).Seconds())
 		cancel()
 		srv.m.backendCalls.WithLabelValues(opLeave, callResult(err)).Inc()
 		if err == nil {

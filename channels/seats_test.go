@@ -53,6 +53,9 @@ func TestLeaveGrace(t *testing.T) {
 		c1.waitTexts(t, 1)
 		s1.Terminate(backends.LeaveDisconnected)
 		waitFor(t, 5*time.Second, "the seat held", func() bool { return env.srv.seats.count() == 1 })
+		if n := counterValue(t, env.reg, "phxgate_leave_grace_seats", ""); n != 1 {
+			t.Fatalf("phxgate_leave_grace_seats = %v, want 1", n)
+		}
 		s2, c2 := env.connectPlayer(t, "alice")
 		mustHandle(t, s2, `["7","7","room:a","phx_join",{}]`)
 		c2.waitTexts(t, 1)

@@ -176,6 +176,14 @@ func NewServer(cfg Config, router *Router, broker pubsub.Broker, reg prometheus.
 	}
 	s.hub = newHub(s)
 	s.seats.srv = s
+	if reg != nil {
+		held := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "phxgate_leave_grace_seats", Help: "Seats held through a route's leave_grace (a dropped player's Leave waiting for the grace to end).",
+		}, func() float64 { return float64(s.seats.count()) })
+		if err := reg.Register(held); err != nil {
+			return nil, fmt.Errorf("channels: metrics: %w", err)
+		}
+	}
 	s.workers.Add(cfg.Workers)
 	for range cfg.Workers {
 		go s.worker()
