@@ -40,10 +40,11 @@ redis-deps:
 		echo "installing redis-server with apt-get"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
-## lint: gofmt and go vet must be clean.
+## lint: gofmt, go vet and a tidy go.mod must be clean.
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
 
 ## loadtest: 15,000 idle joined connections from a separate process; prints
 ## the gateway's RSS slope per connection and its goroutine count.
