@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/phxgate/phxgate/backends"
 	"github.com/phxgate/phxgate/channels"
 	"github.com/phxgate/phxgate/channels/auth"
 	"github.com/phxgate/phxgate/presence"
@@ -47,6 +48,10 @@ type Server struct {
 	proto *channels.Server
 	// presence is the presence tracker when a route has presence on.
 	presence *presence.Tracker
+	// started is when Start began (/stats uptime).
+	started time.Time
+	// backendStats are the route engines with counters, by spec (/stats).
+	backendStats map[string]func() backends.CallStats
 	// drainHooks run when a drain starts, before any socket is closed
 	// (presence: the node's players leave at once).
 	drainHooks []func(context.Context)
@@ -88,7 +93,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (*Server, error) {
 	if o.HTTP == nil {
 		o.HTTP = http.NotFoundHandler()
 	}
-	s := &Server{cfg: cfg, opts: o, log: o.Logger.With("node", cfg.NodeID), reg: o.Registry}
+	s := &Server{cfg: cfg, opts: o, log: o.Logger.With("node", cfg.NodeID), reg: o.Registry, started: time.Now()}
 	s.metrics = newMetrics(o.Registry, s.queuedBytes, func() float64 { return float64(s.busy.Load()) }, cfg.OutputBudgetBytes)
 	g, err := newGuard(cfg, o.Registry, s.log)
 	if err != nil {
@@ -540,6 +545,7 @@ func (s *Server) adminHandler() http.Handler {
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	mux.HandleFunc("/stats", s.serveStats)
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

@@ -73,6 +73,16 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 			return fail(keyErr(fmt.Sprintf("routes[%d].backend", i), "%v", err))
 		}
 		engines[rc.Backend] = b
+		if st, ok := b.(interface{ Stats() backends.CallStats }); ok {
+			if gw.backendStats == nil {
+				gw.backendStats = map[string]func() backends.CallStats{}
+			}
+			label := rc.Backend
+			if j := strings.IndexByte(label, '?'); j >= 0 {
+				label = label[:j] // options may hold a secret
+			}
+			gw.backendStats[label] = st.Stats
+		}
 		routes = append(routes, channels.Route{Pattern: rc.Topic, Backend: b, History: rc.History, Presence: rc.Presence, RateLimits: rc.RateLimits, LeaveGrace: rc.LeaveGrace})
 	}
 	router, err := channels.NewRouter(routes)
