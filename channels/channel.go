@@ -482,7 +482,10 @@ func (c *channel) join(t *task) {
 	m.channels.Inc()
 	c.flushPendingClose()
 	c.pushes(rep.Pushes)
-	c.trackPresence(rep, taken)
+	if !c.trackPresence(rep, taken) {
+		c.stop(backends.StopCrash)
+		return
+	}
 	if overflow {
 		m.resumeOverflow.Inc()
 		c.stop(backends.StopCrash)

@@ -450,6 +450,17 @@ func (th *topicHub) Resync(string) {
 	th.refreshPresence()
 }
 
+// RefreshPresence sends topic's presence_state again to every local
+// channel of it (a presence diff of the topic was lost).
+func (s *Server) RefreshPresence(topic string) {
+	s.hub.mu.Lock()
+	th := s.hub.topics[topic]
+	s.hub.mu.Unlock()
+	if th != nil {
+		th.refreshPresence()
+	}
+}
+
 // refreshPresence sends the topic's presence_state again to every local
 // channel, when its route tracks presence: phoenix.js computes the joins
 // and leaves it missed from it. It runs on its own goroutine (reading the
@@ -461,6 +472,11 @@ func (th *topicHub) refreshPresence() {
 		return
 	}
 	go func() {
+		// Read and queued under the topic's delivery lock: a diff
+		// delivered after the state is newer than it, never older (an
+		// older state arriving after a newer diff would undo it).
+		th.seqMu.Lock()
+		defer th.seqMu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.CallTimeout)
 		defer cancel()
 		state, err := p.State(ctx, th.name)

@@ -38,11 +38,14 @@ func (c *channel) presenceTag(gen uint32) string {
 // rejoin took, so a quick reconnect makes no leave/join pair), then the
 // channel gets the topic's presence_state, as phoenix.js needs after every
 // join and rejoin. An anonymous channel is not tracked but gets the state.
-func (c *channel) trackPresence(rep *backends.Reply, taken *seat) {
+// It reports false when the state could not be read: phoenix.js would hold
+// every later diff until a state came, so the caller ends the channel
+// with phx_error and the client rejoins.
+func (c *channel) trackPresence(rep *backends.Reply, taken *seat) bool {
 	s := c.sock
 	p := s.srv.cfg.Presence
 	if p == nil || !c.route.Presence {
-		return
+		return true
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.CallTimeout)
 	defer cancel()
@@ -64,9 +67,10 @@ func (c *channel) trackPresence(rep *backends.Reply, taken *seat) {
 	}
 	state, err := p.State(ctx, c.topic)
 	if err != nil {
-		return // the diffs still come; a rejoin gets the whole state
+		return false
 	}
 	s.sendOrDrop(encodeMessage(s.ser, c.wJoinRef, "null", c.topic, "presence_state", backends.Payload{Data: state}))
+	return true
 }
 
 // untrackPresence removes c's presence, if it has one.

@@ -2,6 +2,7 @@ package channels
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"sync"
@@ -87,5 +88,25 @@ func TestJoinWithUnknownOutcomeGetsItsLeave(t *testing.T) {
 		if strings.HasPrefix(l, "leave room:crash") {
 			t.Fatalf("a Leave for a join the backend answered: %v", env.backend.logged())
 		}
+	}
+}
+
+// failingState is a tracker whose state cannot be read.
+type failingState struct{ fakePresence }
+
+func (*failingState) State(context.Context, string) ([]byte, error) {
+	return nil, errors.New("store down")
+}
+
+// A join whose presence_state cannot be read is ended with phx_error, so
+// the client rejoins: phoenix.js would otherwise hold every later diff
+// waiting for a state that never comes.
+func TestPresenceStateUnreadableEndsTheChannel(t *testing.T) {
+	env := newTestEnv(t, func(c *Config) { c.Presence = &failingState{} })
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","here:a","phx_join",{}]`)
+	got := conn.waitTexts(t, 2)
+	if want := `["1","1","here:a","phx_error",{"reason":"channel_crash"}]`; got[1] != want {
+		t.Fatalf("after the join: %s, want %s", got[1], want)
 	}
 }

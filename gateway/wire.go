@@ -130,6 +130,9 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 		return fail(err)
 	}
 	demoOut.srv.Store(srv)
+	if tracker != nil {
+		tracker.OnLost = srv.RefreshPresence
+	}
 	connect := func(c channels.Conn, info channels.ConnectInfo) (SocketHandler, error) {
 		// *channels.Socket is a SocketHandler as is; its *channels.CloseError
 		// is understood by closeFor. No adapter keeps the socket small.
@@ -241,7 +244,7 @@ func newPresence(cfg Config, broker pubsub.Broker, reg prometheus.Registerer, gw
 		return nil, nil, keyErr("node_id", "%v", err)
 	}
 	t = presence.NewTracker(cfg.Presence, store, pub, gw.log)
-	if err := store.Start(t.Leaves); err != nil {
+	if err := store.Start(t.Leaves, t.Joins); err != nil {
 		return nil, nil, keyErr("redis_url", "presence: %v", err)
 	}
 	if reg != nil {

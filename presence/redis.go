@@ -63,14 +63,24 @@ type Redis struct {
 	c       redis.UniversalClient
 	boot    string
 	onLeave func(topic string, ps []Presence)
+	onJoin  func(topic string, ps []Presence)
 	log     *slog.Logger
 
-	mu      sync.Mutex
-	mine    map[string]int // topic → presences of this node there
+	mu   sync.Mutex
+	mine map[string]int // topic → presences of this node there
+	// held is this node's presences by topic and tag, as stored: what to
+	// put back should the node find itself reaped while alive.
+	held    map[string]map[string]heldPresence
 	stop    chan struct{}
 	done    chan struct{}
+	loops   sync.WaitGroup
 	once    sync.Once
 	started bool
+}
+
+type heldPresence struct {
+	p     Presence
+	value string
 }
 
 // NewRedis returns the store. Start begins its liveness and reaping.
@@ -91,7 +101,8 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return &Redis{cfg: cfg, c: cfg.Client, boot: refEncoding.EncodeToString(b[:]), log: log,
-		mine: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}, nil
+		mine: map[string]int{}, held: map[string]map[string]heldPresence{},
+		stop: make(chan struct{}), done: make(chan struct{})}, nil
 }
 
 func (r *Redis) hashKey(topic string) string   { return r.cfg.Prefix + ":{" + topic + "}:p" }
@@ -107,33 +118,73 @@ func (r *Redis) ctx() (context.Context, context.CancelFunc) {
 
 // Start removes what an earlier life of this node id left (publishing
 // those leaves through onLeave), makes the node alive, and starts the
-// loop that keeps it alive and reaps dead nodes. Close stops it.
-func (r *Redis) Start(onLeave func(topic string, ps []Presence)) error {
-	r.onLeave = onLeave
+// loops that keep it alive and reap dead nodes. Should the node find it
+// was taken for dead while alive (its liveness key gone: a partition, a
+// pause, a Redis that lost its data), it puts its presences back and
+// announces them through onJoin. Close stops it.
+func (r *Redis) Start(onLeave, onJoin func(topic string, ps []Presence)) error {
+	r.onLeave, r.onJoin = onLeave, onJoin
 	if err := r.reap(r.cfg.NodeID, true); err != nil {
 		return err
 	}
-	if err := r.beat(); err != nil {
+	if _, err := r.beat(); err != nil {
 		return err
 	}
 	r.started = true
-	go r.loop()
+	r.loops.Add(2)
+	go r.liveLoop()
+	go r.reapLoop()
+	go func() { r.loops.Wait(); close(r.done) }()
 	return nil
 }
 
-func (r *Redis) beat() error {
+// beat refreshes the node's liveness. It reports whether the key was
+// found gone (or another life's): the node was taken for dead.
+func (r *Redis) beat() (lost bool, err error) {
 	ctx, cancel := r.ctx()
 	defer cancel()
-	_, err := r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.Set(ctx, r.liveKey(r.cfg.NodeID), r.boot, RedisDeadAfter)
+	var prev *redis.StatusCmd
+	_, err = r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		prev = p.SetArgs(ctx, r.liveKey(r.cfg.NodeID), r.boot, redis.SetArgs{TTL: RedisDeadAfter, Get: true})
 		p.SAdd(ctx, r.nodesKey(), r.cfg.NodeID)
 		return nil
 	})
-	return err
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return false, err
+	}
+	old, gerr := prev.Result()
+	return errors.Is(gerr, redis.Nil) || old != r.boot, nil
 }
 
-func (r *Redis) loop() {
-	defer close(r.done)
+// liveLoop keeps the node alive, on its own so that a long reap never
+// delays it, and puts the node's presences back if it was reaped.
+func (r *Redis) liveLoop() {
+	defer r.loops.Done()
+	t := time.NewTicker(redisBeat)
+	defer t.Stop()
+	beats := 0
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-t.C:
+		}
+		lost, err := r.beat()
+		if err != nil {
+			r.log.Warn("presence: liveness not refreshed", "err", err)
+			continue
+		}
+		if lost {
+			r.restore()
+		}
+		if beats++; beats%60 == 0 {
+			r.touchTopics()
+		}
+	}
+}
+
+func (r *Redis) reapLoop() {
+	defer r.loops.Done()
 	t := time.NewTicker(redisBeat)
 	defer t.Stop()
 	for {
@@ -142,12 +193,72 @@ func (r *Redis) loop() {
 			return
 		case <-t.C:
 		}
-		if err := r.beat(); err != nil {
-			r.log.Warn("presence: liveness not refreshed", "err", err)
-			continue
-		}
 		r.reapDead()
 	}
+}
+
+// restore puts back every presence of this node that is no longer stored
+// (a reaper removed them while the node was alive, or Redis lost them)
+// and announces those as joins.
+func (r *Redis) restore() {
+	r.mu.Lock()
+	held := make(map[string]map[string]heldPresence, len(r.held))
+	for topic, hs := range r.held {
+		held[topic] = make(map[string]heldPresence, len(hs))
+		for tag, h := range hs {
+			held[topic][tag] = h
+		}
+	}
+	r.mu.Unlock()
+	restored := 0
+	for topic, hs := range held {
+		ctx, cancel := r.ctx()
+		var back []Presence
+		err := r.c.SAdd(ctx, r.topicsKey(r.cfg.NodeID), topic).Err()
+		for tag, h := range hs {
+			if err != nil {
+				break
+			}
+			var res string
+			var stored bool
+			if stored, err = r.c.HExists(ctx, r.hashKey(topic), tag).Result(); err != nil || stored {
+				continue
+			}
+			res, err = addScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, tag, h.p.Key, h.value,
+				MaxMetasPerKey, 1<<30, redisTopicTTL.Milliseconds(), 1).Text()
+			if err == nil && res == "ok" {
+				back = append(back, h.p)
+			}
+		}
+		cancel()
+		if len(back) > 0 && r.onJoin != nil {
+			r.onJoin(topic, back)
+		}
+		restored += len(back)
+	}
+	if restored > 0 {
+		r.log.Warn("presence: this node was taken for dead while alive; its presences are back", "presences", restored)
+	}
+}
+
+// touchTopics keeps the presence hashes of the topics this node has
+// presences on from expiring while nobody joins them.
+func (r *Redis) touchTopics() {
+	r.mu.Lock()
+	topics := make([]string, 0, len(r.mine))
+	for topic := range r.mine {
+		topics = append(topics, topic)
+	}
+	r.mu.Unlock()
+	ctx, cancel := r.ctx()
+	defer cancel()
+	_, _ = r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, topic := range topics {
+			p.PExpire(ctx, r.hashKey(topic), redisTopicTTL)
+			p.PExpire(ctx, r.countsKey(topic), redisTopicTTL)
+		}
+		return nil
+	})
 }
 
 // reapDead reaps every node whose liveness key is gone.
@@ -209,6 +320,11 @@ func (r *Redis) reap(node string, self bool) error {
 		ok, err := r.c.SetNX(ctx, r.reapKey(node), r.cfg.NodeID, redisReapLock).Result()
 		if err != nil || !ok {
 			return err // another node reaps it
+		}
+		// Alive again (restarted under the same id, or back from a
+		// pause): its new life cleans up after its old one itself.
+		if n, err := r.c.Exists(ctx, r.liveKey(node)).Result(); err != nil || n > 0 {
+			return err
 		}
 	}
 	keep := ""
@@ -302,12 +418,16 @@ func decodeValue(v string) (p Presence, seq int64, ok bool) {
 }
 
 // addScript stores a presence unless a limit refuses it. KEYS: hash,
-// counts. ARGV: tag, key, value, max metas per key, max per topic, TTL ms.
+// counts. ARGV: tag, key, value, max metas per key, max per topic, TTL ms,
+// "1" to skip the limits (putting back what was stored before).
 var addScript = redis.NewScript(`
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then
   return 'too_many_presences'
 end
-if tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') >= tonumber(ARGV[4]) then
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  return 'ok' -- already stored (a restore racing nothing lost)
+end
+if ARGV[7] ~= '1' and tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') >= tonumber(ARGV[4]) then
   return 'too_many_metas'
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
@@ -330,15 +450,30 @@ func (r *Redis) Add(ctx context.Context, topic, tag string, p Presence, lim Limi
 			return err
 		}
 	}
+	value := r.encodeValue(time.Now().UnixNano(), p)
 	res, err := addScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, tag, p.Key,
-		r.encodeValue(time.Now().UnixNano(), p), lim.MaxMetasPerKey, lim.MaxPerTopic, redisTopicTTL.Milliseconds()).Text()
+		value, lim.MaxMetasPerKey, lim.MaxPerTopic, redisTopicTTL.Milliseconds(), 0).Text()
 	if err == nil && res != "ok" {
 		err = refused(res)
 	}
 	if err != nil {
+		if !errors.Is(err, ErrRefused) {
+			// The script may have run and only its answer been lost:
+			// undo it, so that no presence stays that nobody owns.
+			uctx, cancel := r.ctx()
+			_ = removeScript.Run(uctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, tag).Err()
+			cancel()
+		}
 		r.forget(topic)
+		return err
 	}
-	return err
+	r.mu.Lock()
+	if r.held[topic] == nil {
+		r.held[topic] = map[string]heldPresence{}
+	}
+	r.held[topic][tag] = heldPresence{p: p, value: value}
+	r.mu.Unlock()
+	return nil
 }
 
 // forget counts one presence of this node on topic less; the last one
@@ -373,14 +508,21 @@ return v
 // Remove implements Store.
 func (r *Redis) Remove(ctx context.Context, topic, tag string) (Presence, bool, error) {
 	v, err := removeScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, tag).Text()
-	if errors.Is(err, redis.Nil) {
-		r.forget(topic)
-		return Presence{}, false, nil
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, redis.Nil) {
 		return Presence{}, false, err
 	}
+	r.mu.Lock()
+	if hs := r.held[topic]; hs != nil {
+		delete(hs, tag)
+		if len(hs) == 0 {
+			delete(r.held, topic)
+		}
+	}
+	r.mu.Unlock()
 	r.forget(topic)
+	if errors.Is(err, redis.Nil) {
+		return Presence{}, false, nil
+	}
 	p, _, ok := decodeValue(v)
 	return p, ok, nil
 }
@@ -472,10 +614,18 @@ func (r *Redis) Close() error {
 		}
 		ctx, cancel := r.ctx()
 		defer cancel()
+		r.mu.Lock()
+		drained := len(r.mine) == 0
+		r.mu.Unlock()
 		_, _ = r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 			p.Del(ctx, r.liveKey(r.cfg.NodeID))
-			p.SRem(ctx, r.nodesKey(), r.cfg.NodeID)
-			p.Del(ctx, r.topicsKey(r.cfg.NodeID))
+			if drained {
+				p.SRem(ctx, r.nodesKey(), r.cfg.NodeID)
+				p.Del(ctx, r.topicsKey(r.cfg.NodeID))
+			}
+			// Otherwise presences are left (a drain cut short): the
+			// lists stay, and another node reaps them once the
+			// liveness key is gone (now).
 			return nil
 		})
 	})

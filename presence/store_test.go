@@ -98,7 +98,7 @@ func TestRedisStore(t *testing.T) {
 	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	t.Cleanup(func() { c.Close() })
 	s := redisStore(t, c, "n1")
-	if err := s.Start(func(string, []Presence) {}); err != nil {
+	if err := s.Start(func(string, []Presence) {}, nil); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
@@ -110,7 +110,7 @@ func TestRedisClusterStore(t *testing.T) {
 	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs()})
 	t.Cleanup(func() { c.Close() })
 	s := redisStore(t, c, "n1")
-	if err := s.Start(func(string, []Presence) {}); err != nil {
+	if err := s.Start(func(string, []Presence) {}, nil); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
@@ -147,12 +147,12 @@ func TestRedisStoreReapsADeadNode(t *testing.T) {
 	t.Cleanup(func() { c.Close() })
 	ctx := context.Background()
 	dead := redisStore(t, c, "dead")
-	if err := dead.Start(func(string, []Presence) {}); err != nil {
+	if err := dead.Start(func(string, []Presence) {}, nil); err != nil {
 		t.Fatal(err)
 	}
 	alive := redisStore(t, c, "alive")
 	var l leaveLog
-	if err := alive.Start(l.on); err != nil {
+	if err := alive.Start(l.on, nil); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { alive.Close() })
@@ -195,7 +195,7 @@ func TestRedisStoreRestartSameID(t *testing.T) {
 	t.Cleanup(func() { c.Close() })
 	ctx := context.Background()
 	first := redisStore(t, c, "n")
-	if err := first.Start(func(string, []Presence) {}); err != nil {
+	if err := first.Start(func(string, []Presence) {}, nil); err != nil {
 		t.Fatal(err)
 	}
 	_ = first.Add(ctx, "room:z", "f1", pres("p", "r1"), Limits{MaxMetasPerKey: 5, MaxPerTopic: 100})
@@ -203,7 +203,7 @@ func TestRedisStoreRestartSameID(t *testing.T) {
 	<-first.done
 	second := redisStore(t, c, "n")
 	var l leaveLog
-	if err := second.Start(l.on); err != nil {
+	if err := second.Start(l.on, nil); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { second.Close() })
@@ -214,5 +214,52 @@ func TestRedisStoreRestartSameID(t *testing.T) {
 	ps, _ := second.List(ctx, "room:z")
 	if got := refsOf(ps); !slices.Equal(got, []string{"p/r2"}) {
 		t.Fatalf("list %v: want only this life's presence", got)
+	}
+}
+
+// A node taken for dead while alive (its liveness key gone past
+// RedisDeadAfter: a partition, a pause) is reaped by another node; once it
+// can refresh its liveness again it puts its presences back and announces
+// them as joins, so its connected players do not stay gone.
+func TestRedisStoreComesBackAfterAFalseReap(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	t.Cleanup(func() { c.Close() })
+	ctx := context.Background()
+	var joins leaveLog // the same bookkeeping, for joins
+	a := redisStore(t, c, "a")
+	if err := a.Start(func(string, []Presence) {}, joins.on); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	var leaves leaveLog
+	b := redisStore(t, c, "b")
+	if err := b.Start(leaves.on, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	_ = a.Add(ctx, "room:f", "a1", pres("p", "r1"), Limits{MaxMetasPerKey: 5, MaxPerTopic: 100})
+	// The liveness key vanishes (as after a pause past its TTL) and b
+	// reaps a.
+	c.Del(ctx, a.liveKey("a"))
+	if err := b.reap("a", false); err != nil {
+		t.Fatal(err)
+	}
+	if got := leaves.get("room:f"); !slices.Equal(got, []string{"p/r1"}) {
+		t.Fatalf("b reaped %v", got)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(joins.get("room:f")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the falsely reaped node never put its presence back")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ps, _ := b.List(ctx, "room:f")
+	if got := refsOf(ps); !slices.Equal(got, []string{"p/r1"}) {
+		t.Fatalf("list after the comeback: %v", got)
+	}
+	if ok, _ := c.SIsMember(ctx, a.topicsKey("a"), "room:f").Result(); !ok {
+		t.Fatal("the topic is not on the node's list again: a real death later would leave a ghost")
 	}
 }

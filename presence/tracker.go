@@ -11,6 +11,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// untrackRetry is the pause before an Untrack that failed on the store is
+// tried again.
+const untrackRetry = time.Second
+
 // Publish sends a presence_diff payload to every subscriber of topic on
 // every node (an ephemeral event of the room).
 type Publish func(ctx context.Context, topic string, payload []byte) error
@@ -29,6 +33,12 @@ type Tracker struct {
 	pub   Publish
 	log   *slog.Logger
 	m     *metrics
+
+	// OnLost, when set before use, is called (on its own goroutine's
+	// time, never under a lock) with a topic whose diff could not be
+	// published: the caller sends that topic's subscribers the whole
+	// state again.
+	OnLost func(topic string)
 
 	locks [64]sync.Mutex // by topic: a store change and its queueing
 
@@ -139,8 +149,9 @@ func (t *Tracker) untrackLocked(ctx context.Context, topic, tag string) {
 	p, ok, err := t.store.Remove(ctx, topic, tag)
 	if err != nil {
 		t.m.errors.Inc()
-		t.log.Warn("presence: untrack failed", "topic", topic, "err", err)
-		// Still ours to remove: Drain or the store's liveness takes it.
+		t.log.Warn("presence: untrack failed; retrying", "topic", topic, "err", err)
+		// Still ours to remove: try again shortly (and Drain tries too).
+		time.AfterFunc(untrackRetry, func() { t.Untrack(context.Background(), topic, tag) })
 		return
 	}
 	t.mu.Lock()
@@ -205,6 +216,20 @@ func (t *Tracker) State(ctx context.Context, topic string) ([]byte, error) {
 		return nil, err
 	}
 	return EncodeState(ps), nil
+}
+
+// Joins queues joins found by the store (presences of this node put back
+// after it was taken for dead): they go out in the next diff.
+func (t *Tracker) Joins(topic string, ps []Presence) {
+	if len(ps) == 0 {
+		return
+	}
+	l := t.lock(topic)
+	l.Lock()
+	defer l.Unlock()
+	t.mu.Lock()
+	t.queueLocked(topic, ps, nil)
+	t.mu.Unlock()
 }
 
 // Leaves queues leaves found by someone else (a store that reaped a dead
@@ -282,10 +307,24 @@ func (t *Tracker) send(topic string, joins, leaves []Presence) {
 	payload := EncodeDiff(joins, leaves)
 	ctx, cancel := t.ctx(context.Background())
 	defer cancel()
-	if err := t.pub(ctx, topic, payload); err != nil {
-		// Clients resync their list on their next join (presence_state).
+	var err error
+	for pause := 20 * time.Millisecond; ; pause *= 2 {
+		if err = t.pub(ctx, topic, payload); err == nil || ctx.Err() != nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(pause):
+		}
+	}
+	if err != nil {
+		// The topic's clients get the whole state again instead
+		// (OnLost), or on their next join.
 		t.m.diffsLost.Inc()
 		t.log.Warn("presence: diff not published", "topic", topic, "joins", len(joins), "leaves", len(leaves), "err", err)
+		if f := t.OnLost; f != nil {
+			f(topic)
+		}
 		return
 	}
 	t.m.diffs.Inc()
@@ -358,7 +397,7 @@ func newMetrics() *metrics {
 			Name: "phxgate_presence_diff_bytes_total", Help: "Payload bytes of the presence_diff events published by this node.",
 		}),
 		diffsLost: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "phxgate_presence_diffs_lost_total", Help: "presence_diff events the broker refused (clients resync on their next join).",
+			Name: "phxgate_presence_diffs_lost_total", Help: "presence_diff events the broker refused after retries (the topic's subscribers are sent the whole state again).",
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "phxgate_presence_refused_total", Help: "Presences refused (the join still succeeded), by reason (meta_too_large, too_many_metas, too_many_presences, bad_meta).",
