@@ -24,6 +24,14 @@
 // logged — while the join itself succeeds.
 //
 // Goroutine safety: Tracker and every Store are safe for concurrent use.
-// Track, Untrack and Update block on the store (bounded by Config.Timeout),
-// never on publishing a diff.
+// Track, Untrack and Update block on the store (each call bounded by
+// Config.Timeout, after waiting for the topic's earlier changes on this
+// node), never on publishing a diff.
+//
+// Repairs: a failed Untrack is retried; a diff the broker refuses is
+// retried, then the topic's subscribers get the whole presence_state; a
+// node taken for dead while alive puts its presences back. Known gap: an
+// Update (Gateway.UpdatePresence) racing the join or leave of the same
+// connection on another node can reach clients out of order and leave a
+// stale meta in their lists until they rejoin.
 package presence

@@ -23,7 +23,10 @@ type Publish func(ctx context.Context, topic string, payload []byte) error
 // subscribers what changed: a topic's changes made here within one Window
 // go out as one presence_diff, diffs of one topic leave this node in the
 // order the changes were made, and a change and its diff are made under
-// the topic's lock, so no client can see a leave before its join.
+// the topic's lock, so no client can see a leave before its join when
+// both were made on one node. (Update changes presences other nodes own:
+// an update racing that node's join or leave of the same connection can
+// reach clients out of order; see the package doc.)
 //
 // Methods are safe for concurrent use. Track, Untrack and Update wait for
 // the store (bounded by Config.Timeout), never for a diff to be published.
