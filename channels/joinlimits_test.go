@@ -50,8 +50,8 @@ func TestJoinTopicAndJoinRefBounded(t *testing.T) {
 		}
 		seen += len(st.want)
 	}
-	if n := counterValue(t, env.reg, "phxgate_joins_total", joinTooLong); n != 3 {
-		t.Errorf("phxgate_joins_total{result=%q} = %v, want 3", joinTooLong, n)
+	if n := counterValue(t, env.reg, "phxgate_channels_joins_total", joinTooLong); n != 3 {
+		t.Errorf("phxgate_channels_joins_total{result=%q} = %v, want 3", joinTooLong, n)
 	}
 }
 

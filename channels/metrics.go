@@ -5,7 +5,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Join results (label "result" of phxgate_joins_total).
+// Join results (label "result" of phxgate_channels_joins_total).
 const (
 	joinOK         = "ok"
 	joinError      = "error"
@@ -77,16 +77,16 @@ const (
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		channels: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "phxgate_channels", Help: "Channels joined (or joining) on this node.",
+			Name: "phxgate_channels_joined", Help: "Channels joined (or joining) on this node.",
 		}),
 		joins: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "phxgate_joins_total", Help: "Join requests by result.",
+			Name: "phxgate_channels_joins_total", Help: "Join requests by result.",
 		}, []string{"result"}),
 		messagesIn: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "phxgate_messages_in_total", Help: "Client messages by kind (heartbeat, join, leave, event, stale, malformed).",
 		}, []string{"kind"}),
 		broadcasts: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "phxgate_broadcasts_total", Help: "Live events delivered to local topic hubs.",
+			Name: "phxgate_pubsub_broadcasts_total", Help: "Live events delivered to local topic hubs.",
 		}),
 		fanout: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "phxgate_broadcast_fanout_total", Help: "Broadcast frames sent to subscribers.",

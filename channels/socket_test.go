@@ -159,7 +159,7 @@ func TestDuplicateJoinBackendOrder(t *testing.T) {
 	if got := env.backend.logged(); !slices.Equal(got, want) {
 		t.Fatalf("got %v want %v", got, want)
 	}
-	if v := counterValue(t, env.reg, "phxgate_joins_total", "duplicate"); v != 1 {
+	if v := counterValue(t, env.reg, "phxgate_channels_joins_total", "duplicate"); v != 1 {
 		t.Fatalf("duplicate metric %v", v)
 	}
 }

@@ -83,7 +83,7 @@ func TestGatewayAPI(t *testing.T) {
 	a1.expectClose(1001)
 	a2.expectClose(1001)
 	waitFor(t, 5*time.Second, func() bool {
-		return counterValue(t, s.Registry(), "phxgate_disconnects_total", "kicked") == 2
+		return counterValue(t, s.Registry(), "phxgate_gateway_disconnects_total", "kicked") == 2
 	}, "two kicked disconnects counted")
 	bob.sendText(`["1","5","room:a","echo",{"still":1}]`)
 	bob.expectMessage(ws.OpText, `["1","5","room:a","phx_reply",{"response":{"still":1},"status":"ok"}]`)

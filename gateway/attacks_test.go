@@ -190,7 +190,7 @@ func TestHandshakeNeverCompletes(t *testing.T) {
 	// The worker is free again.
 	stillServes(t, s)
 	waitFor(t, 5*time.Second, func() bool {
-		return counterValue(t, s.Registry(), "phxgate_handshakes_total", "timeout") == 1
+		return counterValue(t, s.Registry(), "phxgate_gateway_handshakes_total", "timeout") == 1
 	}, "timeout counted")
 }
 
@@ -285,7 +285,7 @@ func TestMalformedPhoenixMessageCloses1011(t *testing.T) {
 	c.sendText("malformed")
 	c.expectClose(1011)
 	waitFor(t, 5*time.Second, func() bool {
-		return counterValue(t, s.Registry(), "phxgate_disconnects_total", "malformed_message") == 1
+		return counterValue(t, s.Registry(), "phxgate_gateway_disconnects_total", "malformed_message") == 1
 	}, "disconnect reason malformed_message")
 }
 

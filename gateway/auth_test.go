@@ -266,7 +266,7 @@ func TestTokenExpiryClosesSocket(t *testing.T) {
 		}
 	}
 	waitFor(t, 5*time.Second, func() bool {
-		return counterValue(t, s.Registry(), "phxgate_disconnects_total", "token_expired") == 1
+		return counterValue(t, s.Registry(), "phxgate_gateway_disconnects_total", "token_expired") == 1
 	}, "the token_expired disconnect counted")
 }
 

@@ -75,7 +75,7 @@ func flood(t *testing.T, s *Server, c *client, n int, frame func(i int) []byte) 
 	reasons := []string{"slow_consumer", "overloaded", "rate_abuse", "protocol_error", "malformed_message", "conn_reset"}
 	closedReason := func() string {
 		for _, r := range reasons {
-			if counterValue(t, s.Registry(), "phxgate_disconnects_total", r) > 0 {
+			if counterValue(t, s.Registry(), "phxgate_gateway_disconnects_total", r) > 0 {
 				return r
 			}
 		}
@@ -235,7 +235,7 @@ func TestReplyFloodsNeverReading(t *testing.T) {
 			}
 			waitFor(t, 10*time.Second, func() bool {
 				for _, r := range tc.want {
-					if counterValue(t, s.Registry(), "phxgate_disconnects_total", r) == 1 {
+					if counterValue(t, s.Registry(), "phxgate_gateway_disconnects_total", r) == 1 {
 						return true
 					}
 				}

@@ -313,12 +313,12 @@ func TestAdminEndpoints(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, func() bool {
 		_, body := get("/metrics")
-		return strings.Contains(body, "phxgate_connections 1") && strings.Contains(body, "phxgate_frames_in_total 1")
+		return strings.Contains(body, "phxgate_gateway_connections 1") && strings.Contains(body, "phxgate_frames_in_total 1")
 	}, "metrics to show one connection and one frame")
 	_, body := get("/metrics")
 	for _, name := range []string{
-		"phxgate_handshakes_total{result=\"ok\"}", "phxgate_frames_out_total", "phxgate_bytes_in_total",
-		"phxgate_bytes_out_total", "phxgate_disconnects_total{reason=\"slow_consumer\"}",
+		"phxgate_gateway_handshakes_total{result=\"ok\"}", "phxgate_frames_out_total", "phxgate_bytes_in_total",
+		"phxgate_bytes_out_total", "phxgate_gateway_disconnects_total{reason=\"slow_consumer\"}",
 		"phxgate_slow_consumers_total", "phxgate_write_queue_bytes", "go_goroutines", "process_resident_memory_bytes",
 	} {
 		if !strings.Contains(body, name) {

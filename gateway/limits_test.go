@@ -168,7 +168,7 @@ func TestJoinAuthorization(t *testing.T) {
 		r, err := join(t, sock, "room:other", map[string]any{"token": tok})
 		requireUnauthorized(t, r, err)
 	})
-	if n := sumCounter(t, reg, "phxgate_joins_total", "result", "unauthorized"); n != 4+4+3+3+1 {
+	if n := sumCounter(t, reg, "phxgate_channels_joins_total", "result", "unauthorized"); n != 4+4+3+3+1 {
 		t.Errorf("unauthorized joins counted %v, want %d", n, 4+4+3+3+1)
 	}
 }
@@ -347,7 +347,7 @@ func testRateAbuse(t *testing.T, frame func(i int) []byte, bystanderHeartbeats b
 				t.Fatalf("closed after %v, before the abuse window (%v)", d, window)
 			}
 			waitFor(t, 5*time.Second, func() bool {
-				return counterValue(t, s.Registry(), "phxgate_disconnects_total", "rate_abuse") == 1
+				return counterValue(t, s.Registry(), "phxgate_gateway_disconnects_total", "rate_abuse") == 1
 			}, "the rate_abuse disconnect counted")
 			if bystanderHeartbeats {
 				// The same player's other socket: its heartbeat bucket is
@@ -416,7 +416,7 @@ func TestJoinRateLimit(t *testing.T) {
 	if string(msg[0]) != `"3"` || !isRateLimited(msg[4]) {
 		t.Fatalf("third join: %s", msg)
 	}
-	if got := sumCounter(t, s.Registry(), "phxgate_joins_total", "result", "rate_limited"); got != 1 {
+	if got := sumCounter(t, s.Registry(), "phxgate_channels_joins_total", "result", "rate_limited"); got != 1 {
 		t.Fatalf("rate-limited joins = %v, want 1", got)
 	}
 }

@@ -5,7 +5,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Handshake results, the label values of phxgate_handshakes_total.
+// Handshake results, the label values of phxgate_gateway_handshakes_total.
 const (
 	hsOK         = "ok"
 	hsRejected   = "rejected"    // refused with a 4xx (vsn, params, admission, connect)
@@ -40,10 +40,10 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer, queued func() float64, busy func() float64, budget int64) *metrics {
 	m := &metrics{
 		connections: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "phxgate_connections", Help: "Open WebSocket connections.",
+			Name: "phxgate_gateway_connections", Help: "Open WebSocket connections.",
 		}),
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "phxgate_handshakes_total", Help: "Connections accepted on the client port, by handshake result.",
+			Name: "phxgate_gateway_handshakes_total", Help: "Connections accepted on the client port, by handshake result.",
 		}, []string{"result"}),
 		framesIn: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "phxgate_frames_in_total", Help: "WebSocket data messages and control frames received.",
@@ -61,7 +61,7 @@ func newMetrics(reg prometheus.Registerer, queued func() float64, busy func() fl
 			Name: "phxgate_bytes_out_total", Help: "Bytes written to upgraded sockets.",
 		}),
 		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "phxgate_disconnects_total", Help: "Closed sockets by reason.",
+			Name: "phxgate_gateway_disconnects_total", Help: "Closed sockets by reason.",
 		}, []string{"reason"}),
 		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "phxgate_slow_consumers_total", Help: "Sockets closed with 1013 because their write queue passed write_queue_max_bytes.",
