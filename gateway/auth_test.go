@@ -189,8 +189,8 @@ func TestConnectRefusedTokens(t *testing.T) {
 		t.Errorf("missing-token refusals counted %v, want 1", n)
 	}
 	for reason, want := range map[string]float64{"token_missing": 1, "token_expired": 2, "token_unknown_kid": 2, "token_audience": 1, "token_issuer": 1} {
-		if n := counterValue(t, s.Registry(), "phxgate_connect_refused_total", reason); n != want {
-			t.Errorf("phxgate_connect_refused_total{reason=%q} = %v, want %v", reason, n, want)
+		if n := counterValue(t, s.Registry(), "phxgate_gateway_connect_refused_total", reason); n != want {
+			t.Errorf("phxgate_gateway_connect_refused_total{reason=%q} = %v, want %v", reason, n, want)
 		}
 	}
 }
@@ -310,8 +310,8 @@ func TestConnectionCapsPerIP(t *testing.T) {
 		t.Errorf("%d refusals carried Retry-After, want the %d handshake-rate ones", retryAfter, attempts-burst)
 	}
 	reg := s.Registry()
-	if got := counterValue(t, reg, "phxgate_admission_refused_total", "ip_conn_limit") +
-		counterValue(t, reg, "phxgate_admission_refused_total", "ip_handshake_rate"); got != attempts-maxConns {
+	if got := counterValue(t, reg, "phxgate_gateway_connect_refused_total", "ip_conn_limit") +
+		counterValue(t, reg, "phxgate_gateway_connect_refused_total", "ip_handshake_rate"); got != attempts-maxConns {
 		t.Errorf("refusals counted %v, want %d", got, attempts-maxConns)
 	}
 
@@ -338,7 +338,7 @@ func TestConnectionCapsPerPlayerAndNode(t *testing.T) {
 		if c := attempt(t, nil, s.Addr(), tokenTarget(hsToken(t, claims("bob")))); c.status() != http.StatusSwitchingProtocols {
 			t.Fatalf("another player: status = %d, want 101", c.status())
 		}
-		if n := counterValue(t, s.Registry(), "phxgate_admission_refused_total", "player_conn_limit"); n != 1 {
+		if n := counterValue(t, s.Registry(), "phxgate_gateway_connect_refused_total", "player_conn_limit"); n != 1 {
 			t.Fatalf("player_conn_limit refusals = %v, want 1", n)
 		}
 	})

@@ -106,14 +106,13 @@ func newGuard(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*guard, 
 	if err != nil {
 		return nil, blockErr(err, ratelimit.ErrConfig)
 	}
-	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "phxgate_connect_refused_total",
-		Help: "Upgrade requests refused before the upgrade by admission or token checks, by reason.",
-	}, []string{"reason"})
-	if reg != nil {
-		if err := reg.Register(refused); err != nil {
-			return nil, err
-		}
+	// One family for every refused connect: the admission controller
+	// counts its own refusals, the guard its token refusals.
+	refused := ctl.Refused()
+	for _, r := range []string{"token_param", "token_ambiguous", "token_missing", "token_too_large", "token_malformed",
+		"token_unknown_kid", "token_jwks_unavailable", "token_expired", "token_not_yet_valid", "token_audience",
+		"token_issuer", "token_no_subject", "token_subject_too_long", "token_invalid", "token_internal"} {
+		refused.WithLabelValues(r)
 	}
 	return &guard{cfg: cfg, log: log, ctl: ctl, verifier: v, limiter: l, refused: refused}, nil
 }
@@ -155,10 +154,6 @@ func (g *guard) beginHandshake(nc net.Conn) (release func(), err error) {
 	}
 	release, err = g.ctl.BeginHandshake(peer)
 	if err != nil {
-		var ref *admission.Refusal
-		if errors.As(err, &ref) {
-			g.refused.WithLabelValues(ref.Reason).Inc()
-		}
 		g.log.Debug("connect refused at accept", "remote", nc.RemoteAddr().String(), "err", err)
 	}
 	return release, err
@@ -254,8 +249,7 @@ func (g *guard) admit(r *Request) (int, Releaser) {
 // sets the Retry-After of rate refusals.
 func (g *guard) refusal(r *Request, err error) int {
 	var ref *admission.Refusal
-	if errors.As(err, &ref) {
-		g.refused.WithLabelValues(ref.Reason).Inc()
+	if errors.As(err, &ref) { // counted by the controller
 		r.RetryAfter = ref.RetryAfter
 		return ref.Status
 	}

@@ -93,11 +93,11 @@ func TestSlowlorisFromOneAddress(t *testing.T) {
 	}
 
 	reg := s.Registry()
-	if got := counterValue(t, reg, "phxgate_connect_refused_total", "ip_handshakes"); got != silent-float64(limit) {
-		t.Errorf("phxgate_connect_refused_total{ip_handshakes} = %v, want %d", got, silent-limit)
+	if got := counterValue(t, reg, "phxgate_gateway_connect_refused_total", "ip_handshakes"); got != silent-float64(limit) {
+		t.Errorf("phxgate_gateway_connect_refused_total{ip_handshakes} = %v, want %d", got, silent-limit)
 	}
-	if got := counterValue(t, reg, "phxgate_admission_refused_total", "ip_handshakes"); got != silent-float64(limit) {
-		t.Errorf("phxgate_admission_refused_total{ip_handshakes} = %v, want %d", got, silent-limit)
+	if got := counterValue(t, reg, "phxgate_gateway_connect_refused_total", "ip_handshakes"); got != silent-float64(limit) {
+		t.Errorf("phxgate_gateway_connect_refused_total{ip_handshakes} = %v, want %d", got, silent-limit)
 	}
 	waitFor(t, 10*time.Second, func() bool { return s.busy.Load() == int64(limit) },
 		fmt.Sprintf("the silent connections to hold %d workers", limit))

@@ -52,7 +52,7 @@ func refusedTotal(tb testing.TB, reg *prometheus.Registry, reason string) float6
 		tb.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "phxgate_admission_refused_total" {
+		if mf.GetName() != "phxgate_gateway_connect_refused_total" {
 			continue
 		}
 		for _, m := range mf.GetMetric() {

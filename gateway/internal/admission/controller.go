@@ -111,9 +111,13 @@ func New(cfg Config, reg prometheus.Registerer) (*Controller, error) {
 		c.proxies = append(c.proxies, pr)
 	}
 	c.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "phxgate_admission_refused_total",
-		Help: "Handshakes refused before the upgrade, by reason.",
+		Name: RefusedMetric,
+		Help: "Connects refused before the upgrade, by reason: admission (origin, per-address and per-player caps and rates, node caps) and token checks (token_*).",
 	}, []string{"reason"})
+	for _, r := range []string{ReasonOrigin, ReasonBadAddress, ReasonHandshakeRate, ReasonIPHandshakes,
+		ReasonIPConnLimit, ReasonPlayerConnLimit, ReasonGlobalConnLimit} {
+		c.refused.WithLabelValues(r) // a fresh node's dashboards show lines
+	}
 	c.evictions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "phxgate_admission_ip_evictions_total",
 		Help: "Per-IP handshake buckets forgotten, by reason (idle, capacity).",
@@ -135,6 +139,15 @@ func New(cfg Config, reg prometheus.Registerer) (*Controller, error) {
 	}
 	return c, nil
 }
+
+// RefusedMetric is the one family that counts refused connects, whoever
+// refused them (admission here, token checks in the gateway: see
+// Controller.Refused).
+const RefusedMetric = "phxgate_gateway_connect_refused_total"
+
+// Refused returns the refusal counter, for the gateway's own reasons
+// (token checks) to count in the same family.
+func (c *Controller) Refused() *prometheus.CounterVec { return c.refused }
 
 func (c *Controller) refuse(status int, reason string, sentinel error, retry time.Duration) *Refusal {
 	c.refused.WithLabelValues(reason).Inc()
