@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -195,6 +196,11 @@ type Config struct {
 	// Limits are the per-player rate limits and the connection caps
 	// (limits.*).
 	Limits LimitsConfig
+	// LogFormat (log_format) is "json" (the default) or "text".
+	LogFormat string
+	// LogLevel (log_level) is "debug", "info" (the default), "warn" or
+	// "error".
+	LogLevel string
 	// Presence bounds presence tracking on routes with presence on
 	// (presence.*).
 	Presence PresenceConfig
@@ -368,6 +374,8 @@ func NewConfig() Config {
 		Auth:               newAuthConfig(),
 		Limits:             newLimitsConfig(),
 		Presence:           presence.NewConfig(),
+		LogFormat:          "json",
+		LogLevel:           "info",
 	}
 }
 
@@ -449,6 +457,14 @@ func (c Config) Validate() error {
 	}
 	if err := c.validateBroker(); err != nil {
 		return err
+	}
+	switch c.LogFormat {
+	case "json", "text":
+	default:
+		return keyErr("log_format", "must be json or text, got %q", c.LogFormat)
+	}
+	if _, err := c.SlogLevel(); err != nil {
+		return keyErr("log_level", "%v", err)
 	}
 	if err := c.Presence.Validate(); err != nil {
 		switch p := c.Presence; {
@@ -664,6 +680,31 @@ func listSetting(key, usage string, f func(*Config) *[]string) setting {
 	}
 }
 
+// SlogLevel returns LogLevel as a slog level.
+func (c *Config) SlogLevel() (slog.Level, error) {
+	switch c.LogLevel {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info", "":
+		return slog.LevelInfo, nil
+	case "warn":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("must be debug, info, warn or error, got %q", c.LogLevel)
+}
+
+// NewLogger returns the logger the configuration asks for, writing to w.
+func (c *Config) NewLogger(w io.Writer) *slog.Logger {
+	lvl, _ := c.SlogLevel() // validated
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
 // validateBroker checks the pubsub settings.
 func (c *Config) validateBroker() error {
 	if c.RedisURL != "" {
@@ -712,6 +753,8 @@ func settings() []setting {
 		intSetting("pollers", "epoll pollers (0 = number of CPUs)", func(c *Config) *int { return &c.Pollers }),
 		durSetting("close_timeout", "deadline for a socket's closing handshake", func(c *Config) *time.Duration { return &c.CloseTimeout }),
 		durSetting("drain_timeout", "graceful shutdown bound; 1012 closes are spread over its first half", func(c *Config) *time.Duration { return &c.DrainTimeout }),
+		strSetting("log_format", "json or text", func(c *Config) *string { return &c.LogFormat }),
+		strSetting("log_level", "debug, info, warn or error", func(c *Config) *string { return &c.LogLevel }),
 		strSetting("redis_url", "Redis URL, redis:// or rediss:// (empty: in-memory broker)", func(c *Config) *string { return &c.RedisURL }),
 		listSetting("redis_cluster_addrs", "Redis Cluster masters host:port, comma-separated (selects Cluster)", func(c *Config) *[]string { return &c.RedisClusterAddrs }),
 		strSetting("redis_prefix", "prefix of every Redis key and channel (empty: phx)", func(c *Config) *string { return &c.RedisPrefix }),

@@ -33,6 +33,8 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{name: "history over the engines", yaml: "routes:\n  - topic: 'room:*'\n    backend: echo\n    history: 100001\n", want: "config: routes[0].history: "},
 		{name: "replay over the queue", yaml: "write_queue_max_bytes: 1000\nreplay_bytes: 1001\n", want: "config: replay_bytes: "},
 		{name: "max replay", yaml: "max_replay: -1\n", want: "config: max_replay: "},
+		{name: "log format", yaml: "log_format: xml\n", want: "config: log_format: "},
+		{name: "log level", yaml: "log_level: loud\n", want: "config: log_level: "},
 		{name: "empty topic", yaml: "routes:\n  - backend: echo\n", want: "config: routes[0].topic: "},
 		{name: "unknown backend", yaml: "routes:\n  - topic: 'room:*'\n    backend: echo\n  - topic: 'x:*'\n    backend: nope\n", want: "config: routes[1].backend: "},
 		{name: "unknown route key", yaml: "routes:\n  - topic: 'room:*'\n    backend: echo\n    histroy: 3\n", want: "config: routes[0].histroy: unknown key"},

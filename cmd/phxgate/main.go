@@ -32,8 +32,16 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "phxgate:", err)
 		return 2
 	}
+	logger = cfg.NewLogger(os.Stderr)
+	slog.SetDefault(logger)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	go func() {
+		// The first signal drains; a second one kills at once (the
+		// default action, no longer caught).
+		<-ctx.Done()
+		stop()
+	}()
 	if err := gateway.Run(ctx, cfg, gateway.WithLogger(logger)); err != nil {
 		logger.Error("phxgate stopped with an error", "err", err)
 		return 1
