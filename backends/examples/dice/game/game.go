@@ -133,7 +133,7 @@ var errClosed = status.Error(codes.Unavailable, "dice: game is shutting down")
 
 // Join admits a player to a table: it answers the balance and the round
 // taking bets, and starts the table's rounds with its first player.
-func (g *Game) Join(_ context.Context, req *backendv1.JoinRequest) (*backendv1.JoinResponse, error) {
+func (g *Game) Join(ctx context.Context, req *backendv1.JoinRequest) (*backendv1.JoinResponse, error) {
 	c := req.GetCall()
 	if c == nil {
 		return nil, status.Error(codes.InvalidArgument, "dice: no call")
@@ -159,8 +159,17 @@ func (g *Game) Join(_ context.Context, req *backendv1.JoinRequest) (*backendv1.J
 		// A retried join must not count the player twice: Leave comes once.
 		key = scopeKey(key, "join", topic, player)
 		if a, ok := g.calls.get(key, now); ok {
-			return &backendv1.JoinResponse{Reply: a.reply()}, nil
+			return &backendv1.JoinResponse{Reply: a.reply(), PresenceMeta: presenceMeta(player)}, nil
 		}
+	}
+	// phxgate gave up on this join (and sends or sent its Leave): do not
+	// seat anyone.
+	if err := ctx.Err(); err != nil {
+		return nil, status.FromContextError(err).Err()
+	}
+	seat := seatID(c.GetNodeId(), c.GetConnId(), c.GetJoinRef())
+	if _, left := g.calls.get(scopeKey(seat, "left", topic), now); left {
+		return &backendv1.JoinResponse{Reply: errorAnswer("join_expired").reply()}, nil
 	}
 	t := g.tables[topic]
 	if t == nil {
@@ -173,7 +182,7 @@ func (g *Game) Join(_ context.Context, req *backendv1.JoinRequest) (*backendv1.J
 		// comes: this join takes it over.
 		delete(t.seats, seatID(c.GetNodeId(), req.GetRejoinConnId(), req.GetRejoinJoinRef()))
 	}
-	t.seats[seatID(c.GetNodeId(), c.GetConnId(), c.GetJoinRef())] = player
+	t.seats[seat] = player
 	view := t.round.view(now)
 	t.mu.Unlock()
 	a := okAnswer(joinReply{Balance: bal, Round: view})
@@ -272,9 +281,19 @@ func (g *Game) Leave(_ context.Context, req *backendv1.LeaveRequest) (*backendv1
 		}
 		g.calls.put(key, answer{status: StatusOK}, now)
 	}
-	if t := g.tables[topic]; t != nil {
+	seat := seatID(c.GetNodeId(), c.GetConnId(), c.GetJoinRef())
+	t := g.tables[topic]
+	if t == nil {
+		// A Leave for a seat not (yet) taken: its join may still come;
+		// remember it so that join seats nobody.
+		g.calls.put(scopeKey(seat, "left", topic), answer{status: StatusOK}, now)
+	}
+	if t != nil {
 		t.mu.Lock()
-		delete(t.seats, seatID(c.GetNodeId(), c.GetConnId(), c.GetJoinRef()))
+		if _, ok := t.seats[seat]; !ok {
+			g.calls.put(scopeKey(seat, "left", topic), answer{status: StatusOK}, now)
+		}
+		delete(t.seats, seat)
 		if len(t.seats) == 0 {
 			refund = t.round
 			t.round = nil
