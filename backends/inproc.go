@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	backendv1 "github.com/phxgate/phxgate/backends/proto/phxgate/backend/v1"
 )
@@ -25,14 +27,26 @@ func NewInprocGRPC(srv backendv1.GameBackendServer) *GRPC {
 // serverClient is a GameBackendClient that calls a server directly.
 type serverClient struct{ s backendv1.GameBackendServer }
 
-func (c serverClient) Join(ctx context.Context, in *backendv1.JoinRequest, _ ...grpc.CallOption) (*backendv1.JoinResponse, error) {
+// A panic in the game is answered as a gRPC Internal error, as a remote
+// server's would be: the engine's runner then settles the call (a breaker
+// probe that panicked must not leave the breaker waiting for ever).
+func recovered(err *error) {
+	if p := recover(); p != nil {
+		*err = status.Errorf(codes.Internal, "game panicked: %v", p)
+	}
+}
+
+func (c serverClient) Join(ctx context.Context, in *backendv1.JoinRequest, _ ...grpc.CallOption) (r *backendv1.JoinResponse, err error) {
+	defer recovered(&err)
 	return c.s.Join(ctx, in)
 }
 
-func (c serverClient) HandleIn(ctx context.Context, in *backendv1.HandleInRequest, _ ...grpc.CallOption) (*backendv1.HandleInResponse, error) {
+func (c serverClient) HandleIn(ctx context.Context, in *backendv1.HandleInRequest, _ ...grpc.CallOption) (r *backendv1.HandleInResponse, err error) {
+	defer recovered(&err)
 	return c.s.HandleIn(ctx, in)
 }
 
-func (c serverClient) Leave(ctx context.Context, in *backendv1.LeaveRequest, _ ...grpc.CallOption) (*backendv1.LeaveResponse, error) {
+func (c serverClient) Leave(ctx context.Context, in *backendv1.LeaveRequest, _ ...grpc.CallOption) (r *backendv1.LeaveResponse, err error) {
+	defer recovered(&err)
 	return c.s.Leave(ctx, in)
 }

@@ -380,7 +380,7 @@ func (w *Webhook) Join(ctx context.Context, c *Call) (*Reply, error) {
 		ResumePosition: c.ResumePosition,
 		Recoverable:    c.Recoverable,
 		Rejoin:         c.Rejoin,
-		RejoinConnID:   c.RejoinConnID,
+		RejoinConnID:   rejoinConnID(c.RejoinConnID),
 		RejoinJoinRef:  c.RejoinJoinRef,
 	})
 	if err != nil {
@@ -718,12 +718,21 @@ type webhookCall struct {
 	IdempotencyKey string          `json:"idempotency_key"`
 }
 
+// rejoinConnID is a rejoin's previous connection id as a decimal string
+// ("" when none), as conn_id is written.
+func rejoinConnID(id uint64) string {
+	if id == 0 {
+		return ""
+	}
+	return strconv.FormatUint(id, 10)
+}
+
 type webhookJoinRequest struct {
 	Call           webhookCall `json:"call"`
 	ResumePosition string      `json:"resume_position"`
 	Recoverable    bool        `json:"recoverable"`
 	Rejoin         bool        `json:"rejoin"`
-	RejoinConnID   uint64      `json:"rejoin_conn_id,omitempty"`
+	RejoinConnID   string      `json:"rejoin_conn_id,omitempty"` // decimal, like conn_id
 	RejoinJoinRef  string      `json:"rejoin_join_ref,omitempty"`
 }
 

@@ -440,7 +440,7 @@ func (c *channel) join(t *task) {
 			// The game may have seated the player without our hearing of
 			// it: its Leave (same connection and join_ref) undoes that,
 			// and a game ignores a Leave for a join it never applied.
-			c.call(opLeave, c.newCall(t.gen, "phx_leave", t.joinRef, "null", backends.Payload{}), backends.LeaveCrashed)
+			s.srv.seats.leaveNow(c.route.Backend, c.newCall(t.gen, "phx_leave", t.joinRef, "null", backends.Payload{}), backends.LeaveCrashed)
 		}
 		c.failJoin(t.gen)
 		c.flushPendingClose()

@@ -23,6 +23,8 @@ type seat struct {
 	backend backends.Backend
 	call    *backends.Call // the Leave, built when the socket dropped
 	timer   *time.Timer
+	// reason is the Leave's reason (LeaveDisconnected unless set).
+	reason backends.LeaveReason
 	// presenceTag is the dropped channel's presence ("" when none): kept
 	// while the seat is held, taken over by a rejoin, removed with the
 	// seat's Leave.
@@ -99,6 +101,15 @@ func (ss *seats) expire(key seatKey, st *seat) {
 	ss.wg.Done() // st is no longer held; its Leave is queued
 }
 
+// leaveNow queues a Leave that no seat holds (a join whose outcome is
+// unknown): sent by the seat senders, off the channel's worker, and
+// waited for by flush like the others.
+func (ss *seats) leaveNow(b backends.Backend, call *backends.Call, reason backends.LeaveReason) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.queueLocked(&seat{backend: b, call: call, reason: reason})
+}
+
 // leave queues the Leave of a seat that is not held (a refused rejoin).
 func (ss *seats) leave(st *seat) {
 	ss.mu.Lock()
@@ -138,12 +149,16 @@ func (ss *seats) send() {
 			srv.cfg.Presence.Untrack(ctx, st.call.Topic, st.presenceTag)
 		}
 		start := time.Now()
-		_, err := invoke(ctx, st.backend, opLeave, st.call, backends.LeaveDisconnected)
+		reason := st.reason
+		if reason == "" {
+			reason = backends.LeaveDisconnected
+		}
+		_, err := invoke(ctx, st.backend, opLeave, st.call, reason)
 		srv.m.callDurationLv.Observe(time.Since(start).Seconds())
 		cancel()
 		srv.m.backendCalls.WithLabelValues(opLeave, callResult(err)).Inc()
 		if err == nil {
-			srv.m.leaves.WithLabelValues(string(backends.LeaveDisconnected)).Inc()
+			srv.m.leaves.WithLabelValues(string(reason)).Inc()
 		} else {
 			srv.m.leavesLost.Inc()
 		}

@@ -671,6 +671,10 @@ func TestConcurrentTables(t *testing.T) {
 	f.clk.WaitTimers(t, tables)
 
 	var wg sync.WaitGroup
+	// The clock stands still until every player's first bet is in, so
+	// each table's first round has stakes whatever the scheduling.
+	var firstBets sync.WaitGroup
+	firstBets.Add(tables * players)
 	for ti := range tables {
 		for p := range players {
 			wg.Go(func() {
@@ -678,6 +682,9 @@ func TestConcurrentTables(t *testing.T) {
 				for i := range bets {
 					key := fmt.Sprintf("%s:%d", topic, i)
 					r := f.bet(t, topic, player, 1, PickHigh, key)
+					if i == 0 {
+						firstBets.Done()
+					}
 					if r.GetStatus() != StatusOK && !strings.Contains(string(r.GetResponse().GetData()), ReasonBettingClosed) {
 						t.Errorf("bet: %s %s", r.GetStatus(), r.GetResponse().GetData())
 					}
@@ -686,6 +693,7 @@ func TestConcurrentTables(t *testing.T) {
 			})
 		}
 	}
+	firstBets.Wait()
 	stop := make(chan struct{})
 	roller := make(chan struct{})
 	go func() {
