@@ -267,7 +267,11 @@ func newDemo(out *lateBroadcaster, gw *Server, reg prometheus.Registerer) (backe
 	}
 	b := backends.NewInprocGRPC(g)
 	if reg != nil {
-		_ = reg.Register(b.Collector(prometheus.Labels{"backend": specDemo}))
+		if err := reg.Register(b.Collector(prometheus.Labels{"backend": specDemo})); err != nil {
+			_ = b.Close()
+			g.Close()
+			return nil, nil, err
+		}
 	}
 	return b, closerFunc(func() error {
 		_ = b.Close()

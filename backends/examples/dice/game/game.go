@@ -179,8 +179,16 @@ func (g *Game) Join(ctx context.Context, req *backendv1.JoinRequest) (*backendv1
 	t.mu.Lock()
 	if req.GetRejoin() {
 		// The player's dropped connection's seat, for which no Leave
-		// comes: this join takes it over.
-		delete(t.seats, seatID(c.GetNodeId(), req.GetRejoinConnId(), req.GetRejoinJoinRef()))
+		// comes: this join takes it over. A node too old to name it
+		// (rejoin without rejoin_conn_id) gives up one of the player's
+		// seats on that node instead.
+		if old := seatID(c.GetNodeId(), req.GetRejoinConnId(), req.GetRejoinJoinRef()); req.GetRejoinConnId() != 0 {
+			if t.seats[old] == player {
+				delete(t.seats, old)
+			}
+		} else {
+			t.dropOneSeat(c.GetNodeId(), player)
+		}
 	}
 	t.seats[seat] = player
 	view := t.round.view(now)

@@ -766,3 +766,37 @@ func TestRejoinTakesTheDroppedSeat(t *testing.T) {
 	}
 	waitClosed(t, tb.done, "the table stops with its last seat")
 }
+
+// A rejoin from a node too old to name the seat it takes over gives up one
+// of the player's seats on that node, and a named seat that is another
+// player's is left alone.
+func TestRejoinWithoutANamedSeat(t *testing.T) {
+	f := newFixture(t, nil)
+	f.joinSeat(t, "table:1", "alice", "a1")
+	f.joinSeat(t, "table:1", "bob", "b1")
+	tb := f.table(t, "table:1")
+	rejoin := func(conn uint64, ref string, prevConn uint64, prevRef string) {
+		t.Helper()
+		c := call("table:1", "alice", "phx_join", newKey(), []byte("{}"))
+		c.ConnId, c.JoinRef = conn, ref
+		if _, err := f.g.Join(context.Background(), &backendv1.JoinRequest{Call: c, Rejoin: true, RejoinConnId: prevConn, RejoinJoinRef: prevRef}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rejoin(8, "a2", 0, "")   // an old node: no seat named
+	rejoin(9, "a3", 7, "b1") // names bob's seat: not alice's to take
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	alice, bob := 0, 0
+	for _, p := range tb.seats {
+		switch p {
+		case "alice":
+			alice++
+		case "bob":
+			bob++
+		}
+	}
+	if alice != 2 || bob != 1 {
+		t.Fatalf("seats: alice %d, bob %d; want 2 and 1", alice, bob)
+	}
+}

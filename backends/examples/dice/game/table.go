@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"strings"
 	"sync"
 	"time"
 )
@@ -233,6 +234,18 @@ func cryptoRoll() int {
 		_, _ = rand.Read(b[:]) // never fails (crypto/rand crashes instead)
 		if b[0] < 252 {
 			return int(b[0]%6) + 1
+		}
+	}
+}
+
+// dropOneSeat removes one of player's seats joined through node, for a
+// rejoin that does not name the seat it takes over. Called with t.mu held.
+func (t *table) dropOneSeat(node, player string) {
+	prefix := node + "\x00"
+	for id, p := range t.seats {
+		if p == player && strings.HasPrefix(id, prefix) {
+			delete(t.seats, id)
+			return
 		}
 	}
 }
