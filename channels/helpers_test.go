@@ -332,6 +332,12 @@ func (b *testBackend) Join(_ context.Context, c *backends.Call) (*backends.Reply
 		return nil, errCrash
 	case strings.Contains(c.Topic, "unavail"):
 		return nil, fmt.Errorf("dial: %w", backends.ErrUnavailable)
+	case strings.Contains(c.Topic, "lostanswer"):
+		return nil, fmt.Errorf("answer late: %w", backends.ErrTimeout)
+	case strings.Contains(c.Topic, "fullbulkhead"):
+		return nil, fmt.Errorf("queue full: %w", backends.ErrOverloaded)
+	case strings.Contains(c.Topic, "breakeropen"):
+		return nil, fmt.Errorf("%w: %w", backends.ErrUnavailable, backends.ErrCircuitOpen)
 	case strings.Contains(c.Topic, "snap"):
 		return &backends.Reply{Response: backends.Payload{Data: []byte(`{"snapshot":2}`)}, SnapshotPosition: "p:E1:2"}, nil
 	case strings.Contains(c.Topic, "pushy"):
