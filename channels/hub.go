@@ -431,6 +431,10 @@ func (h *hub) unsubscribe(c *channel) {
 // subscribers exactly once and in order (pubsub.Sequencer), and a gap that
 // cannot be filled ends the channels that hold positions.
 func (th *topicHub) Deliver(ev *pubsub.Event) {
+	if pc := th.h.srv.presenceControl; pc != nil && ev.Ephemeral() && ev.Event == th.h.srv.presenceControlEvent {
+		pc.HandleControl(th.name, ev.Payload)
+		return
+	}
 	th.seqMu.Lock()
 	defer th.seqMu.Unlock()
 	var st pubsub.SequencerStats

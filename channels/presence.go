@@ -20,6 +20,15 @@ type PresenceTracker interface {
 	State(ctx context.Context, topic string) ([]byte, error)
 }
 
+// PresenceControl is implemented by a tracker whose nodes send each other
+// control events through the topics (*presence.Tracker): events named
+// ControlEvent() are handed to HandleControl, on the topic's delivery
+// path, and never delivered to clients.
+type PresenceControl interface {
+	ControlEvent() string
+	HandleControl(topic string, payload []byte)
+}
+
 // presenceTag names c's presence on this node's tracker: unique per boot,
 // connection and incarnation.
 func (c *channel) presenceTag(gen uint32) string {

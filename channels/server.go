@@ -48,6 +48,10 @@ type Server struct {
 	// pendingOut estimates the bytes of broadcasts handed to Fanout lanes
 	// and not yet queued to their sockets (see PendingBytes).
 	pendingOut atomic.Int64
+	// presenceControl receives the presence tracker's control events
+	// (nil: none), named presenceControlEvent.
+	presenceControl      PresenceControl
+	presenceControlEvent string
 }
 
 // InstanceID is this server's random per-boot id, the first part of the
@@ -176,6 +180,9 @@ func NewServer(cfg Config, router *Router, broker pubsub.Broker, reg prometheus.
 	}
 	s.hub = newHub(s)
 	s.seats.srv = s
+	if pc, ok := cfg.Presence.(PresenceControl); ok {
+		s.presenceControl, s.presenceControlEvent = pc, pc.ControlEvent()
+	}
 	if reg != nil {
 		held := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "phxgate_leave_grace_seats", Help: "Seats held through a route's leave_grace (a dropped player's Leave waiting for the grace to end).",

@@ -13,6 +13,7 @@ import (
 
 	"github.com/phxgate/phxgate/backends"
 	backendv1 "github.com/phxgate/phxgate/backends/proto/phxgate/backend/v1"
+	"github.com/phxgate/phxgate/pubsub/redistest"
 )
 
 // seatBackend answers every join with a presence meta naming the player's
@@ -110,4 +111,61 @@ func TestPresenceThroughTheGateway(t *testing.T) {
 	}
 	alice.sendText(`[null,"hb","phoenix","heartbeat",{}]`)
 	alice.expectMessage(ws.OpText, `[null,"hb","phoenix","phx_reply",{"response":{},"status":"ok"}]`)
+}
+
+// On several nodes an update is carried out by the node that owns the
+// presence (so it is ordered with that node's join and leave of it):
+// asked of node B for a player connected to node A, it reaches a client on
+// B as one diff, and the player's later leave names the updated meta.
+func TestPresenceUpdateRoutedToTheOwningNode(t *testing.T) {
+	rs := redistest.Start(t, redistest.Options{})
+	mod := func(c *Config) {
+		c.APIListen = "127.0.0.1:0"
+		c.APISecret = testAPISecret
+		c.Routes = []RouteConfig{{Topic: "room:*", Backend: "echo", Presence: true}}
+	}
+	a := redisNode(t, rs.URL(), func(c *Config) { mod(c); c.NodeID = "node-a" })
+	b := redisNode(t, rs.URL(), func(c *Config) { mod(c); c.NodeID = "node-b" })
+	alice := rawSocket(t, a, hsToken(t, claims("alice")), "room:u")
+	alice.readEvent("presence_state")
+	watcher := rawSocket(t, b, hsToken(t, claims("watcher")), "room:u")
+	if st := string(watcher.readEvent("presence_state")); !strings.Contains(st, `"alice"`) {
+		t.Fatalf("watcher's state %s", st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := apiClient(t, b).UpdatePresence(withSecret(ctx), &backendv1.UpdatePresenceRequest{Topic: "room:u", PlayerId: "alice", Meta: []byte(`{"away":true}`)}); err != nil {
+		t.Fatal(err)
+	}
+	d := watcher.readDiffWith(`"away":true`)
+	var diff struct {
+		Joins  map[string]struct{ Metas []map[string]any } `json:"joins"`
+		Leaves map[string]struct{ Metas []map[string]any } `json:"leaves"`
+	}
+	if err := json.Unmarshal([]byte(d), &diff); err != nil {
+		t.Fatal(err)
+	}
+	// The diff may also carry alice's own join (one window): the update
+	// is the joined meta with away, whose phx_ref_prev is a left one.
+	var newRef any
+	for _, m := range diff.Joins["alice"].Metas {
+		if m["away"] == true {
+			newRef = m["phx_ref"]
+			found := false
+			for _, l := range diff.Leaves["alice"].Metas {
+				found = found || l["phx_ref"] == m["phx_ref_prev"]
+			}
+			if !found {
+				t.Fatalf("update diff %s: phx_ref_prev is not among the leaves", d)
+			}
+		}
+	}
+	if newRef == nil {
+		t.Fatalf("update diff %s", d)
+	}
+	alice.sendText(`["1","2","room:u","phx_leave",{}]`)
+	leave := watcher.readDiffWith(`{"joins":{},`)
+	if !strings.Contains(leave, `"phx_ref":"`+newRef.(string)+`"`) {
+		t.Fatalf("alice's leave %s does not name the updated meta %v", leave, newRef)
+	}
 }

@@ -244,6 +244,10 @@ func newPresence(cfg Config, broker pubsub.Broker, reg prometheus.Registerer, gw
 		return nil, nil, keyErr("node_id", "%v", err)
 	}
 	t = presence.NewTracker(cfg.Presence, store, pub, gw.log)
+	t.Control = func(ctx context.Context, topic string, payload []byte) error {
+		_, err := broker.Publish(ctx, topic, pubsub.Message{Event: presence.ControlEvent, Payload: payload, Ephemeral: true})
+		return err
+	}
 	if err := store.Start(t.Leaves, t.Joins); err != nil {
 		return nil, nil, keyErr("redis_url", "presence: %v", err)
 	}

@@ -30,8 +30,9 @@
 //
 // Repairs: a failed Untrack is retried; a diff the broker refuses is
 // retried, then the topic's subscribers get the whole presence_state; a
-// node taken for dead while alive puts its presences back. Known gap: an
-// Update (Gateway.UpdatePresence) racing the join or leave of the same
-// connection on another node can reach clients out of order and leave a
-// stale meta in their lists until they rejoin.
+// node taken for dead while alive puts its presences back. On several
+// nodes an Update is routed to the nodes owning the presences (a control
+// event through the topic, ControlEvent), each updating its own under the
+// topic's lock, so an update is ordered with that connection's join and
+// leave.
 package presence

@@ -76,7 +76,7 @@ func (m *Memory) Remove(_ context.Context, topic, tag string) (Presence, bool, e
 }
 
 // Update implements Store.
-func (m *Memory) Update(_ context.Context, topic, key string, body []byte, refs []string) (left, joined []Presence, err error) {
+func (m *Memory) Update(_ context.Context, topic, key string, body []byte, refs, tags []string) (left, joined []Presence, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	t := m.topics[topic]
@@ -84,8 +84,8 @@ func (m *Memory) Update(_ context.Context, topic, key string, body []byte, refs 
 		return nil, nil, nil
 	}
 	es := make([]*memEntry, 0, t.perKey[key])
-	for _, e := range t.byTag {
-		if e.p.Key == key {
+	for tag, e := range t.byTag {
+		if e.p.Key == key && (tags == nil || slices.Contains(tags, tag)) {
 			es = append(es, e)
 		}
 	}

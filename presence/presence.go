@@ -37,10 +37,11 @@ type Store interface {
 	Add(ctx context.Context, topic, tag string, p Presence, lim Limits) error
 	// Remove removes tag's presence and returns it (ok false when absent).
 	Remove(ctx context.Context, topic, tag string) (p Presence, ok bool, err error)
-	// Update gives every presence of key on topic the meta body (a JSON
-	// object) with a fresh phx_ref (refs[i] for the i-th) and phx_ref_prev,
-	// and returns the old presences and the new ones.
-	Update(ctx context.Context, topic, key string, body []byte, refs []string) (left, joined []Presence, err error)
+	// Update gives every presence of key on topic stored under one of
+	// tags (every one when tags is nil) the meta body (a JSON object) with
+	// a fresh phx_ref (refs[i] for the i-th) and phx_ref_prev, and returns
+	// the old presences and the new ones.
+	Update(ctx context.Context, topic, key string, body []byte, refs, tags []string) (left, joined []Presence, err error)
 	// List returns the topic's presences (cluster-wide), in no set order.
 	List(ctx context.Context, topic string) ([]Presence, error)
 }

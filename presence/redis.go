@@ -528,11 +528,18 @@ func (r *Redis) Remove(ctx context.Context, topic, tag string) (Presence, bool, 
 }
 
 // updateScript gives every presence of a key a new meta. KEYS: hash.
-// ARGV: key, meta body, then the new refs. It returns old and new values,
+// ARGV: key, meta body, the number of refs, the new refs, then the tags
+// to limit it to (none: every tag). It returns old and new values,
 // alternating.
 var updateScript = redis.NewScript(`
 local out = {}
 local all = redis.call('HGETALL', KEYS[1])
+local nrefs = tonumber(ARGV[3])
+local only = nil
+if #ARGV > 3 + nrefs then
+  only = {}
+  for j = 4 + nrefs, #ARGV do only[ARGV[j]] = true end
+end
 local n = 0
 for i = 1, #all, 2 do
   local v = all[i + 1]
@@ -541,10 +548,10 @@ for i = 1, #all, 2 do
     local rest = string.sub(v, string.find(v, '\n', 1, true) + 1)
     nl, bl, kl, rl = tonumber(nl), tonumber(bl), tonumber(kl), tonumber(rl)
     local key = string.sub(rest, nl + bl + 1, nl + bl + kl)
-    if key == ARGV[1] and n + 3 <= #ARGV then
+    if key == ARGV[1] and n < nrefs and (only == nil or only[all[i]]) then
       n = n + 1
       local oldref = string.sub(rest, nl + bl + kl + 1, nl + bl + kl + rl)
-      local ref = ARGV[2 + n]
+      local ref = ARGV[3 + n]
       local meta = '{' .. ARGV[2]
       if ARGV[2] ~= '' then meta = meta .. ',' end
       meta = meta .. '"phx_ref":"' .. ref .. '","phx_ref_prev":"' .. oldref .. '"}'
@@ -560,11 +567,17 @@ return out
 `)
 
 // Update implements Store.
-func (r *Redis) Update(ctx context.Context, topic, key string, body []byte, refs []string) (left, joined []Presence, err error) {
-	args := make([]any, 0, 2+len(refs))
-	args = append(args, key, body)
+func (r *Redis) Update(ctx context.Context, topic, key string, body []byte, refs, tags []string) (left, joined []Presence, err error) {
+	if tags != nil && len(tags) == 0 {
+		return nil, nil, nil
+	}
+	args := make([]any, 0, 3+len(refs)+len(tags))
+	args = append(args, key, body, len(refs))
 	for _, ref := range refs {
 		args = append(args, ref)
+	}
+	for _, tag := range tags {
+		args = append(args, tag)
 	}
 	vals, err := updateScript.Run(ctx, r.c, []string{r.hashKey(topic)}, args...).StringSlice()
 	if err != nil {

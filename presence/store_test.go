@@ -61,7 +61,7 @@ func storeContract(t *testing.T, s Store) {
 	if err := s.Add(ctx, topic, "t6", pres("c", "r6"), testLimits); err != nil {
 		t.Fatal(err)
 	}
-	left, joined, err := s.Update(ctx, topic, "a", []byte(`"s":1`), []string{"n1", "n2", "n3"})
+	left, joined, err := s.Update(ctx, topic, "a", []byte(`"s":1`), []string{"n1", "n2", "n3"}, nil)
 	if err != nil || len(left) != 2 || len(joined) != 2 {
 		t.Fatalf("update: %v %v %v", refsOf(left), refsOf(joined), err)
 	}

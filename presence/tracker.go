@@ -23,10 +23,9 @@ type Publish func(ctx context.Context, topic string, payload []byte) error
 // subscribers what changed: a topic's changes made here within one Window
 // go out as one presence_diff, diffs of one topic leave this node in the
 // order the changes were made, and a change and its diff are made under
-// the topic's lock, so no client can see a leave before its join when
-// both were made on one node. (Update changes presences other nodes own:
-// an update racing that node's join or leave of the same connection can
-// reach clients out of order; see the package doc.)
+// the topic's lock, so no client can see a leave before its join. An
+// Update is carried out by the node owning each presence (Control), so it
+// is ordered with that presence's join and leave too.
 //
 // Methods are safe for concurrent use. Track, Untrack and Update wait for
 // the store (bounded by Config.Timeout), never for a diff to be published.
@@ -36,6 +35,12 @@ type Tracker struct {
 	pub   Publish
 	log   *slog.Logger
 	m     *metrics
+
+	// Control, when set before use, sends control events (ControlEvent)
+	// to every node of the topic: with it, Update is carried out by the
+	// nodes owning the presences (HandleControl). Nil: this node owns
+	// every presence (one node).
+	Control Publish
 
 	// OnLost, when set before use, is called (on its own goroutine's
 	// time, never under a lock) with a topic whose diff could not be
@@ -182,6 +187,75 @@ func (t *Tracker) Update(ctx context.Context, topic, key string, meta []byte) (i
 	if !ok || (len(body) > 0 && !json.Valid(meta)) {
 		return 0, t.refuse(topic, ReasonBadMeta)
 	}
+	if t.Control != nil {
+		// Several nodes: each presence is updated by the node that owns
+		// it, in order with that node's joins and leaves of it.
+		ps, err := t.List(ctx, topic)
+		if err != nil {
+			t.m.errors.Inc()
+			return 0, err
+		}
+		n := 0
+		for _, p := range ps {
+			if p.Key == key {
+				n++
+			}
+		}
+		if n == 0 {
+			return 0, nil
+		}
+		payload, _ := json.Marshal(controlUpdate{Key: key, Meta: json.RawMessage(meta)})
+		cctx, cancel := t.ctx(ctx)
+		defer cancel()
+		if err := t.Control(cctx, topic, payload); err != nil {
+			t.m.errors.Inc()
+			return 0, err
+		}
+		return n, nil
+	}
+	return t.updateLocal(ctx, topic, key, body, nil)
+}
+
+// controlUpdate is the control event that routes an update to the nodes
+// owning the presences.
+type controlUpdate struct {
+	Key  string          `json:"key"`
+	Meta json.RawMessage `json:"meta"`
+}
+
+// ControlEvent is the name of the ephemeral events tracker nodes send each
+// other (never delivered to clients).
+const ControlEvent = "phx_presence_control"
+
+// ControlEvent returns the name of the tracker's control events.
+func (t *Tracker) ControlEvent() string { return ControlEvent }
+
+// HandleControl applies a control event of topic received from the
+// broker: an update of the presences this node owns.
+func (t *Tracker) HandleControl(topic string, payload []byte) {
+	var u controlUpdate
+	if json.Unmarshal(payload, &u) != nil || u.Key == "" {
+		return
+	}
+	body, ok := objectBody(u.Meta)
+	if !ok {
+		return
+	}
+	t.mu.Lock()
+	tags := make([]string, 0, len(t.local[topic]))
+	for tag := range t.local[topic] {
+		tags = append(tags, tag)
+	}
+	t.mu.Unlock()
+	if len(tags) == 0 {
+		return
+	}
+	_, _ = t.updateLocal(context.Background(), topic, u.Key, body, tags)
+}
+
+// updateLocal updates key's presences on topic (under tags when set) and
+// queues the diff, under the topic's lock.
+func (t *Tracker) updateLocal(ctx context.Context, topic, key string, body []byte, tags []string) (int, error) {
 	refs := make([]string, t.cfg.MaxMetasPerKey)
 	for i := range refs {
 		refs[i] = NewRef()
@@ -191,7 +265,7 @@ func (t *Tracker) Update(ctx context.Context, topic, key string, meta []byte) (i
 	defer l.Unlock()
 	ctx, cancel := t.ctx(ctx)
 	defer cancel()
-	left, joined, err := t.store.Update(ctx, topic, key, body, refs)
+	left, joined, err := t.store.Update(ctx, topic, key, body, refs, tags)
 	if err != nil {
 		t.m.errors.Inc()
 		return 0, err
