@@ -75,6 +75,13 @@ func storeContract(t *testing.T, s Store) {
 	if got := refsOf(ps); len(got) != 3 || got[2] != "c/r6" {
 		t.Fatalf("list after update %v", got)
 	}
+	// Limited to tags: only those presences change.
+	if left, joined, err := s.Update(ctx, topic, "a", []byte(`"s":2`), []string{"m1", "m2"}, []string{"t2", "nope"}); err != nil || len(left) != 1 || len(joined) != 1 || joined[0].Ref != "m1" {
+		t.Fatalf("update of tag t2 only: %v %v %v", refsOf(left), refsOf(joined), err)
+	}
+	if _, joined, err := s.Update(ctx, topic, "a", []byte(`"s":3`), []string{"x1"}, []string{"t6"}); err != nil || len(joined) != 0 {
+		t.Fatalf("update of a tag of another key: %v %v", refsOf(joined), err)
+	}
 	// Removing an updated presence by its tag gives the current meta.
 	p, ok, _ = s.Remove(ctx, topic, "t1")
 	if !ok || (p.Ref != "n1" && p.Ref != "n2") {

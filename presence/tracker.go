@@ -12,8 +12,11 @@ import (
 )
 
 // untrackRetry is the pause before an Untrack that failed on the store is
-// tried again.
-const untrackRetry = time.Second
+// tried again, at most untrackRetries times.
+const (
+	untrackRetry   = time.Second
+	untrackRetries = 30
+)
 
 // Publish sends a presence_diff payload to every subscriber of topic on
 // every node (an ephemeral event of the room).
@@ -53,7 +56,10 @@ type Tracker struct {
 	mu     sync.Mutex
 	topics map[string]*topicDiff
 	local  map[string]map[string]struct{} // topic → tags tracked here
-	closed bool
+	// retrying counts the failed Untracks of a topic and tag with a retry
+	// scheduled.
+	retrying map[string]*untrackRetryState
+	closed   bool
 }
 
 // topicDiff is a topic's changes not yet published.
@@ -71,7 +77,7 @@ func NewTracker(cfg Config, store Store, pub Publish, log *slog.Logger) *Tracker
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Tracker{cfg: cfg.withDefaults(), store: store, pub: pub, log: log, m: newMetrics(),
-		topics: map[string]*topicDiff{}, local: map[string]map[string]struct{}{}}
+		topics: map[string]*topicDiff{}, local: map[string]map[string]struct{}{}, retrying: map[string]*untrackRetryState{}}
 }
 
 func (t *Tracker) lock(topic string) *sync.Mutex {
@@ -157,9 +163,7 @@ func (t *Tracker) untrackLocked(ctx context.Context, topic, tag string) {
 	p, ok, err := t.store.Remove(ctx, topic, tag)
 	if err != nil {
 		t.m.errors.Inc()
-		t.log.Warn("presence: untrack failed; retrying", "topic", topic, "err", err)
-		// Still ours to remove: try again shortly (and Drain tries too).
-		time.AfterFunc(untrackRetry, func() { t.Untrack(context.Background(), topic, tag) })
+		t.retryUntrack(topic, tag)
 		return
 	}
 	t.mu.Lock()
@@ -174,6 +178,56 @@ func (t *Tracker) untrackLocked(ctx context.Context, topic, tag string) {
 	if ok {
 		t.queueLocked(topic, nil, []Presence{p})
 	}
+}
+
+// retryUntrack tries a failed Untrack again shortly, one retry per tag at
+// a time, at most untrackRetries times, and not after the tracker closed
+// (Drain then tries once more itself).
+func (t *Tracker) retryUntrack(topic, tag string) {
+	k := topic + "\x00" + tag
+	t.mu.Lock()
+	r := t.retrying[k]
+	if r == nil {
+		r = &untrackRetryState{}
+		t.retrying[k] = r
+	}
+	if t.closed || r.attempts >= untrackRetries {
+		delete(t.retrying, k)
+		t.mu.Unlock()
+		t.log.Warn("presence: untrack failed; giving up", "topic", topic)
+		return
+	}
+	if r.scheduled {
+		t.mu.Unlock()
+		return
+	}
+	r.attempts++
+	r.scheduled = true
+	t.mu.Unlock()
+	t.log.Warn("presence: untrack failed; retrying", "topic", topic, "attempt", r.attempts)
+	time.AfterFunc(untrackRetry, func() {
+		t.mu.Lock()
+		r.scheduled = false
+		stop := t.closed
+		if stop {
+			delete(t.retrying, k)
+		}
+		t.mu.Unlock()
+		if stop {
+			return
+		}
+		t.Untrack(context.Background(), topic, tag) // fails again: retryUntrack
+		t.mu.Lock()
+		if _, still := t.local[topic][tag]; !still {
+			delete(t.retrying, k)
+		}
+		t.mu.Unlock()
+	})
+}
+
+type untrackRetryState struct {
+	attempts  int
+	scheduled bool
 }
 
 // Update replaces the meta of every presence of key on topic, on every
@@ -241,17 +295,13 @@ func (t *Tracker) HandleControl(topic string, payload []byte) {
 	if !ok {
 		return
 	}
-	t.mu.Lock()
-	tags := make([]string, 0, len(t.local[topic]))
-	for tag := range t.local[topic] {
-		tags = append(tags, tag)
-	}
-	t.mu.Unlock()
-	if len(tags) == 0 {
-		return
-	}
-	_, _ = t.updateLocal(context.Background(), topic, u.Key, body, tags)
+	_, _ = t.updateLocal(context.Background(), topic, u.Key, body, ownTags)
 }
+
+// ownTags, passed to updateLocal, limits an update to the presences this
+// node owns, listed under the topic's lock (a Track in progress finishes
+// first and is included).
+var ownTags = []string{}
 
 // updateLocal updates key's presences on topic (under tags when set) and
 // queues the diff, under the topic's lock.
@@ -263,6 +313,17 @@ func (t *Tracker) updateLocal(ctx context.Context, topic, key string, body []byt
 	l := t.lock(topic)
 	l.Lock()
 	defer l.Unlock()
+	if tags != nil {
+		t.mu.Lock()
+		tags = make([]string, 0, len(t.local[topic]))
+		for tag := range t.local[topic] {
+			tags = append(tags, tag)
+		}
+		t.mu.Unlock()
+		if len(tags) == 0 {
+			return 0, nil
+		}
+	}
 	ctx, cancel := t.ctx(ctx)
 	defer cancel()
 	left, joined, err := t.store.Update(ctx, topic, key, body, refs, tags)

@@ -259,3 +259,65 @@ func counter(t *testing.T, c interface{ Write(*dto.Metric) error }) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// failingRemove is a Memory store whose Remove fails while fail is set.
+type failingRemove struct {
+	*Memory
+	mu      sync.Mutex
+	fail    bool
+	removes int
+}
+
+func (s *failingRemove) Remove(ctx context.Context, topic, tag string) (Presence, bool, error) {
+	s.mu.Lock()
+	s.removes++
+	fail := s.fail
+	s.mu.Unlock()
+	if fail {
+		return Presence{}, false, errors.New("store down")
+	}
+	return s.Memory.Remove(ctx, topic, tag)
+}
+
+func (s *failingRemove) calls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.removes
+}
+
+// A failed Untrack is retried until the store answers (the leave then
+// goes out), and never after the tracker is drained.
+func TestTrackerRetriesAFailedUntrack(t *testing.T) {
+	st := &failingRemove{Memory: NewMemory(), fail: true}
+	l := &diffLog{}
+	tr := NewTracker(Config{Window: time.Millisecond}, st, l.publish, nil)
+	ctx := context.Background()
+	_ = tr.Track(ctx, "room:r", "t1", "p", nil)
+	tr.Untrack(ctx, "room:r", "t1")
+	waitFor(t, "a retry", func() bool { return st.calls() >= 2 })
+	st.mu.Lock()
+	st.fail = false
+	st.mu.Unlock()
+	waitFor(t, "the leave", func() bool {
+		for _, d := range l.all() {
+			if len(d.Leaves) == 1 {
+				return true
+			}
+		}
+		return false
+	})
+	// Failing again for another presence, then drained: the retries stop.
+	_ = tr.Track(ctx, "room:r", "t2", "q", nil)
+	st.mu.Lock()
+	st.fail = true
+	st.mu.Unlock()
+	tr.Untrack(ctx, "room:r", "t2")
+	dctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	tr.Drain(dctx)
+	cancel()
+	n := st.calls()
+	time.Sleep(2500 * time.Millisecond) // two retry periods: none may come
+	if got := st.calls(); got != n {
+		t.Fatalf("%d Removes after the drain, want none", got-n)
+	}
+}
