@@ -663,6 +663,13 @@ func (c *channel) park(key seatKey) {
 		tag, r.presenceTag = r.presenceTag, ""
 	}
 	s.srv.seats.hold(key, c.route.Backend, call, tag, c.route.LeaveGrace)
+	c.forget(gen)
+}
+
+// forget ends the worker's hold on incarnation gen and, unless the client
+// addresses a newer one, the poller's.
+func (c *channel) forget(gen uint32) {
+	s := c.sock
 	c.wGen = 0
 	s.srv.m.channels.Dec()
 	s.mu.Lock()
@@ -680,13 +687,7 @@ func (c *channel) end(reason backends.LeaveReason) {
 	s.srv.hub.unsubscribe(c)
 	c.untrackPresence()
 	c.call(opLeave, c.newCall(gen, "phx_leave", c.wJoinRef, "null", backends.Payload{}), reason)
-	c.wGen = 0
-	s.srv.m.channels.Dec()
-	s.mu.Lock()
-	if c.curGen == gen {
-		c.curGen = 0
-	}
-	s.mu.Unlock()
+	c.forget(gen)
 }
 
 // errBadResume marks a resume position that could not be parsed.

@@ -454,6 +454,20 @@ func (th *topicHub) Resync(string) {
 	th.refreshPresence()
 }
 
+// subscribers returns a copy of the topic's local subscribers, taken lane
+// by lane.
+func (th *topicHub) subscribers() []*channel {
+	var subs []*channel
+	for i := range th.lanes {
+		if l := th.lanes[i].Load(); l != nil {
+			l.mu.Lock()
+			subs = append(subs, l.subs...)
+			l.mu.Unlock()
+		}
+	}
+	return subs
+}
+
 // RefreshPresence sends topic's presence_state again to every local
 // channel of it (a presence diff of the topic was lost).
 func (s *Server) RefreshPresence(topic string) {
@@ -487,15 +501,7 @@ func (th *topicHub) refreshPresence() {
 		if err != nil {
 			return
 		}
-		var subs []*channel
-		for i := range th.lanes {
-			if l := th.lanes[i].Load(); l != nil {
-				l.mu.Lock()
-				subs = append(subs, l.subs...)
-				l.mu.Unlock()
-			}
-		}
-		for _, c := range subs {
+		for _, c := range th.subscribers() {
 			s := c.sock
 			s.mu.Lock()
 			joined, jr := c.curGen != 0, c.curJoinRef

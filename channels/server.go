@@ -434,17 +434,8 @@ func (s *Server) PushTo(topic, player, event string, p backends.Payload) int {
 	if th == nil {
 		return 0
 	}
-	var subs []*channel
-	for i := range th.lanes {
-		l := th.lanes[i].Load()
-		if l == nil {
-			continue
-		}
-		l.mu.Lock()
-		subs = append(subs, l.subs...)
-		l.mu.Unlock()
-	}
 	n := 0
+	subs := th.subscribers()
 	for _, c := range subs {
 		sock := c.sock
 		sock.mu.Lock()

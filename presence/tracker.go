@@ -358,29 +358,23 @@ func (t *Tracker) State(ctx context.Context, topic string) ([]byte, error) {
 
 // Joins queues joins found by the store (presences of this node put back
 // after it was taken for dead): they go out in the next diff.
-func (t *Tracker) Joins(topic string, ps []Presence) {
-	if len(ps) == 0 {
-		return
-	}
-	l := t.lock(topic)
-	l.Lock()
-	defer l.Unlock()
-	t.mu.Lock()
-	t.queueLocked(topic, ps, nil)
-	t.mu.Unlock()
-}
+func (t *Tracker) Joins(topic string, ps []Presence) { t.queue(topic, ps, nil) }
 
 // Leaves queues leaves found by someone else (a store that reaped a dead
 // node's presences): they go out in this node's next diff of the topic.
-func (t *Tracker) Leaves(topic string, ps []Presence) {
-	if len(ps) == 0 {
+func (t *Tracker) Leaves(topic string, ps []Presence) { t.queue(topic, nil, ps) }
+
+// queue adds changes made elsewhere to topic's next diff, in order with
+// this node's own changes of the topic.
+func (t *Tracker) queue(topic string, joins, leaves []Presence) {
+	if len(joins)+len(leaves) == 0 {
 		return
 	}
 	l := t.lock(topic)
 	l.Lock()
 	defer l.Unlock()
 	t.mu.Lock()
-	t.queueLocked(topic, nil, ps)
+	t.queueLocked(topic, joins, leaves)
 	t.mu.Unlock()
 }
 

@@ -272,6 +272,21 @@ func (r *Redis) historySize(topic string) int {
 	return min(max(r.cfg.HistorySize(topic), 0), MaxHistorySize)
 }
 
+// luaEpoch is the start both scripts share: the topic's meta and stream
+// keys, and its epoch, created from the argument named newEpoch (a fresh
+// one from Go) when the topic has none, with any stale stream dropped.
+func luaEpoch(newEpoch string) string {
+	return `
+local meta, stream = KEYS[1], KEYS[2]
+local epoch = redis.call('HGET', meta, 'e')
+if not epoch then
+  epoch = ` + newEpoch + `
+  redis.call('DEL', stream)
+  redis.call('HSET', meta, 'e', epoch, 't', 0, 'b', 0)
+end
+`
+}
+
 // publishScript appends one event. KEYS: meta, stream, idempotency key
 // (or the meta key again when none). ARGV: event, payload, binary flag
 // ("1"/"0"), history size, history bytes, history TTL ms, meta TTL ms,
@@ -281,14 +296,7 @@ func (r *Redis) historySize(topic string) int {
 // The stream is trimmed by hand rather than with XADD MAXLEN so that the
 // byte bound is exact: the meta hash keeps the payload bytes held ("b").
 // Entry IDs are "<offset>-0", so XRANGE reads by offset.
-var publishScript = redis.NewScript(`
-local meta, stream = KEYS[1], KEYS[2]
-local epoch = redis.call('HGET', meta, 'e')
-if not epoch then
-  epoch = ARGV[8]
-  redis.call('DEL', stream)
-  redis.call('HSET', meta, 'e', epoch, 't', 0, 'b', 0)
-end
+var publishScript = redis.NewScript(luaEpoch("ARGV[8]") + `
 local metattl = tonumber(ARGV[7])
 if ARGV[11] == '1' then
   redis.call('PEXPIRE', meta, metattl)
@@ -345,15 +353,7 @@ return {epoch, top}
 // meta, stream. ARGV: epoch asked for, offset asked for, count, epoch to
 // create, meta TTL ms. A topic never published gets its epoch here, so
 // every position handed out names one.
-var historyScript = redis.NewScript(`
-local meta, stream = KEYS[1], KEYS[2]
-local epoch = redis.call('HGET', meta, 'e')
-if not epoch then
-  epoch = ARGV[4]
-  redis.call('DEL', stream)
-  redis.call('HSET', meta, 'e', epoch, 't', 0, 'b', 0)
-  redis.call('PEXPIRE', meta, tonumber(ARGV[5]))
-end
+var historyScript = redis.NewScript(luaEpoch("ARGV[4]") + `
 redis.call('PEXPIRE', meta, tonumber(ARGV[5]))
 local top = tonumber(redis.call('HGET', meta, 't'))
 local since = tonumber(ARGV[2])
