@@ -197,7 +197,7 @@ func TestTrackerUpdate(t *testing.T) {
 func TestTrackerDiffOrderWithSlowPublish(t *testing.T) {
 	var mu sync.Mutex
 	var order []string
-	gate := make(chan struct{})
+	gate, entered := make(chan struct{}), make(chan struct{})
 	first := true
 	pub := func(_ context.Context, topic string, payload []byte) error {
 		mu.Lock()
@@ -205,6 +205,7 @@ func TestTrackerDiffOrderWithSlowPublish(t *testing.T) {
 		first = false
 		mu.Unlock()
 		if wait {
+			close(entered)
 			<-gate
 		}
 		mu.Lock()
@@ -215,9 +216,16 @@ func TestTrackerDiffOrderWithSlowPublish(t *testing.T) {
 	tr := NewTracker(Config{Window: time.Millisecond}, NewMemory(), pub, nil)
 	ctx := context.Background()
 	_ = tr.Track(ctx, "room:o", "t1", "p", nil)
-	time.Sleep(20 * time.Millisecond) // the first flush is now blocked in publish
+	<-entered // the first flush is now blocked in publish
 	tr.Untrack(ctx, "room:o", "t1")
-	time.Sleep(20 * time.Millisecond) // the leave's window passed while the join publishes
+	// The leave's window passes while the join publishes: its timer finds
+	// the flush running and leaves the leave to it.
+	waitFor(t, "the leave's window", func() bool {
+		tr.mu.Lock()
+		defer tr.mu.Unlock()
+		d := tr.topics["room:o"]
+		return d != nil && d.timer == nil && len(d.leaves) == 1
+	})
 	close(gate)
 	tr.Drain(ctx)
 	mu.Lock()
