@@ -368,6 +368,9 @@ func TestServerCloseCodes(t *testing.T) {
 			// through a second client instead of sleeping.
 			other := connectT(t, fs.url, fastOptions())
 			_ = other.Close()
+			// The fake server may register the other client a moment
+			// after it connected: wait for it, then nothing more.
+			waitFor(t, 3*time.Second, "the other client registered", func() bool { return fs.connCount() >= 2 })
 			if fs.connCount() != 2 || s.Connected() {
 				t.Fatalf("socket reconnected after a server 1000 (conns=%d)", fs.connCount())
 			}
