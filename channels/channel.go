@@ -423,6 +423,9 @@ func (c *channel) join(t *task) {
 				defer func() {
 					if !rejoined {
 						s.srv.seats.leave(taken)
+					} else {
+						// This channel subscribed (or ended) on its own.
+						taken.unpin(s.srv.hub)
 					}
 				}()
 			}
@@ -654,15 +657,23 @@ func (c *channel) seatKey() (seatKey, bool) {
 func (c *channel) park(key seatKey) {
 	s := c.sock
 	gen := c.wGen
-	s.srv.hub.unsubscribe(c)
-	call := c.newCall(gen, "phx_leave", c.wJoinRef, "null", backends.Payload{})
 	// The presence stays with the seat: a rejoin within the grace keeps
-	// it, its end removes it.
+	// it, its end removes it. Until then the seat keeps the topic
+	// subscribed here (pinned before this channel lets go of it), so an
+	// update of that presence, routed to this node through the topic,
+	// still arrives when no subscriber is left.
 	var tag string
+	var pinned *topicHub
 	if r := c.rare.Load(); r != nil {
 		tag, r.presenceTag = r.presenceTag, ""
 	}
-	s.srv.seats.hold(key, c.route.Backend, call, tag, c.route.LeaveGrace)
+	if tag != "" && c.th != nil {
+		pinned = c.th
+		s.srv.hub.pin(pinned)
+	}
+	s.srv.hub.unsubscribe(c)
+	call := c.newCall(gen, "phx_leave", c.wJoinRef, "null", backends.Payload{})
+	s.srv.seats.hold(key, c.route.Backend, call, tag, pinned, c.route.LeaveGrace)
 	c.forget(gen)
 }
 

@@ -188,6 +188,17 @@ func (h *hub) acquire(topic string) (*topicHub, error) {
 	return th, nil
 }
 
+// pin takes one more reference on th, which a subscriber holds (so th is
+// subscribed and in the map): the topic stays subscribed on this node
+// until the matching release, even after that subscriber is gone. A seat
+// that keeps a presence pins its topic, so the presence control events
+// for it (an update) still reach this node.
+func (h *hub) pin(th *topicHub) {
+	h.mu.Lock()
+	th.refs++
+	h.mu.Unlock()
+}
+
 // release unpins the topic; the last release unsubscribes.
 func (h *hub) release(th *topicHub) {
 	h.mu.Lock()

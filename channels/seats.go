@@ -29,6 +29,19 @@ type seat struct {
 	// while the seat is held, taken over by a rejoin, removed with the
 	// seat's Leave.
 	presenceTag string
+	// pinned is the topic the seat keeps subscribed while it holds a
+	// presence (nil when none), released by unpin.
+	pinned *topicHub
+}
+
+// unpin releases the topic the seat kept subscribed. Called by the one
+// goroutine that owns the seat at its end: a seat sender, or the join
+// that took it over.
+func (st *seat) unpin(h *hub) {
+	if th := st.pinned; th != nil {
+		st.pinned = nil
+		h.release(th)
+	}
 }
 
 // maxSeatSenders bounds the Leaves of seats sent at once, so that many
@@ -54,8 +67,8 @@ type seats struct {
 // hold keeps a seat for grace. A seat already held for the same key (the
 // player's other socket dropped too) gets its Leave now, so every join
 // keeps exactly one Leave.
-func (ss *seats) hold(key seatKey, b backends.Backend, call *backends.Call, presenceTag string, grace time.Duration) {
-	st := &seat{backend: b, call: call, presenceTag: presenceTag}
+func (ss *seats) hold(key seatKey, b backends.Backend, call *backends.Call, presenceTag string, pinned *topicHub, grace time.Duration) {
+	st := &seat{backend: b, call: call, presenceTag: presenceTag, pinned: pinned}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.held == nil {
@@ -148,6 +161,7 @@ func (ss *seats) send() {
 		if st.presenceTag != "" {
 			srv.cfg.Presence.Untrack(ctx, st.call.Topic, st.presenceTag)
 		}
+		st.unpin(srv.hub)
 		start := time.Now()
 		reason := st.reason
 		if reason == "" {

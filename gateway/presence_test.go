@@ -169,3 +169,40 @@ func TestPresenceUpdateRoutedToTheOwningNode(t *testing.T) {
 		t.Fatalf("alice's leave %s does not name the updated meta %v", leave, newRef)
 	}
 }
+
+// A presence held only through a leave_grace seat, on a node with no
+// subscriber left on the topic, still takes an update: the seat keeps the
+// topic subscribed on its node, so the update routed there arrives and
+// every other node's subscribers see it.
+func TestPresenceUpdateReachesAGraceSeat(t *testing.T) {
+	rs := redistest.Start(t, redistest.Options{})
+	mod := func(c *Config) {
+		c.APIListen = "127.0.0.1:0"
+		c.APISecret = testAPISecret
+		c.Routes = []RouteConfig{{Topic: "room:*", Backend: "echo", Presence: true, LeaveGrace: time.Minute}}
+	}
+	a := redisNode(t, rs.URL(), func(c *Config) { mod(c); c.NodeID = "node-a" })
+	b := redisNode(t, rs.URL(), func(c *Config) { mod(c); c.NodeID = "node-b" })
+	alice := rawSocket(t, a, hsToken(t, claims("alice")), "room:g")
+	alice.readEvent("presence_state")
+	watcher := rawSocket(t, b, hsToken(t, claims("watcher")), "room:g")
+	if st := string(watcher.readEvent("presence_state")); !strings.Contains(st, `"alice"`) {
+		t.Fatalf("watcher's state %s", st)
+	}
+	// Alice's connection drops: node A holds her seat, and her presence
+	// with it, and has no subscriber of room:g left.
+	_ = alice.conn.Close()
+	waitFor(t, 10*time.Second, func() bool {
+		return counterValue(t, a.Registry(), "phxgate_leave_grace_seats", "") == 1
+	}, "alice's seat on node A")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := apiClient(t, b).UpdatePresence(withSecret(ctx), &backendv1.UpdatePresenceRequest{Topic: "room:g", PlayerId: "alice", Meta: []byte(`{"away":true}`)}); err != nil {
+		t.Fatal(err)
+	}
+	_ = watcher.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	d := watcher.readDiffWith(`"away":true`)
+	if strings.Contains(d, `"watcher"`) {
+		t.Fatalf("update diff %s", d)
+	}
+}
