@@ -431,8 +431,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 func (s *Server) shutdown(ctx context.Context) error {
+	drainStart := time.Now()
 	s.draining.Store(true)
-	s.log.Info("draining", "connections", s.Connections())
+	s.log.Info("draining", "connections", s.Connections(), "drain_batch", s.cfg.DrainBatch, "drain_interval", s.cfg.drainInterval())
 	_ = s.ln.Close()
 	for _, h := range s.drainHooks {
 		h(ctx)
@@ -442,14 +443,18 @@ func (s *Server) shutdown(ctx context.Context) error {
 		_ = k.(net.Conn).SetDeadline(time.Now())
 		return true
 	})
-	// Spread the 1012s over half of the time left, leaving the rest for
-	// the closing handshakes and the Closers.
-	var spread time.Duration
+	// The 1012s go in batches: drain_batch per drain_interval, or by
+	// default spread over half of the time left, leaving the rest for the
+	// closing handshakes and the Closers.
+	plan := drainPlan{every: s.cfg.drainInterval()}
+	if b := s.cfg.DrainBatch; b > 0 {
+		plan.batch = (b + len(s.pollers) - 1) / len(s.pollers)
+	}
 	if dl, ok := ctx.Deadline(); ok {
-		spread = time.Until(dl) / 2
+		plan.spread = time.Until(dl) / 2
 	}
 	for _, p := range s.pollers {
-		p.drain(spread)
+		p.drain(plan)
 	}
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
@@ -463,6 +468,9 @@ wait:
 		case <-tick.C:
 		}
 	}
+	took := time.Since(drainStart)
+	s.metrics.drainDuration.Set(took.Seconds())
+	s.log.Info("sockets drained", "took", took, "closed_with_1012", s.metrics.drained.Load())
 	close(s.stopSweep)
 	s.httpLn.Close()
 	hctx, cancel := context.WithTimeout(context.Background(), time.Second)
