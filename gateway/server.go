@@ -52,6 +52,8 @@ type Server struct {
 	started time.Time
 	// backendStats are the route engines with counters, by spec (/stats).
 	backendStats map[string]func() backends.CallStats
+	// readyChecks are the route engines /readyz asks (readiness.go).
+	readyChecks []readyCheck
 	// drainHooks run when a drain starts, before any socket is closed
 	// (presence: the node's players leave at once).
 	drainHooks []func(context.Context)
@@ -550,6 +552,15 @@ func (s *Server) adminHandler() http.Handler {
 				http.Error(w, "broker: "+err.Error(), http.StatusServiceUnavailable)
 				return
 			}
+		}
+		// Not ready while a route's game is unreachable either: its joins
+		// and pushes would fail. Sockets stay connected meanwhile.
+		ctx, cancel := context.WithTimeout(r.Context(), readyzBrokerTimeout)
+		err := s.backendsReady(ctx)
+		cancel()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
