@@ -166,6 +166,26 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	})
 	m.shed.WithLabelValues(shedPush)
 	m.shed.WithLabelValues(shedBroadcast)
+	// Every label value known in advance starts at zero, so a fresh
+	// node's dashboards and rate() see every line.
+	for _, r := range []string{joinOK, joinError, joinUnmatched, joinTooMany, joinCrashed, joinDuplicate,
+		joinOverloaded, joinBackend, joinUnauthorized, joinRateLimited, joinTooLong} {
+		m.joins.WithLabelValues(r)
+	}
+	for _, k := range []string{"heartbeat", "join", "leave", "event", "stale", "malformed"} {
+		m.messagesIn.WithLabelValues(k)
+	}
+	for _, op := range []string{opJoin, opHandleIn, opLeave} {
+		for _, r := range []string{"ok", "overloaded", "unavailable", "timeout", "backend_error", "error"} {
+			m.backendCalls.WithLabelValues(op, r)
+		}
+	}
+	for _, l := range []string{"pool", "channel"} {
+		m.overloaded.WithLabelValues(l)
+	}
+	for _, r := range []string{"binary_on_v1", "string_too_long", "encode"} {
+		m.droppedFrames.WithLabelValues(r)
+	}
 	m.callDurationJoin = m.backendDuration.WithLabelValues("join")
 	m.callDurationIn = m.backendDuration.WithLabelValues("handle_in")
 	m.callDurationLv = m.backendDuration.WithLabelValues("leave")

@@ -531,8 +531,8 @@ func TestShutdownSpreadsDrainInBatches(t *testing.T) {
 	if b := s.pollers[0].drainBatch; b <= 0 || b >= n {
 		t.Fatalf("drain batch %d, want in (0, %d): more than one batch", b, n)
 	}
-	if span := last.Sub(first); span < drainTick {
-		t.Fatalf("1012s arrived within %v, want spread over at least one drain tick (%v)", span, drainTick)
+	if span := last.Sub(first); span < DefaultDrainInterval {
+		t.Fatalf("1012s arrived within %v, want spread over at least one drain interval (%v)", span, DefaultDrainInterval)
 	}
 }
 

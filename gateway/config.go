@@ -69,6 +69,11 @@ const (
 	// closes are spread over the first half, so that reconnecting clients
 	// reach the other nodes gradually.
 	DefaultDrainTimeout = 10 * time.Second
+	// DefaultDrainInterval is the pause between two batches of drain
+	// closes (drain_interval).
+	DefaultDrainInterval = 50 * time.Millisecond
+	// MaxDrainBatch bounds drain_batch.
+	MaxDrainBatch = 1 << 20
 )
 
 // Limit defaults that differ from the building blocks' own (ratelimit,
@@ -149,6 +154,15 @@ type Config struct {
 	// DrainTimeout bounds the graceful shutdown done by Run; 0 means
 	// DefaultDrainTimeout.
 	DrainTimeout time.Duration
+	// DrainBatch (drain_batch) is how many sockets the whole node closes
+	// with 1012 per DrainInterval while draining; 0 means enough per batch
+	// that every socket is closed within the first half of DrainTimeout
+	// (at least 64 per poller, so small nodes drain at once).
+	DrainBatch int
+	// DrainInterval (drain_interval) is the pause between two batches of
+	// drain closes; 0 means DefaultDrainInterval. Must be below
+	// DrainTimeout.
+	DrainInterval time.Duration
 	// RedisURL selects the Redis Streams broker (redis:// or rediss://
 	// for TLS); empty with no RedisClusterAddrs is the embedded in-memory
 	// broker (one node only).
@@ -455,6 +469,15 @@ func (c Config) Validate() error {
 	if c.DrainTimeout < 0 || c.DrainTimeout > time.Hour {
 		return keyErr("drain_timeout", "must be between 0s and 1h")
 	}
+	if c.DrainBatch < 0 || c.DrainBatch > MaxDrainBatch {
+		return keyErr("drain_batch", "must be between 0 and %d", MaxDrainBatch)
+	}
+	if c.DrainInterval < 0 || c.DrainInterval >= c.drainTimeout() {
+		return keyErr("drain_interval", "must be between 0s and drain_timeout (%v)", c.drainTimeout())
+	}
+	if c.DrainInterval > 0 && c.DrainInterval < time.Millisecond {
+		return keyErr("drain_interval", "must be at least 1ms (0s: %v)", DefaultDrainInterval)
+	}
 	if err := c.validateBroker(); err != nil {
 		return err
 	}
@@ -554,6 +577,13 @@ func (c Config) drainTimeout() time.Duration {
 		return DefaultDrainTimeout
 	}
 	return c.DrainTimeout
+}
+
+func (c Config) drainInterval() time.Duration {
+	if c.DrainInterval == 0 {
+		return DefaultDrainInterval
+	}
+	return c.DrainInterval
 }
 
 func (c Config) closeTimeout() time.Duration {
@@ -753,6 +783,8 @@ func settings() []setting {
 		intSetting("pollers", "epoll pollers (0 = number of CPUs)", func(c *Config) *int { return &c.Pollers }),
 		durSetting("close_timeout", "deadline for a socket's closing handshake", func(c *Config) *time.Duration { return &c.CloseTimeout }),
 		durSetting("drain_timeout", "graceful shutdown bound; 1012 closes are spread over its first half", func(c *Config) *time.Duration { return &c.DrainTimeout }),
+		intSetting("drain_batch", "sockets closed with 1012 per drain_interval while draining (0: spread over half of drain_timeout)", func(c *Config) *int { return &c.DrainBatch }),
+		durSetting("drain_interval", "pause between batches of drain closes (0s: 50ms)", func(c *Config) *time.Duration { return &c.DrainInterval }),
 		strSetting("log_format", "json or text", func(c *Config) *string { return &c.LogFormat }),
 		strSetting("log_level", "debug, info, warn or error", func(c *Config) *string { return &c.LogLevel }),
 		strSetting("redis_url", "Redis URL, redis:// or rediss:// (empty: in-memory broker)", func(c *Config) *string { return &c.RedisURL }),

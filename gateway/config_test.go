@@ -40,6 +40,11 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{name: "unknown route key", yaml: "routes:\n  - topic: 'room:*'\n    backend: echo\n    histroy: 3\n", want: "config: routes[0].histroy: unknown key"},
 		{name: "socket path", yaml: "socket_path: socket\n", want: "config: socket_path: "},
 		{name: "handshake timeout zero", yaml: "handshake_timeout: 0s\n", want: "config: handshake_timeout: "},
+		{name: "negative drain batch", yaml: "drain_batch: -1\n", want: "config: drain_batch: "},
+		{name: "huge drain batch", yaml: "drain_batch: 100000000\n", want: "config: drain_batch: "},
+		{name: "drain interval past the window", yaml: "drain_timeout: 2s\ndrain_interval: 2s\n", want: "config: drain_interval: "},
+		{name: "drain interval under 1ms", yaml: "drain_interval: 10us\n", want: "config: drain_interval: "},
+		{name: "bad drain interval", yaml: "drain_interval: soon\n", want: "config: drain_interval: "},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"sync/atomic"
+
 	"github.com/phxgate/phxgate/channels"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -35,6 +37,16 @@ type metrics struct {
 	disconnects   *prometheus.CounterVec
 	slowConsumers prometheus.Counter
 	panics        prometheus.Counter
+	drainClosed   prometheus.Counter
+	drainDuration prometheus.Gauge
+	// drained mirrors drainClosed for the shutdown log line.
+	drained atomic.Int64
+}
+
+// addDrained counts n sockets closed with 1012 by a drain.
+func (m *metrics) addDrained(n int) {
+	m.drainClosed.Add(float64(n))
+	m.drained.Add(int64(n))
 }
 
 func newMetrics(reg prometheus.Registerer, queued func() float64, busy func() float64, budget int64) *metrics {
@@ -69,6 +81,12 @@ func newMetrics(reg prometheus.Registerer, queued func() float64, busy func() fl
 		panics: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "phxgate_handler_panics_total", Help: "Panics recovered from socket handlers (the socket is closed with 1011).",
 		}),
+		drainClosed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_gateway_drain_closed_total", Help: "Sockets closed with 1012 by a drain (in batches of drain_batch every drain_interval).",
+		}),
+		drainDuration: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "phxgate_gateway_drain_duration_seconds", Help: "How long the drain has run: from SIGTERM until the last socket closed (0 before a drain).",
+		}),
 	}
 	for _, r := range []string{hsOK, hsRejected, hsBadRequest, hsTimeout, hsTooLarge, hsError, hsHTTP} {
 		m.handshakes.WithLabelValues(r)
@@ -77,7 +95,7 @@ func newMetrics(reg prometheus.Registerer, queued func() float64, busy func() fl
 		m.disconnects.WithLabelValues(string(r))
 	}
 	reg.MustRegister(m.connections, m.handshakes, m.framesIn, m.framesOut, m.writes, m.bytesIn,
-		m.bytesOut, m.disconnects, m.slowConsumers, m.panics,
+		m.bytesOut, m.disconnects, m.slowConsumers, m.panics, m.drainClosed, m.drainDuration,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "phxgate_write_queue_bytes", Help: "Bytes queued for writing across all sockets, with the per-frame overhead charged against write_queue_max_bytes and output_budget_bytes.",
 		}, queued),

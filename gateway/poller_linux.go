@@ -28,8 +28,6 @@ const (
 	// sweepInterval is the idle/close timer granularity: one pass over the
 	// poller's connections instead of a timer per connection.
 	sweepInterval = time.Second
-	// drainTick is the pace of batched drain closes.
-	drainTick = 50 * time.Millisecond
 )
 
 // wakeSlot is the epoll user data of the eventfd.
@@ -65,10 +63,11 @@ type poller struct {
 	writes     int // writev calls
 	bytesIn    int
 	bytesOut   int
-	drainPos   int  // next index of conns to close while draining
-	drainBatch int  // sockets closed per drainTick; 0 = all at once
-	sawDrain   bool // the draining flag as this pass read it
-	sawStop    bool // the stopping flag as this pass read it
+	drainPos   int   // next index of conns to close while draining
+	drainBatch int   // sockets closed per drain step; 0 = not fixed yet
+	nextDrain  int64 // unix nanos of the next drain step
+	sawDrain   bool  // the draining flag as this pass read it
+	sawStop    bool  // the stopping flag as this pass read it
 	// sweepEvery is the idle/close timer granularity (sweepInterval; tests
 	// lengthen it to prove that nothing waits for the sweep).
 	sweepEvery time.Duration
@@ -102,7 +101,7 @@ type poller struct {
 	jobs        []channels.FanoutJob // fan-out work for this lane, oldest first
 	spareJob    []channels.FanoutJob
 	draining    bool
-	spread      time.Duration // how long to spread drain closes over
+	plan        drainPlan
 	stopping    bool
 	exited      bool // run returned and the fds are closed
 }
@@ -201,12 +200,22 @@ func (p *poller) register(c *conn, leftover []byte) bool {
 	return true
 }
 
-// drain closes every socket with 1012, spread over spread (0: at once) so
-// that reconnecting clients do not all hit the other nodes in one instant.
-func (p *poller) drain(spread time.Duration) {
+// drainPlan is how one poller paces its drain closes.
+type drainPlan struct {
+	// batch is the sockets closed per step; 0 derives it from spread.
+	batch int
+	// spread is the time to close them all in when batch is 0 (0: at once).
+	spread time.Duration
+	// every is the pause between two steps.
+	every time.Duration
+}
+
+// drain closes every socket with 1012, in batches, so that reconnecting
+// clients do not all hit the other nodes in one instant.
+func (p *poller) drain(plan drainPlan) {
 	p.mu.Lock()
 	p.draining = true
-	p.spread = spread
+	p.plan = plan
 	p.signalLocked()
 	p.mu.Unlock()
 }
@@ -241,7 +250,7 @@ func (p *poller) run() {
 	for {
 		timeout := p.sweepEvery
 		if p.drainBatch > 0 && p.drainPos < len(p.conns) {
-			timeout = drainTick
+			timeout = min(timeout, max(time.Duration(p.nextDrain-time.Now().UnixNano()), time.Millisecond))
 		}
 		if p.more {
 			timeout = 0 // bulk output left: look for input, then go on
@@ -259,7 +268,7 @@ func (p *poller) run() {
 		p.pending = nil
 		jobs := p.jobs
 		p.jobs = p.spareJob[:0]
-		draining, spread, stopping := p.draining, p.spread, p.stopping
+		draining, plan, stopping := p.draining, p.plan, p.stopping
 		p.sawDrain, p.sawStop = draining, stopping
 		p.mu.Unlock()
 		if p.hookTaken != nil {
@@ -297,7 +306,7 @@ func (p *poller) run() {
 			}
 		}
 		if draining {
-			p.drainStep(spread)
+			p.drainStep(plan)
 		}
 		if p.now-p.lastSweep >= int64(p.sweepEvery) {
 			p.lastSweep = p.now
@@ -321,26 +330,34 @@ func (p *poller) run() {
 	}
 }
 
-// drainStep closes the next batch of sockets with 1012. The batch size is
-// fixed on the first step from the sockets open then, so that the whole set
-// is closed within spread.
-func (p *poller) drainStep(spread time.Duration) {
-	if p.drainPos >= len(p.conns) {
+// drainStep closes the next batch of sockets with 1012 when its time has
+// come. Without a configured batch, its size is fixed on the first step
+// from the sockets open then, so that the whole set is closed within
+// plan.spread.
+func (p *poller) drainStep(plan drainPlan) {
+	if p.drainPos >= len(p.conns) || p.now < p.nextDrain {
 		return
 	}
 	if p.drainBatch == 0 {
-		ticks := int(spread / drainTick)
-		p.drainBatch = len(p.conns) // all at once without a spread
-		if ticks > 1 {
-			p.drainBatch = max(minDrainBatch, (int(p.open.Load())+ticks-1)/ticks)
+		p.drainBatch = plan.batch
+		if p.drainBatch == 0 {
+			ticks := int(plan.spread / plan.every)
+			p.drainBatch = len(p.conns) // all at once without a spread
+			if ticks > 1 {
+				p.drainBatch = max(minDrainBatch, (int(p.open.Load())+ticks-1)/ticks)
+			}
 		}
 	}
+	p.nextDrain = p.now + int64(plan.every)
 	closed := 0
 	for ; p.drainPos < len(p.conns) && closed < p.drainBatch; p.drainPos++ {
 		if c := p.conns[p.drainPos]; c != nil && c.state.Load() == stateOpen {
 			c.closeWith(uint16(channels.CloseServiceRestart), channels.ReasonDrain)
 			closed++
 		}
+	}
+	if closed > 0 {
+		p.srv.metrics.addDrained(closed)
 	}
 }
 
@@ -512,6 +529,7 @@ func (p *poller) add(c *conn, leftover []byte) {
 	p.mu.Unlock()
 	if draining {
 		c.closeWith(uint16(channels.CloseServiceRestart), channels.ReasonDrain)
+		p.srv.metrics.addDrained(1)
 	}
 	if len(leftover) > 0 && c.state.Load() == stateOpen {
 		n := copy(p.buf, leftover)

@@ -52,6 +52,8 @@ type Server struct {
 	started time.Time
 	// backendStats are the route engines with counters, by spec (/stats).
 	backendStats map[string]func() backends.CallStats
+	// readyChecks are the route engines /readyz asks (readiness.go).
+	readyChecks []readyCheck
 	// drainHooks run when a drain starts, before any socket is closed
 	// (presence: the node's players leave at once).
 	drainHooks []func(context.Context)
@@ -431,8 +433,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 func (s *Server) shutdown(ctx context.Context) error {
+	drainStart := time.Now()
 	s.draining.Store(true)
-	s.log.Info("draining", "connections", s.Connections())
+	s.log.Info("draining", "connections", s.Connections(), "drain_batch", s.cfg.DrainBatch, "drain_interval", s.cfg.drainInterval())
 	_ = s.ln.Close()
 	for _, h := range s.drainHooks {
 		h(ctx)
@@ -442,14 +445,18 @@ func (s *Server) shutdown(ctx context.Context) error {
 		_ = k.(net.Conn).SetDeadline(time.Now())
 		return true
 	})
-	// Spread the 1012s over half of the time left, leaving the rest for
-	// the closing handshakes and the Closers.
-	var spread time.Duration
+	// The 1012s go in batches: drain_batch per drain_interval, or by
+	// default spread over half of the time left, leaving the rest for the
+	// closing handshakes and the Closers.
+	plan := drainPlan{every: s.cfg.drainInterval()}
+	if b := s.cfg.DrainBatch; b > 0 {
+		plan.batch = (b + len(s.pollers) - 1) / len(s.pollers)
+	}
 	if dl, ok := ctx.Deadline(); ok {
-		spread = time.Until(dl) / 2
+		plan.spread = time.Until(dl) / 2
 	}
 	for _, p := range s.pollers {
-		p.drain(spread)
+		p.drain(plan)
 	}
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
@@ -463,6 +470,9 @@ wait:
 		case <-tick.C:
 		}
 	}
+	took := time.Since(drainStart)
+	s.metrics.drainDuration.Set(took.Seconds())
+	s.log.Info("sockets drained", "took", took, "closed_with_1012", s.metrics.drained.Load())
 	close(s.stopSweep)
 	s.httpLn.Close()
 	hctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -542,6 +552,15 @@ func (s *Server) adminHandler() http.Handler {
 				http.Error(w, "broker: "+err.Error(), http.StatusServiceUnavailable)
 				return
 			}
+		}
+		// Not ready while a route's game is unreachable either: its joins
+		// and pushes would fail. Sockets stay connected meanwhile.
+		ctx, cancel := context.WithTimeout(r.Context(), readyzBrokerTimeout)
+		err := s.backendsReady(ctx)
+		cancel()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})

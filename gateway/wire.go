@@ -73,6 +73,7 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 			return fail(keyErr(fmt.Sprintf("routes[%d].backend", i), "%v", err))
 		}
 		engines[rc.Backend] = b
+		gw.trackReady(rc.Backend, b)
 		if st, ok := b.(interface{ Stats() backends.CallStats }); ok {
 			if gw.backendStats == nil {
 				gw.backendStats = map[string]func() backends.CallStats{}

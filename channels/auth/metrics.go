@@ -1,6 +1,10 @@
 package auth
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 type metrics struct {
 	verify      *prometheus.CounterVec
@@ -24,6 +28,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "phxgate_auth_jwks_keys",
 			Help: "Usable signing keys in the cached JWKS.",
 		}),
+	}
+	// Every result known in advance starts at zero.
+	for _, err := range []error{nil, ErrTokenMissing, ErrTokenTooLarge, ErrTokenMalformed, ErrUnknownKID,
+		ErrJWKSUnavailable, ErrTokenExpired, ErrTokenNotYetValid, ErrTokenAudience, ErrTokenIssuer,
+		ErrNoSubject, ErrSubjectTooLong, ErrTokenInvalid, errors.ErrUnsupported} {
+		m.verify.WithLabelValues(Reason(err))
+	}
+	for _, r := range []string{"ok", "error", "throttled"} {
+		m.jwksRefresh.WithLabelValues(r)
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.verify, m.jwksRefresh, m.jwksKeys} {

@@ -122,6 +122,9 @@ func New(cfg Config, reg prometheus.Registerer) (*Controller, error) {
 		Name: "phxgate_admission_ip_evictions_total",
 		Help: "Per-IP handshake buckets forgotten, by reason (idle, capacity).",
 	}, []string{"reason"})
+	for _, r := range []string{"idle", "capacity"} {
+		c.evictions.WithLabelValues(r)
+	}
 	conns := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "phxgate_admission_connections",
 		Help: "Connections admitted and not yet released.",
