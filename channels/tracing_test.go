@@ -3,10 +3,16 @@ package channels
 import (
 	"context"
 	"runtime"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/phxgate/phxgate/backends"
 	"github.com/prometheus/client_golang/prometheus"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // fixedBackend answers every push with the same reply and allocates
@@ -27,7 +33,11 @@ func (b *fixedBackend) Leave(context.Context, *backends.Call, backends.LeaveReas
 // fixedBackend; tweak adjusts the config (tracing).
 func pushEnv(tb testing.TB, tweak func(*Config)) (s *Socket, conn *discardConn) {
 	tb.Helper()
-	be := &fixedBackend{rep: backends.Reply{Status: "ok", Response: backends.Payload{Data: []byte(`{"ok":1}`)}}}
+	return pushEnvWith(tb, &fixedBackend{rep: backends.Reply{Status: "ok", Response: backends.Payload{Data: []byte(`{"ok":1}`)}}}, tweak)
+}
+
+func pushEnvWith(tb testing.TB, be backends.Backend, tweak func(*Config)) (s *Socket, conn *discardConn) {
+	tb.Helper()
 	router, err := NewRouter([]Route{{Pattern: "room:*", Backend: be}})
 	if err != nil {
 		tb.Fatal(err)
@@ -88,6 +98,101 @@ func TestPushAllocsTracingOff(t *testing.T) {
 
 func BenchmarkPushTracingOff(b *testing.B) {
 	s, conn := pushEnv(b, nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		pushOnce(b, s, conn)
+	}
+}
+
+// ctxBackend records the span context each push reached the backend with.
+type ctxBackend struct {
+	fixedBackend
+	got chan trace.SpanContext
+}
+
+func (b *ctxBackend) HandleIn(ctx context.Context, c *backends.Call) (*backends.Reply, error) {
+	b.got <- trace.SpanContextFromContext(ctx)
+	return &b.rep, nil
+}
+
+func TestPushSpans(t *testing.T) {
+	const (
+		clientTrace = "4bf92f3577b34da6a3ce929d0e0e4736"
+		clientSpan  = "00f067aa0ba902b7"
+	)
+	cases := []struct {
+		name       string
+		payload    string
+		wantParent string // "": a new root
+	}{
+		{"client traceparent", `{"amount":10,"traceparent":"00-` + clientTrace + `-` + clientSpan + `-01","tracestate":"k=v"}`, clientSpan},
+		{"no traceparent", `{"amount":10}`, ""},
+		{"malformed traceparent", `{"amount":10,"traceparent":"00-zz-` + clientSpan + `-01"}`, ""},
+		{"all-zero trace id", `{"traceparent":"00-00000000000000000000000000000000-` + clientSpan + `-01"}`, ""},
+		{"not a string", `{"traceparent":{"a":1}}`, ""},
+		{"too long", `{"traceparent":"` + strings.Repeat("a", 600) + `"}`, ""},
+	}
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	be := &ctxBackend{fixedBackend: fixedBackend{rep: backends.Reply{Status: "ok"}}, got: make(chan trace.SpanContext, 1)}
+	s, conn := pushEnvWith(t, be, func(c *Config) { c.Tracer = tp.Tracer("test") })
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			want := conn.n.Load() + 1
+			mustHandle(t, s, `["1","`+strconv.Itoa(10+i)+`","room:bench","bet",`+tc.payload+`]`)
+			var atBackend trace.SpanContext
+			select {
+			case atBackend = <-be.got:
+			case <-time.After(waitLong):
+				t.Fatal("the push did not reach the backend")
+			}
+			waitFor(t, waitLong, "reply", func() bool { return conn.n.Load() >= want })
+			var span sdktrace.ReadOnlySpan
+			waitFor(t, waitLong, "the push span", func() bool {
+				for _, sp := range rec.Ended() {
+					if sp.SpanContext().SpanID() == atBackend.SpanID() {
+						span = sp
+						return true
+					}
+				}
+				return false
+			})
+			if span.Name() != "push" || span.SpanKind() != trace.SpanKindClient {
+				t.Errorf("span %q kind %v, want push, client", span.Name(), span.SpanKind())
+			}
+			attrs := map[string]string{}
+			for _, kv := range span.Attributes() {
+				attrs[string(kv.Key)] = kv.Value.Emit()
+			}
+			if attrs["phx.topic"] != "room:bench" || attrs["phx.event"] != "bet" || attrs["phx.reply_status"] != "ok" {
+				t.Errorf("attributes %v: want phx.topic=room:bench phx.event=bet phx.reply_status=ok", attrs)
+			}
+			for k, v := range attrs {
+				if strings.Contains(v, "amount") || strings.Contains(v, "traceparent") || strings.Contains(k, "payload") {
+					t.Errorf("attribute %s=%q carries the payload", k, v)
+				}
+			}
+			parent := span.Parent()
+			switch {
+			case tc.wantParent == "" && parent.IsValid():
+				t.Errorf("parent %v, want a new root", parent.SpanID())
+			case tc.wantParent != "" && (parent.SpanID().String() != tc.wantParent || span.SpanContext().TraceID().String() != clientTrace || !parent.IsRemote()):
+				t.Errorf("trace %v parent %v, want the client's %s/%s", span.SpanContext().TraceID(), parent.SpanID(), clientTrace, tc.wantParent)
+			}
+			if tc.wantParent != "" && span.SpanContext().TraceState().Get("k") != "v" {
+				t.Errorf("tracestate %q, want the client's k=v", span.SpanContext().TraceState())
+			}
+		})
+	}
+}
+
+// BenchmarkPushTracingOn: the same push, traced (every span sampled and
+// ended into a recorder), for comparison with BenchmarkPushTracingOff.
+func BenchmarkPushTracingOn(b *testing.B) {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(tracetest.NewSpanRecorder()))
+	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	s, conn := pushEnv(b, func(c *Config) { c.Tracer = tp.Tracer("bench") })
 	b.ReportAllocs()
 	for b.Loop() {
 		pushOnce(b, s, conn)
