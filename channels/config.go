@@ -3,12 +3,12 @@ package channels
 import (
 	"errors"
 	"fmt"
-	"go.opentelemetry.io/otel/trace"
 	"os"
 	"strconv"
 	"time"
 
 	"github.com/phxgate/phxgate/channels/ratelimit"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Defaults. Every limit is non-zero: zero is never "unlimited".

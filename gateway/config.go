@@ -1114,7 +1114,7 @@ func applyYAML(cfg *Config, data []byte, all []setting) error {
 				}
 				continue
 			}
-			if (key == "auth" || key == "limits") && v.Kind == yaml.MappingNode {
+			if (key == "auth" || key == "limits" || key == "otel") && v.Kind == yaml.MappingNode {
 				if err := walk(key+".", v); err != nil {
 					return err
 				}
