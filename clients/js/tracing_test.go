@@ -129,4 +129,3 @@ func dump(spans []otlptest.Span) string {
 	}
 	return b.String()
 }
-
