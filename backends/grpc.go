@@ -14,6 +14,7 @@ import (
 	"time"
 
 	backendv1 "github.com/phxgate/phxgate/backends/proto/phxgate/backend/v1"
+	"github.com/phxgate/phxgate/internal/telemetry"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
@@ -295,6 +296,8 @@ func (g *GRPC) Join(ctx context.Context, c *Call) (*Reply, error) {
 		RejoinJoinRef:  c.RejoinJoinRef,
 	}
 	var resp *backendv1.JoinResponse
+	// The call's span (none when tracing is off) continues in the game.
+	ctx = telemetry.InjectGRPC(ctx)
 	err := g.r.run(ctx, opJoin, func(ctx context.Context) error {
 		var err error
 		resp, err = g.client.Join(ctx, req)
@@ -320,6 +323,8 @@ func (g *GRPC) HandleIn(ctx context.Context, c *Call) (*Reply, error) {
 	}
 	req := &backendv1.HandleInRequest{Call: toProtoCall(c)}
 	var resp *backendv1.HandleInResponse
+	// The call's span (none when tracing is off) continues in the game.
+	ctx = telemetry.InjectGRPC(ctx)
 	err := g.r.run(ctx, opHandleIn, func(ctx context.Context) error {
 		var err error
 		resp, err = g.client.HandleIn(ctx, req)
@@ -342,6 +347,8 @@ func (g *GRPC) Leave(ctx context.Context, c *Call, reason LeaveReason) error {
 		return g.r.fail(&CallError{Op: opLeave, Kind: ErrBackend, Err: errNilCall})
 	}
 	req := &backendv1.LeaveRequest{Call: toProtoCall(c), Reason: toProtoLeaveReason(reason)}
+	// The call's span (none when tracing is off) continues in the game.
+	ctx = telemetry.InjectGRPC(ctx)
 	err := g.r.run(ctx, opLeave, func(ctx context.Context) error {
 		_, err := g.client.Leave(ctx, req)
 		return err

@@ -22,7 +22,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/phxgate/phxgate/internal/telemetry"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/propagation"
 )
 
 // URL schemes of the webhook engine. Plain http is the operator's choice
@@ -514,6 +516,8 @@ func (w *Webhook) post(ctx context.Context, endpoint, key string, body []byte, k
 	if headerSafe(key) {
 		h.Set(IdempotencyKeyHeader, key)
 	}
+	// The call's span (none when tracing is off) continues in the game.
+	telemetry.Inject(ctx, propagation.HeaderCarrier(h))
 	resp, err := w.client.Do(req)
 	if err != nil {
 		return nil, transportFailure(ctx, err)

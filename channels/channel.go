@@ -13,6 +13,7 @@ import (
 	"github.com/phxgate/phxgate/backends"
 	"github.com/phxgate/phxgate/channels/auth"
 	"github.com/phxgate/phxgate/pubsub"
+	"go.opentelemetry.io/otel/trace"
 )
 
 type taskKind uint8
@@ -287,7 +288,14 @@ func (c *channel) call(op string, call *backends.Call, reason backends.LeaveReas
 	case opLeave:
 		obs = srv.m.callDurationLv
 	}
+	var span trace.Span
+	if srv.cfg.Tracer != nil && op != opLeave {
+		ctx, span = startCallSpan(ctx, srv.cfg.Tracer, op, call)
+	}
 	rep, err = invoke(ctx, b, op, call, reason)
+	if span != nil {
+		endCallSpan(span, rep, err)
+	}
 	if op == opLeave {
 		if err == nil {
 			srv.m.leaves.WithLabelValues(string(reason)).Inc()

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/phxgate/phxgate/channels/ratelimit"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Defaults. Every limit is non-zero: zero is never "unlimited".
@@ -139,6 +140,9 @@ type Config struct {
 	// broadcasts with ErrOverloaded. Nil: never overloaded. Called on
 	// pollers and workers; must be cheap and must not block.
 	Overloaded func() bool `yaml:"-"`
+	// Tracer traces joins and pushes forwarded to backends (see
+	// tracing.go). Nil: tracing off, at no cost per message.
+	Tracer trace.Tracer `yaml:"-"`
 }
 
 // NewConfig returns the defaults.

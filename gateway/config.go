@@ -218,6 +218,8 @@ type Config struct {
 	// Presence bounds presence tracking on routes with presence on
 	// (presence.*).
 	Presence PresenceConfig
+	// Otel (otel.*) turns tracing on; see tracing.go.
+	Otel OtelConfig
 	// Routes maps topic patterns to backends, in order.
 	Routes []RouteConfig
 }
@@ -810,6 +812,7 @@ func settings() []setting {
 		strSetting("auth.audience", "required token audience (empty: not checked)", func(c *Config) *string { return &c.Auth.Audience }),
 		strSetting("auth.issuer", "required token issuer (empty: not checked)", func(c *Config) *string { return &c.Auth.Issuer }),
 		intSetting("auth.max_token_bytes", "largest token accepted, in bytes, checked before parsing", func(c *Config) *int { return &c.Auth.MaxTokenBytes }),
+		boolSetting("otel.enabled", "trace connects, joins and pushes over OTLP (also on when OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set)", func(c *Config) *bool { return &c.Otel.Enabled }),
 		durSetting("presence.window", "a topic's presence changes on one node within this window make one presence_diff", func(c *Config) *time.Duration { return &c.Presence.Window }),
 		intSetting("presence.max_meta_bytes", "largest presence meta in bytes; a bigger one is refused (the join stands)", func(c *Config) *int { return &c.Presence.MaxMetaBytes }),
 		intSetting("presence.max_metas_per_key", "connections of one player present on one topic", func(c *Config) *int { return &c.Presence.MaxMetasPerKey }),
@@ -1143,7 +1146,7 @@ func applyYAML(cfg *Config, data []byte, all []setting) error {
 				}
 				continue
 			}
-			if (key == "auth" || key == "limits") && v.Kind == yaml.MappingNode {
+			if (key == "auth" || key == "limits" || key == "otel") && v.Kind == yaml.MappingNode {
 				if err := walk(key+".", v); err != nil {
 					return err
 				}

@@ -11,6 +11,7 @@ import (
 	"github.com/phxgate/phxgate/backends"
 	"github.com/phxgate/phxgate/channels"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // SocketHandler is the gateway's port to the Phoenix protocol layer: one per
@@ -132,6 +133,9 @@ type Options struct {
 	// Backends are in-process backends for routes whose backend is
 	// "inproc:<name>" (embedders' own engines, tests).
 	Backends map[string]backends.Backend
+	// TracerProvider traces connects, joins and pushes (nil: tracing
+	// off); see WithTracerProvider.
+	TracerProvider trace.TracerProvider
 }
 
 // WithBackend registers an in-process backend for routes that name it as

@@ -4,6 +4,7 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"errors"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/phxgate/phxgate/channels"
 	"github.com/phxgate/phxgate/gateway/internal/params"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sys/unix"
 )
 
@@ -125,6 +127,15 @@ func (s *Server) upgrade(nc net.Conn, head, leftover []byte) {
 	c := &conn{id: s.nextID.Add(1), fd: -1}
 	st.req.ConnID = c.id
 	var handler SocketHandler
+	// registered: the socket went to a poller, which owns c from then on.
+	registered := false
+	// ctx carries the connect span, if traced, to this handshake's logs.
+	ctx := context.Background()
+	if s.opts.TracerProvider != nil {
+		var span trace.Span
+		ctx, span = s.startConnectSpan(c.id)
+		defer func() { endConnectSpan(span, st.refuse, registered) }()
+	}
 
 	u := ws.Upgrader{
 		OnRequest: func(uri []byte) error {
@@ -199,7 +210,7 @@ func (s *Server) upgrade(nc net.Conn, head, leftover []byte) {
 			h, err := s.connect(c, st.req.Info)
 			if err != nil {
 				c.releaseAdmission()
-				s.log.Debug("connect refused", "conn", c.id, "err", err)
+				s.log.DebugContext(ctx, "connect refused", "conn", c.id, "err", err)
 				st.refuse = http.StatusForbidden
 				return nil, ws.RejectConnectionError(ws.RejectionStatus(http.StatusForbidden))
 			}
@@ -222,7 +233,7 @@ func (s *Server) upgrade(nc net.Conn, head, leftover []byte) {
 			res = hsRejected
 		}
 		s.metrics.handshakes.WithLabelValues(res).Inc()
-		s.log.Debug("upgrade refused", "conn", c.id, "remote", st.req.RemoteAddr, "status", status, "err", err)
+		s.log.DebugContext(ctx, "upgrade refused", "conn", c.id, "remote", st.req.RemoteAddr, "status", status, "err", err)
 		s.refuseRetry(nc, status, st.req.RetryAfter)
 		return
 	}
@@ -250,13 +261,15 @@ func (s *Server) upgrade(nc net.Conn, head, leftover []byte) {
 	if len(leftover) > 0 {
 		lo = append([]byte(nil), leftover...)
 	}
-	s.log.Debug("socket upgraded", "conn", c.id, "remote", st.req.RemoteAddr, "vsn", st.req.Info.Serializer)
+	s.log.DebugContext(ctx, "socket upgraded", "conn", c.id, "remote", st.req.RemoteAddr, "vsn", st.req.Info.Serializer)
 	if !c.p.register(c, lo) {
 		_ = unix.Close(fd)
 		c.abandon()
 		c.handler.Terminate(leaveReason(channels.ReasonDrain))
 		c.releaseAdmission()
+		return
 	}
+	registered = true
 }
 
 // expirySecond packs Request.Expires into conn.expires.

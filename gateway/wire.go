@@ -108,6 +108,7 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 	// pushes and broadcasts once the sockets' queues hold too much.
 	ccfg.Fanout = gw
 	ccfg.Overloaded = gw.overBudget
+	ccfg.Tracer = gw.opts.tracer()
 	tracker, closePresence, err := newPresence(cfg, broker, reg, gw)
 	if err != nil {
 		_ = broker.Close()

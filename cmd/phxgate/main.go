@@ -34,6 +34,12 @@ func run(args []string) int {
 	}
 	logger = cfg.NewLogger(os.Stderr)
 	slog.SetDefault(logger)
+	opts, flush, err := tracing(cfg, logger)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "phxgate:", err)
+		return 2
+	}
+	defer flush()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	go func() {
@@ -42,7 +48,7 @@ func run(args []string) int {
 		<-ctx.Done()
 		stop()
 	}()
-	if err := gateway.Run(ctx, cfg, gateway.WithLogger(logger)); err != nil {
+	if err := gateway.Run(ctx, cfg, opts...); err != nil {
 		logger.Error("phxgate stopped with an error", "err", err)
 		return 1
 	}

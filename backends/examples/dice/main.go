@@ -15,6 +15,7 @@ import (
 
 	"github.com/phxgate/phxgate/backends/examples/dice/game"
 	backendv1 "github.com/phxgate/phxgate/backends/proto/phxgate/backend/v1"
+	"github.com/phxgate/phxgate/internal/telemetry"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
@@ -66,6 +67,18 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(net.Ad
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	serverOpts := []grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime})}
+	// Tracing, when the OTEL_* variables turn it on: a span per call,
+	// continuing phxgate's trace.
+	tp, err := telemetry.Setup(ctx, false, serviceName, os.Getenv)
+	if err != nil {
+		return err
+	}
+	if tp != nil {
+		defer flushTraces(tp, log)
+		log = slog.New(telemetry.LogHandler(log.Handler()))
+		serverOpts = append(serverOpts, grpc.UnaryInterceptor(traceCalls(tp.Tracer(tracerName))))
+	}
 
 	// NewClient does not dial: an unreachable Gateway costs failed
 	// broadcasts (logged), never the game.
@@ -88,7 +101,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(net.Ad
 	if err != nil {
 		return err
 	}
-	srv := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime}))
+	srv := grpc.NewServer(serverOpts...)
 	backendv1.RegisterGameBackendServer(srv, g)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()

@@ -217,7 +217,7 @@ func presenceMeta(player string) []byte {
 }
 
 // HandleIn answers a client event: bet, or an unknown event error.
-func (g *Game) HandleIn(_ context.Context, req *backendv1.HandleInRequest) (*backendv1.HandleInResponse, error) {
+func (g *Game) HandleIn(ctx context.Context, req *backendv1.HandleInRequest) (*backendv1.HandleInResponse, error) {
 	c := req.GetCall()
 	if c == nil {
 		return nil, status.Error(codes.InvalidArgument, "dice: no call")
@@ -233,8 +233,9 @@ func (g *Game) HandleIn(_ context.Context, req *backendv1.HandleInRequest) (*bac
 	}
 	a, replayed := g.bet(c)
 	if replayed {
-		g.log.Debug("dice: bet replayed", "topic", c.GetTopic(), "player", c.GetPlayerId(), "node_id", c.GetNodeId(), "conn_id", c.GetConnId(), "status", a.status)
+		g.log.DebugContext(ctx, "dice: bet replayed", "topic", c.GetTopic(), "player", c.GetPlayerId(), "node_id", c.GetNodeId(), "conn_id", c.GetConnId(), "status", a.status)
 	}
+	g.log.DebugContext(ctx, "dice: bet", "topic", c.GetTopic(), "player", c.GetPlayerId(), "conn_id", c.GetConnId(), "status", a.status, "replayed", replayed)
 	return &backendv1.HandleInResponse{Reply: a.reply()}, nil
 }
 
