@@ -14,7 +14,7 @@ import (
 	"time"
 
 	backendv1 "github.com/phxgate/phxgate/backends/proto/phxgate/backend/v1"
-	"github.com/phxgate/phxgate/internal/telemetry"
+	"github.com/phxgate/phxgate/backends/telemetry"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"

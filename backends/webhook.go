@@ -22,7 +22,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/phxgate/phxgate/internal/telemetry"
+	"github.com/phxgate/phxgate/backends/telemetry"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/propagation"
 )

@@ -4,7 +4,7 @@ import (
 	"context"
 
 	"github.com/phxgate/phxgate/backends"
-	"github.com/phxgate/phxgate/internal/telemetry"
+	"github.com/phxgate/phxgate/backends/telemetry"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/phxgate/phxgate/internal/telemetry/otlptest"
+	"github.com/phxgate/phxgate/backends/telemetry/otlptest"
 )
 
 // Client-chosen ids of the traced bet's parent (tracing/trace.test.mjs).

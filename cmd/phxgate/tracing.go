@@ -6,8 +6,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/phxgate/phxgate/backends/telemetry"
 	"github.com/phxgate/phxgate/gateway"
-	"github.com/phxgate/phxgate/internal/telemetry"
 )
 
 // flushTimeout bounds the export of the spans still queued at exit.

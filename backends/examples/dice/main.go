@@ -15,7 +15,7 @@ import (
 
 	"github.com/phxgate/phxgate/backends/examples/dice/game"
 	backendv1 "github.com/phxgate/phxgate/backends/proto/phxgate/backend/v1"
-	"github.com/phxgate/phxgate/internal/telemetry"
+	"github.com/phxgate/phxgate/backends/telemetry"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"

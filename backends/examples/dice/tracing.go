@@ -7,7 +7,7 @@ import (
 
 	"github.com/phxgate/phxgate/backends/examples/dice/game"
 	backendv1 "github.com/phxgate/phxgate/backends/proto/phxgate/backend/v1"
-	"github.com/phxgate/phxgate/internal/telemetry"
+	"github.com/phxgate/phxgate/backends/telemetry"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/phxgate/phxgate/internal/telemetry"
-	"github.com/phxgate/phxgate/internal/telemetry/otlptest"
+	"github.com/phxgate/phxgate/backends/telemetry"
+	"github.com/phxgate/phxgate/backends/telemetry/otlptest"
 	"go.opentelemetry.io/otel/trace"
 )
 
