@@ -85,7 +85,7 @@ type Game struct {
 	// Config.MaxKeys entries; past it one is forgotten (that table counts
 	// from 1 again).
 	rolled map[string]uint64
-	calls  *keyCache         // keys of the joins and leaves applied
+	calls  *keyCache // keys of the joins and leaves applied
 
 	rounds            atomic.Uint64
 	broadcastFailures atomic.Uint64
