@@ -187,6 +187,8 @@ async function play() {
   log("alice:", msg);
   assert.equal(await text(alice, "#balance"), "975");
   // The round she bet in rolls; both see it, and her balance settles.
+  // (It is the round after the last result she had, or the next one if a
+  // result was on its way.)
   const betRound = (await demo(alice)).lastRound + 1;
   await waitFor("the round alice bet in", async () => (await demo(bob)).lastRound >= betRound + 1 && (await demo(alice)).lastRound >= betRound + 1);
   const a = await demo(alice);
@@ -196,9 +198,13 @@ async function play() {
   // whatever the results paid her.
   const won = a.results.reduce((n, x) => n + (x.payouts.alice || 0), 0);
   assert.equal(a.balance, 975 + won, "alice's balance after her round");
-  for (const x of a.results) {
-    if (x.payouts.alice) assert.equal(x.payouts.alice, 50, "a 25 chip bet pays 50");
-  }
+  assert.ok(won === 0 || won === 50, `alice won ${won} on a 25 chip bet`);
+  const paid = a.results.filter((x) => x.payouts.alice).map((x) => x.round);
+  const candidates = a.results.filter((x) => x.round === betRound || x.round === betRound + 1);
+  assert.ok(candidates.length > 0, `no result for round ${betRound}`);
+  if (candidates.every((x) => x.roll >= 4)) assert.equal(won, 50, `alice bet high before rolls ${candidates.map((x) => x.roll)}`);
+  if (candidates.every((x) => x.roll <= 3)) assert.equal(won, 0, `alice bet high before rolls ${candidates.map((x) => x.roll)}`);
+  if (won) assert.ok(candidates.some((x) => x.round === paid[0] && x.roll >= 4), `alice paid in round ${paid}`);
   await shot(alice, "alice.png");
   await shot(bob, "bob.png");
 
