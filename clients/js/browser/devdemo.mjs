@@ -94,7 +94,11 @@ const demo = (rec) => rec.page.evaluate(() => {
 const text = (rec, sel) => rec.page.locator(sel).innerText();
 
 async function joined(rec, transport) {
-  await waitFor(`${rec.player} joined`, async () => (await rec.page.locator("#conn-state").getAttribute("data-state")) === "joined");
+  await waitFor(`${rec.player} joined over ${transport}`, async () => {
+    const el = rec.page.locator("#conn-state");
+    if ((await el.getAttribute("data-state")) === "joined") return true;
+    throw new Error(`connection state: "${await el.innerText()}", transport: "${await text(rec, "#transport")}"`);
+  });
   assert.equal(await text(rec, "#transport"), transport, `${rec.player}'s transport`);
 }
 
