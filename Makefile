@@ -7,10 +7,15 @@ JS_DIR  := clients/js
 # Extra flags for `go test`, e.g. make test GOTESTFLAGS='-run Conformance -v'.
 GOTESTFLAGS ?=
 
-.PHONY: run build test deps node-deps redis-deps lint bench loadtest bench-broadcast bench-redis clean proto
+.PHONY: run run-config build test deps node-deps redis-deps chromium-deps lint bench loadtest bench-broadcast bench-redis clean proto
 
-## run: start phxgate on the embedded broker with the example config.
-run:
+## run: start phxgate --dev: the dice demo at http://localhost:4000/ (installs
+## the page's phoenix.js first). Not for production.
+run: node-deps
+	$(GO) run ./cmd/phxgate --dev
+
+## run-config: start phxgate on the embedded broker with the example config.
+run-config:
 	$(GO) run ./cmd/phxgate --config $(CONFIG)
 
 ## build: compile the binaries into ./bin.
@@ -23,7 +28,7 @@ test: deps lint
 	$(GO) test -race -count=1 -timeout 30m $(GOTESTFLAGS) ./...
 
 ## deps: system packages and the pinned Node packages the tests use.
-deps: node-deps redis-deps
+deps: node-deps redis-deps chromium-deps
 
 node-deps:
 	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
@@ -39,6 +44,13 @@ redis-deps:
 	@command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || { \
 		echo "installing redis-server with apt-get"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+
+# chromium-deps: the browser the demo page's test (clients/js/devdemo_test.go)
+# drives with playwright-core.
+chromium-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing chromium with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 ## lint: gofmt, go vet and a tidy go.mod must be clean.
 lint:

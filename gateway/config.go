@@ -222,6 +222,15 @@ type Config struct {
 	Otel OtelConfig
 	// Routes maps topic patterns to backends, in order.
 	Routes []RouteConfig
+	// Dev (dev) is dev mode; see applyDev in dev.go. DevAssets
+	// (dev_assets) is the directory of the demo page and its node_modules
+	// (empty: clients/js). DevTokenTTL (dev_token_ttl) is the lifetime of
+	// /dev/token's tokens (0s: 10m). DemoRound (demo_round) is the demo
+	// game's betting window (0s: the game's 3s).
+	Dev         bool
+	DevAssets   string
+	DevTokenTTL time.Duration
+	DemoRound   time.Duration
 }
 
 // PresenceConfig is the presence package's Config (keys presence.*).
@@ -481,6 +490,9 @@ func (c Config) Validate() error {
 		return keyErr("drain_interval", "must be at least 1ms (0s: %v)", DefaultDrainInterval)
 	}
 	if err := c.validateBroker(); err != nil {
+		return err
+	}
+	if err := c.validateDev(); err != nil {
 		return err
 	}
 	switch c.LogFormat {
@@ -837,6 +849,10 @@ func settings() []setting {
 		intSetting("limits.ip_max_conns", "open sockets per client IP (IPv6: /64)", func(c *Config) *int { return &c.Limits.IPMaxConns }),
 		intSetting("limits.player_max_conns", "open sockets per player", func(c *Config) *int { return &c.Limits.PlayerMaxConns }),
 		intSetting("limits.max_conns", "open sockets on this node (over it: 503)", func(c *Config) *int { return &c.Limits.MaxConns }),
+		boolSetting("dev", "dev mode: demo game, dev tokens and the demo page; NOT for production", func(c *Config) *bool { return &c.Dev }),
+		strSetting("dev_assets", "dev mode: directory of the demo page and its node_modules (empty: clients/js)", func(c *Config) *string { return &c.DevAssets }),
+		durSetting("dev_token_ttl", "dev mode: lifetime of /dev/token's tokens (0s: 10m)", func(c *Config) *time.Duration { return &c.DevTokenTTL }),
+		durSetting("demo_round", "betting window of the demo game's rounds (0s: 3s)", func(c *Config) *time.Duration { return &c.DemoRound }),
 		{
 			key: "routes", usage: `routes as "pattern=backend[,presence][,history=N][,leave_grace=D];..."`,
 			str:  func(c *Config, s string) error { return parseRoutesFlag(c, s) },
@@ -1074,6 +1090,10 @@ func LoadConfig(args []string, getenv func(string) string, stderr io.Writer) (Co
 	}
 	if fs.NArg() > 0 {
 		return Config{}, fmt.Errorf("%w: unexpected argument %q", ErrConfig, fs.Arg(0))
+	}
+	// Dev mode's settings are defaults: the file, env and flags still apply.
+	if err := applyDevIfAsked(&cfg, flagVals["dev"], getenv(EnvName("dev"))); err != nil {
+		return Config{}, err
 	}
 	if *configFile != "" {
 		data, err := os.ReadFile(*configFile)

@@ -108,6 +108,14 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (*Server, error) {
 	if o.Admit == nil {
 		s.opts.Admit = g.admit
 	}
+	if cfg.Dev {
+		h, err := s.devHTTP(o.HTTP) // dev.go
+		if err != nil {
+			return nil, err
+		}
+		o.HTTP, s.opts.HTTP = h, h
+		s.log.Warn("DEV MODE: NOT FOR PRODUCTION. /dev/token gives any player a token, the auth secret is generated at start, the demo page is served at /", "listen", cfg.Listen)
+	}
 	if cfg.Auth.JWKSURL != "" {
 		// Fetch the key set now so the first players do not wait for it. An
 		// identity provider that is down is not fatal: the verifier retries

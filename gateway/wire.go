@@ -267,7 +267,11 @@ const specDemo = "demo"
 // as a remote gRPC game (deadline, bulkhead, breaker, metrics), its round
 // results broadcast through out.
 func newDemo(out *lateBroadcaster, gw *Server, reg prometheus.Registerer) (backends.Backend, io.Closer, error) {
-	g, err := game.New(game.NewConfig(), game.Options{Broadcaster: out, Logger: gw.log})
+	gcfg := game.NewConfig()
+	if gw.cfg.DemoRound > 0 {
+		gcfg.Window = gw.cfg.DemoRound
+	}
+	g, err := game.New(gcfg, game.Options{Broadcaster: out, Logger: gw.log})
 	if err != nil {
 		return nil, nil, err
 	}

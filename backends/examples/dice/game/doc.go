@@ -16,8 +16,12 @@
 //
 //	{"round":R,"roll":N,"payouts":{"<player>":amount,…}}
 //
-// payouts lists the winners only ({} when nobody won). The last leave of
-// a table stops its rounds and refunds the stakes of the round left open.
+// payouts lists the winners only ({} when nobody won), and every
+// subscriber gets the same payload. R counts the table's rounds, 1, 2, 3 …
+// with no gap, so a client can tell a missed result by its number. The
+// last leave of a table stops its rounds and refunds the stakes of the
+// round left open; that round was never rolled, and the table's next first
+// join opens a round with its id again.
 //
 // Replies (status "ok" or "error"):
 //

@@ -69,8 +69,7 @@ type Game struct {
 	ledger *ledger
 	bootID string
 
-	betSeq   atomic.Uint64
-	roundSeq atomic.Uint64
+	betSeq atomic.Uint64
 
 	// ctx is cancelled by Close: it ends the round loops and their
 	// broadcasts, which loops (a WaitGroup) tracks.
@@ -81,7 +80,12 @@ type Game struct {
 
 	mu     sync.RWMutex
 	tables map[string]*table // tables with players
-	calls  *keyCache         // keys of the joins and leaves applied
+	// rolled is the last rolled round of each emptied table, so that the
+	// table's rounds go on counting when it starts again. At most
+	// Config.MaxKeys entries; past it one is forgotten (that table counts
+	// from 1 again).
+	rolled map[string]uint64
+	calls  *keyCache // keys of the joins and leaves applied
 
 	rounds            atomic.Uint64
 	broadcastFailures atomic.Uint64
@@ -99,6 +103,7 @@ func New(cfg Config, opts Options) (*Game, error) {
 		bc:     opts.Broadcaster,
 		log:    opts.Logger,
 		tables: make(map[string]*table),
+		rolled: make(map[string]uint64),
 		calls:  newKeyCache(cfg.KeyTTL, cfg.MaxKeys),
 	}
 	if g.clock == nil {
@@ -308,6 +313,7 @@ func (g *Game) Leave(_ context.Context, req *backendv1.LeaveRequest) (*backendv1
 			t.round = nil
 			close(t.stop)
 			delete(g.tables, topic)
+			g.rememberRolled(topic, t.lastID-1) // lastID is the refunded round's
 		}
 		t.mu.Unlock()
 	}
@@ -321,6 +327,18 @@ func (g *Game) Leave(_ context.Context, req *backendv1.LeaveRequest) (*backendv1
 		g.log.Info("dice: table empty, rounds stopped", "topic", topic, "round", refund.id, "refunded_players", len(refund.stakes))
 	}
 	return &backendv1.LeaveResponse{}, nil
+}
+
+// rememberRolled keeps an emptied table's last rolled round id, within
+// Config.MaxKeys entries. Called under g.mu.
+func (g *Game) rememberRolled(topic string, id uint64) {
+	if _, ok := g.rolled[topic]; !ok && len(g.rolled) >= g.cfg.MaxKeys {
+		for k := range g.rolled {
+			delete(g.rolled, k)
+			break
+		}
+	}
+	g.rolled[topic] = id
 }
 
 // Balance returns player's balance in chips (StartBalance for a player not

@@ -37,8 +37,8 @@ func TestJoin(t *testing.T) {
 			t.Fatalf("second join round %+v, want round 1 closing at the first join + window", j.Round)
 		}
 		// Another table has its own rounds.
-		if j := f.mustJoin(t, "table:2", "alice"); j.Round.ID != 2 || j.Balance != 1000 {
-			t.Fatalf("other table join %+v, want round 2 and balance 1000", j)
+		if j := f.mustJoin(t, "table:2", "alice"); j.Round.ID != 1 || j.Balance != 1000 {
+			t.Fatalf("other table join %+v, want round 1 and balance 1000", j)
 		}
 	})
 	refusals := []struct {
@@ -458,12 +458,13 @@ func TestLastLeaveStopsTheTable(t *testing.T) {
 	f.bc.none(t)
 	goroutinesBackTo(t, base)
 
-	// A new first join starts the table again, with a fresh round.
-	if j := f.mustJoin(t, "table:1", "bob"); j.Round.ID != 2 || j.Round.State != StateBetting {
-		t.Fatalf("rejoin round %+v, want round 2 betting", j.Round)
+	// A new first join starts the table again, with a fresh round that
+	// takes the refunded round's id: results on a table count 1, 2, 3 …
+	if j := f.mustJoin(t, "table:1", "bob"); j.Round.ID != 1 || j.Round.State != StateBetting {
+		t.Fatalf("rejoin round %+v, want round 1 betting", j.Round)
 	}
-	if res := f.rollRound(t, 1); res.Round != 2 {
-		t.Fatalf("round %d rolled, want 2", res.Round)
+	if res := f.rollRound(t, 1); res.Round != 1 {
+		t.Fatalf("round %d rolled, want 1", res.Round)
 	}
 	f.leave(t, "table:1", "bob")
 	f.g.Close()
@@ -798,5 +799,30 @@ func TestRejoinWithoutANamedSeat(t *testing.T) {
 	}
 	if alice != 2 || bob != 1 {
 		t.Fatalf("seats: alice %d, bob %d; want 2 and 1", alice, bob)
+	}
+}
+
+// Each table counts its own rounds, 1, 2, 3 …, whatever the other tables
+// do, so a client can tell a missed round_result by its number.
+func TestRoundsCountPerTable(t *testing.T) {
+	f := newFixture(t, nil)
+	f.mustJoin(t, "table:1", "alice")
+	f.mustJoin(t, "table:2", "bob")
+	f.clk.WaitTimers(t, 2)
+	got := map[string][]uint64{}
+	for range 3 {
+		f.clk.Advance(f.cfg.Window)
+		for range 2 {
+			s := f.bc.next(t)
+			var r roundResult
+			decode(t, s.payload, &r)
+			got[s.topic] = append(got[s.topic], r.Round)
+		}
+		f.clk.WaitTimers(t, 2)
+	}
+	for _, topic := range []string{"table:1", "table:2"} {
+		if fmt.Sprint(got[topic]) != "[1 2 3]" {
+			t.Fatalf("rounds of %s: %v, want [1 2 3]", topic, got[topic])
+		}
 	}
 }

@@ -33,6 +33,8 @@ type table struct {
 	// join's answer was lost) removes nothing.
 	seats map[string]string
 	round *round // taking bets; nil once stopped
+	// lastID is the id of the newest round opened on the table.
+	lastID uint64
 }
 
 // round is one betting window. Stakes are summed per player and pick, so
@@ -72,27 +74,32 @@ func (r *round) view(now time.Time) roundView {
 	return roundView{ID: r.id, State: state, ClosesAtMs: r.closesAt.UnixMilli()}
 }
 
-// newRound opens a round at now. Round ids come from one counter per
-// game, so they never repeat, even when a table is emptied and started
-// again; on one table they increase.
-func (g *Game) newRound(now time.Time) *round {
+// newRound opens t's next round at now. Round ids count per table, 1, 2,
+// 3 …, so a client sees round_result rise by exactly one and can tell a
+// missed result from a late one. Called with t.mu held (or t unshared).
+func (g *Game) newRound(t *table, now time.Time) *round {
+	t.lastID++
 	return &round{
-		id:       g.roundSeq.Add(1),
+		id:       t.lastID,
 		closesAt: now.Add(g.cfg.Window),
 		stakes:   make(map[string]*stake),
 	}
 }
 
 // startTable returns a new table with its first round open and its loop
-// running. Called under g.mu, with g not closed.
+// running. A table started again after it emptied goes on from its last
+// rolled round (the round its last leave refunded was never rolled, so
+// its id is used again). Called under g.mu, with g not closed.
 func (g *Game) startTable(topic string, now time.Time) *table {
 	t := &table{
-		topic: topic,
-		stop:  make(chan struct{}),
-		done:  make(chan struct{}),
-		seats: make(map[string]string),
-		round: g.newRound(now),
+		topic:  topic,
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+		seats:  make(map[string]string),
+		lastID: g.rolled[topic],
 	}
+	delete(g.rolled, topic)
+	t.round = g.newRound(t, now)
 	g.loops.Add(1)
 	go g.runTable(t)
 	return t
@@ -152,7 +159,7 @@ func (g *Game) settle(t *table, roll int) (result, bool) {
 	if r == nil {
 		return result{}, false
 	}
-	t.round = g.newRound(now)
+	t.round = g.newRound(t, now)
 	payouts := make(map[string]int64)
 	for p, s := range r.stakes {
 		won := s.low
