@@ -13,9 +13,10 @@ GOTESTFLAGS ?=
 run:
 	$(GO) run ./cmd/phxgate --config $(CONFIG)
 
-## build: compile the binaries into ./bin.
+## build: compile static binaries into ./bin (the build line of deploy/Dockerfile).
 build:
-	$(GO) build -o bin/phxgate ./cmd/phxgate
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/phxgate ./cmd/phxgate
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/dice ./backends/examples/dice
 	$(GO) build -o bin/phxgate-bench ./clients/bench
 
 ## test: install what the tests need, then lint and run every test with -race.
