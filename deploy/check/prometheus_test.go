@@ -431,6 +431,7 @@ func TestDashboardOnLivePrometheus(t *testing.T) {
 		return nil
 	})
 	t.Logf("%d dashboard queries returned data", len(exprs))
+	checkReadmeListsFamilies(t, admin)
 
 	// The adapter rule's queries: the series it discovers, and the value it
 	// serves the HPA for the test pod, which is the open socket count.
@@ -491,6 +492,45 @@ func TestDashboardOnLivePrometheus(t *testing.T) {
 				}
 				return err
 			})
+		}
+	}
+}
+
+// checkReadmeListsFamilies fails for every phxgate_* family the node at
+// admin serves that the top README's Metrics table does not list.
+func checkReadmeListsFamilies(t *testing.T, admin string) {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(readFile(t, filepath.Join(repoRoot(t), "README.md")))
+	i := strings.Index(readme, "\n## Metrics\n")
+	if i < 0 {
+		t.Fatal("README.md: no Metrics section")
+	}
+	section := readme[i+1:]
+	if j := strings.Index(section[1:], "\n## "); j >= 0 {
+		section = section[:j+1]
+	}
+	const webhook = "phxgate_backend_webhook_"
+	families := regexp.MustCompile(`(?m)^# TYPE (phxgate_\w+) `).FindAllStringSubmatch(string(body), -1)
+	if len(families) == 0 {
+		t.Fatal("the node serves no phxgate_* family")
+	}
+	for _, m := range families {
+		name := m[1]
+		listed := strings.Contains(section, "`"+name+"`")
+		if rest, ok := strings.CutPrefix(name, webhook); ok && !listed {
+			listed = strings.Contains(section, "`"+webhook+"*`") && strings.Contains(section, "`"+rest+"`")
+		}
+		if !listed {
+			t.Errorf("README.md Metrics does not list %s", name)
 		}
 	}
 }
