@@ -7,7 +7,7 @@ JS_DIR  := clients/js
 # Extra flags for `go test`, e.g. make test GOTESTFLAGS='-run Conformance -v'.
 GOTESTFLAGS ?=
 
-.PHONY: run run-config build test deps node-deps redis-deps chromium-deps lint bench loadtest bench-broadcast bench-redis clean proto
+.PHONY: run run-config build test deps node-deps redis-deps chromium-deps prom-deps deploy-check lint bench loadtest bench-broadcast bench-redis clean proto
 
 ## run: start phxgate --dev: the dice demo at http://localhost:4000/ (installs
 ## the page's phoenix.js first). Not for production.
@@ -18,17 +18,25 @@ run: node-deps
 run-config:
 	$(GO) run ./cmd/phxgate --config $(CONFIG)
 
-## build: compile the binaries into ./bin.
+## build: compile static binaries into ./bin (the build line of deploy/Dockerfile).
 build:
-	$(GO) build -o bin/phxgate ./cmd/phxgate
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/phxgate ./cmd/phxgate
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/dice ./backends/examples/dice
 	$(GO) build -o bin/phxgate-bench ./clients/bench
 
 ## test: install what the tests need, then lint and run every test with -race.
 test: deps lint
 	$(GO) test -race -count=1 -timeout 30m $(GOTESTFLAGS) ./...
+	$(MAKE) deploy-check
+
+## deploy-check: the deploy/ files against real tools (its own module, deploy/check):
+## k8s manifests decoded strictly, promtool, a live Prometheus scraping a node
+## for every dashboard query, and the static binary of `make build`.
+deploy-check:
+	cd deploy/check && $(GO) test -count=1 -timeout 10m $(GOTESTFLAGS) ./...
 
 ## deps: system packages and the pinned Node packages the tests use.
-deps: node-deps redis-deps chromium-deps
+deps: node-deps redis-deps chromium-deps prom-deps
 
 node-deps:
 	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
@@ -52,11 +60,19 @@ chromium-deps:
 		echo "installing chromium with apt-get"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+# prom-deps: promtool and prometheus (Debian 12: 2.42) for deploy/check.
+prom-deps:
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || { \
+		echo "installing prometheus with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }
+
 ## lint: gofmt, go vet and a tidy go.mod must be clean.
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
+	cd deploy/check && $(GO) vet ./...
+	@cd deploy/check && $(GO) mod tidy -diff || { echo "deploy/check/go.mod is not tidy: cd deploy/check && go mod tidy"; exit 1; }
 
 ## loadtest: 15,000 idle joined connections from a separate process; prints
 ## the gateway's RSS slope per connection and its goroutine count.

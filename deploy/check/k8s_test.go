@@ -1,0 +1,533 @@
+package check
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/phxgate/phxgate/gateway"
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/yaml"
+)
+
+// manifests is every object of deploy/k8s, decoded strictly.
+type manifests struct {
+	configMaps  map[string]*corev1.ConfigMap
+	services    map[string]*corev1.Service
+	deployments map[string]*appsv1.Deployment
+	pdbs        map[string]*policyv1.PodDisruptionBudget
+	hpas        map[string]*autoscalingv2.HorizontalPodAutoscaler
+}
+
+// splitDocs splits a YAML stream on its "---" lines, dropping empty
+// documents (comments only).
+func splitDocs(data []byte) [][]byte {
+	var docs [][]byte
+	for _, d := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(data), -1) {
+		empty := true
+		for _, line := range strings.Split(d, "\n") {
+			if s := strings.TrimSpace(line); s != "" && !strings.HasPrefix(s, "#") {
+				empty = false
+				break
+			}
+		}
+		if !empty {
+			docs = append(docs, []byte(d))
+		}
+	}
+	return docs
+}
+
+// decodeObject decodes one manifest strictly (an unknown or misspelt field
+// is an error) into the API type its apiVersion and kind name.
+func decodeObject(doc []byte) (any, error) {
+	var tm metav1.TypeMeta
+	if err := yaml.Unmarshal(doc, &tm); err != nil {
+		return nil, err
+	}
+	var obj any
+	switch tm.APIVersion + " " + tm.Kind {
+	case "v1 ConfigMap":
+		obj = &corev1.ConfigMap{}
+	case "v1 Service":
+		obj = &corev1.Service{}
+	case "apps/v1 Deployment":
+		obj = &appsv1.Deployment{}
+	case "policy/v1 PodDisruptionBudget":
+		obj = &policyv1.PodDisruptionBudget{}
+	case "autoscaling/v2 HorizontalPodAutoscaler":
+		obj = &autoscalingv2.HorizontalPodAutoscaler{}
+	default:
+		return nil, fmt.Errorf("unexpected apiVersion %q kind %q", tm.APIVersion, tm.Kind)
+	}
+	if err := yaml.UnmarshalStrict(doc, obj); err != nil {
+		return nil, fmt.Errorf("%s: %w", tm.Kind, err)
+	}
+	return obj, nil
+}
+
+func loadManifests(t *testing.T) manifests {
+	t.Helper()
+	m := manifests{
+		configMaps:  map[string]*corev1.ConfigMap{},
+		services:    map[string]*corev1.Service{},
+		deployments: map[string]*appsv1.Deployment{},
+		pdbs:        map[string]*policyv1.PodDisruptionBudget{},
+		hpas:        map[string]*autoscalingv2.HorizontalPodAutoscaler{},
+	}
+	files, err := filepath.Glob(deployPath(t, "k8s", "*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) == 0 {
+		t.Fatal("no files in deploy/k8s")
+	}
+	for _, f := range files {
+		if ext := filepath.Ext(f); ext != ".yaml" {
+			t.Errorf("%s: deploy/k8s holds only .yaml manifests", f)
+			continue
+		}
+		docs := splitDocs(readFile(t, f))
+		if len(docs) == 0 {
+			t.Errorf("%s: no manifest", f)
+		}
+		for i, doc := range docs {
+			obj, err := decodeObject(doc)
+			if err != nil {
+				t.Errorf("%s document %d: %v", filepath.Base(f), i, err)
+				continue
+			}
+			var name string
+			switch o := obj.(type) {
+			case *corev1.ConfigMap:
+				name = o.Name
+				m.configMaps[name] = o
+			case *corev1.Service:
+				name = o.Name
+				m.services[name] = o
+			case *appsv1.Deployment:
+				name = o.Name
+				m.deployments[name] = o
+			case *policyv1.PodDisruptionBudget:
+				name = o.Name
+				m.pdbs[name] = o
+			case *autoscalingv2.HorizontalPodAutoscaler:
+				name = o.Name
+				m.hpas[name] = o
+			}
+			if name == "" {
+				t.Errorf("%s document %d: no metadata.name", filepath.Base(f), i)
+			}
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	return m
+}
+
+// TestStrictDecodeRefusesUnknownFields shows the decoding below is strict:
+// a misspelt field of a real manifest is an error, not silently dropped.
+func TestStrictDecodeRefusesUnknownFields(t *testing.T) {
+	doc := readFile(t, deployPath(t, "k8s", "deployment.yaml"))
+	if _, err := decodeObject(doc); err != nil {
+		t.Fatalf("deployment.yaml: %v", err)
+	}
+	bad := bytes.Replace(doc, []byte("readinessProbe:"), []byte("readynessProbe:"), 1)
+	if bytes.Equal(bad, doc) {
+		t.Fatal("deployment.yaml has no readinessProbe to misspell")
+	}
+	if _, err := decodeObject(bad); err == nil || !strings.Contains(err.Error(), "readynessProbe") {
+		t.Fatalf("a misspelt field decoded without an error naming it: %v", err)
+	}
+}
+
+// gatewayConfig is the phxgate config of the ConfigMap the Deployment
+// mounts, read and validated by phxgate's own loader.
+func gatewayConfig(t *testing.T, cm *corev1.ConfigMap, key string) gateway.Config {
+	t.Helper()
+	data, ok := cm.Data[key]
+	if !ok {
+		t.Fatalf("ConfigMap %s has no key %q", cm.Name, key)
+	}
+	cfg, err := gateway.ParseYAML([]byte(data))
+	if err != nil {
+		t.Fatalf("ConfigMap %s %s: %v", cm.Name, key, err)
+	}
+	return cfg
+}
+
+func portOf(t *testing.T, key, addr string) int32 {
+	t.Helper()
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatalf("config %s %q: %v", key, addr, err)
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil || n <= 0 {
+		t.Fatalf("config %s %q: want a fixed port", key, addr)
+	}
+	return int32(n)
+}
+
+// containerPort resolves a probe's or Service's port (a name or a number)
+// against the container's ports.
+func containerPort(c corev1.Container, p intstr.IntOrString) (int32, bool) {
+	for _, cp := range c.Ports {
+		if (p.Type == intstr.String && cp.Name == p.StrVal) || (p.Type == intstr.Int && cp.ContainerPort == p.IntVal) {
+			return cp.ContainerPort, true
+		}
+	}
+	return 0, false
+}
+
+// phxgateDeployment returns the Deployment, its phxgate container and the
+// config its --config flag names in the mounted ConfigMap.
+func phxgateDeployment(t *testing.T, m manifests) (*appsv1.Deployment, corev1.Container, gateway.Config) {
+	t.Helper()
+	d := m.deployments["phxgate"]
+	if d == nil {
+		t.Fatal("no Deployment phxgate")
+	}
+	spec := d.Spec.Template.Spec
+	i := slices.IndexFunc(spec.Containers, func(c corev1.Container) bool { return c.Name == "phxgate" })
+	if i < 0 {
+		t.Fatal("Deployment phxgate: no container phxgate")
+	}
+	c := spec.Containers[i]
+	j := slices.Index(c.Args, "--config")
+	if j < 0 || j+1 >= len(c.Args) {
+		t.Fatalf("container args %q: no --config FILE", c.Args)
+	}
+	file := c.Args[j+1]
+	for _, vm := range c.VolumeMounts {
+		if filepath.Dir(file) != filepath.Clean(vm.MountPath) {
+			continue
+		}
+		for _, v := range spec.Volumes {
+			if v.Name == vm.Name && v.ConfigMap != nil {
+				cm := m.configMaps[v.ConfigMap.Name]
+				if cm == nil {
+					t.Fatalf("volume %s: no ConfigMap %s in deploy/k8s", v.Name, v.ConfigMap.Name)
+				}
+				return d, c, gatewayConfig(t, cm, filepath.Base(file))
+			}
+		}
+	}
+	t.Fatalf("--config %s is not in a mounted ConfigMap", file)
+	return nil, corev1.Container{}, gateway.Config{}
+}
+
+func TestK8sDeploymentMatchesConfig(t *testing.T) {
+	m := loadManifests(t)
+	d, c, cfg := phxgateDeployment(t, m)
+	pod := d.Spec.Template
+
+	sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
+	if err != nil || !sel.Matches(labels.Set(pod.Labels)) {
+		t.Errorf("Deployment selector %v does not match its pod labels %v (%v)", d.Spec.Selector, pod.Labels, err)
+	}
+
+	admin := portOf(t, "admin_listen", cfg.AdminListen)
+	probes := map[string]*corev1.Probe{"readinessProbe": c.ReadinessProbe, "livenessProbe": c.LivenessProbe}
+	wantPath := map[string]string{"readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+	for name, p := range probes {
+		if p == nil || p.HTTPGet == nil {
+			t.Errorf("%s: want an httpGet probe", name)
+			continue
+		}
+		if p.HTTPGet.Path != wantPath[name] {
+			t.Errorf("%s path %q, want %q", name, p.HTTPGet.Path, wantPath[name])
+		}
+		if port, ok := containerPort(c, p.HTTPGet.Port); !ok || port != admin {
+			t.Errorf("%s port %s is container port %d, want admin_listen's %d", name, p.HTTPGet.Port.String(), port, admin)
+		}
+	}
+	for key, addr := range map[string]string{"listen": cfg.Listen, "api_listen": cfg.APIListen} {
+		port := portOf(t, key, addr)
+		if !slices.ContainsFunc(c.Ports, func(cp corev1.ContainerPort) bool { return cp.ContainerPort == port }) {
+			t.Errorf("%s port %d is not a container port", key, port)
+		}
+	}
+	if h, _, _ := net.SplitHostPort(cfg.AdminListen); h == "127.0.0.1" || h == "localhost" {
+		t.Errorf("admin_listen %q is loopback: the kubelet's probes and Prometheus cannot reach it", cfg.AdminListen)
+	}
+
+	// The drain must finish before the kubelet's SIGKILL.
+	var preStop time.Duration
+	if l := c.Lifecycle; l != nil && l.PreStop != nil && l.PreStop.Sleep != nil {
+		preStop = time.Duration(l.PreStop.Sleep.Seconds) * time.Second
+	} else {
+		t.Error("container phxgate: want a preStop sleep (the pod leaves the endpoints before SIGTERM)")
+	}
+	if pod.Spec.TerminationGracePeriodSeconds == nil {
+		t.Fatal("no terminationGracePeriodSeconds")
+	}
+	grace := time.Duration(*pod.Spec.TerminationGracePeriodSeconds) * time.Second
+	if grace <= preStop+cfg.DrainTimeout {
+		t.Errorf("terminationGracePeriodSeconds %v must exceed preStop %v + drain_timeout %v", grace, preStop, cfg.DrainTimeout)
+	}
+
+	for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+		if q, ok := c.Resources.Requests[r]; !ok || q.IsZero() {
+			t.Errorf("no %s request", r)
+		}
+	}
+	if q, ok := c.Resources.Limits[corev1.ResourceMemory]; !ok || q.Cmp(c.Resources.Requests[corev1.ResourceMemory]) < 0 {
+		t.Errorf("memory limit %v below the request", q.String())
+	}
+	var sysctls []string
+	if sc := pod.Spec.SecurityContext; sc != nil {
+		for _, s := range sc.Sysctls {
+			sysctls = append(sysctls, s.Name)
+		}
+		if sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
+			t.Error("pod securityContext: want runAsNonRoot")
+		}
+	}
+	for _, want := range []string{"net.core.somaxconn", "net.ipv4.ip_local_port_range"} {
+		if !slices.Contains(sysctls, want) {
+			t.Errorf("pod sysctls %v: no %s", sysctls, want)
+		}
+	}
+	if !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool {
+		return e.Name == gateway.EnvName("node_id") && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil &&
+			e.ValueFrom.FieldRef.FieldPath == "metadata.name"
+	}) {
+		t.Errorf("container env: want %s from metadata.name (a distinct node id per pod)", gateway.EnvName("node_id"))
+	}
+}
+
+func TestK8sServicesAndPDBSelectPods(t *testing.T) {
+	m := loadManifests(t)
+	d, c, _ := phxgateDeployment(t, m)
+	podLabels := labels.Set(d.Spec.Template.Labels)
+	if len(m.services) == 0 {
+		t.Fatal("no Service")
+	}
+	for name, s := range m.services {
+		if !labels.SelectorFromSet(s.Spec.Selector).Matches(podLabels) || len(s.Spec.Selector) == 0 {
+			t.Errorf("Service %s selector %v does not select the phxgate pods", name, s.Spec.Selector)
+		}
+		for _, p := range s.Spec.Ports {
+			if _, ok := containerPort(c, p.TargetPort); !ok {
+				t.Errorf("Service %s port %s: targetPort %s is no container port", name, p.Name, p.TargetPort.String())
+			}
+			if p.Name == "admin" {
+				t.Errorf("Service %s exposes the admin port (pprof)", name)
+			}
+		}
+	}
+	pdb := m.pdbs["phxgate"]
+	if pdb == nil {
+		t.Fatal("no PodDisruptionBudget phxgate")
+	}
+	sel, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector)
+	if err != nil || !sel.Matches(podLabels) {
+		t.Errorf("PodDisruptionBudget selector %v does not select the phxgate pods (%v)", pdb.Spec.Selector, err)
+	}
+	if pdb.Spec.MaxUnavailable == nil && pdb.Spec.MinAvailable == nil {
+		t.Error("PodDisruptionBudget: neither maxUnavailable nor minAvailable")
+	}
+}
+
+// adapterConfig is the part of prometheus-adapter's config file that
+// deploy/k8s/prometheus-adapter.yaml uses, with its field names, decoded
+// strictly so a misspelt key fails here instead of in the adapter.
+type adapterConfig struct {
+	Rules []adapterRule `json:"rules"`
+}
+
+type adapterRule struct {
+	SeriesQuery   string `json:"seriesQuery"`
+	SeriesFilters []struct {
+		Is    string `json:"is,omitempty"`
+		IsNot string `json:"isNot,omitempty"`
+	} `json:"seriesFilters,omitempty"`
+	Resources struct {
+		Overrides map[string]struct {
+			Group    string `json:"group,omitempty"`
+			Resource string `json:"resource"`
+		} `json:"overrides,omitempty"`
+		Template string `json:"template,omitempty"`
+	} `json:"resources"`
+	Name struct {
+		Matches string `json:"matches"`
+		As      string `json:"as,omitempty"`
+	} `json:"name"`
+	MetricsQuery string `json:"metricsQuery"`
+}
+
+// loadAdapterRule returns the adapter rule that serves the metric name the
+// HPA asks for, and that name.
+func loadAdapterRule(t *testing.T) (adapterRule, string) {
+	t.Helper()
+	docs := splitDocs(readFile(t, deployPath(t, "k8s", "prometheus-adapter.yaml")))
+	if len(docs) != 1 {
+		t.Fatalf("prometheus-adapter.yaml: %d documents, want 1 ConfigMap", len(docs))
+	}
+	obj, err := decodeObject(docs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm, ok := obj.(*corev1.ConfigMap)
+	if !ok {
+		t.Fatalf("prometheus-adapter.yaml: %T, want a ConfigMap", obj)
+	}
+	var ac adapterConfig
+	if err := yaml.UnmarshalStrict([]byte(cm.Data["config.yaml"]), &ac); err != nil {
+		t.Fatalf("adapter config.yaml: %v", err)
+	}
+	if len(ac.Rules) != 1 {
+		t.Fatalf("adapter config: %d rules, want 1", len(ac.Rules))
+	}
+	r := ac.Rules[0]
+	series := regexp.MustCompile(`^[a-zA-Z_:][a-zA-Z0-9_:]*`).FindString(r.SeriesQuery)
+	re, err := regexp.Compile(r.Name.Matches)
+	if err != nil || !re.MatchString(series) {
+		t.Fatalf("adapter rule name.matches %q does not match its series %q (%v)", r.Name.Matches, series, err)
+	}
+	name := series
+	if r.Name.As != "" {
+		name = re.ReplaceAllString(series, r.Name.As)
+	}
+	return r, name
+}
+
+func TestK8sHPAOnAdapterMetric(t *testing.T) {
+	m := loadManifests(t)
+	d, _, cfg := phxgateDeployment(t, m)
+	hpa := m.hpas["phxgate"]
+	if hpa == nil {
+		t.Fatal("no HorizontalPodAutoscaler phxgate")
+	}
+	ref := hpa.Spec.ScaleTargetRef
+	if ref.Kind != "Deployment" || ref.Name != d.Name || ref.APIVersion != "apps/v1" {
+		t.Errorf("scaleTargetRef %+v, want apps/v1 Deployment %s", ref, d.Name)
+	}
+	rule, served := loadAdapterRule(t)
+	if len(hpa.Spec.Metrics) != 1 {
+		t.Fatalf("HPA: %d metrics, want the one Pods metric", len(hpa.Spec.Metrics))
+	}
+	ms := hpa.Spec.Metrics[0]
+	if ms.Type != autoscalingv2.PodsMetricSourceType || ms.Pods == nil {
+		t.Fatalf("HPA metric type %q, want Pods", ms.Type)
+	}
+	if ms.Pods.Metric.Name != served {
+		t.Errorf("HPA metric %q, but the adapter rule serves %q", ms.Pods.Metric.Name, served)
+	}
+	tg := ms.Pods.Target
+	if tg.Type != autoscalingv2.AverageValueMetricType || tg.AverageValue == nil || tg.AverageValue.IsZero() {
+		t.Fatalf("HPA target %+v, want a non-zero AverageValue", tg)
+	}
+	// The target must leave room under the node cap for failover.
+	if capConns := int64(cfg.Limits.MaxConns); tg.AverageValue.Value() >= capConns {
+		t.Errorf("HPA target %v connections per pod is not below limits.max_conns %d", tg.AverageValue, capConns)
+	}
+	if hpa.Spec.MinReplicas == nil || *hpa.Spec.MinReplicas < 2 {
+		t.Error("HPA minReplicas below 2: a drain would leave no pod")
+	}
+	if !strings.HasPrefix(rule.SeriesQuery, "phxgate_gateway_connections") {
+		t.Errorf("adapter seriesQuery %q is not over the open-connections gauge", rule.SeriesQuery)
+	}
+	want := map[string]string{"namespace": "namespace", "pod": "pod"}
+	for label, res := range want {
+		if o, ok := rule.Resources.Overrides[label]; !ok || o.Resource != res {
+			t.Errorf("adapter rule: label %q not mapped to resource %q", label, res)
+		}
+	}
+	for _, s := range []string{"<<.Series>>", "<<.LabelMatchers>>", "<<.GroupBy>>"} {
+		if !strings.Contains(rule.MetricsQuery, s) {
+			t.Errorf("adapter metricsQuery %q lacks %s", rule.MetricsQuery, s)
+		}
+	}
+
+	// The labels the adapter maps are the ones the k8s scrape config sets.
+	var pk struct {
+		ScrapeConfigs []struct {
+			JobName        string `json:"job_name"`
+			RelabelConfigs []struct {
+				TargetLabel string `json:"target_label"`
+			} `json:"relabel_configs"`
+		} `json:"scrape_configs"`
+	}
+	if err := yaml.Unmarshal(readFile(t, deployPath(t, "prometheus", "prometheus-k8s.yml")), &pk); err != nil {
+		t.Fatalf("prometheus-k8s.yml: %v", err)
+	}
+	i := slices.IndexFunc(pk.ScrapeConfigs, func(s struct {
+		JobName        string `json:"job_name"`
+		RelabelConfigs []struct {
+			TargetLabel string `json:"target_label"`
+		} `json:"relabel_configs"`
+	}) bool {
+		return s.JobName == "phxgate"
+	})
+	if i < 0 {
+		t.Fatal("prometheus-k8s.yml: no job phxgate")
+	}
+	for label := range want {
+		if !slices.ContainsFunc(pk.ScrapeConfigs[i].RelabelConfigs, func(r struct {
+			TargetLabel string `json:"target_label"`
+		}) bool {
+			return r.TargetLabel == label
+		}) {
+			t.Errorf("prometheus-k8s.yml job phxgate sets no %q label for the adapter", label)
+		}
+	}
+}
+
+// TestComposeConfig validates the compose stack's phxgate config with
+// phxgate's loader and checks the nodes are told apart.
+func TestComposeConfig(t *testing.T) {
+	cfg, err := gateway.ParseYAML(readFile(t, deployPath(t, "phxgate-compose.yaml")))
+	if err != nil {
+		t.Fatalf("phxgate-compose.yaml: %v", err)
+	}
+	if cfg.RedisURL == "" {
+		t.Error("phxgate-compose.yaml: three nodes need redis_url")
+	}
+	var compose struct {
+		Services map[string]struct {
+			Environment map[string]string `json:"environment"`
+		} `json:"services"`
+	}
+	if err := yaml.Unmarshal(readFile(t, deployPath(t, "compose.yaml")), &compose); err != nil {
+		t.Fatalf("compose.yaml: %v", err)
+	}
+	ids := map[string]bool{}
+	for name, s := range compose.Services {
+		if !strings.HasPrefix(name, "phxgate-") {
+			continue
+		}
+		id := s.Environment[gateway.EnvName("node_id")]
+		if id == "" || ids[id] {
+			t.Errorf("service %s: node id %q missing or shared", name, id)
+		}
+		ids[id] = true
+	}
+	if len(ids) != 3 {
+		t.Errorf("compose.yaml: %d phxgate nodes, want 3", len(ids))
+	}
+	for _, s := range []string{"redis", "dice", "prometheus", "grafana"} {
+		if _, ok := compose.Services[s]; !ok {
+			t.Errorf("compose.yaml: no service %s", s)
+		}
+	}
+	if _, err := os.Stat(deployPath(t, "grafana", "provisioning", "dashboards", "phxgate.yaml")); err != nil {
+		t.Error(err)
+	}
+}
