@@ -182,8 +182,8 @@ func TestLongPollPhoenixSession(t *testing.T) {
 }
 
 func TestLongPollProbes(t *testing.T) {
-	s := lpServer(t, 200*time.Millisecond, func(c *Config) { c.CheckOrigin = []string{"https://good.example"} })
-	other := lpServer(t, 200*time.Millisecond, nil)
+	s := lpServer(t, 500*time.Millisecond, func(c *Config) { c.CheckOrigin = []string{"https://good.example"} })
+	other := lpServer(t, 500*time.Millisecond, nil)
 	reg := s.Registry()
 	cases := []struct {
 		name string
@@ -269,10 +269,16 @@ func TestLongPollProbes(t *testing.T) {
 			lpCollect(t, s, tok, 1)
 		}},
 		{"oversized body is 413, session survives", func(t *testing.T) {
+			// A window long enough for the upload, so the session cannot
+			// expire meanwhile.
+			s := lpServer(t, 10*time.Second, nil)
 			tok := lpStart(t, s, "vsn=2.0.0")
 			big := bytes.Repeat([]byte("x"), LongPollMaxBodyBytes+1)
 			if a := lpDo(t, http.MethodPost, lpURL(s, "token="+tok), big, "Content-Type: application/x-ndjson"); a.code != 413 {
 				t.Fatalf("POST = HTTP %d %s", a.code, a.raw)
+			}
+			if v := counterValue(t, s.Registry(), "phxgate_longpoll_posts_total", "too_large"); v != 1 {
+				t.Fatalf("posts{too_large} = %v", v)
 			}
 			if a := lpPost(t, s, tok, `[null,"1","phoenix","heartbeat",{}]`); a.raw != `{"status":200}` {
 				t.Fatalf("POST after = %s", a.raw)
