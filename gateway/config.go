@@ -220,6 +220,8 @@ type Config struct {
 	Presence PresenceConfig
 	// Otel (otel.*) turns tracing on; see tracing.go.
 	Otel OtelConfig
+	// LongPoll configures the long-poll transport (longpoll.*).
+	LongPoll LongPollConfig
 	// Routes maps topic patterns to backends, in order.
 	Routes []RouteConfig
 	// Dev (dev) is dev mode; see applyDev in dev.go. DevAssets
@@ -399,6 +401,7 @@ func NewConfig() Config {
 		Auth:               newAuthConfig(),
 		Limits:             newLimitsConfig(),
 		Presence:           presence.NewConfig(),
+		LongPoll:           newLongPollConfig(),
 		LogFormat:          "json",
 		LogLevel:           "info",
 	}
@@ -515,6 +518,9 @@ func (c Config) Validate() error {
 			return keyErr("presence.max_per_topic", "must be between 0 and 1000000")
 		}
 		return keyErr("presence", "%v", err)
+	}
+	if err := c.LongPoll.validate(); err != nil {
+		return err
 	}
 	for i, o := range c.CheckOrigin {
 		if o == "" {
@@ -781,7 +787,7 @@ func (c *Config) validateBroker() error {
 }
 
 func settings() []setting {
-	return []setting{
+	return append([]setting{
 		strSetting("listen", "client listen address", func(c *Config) *string { return &c.Listen }),
 		strSetting("admin_listen", "admin listen address (metrics, health, pprof); empty disables", func(c *Config) *string { return &c.AdminListen }),
 		strSetting("api_listen", "Gateway gRPC service for games (broadcast, push, disconnect); empty disables", func(c *Config) *string { return &c.APIListen }),
@@ -858,7 +864,7 @@ func settings() []setting {
 			str:  func(c *Config, s string) error { return parseRoutesFlag(c, s) },
 			node: decodeRoutes,
 		},
-	}
+	}, longPollSettings()...)
 }
 
 // setClass merges one class over the existing ones; the map is copied so
@@ -1166,7 +1172,7 @@ func applyYAML(cfg *Config, data []byte, all []setting) error {
 				}
 				continue
 			}
-			if (key == "auth" || key == "limits" || key == "otel") && v.Kind == yaml.MappingNode {
+			if (key == "auth" || key == "limits" || key == "otel" || key == "longpoll") && v.Kind == yaml.MappingNode {
 				if err := walk(key+".", v); err != nil {
 					return err
 				}

@@ -296,7 +296,7 @@ func (c *conn) releaseAdmission() {
 }
 
 // connect runs Options.Connect, turning a panic into a refusal.
-func (s *Server) connect(c *conn, info channels.ConnectInfo) (h SocketHandler, err error) {
+func (s *Server) connect(c channels.Conn, info channels.ConnectInfo) (h SocketHandler, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			s.metrics.panics.Inc()

@@ -199,7 +199,8 @@ func TestOversizedRequestHeadIs431(t *testing.T) {
 func TestOtherPathsGoToHTTP(t *testing.T) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/hello", func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "hi "+r.URL.Query().Get("n")) })
-	s := startServer(t, nil, WithHTTP(mux))
+	// With long-poll off, its path is just another path.
+	s := startServer(t, func(c *Config) { c.LongPoll.Enabled = false }, WithHTTP(mux))
 	resp, err := http.Get("http://" + s.Addr().String() + "/hello?n=there")
 	if err != nil {
 		t.Fatal(err)

@@ -41,6 +41,7 @@ type Server struct {
 	httpLn  *chanListener
 	httpSrv *http.Server
 	admin   *http.Server
+	lp      *longPoll // <socket_path>/longpoll; nil when longpoll.enabled is off
 
 	pollers []*poller
 	// proto is the protocol layer when wired by Start from cfg.Routes (nil
@@ -102,6 +103,11 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (*Server, error) {
 		return nil, err
 	}
 	s.guard = g
+	if cfg.LongPoll.Enabled {
+		if s.lp, err = newLongPoll(s); err != nil {
+			return nil, err
+		}
+	}
 	if !g.authOn() {
 		s.log.Info("auth is off (no auth.* key configured): every socket is anonymous, tokens are stripped and ignored")
 	}
@@ -195,7 +201,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (*Server, error) {
 
 	s.httpLn = newChanListener(ln.Addr())
 	s.httpSrv = &http.Server{
-		Handler:           s.socketOnHTTP(o.HTTP),
+		Handler:           s.socketOnHTTP(s.withLongPoll(o.HTTP)),
 		ReadHeaderTimeout: cfg.HandshakeTimeout,
 		IdleTimeout:       httpIdleTimeout,
 		MaxHeaderBytes:    MaxHandshakeBytes,
@@ -222,6 +228,14 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (*Server, error) {
 		}()
 	}
 
+	if s.lp != nil {
+		s.drainHooks = append(s.drainHooks, func(context.Context) { s.lp.drain(); s.lp.close() })
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.lp.run()
+		}()
+	}
 	s.stopSweep = make(chan struct{})
 	s.wg.Add(1)
 	go func() {

@@ -67,6 +67,13 @@ routes:
     backend: bench
 `
 
+// longPollConfig is added to gatewayConfig for the long-poll phase; the
+// window matches PHXGATE_LONGPOLL_WINDOW_MS.
+const longPollConfig = `longpoll:
+  enabled: true
+  window: 1s
+`
+
 // authGatewayConfig is the auth phase's configuration (auth/*.test.mjs):
 // tokens required, HS256 with a per-run secret (passed to node as
 // PHXGATE_AUTH_SECRET), a small `chat` class so a burst of six pushes
@@ -124,6 +131,14 @@ func TestConformancePhoenixJS(t *testing.T) {
 	t.Run("main", func(t *testing.T) {
 		url, _ := startGateway(t, bin, plainConfig)
 		runNode(t, node, jsDir, "test/", "PHXGATE_URL="+url)
+	})
+	// The long-poll phase: the core scenarios over phoenix.js's LongPoll
+	// transport, with a short window so that the expiry scenario is quick.
+	t.Run("longpoll", func(t *testing.T) {
+		url, _ := startGateway(t, bin, func(listen, admin string) string {
+			return fmt.Sprintf(gatewayConfig, listen, admin) + longPollConfig
+		})
+		runNode(t, node, jsDir, "longpoll/", "PHXGATE_URL="+url, "PHXGATE_LONGPOLL_WINDOW_MS=1000")
 	})
 	// The drain phase stops its gateway.
 	t.Run("drain", func(t *testing.T) {

@@ -1,0 +1,91 @@
+package gateway
+
+import (
+	"time"
+)
+
+// Long-poll defaults (keys longpoll.*). Every bound is on by default.
+const (
+	// DefaultLongPollWindow is how long a poll is held when nothing is
+	// buffered for it (Phoenix's window_ms, 10 s). A session is ended after
+	// 1.5 windows without a poll.
+	DefaultLongPollWindow = 10 * time.Second
+	// MaxLongPollWindow keeps a held poll inside phoenix.js's own request
+	// timeout (longpollerTimeout, 20 s): a longer window would make the
+	// client give up on every idle poll and reconnect.
+	MaxLongPollWindow = 19 * time.Second
+	// minLongPollWindow keeps the expiry sweep meaningful.
+	minLongPollWindow = 10 * time.Millisecond
+	// DefaultLongPollMaxBufferBytes bounds what one session holds for its
+	// next poll, counted as write_queue_max_bytes counts a socket's queue
+	// (message bytes plus per-message bookkeeping). Past it the session
+	// is ended as a slow consumer.
+	DefaultLongPollMaxBufferBytes = DefaultWriteQueueMaxBytes
+	// DefaultLongPollMaxSessions caps the node's open long-poll sessions,
+	// on top of limits.max_conns (which counts them too).
+	DefaultLongPollMaxSessions = 10_000
+	// LongPollMaxBodyBytes is the largest POST body read, as Phoenix
+	// (Plug's read_body default, 8,000,000 bytes); a bigger one is refused
+	// with HTTP 413 and the session survives.
+	LongPollMaxBodyBytes = 8_000_000
+	// LongPollMaxBatch is the most ndjson lines dispatched per POST, as
+	// Phoenix (phoenix.js MAX_LONGPOLL_BATCH_SIZE); further lines are
+	// dropped and counted.
+	LongPollMaxBatch = 100
+	// longPollMaxHeldPolls bounds the polls held at once for one session.
+	// Phoenix answers a poll superseded by a newer one at its window's
+	// end; past this many the oldest is answered 204 at once, so a poll
+	// flood on one session holds at most this many requests.
+	longPollMaxHeldPolls = 4
+)
+
+// LongPollConfig holds the keys under longpoll.*.
+type LongPollConfig struct {
+	// Enabled (longpoll.enabled) serves <socket_path>/longpoll. On by
+	// default: phoenix.js only uses it when the app asks for it (transport
+	// or longPollFallbackMs), so it costs WebSocket clients nothing, while
+	// clients behind proxies that block WebSockets work out of the box;
+	// sessions count against the same admission limits as sockets.
+	Enabled bool
+	// Window (longpoll.window) is how long a poll is held; a session with
+	// no poll for 1.5 windows is ended. Between 10ms and 19s.
+	Window time.Duration
+	// MaxBufferBytes (longpoll.max_buffer_bytes) bounds the bytes one
+	// session buffers between polls; past it the session is ended (slow
+	// consumer). Must be > 0.
+	MaxBufferBytes int
+	// MaxSessions (longpoll.max_sessions) caps open sessions on this node;
+	// a new one past it is refused ({"status":403}). Must be > 0.
+	MaxSessions int
+}
+
+func newLongPollConfig() LongPollConfig {
+	return LongPollConfig{
+		Enabled:        true,
+		Window:         DefaultLongPollWindow,
+		MaxBufferBytes: DefaultLongPollMaxBufferBytes,
+		MaxSessions:    DefaultLongPollMaxSessions,
+	}
+}
+
+// validate names the first bad longpoll.* key.
+func (c LongPollConfig) validate() error {
+	switch {
+	case c.Window < minLongPollWindow || c.Window > MaxLongPollWindow:
+		return keyErr("longpoll.window", "must be between %v and %v (phoenix.js gives up on a request after 20s)", minLongPollWindow, MaxLongPollWindow)
+	case c.MaxBufferBytes <= 0 || c.MaxBufferBytes > 1<<30:
+		return keyErr("longpoll.max_buffer_bytes", "must be between 1 and 1073741824 bytes")
+	case c.MaxSessions <= 0 || c.MaxSessions > 10_000_000:
+		return keyErr("longpoll.max_sessions", "must be between 1 and 10000000")
+	}
+	return nil
+}
+
+func longPollSettings() []setting {
+	return []setting{
+		boolSetting("longpoll.enabled", "serve the long-poll transport at <socket_path>/longpoll", func(c *Config) *bool { return &c.LongPoll.Enabled }),
+		durSetting("longpoll.window", "how long a poll is held; a session with no poll for 1.5 windows ends", func(c *Config) *time.Duration { return &c.LongPoll.Window }),
+		intSetting("longpoll.max_buffer_bytes", "bytes one long-poll session buffers between polls (over it: session ended)", func(c *Config) *int { return &c.LongPoll.MaxBufferBytes }),
+		intSetting("longpoll.max_sessions", "open long-poll sessions on this node", func(c *Config) *int { return &c.LongPoll.MaxSessions }),
+	}
+}
