@@ -79,9 +79,6 @@ func TestDevDemoBrowser(t *testing.T) {
 	}
 	for _, phase := range []string{"play", "longpoll"} {
 		t.Run(phase, func(t *testing.T) {
-			if phase == "longpoll" {
-				t.Log("needs the long-poll transport at /socket/longpoll (built on another branch); fails until it is merged")
-			}
 			runScript(t, node, jsDir, env, "browser/devdemo.mjs", phase)
 		})
 	}

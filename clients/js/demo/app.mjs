@@ -147,6 +147,10 @@ async function main() {
       await new Promise((ok) => setTimeout(ok, 2000));
     }
   }
+  // No longPollFallbackMs: phoenix.js would also take it after a network
+  // loss (a reconnect slower than the fallback time) and keep long-poll
+  // for the tab's life. Without WebSocket at all, phoenix.js uses
+  // long-poll by itself; ?transport=longpoll forces it.
   const opts = { params: () => ({ token: state.token }) };
   if (q.get("transport") === "longpoll") opts.transport = LongPoll;
   const socket = new Socket("/socket", opts);
