@@ -7,7 +7,7 @@ JS_DIR  := clients/js
 # Extra flags for `go test`, e.g. make test GOTESTFLAGS='-run Conformance -v'.
 GOTESTFLAGS ?=
 
-.PHONY: run build test deps node-deps redis-deps lint bench loadtest bench-broadcast bench-redis clean proto
+.PHONY: run build test deps node-deps redis-deps lint bench loadtest bench-broadcast bench-redis bench-scenario clean proto
 
 ## run: start phxgate on the embedded broker with the example config.
 run:
@@ -61,6 +61,12 @@ bench-broadcast:
 ## the CPU of the gateways, redis-server and the bench.
 bench-redis:
 	clients/bench/redis.sh
+
+## bench-scenario: SCENARIO=churn|actions|resume against a gateway of its
+## own (clients/bench/scenarios.yaml); writes result.json, summary.md and
+## PNG latency plots to OUT (default bench-out/SCENARIO).
+bench-scenario:
+	clients/bench/scenarios.sh
 
 ## bench: micro-benchmarks with allocation counts.
 bench:

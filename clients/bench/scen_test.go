@@ -19,6 +19,60 @@ import (
 	"github.com/phxgate/phxgate/gateway"
 )
 
+// startScenGateway starts an in-process gateway from the example config
+// of these scenarios (scenarios.yaml), its listeners moved to port 0: the
+// tests run against the limits the example raises.
+func startScenGateway(tb testing.TB) string {
+	tb.Helper()
+	gc := scenExampleConfig(tb)
+	gc.Listen, gc.AdminListen, gc.APIListen = "127.0.0.1:0", "", ""
+	srv, err := gateway.Start(context.Background(), gc, gateway.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
+	return "ws://" + srv.Addr().String() + "/socket/websocket"
+}
+
+func scenExampleConfig(tb testing.TB) gateway.Config {
+	tb.Helper()
+	b, err := os.ReadFile("scenarios.yaml")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	gc, err := gateway.ParseYAML(b)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return gc
+}
+
+// TestScenExampleConfigRaisesLimits: the per-address and per-player limits
+// whose defaults stop one address's load are raised in the example, and
+// room:* keeps history for resume.
+func TestScenExampleConfigRaisesLimits(t *testing.T) {
+	gc, def := scenExampleConfig(t), gateway.NewConfig()
+	if err := gc.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	l, d := gc.Limits, def.Limits
+	for name, raised := range map[string]bool{
+		"joins_per_second":         l.JoinsPerSecond >= 100*d.JoinsPerSecond,
+		"join_burst":               l.JoinBurst >= 100*d.JoinBurst,
+		"ip_handshakes_per_second": l.IPHandshakesPerSecond >= 100*d.IPHandshakesPerSecond,
+		"ip_max_conns":             l.IPMaxConns >= MaxPerProcess,
+		"player_max_conns":         l.PlayerMaxConns >= MaxPerProcess,
+		"classes.default":          l.Classes[ratelimit.DefaultClass].PerSecond >= MaxScenRate,
+	} {
+		if !raised {
+			t.Errorf("scenarios.yaml: limits.%s is not raised for a loopback load run", name)
+		}
+	}
+	if len(gc.Routes) != 1 || gc.Routes[0].Topic != "room:*" || gc.Routes[0].Backend != "echo" || gc.Routes[0].History < 100 {
+		t.Fatalf("routes %+v", gc.Routes)
+	}
+}
+
 // smallScen is a run of a few seconds at most against url, from two
 // loopback addresses.
 func smallScen(name, url string) ScenConfig {
@@ -110,7 +164,7 @@ func checkSeries(t *testing.T, r scenResult) {
 // through the command line, with the output directory and plain progress
 // lines (stderr is not a terminal).
 func TestScenChurn(t *testing.T) {
-	url := startTestGateway(t)
+	url := startScenGateway(t)
 	dir := t.TempDir()
 	var out, errOut syncBuffer
 	args := scenArgs(smallScen(scenChurn, url), "-out", dir, "-progress", "100ms", "-json")
@@ -139,7 +193,7 @@ func TestScenChurn(t *testing.T) {
 // TestScenChurnJoinRefused: refusals are counted by kind, and a run
 // where nothing succeeded fails.
 func TestScenChurnJoinRefused(t *testing.T) {
-	url := startTestGateway(t)
+	url := startScenGateway(t)
 	cfg := smallScen(scenChurn, url)
 	cfg.Count = 10
 	cfg.JoinPayload = `{"deny":true}`
@@ -153,7 +207,7 @@ func TestScenChurnJoinRefused(t *testing.T) {
 // TestScenActions: every push is answered ok; the clients are spread
 // over two worker processes.
 func TestScenActions(t *testing.T) {
-	url := startTestGateway(t)
+	url := startScenGateway(t)
 	dir := t.TempDir()
 	var out syncBuffer
 	args := scenArgs(smallScen(scenActions, url), "-out", dir, "-procs", "2", "-progress", "-1s")
@@ -174,7 +228,7 @@ func TestScenActions(t *testing.T) {
 // TestScenActionsRefused: pushes the backend refuses are counted by
 // reason, not as replies ok.
 func TestScenActionsRefused(t *testing.T) {
-	url := startTestGateway(t)
+	url := startScenGateway(t)
 	cfg := smallScen(scenActions, url)
 	cfg.Event = "nope"
 	cfg.Count = 40
@@ -191,7 +245,7 @@ func TestScenActionsRefused(t *testing.T) {
 func TestScenResume(t *testing.T) {
 	for _, procs := range []int{1, 2} {
 		t.Run(map[int]string{1: "in process", 2: "workers"}[procs], func(t *testing.T) {
-			url := startTestGateway(t)
+			url := startScenGateway(t)
 			base := runtime.NumGoroutine()
 			cfg := smallScen(scenResume, url)
 			cfg.Procs = procs
@@ -229,13 +283,9 @@ func TestScenResume(t *testing.T) {
 // TestScenResumeWithoutHistory: a gateway that keeps no history cannot
 // replay what a dropped client missed, and the run says so and fails.
 func TestScenResumeWithoutHistory(t *testing.T) {
-	gc := gateway.NewConfig()
-	gc.APIListen, gc.AdminListen, gc.Listen = "", "", "127.0.0.1:0"
-	gc.Routes = []gateway.RouteConfig{{Topic: "room:*", Backend: "echo"}}
-	gc.Limits.JoinsPerSecond, gc.Limits.JoinBurst = 100_000, 20_000
-	gc.Limits.IPHandshakesPerSecond, gc.Limits.IPHandshakeBurst, gc.Limits.IPMaxHandshakes = 100_000, 20_000, 1_000
-	gc.Limits.IPMaxConns, gc.Limits.PlayerMaxConns = 20_000, 20_000
-	gc.Limits.Classes = map[string]ratelimit.ClassLimit{ratelimit.DefaultClass: {PerSecond: 100_000, Burst: 100_000}}
+	gc := scenExampleConfig(t)
+	gc.Listen, gc.AdminListen, gc.APIListen = "127.0.0.1:0", "", ""
+	gc.Routes[0].History = 0
 	srv, err := gateway.Start(context.Background(), gc, gateway.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
