@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -226,7 +227,7 @@ func plotOverTime(path string, r scenResult) error {
 	p.Add(plotter.NewGrid())
 	if len(r.Points) > 0 {
 		p.Y.Scale = plot.LogScale{}
-		p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+		p.Y.Tick.Marker = logTicks125{}
 		colors := []color.Color{
 			color.RGBA{R: 31, G: 119, B: 180, A: 255}, color.RGBA{R: 44, G: 160, B: 44, A: 255},
 			color.RGBA{R: 255, G: 127, B: 14, A: 255}, color.RGBA{R: 214, G: 39, B: 40, A: 255},
@@ -256,6 +257,25 @@ func plotOverTime(path string, r scenResult) error {
 		p.Legend.Top = true
 	}
 	return p.Save(20*vg.Centimeter, 12*vg.Centimeter, path)
+}
+
+// logTicks125 labels a log axis at 1, 2 and 5 times each power of ten
+// (plot.LogTicks labels only the powers, too few over a decade or two).
+type logTicks125 struct{}
+
+func (logTicks125) Ticks(lo, hi float64) []plot.Tick {
+	var out []plot.Tick
+	for e := math.Floor(math.Log10(lo)); e <= math.Ceil(math.Log10(hi)); e++ {
+		for _, m := range []float64{1, 2, 5} {
+			if v := m * math.Pow(10, e); v >= lo && v <= hi {
+				out = append(out, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'g', -1, 64)})
+			}
+		}
+	}
+	if len(out) < 2 {
+		return plot.LogTicks{Prec: -1}.Ticks(lo, hi)
+	}
+	return out
 }
 
 // histPerOctave is the histogram plot's bins per power of two.
@@ -288,7 +308,7 @@ func plotHistogram(path string, r scenResult) error {
 		}
 		p.Add(h)
 		p.X.Scale = plot.LogScale{}
-		p.X.Tick.Marker = plot.LogTicks{Prec: -1}
+		p.X.Tick.Marker = logTicks125{}
 	}
 	return p.Save(20*vg.Centimeter, 12*vg.Centimeter, path)
 }
