@@ -57,6 +57,16 @@ func (c *resClient) connected() bool {
 	return c.conn != nil
 }
 
+// leave ends the current socket cleanly (a close frame) at the end of
+// the run, so the gateway does not count it as a lost connection.
+func (c *resClient) leave() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != nil {
+		c.conn.bye()
+	}
+}
+
 // drop closes the current socket abruptly (no leave, no close frame).
 func (c *resClient) drop() bool {
 	c.mu.Lock()
@@ -243,7 +253,7 @@ func runResumeShare(ctx context.Context, rec *shareRec, finCh <-chan shareFinish
 	stop := func() {
 		ccancel()
 		for _, c := range clients {
-			c.drop()
+			c.leave()
 		}
 		wg.Wait()
 	}
