@@ -61,7 +61,7 @@ func churnCycle(ctx context.Context, s shareSpec, i int, rec *shareRec, t0 time.
 		return err
 	}
 	p := &phxConn{c: c}
-	defer p.bye()
+	defer p.closeAndWait(time.Second)
 	_ = c.SetDeadline(t0.Add(s.DialTimeout))
 	topic := s.topic(s.room(i))
 	if err := p.send(phxFrame("1", "1", topic, "phx_join", joinPayload(s.JoinPayload, false, "")), s.DialTimeout); err != nil {

@@ -292,7 +292,10 @@ func scenMain(ctx context.Context, name string, args []string, stdout, stderr io
 		err = errors.Join(err, writeScenOutputs(cfg.Out, res))
 	}
 	if cfg.JSON {
-		err = errors.Join(err, writeJSON(stdout, res))
+		// The line carries the figures; result.json has the histograms.
+		line := res
+		line.Latency, line.Rejoin, line.Series = hist{}, hist{}, nil
+		err = errors.Join(err, writeJSON(stdout, line))
 	}
 	return err
 }

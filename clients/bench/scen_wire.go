@@ -116,6 +116,22 @@ func (p *phxConn) bye() {
 	p.c.Close()
 }
 
+// closeAndWait sends a close frame and reads until the server's close
+// (or timeout) before closing the socket, as a browser does; only for a
+// socket nobody else reads.
+func (p *phxConn) closeAndWait(timeout time.Duration) {
+	body := ws.NewCloseFrameBody(ws.StatusNormalClosure, "")
+	_ = p.c.SetDeadline(time.Now().Add(timeout))
+	if _, err := p.c.Write(appendClientFrame(nil, opClose, body, newMask())); err == nil {
+		for {
+			if _, _, err := wsutil.ReadServerData(p.c); err != nil {
+				break
+			}
+		}
+	}
+	p.c.Close()
+}
+
 // phxFrame encodes a V2 message; payload is JSON.
 func phxFrame(joinRef, ref, topic, event string, payload []byte) []byte {
 	b := make([]byte, 0, 48+len(topic)+len(event)+len(payload))
