@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -337,15 +336,11 @@ type shareMsg struct {
 
 // procShare runs in a scenario-worker child.
 type procShare struct {
-	cmd      *exec.Cmd
-	stdin    io.WriteCloser
-	mu       sync.Mutex
+	*child   // its mu guards last, res and resErr
 	last     shareProgress
 	res      *shareResult
 	resErr   string
-	readErr  error
 	readDone chan struct{}
-	once     sync.Once
 }
 
 func startProcShare(exe string, spec shareSpec, stderr io.Writer) (*procShare, error) {
@@ -353,63 +348,37 @@ func startProcShare(exe string, spec shareSpec, stderr io.Writer) (*procShare, e
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, "scenario-worker", "-spec", string(b))
-	cmd.Env = append(os.Environ(), childEnv+"=1")
-	cmd.Stderr = stderr
-	stdin, err := cmd.StdinPipe()
+	c, err := startChild(exe, []string{"scenario-worker", "-spec", string(b)}, stderr)
 	if err != nil {
 		return nil, err
 	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("bench: starting worker: %w", err)
-	}
-	s := &procShare{cmd: cmd, stdin: stdin, readDone: make(chan struct{})}
+	s := &procShare{child: c, readDone: make(chan struct{})}
 	go func() {
 		defer close(s.readDone)
-		s.read(stdout)
+		if err := s.scan(s.line, s.setErr); err != nil {
+			s.setErr(err)
+		}
 	}()
 	return s, nil
 }
 
-func (s *procShare) read(r io.Reader) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), maxWorkerLine)
-	for sc.Scan() {
-		var m shareMsg
-		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
-			s.setErr(fmt.Errorf("bench: worker %d: bad line: %w", s.cmd.Process.Pid, err))
-			continue
-		}
-		s.mu.Lock()
-		if m.Progress != nil {
-			s.last = *m.Progress
-		}
-		if m.Result != nil {
-			s.res, s.resErr = m.Result, m.Error
-			s.last.Done = true
-		}
-		s.mu.Unlock()
-		if m.Result != nil {
-			return
-		}
+// line takes one line from the child; last after its result.
+func (s *procShare) line(b []byte) (bool, error) {
+	var m shareMsg
+	if err := json.Unmarshal(b, &m); err != nil {
+		return false, err
 	}
-	err := sc.Err()
-	if err == nil {
-		err = io.ErrUnexpectedEOF
-	}
-	s.setErr(fmt.Errorf("bench: worker %d ended without a result: %w", s.cmd.Process.Pid, err))
-}
-
-func (s *procShare) setErr(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.readErr == nil {
-		s.readErr = err
+	if m.Progress != nil {
+		s.last = *m.Progress
 	}
+	if m.Result != nil {
+		s.res, s.resErr = m.Result, m.Error
+		s.last.Done = true
+		return true, nil
+	}
+	return false, nil
 }
 
 func (s *procShare) progress() shareProgress {
@@ -425,14 +394,7 @@ func (s *procShare) progress() shareProgress {
 	return p
 }
 
-func (s *procShare) finish(f shareFinish) error {
-	b, err := json.Marshal(shareMsg{Finish: &f})
-	if err != nil {
-		return err
-	}
-	_, err = s.stdin.Write(append(b, '\n'))
-	return err
-}
+func (s *procShare) finish(f shareFinish) error { return s.send(shareMsg{Finish: &f}) }
 
 func (s *procShare) wait(ctx context.Context) (shareResult, error) {
 	select {
@@ -451,23 +413,6 @@ func (s *procShare) wait(ctx context.Context) (shareResult, error) {
 		err = errors.New(s.resErr)
 	}
 	return *s.res, err
-}
-
-// close ends the child: EOF on its stdin, then a kill if it lingers.
-func (s *procShare) close() {
-	s.once.Do(func() {
-		s.stdin.Close()
-		done := make(chan error, 1)
-		go func() { done <- s.cmd.Wait() }()
-		t := time.NewTimer(workerExitTimeout)
-		defer t.Stop()
-		select {
-		case <-done:
-		case <-t.C:
-			_ = s.cmd.Process.Kill()
-			<-done
-		}
-	})
 }
 
 // scenWorkerMain is the scenario-worker subcommand: one share, reported
