@@ -7,7 +7,7 @@ JS_DIR  := clients/js
 # Extra flags for `go test`, e.g. make test GOTESTFLAGS='-run Conformance -v'.
 GOTESTFLAGS ?=
 
-.PHONY: run run-config build test deps node-deps redis-deps chromium-deps prom-deps deploy-check lint bench loadtest bench-broadcast bench-redis clean proto
+.PHONY: run run-config build test deps node-deps redis-deps chromium-deps prom-deps deploy-check lint bench loadtest bench-broadcast bench-redis bench-scenario clean proto
 
 ## run: start phxgate --dev: the dice demo at http://localhost:4000/ (installs
 ## the page's phoenix.js first). Not for production.
@@ -89,6 +89,12 @@ bench-broadcast:
 ## the CPU of the gateways, redis-server and the bench.
 bench-redis:
 	clients/bench/redis.sh
+
+## bench-scenario: SCENARIO=churn|actions|resume against a gateway of its
+## own (clients/bench/scenarios.yaml); writes result.json, summary.md and
+## PNG latency plots to OUT (default bench-out/SCENARIO).
+bench-scenario:
+	clients/bench/scenarios.sh
 
 ## bench: micro-benchmarks with allocation counts.
 bench:

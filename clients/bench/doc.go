@@ -1,9 +1,12 @@
 // Command bench (built as phxgate-bench) is phxgate's load tool. It has
-// four scenarios and a helper:
+// seven scenarios and a helper:
 //
 //	phxgate-bench [idle] …    idle joined connections; gateway RSS slope
 //	phxgate-bench broadcast … one publisher, N subscribers; latency, loss, CPU
 //	phxgate-bench rooms …     clients over several nodes and many rooms
+//	phxgate-bench churn …     connect+join+leave cycles at a rate; join latency
+//	phxgate-bench actions …   pushes through a backend at a rate; reply latency
+//	phxgate-bench resume …    reconnect storms with positions; no gap allowed
 //	phxgate-bench floor …     the least server for the broadcast scenario
 //	phxgate-bench compare A.json B.json
 //
@@ -83,6 +86,41 @@
 // clients/bench/redis.sh (make bench-redis) starts a redis-server and three
 // gateways on it and runs this scenario.
 //
+// # churn, actions, resume
+//
+// Three scenarios that share one configuration (scen_config.go), one
+// worker protocol (scen_share.go: the run is split into shares, one per
+// process, of at most -per-process sockets each, each child a
+// `scenario-worker` reporting over stdout), a progress bar on stderr (a
+// bar redrawn in place on a terminal, a plain line every -progress
+// otherwise), and one output: a summary on stdout, with -json one line,
+// and with -out DIR the files result.json, summary.md,
+// latency_over_time.png (p50/p90/p99/max per -interval) and
+// latency_histogram.png (log-spaced bins), drawn with gonum.org/v1/plot.
+//
+//   - churn: each cycle dials, upgrades, joins (the latency measured, up
+//     to the join reply), leaves and closes; cycles start at -rate with at
+//     most -clients in flight; errors are counted by kind (dial, http_429,
+//     join_<reason>, timeout …) and the achieved rate is reported.
+//   - actions: -clients sockets joined to -rooms rooms push -event (echo:
+//     the echo backend answers with the payload) at -rate in all, open
+//     loop (a push goes out at its time whatever the earlier ones are
+//     doing); push→reply latency, refusals by reason, pushes without a
+//     reply.
+//   - resume: -clients sockets joined with positions ({"offset": null});
+//     a publisher in the orchestrator pushes -event (shout: broadcast) to
+//     the rooms in turn; every -storm-every each process drops
+//     -storm-fraction of its clients (socket closed, no leave), and each
+//     rejoins after up to -storm-jitter with the position of the last
+//     event it got. At the end every client must hold every event of its
+//     room since its first join exactly once and in offset order; any
+//     missing, skipped or duplicated event, epoch change or
+//     recovered: false fails the run (exit status 1).
+//
+// clients/bench/scenarios.sh (make bench-scenario) starts a gateway from
+// clients/bench/scenarios.yaml, the example config with the per-address
+// limits raised, and runs one of them.
+//
 // # floor
 //
 // A loopback WebSocket server that does the least the broadcast scenario
@@ -99,5 +137,8 @@
 // on exit. broadcast and rooms: -loops readers and, while ramping,
 // -concurrency dialers per process; one publishing goroutine, one reader
 // per publisher socket; one reader per worker child. floor: one accept loop, one reader per socket, one writer
-// per CPU, all ended by its context or -timeout.
+// per CPU, all ended by its context or -timeout. churn: -clients cycle
+// goroutines per run; actions and resume: one reader per socket, one
+// pacing goroutine, one heartbeat goroutine per process, resume one storm
+// loop per process; every load ends at its count or the run's deadline.
 package main

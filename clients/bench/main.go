@@ -25,6 +25,9 @@ func main() {
 const usage = `usage: phxgate-bench [idle] [flags]     idle joined connections, gateway RSS slope
        phxgate-bench broadcast [flags]  one publisher, N subscribers: latency, loss, server CPU
        phxgate-bench rooms [flags]      clients over several nodes and many rooms: latency, loss, CPU
+       phxgate-bench churn [flags]      connect+join+leave cycles at a rate: achieved rate, join latency, errors
+       phxgate-bench actions [flags]    pushes through a backend at a rate: pushes/s, reply latency
+       phxgate-bench resume [flags]     reconnect storms with positions: every client ends with no gap
        phxgate-bench floor [flags]      the least server for the broadcast scenario
        phxgate-bench compare A.json B.json   two -json results side by side
 Run a subcommand with -h for its flags.
@@ -42,6 +45,10 @@ func mainErr(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 			return broadcastMain(ctx, rest, stdout, stderr)
 		case "rooms":
 			return roomsMain(ctx, rest, stdout, stderr)
+		case scenChurn, scenActions, scenResume:
+			return scenMain(ctx, cmd, rest, stdout, stderr)
+		case "scenario-worker":
+			return scenWorkerMain(ctx, rest, stdin, stdout, stderr)
 		case "broadcast-worker":
 			return workerMain(ctx, rest, stdin, stdout, stderr)
 		case "floor":

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"sync"
 	"time"
 )
@@ -53,17 +52,12 @@ type workerMsg struct {
 
 // procGroup is a group held by a child process.
 type procGroup struct {
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
+	*child // its mu guards last
 
-	mu      sync.Mutex
-	last    groupProgress
-	readErr error
+	last groupProgress
 
 	results  chan groupResult
 	readDone chan struct{}
-	waitOnce sync.Once
-	waitErr  error
 }
 
 var _ group = (*procGroup)(nil)
@@ -74,60 +68,36 @@ func startProcGroup(ctx context.Context, exe string, spec groupSpec, stderr io.W
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, "broadcast-worker", "-spec", string(b))
-	cmd.Env = append(os.Environ(), childEnv+"=1")
-	cmd.Stderr = stderr
-	stdin, err := cmd.StdinPipe()
+	c, err := startChild(exe, []string{"broadcast-worker", "-spec", string(b)}, stderr)
 	if err != nil {
 		return nil, err
 	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("bench: starting worker: %w", err)
-	}
-	g := &procGroup{cmd: cmd, stdin: stdin, results: make(chan groupResult, 1), readDone: make(chan struct{})}
+	g := &procGroup{child: c, results: make(chan groupResult, 1), readDone: make(chan struct{})}
 	go func() {
 		defer close(g.readDone)
-		g.read(stdout)
+		if err := g.scan(g.line, g.setErr); err != nil {
+			g.setErr(err)
+		}
 	}()
 	return g, nil
 }
 
-func (g *procGroup) read(r io.Reader) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), maxWorkerLine)
-	for sc.Scan() {
-		var m workerMsg
-		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
-			g.setErr(fmt.Errorf("bench: worker %d: bad line: %w", g.cmd.Process.Pid, err))
-			continue
-		}
-		if m.Progress != nil {
-			g.mu.Lock()
-			g.last = *m.Progress
-			g.mu.Unlock()
-		}
-		if m.Result != nil {
-			g.results <- *m.Result
-			return
-		}
+// line takes one line from the child; last after its result.
+func (g *procGroup) line(b []byte) (bool, error) {
+	var m workerMsg
+	if err := json.Unmarshal(b, &m); err != nil {
+		return false, err
 	}
-	err := sc.Err()
-	if err == nil {
-		err = io.ErrUnexpectedEOF
+	if m.Progress != nil {
+		g.mu.Lock()
+		g.last = *m.Progress
+		g.mu.Unlock()
 	}
-	g.setErr(fmt.Errorf("bench: worker %d ended without a result: %w", g.cmd.Process.Pid, err))
-}
-
-func (g *procGroup) setErr(err error) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.readErr == nil {
-		g.readErr = err
+	if m.Result != nil {
+		g.results <- *m.Result
+		return true, nil
 	}
+	return false, nil
 }
 
 func (g *procGroup) progress() groupProgress {
@@ -146,12 +116,8 @@ func (g *procGroup) progress() groupProgress {
 
 func (g *procGroup) finish(f finishSpec) (groupResult, error) {
 	defer g.close()
-	b, err := json.Marshal(f)
-	if err != nil {
+	if err := g.send(f); err != nil {
 		return groupResult{}, err
-	}
-	if _, err := g.stdin.Write(append(b, '\n')); err != nil {
-		return groupResult{}, fmt.Errorf("bench: worker %d: %w", g.cmd.Process.Pid, err)
 	}
 	t := time.NewTimer(workerFinishTimeout)
 	defer t.Stop()
@@ -170,23 +136,6 @@ func (g *procGroup) finish(f finishSpec) (groupResult, error) {
 	case <-t.C:
 		return groupResult{}, fmt.Errorf("bench: worker %d: no result within %v", g.cmd.Process.Pid, workerFinishTimeout)
 	}
-}
-
-// close ends the child: EOF on its stdin, then a kill if it lingers.
-func (g *procGroup) close() {
-	g.waitOnce.Do(func() {
-		g.stdin.Close()
-		done := make(chan error, 1)
-		go func() { done <- g.cmd.Wait() }()
-		t := time.NewTimer(workerExitTimeout)
-		defer t.Stop()
-		select {
-		case g.waitErr = <-done:
-		case <-t.C:
-			_ = g.cmd.Process.Kill()
-			g.waitErr = <-done
-		}
-	})
 }
 
 // workerMain is the broadcast-worker subcommand.
