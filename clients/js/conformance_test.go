@@ -140,6 +140,15 @@ func TestConformancePhoenixJS(t *testing.T) {
 		})
 		runNode(t, node, jsDir, "longpoll/", "PHXGATE_URL="+url, "PHXGATE_LONGPOLL_WINDOW_MS=1000")
 	})
+	// The core scenarios of test/ again, over phoenix.js's LongPoll
+	// (PHXGATE_TRANSPORT=longpoll): V2 only, and the tests that cannot
+	// apply to long-poll are reported as skipped with their reason.
+	t.Run("longpoll-scenarios", func(t *testing.T) {
+		url, _ := startGateway(t, bin, func(listen, admin string) string {
+			return fmt.Sprintf(gatewayConfig, listen, admin) + longPollConfig
+		})
+		runNode(t, node, jsDir, "test/", "PHXGATE_URL="+url, "PHXGATE_LONGPOLL_WINDOW_MS=1000", "PHXGATE_TRANSPORT=longpoll")
+	})
 	// The drain phase stops its gateway.
 	t.Run("drain", func(t *testing.T) {
 		url, pid := startGateway(t, bin, plainConfig)
