@@ -3,6 +3,7 @@
 package gateway
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -18,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -80,6 +82,7 @@ const (
 	lpPostTooLarge = "too_large"  // HTTP 413, session survives
 	lpPostBadBody  = "bad_body"   // HTTP 400: the body could not be read
 	lpPostRefused  = "refused"    // {"status":403}: origin
+	lpPostBusy     = "busy"       // HTTP 503: no free slot of longpoll.max_reading_posts within a window
 
 	lpDropBinary   = "binary"          // a binary frame: not deliverable over long-poll
 	lpDropOverflow = "buffer_overflow" // buffered messages dropped when the session passed max_buffer_bytes
@@ -103,6 +106,7 @@ type lpMetrics struct {
 	posts    *prometheus.CounterVec
 	dropped  *prometheus.CounterVec
 	other    *prometheus.CounterVec
+	reading  prometheus.Gauge
 }
 
 func newLPMetrics(reg prometheus.Registerer) (*lpMetrics, error) {
@@ -128,6 +132,9 @@ func newLPMetrics(reg prometheus.Registerer) (*lpMetrics, error) {
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "phxgate_longpoll_messages_dropped_total", Help: "Messages a long-poll session dropped, by reason.",
 		}, []string{"reason"}),
+		reading: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "phxgate_longpoll_posts_reading", Help: "Long-poll POST bodies being read and dispatched now (at most longpoll.max_reading_posts).",
+		}),
 		other: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "phxgate_longpoll_other_requests_total", Help: "Long-poll requests that are neither GET nor POST: options (CORS preflight) or bad_method (400).",
 		}, []string{"kind"}),
@@ -143,7 +150,7 @@ func newLPMetrics(reg prometheus.Registerer) (*lpMetrics, error) {
 	for _, r := range []string{lpPollMessages, lpPollEmpty, lpPollSuperseded, lpPollNew, lpPollRefused, lpPollDraining} {
 		m.polls.WithLabelValues(r)
 	}
-	for _, r := range []string{lpPostOK, lpPostGone, lpPostCrashed, lpPostBadLine, lpPostTooLarge, lpPostBadBody, lpPostRefused} {
+	for _, r := range []string{lpPostOK, lpPostGone, lpPostCrashed, lpPostBadLine, lpPostTooLarge, lpPostBadBody, lpPostRefused, lpPostBusy} {
 		m.posts.WithLabelValues(r)
 	}
 	for _, r := range []string{lpDropBinary, lpDropOverflow, lpDropLines, lpDropExpired} {
@@ -152,7 +159,7 @@ func newLPMetrics(reg prometheus.Registerer) (*lpMetrics, error) {
 	for _, r := range []string{"options", "bad_method"} {
 		m.other.WithLabelValues(r)
 	}
-	for _, c := range []prometheus.Collector{m.sessions, m.created, m.closed, m.refused, m.polls, m.posts, m.dropped, m.other} {
+	for _, c := range []prometheus.Collector{m.sessions, m.created, m.closed, m.refused, m.polls, m.posts, m.dropped, m.other, m.reading} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -173,6 +180,9 @@ type longPoll struct {
 	sessions map[uint64]*lpSession
 	draining bool
 
+	open    atomic.Int64  // sessions not ended (phxgate_longpoll_sessions; /stats)
+	reading chan struct{} // node-wide POST slots: longpoll.max_reading_posts
+
 	finMu   sync.Mutex
 	fin     []*lpSession // ended sessions waiting for Terminate on run
 	stopped bool         // run has returned: Terminate runs on the closer
@@ -188,7 +198,8 @@ func newLongPoll(s *Server) (*longPoll, error) {
 	}
 	lp := &longPoll{s: s, cfg: s.cfg.LongPoll, path: s.cfg.SocketPath + lpSuffix, m: m,
 		sessions: map[uint64]*lpSession{}, wake: make(chan struct{}, 1),
-		stop: make(chan struct{}), done: make(chan struct{})}
+		reading: make(chan struct{}, s.cfg.LongPoll.MaxReadingPosts),
+		stop:    make(chan struct{}), done: make(chan struct{})}
 	if _, err := rand.Read(lp.key[:]); err != nil {
 		return nil, err
 	}
@@ -422,6 +433,7 @@ func (lp *longPoll) newSession(w http.ResponseWriter, r *http.Request) {
 	ss.token = lp.sign(ss.id)
 	lp.m.created.Inc()
 	lp.m.sessions.WithLabelValues().Inc()
+	lp.open.Add(1)
 	lp.m.polls.WithLabelValues(lpPollNew).Inc()
 	lp.s.log.Debug("long-poll session started", "conn", ss.id, "remote", req.RemoteAddr, "vsn", ser)
 	writeLPBody(w, http.StatusGone, ss.token, nil, true)
@@ -566,6 +578,26 @@ func (lp *longPoll) post(w http.ResponseWriter, r *http.Request, tok string) {
 	case <-r.Context().Done():
 		return
 	}
+	// Bodies in memory are bounded node-wide too: a POST waits up to a
+	// window for a slot, then is refused (503, Retry-After) before a byte
+	// of its body is read.
+	if !lp.acquireReading(r) {
+		lp.m.posts.WithLabelValues(lpPostBusy).Inc()
+		h := w.Header()
+		h.Set("Cache-Control", lpDefaultCache)
+		h.Set("Retry-After", "1")
+		h.Set("Content-Length", "0")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
+	}
+	holding := true
+	release := func() {
+		if holding {
+			holding = false
+			lp.releaseReading()
+		}
+	}
+	defer release()
 	// A body that trickles in is bounded like a held poll.
 	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(lp.cfg.Window + lp.s.cfg.HandshakeTimeout))
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, LongPollMaxBodyBytes))
@@ -583,15 +615,9 @@ func (lp *longPoll) post(w http.ResponseWriter, r *http.Request, tok string) {
 		return
 	}
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	var lines [][]byte
-	if mt == lpNDJSON {
-		lines = splitLines(body)
-		if len(lines) > LongPollMaxBatch {
-			lp.m.dropped.WithLabelValues(lpDropLines).Add(float64(len(lines) - LongPollMaxBatch))
-			lines = lines[:LongPollMaxBatch]
-		}
-	} else {
-		lines = [][]byte{body}
+	lines, over := lpBatch(body, mt == lpNDJSON)
+	if over > 0 {
+		lp.m.dropped.WithLabelValues(lpDropLines).Add(float64(over))
 	}
 	badLine := false
 	ss.inMu.Lock()
@@ -603,14 +629,13 @@ func (lp *longPoll) post(w http.ResponseWriter, r *http.Request, tok string) {
 		if mt != lpNDJSON || (len(line) > 0 && line[0] == '[') {
 			err = ss.handleText(line)
 		} else {
-			bin := make([]byte, base64.StdEncoding.DecodedLen(len(line)))
-			n, derr := base64.StdEncoding.Decode(bin, line)
+			bin, derr := lpDecodeLine(line)
 			if derr != nil {
 				lp.s.log.Debug("long-poll line is not base64", "conn", ss.id, "line", i)
 				badLine = true
 				break
 			}
-			err = ss.handleBinary(bin[:n])
+			err = ss.handleBinary(bin)
 		}
 		if err != nil {
 			code, reason := closeFor(err)
@@ -619,6 +644,9 @@ func (lp *longPoll) post(w http.ResponseWriter, r *http.Request, tok string) {
 		}
 	}
 	ss.inMu.Unlock()
+	// The body is done with: a crashed session's 408 waits a window
+	// without holding a slot.
+	release()
 	switch {
 	case badLine:
 		// Phoenix: the decode raises, Plug answers 500; the session lives.
@@ -644,31 +672,73 @@ func (lp *longPoll) post(w http.ResponseWriter, r *http.Request, tok string) {
 	}
 }
 
-// splitLines splits on \n and \r\n, as Phoenix (String.split(body, ["\n",
-// "\r\n"])): an empty body is one empty line.
-func splitLines(b []byte) [][]byte {
-	var out [][]byte
-	for {
-		i := indexByte(b, '\n')
-		if i < 0 {
-			return append(out, b)
+// acquireReading takes a node-wide POST slot, waiting up to a window.
+func (lp *longPoll) acquireReading(r *http.Request) bool {
+	select {
+	case lp.reading <- struct{}{}:
+	default:
+		t := time.NewTimer(lp.cfg.Window)
+		defer t.Stop()
+		select {
+		case lp.reading <- struct{}{}:
+		case <-t.C:
+			return false
+		case <-lp.stop:
+			return false
+		case <-r.Context().Done():
+			return false
 		}
-		line := b[:i]
-		if len(line) > 0 && line[len(line)-1] == '\r' {
-			line = line[:len(line)-1]
-		}
-		out = append(out, line)
-		b = b[i+1:]
 	}
+	lp.m.reading.Inc()
+	return true
 }
 
-func indexByte(b []byte, c byte) int {
-	for i, x := range b {
-		if x == c {
-			return i
-		}
+func (lp *longPoll) releaseReading() {
+	lp.m.reading.Dec()
+	<-lp.reading
+}
+
+// lpBatch returns the lines of a POST body to dispatch, slices of body:
+// ndjson lines split on \n and \r\n as Phoenix splits them
+// (String.split(body, ["\n", "\r\n"]): an empty body is one empty line),
+// the first LongPollMaxBatch of them (over: how many more there were);
+// otherwise the whole body as one. Lines past the cap are counted, never
+// sliced: a body of 8 MB of newlines costs 100 slice headers, not 8
+// million.
+func lpBatch(body []byte, ndjson bool) (lines [][]byte, over int) {
+	if !ndjson {
+		return [][]byte{body}, 0
 	}
-	return -1
+	total := bytes.Count(body, []byte{'\n'}) + 1
+	n := min(total, LongPollMaxBatch)
+	lines = make([][]byte, 0, n)
+	for range n - 1 {
+		i := bytes.IndexByte(body, '\n')
+		lines = append(lines, trimCR(body[:i]))
+		body = body[i+1:]
+	}
+	if i := bytes.IndexByte(body, '\n'); i >= 0 {
+		body = trimCR(body[:i])
+	}
+	return append(lines, body), total - n
+}
+
+func trimCR(line []byte) []byte {
+	if len(line) > 0 && line[len(line)-1] == '\r' {
+		return line[:len(line)-1]
+	}
+	return line
+}
+
+// lpDecodeLine decodes an ndjson line that is base64 of a binary frame
+// into a new buffer of at most 3/4 of the line's length.
+func lpDecodeLine(line []byte) ([]byte, error) {
+	bin := make([]byte, base64.StdEncoding.DecodedLen(len(line)))
+	n, err := base64.StdEncoding.Decode(bin, line)
+	if err != nil {
+		return nil, err
+	}
+	return bin[:n], nil
 }
 
 // writeLPStatus answers {"status":N}.
@@ -895,7 +965,11 @@ func (lp *longPoll) close() {
 	<-lp.done
 }
 
-// Sessions is the number of open long-poll sessions (tests, /stats).
+// OpenSessions is the number of long-poll sessions not ended (/stats).
+func (lp *longPoll) OpenSessions() int { return int(lp.open.Load()) }
+
+// Sessions is the number of long-poll sessions in the table, ended ones
+// whose buffer awaits a last poll included (tests).
 func (lp *longPoll) Sessions() int {
 	lp.mu.Lock()
 	defer lp.mu.Unlock()
@@ -1002,6 +1076,7 @@ func (ss *lpSession) closeWith(reason channels.DisconnectReason) {
 		ss.lp.remove(ss)
 	}
 	ss.lp.m.sessions.WithLabelValues().Dec()
+	ss.lp.open.Add(-1)
 	ss.lp.m.closed.WithLabelValues(string(reason)).Inc()
 	ss.lp.s.log.Debug("long-poll session ended", "conn", ss.id, "reason", reason)
 	ss.lp.finish(ss)

@@ -28,6 +28,12 @@ const (
 	// (Plug's read_body default, 8,000,000 bytes); a bigger one is refused
 	// with HTTP 413 and the session survives.
 	LongPollMaxBodyBytes = 8_000_000
+	// DefaultLongPollMaxReadingPosts caps the POST bodies read (and
+	// dispatched) at once on the node, whatever the number of sessions:
+	// with LongPollMaxBodyBytes each, 64 bound the bodies in memory to
+	// 512 MB in the worst case, while a POST that fits in one read is done
+	// in microseconds, so 64 at once is far more than honest clients need.
+	DefaultLongPollMaxReadingPosts = 64
 	// LongPollMaxBatch is the most ndjson lines dispatched per POST, as
 	// Phoenix (phoenix.js MAX_LONGPOLL_BATCH_SIZE); further lines are
 	// dropped and counted.
@@ -57,6 +63,11 @@ type LongPollConfig struct {
 	// MaxSessions (longpoll.max_sessions) caps open sessions on this node;
 	// a new one past it is refused ({"status":403}). Must be > 0.
 	MaxSessions int
+	// MaxReadingPosts (longpoll.max_reading_posts) caps the POST bodies
+	// being read and dispatched at once on this node. A POST that finds
+	// none free waits up to one window, then is answered HTTP 503 with
+	// Retry-After (phoenix.js closes with 1011 and reconnects). Must be > 0.
+	MaxReadingPosts int
 }
 
 func newLongPollConfig() LongPollConfig {
@@ -65,6 +76,8 @@ func newLongPollConfig() LongPollConfig {
 		Window:         DefaultLongPollWindow,
 		MaxBufferBytes: DefaultLongPollMaxBufferBytes,
 		MaxSessions:    DefaultLongPollMaxSessions,
+
+		MaxReadingPosts: DefaultLongPollMaxReadingPosts,
 	}
 }
 
@@ -77,6 +90,8 @@ func (c LongPollConfig) validate() error {
 		return keyErr("longpoll.max_buffer_bytes", "must be between 1 and 1073741824 bytes")
 	case c.MaxSessions <= 0 || c.MaxSessions > 10_000_000:
 		return keyErr("longpoll.max_sessions", "must be between 1 and 10000000")
+	case c.MaxReadingPosts <= 0 || c.MaxReadingPosts > 100_000:
+		return keyErr("longpoll.max_reading_posts", "must be between 1 and 100000")
 	}
 	return nil
 }
@@ -87,5 +102,6 @@ func longPollSettings() []setting {
 		durSetting("longpoll.window", "how long a poll is held; a session with no poll for 1.5 windows ends", func(c *Config) *time.Duration { return &c.LongPoll.Window }),
 		intSetting("longpoll.max_buffer_bytes", "bytes one long-poll session buffers between polls (over it: session ended)", func(c *Config) *int { return &c.LongPoll.MaxBufferBytes }),
 		intSetting("longpoll.max_sessions", "open long-poll sessions on this node", func(c *Config) *int { return &c.LongPoll.MaxSessions }),
+		intSetting("longpoll.max_reading_posts", "long-poll POST bodies read at once on this node (over it: wait a window, then HTTP 503)", func(c *Config) *int { return &c.LongPoll.MaxReadingPosts }),
 	}
 }

@@ -36,13 +36,14 @@ var metricFamilies = []string{
 	"phxgate_output_budget_bytes",
 	"phxgate_slow_consumers_total",
 	"phxgate_handler_panics_total",
-	// long-poll sessions
+	// long-poll transport (on by default)
 	"phxgate_longpoll_sessions",
 	"phxgate_longpoll_sessions_created_total",
 	"phxgate_longpoll_sessions_closed_total",
 	"phxgate_longpoll_sessions_refused_total",
 	"phxgate_longpoll_polls_total",
 	"phxgate_longpoll_posts_total",
+	"phxgate_longpoll_posts_reading",
 	"phxgate_longpoll_messages_dropped_total",
 	"phxgate_longpoll_other_requests_total",
 	// admission and auth

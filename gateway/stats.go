@@ -16,7 +16,9 @@ type nodeStats struct {
 	NodeID      string            `json:"node_id"`
 	UptimeS     int64             `json:"uptime_s"`
 	Draining    bool              `json:"draining"`
-	Connections int               `json:"connections"`
+	Connections int               `json:"connections"` // sockets + long-poll sessions, as limits.max_conns counts them
+	Sockets     int               `json:"sockets"`
+	LongPoll    *longPollStatsDoc `json:"longpoll,omitempty"`
 	QueuedBytes int64             `json:"queued_bytes"`
 	Protocol    *channels.Stats   `json:"protocol,omitempty"`
 	Broker      brokerStats       `json:"broker"`
@@ -35,6 +37,13 @@ type backendStatsDoc struct {
 	Stats   any    `json:"stats"`
 }
 
+// longPollStatsDoc is the long-poll transport's part of /stats.
+type longPollStatsDoc struct {
+	Sessions     int `json:"sessions"`      // open (not ended) sessions
+	PostsReading int `json:"posts_reading"` // POST bodies being read now (of max_reading_posts)
+	MaxSessions  int `json:"max_sessions"`
+}
+
 type presenceStatsDoc struct {
 	Enabled bool `json:"enabled"`
 }
@@ -45,9 +54,14 @@ func (s *Server) serveStats(w http.ResponseWriter, r *http.Request) {
 		NodeID:      s.cfg.NodeID,
 		UptimeS:     int64(time.Since(s.started).Seconds()),
 		Draining:    s.draining.Load(),
-		Connections: s.Connections(),
+		Sockets:     s.Connections(),
 		QueuedBytes: int64(s.queuedBytes()),
 		Broker:      brokerStats{Engine: "memory"},
+	}
+	st.Connections = st.Sockets
+	if lp := s.lp; lp != nil {
+		st.LongPoll = &longPollStatsDoc{Sessions: lp.OpenSessions(), PostsReading: len(lp.reading), MaxSessions: lp.cfg.MaxSessions}
+		st.Connections += st.LongPoll.Sessions
 	}
 	if s.cfg.RedisURL != "" || len(s.cfg.RedisClusterAddrs) > 0 {
 		st.Broker.Engine = "redis"

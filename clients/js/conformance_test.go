@@ -23,10 +23,14 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -139,6 +143,36 @@ func TestConformancePhoenixJS(t *testing.T) {
 			return fmt.Sprintf(gatewayConfig, listen, admin) + longPollConfig
 		})
 		runNode(t, node, jsDir, "longpoll/", "PHXGATE_URL="+url, "PHXGATE_LONGPOLL_WINDOW_MS=1000")
+	})
+	// The core scenarios of test/ again, over phoenix.js's LongPoll
+	// (PHXGATE_TRANSPORT=longpoll): V2 only, and the tests that cannot
+	// apply to long-poll are reported as skipped with their reason.
+	t.Run("longpoll-scenarios", func(t *testing.T) {
+		url, _ := startGateway(t, bin, func(listen, admin string) string {
+			return fmt.Sprintf(gatewayConfig, listen, admin) + longPollConfig
+		})
+		runNode(t, node, jsDir, "test/", "PHXGATE_URL="+url, "PHXGATE_LONGPOLL_WINDOW_MS=1000", "PHXGATE_TRANSPORT=longpoll")
+	})
+	// The long-poll cluster phase: two nodes on one Redis behind a proxy
+	// without affinity; phoenix.js over LongPoll loses its session at each
+	// move and resumes by position.
+	t.Run("longpoll-cluster", func(t *testing.T) {
+		rs := redistest.Start(t, redistest.Options{})
+		var urls, hosts []string
+		for i := range 2 {
+			url, _ := startGateway(t, bin, func(listen, admin string) string {
+				return fmt.Sprintf(clusterGatewayConfig, listen, admin, i, rs.URL()) + longPollConfig
+			})
+			urls = append(urls, url)
+			hosts = append(hosts, strings.TrimSuffix(strings.TrimPrefix(url, "ws://"), "/socket"))
+		}
+		proxy, hits := roundRobinProxy(t, hosts, 3)
+		runNode(t, node, jsDir, "longpoll-cluster/", "PHXGATE_URL=ws://"+proxy+"/socket", "PHXGATE_URLS="+strings.Join(urls, ","))
+		for i, n := range hits() {
+			if n == 0 {
+				t.Errorf("the proxy sent no poll to node %d", i)
+			}
+		}
 	})
 	// The drain phase stops its gateway.
 	t.Run("drain", func(t *testing.T) {
@@ -588,4 +622,36 @@ func tail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// roundRobinProxy is a load balancer without session affinity in front of
+// hosts: the GETs go to one node, then after every `every` GETs to the
+// next; a POST goes where the last GET went. It returns its address and
+// the GETs each node got.
+func roundRobinProxy(t *testing.T, hosts []string, every int) (string, func() []int) {
+	t.Helper()
+	var mu sync.Mutex
+	gets, cur := 0, 0
+	hits := make([]int, len(hosts))
+	rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+		mu.Lock()
+		if r.In.Method == http.MethodGet {
+			if gets > 0 && gets%every == 0 {
+				cur = (cur + 1) % len(hosts)
+			}
+			gets++
+			hits[cur]++
+		}
+		host := hosts[cur]
+		mu.Unlock()
+		r.SetURL(&url.URL{Scheme: "http", Host: host})
+		r.Out.Host = host
+	}}
+	srv := httptest.NewServer(rp)
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://"), func() []int {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(hits)
+	}
 }

@@ -3,11 +3,28 @@
 
 import assert from "node:assert/strict"
 import {randomBytes} from "node:crypto"
-import {Socket} from "phoenix"
-import {codecFor} from "./codec.mjs"
-import {Recorder, recordingTransport, describe, DEFAULT_WAIT_MS} from "./recorder.mjs"
+import {Socket, LongPoll} from "phoenix"
+import {codecFor, VSNS} from "./codec.mjs"
+import {Recorder, recordingTransport, recordingLongPoll, LONGPOLL, describe, DEFAULT_WAIT_MS} from "./recorder.mjs"
 
-export {DEFAULT_WAIT_MS}
+export {DEFAULT_WAIT_MS, LONGPOLL}
+
+// transportVsns are the serializers a phoenix.js scenario runs with. Over
+// long-poll only V2: phoenix.js 1.8.16 sends each V1 frame as an ndjson
+// line starting with "{", which Phoenix (and phxgate) read as base64 of a
+// binary frame (PROTOCOL.md §1.2), so V1 cannot work over long-poll.
+export const transportVsns = LONGPOLL ? VSNS.filter(v => v.startsWith("2.")) : VSNS
+
+// wsOnly marks a test that cannot apply over long-poll, with why; node
+// reports it as skipped with the reason.
+export function wsOnly(why, opts = {}) {
+  return LONGPOLL ? {...opts, skip: `WebSocket only: ${why}`} : opts
+}
+
+// transportFor is the phoenix.js transport class recording into rec.
+export function transportFor(rec) {
+  return LONGPOLL ? recordingLongPoll(rec, LongPoll) : recordingTransport(rec)
+}
 
 // gatewayURL is the socket endpoint without the transport suffix, as a
 // phoenix.js app would configure it, e.g. ws://127.0.0.1:4000/socket.
@@ -31,7 +48,7 @@ export async function connect(t, vsn, opts = {}, {name = "socket", waitOpen = tr
   const codec = codecFor(vsn)
   const rec = new Recorder(codec, `${name} vsn=${vsn}`)
   const socket = new Socket(url ?? gatewayURL(), {
-    transport: recordingTransport(rec),
+    transport: transportFor(rec),
     reconnectAfterMs: () => 20,
     rejoinAfterMs: () => 50,
     ...codec.phoenixOptions(),

@@ -177,3 +177,78 @@ function outbound(codec, conn, data) {
   const bytes = toBytes(data)
   return {conn, dir: "out", binary: true, data: bytes, msg: parseBinary(bytes, true)}
 }
+
+// LONGPOLL is true when the suite runs over phoenix.js's LongPoll transport
+// (PHXGATE_TRANSPORT=longpoll, set by the conformance test's
+// `longpoll-scenarios` phase).
+export const LONGPOLL = process.env.PHXGATE_TRANSPORT === "longpoll"
+
+// recordingLongPoll returns phoenix.js's LongPoll bound to recorder, with the
+// same entries as recordingTransport where they exist over HTTP: connect
+// (the URL phoenix.js gave, before it maps /websocket to /longpoll), open
+// (the first 410), every message in and out (each ndjson line a frame),
+// close and client-close. There is no upgrade, no ping and no binary in:
+// a long-poll client only reads JSON strings. `terminate()` drops the
+// session the way a lost network does (requests aborted, close 1006), so
+// tests that cut a WebSocket cut a long-poll session alike.
+export function recordingLongPoll(recorder, LongPoll) {
+  return class RecordingLongPoll extends LongPoll {
+    constructor(url, protocols) {
+      const conn = recorder.conns.length
+      super(url, protocols)
+      this.conn = conn
+      if (recorder.offline) {
+        const u = new URL(this.pollEndpoint)
+        u.host = REFUSED_HOST
+        this.pollEndpoint = u.toString()
+      }
+      recorder.conns.push({url, protocols, ws: this, blocked: recorder.offline})
+      recorder.push({conn, dir: "event", type: "connect", url, protocols: protocols ?? null, blocked: recorder.offline})
+    }
+
+    set onopen(fn) { this._onopen = fn }
+    get onopen() {
+      return ev => {
+        recorder.push({conn: this.conn, dir: "event", type: "open", protocol: "", extensions: ""})
+        return this._onopen(ev)
+      }
+    }
+    set onmessage(fn) { this._onmessage = fn }
+    get onmessage() {
+      return ev => {
+        recorder.push(inbound(recorder.codec, this.conn, ev.data, false))
+        return this._onmessage(ev)
+      }
+    }
+    set onclose(fn) { this._onclose = fn }
+    get onclose() {
+      return ev => {
+        recorder.push({conn: this.conn, dir: "event", type: "close", code: ev.code, reason: ev.reason ?? ""})
+        return this._onclose(ev)
+      }
+    }
+    set onerror(fn) { this._onerror = fn }
+    get onerror() {
+      return err => {
+        recorder.push({conn: this.conn, dir: "event", type: "error", message: String(err)})
+        return this._onerror(err)
+      }
+    }
+
+    send(data) {
+      recorder.push(outbound(recorder.codec, this.conn, data))
+      return super.send(data)
+    }
+
+    close(code, reason, wasClean) {
+      recorder.push({conn: this.conn, dir: "event", type: "client-close", code: code ?? null, reason: reason == null ? null : String(reason)})
+      return super.close(code, reason, wasClean)
+    }
+
+    terminate() {
+      if (!this.isActive()) return
+      this.stop(3) // SOCKET_STATES.closed: nothing of this session runs again
+      this.emitClose(1006, "", false)
+    }
+  }
+}

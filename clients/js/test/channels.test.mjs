@@ -6,7 +6,7 @@
 import {describe, test} from "node:test"
 import assert from "node:assert/strict"
 import {VSNS, reply, binaryClientPush, binaryReply, binaryBroadcast, hex} from "../lib/codec.mjs"
-import {connect, join, outcome, waitUntil, assertExact, assertWellFormed, isDecimalRef, topicFrames} from "../lib/harness.mjs"
+import {connect, join, outcome, waitUntil, assertExact, assertWellFormed, isDecimalRef, topicFrames, transportVsns, wsOnly, LONGPOLL} from "../lib/harness.mjs"
 
 const T_OPTS = {timeout: 30000}
 
@@ -21,7 +21,9 @@ function isReply(topic, ref) {
   return m => m.topic === topic && m.event === "phx_reply" && m.ref === ref
 }
 
-for (const vsn of VSNS) {
+// Over long-poll (PHXGATE_TRANSPORT=longpoll) these run with V2 only (see
+// transportVsns); the exceptions are marked where they are.
+for (const vsn of transportVsns) {
   describe(`channels vsn=${vsn}`, () => {
     test("join ok", T_OPTS, async t => {
       const c = await connect(t, vsn)
@@ -330,7 +332,10 @@ for (const vsn of VSNS) {
       assertWellFormed(rec)
     })
 
-    test("heartbeat is answered, even with no channels", T_OPTS, async t => {
+    // phoenix.js sends no heartbeats over long-poll (skipHeartbeat); a
+    // heartbeat it is asked for (socket.ping) is answered, as the unmatched
+    // topic test shows.
+    test("heartbeat is answered, even with no channels", wsOnly("phoenix.js sends no heartbeats over long-poll", T_OPTS), async t => {
       // Short enough to see two heartbeats quickly; phoenix.js also uses it as
       // the reply timeout, so it leaves room for a loaded CI machine running
       // a -race gateway (tests never bet on wall-clock speed).
@@ -350,7 +355,45 @@ for (const vsn of VSNS) {
       assertWellFormed(rec)
     })
 
-    if (vsn.startsWith("2.")) {
+    // Binary over long-poll: phoenix.js sends a binary push as a base64
+    // line, which phxgate dispatches; but a long-poll client only reads JSON
+    // strings, so binary replies and broadcasts are dropped (and counted in
+    // phxgate_longpoll_messages_dropped_total{reason="binary"}). The tests
+    // below show that instead of the WebSocket ones.
+    if (LONGPOLL) {
+      test("long-poll binary push: dispatched, its binary reply dropped, so the push times out", T_OPTS, async t => {
+        const c = await connect(t, vsn)
+        const {socket, rec, topic} = c
+        const ch = socket.channel(topic)
+        assert.equal((await join(ch)).status, "ok")
+        const bytes = Uint8Array.from([0, 1, 2, 0x7b, 0x22, 0xff, 0xfe, 10, 13, 0])
+        const p = ch.push("echo", bytes.buffer.slice(0), 1500)
+        const out = await rec.waitOut(m => m.binary && m.topic === topic)
+        assert.equal(hex(out.data), hex(binaryClientPush(ch.joinRef(), p.ref, topic, "echo", bytes)), "phoenix.js binary push bytes")
+        assert.equal((await outcome(p)).status, "timeout")
+        // The session is still up: a text push right after is answered.
+        assert.deepEqual(await outcome(ch.push("echo", {after: true})), {status: "ok", response: {after: true}})
+        assert.deepEqual(rec.events("close"), [])
+        assertWellFormed(rec)
+      })
+
+      test("long-poll binary shout: the text reply comes, the kind 2 broadcast is dropped", T_OPTS, async t => {
+        const a = await connect(t, vsn, {}, {name: "A"})
+        const chA = a.socket.channel(a.topic)
+        const seen = []
+        chA.on("shout", p => seen.push(p))
+        assert.equal((await join(chA)).status, "ok")
+        const p = chA.push("shout", Uint8Array.from([9, 8, 7]).buffer)
+        assert.deepEqual(await outcome(p), {status: "ok", response: {}})
+        // Messages arrive in order: once the text shout sent after it is
+        // here, the binary one was dropped, not late.
+        assert.deepEqual(await outcome(chA.push("shout", {text: 1})), {status: "ok", response: {}})
+        await waitUntil(() => seen.length >= 1, {what: "the text shout"})
+        assert.deepEqual(seen, [{text: 1}])
+        assert.equal(a.rec.in.filter(e => e.binary).length, 0)
+      })
+    }
+    if (vsn.startsWith("2.") && !LONGPOLL) {
       test("binary push and binary reply (kind 0 out, kind 1 back)", T_OPTS, async t => {
         const c = await connect(t, vsn)
         const {socket, rec, topic} = c

@@ -5,13 +5,18 @@
 import {describe, test} from "node:test"
 import assert from "node:assert/strict"
 import WebSocket from "ws"
-import {VSNS, V1, V2, reply} from "../lib/codec.mjs"
+import {V1, V2, reply} from "../lib/codec.mjs"
 import {Recorder, recordingTransport} from "../lib/recorder.mjs"
-import {connect, gatewayURL, assertExact, assertWellFormed} from "../lib/harness.mjs"
+import {connect, gatewayURL, assertExact, assertWellFormed, transportVsns, wsOnly, LONGPOLL} from "../lib/harness.mjs"
+
+// Over long-poll (PHXGATE_TRANSPORT=longpoll) the phoenix.js scenarios run
+// with V2 only (transportVsns); the upgrade-specific and raw WebSocket
+// tests say why they are skipped.
+const RAW = "a raw WebSocket probe; the long-poll ones are raw HTTP probes in gateway/longpoll_test.go (TestLongPollProbes, TestLongPollPhoenixSession)"
 
 const T_OPTS = {timeout: 30000}
 
-for (const vsn of VSNS) {
+for (const vsn of transportVsns) {
   describe(`connect vsn=${vsn}`, () => {
     test("connect params are serialized into the upgrade URL and accepted", T_OPTS, async t => {
       const c = await connect(t, vsn, {params: {token: "abc", user: {id: 1}}})
@@ -31,6 +36,15 @@ for (const vsn of VSNS) {
       const c = await connect(t, vsn, {authToken: "1234"})
       const [connectEv] = c.rec.events("connect")
       assert.deepEqual(connectEv.protocols, ["phoenix", "base64url.bearer.phx.MTIzNA"])
+      if (LONGPOLL) {
+        // LongPoll takes the token from the subprotocol list and sends it
+        // as X-Phoenix-AuthToken on every GET; no upgrade to answer.
+        assert.equal(c.socket.conn.authToken, "1234")
+        const rtt = await new Promise(resolve => c.socket.ping(resolve))
+        assert.equal(typeof rtt, "number")
+        assertWellFormed(c.rec)
+        return
+      }
       const [up] = c.rec.events("upgrade")
       assert.equal(up.protocolHeader, "phoenix", "Sec-WebSocket-Protocol answer")
       assert.equal(c.socket.conn.protocol, "phoenix", "ws.protocol on the transport")
@@ -39,7 +53,7 @@ for (const vsn of VSNS) {
       assertWellFormed(c.rec)
     })
 
-    test("permessage-deflate offered by the client is declined", T_OPTS, async t => {
+    test("permessage-deflate offered by the client is declined", wsOnly("no WebSocket extensions over HTTP", T_OPTS), async t => {
       const c = await connect(t, vsn)
       const [up] = c.rec.events("upgrade")
       assert.equal(up.extensionsHeader, null, "no Sec-WebSocket-Extensions in the answer")
@@ -71,7 +85,7 @@ describe("vsn negotiation", () => {
     {query: "vsn=2.0.3", codec: V2, name: "2.0.3 → V2"},
   ]
   for (const k of accepted) {
-    test(`accepted: ${k.name}`, T_OPTS, async t => {
+    test(`accepted: ${k.name}`, wsOnly(RAW, T_OPTS), async t => {
       const {rec, ws, ev} = await rawOpen(t, k.query, k.codec)
       assert.equal(ev.type, "open", rec.dump())
       // The serializer chosen shows in the heartbeat reply's framing.
@@ -83,7 +97,7 @@ describe("vsn negotiation", () => {
   }
 
   for (const query of ["vsn=2.1.0", "vsn=abc", "vsn=3.0.0", "vsn=1.1.0", "vsn[]=x"]) {
-    test(`refused with HTTP 403 and an empty body: ${query}`, T_OPTS, async t => {
+    test(`refused with HTTP 403 and an empty body: ${query}`, wsOnly(RAW, T_OPTS), async t => {
       const res = await new Promise((resolve, reject) => {
         const ws = new WebSocket(`${gatewayURL()}/websocket?${query}`)
         t.after(() => ws.terminate())
@@ -110,7 +124,7 @@ describe("malformed input and closes", () => {
     {name: "V1 non-object", query: "vsn=1.0.0", codec: V1, send: '[null,"1","phoenix","heartbeat",{}]'},
   ]
   for (const k of cases) {
-    test(`${k.name} closes the socket with 1011 and an empty reason`, T_OPTS, async t => {
+    test(`${k.name} closes the socket with 1011 and an empty reason`, wsOnly(RAW, T_OPTS), async t => {
       const {rec, ws, ev} = await rawOpen(t, k.query, k.codec)
       assert.equal(ev.type, "open", rec.dump())
       ws.send(k.send)
@@ -120,7 +134,7 @@ describe("malformed input and closes", () => {
   }
 
   for (const code of [1000, 4001]) {
-    test(`a client close ${code} is echoed with the same code and an empty reason`, T_OPTS, async t => {
+    test(`a client close ${code} is echoed with the same code and an empty reason`, wsOnly("close codes are WebSocket frames; a long-poll client just stops polling", T_OPTS), async t => {
       const {rec, ws, ev} = await rawOpen(t, "vsn=2.0.0", V2)
       assert.equal(ev.type, "open", rec.dump())
       ws.close(code, "bye")

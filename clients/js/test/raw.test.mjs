@@ -5,17 +5,20 @@
 import {describe, test} from "node:test"
 import assert from "node:assert/strict"
 import {V1, V2, reply} from "../lib/codec.mjs"
-import {Recorder, recordingTransport} from "../lib/recorder.mjs"
+import {Recorder} from "../lib/recorder.mjs"
 import {gatewayURL, uniqueTopic, assertExact, assertWellFormed} from "../lib/harness.mjs"
+import {transportFor, wsOnly, LONGPOLL} from "../lib/harness.mjs"
 
 const T_OPTS = {timeout: 30000}
 
 async function rawClient(t, codec, query, name) {
   const rec = new Recorder(codec, name)
-  const WS = recordingTransport(rec)
+  // Over long-poll (PHXGATE_TRANSPORT=longpoll) the same client is
+  // phoenix.js's LongPoll transport driven by hand: send() POSTs a line.
+  const WS = transportFor(rec)
   const ws = new WS(`${gatewayURL()}/websocket${query}`)
   ws.binaryType = "arraybuffer"
-  t.after(() => ws.terminate())
+  t.after(() => LONGPOLL ? ws.close(1000) : ws.terminate())
   await rec.waitEvent("open", {what: `${name} to open`})
   const send = (...f) => ws.send(codec.clientFrame(...f))
   return {rec, ws, send}
@@ -39,7 +42,7 @@ describe("raw V2 client", () => {
 })
 
 describe("raw V1 client without join_ref", () => {
-  test("replies echo the ref; phx_close and phx_error carry ref null", T_OPTS, async t => {
+  test("replies echo the ref; phx_close and phx_error carry ref null", wsOnly("V1 frames are ndjson lines starting with {, which a long-poll server reads as base64 (PROTOCOL.md §1.2)", T_OPTS), async t => {
     const {rec, send} = await rawClient(t, V1, "?vsn=1.0.0", "raw V1")
     const topic = uniqueTopic()
     send(undefined, "1", topic, "phx_join", {})

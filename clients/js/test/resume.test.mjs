@@ -5,8 +5,7 @@
 
 import {describe, test} from "node:test"
 import assert from "node:assert/strict"
-import {VSNS} from "../lib/codec.mjs"
-import {connect, join, outcome, waitUntil, assertExact, assertWellFormed} from "../lib/harness.mjs"
+import {connect, join, outcome, waitUntil, assertExact, assertWellFormed, transportVsns} from "../lib/harness.mjs"
 
 const T_OPTS = {timeout: 60000}
 const POSITION = /^p:([^:]+):([0-9]+)$/
@@ -31,7 +30,7 @@ function parsePosition(p) {
   return {epoch: m[1], offset: Number(m[2])}
 }
 
-for (const vsn of VSNS) {
+for (const vsn of transportVsns) {
   describe(`resume vsn=${vsn}`, () => {
     test("missed broadcasts are replayed exactly once, in order, after the rejoin reply", T_OPTS, async t => {
       const a = await connect(t, vsn, {}, {name: "resumer"})
