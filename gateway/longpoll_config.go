@@ -46,17 +46,17 @@ type LongPollConfig struct {
 	// or longPollFallbackMs), so it costs WebSocket clients nothing, while
 	// clients behind proxies that block WebSockets work out of the box;
 	// sessions count against the same admission limits as sockets.
-	Enabled bool
+	Enabled bool `yaml:"enabled" usage:"serve the long-poll transport at <socket_path>/longpoll"`
 	// Window (longpoll.window) is how long a poll is held; a session with
 	// no poll for 1.5 windows is ended. Between 10ms and 19s.
-	Window time.Duration
+	Window time.Duration `yaml:"window" usage:"how long a poll is held; a session with no poll for 1.5 windows ends"`
 	// MaxBufferBytes (longpoll.max_buffer_bytes) bounds the bytes one
 	// session buffers between polls; past it the session is ended (slow
 	// consumer). Must be > 0.
-	MaxBufferBytes int
+	MaxBufferBytes int `yaml:"max_buffer_bytes" usage:"bytes one long-poll session buffers between polls (over it: session ended)"`
 	// MaxSessions (longpoll.max_sessions) caps open sessions on this node;
 	// a new one past it is refused ({"status":403}). Must be > 0.
-	MaxSessions int
+	MaxSessions int `yaml:"max_sessions" usage:"open long-poll sessions on this node"`
 }
 
 func newLongPollConfig() LongPollConfig {
@@ -79,13 +79,4 @@ func (c LongPollConfig) validate() error {
 		return keyErr("longpoll.max_sessions", "must be between 1 and 10000000")
 	}
 	return nil
-}
-
-func longPollSettings() []setting {
-	return []setting{
-		boolSetting("longpoll.enabled", "serve the long-poll transport at <socket_path>/longpoll", func(c *Config) *bool { return &c.LongPoll.Enabled }),
-		durSetting("longpoll.window", "how long a poll is held; a session with no poll for 1.5 windows ends", func(c *Config) *time.Duration { return &c.LongPoll.Window }),
-		intSetting("longpoll.max_buffer_bytes", "bytes one long-poll session buffers between polls (over it: session ended)", func(c *Config) *int { return &c.LongPoll.MaxBufferBytes }),
-		intSetting("longpoll.max_sessions", "open long-poll sessions on this node", func(c *Config) *int { return &c.LongPoll.MaxSessions }),
-	}
 }
