@@ -65,57 +65,60 @@ const (
 // ErrBadConfig is wrapped by Validate errors.
 var ErrBadConfig = errors.New("channels: bad config")
 
-// Config configures a Server.
+// Config configures a Server. It is the channels section of phxgate's
+// configuration: the yaml tags are the keys under channels., and Validate
+// names them relative to it ("workers"). NodeID, MaxReplay and ReplayBytes
+// come from the gateway's top-level node_id, max_replay and replay_bytes.
 type Config struct {
 	// NodeID names this node in backend calls and idempotency keys. Empty
 	// is invalid; NewConfig uses hostname-pid.
-	NodeID string
+	NodeID string `yaml:"-"` // the gateway's node_id
 	// MaxChannels is the number of channels (joined or joining) one socket
 	// may hold; a join past it gets "too many channels joined". Zero is
 	// invalid.
-	MaxChannels int
+	MaxChannels int `yaml:"max_channels" usage:"channels one socket may hold (joined or joining)"`
 	// MaxTopicBytes is the longest topic a join may name, in bytes; a
 	// longer one gets {"reason":"topic too long"}. Zero is invalid.
-	MaxTopicBytes int
+	MaxTopicBytes int `yaml:"max_topic_bytes" usage:"longest topic a join may name, in bytes"`
 	// MaxJoinRefBytes is the longest join_ref a join may carry (V1: the
 	// join's ref), in bytes, as received on the wire (a JSON string counts
 	// its quotes); a longer one gets {"reason":"join_ref too long"}. Zero
 	// is invalid.
-	MaxJoinRefBytes int
+	MaxJoinRefBytes int `yaml:"max_join_ref_bytes" usage:"longest join_ref a join may carry, in bytes"`
 	// MaxRefBytes is the longest ref any client message may carry, and the
 	// longest join_ref of a message other than a join (a join's is bounded
 	// by MaxJoinRefBytes, with a reply), in bytes, counted as the raw JSON
 	// token (a JSON string counts its quotes; a binary frame's ref counts
 	// as the JSON string it becomes). A longer one closes the socket with
 	// 1011 (malformed), heartbeats included. Zero is invalid.
-	MaxRefBytes int
+	MaxRefBytes int `yaml:"max_ref_bytes" usage:"longest ref any client message may carry, in bytes (over it: 1011)"`
 	// Workers is the number of goroutines running backend calls. Zero is
 	// invalid.
-	Workers int
+	Workers int `yaml:"workers" usage:"goroutines running backend calls"`
 	// QueueSize is how many channels with work may wait for a worker. Zero
 	// is invalid.
-	QueueSize int
+	QueueSize int `yaml:"queue_size" usage:"channels with work that may wait for a worker (over it: backend_overloaded)"`
 	// ChannelQueue is how many tasks may wait on one channel and still be
 	// handed to the backend; past it a call gets a backend_overloaded reply,
 	// in its turn among the channel's replies. Zero is invalid.
-	ChannelQueue int
+	ChannelQueue int `yaml:"channel_queue" usage:"calls that may wait on one channel (over it: backend_overloaded)"`
 	// ChannelQueueHard is how many tasks may wait on one channel in all;
 	// a client message past it closes the socket with 1013 (the client is
 	// flooding). Must be at least ChannelQueue.
-	ChannelQueueHard int
+	ChannelQueueHard int `yaml:"channel_queue_hard" usage:"tasks that may wait on one channel in all (over it: 1013)"`
 	// CallTimeout is the deadline of each backend call (Join, HandleIn,
 	// Leave) and broker call made for a socket. Zero is invalid.
-	CallTimeout time.Duration
+	CallTimeout time.Duration `yaml:"call_timeout" usage:"deadline of each backend and broker call made for a socket"`
 	// ResumeBuffer is the number of live events held per resuming join while
 	// its history is read. Zero is invalid.
-	ResumeBuffer int
+	ResumeBuffer int `yaml:"resume_buffer" usage:"live events held per resuming join while its history is read"`
 	// MaxReplay is the most events a resuming join is replayed; past it
 	// the join answers recovered=false. Zero is invalid.
-	MaxReplay int
+	MaxReplay int `yaml:"-"` // the gateway's max_replay
 	// ReplayBytes is the most payload bytes a resuming join is replayed;
 	// past it the join answers recovered=false. Keep it well under the
 	// transport's write queue bound. Zero is invalid.
-	ReplayBytes int
+	ReplayBytes int `yaml:"-"` // the gateway's replay_bytes
 
 	// Presence tracks the players of routes with Presence on (nil: no
 	// route tracks presence).
@@ -168,35 +171,52 @@ func NewConfig() Config {
 	}
 }
 
-// Validate reports the first invalid field.
+// Bounds of the keys: far above any sane setting, low enough that a typo
+// cannot ask for unbounded memory.
+const (
+	maxMaxChannels   = 10_000
+	maxRefBytes      = 4096
+	maxWorkers       = 1 << 16
+	maxQueueSize     = 1 << 24
+	maxChannelQueue  = 1 << 22
+	maxCallTimeout   = 10 * time.Minute
+	maxResumeBuffer  = 1 << 20
+	maxTopicBytesCap = 4096
+)
+
+func configErr(key, format string, args ...any) error {
+	return fmt.Errorf("%w: %s: %s", ErrBadConfig, key, fmt.Sprintf(format, args...))
+}
+
+// Validate reports the first invalid field, named by its key.
 func (c Config) Validate() error {
 	switch {
 	case c.NodeID == "":
-		return fmt.Errorf("%w: empty NodeID", ErrBadConfig)
-	case c.MaxChannels <= 0:
-		return fmt.Errorf("%w: MaxChannels %d", ErrBadConfig, c.MaxChannels)
-	case c.MaxTopicBytes <= 0:
-		return fmt.Errorf("%w: MaxTopicBytes %d", ErrBadConfig, c.MaxTopicBytes)
-	case c.MaxJoinRefBytes <= 0:
-		return fmt.Errorf("%w: MaxJoinRefBytes %d", ErrBadConfig, c.MaxJoinRefBytes)
-	case c.MaxRefBytes <= 0:
-		return fmt.Errorf("%w: MaxRefBytes %d", ErrBadConfig, c.MaxRefBytes)
-	case c.Workers <= 0:
-		return fmt.Errorf("%w: Workers %d", ErrBadConfig, c.Workers)
-	case c.QueueSize <= 0:
-		return fmt.Errorf("%w: QueueSize %d", ErrBadConfig, c.QueueSize)
-	case c.ChannelQueue <= 0:
-		return fmt.Errorf("%w: ChannelQueue %d", ErrBadConfig, c.ChannelQueue)
-	case c.ChannelQueueHard < c.ChannelQueue:
-		return fmt.Errorf("%w: ChannelQueueHard %d below ChannelQueue %d", ErrBadConfig, c.ChannelQueueHard, c.ChannelQueue)
-	case c.CallTimeout <= 0:
-		return fmt.Errorf("%w: CallTimeout %v", ErrBadConfig, c.CallTimeout)
-	case c.ResumeBuffer <= 0:
-		return fmt.Errorf("%w: ResumeBuffer %d", ErrBadConfig, c.ResumeBuffer)
+		return configErr("node_id", "must not be empty")
+	case c.MaxChannels <= 0 || c.MaxChannels > maxMaxChannels:
+		return configErr("max_channels", "must be between 1 and %d", maxMaxChannels)
+	case c.MaxTopicBytes <= 0 || c.MaxTopicBytes > maxTopicBytesCap:
+		return configErr("max_topic_bytes", "must be between 1 and %d", maxTopicBytesCap)
+	case c.MaxJoinRefBytes <= 0 || c.MaxJoinRefBytes > maxRefBytes:
+		return configErr("max_join_ref_bytes", "must be between 1 and %d", maxRefBytes)
+	case c.MaxRefBytes <= 0 || c.MaxRefBytes > maxRefBytes:
+		return configErr("max_ref_bytes", "must be between 1 and %d", maxRefBytes)
+	case c.Workers <= 0 || c.Workers > maxWorkers:
+		return configErr("workers", "must be between 1 and %d", maxWorkers)
+	case c.QueueSize <= 0 || c.QueueSize > maxQueueSize:
+		return configErr("queue_size", "must be between 1 and %d", maxQueueSize)
+	case c.ChannelQueue <= 0 || c.ChannelQueue > maxChannelQueue:
+		return configErr("channel_queue", "must be between 1 and %d", maxChannelQueue)
+	case c.ChannelQueueHard < c.ChannelQueue || c.ChannelQueueHard > maxChannelQueue:
+		return configErr("channel_queue_hard", "must be between channel_queue (%d) and %d", c.ChannelQueue, maxChannelQueue)
+	case c.CallTimeout <= 0 || c.CallTimeout > maxCallTimeout:
+		return configErr("call_timeout", "must be between 0s (exclusive) and %v", maxCallTimeout)
+	case c.ResumeBuffer <= 0 || c.ResumeBuffer > maxResumeBuffer:
+		return configErr("resume_buffer", "must be between 1 and %d", maxResumeBuffer)
 	case c.MaxReplay <= 0:
-		return fmt.Errorf("%w: MaxReplay %d", ErrBadConfig, c.MaxReplay)
+		return configErr("max_replay", "must be ≥ 1")
 	case c.ReplayBytes <= 0:
-		return fmt.Errorf("%w: ReplayBytes %d", ErrBadConfig, c.ReplayBytes)
+		return configErr("replay_bytes", "must be ≥ 1")
 	}
 	return nil
 }

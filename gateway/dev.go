@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -105,7 +106,9 @@ func applyDev(c *Config) {
 	l.IPMaxConns, l.IPMaxHandshakes, l.PlayerMaxConns = devIPMaxConns, devIPMaxHandshakes, devPlayerMaxConns
 	l.IPHandshakesPerSecond, l.IPHandshakeBurst = devIPHandshakesPerSecond, devIPHandshakeBurst
 	l.JoinsPerSecond, l.JoinBurst = devJoinsPerSecond, devJoinBurst
-	setClass(c, ratelimit.DefaultClass, ratelimit.ClassLimit{PerSecond: devEventsPerSecond, Burst: devEventBurst})
+	// A new map: NewConfig's default one must not change.
+	l.Classes = maps.Clone(l.Classes)
+	l.Classes[ratelimit.DefaultClass] = ratelimit.ClassLimit{PerSecond: devEventsPerSecond, Burst: devEventBurst}
 	c.Presence.MaxMetasPerKey = devMaxMetasPerKey
 }
 

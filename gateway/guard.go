@@ -14,6 +14,7 @@ import (
 	"github.com/phxgate/phxgate/channels/auth"
 	"github.com/phxgate/phxgate/channels/ratelimit"
 	"github.com/phxgate/phxgate/gateway/internal/admission"
+	"github.com/phxgate/phxgate/gateway/internal/configload"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -96,15 +97,15 @@ func (k *anonKeys) rotate() {
 func newGuard(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*guard, error) {
 	ctl, err := admission.New(cfg.admissionConfig(), reg)
 	if err != nil {
-		return nil, blockErr(err, admission.ErrConfig)
+		return nil, configload.Section("", err, admission.ErrConfig)
 	}
 	v, err := auth.NewVerifier(cfg.Auth, reg)
 	if err != nil {
-		return nil, blockErr(err, auth.ErrConfig)
+		return nil, configload.Section("auth.", err, auth.ErrConfig)
 	}
-	l, err := ratelimit.New(cfg.rateLimitConfig(), reg)
+	l, err := ratelimit.New(cfg.Limits.Config, reg)
 	if err != nil {
-		return nil, blockErr(err, ratelimit.ErrConfig)
+		return nil, configload.Section("limits.", err, ratelimit.ErrConfig)
 	}
 	// One family for every refused connect: the admission controller
 	// counts its own refusals, the guard its token refusals.
@@ -129,7 +130,7 @@ func (g *guard) authOn() bool {
 // sweepInterval is how often idle limiter and admission state is dropped:
 // half the shorter idle TTL, so an entry lives at most 1.5 TTL.
 func (g *guard) sweepInterval() time.Duration {
-	ttl := min(g.cfg.Limits.IdleTTL, g.cfg.admissionConfig().IdleTTL)
+	ttl := min(g.cfg.Limits.IdleTTL, g.ctl.IdleTTL())
 	return max(ttl/2, limitsSweepMin)
 }
 

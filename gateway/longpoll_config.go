@@ -52,22 +52,22 @@ type LongPollConfig struct {
 	// or longPollFallbackMs), so it costs WebSocket clients nothing, while
 	// clients behind proxies that block WebSockets work out of the box;
 	// sessions count against the same admission limits as sockets.
-	Enabled bool
+	Enabled bool `yaml:"enabled" usage:"serve the long-poll transport at <socket_path>/longpoll"`
 	// Window (longpoll.window) is how long a poll is held; a session with
 	// no poll for 1.5 windows is ended. Between 10ms and 19s.
-	Window time.Duration
+	Window time.Duration `yaml:"window" usage:"how long a poll is held; a session with no poll for 1.5 windows ends"`
 	// MaxBufferBytes (longpoll.max_buffer_bytes) bounds the bytes one
 	// session buffers between polls; past it the session is ended (slow
 	// consumer). Must be > 0.
-	MaxBufferBytes int
+	MaxBufferBytes int `yaml:"max_buffer_bytes" usage:"bytes one long-poll session buffers between polls (over it: session ended)"`
 	// MaxSessions (longpoll.max_sessions) caps open sessions on this node;
 	// a new one past it is refused ({"status":403}). Must be > 0.
-	MaxSessions int
+	MaxSessions int `yaml:"max_sessions" usage:"open long-poll sessions on this node"`
 	// MaxReadingPosts (longpoll.max_reading_posts) caps the POST bodies
 	// being read and dispatched at once on this node. A POST that finds
 	// none free waits up to one window, then is answered HTTP 503 with
 	// Retry-After (phoenix.js closes with 1011 and reconnects). Must be > 0.
-	MaxReadingPosts int
+	MaxReadingPosts int `yaml:"max_reading_posts" usage:"long-poll POST bodies read at once on this node (over it: wait a window, then HTTP 503)"`
 }
 
 func newLongPollConfig() LongPollConfig {
@@ -94,14 +94,4 @@ func (c LongPollConfig) validate() error {
 		return keyErr("longpoll.max_reading_posts", "must be between 1 and 100000")
 	}
 	return nil
-}
-
-func longPollSettings() []setting {
-	return []setting{
-		boolSetting("longpoll.enabled", "serve the long-poll transport at <socket_path>/longpoll", func(c *Config) *bool { return &c.LongPoll.Enabled }),
-		durSetting("longpoll.window", "how long a poll is held; a session with no poll for 1.5 windows ends", func(c *Config) *time.Duration { return &c.LongPoll.Window }),
-		intSetting("longpoll.max_buffer_bytes", "bytes one long-poll session buffers between polls (over it: session ended)", func(c *Config) *int { return &c.LongPoll.MaxBufferBytes }),
-		intSetting("longpoll.max_sessions", "open long-poll sessions on this node", func(c *Config) *int { return &c.LongPoll.MaxSessions }),
-		intSetting("longpoll.max_reading_posts", "long-poll POST bodies read at once on this node (over it: wait a window, then HTTP 503)", func(c *Config) *int { return &c.LongPoll.MaxReadingPosts }),
-	}
 }

@@ -17,7 +17,7 @@ import (
 type OtelConfig struct {
 	// Enabled turns tracing on even without an endpoint variable (the
 	// exporter then sends to its default, localhost:4318 or :4317).
-	Enabled bool
+	Enabled bool `yaml:"enabled" usage:"trace connects, joins and pushes over OTLP (also on when OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set)"`
 }
 
 // tracerName names phxgate's tracer (the instrumentation scope).

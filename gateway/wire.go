@@ -94,8 +94,7 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 	if err != nil {
 		return fail(err)
 	}
-	ccfg := channels.NewConfig()
-	ccfg.NodeID = cfg.NodeID
+	ccfg := cfg.channelsConfig()
 	// The guard's verifier and limiter: join tokens are checked with the
 	// same keys as connect tokens (ignored when auth is off), and a
 	// player's join and event buckets are shared by the handshake-time key
@@ -118,13 +117,6 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 		ccfg.Presence = tracker
 		gw.drainHooks = append(gw.drainHooks, tracker.Drain)
 		gw.presence = tracker
-	}
-	if cfg.MaxReplay > 0 {
-		ccfg.MaxReplay = cfg.MaxReplay
-	}
-	ccfg.ReplayBytes = cfg.WriteQueueMaxBytes / 2
-	if cfg.ReplayBytes > 0 {
-		ccfg.ReplayBytes = cfg.ReplayBytes
 	}
 	srv, err := channels.NewServer(ccfg, router, broker, reg)
 	if err != nil {
@@ -156,60 +148,6 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 		},
 	}
 	return srv, connect, closers, nil
-}
-
-// newBroker builds the pubsub engine the configuration selects: Redis
-// Streams when a Redis URL or Cluster addresses are set, else the
-// in-memory engine. History is sized per route.
-func newBroker(cfg Config, router *channels.Router, reg prometheus.Registerer) (pubsub.Broker, error) {
-	history := func(topic string) int {
-		if r := router.Match(topic); r != nil {
-			return r.History
-		}
-		return 0
-	}
-	if cfg.RedisURL == "" && len(cfg.RedisClusterAddrs) == 0 {
-		mcfg := pubsub.NewMemoryConfig()
-		mcfg.HistorySize = history
-		if cfg.HistoryTTL > 0 {
-			mcfg.HistoryTTL = cfg.HistoryTTL
-		}
-		if cfg.HistoryBytes > 0 {
-			mcfg.HistoryBytes = cfg.HistoryBytes
-		}
-		return pubsub.NewMemory(mcfg), nil
-	}
-	rcfg := pubsub.NewRedisConfig()
-	rcfg.URL = cfg.RedisURL
-	rcfg.ClusterAddrs = cfg.RedisClusterAddrs
-	rcfg.HistorySize = history
-	if cfg.RedisPrefix != "" {
-		rcfg.Prefix = cfg.RedisPrefix
-	}
-	if cfg.RedisTimeout > 0 {
-		rcfg.Timeout = cfg.RedisTimeout
-	}
-	if cfg.HistoryTTL > 0 {
-		rcfg.HistoryTTL = cfg.HistoryTTL
-	}
-	if cfg.HistoryBytes > 0 {
-		rcfg.HistoryBytes = cfg.HistoryBytes
-	}
-	key := "redis_url"
-	if len(cfg.RedisClusterAddrs) > 0 {
-		key = "redis_cluster_addrs"
-	}
-	r, err := pubsub.NewRedis(rcfg)
-	if err != nil {
-		return nil, keyErr(key, "%v", err)
-	}
-	if reg != nil {
-		if err := reg.Register(r.Collector()); err != nil {
-			_ = r.Close()
-			return nil, err
-		}
-	}
-	return r, nil
 }
 
 // newPresence builds the presence tracker when a route has presence on

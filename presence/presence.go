@@ -81,23 +81,25 @@ func RefusalReason(err error) string {
 	return ""
 }
 
-// Config bounds presence tracking.
+// Config bounds presence tracking. It is the presence section of phxgate's
+// configuration: the yaml tags are the keys under presence., and Validate
+// names them relative to it.
 type Config struct {
 	// Window batches a topic's changes made on this node into one
 	// presence_diff per window. Zero means DefaultWindow.
-	Window time.Duration
+	Window time.Duration `yaml:"window" usage:"a topic's presence changes on one node within this window make one presence_diff"`
 	// MaxMetaBytes bounds one meta object (as the backend sent it). Zero
 	// means DefaultMaxMetaBytes.
-	MaxMetaBytes int
+	MaxMetaBytes int `yaml:"max_meta_bytes" usage:"largest presence meta in bytes; a bigger one is refused (the join stands)"`
 	// MaxMetasPerKey bounds the metas (connections) of one player on one
 	// topic. Zero means DefaultMaxMetasPerKey.
-	MaxMetasPerKey int
+	MaxMetasPerKey int `yaml:"max_metas_per_key" usage:"connections of one player present on one topic"`
 	// MaxPerTopic bounds the presences of one topic. Zero means
 	// DefaultMaxPerTopic.
-	MaxPerTopic int
+	MaxPerTopic int `yaml:"max_per_topic" usage:"presences on one topic"`
 	// Timeout bounds each store call and each diff publish. Zero means
 	// DefaultTimeout.
-	Timeout time.Duration
+	Timeout time.Duration `yaml:"timeout" usage:"bound of each presence store call and diff publish"`
 }
 
 // Defaults.
@@ -124,15 +126,15 @@ var ErrInvalidConfig = errors.New("presence: invalid config")
 func (c Config) Validate() error {
 	switch {
 	case c.Window < 0 || c.Window > 10*time.Second:
-		return fmt.Errorf("%w: Window %v outside 0s..10s", ErrInvalidConfig, c.Window)
+		return fmt.Errorf("%w: window: must be between 0s and 10s", ErrInvalidConfig)
 	case c.MaxMetaBytes < 0 || c.MaxMetaBytes > 64<<10:
-		return fmt.Errorf("%w: MaxMetaBytes %d outside 0..65536", ErrInvalidConfig, c.MaxMetaBytes)
+		return fmt.Errorf("%w: max_meta_bytes: must be between 0 and 65536", ErrInvalidConfig)
 	case c.MaxMetasPerKey < 0 || c.MaxMetasPerKey > MaxMetasPerKey:
-		return fmt.Errorf("%w: MaxMetasPerKey %d outside 0..%d", ErrInvalidConfig, c.MaxMetasPerKey, MaxMetasPerKey)
+		return fmt.Errorf("%w: max_metas_per_key: must be between 0 and %d", ErrInvalidConfig, MaxMetasPerKey)
 	case c.MaxPerTopic < 0 || c.MaxPerTopic > 1_000_000:
-		return fmt.Errorf("%w: MaxPerTopic %d outside 0..1000000", ErrInvalidConfig, c.MaxPerTopic)
-	case c.Timeout < 0:
-		return fmt.Errorf("%w: Timeout %v is negative", ErrInvalidConfig, c.Timeout)
+		return fmt.Errorf("%w: max_per_topic: must be between 0 and 1000000", ErrInvalidConfig)
+	case c.Timeout < 0 || c.Timeout > time.Minute:
+		return fmt.Errorf("%w: timeout: must be between 0s and 1m", ErrInvalidConfig)
 	}
 	return nil
 }

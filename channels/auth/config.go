@@ -41,53 +41,55 @@ const (
 // as the hash output.
 var minHMACBytes = map[string]int{"HS256": 32, "HS384": 48, "HS512": 64}
 
-// Config configures a Verifier. YAML keys are given as `auth.<key>`.
+// Config configures a Verifier. It is the auth section of phxgate's
+// configuration: the yaml tags are the keys under auth., and Validate names
+// them relative to it ("leeway"; the caller adds "auth.").
 type Config struct {
 	// Required (auth.required) says that a connection without a token is
 	// refused. The Verifier does not act on it (it only verifies tokens it is
 	// given); the caller reads it. When true, at least one key source must
 	// be configured.
-	Required bool
+	Required bool `yaml:"required" usage:"refuse connects without a valid token (401 missing, 403 invalid)"`
 	// HS256Secret (auth.hs256_secret) enables HS256 with this secret, at
 	// least 32 bytes. Empty disables HS256.
-	HS256Secret string
+	HS256Secret string `yaml:"hs256_secret" usage:"HS256 secret for tokens (at least 32 bytes)"`
 	// HS384Secret (auth.hs384_secret) enables HS384, at least 48 bytes.
 	// Empty disables HS384.
-	HS384Secret string
+	HS384Secret string `yaml:"hs384_secret" usage:"HS384 secret for tokens (at least 48 bytes)"`
 	// HS512Secret (auth.hs512_secret) enables HS512, at least 64 bytes.
 	// Empty disables HS512.
-	HS512Secret string
+	HS512Secret string `yaml:"hs512_secret" usage:"HS512 secret for tokens (at least 64 bytes)"`
 	// PublicKeyFiles (auth.public_key_files) are PEM files holding RSA
 	// (≥ 2048 bits; enables RS256/384/512), ECDSA (P-256 → ES256, P-384 →
 	// ES384, P-521 → ES512) or Ed25519 (EdDSA) public keys, in "PUBLIC KEY"
 	// (PKIX) or "RSA PUBLIC KEY" (PKCS#1) blocks or certificates. A file may
 	// hold several blocks. They are read once, by NewVerifier. Empty: none.
-	PublicKeyFiles []string
+	PublicKeyFiles []string `yaml:"public_key_files" usage:"PEM files with RSA, ECDSA or Ed25519 public keys, comma-separated"`
 	// JWKSURL (auth.jwks_url) is an https URL (http only for loopback hosts)
 	// serving a JSON Web Key Set. Tokens with a `kid` are verified against
 	// it. Empty disables JWKS.
-	JWKSURL string
+	JWKSURL string `yaml:"jwks_url" usage:"JWKS URL (https; http only for loopback)"`
 	// JWKSRefreshInterval (auth.jwks_refresh_interval) is the minimum time
 	// between two JWKS fetches. Zero means DefaultJWKSRefreshInterval.
-	JWKSRefreshInterval time.Duration
+	JWKSRefreshInterval time.Duration `yaml:"jwks_refresh_interval" usage:"minimum time between two JWKS fetches"`
 	// JWKSTimeout (auth.jwks_timeout) bounds one JWKS fetch. Zero means
 	// DefaultJWKSTimeout.
-	JWKSTimeout time.Duration
+	JWKSTimeout time.Duration `yaml:"jwks_timeout" usage:"deadline of one JWKS fetch"`
 	// JWKSMaxBytes (auth.jwks_max_bytes) bounds the JWKS response body, in
 	// bytes. Zero means DefaultJWKSMaxBytes.
-	JWKSMaxBytes int64
+	JWKSMaxBytes int64 `yaml:"jwks_max_bytes" usage:"largest JWKS response body in bytes"`
 	// Leeway (auth.leeway) is the clock skew tolerated on exp and nbf.
 	// Zero means no tolerance; NewConfig sets DefaultLeeway.
-	Leeway time.Duration
+	Leeway time.Duration `yaml:"leeway" usage:"clock skew tolerated on exp and nbf"`
 	// Audience (auth.audience), when set, must appear in the token's aud.
 	// Empty: aud is not checked.
-	Audience string
+	Audience string `yaml:"audience" usage:"required token audience (empty: not checked)"`
 	// Issuer (auth.issuer), when set, must equal the token's iss. Empty:
 	// iss is not checked.
-	Issuer string
+	Issuer string `yaml:"issuer" usage:"required token issuer (empty: not checked)"`
 	// MaxTokenBytes (auth.max_token_bytes) is the largest token accepted, in
 	// bytes, checked before parsing. Zero means DefaultMaxTokenBytes.
-	MaxTokenBytes int
+	MaxTokenBytes int `yaml:"max_token_bytes" usage:"largest token accepted, in bytes, checked before parsing"`
 
 	// Now is the clock; nil means time.Now. For tests.
 	Now func() time.Time `yaml:"-"`
@@ -113,7 +115,7 @@ func NewConfig() Config {
 var ErrConfig = errors.New("invalid auth config")
 
 func configErr(key, msg string) error {
-	return fmt.Errorf("%w: auth.%s: %s", ErrConfig, key, msg)
+	return fmt.Errorf("%w: %s: %s", ErrConfig, key, msg)
 }
 
 // Validate checks the configuration; errors name the offending key. It does
@@ -152,8 +154,8 @@ func (c Config) Validate() error {
 	if c.MaxTokenBytes < 0 {
 		return configErr("max_token_bytes", "must be ≥ 0")
 	}
-	if c.JWKSRefreshInterval < 0 {
-		return configErr("jwks_refresh_interval", "must be ≥ 0")
+	if c.JWKSRefreshInterval < 0 || c.JWKSRefreshInterval > 24*time.Hour {
+		return configErr("jwks_refresh_interval", "must be between 0s and 24h")
 	}
 	if c.JWKSTimeout < 0 {
 		return configErr("jwks_timeout", "must be ≥ 0")

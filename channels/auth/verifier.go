@@ -46,7 +46,7 @@ func NewVerifier(cfg Config, reg prometheus.Registerer) (*Verifier, error) {
 	for i, path := range cfg.PublicKeyFiles {
 		keys, err := loadPublicKeyFile(path)
 		if err != nil {
-			return nil, fmt.Errorf("%w: auth.public_key_files[%d] (%s): %w", ErrConfig, i, path, err)
+			return nil, fmt.Errorf("%w: public_key_files[%d] (%s): %w", ErrConfig, i, path, err)
 		}
 		for _, k := range keys {
 			v.static = append(v.static, k)

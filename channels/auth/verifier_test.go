@@ -247,18 +247,19 @@ func TestConfigValidate(t *testing.T) {
 		wantKey string // "" means valid
 	}{
 		{"defaults with a secret", func(c *Config) { c.HS256Secret = secret256 }, ""},
-		{"required without keys", func(c *Config) {}, "auth.required"},
+		{"required without keys", func(c *Config) {}, "required"},
 		{"not required without keys", func(c *Config) { c.Required = false }, ""},
-		{"short HS256 secret", func(c *Config) { c.HS256Secret = "short" }, "auth.hs256_secret"},
-		{"short HS512 secret", func(c *Config) { c.HS512Secret = secret384 }, "auth.hs512_secret"},
-		{"negative leeway", func(c *Config) { c.HS256Secret = secret256; c.Leeway = -time.Second }, "auth.leeway"},
-		{"huge leeway", func(c *Config) { c.HS256Secret = secret256; c.Leeway = time.Hour }, "auth.leeway"},
-		{"negative max token", func(c *Config) { c.HS256Secret = secret256; c.MaxTokenBytes = -1 }, "auth.max_token_bytes"},
-		{"jwks over http", func(c *Config) { c.JWKSURL = "http://id.example.test/jwks" }, "auth.jwks_url"},
+		{"short HS256 secret", func(c *Config) { c.HS256Secret = "short" }, "hs256_secret"},
+		{"short HS512 secret", func(c *Config) { c.HS512Secret = secret384 }, "hs512_secret"},
+		{"negative leeway", func(c *Config) { c.HS256Secret = secret256; c.Leeway = -time.Second }, "leeway"},
+		{"huge leeway", func(c *Config) { c.HS256Secret = secret256; c.Leeway = time.Hour }, "leeway"},
+		{"negative max token", func(c *Config) { c.HS256Secret = secret256; c.MaxTokenBytes = -1 }, "max_token_bytes"},
+		{"jwks over http", func(c *Config) { c.JWKSURL = "http://id.example.test/jwks" }, "jwks_url"},
 		{"jwks over http loopback", func(c *Config) { c.JWKSURL = "http://127.0.0.1:8080/jwks" }, ""},
-		{"jwks file scheme", func(c *Config) { c.JWKSURL = "file:///etc/passwd" }, "auth.jwks_url"},
-		{"jwks relative", func(c *Config) { c.JWKSURL = "/jwks.json" }, "auth.jwks_url"},
-		{"negative refresh", func(c *Config) { c.JWKSURL = "https://id.example.test/jwks"; c.JWKSRefreshInterval = -1 }, "auth.jwks_refresh_interval"},
+		{"jwks file scheme", func(c *Config) { c.JWKSURL = "file:///etc/passwd" }, "jwks_url"},
+		{"jwks relative", func(c *Config) { c.JWKSURL = "/jwks.json" }, "jwks_url"},
+		{"refresh past a day", func(c *Config) { c.JWKSURL = "https://id.example.test/jwks"; c.JWKSRefreshInterval = 25 * time.Hour }, "jwks_refresh_interval"},
+		{"negative refresh", func(c *Config) { c.JWKSURL = "https://id.example.test/jwks"; c.JWKSRefreshInterval = -1 }, "jwks_refresh_interval"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -271,7 +272,7 @@ func TestConfigValidate(t *testing.T) {
 				}
 				return
 			}
-			if !errors.Is(err, ErrConfig) || !strings.Contains(fmt.Sprint(err), tc.wantKey+":") {
+			if !errors.Is(err, ErrConfig) || !strings.HasPrefix(fmt.Sprint(err), ErrConfig.Error()+": "+tc.wantKey+":") {
 				t.Fatalf("Validate = %v, want an error naming %s", err, tc.wantKey)
 			}
 		})
@@ -303,8 +304,8 @@ func TestNewVerifierRefusesBadKeyFiles(t *testing.T) {
 			cfg := NewConfig()
 			cfg.PublicKeyFiles = []string{pemFile(t, &k.rsa.PublicKey), tc.path}
 			_, err := NewVerifier(cfg, nil)
-			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "auth.public_key_files[1]") {
-				t.Fatalf("NewVerifier err = %v, want one naming auth.public_key_files[1]", err)
+			if !errors.Is(err, ErrConfig) || !strings.HasPrefix(err.Error(), ErrConfig.Error()+": public_key_files[1]") {
+				t.Fatalf("NewVerifier err = %v, want one naming public_key_files[1]", err)
 			}
 		})
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -35,6 +37,9 @@ const (
 	DefaultMaxEntries = 100_000
 	// DefaultIdleTTL: an entry untouched this long is dropped.
 	DefaultIdleTTL = 10 * time.Minute
+	// MaxMaxEntries and MaxIdleTTL bound max_entries and idle_ttl.
+	MaxMaxEntries = 1 << 24
+	MaxIdleTTL    = 24 * time.Hour
 	// shards spreads lock contention; a power of two.
 	shards = 64
 )
@@ -51,38 +56,43 @@ func (l ClassLimit) refill() time.Duration {
 	return time.Duration(float64(l.Burst) / l.PerSecond * float64(time.Second))
 }
 
-// Config configures a Limiter. YAML keys are given as `limits.<key>`.
+// Config configures a Limiter. It is the limits section of phxgate's
+// configuration: the yaml tags are the keys under limits., and Validate
+// names them relative to it ("joins_per_second", the caller adds
+// "limits.").
 type Config struct {
 	// JoinsPerSecond (limits.joins_per_second): phx_join per player per
 	// second; must be > 0.
-	JoinsPerSecond float64
+	JoinsPerSecond float64 `yaml:"joins_per_second" usage:"joins per player (anonymous: per client IP) per second"`
 	// JoinBurst (limits.join_burst): joins allowed at once; must be ≥ 1.
-	JoinBurst int
+	JoinBurst int `yaml:"join_burst" usage:"joins allowed at once"`
 	// Classes (limits.classes): event classes by name. Must contain
 	// DefaultClass. Routes map event names to these names (see Route).
-	Classes map[string]ClassLimit
+	Classes Classes `yaml:"classes" usage:"event classes as \"name=per_second:burst,...\" (merged over the defaults)"`
 	// DefaultClass (limits.default_class): the class used for an empty or
 	// unknown class name. Must name a key of Classes.
-	DefaultClass string
+	DefaultClass string `yaml:"default_class" usage:"class of events no route classifies"`
 	// HeartbeatsPerSecond (limits.heartbeats_per_second): heartbeats per
 	// connection per second (HeartbeatBucket); must be > 0.
-	HeartbeatsPerSecond float64
+	HeartbeatsPerSecond float64 `yaml:"heartbeats_per_second" usage:"heartbeats per connection per second"`
 	// HeartbeatBurst (limits.heartbeat_burst): heartbeats one connection
 	// may send at once; must be ≥ 1.
-	HeartbeatBurst int
+	HeartbeatBurst int `yaml:"heartbeat_burst" usage:"heartbeats one connection may send at once"`
 	// AbuseWindow (limits.abuse_window): a player (for heartbeats: a
 	// connection) refused continuously (no gap longer than AbuseQuiet
 	// without a refusal) for this long is abusive; must be > 0.
-	AbuseWindow time.Duration
+	AbuseWindow time.Duration `yaml:"abuse_window" usage:"refused continuously this long: disconnect with 1008"`
 	// AbuseQuiet (limits.abuse_quiet): a gap without refusals longer than this
 	// ends a refusal streak; must be > 0 and ≤ AbuseWindow.
-	AbuseQuiet time.Duration
-	// MaxEntries (limits.max_entries): players tracked at most; must be ≥ 1.
-	MaxEntries int
+	AbuseQuiet time.Duration `yaml:"abuse_quiet" usage:"a gap this long without refusals ends a refusal streak"`
+	// MaxEntries (limits.max_entries): players tracked at most; between 1
+	// and MaxMaxEntries.
+	MaxEntries int `yaml:"max_entries" usage:"players tracked by the rate limiter at most"`
 	// IdleTTL (limits.idle_ttl): an untouched entry is evicted after this
 	// long; must be ≥ AbuseWindow and ≥ the refill time of every
-	// per-player bucket (heartbeat buckets live with their connection).
-	IdleTTL time.Duration
+	// per-player bucket (heartbeat buckets live with their connection),
+	// and at most MaxIdleTTL.
+	IdleTTL time.Duration `yaml:"idle_ttl" usage:"rate limiter entries idle this long are forgotten"`
 
 	// Now is the clock; nil means time.Now. For tests.
 	Now func() time.Time `yaml:"-"`
@@ -108,7 +118,7 @@ func NewConfig() Config {
 var ErrConfig = errors.New("invalid rate limit config")
 
 func configErr(key, msg string) error {
-	return fmt.Errorf("%w: limits.%s: %s", ErrConfig, key, msg)
+	return fmt.Errorf("%w: %s: %s", ErrConfig, key, msg)
 }
 
 func checkRate(key string, perSecond float64, burst int) error {
@@ -159,14 +169,52 @@ func (c Config) Validate() error {
 		return configErr("abuse_window", "must be > 0")
 	}
 	if c.AbuseQuiet <= 0 || c.AbuseQuiet > c.AbuseWindow {
-		return configErr("abuse_quiet", "must be > 0 and ≤ limits.abuse_window")
+		return configErr("abuse_quiet", "must be > 0 and ≤ abuse_window")
 	}
-	if c.MaxEntries < 1 {
-		return configErr("max_entries", "must be ≥ 1")
+	if c.MaxEntries < 1 || c.MaxEntries > MaxMaxEntries {
+		return configErr("max_entries", fmt.Sprintf("must be between 1 and %d", MaxMaxEntries))
+	}
+	if c.IdleTTL > MaxIdleTTL {
+		return configErr("idle_ttl", fmt.Sprintf("must be at most %v", MaxIdleTTL))
 	}
 	if c.IdleTTL < c.AbuseWindow || c.IdleTTL < longest {
-		return configErr("idle_ttl", fmt.Sprintf("must be ≥ limits.abuse_window and ≥ the longest bucket refill (%v)", longest))
+		return configErr("idle_ttl", fmt.Sprintf("must be ≥ abuse_window and ≥ the longest bucket refill (%v)", longest))
 	}
+	return nil
+}
+
+// Classes are the event classes by name (limits.classes).
+type Classes map[string]ClassLimit
+
+// Set merges the flag and environment form "name=per_second:burst,…"
+// (e.g. "default=20:40,chat=2:5") over c. The map is copied, so that a
+// default map is never shared between configs.
+func (c *Classes) Set(s string) error {
+	m := make(Classes, len(*c)+1)
+	for k, v := range *c {
+		m[k] = v
+	}
+	for item := range strings.SplitSeq(s, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		name, spec, ok := strings.Cut(item, "=")
+		ps, bs, ok2 := strings.Cut(spec, ":")
+		if !ok || !ok2 || name == "" {
+			return fmt.Errorf("want name=per_second:burst, got %q", item)
+		}
+		rate, err := strconv.ParseFloat(ps, 64)
+		if err != nil {
+			return fmt.Errorf("class %q: per_second: %v", name, err)
+		}
+		burst, err := strconv.Atoi(bs)
+		if err != nil {
+			return fmt.Errorf("class %q: burst: %v", name, err)
+		}
+		m[name] = ClassLimit{PerSecond: rate, Burst: burst}
+	}
+	*c = m
 	return nil
 }
 

@@ -325,19 +325,21 @@ func TestConfigValidate(t *testing.T) {
 		wantKey string
 	}{
 		{"defaults", func(c *Config) {}, ""},
-		{"zero joins is not unlimited", func(c *Config) { c.JoinsPerSecond = 0 }, "limits.joins_per_second"},
-		{"zero join burst", func(c *Config) { c.JoinBurst = 0 }, "limits.join_burst"},
-		{"zero heartbeat rate", func(c *Config) { c.HeartbeatsPerSecond = 0 }, "limits.heartbeats_per_second"},
-		{"no classes", func(c *Config) { c.Classes = nil }, "limits.classes"},
-		{"class rate zero", func(c *Config) { c.Classes["chat"] = ClassLimit{Burst: 1} }, "limits.classes.chat.per_second"},
-		{"class burst zero", func(c *Config) { c.Classes["chat"] = ClassLimit{PerSecond: 1} }, "limits.classes.chat.burst"},
-		{"unknown default class", func(c *Config) { c.DefaultClass = "x" }, "limits.default_class"},
-		{"zero abuse window", func(c *Config) { c.AbuseWindow = 0 }, "limits.abuse_window"},
-		{"quiet longer than window", func(c *Config) { c.AbuseQuiet = time.Minute }, "limits.abuse_quiet"},
-		{"zero max entries", func(c *Config) { c.MaxEntries = 0 }, "limits.max_entries"},
+		{"zero joins is not unlimited", func(c *Config) { c.JoinsPerSecond = 0 }, "joins_per_second"},
+		{"zero join burst", func(c *Config) { c.JoinBurst = 0 }, "join_burst"},
+		{"zero heartbeat rate", func(c *Config) { c.HeartbeatsPerSecond = 0 }, "heartbeats_per_second"},
+		{"no classes", func(c *Config) { c.Classes = nil }, "classes"},
+		{"class rate zero", func(c *Config) { c.Classes["chat"] = ClassLimit{Burst: 1} }, "classes.chat.per_second"},
+		{"class burst zero", func(c *Config) { c.Classes["chat"] = ClassLimit{PerSecond: 1} }, "classes.chat.burst"},
+		{"unknown default class", func(c *Config) { c.DefaultClass = "x" }, "default_class"},
+		{"zero abuse window", func(c *Config) { c.AbuseWindow = 0 }, "abuse_window"},
+		{"quiet longer than window", func(c *Config) { c.AbuseQuiet = time.Minute }, "abuse_quiet"},
+		{"zero max entries", func(c *Config) { c.MaxEntries = 0 }, "max_entries"},
+		{"too many entries", func(c *Config) { c.MaxEntries = MaxMaxEntries + 1 }, "max_entries"},
+		{"idle ttl past a day", func(c *Config) { c.IdleTTL = MaxIdleTTL + time.Second }, "idle_ttl"},
 		{"idle ttl shorter than a refill", func(c *Config) {
 			c.Classes["slow"] = ClassLimit{PerSecond: 0.001, Burst: 10}
-		}, "limits.idle_ttl"},
+		}, "idle_ttl"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -350,7 +352,8 @@ func TestConfigValidate(t *testing.T) {
 				}
 				return
 			}
-			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.wantKey+":") {
+			// Keys are relative to the limits section; the loader adds "limits.".
+			if !errors.Is(err, ErrConfig) || !strings.HasPrefix(err.Error(), ErrConfig.Error()+": "+tc.wantKey+":") {
 				t.Fatalf("Validate = %v, want an error naming %s", err, tc.wantKey)
 			}
 		})

@@ -214,7 +214,7 @@ func TestClientIP(t *testing.T) {
 
 func TestIPv6GroupedBySlash64(t *testing.T) {
 	cfg := NewConfig()
-	cfg.PerIPMaxConns = 2
+	cfg.IPMaxConns = 2
 	c, _, _ := newTestController(t, cfg)
 	// Hosts in one /64 share the cap however many addresses they use.
 	for i := range 2 {
@@ -256,8 +256,8 @@ func TestHandshakeFloodFromOneIP(t *testing.T) {
 		tk.Release()
 		admitted++
 	}
-	if admitted != cfg.PerIPHandshakeBurst || refused != 1000-admitted {
-		t.Fatalf("admitted %d refused %d, want %d admitted", admitted, refused, cfg.PerIPHandshakeBurst)
+	if admitted != cfg.IPHandshakeBurst || refused != 1000-admitted {
+		t.Fatalf("admitted %d refused %d, want %d admitted", admitted, refused, cfg.IPHandshakeBurst)
 	}
 	if tk, err := c.Admit(bystander); err != nil {
 		t.Fatalf("another address refused during the flood: %v", err)
@@ -276,7 +276,7 @@ func TestHandshakeFloodFromOneIP(t *testing.T) {
 func TestConnectionCaps(t *testing.T) {
 	t.Run("1000 connections from one IP over the per-IP cap", func(t *testing.T) {
 		cfg := NewConfig()
-		cfg.PerIPHandshakesPerSecond, cfg.PerIPHandshakeBurst = 10_000, 10_000
+		cfg.IPHandshakesPerSecond, cfg.IPHandshakeBurst = 10_000, 10_000
 		c, _, reg := newTestController(t, cfg)
 		ip := mustAddr(t, "203.0.113.66")
 		var held []*Ticket
@@ -288,10 +288,10 @@ func TestConnectionCaps(t *testing.T) {
 			}
 			held = append(held, tk)
 		}
-		if len(held) != cfg.PerIPMaxConns {
-			t.Fatalf("held %d, want %d", len(held), cfg.PerIPMaxConns)
+		if len(held) != cfg.IPMaxConns {
+			t.Fatalf("held %d, want %d", len(held), cfg.IPMaxConns)
 		}
-		if got := refusedTotal(t, reg, ReasonIPConnLimit); got != float64(1000-cfg.PerIPMaxConns) {
+		if got := refusedTotal(t, reg, ReasonIPConnLimit); got != float64(1000-cfg.IPMaxConns) {
 			t.Fatalf("refused_total = %v", got)
 		}
 		if tk, err := c.Admit(mustAddr(t, "198.51.100.1")); err != nil {
@@ -310,7 +310,7 @@ func TestConnectionCaps(t *testing.T) {
 	})
 	t.Run("per player", func(t *testing.T) {
 		cfg := NewConfig()
-		cfg.PerPlayerMaxConns = 2
+		cfg.PlayerMaxConns = 2
 		c, _, _ := newTestController(t, cfg)
 		var tickets []*Ticket
 		for i := range 3 {
@@ -387,7 +387,7 @@ func TestTrackedIPsBounded(t *testing.T) {
 			t.Fatalf("tracked %d keys", n)
 		}
 	}
-	clock.Advance(cfg.IdleTTL)
+	clock.Advance(cfg.IPIdleTTL)
 	if n := c.Sweep(); n != cfg.MaxTrackedIPs {
 		t.Fatalf("Sweep = %d", n)
 	}
@@ -399,10 +399,10 @@ func TestTrackedIPsBounded(t *testing.T) {
 
 func TestConcurrentAdmitRelease(t *testing.T) {
 	cfg := NewConfig()
-	cfg.PerIPHandshakesPerSecond, cfg.PerIPHandshakeBurst = 1e6, 1_000_000
+	cfg.IPHandshakesPerSecond, cfg.IPHandshakeBurst = 1e6, 1_000_000
 	cfg.MaxConns = 50
-	cfg.PerIPMaxConns = 20
-	cfg.PerPlayerMaxConns = 5
+	cfg.IPMaxConns = 20
+	cfg.PlayerMaxConns = 5
 	c, _, _ := newTestController(t, cfg)
 	var wg sync.WaitGroup
 	for g := range 16 {
@@ -454,14 +454,16 @@ func TestConfigValidate(t *testing.T) {
 		{"bare star", func(c *Config) { c.CheckOrigin = []string{"https://*"} }, "check_origin[0]"},
 		{"inner star", func(c *Config) { c.CheckOrigin = []string{"https://a.*.com"} }, "check_origin[0]"},
 		{"bad proxy", func(c *Config) { c.TrustedProxies = []string{"10.0.0.0/33"} }, "trusted_proxies[0]"},
-		{"zero handshake rate", func(c *Config) { c.PerIPHandshakesPerSecond = 0 }, "limits.ip_handshakes_per_second"},
-		{"zero burst", func(c *Config) { c.PerIPHandshakeBurst = 0 }, "limits.ip_handshake_burst"},
-		{"zero per-IP is not unlimited", func(c *Config) { c.PerIPMaxConns = 0 }, "limits.ip_max_conns"},
-		{"zero handshakes in progress", func(c *Config) { c.PerIPMaxHandshakes = 0 }, "limits.ip_max_handshakes"},
-		{"zero per-player", func(c *Config) { c.PerPlayerMaxConns = 0 }, "limits.player_max_conns"},
+		{"zero handshake rate", func(c *Config) { c.IPHandshakesPerSecond = 0 }, "limits.ip_handshakes_per_second"},
+		{"zero burst", func(c *Config) { c.IPHandshakeBurst = 0 }, "limits.ip_handshake_burst"},
+		{"zero per-IP is not unlimited", func(c *Config) { c.IPMaxConns = 0 }, "limits.ip_max_conns"},
+		{"zero handshakes in progress", func(c *Config) { c.IPMaxHandshakes = 0 }, "limits.ip_max_handshakes"},
+		{"zero per-player", func(c *Config) { c.PlayerMaxConns = 0 }, "limits.player_max_conns"},
 		{"zero global", func(c *Config) { c.MaxConns = 0 }, "limits.max_conns"},
 		{"zero tracked", func(c *Config) { c.MaxTrackedIPs = 0 }, "limits.max_tracked_ips"},
-		{"idle ttl under refill", func(c *Config) { c.IdleTTL = time.Second }, "limits.ip_idle_ttl"},
+		{"zero idle ttl", func(c *Config) { c.IPIdleTTL = 0 }, "limits.ip_idle_ttl"},
+		{"idle ttl past a day", func(c *Config) { c.IPIdleTTL = 25 * time.Hour }, "limits.ip_idle_ttl"},
+		{"refill past a day", func(c *Config) { c.IPHandshakesPerSecond = 0.0001 }, "limits.ip_handshake_burst"},
 		{"v6 prefix 0", func(c *Config) { c.IPv6PrefixBits = 0 }, "limits.ipv6_prefix_bits"},
 	}
 	for _, tc := range cases {

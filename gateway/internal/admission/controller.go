@@ -66,6 +66,8 @@ type Controller struct {
 	allowed []origin
 	proxies []netip.Prefix
 	v6bits  int
+	// idleTTL is cfg.Limits.BucketTTL().
+	idleTTL time.Duration
 
 	mu      sync.Mutex
 	ips     map[netip.Prefix]*ipState
@@ -97,6 +99,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Controller, error) {
 		cfg:     cfg,
 		now:     cfg.Now,
 		v6bits:  cfg.IPv6PrefixBits,
+		idleTTL: cfg.Limits.BucketTTL(),
 		ips:     make(map[netip.Prefix]*ipState),
 		players: make(map[string]int),
 		pending: make(map[netip.Prefix]int),
@@ -192,7 +195,7 @@ func nopRelease() {}
 // BeginHandshake counts one more handshake in progress from the TCP peer
 // peer (keyed as Key does), before any byte of the request is read, so that
 // one address holding many silent connections cannot occupy every
-// handshake worker: past PerIPMaxHandshakes it returns a 429 *Refusal
+// handshake worker: past IPMaxHandshakes it returns a 429 *Refusal
 // (ReasonIPHandshakes). On success the caller must call release exactly
 // when the handshake ends, whichever way (upgrade, refusal, timeout, hand-off
 // to another server); release is idempotent and safe from any goroutine.
@@ -209,7 +212,7 @@ func (c *Controller) BeginHandshake(peer netip.Addr) (release func(), err error)
 	key := c.Key(peer)
 	c.mu.Lock()
 	n := c.pending[key]
-	if n >= c.cfg.PerIPMaxHandshakes {
+	if n >= c.cfg.IPMaxHandshakes {
 		c.mu.Unlock()
 		return nil, c.refuse(http.StatusTooManyRequests, ReasonIPHandshakes, ErrIPHandshakes, 0)
 	}
@@ -276,7 +279,7 @@ func (c *Controller) Admit(ip netip.Addr) (*Ticket, error) {
 		wait := time.Duration(math.Ceil(missing / float64(st.handshakes.Limit()) * float64(time.Second)))
 		return nil, c.refuse(http.StatusTooManyRequests, ReasonHandshakeRate, ErrHandshakeRate, wait)
 	}
-	if st.conns >= c.cfg.PerIPMaxConns {
+	if st.conns >= c.cfg.IPMaxConns {
 		return nil, c.refuse(http.StatusTooManyRequests, ReasonIPConnLimit, ErrIPConnLimit, 0)
 	}
 	if c.total >= c.cfg.MaxConns {
@@ -302,7 +305,7 @@ func (t *Ticket) BindPlayer(player string) error {
 	c := t.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.players[player] >= c.cfg.PerPlayerMaxConns {
+	if c.players[player] >= c.cfg.PlayerMaxConns {
 		return c.refuse(http.StatusTooManyRequests, ReasonPlayerConnLimit, ErrPlayerConnLimit, 0)
 	}
 	c.players[player]++
@@ -355,7 +358,7 @@ func (c *Controller) state(key netip.Prefix, now time.Time) *ipState {
 	}
 	st := &ipState{
 		key:        key,
-		handshakes: rate.NewLimiter(rate.Limit(c.cfg.PerIPHandshakesPerSecond), c.cfg.PerIPHandshakeBurst),
+		handshakes: rate.NewLimiter(rate.Limit(c.cfg.IPHandshakesPerSecond), c.cfg.IPHandshakeBurst),
 		lastSeen:   now,
 	}
 	c.ips[key] = st
@@ -363,12 +366,15 @@ func (c *Controller) state(key netip.Prefix, now time.Time) *ipState {
 	return st
 }
 
-// evictIdle forgets a few connection-less keys idle for IdleTTL; bounded
+// IdleTTL is how long an untouched handshake bucket is kept.
+func (c *Controller) IdleTTL() time.Duration { return c.idleTTL }
+
+// evictIdle forgets a few connection-less keys idle for IPIdleTTL; bounded
 // per call so one handshake never pays for a big sweep.
 func (c *Controller) evictIdle(now time.Time) {
 	for range 8 {
 		st := c.idle.prev
-		if st == &c.idle || now.Sub(st.lastSeen) < c.cfg.IdleTTL {
+		if st == &c.idle || now.Sub(st.lastSeen) < c.idleTTL {
 			return
 		}
 		c.dropIdle(st)
@@ -376,7 +382,7 @@ func (c *Controller) evictIdle(now time.Time) {
 	}
 }
 
-// Sweep forgets every connection-less key idle for IdleTTL; the owner calls
+// Sweep forgets every connection-less key idle for IPIdleTTL; the owner calls
 // it periodically. Returns how many went.
 func (c *Controller) Sweep() int {
 	now := c.now()
@@ -385,7 +391,7 @@ func (c *Controller) Sweep() int {
 	n := 0
 	for {
 		st := c.idle.prev
-		if st == &c.idle || now.Sub(st.lastSeen) < c.cfg.IdleTTL {
+		if st == &c.idle || now.Sub(st.lastSeen) < c.idleTTL {
 			return n
 		}
 		c.dropIdle(st)

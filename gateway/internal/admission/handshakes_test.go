@@ -10,7 +10,7 @@ import (
 
 func TestBeginHandshakeCapsOnePeer(t *testing.T) {
 	cfg := NewConfig()
-	cfg.PerIPMaxHandshakes = 3
+	cfg.IPMaxHandshakes = 3
 	c, _, reg := newTestController(t, cfg)
 	attacker := mustAddr(t, "203.0.113.66")
 	var releases []func()
@@ -61,7 +61,7 @@ func TestBeginHandshakeCapsOnePeer(t *testing.T) {
 
 func TestBeginHandshakeKeys(t *testing.T) {
 	cfg := NewConfig()
-	cfg.PerIPMaxHandshakes = 1
+	cfg.IPMaxHandshakes = 1
 	cfg.TrustedProxies = []string{"10.0.0.0/8"}
 	c, _, _ := newTestController(t, cfg)
 
@@ -110,7 +110,7 @@ func TestBeginHandshakeKeys(t *testing.T) {
 // every entry is gone at the end.
 func TestBeginHandshakeConcurrent(t *testing.T) {
 	cfg := NewConfig()
-	cfg.PerIPMaxHandshakes = 4
+	cfg.IPMaxHandshakes = 4
 	c, _, _ := newTestController(t, cfg)
 	ips := []netip.Addr{mustAddr(t, "203.0.113.1"), mustAddr(t, "203.0.113.2"), mustAddr(t, "2001:db8::1")}
 	var (
@@ -131,7 +131,7 @@ func TestBeginHandshakeConcurrent(t *testing.T) {
 				}
 				mu.Lock()
 				held[ip.String()]++
-				if held[ip.String()] > cfg.PerIPMaxHandshakes {
+				if held[ip.String()] > cfg.IPMaxHandshakes {
 					overflow = true
 				}
 				mu.Unlock()

@@ -1,0 +1,90 @@
+package configload
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+type class struct {
+	Rate  float64 `yaml:"rate"`
+	Burst int     `yaml:"burst"`
+}
+
+type Inner struct {
+	Wait time.Duration `yaml:"wait"`
+}
+
+type testConfig struct {
+	Name    string           `yaml:"name"`
+	List    []string         `yaml:"list"`
+	Section Inner            `yaml:"section"`
+	Classes map[string]class `yaml:"classes"`
+	Items   []Inner          `yaml:"items"`
+	Skip    func()           `yaml:"-"`
+	Inner   `yaml:",inline"`
+}
+
+func TestYAMLErrorsNameTheKey(t *testing.T) {
+	l := New[testConfig]()
+	for _, tt := range []struct{ yaml, want string }{
+		{"nmae: x\n", "config: nmae: unknown key (line 1)"},
+		{"section:\n  wiat: 1s\n", "config: section.wiat: unknown key (line 2)"},
+		{"section:\n  wait: soon\n", "config: section.wait: time: invalid duration"},
+		{"section: 3\n", "config: section: line 1: want a mapping"},
+		{"classes:\n  a: {rate: x}\n", "config: classes.a.rate: "},
+		{"items:\n  - {wait: 1s}\n  - {wiat: 1s}\n", "config: items[1].wiat: unknown key (line 3)"},
+		{"wait: x\n", "config: wait: time: invalid duration"},
+	} {
+		c := testConfig{}
+		err := l.ApplyYAML(&c, []byte(tt.yaml))
+		if !errors.Is(err, ErrConfig) || !strings.HasPrefix(err.Error(), tt.want) {
+			t.Errorf("%q: err = %v, want prefix %q", tt.yaml, err, tt.want)
+		}
+	}
+}
+
+func TestMapsOfSectionsMerge(t *testing.T) {
+	l := New[testConfig]()
+	def := map[string]class{"a": {Rate: 1, Burst: 2}}
+	c := testConfig{Classes: def}
+	if err := l.ApplyYAML(&c, []byte("classes:\n  a: {burst: 5}\n  b: {rate: 3}\n")); err != nil {
+		t.Fatal(err)
+	}
+	if c.Classes["a"] != (class{Rate: 1, Burst: 5}) || c.Classes["b"] != (class{Rate: 3}) || len(def) != 1 || def["a"].Burst != 2 {
+		t.Fatalf("classes = %v, default = %v", c.Classes, def)
+	}
+}
+
+func TestStringForms(t *testing.T) {
+	l := New[testConfig]()
+	var keys []string
+	for _, lf := range l.Leaves() {
+		keys = append(keys, lf.Key)
+	}
+	if got := strings.Join(keys, " "); got != "name list section.wait wait" {
+		t.Fatalf("leaves = %q", got)
+	}
+	c := testConfig{}
+	env := map[string]string{"PHXGATE_SECTION_WAIT": "3s", "PHXGATE_LIST": " a, ,b"}
+	if err := l.ApplyEnv(&c, func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if c.Section.Wait != 3*time.Second || strings.Join(c.List, "|") != "a|b" {
+		t.Fatalf("cfg = %+v", c)
+	}
+	if err := l.ApplyFlags(&c, map[string]string{"wait": "x"}); err == nil || !strings.HasPrefix(err.Error(), "config: wait: flag: ") {
+		t.Fatalf("flag err = %v", err)
+	}
+}
+
+func TestUntaggedFieldPanics(t *testing.T) {
+	defer func() {
+		if recover() == nil {
+			t.Fatal("no panic for a field without a yaml tag")
+		}
+	}()
+	type bad struct{ Forgot int }
+	New[bad]()
+}
