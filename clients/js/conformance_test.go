@@ -20,7 +20,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -39,6 +38,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	backendv1 "github.com/phxgate/phxgate/backends/proto/phxgate/backend/v1"
+	"github.com/phxgate/phxgate/clients/testport"
 	"github.com/phxgate/phxgate/pubsub/redistest"
 )
 
@@ -568,12 +568,10 @@ func stopGateway(t *testing.T, cmd *exec.Cmd, exited chan error) {
 // freePort returns a loopback host:port that was free a moment ago.
 func freePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := testport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := l.Addr().String()
-	l.Close()
 	return addr
 }
 

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/phxgate/phxgate/clients/phx"
+	"github.com/phxgate/phxgate/clients/testport"
 	"github.com/phxgate/phxgate/pubsub/redistest"
 	"sigs.k8s.io/yaml"
 )
@@ -117,12 +117,11 @@ func liveConfig(t *testing.T, target string) []byte {
 // Prometheus, which cannot report a port 0 it was given).
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := testport.Free()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // startProcess runs cmd, logs its output to a file in the test's temp dir

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/phxgate/phxgate/clients/testport"
 )
 
 const (
@@ -317,17 +319,16 @@ func answers(addr string, pid int) error {
 	return fmt.Errorf("%s is answered by another process than pid %d", addr, pid)
 }
 
-// freePorts picks n distinct free ports of 127.0.0.1 by holding n listeners
-// on port 0 at once.
+// freePorts picks n distinct free ports of 127.0.0.1 outside the
+// kernel's ephemeral range (see clients/testport).
 func freePorts(n int) ([]int, error) {
 	ports := make([]int, 0, n)
 	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		p, err := testport.Free()
 		if err != nil {
 			return nil, err
 		}
-		defer ln.Close()
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+		ports = append(ports, p)
 	}
 	return ports, nil
 }
