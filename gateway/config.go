@@ -74,6 +74,11 @@ const (
 	DefaultDrainInterval = 50 * time.Millisecond
 	// MaxDrainBatch bounds drain_batch.
 	MaxDrainBatch = 1 << 20
+	// DefaultReadyCheckInterval is how often the broker and the route
+	// engines are asked whether they are reachable, for the
+	// phxgate_pubsub_broker_up and phxgate_gateway_ready gauges
+	// (ready_check_interval).
+	DefaultReadyCheckInterval = 5 * time.Second
 )
 
 // Limit defaults that differ from the building blocks' own (ratelimit,
@@ -163,6 +168,10 @@ type Config struct {
 	// drain closes; 0 means DefaultDrainInterval. Must be below
 	// DrainTimeout.
 	DrainInterval time.Duration
+	// ReadyCheckInterval (ready_check_interval) is the period of the
+	// readiness check behind the broker-up and ready gauges; 0 means
+	// DefaultReadyCheckInterval. /readyz checks on every request anyway.
+	ReadyCheckInterval time.Duration
 	// RedisURL selects the Redis Streams broker (redis:// or rediss://
 	// for TLS); empty with no RedisClusterAddrs is the embedded in-memory
 	// broker (one node only).
@@ -492,6 +501,9 @@ func (c Config) Validate() error {
 	if c.DrainInterval > 0 && c.DrainInterval < time.Millisecond {
 		return keyErr("drain_interval", "must be at least 1ms (0s: %v)", DefaultDrainInterval)
 	}
+	if c.ReadyCheckInterval != 0 && (c.ReadyCheckInterval < 100*time.Millisecond || c.ReadyCheckInterval > time.Minute) {
+		return keyErr("ready_check_interval", "must be between 100ms and 1m (0s: %v)", DefaultReadyCheckInterval)
+	}
 	if err := c.validateBroker(); err != nil {
 		return err
 	}
@@ -805,6 +817,7 @@ func settings() []setting {
 		durSetting("drain_timeout", "graceful shutdown bound; 1012 closes are spread over its first half", func(c *Config) *time.Duration { return &c.DrainTimeout }),
 		intSetting("drain_batch", "sockets closed with 1012 per drain_interval while draining (0: spread over half of drain_timeout)", func(c *Config) *int { return &c.DrainBatch }),
 		durSetting("drain_interval", "pause between batches of drain closes (0s: 50ms)", func(c *Config) *time.Duration { return &c.DrainInterval }),
+		durSetting("ready_check_interval", "period of the broker and backend check behind the ready gauges (0s: 5s)", func(c *Config) *time.Duration { return &c.ReadyCheckInterval }),
 		strSetting("log_format", "json or text", func(c *Config) *string { return &c.LogFormat }),
 		strSetting("log_level", "debug, info, warn or error", func(c *Config) *string { return &c.LogLevel }),
 		strSetting("redis_url", "Redis URL, redis:// or rediss:// (empty: in-memory broker)", func(c *Config) *string { return &c.RedisURL }),

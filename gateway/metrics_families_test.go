@@ -26,6 +26,9 @@ var metricFamilies = []string{
 	"phxgate_gateway_disconnects_total",
 	"phxgate_gateway_drain_closed_total",
 	"phxgate_gateway_drain_duration_seconds",
+	"phxgate_gateway_draining",
+	"phxgate_gateway_drain_remaining_connections",
+	"phxgate_gateway_ready",
 	"phxgate_handshakes_in_flight",
 	"phxgate_frames_in_total",
 	"phxgate_frames_out_total",
@@ -36,6 +39,15 @@ var metricFamilies = []string{
 	"phxgate_output_budget_bytes",
 	"phxgate_slow_consumers_total",
 	"phxgate_handler_panics_total",
+	// long-poll sessions
+	"phxgate_longpoll_sessions",
+	"phxgate_longpoll_sessions_created_total",
+	"phxgate_longpoll_sessions_closed_total",
+	"phxgate_longpoll_sessions_refused_total",
+	"phxgate_longpoll_polls_total",
+	"phxgate_longpoll_posts_total",
+	"phxgate_longpoll_messages_dropped_total",
+	"phxgate_longpoll_other_requests_total",
 	// admission and auth
 	"phxgate_admission_connections",
 	"phxgate_admission_ip_evictions_total",
@@ -68,6 +80,7 @@ var metricFamilies = []string{
 	"phxgate_replayed_events_total",
 	"phxgate_presence_state_refreshes_total",
 	// pubsub (either broker)
+	"phxgate_pubsub_broker_up",
 	"phxgate_pubsub_broadcasts_total",
 	"phxgate_broadcast_fanout_total",
 	"phxgate_publish_errors_total",
