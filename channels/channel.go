@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -314,7 +315,27 @@ func (c *channel) call(op string, call *backends.Call, reason backends.LeaveReas
 		err = errors.Join(backends.ErrTimeout, err)
 	}
 	srv.m.backendCalls.WithLabelValues(op, callResult(err)).Inc()
+	if err != nil {
+		srv.logCallFailed(ctx, op, call, err)
+	}
 	return rep, err
+}
+
+// logCallFailed logs a failed backend call with the call's context, so a
+// traced join or push's line carries its trace_id and span_id. A panic is
+// an error; any other failure is counted in phxgate_backend_calls_total
+// and logged at debug, so an unreachable game does not flood the log.
+func (s *Server) logCallFailed(ctx context.Context, op string, call *backends.Call, err error) {
+	level := slog.LevelDebug
+	if errors.Is(err, errBackendPanic) {
+		level = slog.LevelError
+	}
+	if !s.log.Enabled(ctx, level) {
+		return
+	}
+	s.log.LogAttrs(ctx, level, "backend call failed",
+		slog.Uint64("conn", call.ConnID), slog.String("op", op), slog.String("topic", call.Topic),
+		slog.String("event", call.Event), slog.String("result", callResult(err)), slog.Any("err", err))
 }
 
 // errBackendPanic is the error of a backend call that panicked: the panic

@@ -3,6 +3,7 @@ package channels
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strconv"
 	"time"
@@ -146,6 +147,11 @@ type Config struct {
 	// Tracer traces joins and pushes forwarded to backends (see
 	// tracing.go). Nil: tracing off, at no cost per message.
 	Tracer trace.Tracer `yaml:"-"`
+	// Logger writes the lines logged on the join and push path (a backend
+	// call that failed), each with the call's context: a handler that
+	// reads the context (backends/telemetry.LogHandler) adds the trace and
+	// span ids of a traced call. Nil: slog.Default().
+	Logger *slog.Logger `yaml:"-"`
 }
 
 // NewConfig returns the defaults.

@@ -2,11 +2,13 @@ package channels
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base32"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,6 +27,7 @@ import (
 // All methods are safe for concurrent use.
 type Server struct {
 	cfg    Config
+	log    *slog.Logger // cfg.Logger or slog.Default()
 	router *Router
 	broker pubsub.Broker
 	m      *metrics
@@ -172,6 +175,7 @@ func NewServer(cfg Config, router *Router, broker pubsub.Broker, reg prometheus.
 	s := &Server{
 		instance: newInstanceID(),
 		cfg:      cfg,
+		log:      cmp.Or(cfg.Logger, slog.Default()),
 		router:   router,
 		broker:   broker,
 		m:        m,

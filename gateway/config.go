@@ -75,6 +75,11 @@ const (
 	DefaultDrainInterval = 50 * time.Millisecond
 	// MaxDrainBatch bounds drain_batch.
 	MaxDrainBatch = 1 << 20
+	// DefaultReadyCheckInterval is how often the broker and the route
+	// engines are asked whether they are reachable, for the
+	// phxgate_pubsub_broker_up and phxgate_gateway_ready gauges
+	// (ready_check_interval).
+	DefaultReadyCheckInterval = 5 * time.Second
 )
 
 // Limit defaults that differ from the building blocks' own (ratelimit,
@@ -167,6 +172,10 @@ type Config struct {
 	// drain closes; 0 means DefaultDrainInterval. Must be below
 	// DrainTimeout.
 	DrainInterval time.Duration `yaml:"drain_interval" usage:"pause between batches of drain closes (0s: 50ms)"`
+	// ReadyCheckInterval (ready_check_interval) is the period of the
+	// readiness check behind the broker-up and ready gauges; 0 means
+	// DefaultReadyCheckInterval. /readyz checks on every request anyway.
+	ReadyCheckInterval time.Duration `yaml:"ready_check_interval" usage:"period of the readiness check behind phxgate_pubsub_broker_up and phxgate_gateway_ready (0s: 5s)"`
 	// LogFormat (log_format) is "json" (the default) or "text".
 	LogFormat string `yaml:"log_format" usage:"json or text"`
 	// LogLevel (log_level) is "debug", "info" (the default), "warn" or
@@ -426,6 +435,9 @@ func (c Config) Validate() error {
 		return keyErr("drain_interval", "must be between 0s and drain_timeout (%v)", c.drainTimeout())
 	case c.DrainInterval > 0 && c.DrainInterval < time.Millisecond:
 		return keyErr("drain_interval", "must be at least 1ms (0s: %v)", DefaultDrainInterval)
+	}
+	if c.ReadyCheckInterval != 0 && (c.ReadyCheckInterval < 100*time.Millisecond || c.ReadyCheckInterval > time.Minute) {
+		return keyErr("ready_check_interval", "must be between 100ms and 1m (0s: %v)", DefaultReadyCheckInterval)
 	}
 	if err := c.validateBroker(); err != nil {
 		return err

@@ -45,6 +45,8 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{name: "drain interval past the window", yaml: "drain_timeout: 2s\ndrain_interval: 2s\n", want: "config: drain_interval: "},
 		{name: "drain interval under 1ms", yaml: "drain_interval: 10us\n", want: "config: drain_interval: "},
 		{name: "bad drain interval", yaml: "drain_interval: soon\n", want: "config: drain_interval: "},
+		{name: "ready check too often", yaml: "ready_check_interval: 10ms\n", want: "config: ready_check_interval: "},
+		{name: "ready check too rare", yaml: "ready_check_interval: 1h\n", want: "config: ready_check_interval: "},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -38,7 +38,6 @@ type metrics struct {
 	slowConsumers prometheus.Counter
 	panics        prometheus.Counter
 	drainClosed   prometheus.Counter
-	drainDuration prometheus.Gauge
 	// drained mirrors drainClosed for the shutdown log line.
 	drained atomic.Int64
 }
@@ -84,9 +83,6 @@ func newMetrics(reg prometheus.Registerer, queued func() float64, busy func() fl
 		drainClosed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "phxgate_gateway_drain_closed_total", Help: "Sockets closed with 1012 by a drain (in batches of drain_batch every drain_interval).",
 		}),
-		drainDuration: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "phxgate_gateway_drain_duration_seconds", Help: "How long the drain has run: from SIGTERM until the last socket closed (0 before a drain).",
-		}),
 	}
 	for _, r := range []string{hsOK, hsRejected, hsBadRequest, hsTimeout, hsTooLarge, hsError, hsHTTP} {
 		m.handshakes.WithLabelValues(r)
@@ -95,7 +91,7 @@ func newMetrics(reg prometheus.Registerer, queued func() float64, busy func() fl
 		m.disconnects.WithLabelValues(string(r))
 	}
 	reg.MustRegister(m.connections, m.handshakes, m.framesIn, m.framesOut, m.writes, m.bytesIn,
-		m.bytesOut, m.disconnects, m.slowConsumers, m.panics, m.drainClosed, m.drainDuration,
+		m.bytesOut, m.disconnects, m.slowConsumers, m.panics, m.drainClosed,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "phxgate_write_queue_bytes", Help: "Bytes queued for writing across all sockets, with the per-frame overhead charged against write_queue_max_bytes and output_budget_bytes.",
 		}, queued),

@@ -26,6 +26,9 @@ var metricFamilies = []string{
 	"phxgate_gateway_disconnects_total",
 	"phxgate_gateway_drain_closed_total",
 	"phxgate_gateway_drain_duration_seconds",
+	"phxgate_gateway_draining",
+	"phxgate_gateway_drain_remaining_connections",
+	"phxgate_gateway_ready",
 	"phxgate_handshakes_in_flight",
 	"phxgate_frames_in_total",
 	"phxgate_frames_out_total",
@@ -78,6 +81,7 @@ var metricFamilies = []string{
 	"phxgate_replayed_events_total",
 	"phxgate_presence_state_refreshes_total",
 	// pubsub (either broker)
+	"phxgate_pubsub_broker_up",
 	"phxgate_pubsub_broadcasts_total",
 	"phxgate_broadcast_fanout_total",
 	"phxgate_publish_errors_total",

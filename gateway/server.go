@@ -47,6 +47,8 @@ type Server struct {
 	// proto is the protocol layer when wired by Start from cfg.Routes (nil
 	// with WithConnect).
 	proto *channels.Server
+	// health is behind the readiness and drain gauges (health.go).
+	health health
 	// presence is the presence tracker when a route has presence on.
 	presence *presence.Tracker
 	// started is when Start began (/stats uptime).
@@ -156,6 +158,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (*Server, error) {
 		s.opts.Connect = connect
 		s.opts.Closers = append(s.opts.Closers, closers...)
 	}
+	s.registerHealth(o.Registry)
 
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
@@ -236,6 +239,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (*Server, error) {
 			s.lp.run()
 		}()
 	}
+	s.startReadyWatch()
 	s.stopSweep = make(chan struct{})
 	s.wg.Add(1)
 	go func() {
@@ -456,6 +460,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 func (s *Server) shutdown(ctx context.Context) error {
 	drainStart := time.Now()
+	s.health.drainBegan(drainStart)
 	s.draining.Store(true)
 	s.log.Info("draining", "connections", s.Connections(), "drain_batch", s.cfg.DrainBatch, "drain_interval", s.cfg.drainInterval())
 	_ = s.ln.Close()
@@ -493,9 +498,10 @@ wait:
 		}
 	}
 	took := time.Since(drainStart)
-	s.metrics.drainDuration.Set(took.Seconds())
+	s.health.drainEnded(took)
 	s.log.Info("sockets drained", "took", took, "closed_with_1012", s.metrics.drained.Load())
 	close(s.stopSweep)
+	s.health.stop()
 	s.httpLn.Close()
 	hctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	_ = s.httpSrv.Shutdown(hctx)
@@ -564,23 +570,7 @@ func (s *Server) adminHandler() http.Handler {
 			http.Error(w, "draining", http.StatusServiceUnavailable)
 			return
 		}
-		if p := s.proto; p != nil {
-			// Not ready while the broker is unreachable: publishes and
-			// joins would fail. Sockets stay connected meanwhile.
-			ctx, cancel := context.WithTimeout(r.Context(), readyzBrokerTimeout)
-			err := p.BrokerReady(ctx)
-			cancel()
-			if err != nil {
-				http.Error(w, "broker: "+err.Error(), http.StatusServiceUnavailable)
-				return
-			}
-		}
-		// Not ready while a route's game is unreachable either: its joins
-		// and pushes would fail. Sockets stay connected meanwhile.
-		ctx, cancel := context.WithTimeout(r.Context(), readyzBrokerTimeout)
-		err := s.backendsReady(ctx)
-		cancel()
-		if err != nil {
+		if _, err := s.readiness(r.Context()); err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}

@@ -500,11 +500,7 @@ func TestComposeConfig(t *testing.T) {
 	if cfg.RedisURL == "" {
 		t.Error("phxgate-compose.yaml: three nodes need redis_url")
 	}
-	var compose struct {
-		Services map[string]struct {
-			Environment map[string]string `json:"environment"`
-		} `json:"services"`
-	}
+	var compose composeFile
 	if err := yaml.Unmarshal(readFile(t, deployPath(t, "compose.yaml")), &compose); err != nil {
 		t.Fatalf("compose.yaml: %v", err)
 	}
@@ -522,7 +518,7 @@ func TestComposeConfig(t *testing.T) {
 	if len(ids) != 3 {
 		t.Errorf("compose.yaml: %d phxgate nodes, want 3", len(ids))
 	}
-	for _, s := range []string{"redis", "dice", "prometheus", "grafana"} {
+	for _, s := range []string{"redis", "dice", "prometheus", "grafana", "jaeger"} {
 		if _, ok := compose.Services[s]; !ok {
 			t.Errorf("compose.yaml: no service %s", s)
 		}
@@ -530,4 +526,13 @@ func TestComposeConfig(t *testing.T) {
 	if _, err := os.Stat(deployPath(t, "grafana", "provisioning", "dashboards", "phxgate.yaml")); err != nil {
 		t.Error(err)
 	}
+}
+
+// composeFile is what the checks read of compose.yaml.
+type composeFile struct {
+	Services map[string]struct {
+		Image       string            `json:"image"`
+		Environment map[string]string `json:"environment"`
+		Expose      []string          `json:"expose"`
+	} `json:"services"`
 }
