@@ -174,6 +174,10 @@ func TestConformancePhoenixJS(t *testing.T) {
 			}
 		}
 	})
+	// The long-poll features phase: presence, auth, limits and
+	// longPollFallbackMs over phoenix.js's LongPoll
+	// (longpoll_features_test.go).
+	t.Run("longpoll-features", func(t *testing.T) { runLongPollFeatures(t, bin, node, jsDir) })
 	// The drain phase stops its gateway.
 	t.Run("drain", func(t *testing.T) {
 		url, pid := startGateway(t, bin, plainConfig)

@@ -21,9 +21,10 @@ export function wsOnly(why, opts = {}) {
   return LONGPOLL ? {...opts, skip: `WebSocket only: ${why}`} : opts
 }
 
-// transportFor is the phoenix.js transport class recording into rec.
-export function transportFor(rec) {
-  return LONGPOLL ? recordingLongPoll(rec, LongPoll) : recordingTransport(rec)
+// transportFor is the phoenix.js transport class recording into rec;
+// longpoll overrides PHXGATE_TRANSPORT for one socket (mixed rooms).
+export function transportFor(rec, longpoll = LONGPOLL) {
+  return longpoll ? recordingLongPoll(rec, LongPoll) : recordingTransport(rec)
 }
 
 // gatewayURL is the socket endpoint without the transport suffix, as a
@@ -41,14 +42,16 @@ export function uniqueTopic(prefix = "room") {
 }
 
 // connect opens a phoenix.js Socket for vsn with a recording transport and
-// waits for the WebSocket to open (url: a gateway other than PHXGATE_URL).
+// waits for the WebSocket to open (url: a gateway other than PHXGATE_URL;
+// longpoll: true or false picks the transport of this socket whatever
+// PHXGATE_TRANSPORT says).
 // Reconnects and rejoins are fast so tests
 // that provoke them finish quickly; tests override what they need.
-export async function connect(t, vsn, opts = {}, {name = "socket", waitOpen = true, url} = {}) {
+export async function connect(t, vsn, opts = {}, {name = "socket", waitOpen = true, url, longpoll} = {}) {
   const codec = codecFor(vsn)
   const rec = new Recorder(codec, `${name} vsn=${vsn}`)
   const socket = new Socket(url ?? gatewayURL(), {
-    transport: transportFor(rec),
+    transport: transportFor(rec, longpoll ?? LONGPOLL),
     reconnectAfterMs: () => 20,
     rejoinAfterMs: () => 50,
     ...codec.phoenixOptions(),

@@ -10,42 +10,13 @@
 
 import {describe, test} from "node:test"
 import assert from "node:assert/strict"
-import {Presence} from "phoenix"
 import {VSNS} from "../lib/codec.mjs"
-import {connect, join, waitUntil, uniqueTopic, assertWellFormed} from "../lib/harness.mjs"
-import {token, uniquePlayer} from "../lib/jwt.mjs"
+import {waitUntil, uniqueTopic, assertWellFormed} from "../lib/harness.mjs"
+import {uniquePlayer} from "../lib/jwt.mjs"
+import {member, listed, counts} from "../lib/presence.mjs"
 
 const T_OPTS = {timeout: 60000}
 const GRACE_MS = 1000
-
-// member connects player to topic and tracks the topic's presence.
-async function member(t, vsn, player, topic, name) {
-  const c = await connect(t, vsn, {params: {token: token(player)}}, {name})
-  const ch = c.socket.channel(topic, {})
-  const presence = new Presence(ch)
-  const events = {joins: [], leaves: [], syncs: 0}
-  presence.onJoin((key, current, added) => events.joins.push({key, current: !!current, refs: added.metas.map(m => m.phx_ref)}))
-  presence.onLeave((key, current, left) => events.leaves.push({key, remaining: current.metas.length, refs: left.metas.map(m => m.phx_ref)}))
-  presence.onSync(() => events.syncs++)
-  const diffs = []
-  ch.on("presence_diff", d => diffs.push(d))
-  const r = await join(ch)
-  assert.equal(r.status, "ok", `${name} joins: ${JSON.stringify(r)}`)
-  return {c, ch, presence, events, diffs, player}
-}
-
-// listed returns {key: [metas]} from presence.list().
-function listed(presence) {
-  const out = {}
-  presence.list((key, {metas}) => { out[key] = metas })
-  return out
-}
-
-function counts(presence) {
-  const out = {}
-  for (const [k, metas] of Object.entries(listed(presence))) out[k] = metas.length
-  return out
-}
 
 async function control(path, body) {
   const base = process.env.PHXGATE_CONTROL
