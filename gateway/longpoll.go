@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"mime"
 	"net"
 	"net/http"
 	"net/url"
@@ -75,14 +74,16 @@ const (
 	lpPollRefused    = "refused"     // {"status":403}
 	lpPollDraining   = "draining"    // HTTP 503: the node is draining
 
-	lpPostOK       = "ok"         // 200
-	lpPostGone     = "gone"       // {"status":410}
-	lpPostCrashed  = "crashed"    // 408: a line ended the session
-	lpPostBadLine  = "bad_base64" // HTTP 500, session survives
-	lpPostTooLarge = "too_large"  // HTTP 413, session survives
-	lpPostBadBody  = "bad_body"   // HTTP 400: the body could not be read
-	lpPostRefused  = "refused"    // {"status":403}: origin
-	lpPostBusy     = "busy"       // HTTP 503: no free slot of longpoll.max_reading_posts within a window
+	lpPostOK          = "ok"           // 200 (also when the session was stopped, not crashed, by a line)
+	lpPostGone        = "gone"         // {"status":410}
+	lpPostCrashed     = "crashed"      // 408: a line crashed the session
+	lpPostBadLine     = "bad_base64"   // HTTP 500, session survives
+	lpPostTooLarge    = "too_large"    // HTTP 413, session survives
+	lpPostBadBody     = "bad_body"     // HTTP 400: the body could not be read (in time)
+	lpPostRefused     = "refused"      // {"status":403}: origin
+	lpPostBusy        = "busy"         // HTTP 503: no free slot of longpoll.max_reading_posts within a window
+	lpPostAddressBusy = "address_busy" // HTTP 503: the address holds longpoll.ip_max_reading_posts
+	lpPostConflict    = "conflict"     // HTTP 409: a POST of the session is being handled
 
 	lpDropBinary   = "binary"          // a binary frame: not deliverable over long-poll
 	lpDropOverflow = "buffer_overflow" // buffered messages dropped when the session passed max_buffer_bytes
@@ -133,7 +134,7 @@ func newLPMetrics(reg prometheus.Registerer) (*lpMetrics, error) {
 			Name: "phxgate_longpoll_messages_dropped_total", Help: "Messages a long-poll session dropped, by reason.",
 		}, []string{"reason"}),
 		reading: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "phxgate_longpoll_posts_reading", Help: "Long-poll POST bodies being read and dispatched now (at most longpoll.max_reading_posts).",
+			Name: "phxgate_longpoll_posts_reading", Help: "Large long-poll POST bodies being read and dispatched now (at most longpoll.max_reading_posts).",
 		}),
 		other: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "phxgate_longpoll_other_requests_total", Help: "Long-poll requests that are neither GET nor POST: options (CORS preflight) or bad_method (400).",
@@ -150,7 +151,7 @@ func newLPMetrics(reg prometheus.Registerer) (*lpMetrics, error) {
 	for _, r := range []string{lpPollMessages, lpPollEmpty, lpPollSuperseded, lpPollNew, lpPollRefused, lpPollDraining} {
 		m.polls.WithLabelValues(r)
 	}
-	for _, r := range []string{lpPostOK, lpPostGone, lpPostCrashed, lpPostBadLine, lpPostTooLarge, lpPostBadBody, lpPostRefused, lpPostBusy} {
+	for _, r := range []string{lpPostOK, lpPostGone, lpPostCrashed, lpPostBadLine, lpPostTooLarge, lpPostBadBody, lpPostRefused, lpPostBusy, lpPostAddressBusy, lpPostConflict} {
 		m.posts.WithLabelValues(r)
 	}
 	for _, r := range []string{lpDropBinary, lpDropOverflow, lpDropLines, lpDropExpired} {
@@ -180,8 +181,11 @@ type longPoll struct {
 	sessions map[uint64]*lpSession
 	draining bool
 
-	open    atomic.Int64  // sessions not ended (phxgate_longpoll_sessions; /stats)
+	open    atomic.Int64  // sessions opened and not ended (phxgate_longpoll_sessions; /stats)
 	reading chan struct{} // node-wide POST slots: longpoll.max_reading_posts
+
+	addrMu    sync.Mutex
+	addrPosts map[string]int // large POSTs being read, by client address key
 
 	finMu   sync.Mutex
 	fin     []*lpSession // ended sessions waiting for Terminate on run
@@ -197,7 +201,7 @@ func newLongPoll(s *Server) (*longPoll, error) {
 		return nil, err
 	}
 	lp := &longPoll{s: s, cfg: s.cfg.LongPoll, path: s.cfg.SocketPath + lpSuffix, m: m,
-		sessions: map[uint64]*lpSession{}, wake: make(chan struct{}, 1),
+		sessions: map[uint64]*lpSession{}, wake: make(chan struct{}, 1), addrPosts: map[string]int{},
 		reading: make(chan struct{}, s.cfg.LongPoll.MaxReadingPosts),
 		stop:    make(chan struct{}), done: make(chan struct{})}
 	if _, err := rand.Read(lp.key[:]); err != nil {
@@ -293,6 +297,21 @@ func (lp *longPoll) lookup(tok string) *lpSession {
 func (lp *longPoll) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	h.Set("Access-Control-Allow-Origin", "*")
+	// As Phoenix (check_origin before dispatch): the origin is checked on
+	// every request before anything else, OPTIONS and bad methods too.
+	if lp.s.guard != nil {
+		if err := lp.s.guard.ctl.CheckOrigin(r.Header.Get("Origin")); err != nil {
+			lp.m.refused.WithLabelValues(lpRefuseOrigin).Inc()
+			switch r.Method {
+			case http.MethodGet:
+				lp.m.polls.WithLabelValues(lpPollRefused).Inc()
+			case http.MethodPost:
+				lp.m.posts.WithLabelValues(lpPostRefused).Inc()
+			}
+			writeLPStatus(w, http.StatusForbidden)
+			return
+		}
+	}
 	switch r.Method {
 	case http.MethodOptions:
 		lp.m.other.WithLabelValues("options").Inc()
@@ -310,19 +329,6 @@ func (lp *longPoll) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.Set("Content-Length", "0")
 		w.WriteHeader(http.StatusBadRequest)
 		return
-	}
-	// Phoenix checks the origin on every request, before anything else.
-	if lp.s.guard != nil {
-		if err := lp.s.guard.ctl.CheckOrigin(r.Header.Get("Origin")); err != nil {
-			lp.m.refused.WithLabelValues(lpRefuseOrigin).Inc()
-			if r.Method == http.MethodGet {
-				lp.m.polls.WithLabelValues(lpPollRefused).Inc()
-			} else {
-				lp.m.posts.WithLabelValues(lpPostRefused).Inc()
-			}
-			writeLPStatus(w, http.StatusForbidden)
-			return
-		}
 	}
 	tok := sessionToken(r)
 	if r.Method == http.MethodPost {
@@ -351,14 +357,7 @@ func (lp *longPoll) newSession(w http.ResponseWriter, r *http.Request) {
 	draining, n := lp.draining, len(lp.sessions)
 	lp.mu.Unlock()
 	if draining {
-		// The node is going away: a connection error for the client
-		// (phoenix.js: status 0, close 1011 and retry), as from a stopped
-		// Phoenix; /readyz already sends new clients elsewhere.
-		lp.m.refused.WithLabelValues(lpPollDraining).Inc()
-		lp.m.polls.WithLabelValues(lpPollDraining).Inc()
-		w.Header().Set("Connection", "close")
-		w.Header().Set("Content-Length", "0")
-		w.WriteHeader(http.StatusServiceUnavailable)
+		lp.answerDraining(w)
 		return
 	}
 	if n >= lp.cfg.MaxSessions {
@@ -424,19 +423,46 @@ func (lp *longPoll) newSession(w http.ResponseWriter, r *http.Request) {
 	}
 	ss.inMu.Unlock()
 	if err != nil {
+		// Drain may have ended the session while Connect ran: whoever
+		// ends it, the slot goes back once, through terminate.
+		ss.mu.Lock()
+		ss.state = lpClosing
+		ss.mu.Unlock()
 		lp.remove(ss)
-		ss.releaseAdmission()
+		ss.terminate()
 		lp.s.log.Debug("long-poll connect refused", "conn", ss.id, "err", err)
 		refuse(lpRefuseConnect, 0)
 		return
 	}
 	ss.token = lp.sign(ss.id)
+	ss.mu.Lock()
+	if ss.state != lpOpen {
+		// Drain ended it while Connect ran; terminate (queued by drain)
+		// tells the handler once Connect has returned.
+		ss.mu.Unlock()
+		lp.answerDraining(w)
+		return
+	}
+	ss.opened = true
+	ss.mu.Unlock()
 	lp.m.created.Inc()
 	lp.m.sessions.WithLabelValues().Inc()
 	lp.open.Add(1)
 	lp.m.polls.WithLabelValues(lpPollNew).Inc()
 	lp.s.log.Debug("long-poll session started", "conn", ss.id, "remote", req.RemoteAddr, "vsn", ser)
 	writeLPBody(w, http.StatusGone, ss.token, nil, true)
+}
+
+// answerDraining answers a GET that would start a session on a draining
+// node: a connection error for the client (phoenix.js: status 0, close 1011
+// and retry), as from a stopped Phoenix; /readyz already sends new clients
+// elsewhere.
+func (lp *longPoll) answerDraining(w http.ResponseWriter) {
+	lp.m.refused.WithLabelValues(lpPollDraining).Inc()
+	lp.m.polls.WithLabelValues(lpPollDraining).Inc()
+	w.Header().Set("Connection", "close")
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusServiceUnavailable)
 }
 
 // stripSessionToken drops the token=… pairs of q that carry a session
@@ -492,6 +518,7 @@ func (p *lpPoll) signal() {
 func (lp *longPoll) listen(w http.ResponseWriter, r *http.Request, ss *lpSession, tok string) bool {
 	ss.mu.Lock()
 	ss.lastPoll = time.Now().UnixNano()
+	ss.polled = true
 	if len(ss.msgs) > 0 {
 		msgs, closing := ss.takeLocked(), ss.state != lpOpen
 		ss.mu.Unlock()
@@ -563,6 +590,13 @@ func (lp *longPoll) listen(w http.ResponseWriter, r *http.Request, ss *lpSession
 // as Phoenix does: ndjson lines (at most LongPollMaxBatch), "[" … a text
 // frame, anything else base64 of a binary frame; another content type is
 // one text frame.
+//
+// Memory: a body of known length is read into one buffer of that length
+// (at most LongPollMaxBodyBytes; a longer one is refused unread); a body of
+// unknown length (chunked) grows to at most LongPollMaxBodyBytes, with the
+// copies growing leaves behind. A base64 line whose decoded size is over
+// max_message_size is refused before it is decoded, so the line being
+// dispatched adds at most max_message_size.
 func (lp *longPoll) post(w http.ResponseWriter, r *http.Request, tok string) {
 	ss := lp.lookup(tok)
 	if ss == nil || !ss.open() {
@@ -570,37 +604,39 @@ func (lp *longPoll) post(w http.ResponseWriter, r *http.Request, tok string) {
 		writeLPStatus(w, http.StatusGone)
 		return
 	}
-	// One POST per session at a time (phoenix.js never sends two): the
-	// memory of bodies being read is bounded per session.
+	// One POST per session at a time. phoenix.js never sends two, so a
+	// second one is answered at once (it would otherwise wait with its body
+	// unread, where the server never notices that its client went away).
 	select {
 	case ss.post <- struct{}{}:
 		defer func() { <-ss.post }()
-	case <-r.Context().Done():
+	default:
+		lp.m.posts.WithLabelValues(lpPostConflict).Inc()
+		lpHTTPError(w, http.StatusConflict, "")
 		return
 	}
-	// Bodies in memory are bounded node-wide too: a POST waits up to a
-	// window for a slot, then is refused (503, Retry-After) before a byte
-	// of its body is read.
-	if !lp.acquireReading(r) {
-		lp.m.posts.WithLabelValues(lpPostBusy).Inc()
-		h := w.Header()
-		h.Set("Cache-Control", lpDefaultCache)
-		h.Set("Retry-After", "1")
-		h.Set("Content-Length", "0")
-		w.WriteHeader(http.StatusServiceUnavailable)
+	if r.ContentLength > LongPollMaxBodyBytes {
+		lp.m.posts.WithLabelValues(lpPostTooLarge).Inc()
+		lpHTTPError(w, http.StatusRequestEntityTooLarge, "")
 		return
 	}
-	holding := true
-	release := func() {
-		if holding {
-			holding = false
-			lp.releaseReading()
+	var release func()
+	if r.ContentLength < 0 || r.ContentLength > LongPollSmallPostBytes {
+		// Large bodies in memory are bounded per address and node-wide:
+		// a POST over its address's share is refused at once; one that
+		// finds no node slot waits up to a window, then is refused (503,
+		// Retry-After), before a byte of its body is read.
+		var res string
+		if release, res = lp.acquireLarge(r); release == nil {
+			lp.m.posts.WithLabelValues(res).Inc()
+			lpHTTPError(w, http.StatusServiceUnavailable, "1")
+			return
 		}
+		defer release()
 	}
-	defer release()
-	// A body that trickles in is bounded like a held poll.
-	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(lp.cfg.Window + lp.s.cfg.HandshakeTimeout))
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, LongPollMaxBodyBytes))
+	// A body that trickles in is cut like a slow handshake.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(lp.s.cfg.HandshakeTimeout))
+	body, err := lpReadBody(w, r)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		status, res := http.StatusBadRequest, lpPostBadBody
@@ -608,27 +644,34 @@ func (lp *longPoll) post(w http.ResponseWriter, r *http.Request, tok string) {
 			status, res = http.StatusRequestEntityTooLarge, lpPostTooLarge
 		}
 		lp.m.posts.WithLabelValues(res).Inc()
-		w.Header().Set("Cache-Control", lpDefaultCache)
-		w.Header().Set("Connection", "close")
-		w.Header().Set("Content-Length", "0")
-		w.WriteHeader(status)
+		lpHTTPError(w, status, "")
 		return
 	}
-	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	lines, over := lpBatch(body, mt == lpNDJSON)
+	// As Phoenix: ndjson only for exactly this one Content-Type value.
+	ct := r.Header.Values("Content-Type")
+	ndjson := len(ct) == 1 && ct[0] == lpNDJSON
+	lines, over := lpBatch(body, ndjson)
 	if over > 0 {
 		lp.m.dropped.WithLabelValues(lpDropLines).Add(float64(over))
 	}
-	badLine := false
+	badLine, crashed, gone := false, false, false
 	ss.inMu.Lock()
 	for i, line := range lines {
 		if !ss.open() {
+			// Ended before this POST dispatched anything: as a POST to a
+			// dead session. Ended by an earlier line without a crash (a
+			// kick, a slow consumer, token expiry): acked, as Phoenix acks
+			// a line whose handler stops the socket.
+			gone = i == 0
 			break
 		}
 		var err error
-		if mt != lpNDJSON || (len(line) > 0 && line[0] == '[') {
+		switch {
+		case !ndjson || (len(line) > 0 && line[0] == '['):
 			err = ss.handleText(line)
-		} else {
+		case lpDecodedLen(line) > lp.s.cfg.MaxMessageSize:
+			err = &CloseError{Code: 1009, Reason: channels.ReasonTooBig}
+		default:
 			bin, derr := lpDecodeLine(line)
 			if derr != nil {
 				lp.s.log.Debug("long-poll line is not base64", "conn", ss.id, "line", i)
@@ -637,26 +680,34 @@ func (lp *longPoll) post(w http.ResponseWriter, r *http.Request, tok string) {
 			}
 			err = ss.handleBinary(bin)
 		}
+		if badLine {
+			break
+		}
 		if err != nil {
 			code, reason := closeFor(err)
 			lp.s.log.Debug("handler closed long-poll session", "conn", ss.id, "code", code, "reason", reason, "err", err)
 			ss.closeWith(reason)
+			crashed = true
+			break
 		}
 	}
 	ss.inMu.Unlock()
 	// The body is done with: a crashed session's 408 waits a window
 	// without holding a slot.
-	release()
+	if release != nil {
+		release() // idempotent: deferred too
+	}
 	switch {
 	case badLine:
 		// Phoenix: the decode raises, Plug answers 500; the session lives.
 		lp.m.posts.WithLabelValues(lpPostBadLine).Inc()
-		w.Header().Set("Cache-Control", lpDefaultCache)
-		w.Header().Set("Content-Length", "0")
-		w.WriteHeader(http.StatusInternalServerError)
-	case !ss.open():
-		// Phoenix: the socket process died, the ack never comes and the
-		// POST answers 408 at the window's end.
+		lpHTTPError(w, http.StatusInternalServerError, "")
+	case gone:
+		lp.m.posts.WithLabelValues(lpPostGone).Inc()
+		writeLPStatus(w, http.StatusGone)
+	case crashed:
+		// Phoenix: the socket process crashed, the ack never comes and
+		// the POST answers 408 at the window's end.
 		t := time.NewTimer(lp.cfg.Window)
 		select {
 		case <-t.C:
@@ -670,6 +721,75 @@ func (lp *longPoll) post(w http.ResponseWriter, r *http.Request, tok string) {
 		lp.m.posts.WithLabelValues(lpPostOK).Inc()
 		writeLPStatus(w, http.StatusOK)
 	}
+}
+
+// lpHTTPError answers an HTTP error with an empty body and closes the
+// connection, so that an unread body is never drained.
+func lpHTTPError(w http.ResponseWriter, status int, retryAfter string) {
+	h := w.Header()
+	h.Set("Cache-Control", lpDefaultCache)
+	if retryAfter != "" {
+		h.Set("Retry-After", retryAfter)
+	}
+	h.Set("Connection", "close")
+	h.Set("Content-Length", "0")
+	w.WriteHeader(status)
+}
+
+// lpReadBody reads a POST body: of known length into one buffer of exactly
+// that length (the caller refused one over LongPollMaxBodyBytes), else up
+// to LongPollMaxBodyBytes.
+func lpReadBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	if n := r.ContentLength; n >= 0 {
+		buf := make([]byte, n)
+		if _, err := io.ReadFull(r.Body, buf); err != nil {
+			return nil, err
+		}
+		return buf, nil
+	}
+	return io.ReadAll(http.MaxBytesReader(w, r.Body, LongPollMaxBodyBytes))
+}
+
+// addressKey is the unit of longpoll.ip_max_reading_posts: the client
+// address as the per-IP admission limits count it.
+func (lp *longPoll) addressKey(r *http.Request) string {
+	if g := lp.s.guard; g != nil {
+		xff := strings.Join(r.Header.Values("X-Forwarded-For"), ", ")
+		return g.ctl.Key(g.ctl.ClientIP(r.RemoteAddr, xff)).String()
+	}
+	return hostOfString(r.RemoteAddr)
+}
+
+// acquireLarge takes a slot of the client's address and a node-wide one
+// for a large POST. It returns their release, or nil and the result label
+// of the refusal.
+func (lp *longPoll) acquireLarge(r *http.Request) (func(), string) {
+	key := lp.addressKey(r)
+	lp.addrMu.Lock()
+	if lp.addrPosts[key] >= lp.cfg.IPMaxReadingPosts {
+		lp.addrMu.Unlock()
+		return nil, lpPostAddressBusy
+	}
+	lp.addrPosts[key]++
+	lp.addrMu.Unlock()
+	releaseAddr := func() {
+		lp.addrMu.Lock()
+		if lp.addrPosts[key]--; lp.addrPosts[key] <= 0 {
+			delete(lp.addrPosts, key)
+		}
+		lp.addrMu.Unlock()
+	}
+	if !lp.acquireReading(r) {
+		releaseAddr()
+		return nil, lpPostBusy
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			lp.releaseReading()
+			releaseAddr()
+		})
+	}, ""
 }
 
 // acquireReading takes a node-wide POST slot, waiting up to a window.
@@ -728,6 +848,16 @@ func trimCR(line []byte) []byte {
 		return line[:len(line)-1]
 	}
 	return line
+}
+
+// lpDecodedLen is the size of the frame an ndjson base64 line decodes to,
+// if it decodes (padded standard base64, as Phoenix's Base64.decode64!).
+func lpDecodedLen(line []byte) int {
+	n := base64.StdEncoding.DecodedLen(len(line))
+	for i := len(line) - 1; i >= 0 && i >= len(line)-2 && line[i] == '='; i-- {
+		n--
+	}
+	return n
 }
 
 // lpDecodeLine decodes an ndjson line that is base64 of a binary frame
@@ -888,7 +1018,7 @@ func (lp *longPoll) run() {
 			return
 		case <-lp.wake:
 		case <-t.C:
-			lp.sweep()
+			lp.sweep(time.Now().UnixNano())
 		}
 		lp.finMu.Lock()
 		fin := lp.fin
@@ -900,11 +1030,13 @@ func (lp *longPoll) run() {
 	}
 }
 
-// sweep ends sessions with no poll for 1.5 windows or whose token
-// expired, and forgets ended ones whose buffer nobody came for.
-func (lp *longPoll) sweep() {
-	now := time.Now().UnixNano()
-	idle := int64(lp.cfg.Window) * 3 / 2
+// sweep ends sessions whose token expired or with no poll for 1.5
+// windows (one window if never polled), and forgets ended ones whose
+// buffer nobody came for; now is UnixNano (tests pass a later one). Each
+// session is judged and ended under its lock, so a poll arriving
+// meanwhile is never answered by a session ended under it.
+func (lp *longPoll) sweep(now int64) {
+	window := int64(lp.cfg.Window)
 	lp.mu.Lock()
 	all := make([]*lpSession, 0, len(lp.sessions))
 	for _, ss := range lp.sessions {
@@ -913,28 +1045,41 @@ func (lp *longPoll) sweep() {
 	lp.mu.Unlock()
 	for _, ss := range all {
 		ss.mu.Lock()
-		state, held, last := ss.state, len(ss.polls), ss.lastPoll
-		ss.mu.Unlock()
+		idle := window * 3 / 2
+		if !ss.polled {
+			// phoenix.js polls the moment it gets its 410; a session never
+			// polled is one whose client dropped the token (it reconnects
+			// with a fresh session): give its admission slot back sooner.
+			idle = window
+		}
+		stale := len(ss.polls) == 0 && now-ss.lastPoll >= idle
 		switch {
-		case state == lpOpen && held == 0 && now-last >= idle:
+		case ss.state == lpOpen && ss.expires != 0 && now >= ss.expires:
+			end, ok := ss.endLocked(channels.ReasonTokenExpired)
+			ss.mu.Unlock()
+			if ok {
+				ss.ended(end)
+			}
+		case ss.state == lpOpen && stale:
 			// As Phoenix: the session is gone with what it held; the next
 			// poll starts a new one.
-			lp.s.log.Debug("long-poll session expired", "conn", ss.id)
-			ss.mu.Lock()
 			n := len(ss.msgs)
 			ss.dropLocked()
+			end, ok := ss.endLocked(lpReasonExpired)
 			ss.mu.Unlock()
 			lp.m.dropped.WithLabelValues(lpDropExpired).Add(float64(n))
-			ss.closeWith(lpReasonExpired)
-		case state == lpOpen && ss.expires != 0 && now >= ss.expires:
-			ss.closeWith(channels.ReasonTokenExpired)
-		case state != lpOpen && held == 0 && now-last >= idle:
-			ss.mu.Lock()
+			if ok {
+				lp.s.log.Debug("long-poll session expired", "conn", ss.id)
+				ss.ended(end)
+			}
+		case ss.state != lpOpen && stale:
 			n := len(ss.msgs)
 			ss.dropLocked()
 			ss.mu.Unlock()
 			lp.m.dropped.WithLabelValues(lpDropExpired).Add(float64(n))
 			lp.remove(ss)
+		default:
+			ss.mu.Unlock()
 		}
 	}
 }
@@ -991,6 +1136,8 @@ type lpSession struct {
 
 	mu       sync.Mutex
 	state    uint8
+	opened   bool // answered 410 with its token: counted in open and the gauge
+	polled   bool // a poll came (before: expiry after one window)
 	reason   channels.DisconnectReason
 	msgs     [][]byte // text payloads, slices of immutable frames
 	charged  int64    // bytes charged against max_buffer_bytes
@@ -1061,24 +1208,45 @@ func (ss *lpSession) Close(_ channels.CloseCode, reason channels.DisconnectReaso
 // and Terminate runs on the long-poll goroutine.
 func (ss *lpSession) closeWith(reason channels.DisconnectReason) {
 	ss.mu.Lock()
+	end, ok := ss.endLocked(reason)
+	ss.mu.Unlock()
+	if ok {
+		ss.ended(end)
+	}
+}
+
+// lpEnd is what ending a session left to do outside its lock.
+type lpEnd struct {
+	reason  channels.DisconnectReason
+	keep    bool // messages buffered: stays in the table for a last poll
+	counted bool // was opened: counted in open and the gauge
+}
+
+// endLocked marks ss ended (ss.mu held) and wakes its held polls; false
+// if it already was.
+func (ss *lpSession) endLocked(reason channels.DisconnectReason) (lpEnd, bool) {
 	if ss.state != lpOpen {
-		ss.mu.Unlock()
-		return
+		return lpEnd{}, false
 	}
 	ss.state = lpClosing
 	ss.reason = reason
-	keep := len(ss.msgs) > 0
 	for _, p := range ss.polls {
 		p.signal()
 	}
-	ss.mu.Unlock()
-	if !keep {
+	return lpEnd{reason: reason, keep: len(ss.msgs) > 0, counted: ss.opened}, true
+}
+
+// ended finishes what endLocked started, without ss.mu.
+func (ss *lpSession) ended(e lpEnd) {
+	if !e.keep {
 		ss.lp.remove(ss)
 	}
-	ss.lp.m.sessions.WithLabelValues().Dec()
-	ss.lp.open.Add(-1)
-	ss.lp.m.closed.WithLabelValues(string(reason)).Inc()
-	ss.lp.s.log.Debug("long-poll session ended", "conn", ss.id, "reason", reason)
+	if e.counted {
+		ss.lp.m.sessions.WithLabelValues().Dec()
+		ss.lp.open.Add(-1)
+		ss.lp.m.closed.WithLabelValues(string(e.reason)).Inc()
+	}
+	ss.lp.s.log.Debug("long-poll session ended", "conn", ss.id, "reason", e.reason)
 	ss.lp.finish(ss)
 }
 

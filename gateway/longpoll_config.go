@@ -28,12 +28,23 @@ const (
 	// (Plug's read_body default, 8,000,000 bytes); a bigger one is refused
 	// with HTTP 413 and the session survives.
 	LongPollMaxBodyBytes = 8_000_000
-	// DefaultLongPollMaxReadingPosts caps the POST bodies read (and
-	// dispatched) at once on the node, whatever the number of sessions:
-	// with LongPollMaxBodyBytes each, 64 bound the bodies in memory to
-	// 512 MB in the worst case, while a POST that fits in one read is done
-	// in microseconds, so 64 at once is far more than honest clients need.
+	// LongPollSmallPostBytes is the largest POST body (by its
+	// Content-Length) read without a slot of longpoll.max_reading_posts:
+	// an honest phoenix.js POST is a few KB and one message of the default
+	// max_message_size fits, so a slot wall built by one address never
+	// blocks it. Such bodies are bounded by the sessions instead (one POST
+	// per session, read within handshake_timeout).
+	LongPollSmallPostBytes = 64 << 10
+	// DefaultLongPollMaxReadingPosts caps the large POST bodies (over
+	// LongPollSmallPostBytes, or of unknown length) read and dispatched at
+	// once on the node, whatever the number of sessions: with
+	// LongPollMaxBodyBytes each, 64 bound them to 512 MB in the worst case.
 	DefaultLongPollMaxReadingPosts = 64
+	// DefaultLongPollIPMaxReadingPosts caps the large POST bodies one
+	// client address (as limits.ip_max_conns counts it) has read at once,
+	// so that one address cannot take the node's slots with slow bodies:
+	// with the default 64 it takes 32 addresses.
+	DefaultLongPollIPMaxReadingPosts = 2
 	// LongPollMaxBatch is the most ndjson lines dispatched per POST, as
 	// Phoenix (phoenix.js MAX_LONGPOLL_BATCH_SIZE); further lines are
 	// dropped and counted.
@@ -67,7 +78,12 @@ type LongPollConfig struct {
 	// being read and dispatched at once on this node. A POST that finds
 	// none free waits up to one window, then is answered HTTP 503 with
 	// Retry-After (phoenix.js closes with 1011 and reconnects). Must be > 0.
-	MaxReadingPosts int `yaml:"max_reading_posts" usage:"long-poll POST bodies read at once on this node (over it: wait a window, then HTTP 503)"`
+	MaxReadingPosts int `yaml:"max_reading_posts" usage:"large long-poll POST bodies read at once on this node (over it: wait a window, then HTTP 503)"`
+	// IPMaxReadingPosts (longpoll.ip_max_reading_posts) caps the large
+	// POST bodies one client address has read at once; one more is
+	// answered HTTP 503 with Retry-After at once. Must be > 0; above
+	// max_reading_posts it changes nothing.
+	IPMaxReadingPosts int `yaml:"ip_max_reading_posts" usage:"large long-poll POST bodies one client address has read at once (over it: HTTP 503)"`
 }
 
 func newLongPollConfig() LongPollConfig {
@@ -77,7 +93,8 @@ func newLongPollConfig() LongPollConfig {
 		MaxBufferBytes: DefaultLongPollMaxBufferBytes,
 		MaxSessions:    DefaultLongPollMaxSessions,
 
-		MaxReadingPosts: DefaultLongPollMaxReadingPosts,
+		MaxReadingPosts:   DefaultLongPollMaxReadingPosts,
+		IPMaxReadingPosts: DefaultLongPollIPMaxReadingPosts,
 	}
 }
 
@@ -92,6 +109,8 @@ func (c LongPollConfig) validate() error {
 		return keyErr("longpoll.max_sessions", "must be between 1 and 10000000")
 	case c.MaxReadingPosts <= 0 || c.MaxReadingPosts > 100_000:
 		return keyErr("longpoll.max_reading_posts", "must be between 1 and 100000")
+	case c.IPMaxReadingPosts <= 0 || c.IPMaxReadingPosts > 100_000:
+		return keyErr("longpoll.ip_max_reading_posts", "must be between 1 and 100000")
 	}
 	return nil
 }

@@ -8,13 +8,19 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/phxgate/phxgate/backends"
+	"github.com/phxgate/phxgate/channels"
 )
 
 // /stats shows long-poll sessions and counts them as connections, next
@@ -57,24 +63,33 @@ func rawLPPost(tb testing.TB, s *Server, tok, body string, sent int) net.Conn {
 	return c
 }
 
-// A node-wide cap on POST bodies being read at once: a POST that finds no
-// slot within a window is answered 503 before its body is read; a slot
-// freed lets the next one through.
+// lpLargeBody is a POST body over LongPollSmallPostBytes that dispatches
+// 100 heartbeats: the 101st line, past the batch cap, is never dispatched.
+func lpLargeBody() string {
+	return strings.Repeat(`[null,"1","phoenix","heartbeat",{}]`+"\n", LongPollMaxBatch) + strings.Repeat("x", LongPollSmallPostBytes)
+}
+
+// A node-wide cap on large POST bodies being read at once: a POST that
+// finds no slot within a window is answered 503 before its body is read; a
+// slot freed lets the next one through. A small POST needs no slot.
 func TestLongPollMaxReadingPosts(t *testing.T) {
 	s := lpServer(t, 300*time.Millisecond, func(c *Config) { c.LongPoll.MaxReadingPosts = 1 })
 	reg := s.Registry()
 	slow, other := lpStart(t, s, "vsn=2.0.0"), lpStart(t, s, "vsn=2.0.0")
-	body := `["1","1","room:lobby","phx_join",{}]`
+	body := lpLargeBody()
 	c := rawLPPost(t, s, slow, body, 10)
 	waitFor(t, 5*time.Second, func() bool {
 		return counterValue(t, reg, "phxgate_longpoll_posts_reading", "") == 1
 	}, "the slow POST to hold the slot")
-	a := lpPost(t, s, other, `[null,"1","phoenix","heartbeat",{}]`)
+	a := lpDo(t, http.MethodPost, lpURL(s, "vsn=2.0.0&token="+url.QueryEscape(other)), []byte(body), "Content-Type: application/x-ndjson")
 	if a.code != http.StatusServiceUnavailable || a.header.Get("Retry-After") != "1" {
 		t.Fatalf("POST without a slot = HTTP %d %v %s", a.code, a.header, a.raw)
 	}
 	if v := counterValue(t, reg, "phxgate_longpoll_posts_total", lpPostBusy); v != 1 {
 		t.Fatalf("posts{busy} = %v", v)
+	}
+	if a := lpPost(t, s, other, `[null,"1","phoenix","heartbeat",{}]`); a.raw != `{"status":200}` {
+		t.Fatalf("small POST while the slot is held = HTTP %d %s", a.code, a.raw)
 	}
 	// The slow body completes: its POST is answered, the slot is free.
 	if _, err := c.Write([]byte(body[10:])); err != nil {
@@ -91,11 +106,11 @@ func TestLongPollMaxReadingPosts(t *testing.T) {
 	waitFor(t, 5*time.Second, func() bool {
 		return counterValue(t, reg, "phxgate_longpoll_posts_reading", "") == 0
 	}, "the slot released")
-	if a := lpPost(t, s, other, `[null,"1","phoenix","heartbeat",{}]`); a.raw != `{"status":200}` {
+	if a := lpDo(t, http.MethodPost, lpURL(s, "vsn=2.0.0&token="+url.QueryEscape(other)), []byte(body), "Content-Type: application/x-ndjson"); a.raw != `{"status":200}` {
 		t.Fatalf("POST after the slot freed = HTTP %d %s", a.code, a.raw)
 	}
-	if len(s.lp.reading) != 0 {
-		t.Fatalf("%d slots held after every POST was answered", len(s.lp.reading))
+	if len(s.lp.reading) != 0 || len(s.lp.addrPosts) != 0 {
+		t.Fatalf("%d slots (%d addresses) held after every POST was answered", len(s.lp.reading), len(s.lp.addrPosts))
 	}
 }
 
@@ -103,18 +118,26 @@ func TestLongPollMaxReadingPostsConfig(t *testing.T) {
 	if c := NewConfig(); c.LongPoll.MaxReadingPosts != DefaultLongPollMaxReadingPosts {
 		t.Fatalf("default max_reading_posts = %d", c.LongPoll.MaxReadingPosts)
 	}
-	for _, y := range []string{"longpoll:\n  max_reading_posts: 0\n", "longpoll:\n  max_reading_posts: 100001\n"} {
-		cfg, err := ParseYAML([]byte(y))
+	if c := NewConfig(); c.LongPoll.IPMaxReadingPosts != DefaultLongPollIPMaxReadingPosts {
+		t.Fatalf("default ip_max_reading_posts = %d", c.LongPoll.IPMaxReadingPosts)
+	}
+	for _, tc := range []struct{ yaml, key string }{
+		{"longpoll:\n  max_reading_posts: 0\n", "longpoll.max_reading_posts"},
+		{"longpoll:\n  max_reading_posts: 100001\n", "longpoll.max_reading_posts"},
+		{"longpoll:\n  ip_max_reading_posts: 0\n", "longpoll.ip_max_reading_posts"},
+		{"longpoll:\n  ip_max_reading_posts: 100001\n", "longpoll.ip_max_reading_posts"},
+	} {
+		cfg, err := ParseYAML([]byte(tc.yaml))
 		if err == nil {
 			err = cfg.Validate()
 		}
-		if err == nil || !strings.Contains(err.Error(), "longpoll.max_reading_posts") {
-			t.Errorf("%q: err = %v, want one naming longpoll.max_reading_posts", y, err)
+		if err == nil || !strings.Contains(err.Error(), tc.key) {
+			t.Errorf("%q: err = %v, want one naming %s", tc.yaml, err, tc.key)
 		}
 	}
-	cfg, err := ParseYAML([]byte("longpoll:\n  max_reading_posts: 7\n"))
-	if err != nil || cfg.LongPoll.MaxReadingPosts != 7 {
-		t.Fatalf("max_reading_posts: 7 → %d, %v", cfg.LongPoll.MaxReadingPosts, err)
+	cfg, err := ParseYAML([]byte("longpoll:\n  max_reading_posts: 7\n  ip_max_reading_posts: 3\n"))
+	if err != nil || cfg.LongPoll.MaxReadingPosts != 7 || cfg.LongPoll.IPMaxReadingPosts != 3 {
+		t.Fatalf("max_reading_posts: 7, ip_max_reading_posts: 3 → %d, %d, %v", cfg.LongPoll.MaxReadingPosts, cfg.LongPoll.IPMaxReadingPosts, err)
 	}
 }
 
@@ -295,4 +318,345 @@ func TestLongPollIdleSessionMemory(t *testing.T) {
 		t.Fatalf("bytes per session: %.0f between polls, %.0f with a poll held", perIdle, perHeld)
 	}
 	runtime.KeepAlive(conns)
+}
+
+// lpClient bounds a test request, so that a POST the server would hold
+// forever fails the test instead of hanging it.
+var lpClient = &http.Client{Timeout: 5 * time.Second}
+
+func lpDoBounded(tb testing.TB, method, u string, body []byte, headers ...string) (lpAnswer, error) {
+	tb.Helper()
+	req, err := http.NewRequest(method, u, bytes.NewReader(body))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, h := range headers {
+		k, v, _ := strings.Cut(h, ": ")
+		req.Header.Set(k, v)
+	}
+	resp, err := lpClient.Do(req)
+	if err != nil {
+		return lpAnswer{}, err
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	a := lpAnswer{code: resp.StatusCode, header: resp.Header, raw: string(raw)}
+	if len(raw) > 0 && strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+		if err := json.Unmarshal(raw, &a.body); err != nil {
+			tb.Fatalf("%s %s: body %q: %v", method, u, raw, err)
+		}
+	}
+	return a, nil
+}
+
+// One address cannot take the node's POST slots with slow bodies: past
+// longpoll.ip_max_reading_posts its large POSTs are refused at once, and a
+// small POST (an honest phoenix.js batch) needs no node slot at all.
+func TestLongPollSlowPostsFromOneAddress(t *testing.T) {
+	s := lpServer(t, 2*time.Second, func(c *Config) { c.LongPoll.MaxReadingPosts = 4 })
+	reg := s.Registry()
+	const slow = 8
+	big := "[" + strings.Repeat(" ", 100<<10) + "]" // over the small-body bound
+	for range slow {
+		rawLPPost(t, s, lpStart(t, s, "vsn=2.0.0"), big, 1)
+	}
+	waitFor(t, 5*time.Second, func() bool {
+		return counterValue(t, reg, "phxgate_longpoll_posts_reading", "") == DefaultLongPollIPMaxReadingPosts &&
+			counterValue(t, reg, "phxgate_longpoll_posts_total", "address_busy") == slow-DefaultLongPollIPMaxReadingPosts
+	}, "the address's slots taken and the rest of its large POSTs refused")
+	honest := lpStart(t, s, "vsn=2.0.0")
+	a, err := lpDoBounded(t, http.MethodPost, lpURL(s, "vsn=2.0.0&token="+url.QueryEscape(honest)), []byte(`[null,"1","phoenix","heartbeat",{}]`), "Content-Type: application/x-ndjson")
+	if err != nil || a.raw != `{"status":200}` {
+		t.Fatalf("honest POST while the address holds its slots = HTTP %d %s, %v", a.code, a.raw, err)
+	}
+	lpCollect(t, s, honest, 1)
+}
+
+// A POST body that trickles in is cut at the handshake timeout, not held
+// for a window on top of it.
+func TestLongPollSlowPostBodyDeadline(t *testing.T) {
+	s := lpServer(t, MaxLongPollWindow, func(c *Config) { c.HandshakeTimeout = 200 * time.Millisecond })
+	reg := s.Registry()
+	tok := lpStart(t, s, "vsn=2.0.0")
+	rawLPPost(t, s, tok, `[null,"1","phoenix","heartbeat",{}]`, 3)
+	waitFor(t, 10*time.Second, func() bool {
+		return counterValue(t, reg, "phxgate_longpoll_posts_total", lpPostBadBody) == 1
+	}, "the trickling POST to be cut")
+}
+
+// A second POST on a session while one is handled is answered at once
+// (phoenix.js never sends two), not queued with its body unread.
+func TestLongPollConcurrentPostIsConflict(t *testing.T) {
+	s := lpServer(t, 5*time.Second, nil)
+	reg := s.Registry()
+	tok := lpStart(t, s, "vsn=2.0.0")
+	body := `[null,"1","phoenix","heartbeat",{}]`
+	c := rawLPPost(t, s, tok, body, 5)
+	ss := s.lp.lookup(tok)
+	waitFor(t, 5*time.Second, func() bool { return len(ss.post) == 1 }, "the first POST to be handled")
+	a, err := lpDoBounded(t, http.MethodPost, lpURL(s, "vsn=2.0.0&token="+url.QueryEscape(tok)), []byte(body), "Content-Type: application/x-ndjson")
+	if err != nil || a.code != http.StatusConflict || a.raw != "" {
+		t.Fatalf("second POST = HTTP %d %q, %v", a.code, a.raw, err)
+	}
+	if v := counterValue(t, reg, "phxgate_longpoll_posts_total", "conflict"); v != 1 {
+		t.Fatalf("posts{conflict} = %v", v)
+	}
+	if _, err := c.Write([]byte(body[5:])); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("first POST = HTTP %d", resp.StatusCode)
+	}
+	if a := lpPost(t, s, tok, body); a.raw != `{"status":200}` {
+		t.Fatalf("POST after = %s", a.raw)
+	}
+}
+
+// A base64 line whose decoded size is over max_message_size is refused
+// before it is decoded, and a body of known length is read into one
+// buffer of that length: an 8 MB POST allocates about 8 MB.
+func TestLongPollBigBase64LineMemory(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.LongPoll.Window = 2 * time.Second })
+	reg := ts.Registry()
+	max := ts.cfg.MaxMessageSize
+	// Exactly max_message_size decoded (with padding): dispatched.
+	tok := lpStart(t, ts.Server, "vsn=2.0.0")
+	exact := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, max))
+	if !strings.HasSuffix(exact, "=") {
+		t.Fatalf("max_message_size %d gives no padding", max)
+	}
+	if a := lpPost(t, ts.Server, tok, exact); a.raw != `{"status":200}` {
+		t.Fatalf("POST of a %d-byte binary line = %s", max, a.raw)
+	}
+	// One more byte: the session ends (too big), like a WebSocket 1009.
+	over := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, max+1))
+	if a := lpPost(t, ts.Server, tok, over); a.raw != `{"status":408}` {
+		t.Fatalf("POST of a %d-byte binary line = %s", max+1, a.raw)
+	}
+	// 8 MB of base64 in one line.
+	tok = lpStart(t, ts.Server, "vsn=2.0.0")
+	body := bytes.Repeat([]byte("A"), LongPollMaxBodyBytes-4)
+	u := lpURL(ts.Server, "vsn=2.0.0&token="+url.QueryEscape(tok))
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	a := lpDo(t, http.MethodPost, u, body, "Content-Type: application/x-ndjson")
+	runtime.ReadMemStats(&after)
+	if a.raw != `{"status":408}` {
+		t.Fatalf("POST of an 8 MB line = HTTP %d %s", a.code, a.raw)
+	}
+	if v := counterValue(t, reg, "phxgate_longpoll_sessions_closed_total", string(channels.ReasonTooBig)); v != 2 {
+		t.Fatalf("closed{message_too_big} = %v", v)
+	}
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("an %d-byte POST allocated %d bytes", len(body), alloc)
+	if alloc > uint64(len(body))*3/2 {
+		t.Fatalf("an %d-byte POST allocated %d bytes", len(body), alloc)
+	}
+}
+
+type countRelease struct{ n atomic.Int32 }
+
+func (c *countRelease) Release() { c.n.Add(1) }
+
+// A connect still running when drain ends its session: a refused connect
+// releases the admission slot once and leaves the session counters at 0;
+// an accepted one is told drained and the GET gets the draining answer.
+func TestLongPollConnectRacingDrain(t *testing.T) {
+	for _, refuse := range []bool{true, false} {
+		t.Run(fmt.Sprintf("refused=%v", refuse), func(t *testing.T) {
+			entered, proceed := make(chan struct{}), make(chan struct{})
+			rel := &countRelease{}
+			rec := &recorder{}
+			connect := func(c channels.Conn, info channels.ConnectInfo) (SocketHandler, error) {
+				close(entered)
+				<-proceed
+				if refuse {
+					return nil, ErrRefused
+				}
+				return &echoHandler{c: c, info: info, rec: rec}, nil
+			}
+			ts := startServer(t, func(c *Config) { c.LongPoll.Window = 5 * time.Second },
+				WithConnect(connect), WithAdmit(func(*Request) (int, Releaser) { return 0, rel }))
+			answer := make(chan lpAnswer, 1)
+			go func() { answer <- lpDo(t, http.MethodGet, lpURL(ts.Server, "vsn=2.0.0"), nil) }()
+			<-entered
+			ts.lp.drain()
+			close(proceed)
+			a := <-answer
+			if refuse && a.raw != `{"status":403}` {
+				t.Fatalf("GET = HTTP %d %s", a.code, a.raw)
+			}
+			if !refuse && a.code != http.StatusServiceUnavailable {
+				t.Fatalf("GET = HTTP %d %s", a.code, a.raw)
+			}
+			ctx, cancel := contextWithTimeout(5 * time.Second)
+			defer cancel()
+			if err := ts.Shutdown(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if n := rel.n.Load(); n != 1 {
+				t.Fatalf("admission released %d times", n)
+			}
+			if v := counterValue(t, ts.Registry(), "phxgate_longpoll_sessions", ""); v != 0 || ts.lp.OpenSessions() != 0 {
+				t.Fatalf("sessions gauge %v, open %d", v, ts.lp.OpenSessions())
+			}
+			if got := rec.terminations(); !refuse && (len(got) != 1 || got[0] != backends.LeaveDrained) {
+				t.Fatalf("terminations = %v", got)
+			}
+		})
+	}
+}
+
+// A session never polled after its 410 (phoenix.js polls at once; a client
+// that dropped the token never does) expires after one window; a polled
+// one after 1.5.
+func TestLongPollNeverPolledExpiresAfterOneWindow(t *testing.T) {
+	s := lpServer(t, 10*time.Second, nil)
+	reg := s.Registry()
+	never := lpStart(t, s, "vsn=2.0.0")
+	polled := lpStart(t, s, "vsn=2.0.0")
+	lpPost(t, s, polled, `[null,"1","phoenix","heartbeat",{}]`)
+	lpCollect(t, s, polled, 1)
+	w := s.lp.cfg.Window
+	s.lp.sweep(time.Now().Add(w + w/10).UnixNano())
+	if ss := s.lp.lookup(never); ss != nil {
+		t.Fatalf("the never-polled session is still there after a window (open %v)", ss.open())
+	}
+	if ss := s.lp.lookup(polled); ss == nil || !ss.open() {
+		t.Fatal("the polled session ended after one window")
+	}
+	if v := counterValue(t, reg, "phxgate_longpoll_sessions_closed_total", "expired"); v != 1 {
+		t.Fatalf("closed{expired} = %v", v)
+	}
+	s.lp.sweep(time.Now().Add(w*3/2 + w/10).UnixNano())
+	if s.lp.lookup(polled) != nil {
+		t.Fatal("the polled session is still there after 1.5 windows")
+	}
+}
+
+// A session ended by the server with messages buffered: the POST that
+// ended it without a crash is 200 at once, the next poll gets the
+// messages, the one after a new session; nobody polling, the sweep drops
+// them (dropped{expired}).
+func TestLongPollEndedSessionBuffer(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.LongPoll.Window = 5 * time.Second })
+	reg := ts.Registry()
+	kick := func(tok string) (lpAnswer, error) {
+		return lpDoBounded(t, http.MethodPost, lpURL(ts.Server, "vsn=2.0.0&token="+url.QueryEscape(tok)), []byte("kick"), "Content-Type: text/plain")
+	}
+	tok := lpStart(t, ts.Server, "vsn=2.0.0")
+	lpPost(t, ts.Server, tok, `["x"]`)
+	a, err := kick(tok)
+	if err != nil || a.raw != `{"status":200}` {
+		t.Fatalf("POST that kicked = HTTP %d %s, %v", a.code, a.raw, err)
+	}
+	if a := lpGet(t, ts.Server, tok); a.body.Status != 200 || len(a.body.Messages) != 1 || a.body.Messages[0] != `["x"]` || *a.body.Token != tok {
+		t.Fatalf("poll after the kick = %s", a.raw)
+	}
+	if a := lpGet(t, ts.Server, tok); a.body.Status != 410 || *a.body.Token == tok {
+		t.Fatalf("second poll after the kick = %s", a.raw)
+	}
+	// Kicked with a message buffered and never polled: the sweep forgets it.
+	tok = lpStart(t, ts.Server, "vsn=2.0.0")
+	lpPost(t, ts.Server, tok, `["y"]`)
+	kick(tok)
+	if ss := ts.lp.lookup(tok); ss == nil || ss.open() {
+		t.Fatal("the kicked session should wait for its last poll")
+	}
+	w := ts.lp.cfg.Window
+	ts.lp.sweep(time.Now().Add(w*3/2 + w/10).UnixNano())
+	if ts.lp.lookup(tok) != nil {
+		t.Fatal("the ended session's buffer is still kept")
+	}
+	if v := counterValue(t, reg, "phxgate_longpoll_messages_dropped_total", lpDropExpired); v != 1 {
+		t.Fatalf("dropped{expired} = %v", v)
+	}
+}
+
+// Drain with messages buffered and no poll held: the next poll gets them,
+// a GET after that (and any new GET) is HTTP 503.
+func TestLongPollDrainWithBuffer(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.LongPoll.Window = 5 * time.Second })
+	reg := ts.Registry()
+	tok := lpStart(t, ts.Server, "vsn=2.0.0")
+	lpPost(t, ts.Server, tok, `["z"]`)
+	ts.lp.drain()
+	if a := lpGet(t, ts.Server, tok); a.body.Status != 200 || len(a.body.Messages) != 1 || a.body.Messages[0] != `["z"]` {
+		t.Fatalf("poll after drain = HTTP %d %s", a.code, a.raw)
+	}
+	for _, q := range []string{tok, ""} {
+		if a := lpGet(t, ts.Server, q); a.code != http.StatusServiceUnavailable || a.raw != "" {
+			t.Fatalf("GET %q while draining = HTTP %d %s", q, a.code, a.raw)
+		}
+	}
+	if v := counterValue(t, reg, "phxgate_longpoll_polls_total", lpPollDraining); v != 2 {
+		t.Fatalf("polls{draining} = %v", v)
+	}
+	if v := counterValue(t, reg, "phxgate_longpoll_sessions_closed_total", "drain"); v != 1 {
+		t.Fatalf("closed{drain} = %v", v)
+	}
+}
+
+// A session whose auth token expires is ended by the sweep (token_expired).
+func TestLongPollTokenExpiry(t *testing.T) {
+	s := lpServer(t, 10*time.Second, nil)
+	exp := time.Now().Add(time.Hour)
+	bearer := hsToken(t, jwt.MapClaims{"sub": "alice", "exp": exp.Unix()})
+	tok := lpStart(t, s, "token="+bearer+"&vsn=2.0.0")
+	s.lp.sweep(time.Now().UnixNano())
+	if ss := s.lp.lookup(tok); ss == nil || !ss.open() {
+		t.Fatal("session ended before its token expired")
+	}
+	s.lp.sweep(exp.Add(s.cfg.Auth.Leeway + time.Second).UnixNano())
+	if v := counterValue(t, s.Registry(), "phxgate_longpoll_sessions_closed_total", string(channels.ReasonTokenExpired)); v != 1 {
+		t.Fatalf("closed{token_expired} = %v", v)
+	}
+	if a := lpGet(t, s, tok); a.body.Status == 200 || a.body.Status == 204 {
+		t.Fatalf("poll after token expiry = %s", a.raw)
+	}
+}
+
+// Lines the transport itself refuses end the session like a crash (408):
+// invalid UTF-8 (WebSocket 1007) and a text line over max_message_size
+// (1009).
+func TestLongPollRefusedLines(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.LongPoll.Window = 300 * time.Millisecond })
+	reg := ts.Registry()
+	for _, tc := range []struct {
+		name, line string
+		reason     channels.DisconnectReason
+	}{
+		{"invalid utf-8", "[\"\xff\"]", channels.ReasonInvalidUTF8},
+		{"too big", `["` + strings.Repeat("b", ts.cfg.MaxMessageSize) + `"]`, channels.ReasonTooBig},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tok := lpStart(t, ts.Server, "vsn=2.0.0")
+			if a := lpPost(t, ts.Server, tok, tc.line); a.raw != `{"status":408}` {
+				t.Fatalf("POST = %s", a.raw)
+			}
+			if v := counterValue(t, reg, "phxgate_longpoll_sessions_closed_total", string(tc.reason)); v != 1 {
+				t.Fatalf("closed{%s} = %v", tc.reason, v)
+			}
+		})
+	}
+}
+
+// Phoenix takes the body as ndjson only when Content-Type is exactly
+// application/x-ndjson; with parameters it is one text frame.
+func TestLongPollContentTypeExact(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.LongPoll.Window = 5 * time.Second })
+	tok := lpStart(t, ts.Server, "vsn=2.0.0")
+	a := lpDo(t, http.MethodPost, lpURL(ts.Server, "token="+url.QueryEscape(tok)), []byte("[\"a\"]\n[\"b\"]"), "Content-Type: application/x-ndjson; charset=utf-8")
+	if a.raw != `{"status":200}` {
+		t.Fatalf("POST = HTTP %d %s", a.code, a.raw)
+	}
+	if got := lpCollect(t, ts.Server, tok, 1); len(got) != 1 || got[0] != "[\"a\"]\n[\"b\"]" {
+		t.Fatalf("messages = %q", got)
+	}
 }

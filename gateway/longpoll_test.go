@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/phxgate/phxgate/backends"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // lpAnswer is one long-poll HTTP answer.
@@ -226,10 +225,15 @@ func TestLongPollProbes(t *testing.T) {
 			}
 		}},
 		{"bad origin", func(t *testing.T) {
-			if a := lpDo(t, http.MethodGet, lpURL(s, "vsn=2.0.0"), nil, "Origin: https://evil.example"); a.raw != `{"status":403}` {
-				t.Fatalf("GET = %s", a.raw)
+			// As Phoenix, the origin is checked first, whatever the method.
+			for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodOptions, http.MethodPut} {
+				if a := lpDo(t, m, lpURL(s, "vsn=2.0.0"), nil, "Origin: https://evil.example"); a.code != 200 || a.raw != `{"status":403}` {
+					t.Fatalf("%s = HTTP %d %s", m, a.code, a.raw)
+				}
 			}
-			lpDo(t, http.MethodGet, lpURL(s, "vsn=2.0.0"), nil, "Origin: https://good.example")
+			if a := lpDo(t, http.MethodGet, lpURL(s, "vsn=2.0.0"), nil, "Origin: https://good.example"); a.body.Status != 410 || a.body.Token == nil {
+				t.Fatalf("GET from the allowed origin = %s", a.raw)
+			}
 		}},
 		{"wrong methods", func(t *testing.T) {
 			for _, m := range []string{http.MethodPut, http.MethodDelete, http.MethodPatch, http.MethodHead} {
@@ -348,7 +352,9 @@ func TestLongPollTransport(t *testing.T) {
 	if a := <-done; a.body.Status != 200 || a.body.Messages[0] != `["late"]` {
 		t.Fatalf("held poll = %s", a.raw)
 	}
-	// Drain: a held poll gets what is buffered, the handler is told.
+	// Drain: a held poll (nothing is buffered: a message wakes it at once)
+	// is answered 204 at once, the handler is told. Drain with messages
+	// buffered: TestLongPollDrainWithBuffer.
 	go func() { done <- lpGet(t, ts.Server, tok) }()
 	waitFor(t, 5*time.Second, func() bool {
 		ss := ts.lp.lookup(tok)
@@ -519,7 +525,10 @@ func TestLongPollBacklogBound(t *testing.T) {
 	for range 20 {
 		lines = append(lines, line)
 	}
-	lpPost(t, ts.Server, tok, lines...)
+	// The session ends without a crash: the POST is answered 200 at once.
+	if a, err := lpDoBounded(t, http.MethodPost, lpURL(ts.Server, "token="+url.QueryEscape(tok)), []byte(strings.Join(lines, "\n")), "Content-Type: application/x-ndjson"); err != nil || a.raw != `{"status":200}` {
+		t.Fatalf("POST past the buffer = HTTP %d %s, %v", a.code, a.raw, err)
+	}
 	if v := counterValue(t, reg, "phxgate_longpoll_sessions_closed_total", "slow_consumer"); v != 1 {
 		t.Fatalf("closed{slow_consumer} = %v", v)
 	}
@@ -534,9 +543,14 @@ func TestLongPollBacklogBound(t *testing.T) {
 
 func TestLongPollKickAndPanic(t *testing.T) {
 	ts := startServer(t, func(c *Config) { c.LongPoll.Window = time.Second })
-	for _, cmd := range []string{"kick", "panic", "malformed"} {
+	// As Phoenix: a handler that stops the session (kick) acks the POST
+	// (200); only a crash leaves it unacked (408 at the window's end).
+	for _, tc := range []struct{ cmd, answer string }{{"kick", `{"status":200}`}, {"panic", `{"status":408}`}, {"malformed", `{"status":408}`}} {
+		cmd := tc.cmd
 		tok := lpStart(t, ts.Server, "vsn=2.0.0")
-		lpDo(t, http.MethodPost, lpURL(ts.Server, "token="+tok), []byte(cmd), "Content-Type: text/plain")
+		if a := lpDo(t, http.MethodPost, lpURL(ts.Server, "token="+tok), []byte(cmd), "Content-Type: text/plain"); a.raw != tc.answer {
+			t.Fatalf("%s: POST = %s, want %s", cmd, a.raw, tc.answer)
+		}
 		if a := lpGet(t, ts.Server, tok); a.body.Status != 410 || *a.body.Token == tok {
 			t.Fatalf("%s: poll = %s", cmd, a.raw)
 		}
@@ -581,7 +595,14 @@ func TestLongPollConfig(t *testing.T) {
 	if a := lpDo(t, http.MethodGet, lpURL(s, ""), nil); a.code != 404 {
 		t.Fatalf("disabled = HTTP %d", a.code)
 	}
-	if _, err := prometheus.DefaultGatherer.Gather(); err != nil {
+	// Nor are its metrics.
+	mfs, err := s.Registry().Gather()
+	if err != nil {
 		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if strings.HasPrefix(mf.GetName(), "phxgate_longpoll_") {
+			t.Fatalf("disabled long-poll serves %s", mf.GetName())
+		}
 	}
 }
