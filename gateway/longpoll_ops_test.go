@@ -73,9 +73,15 @@ func lpLargeBody() string {
 // finds no slot within a window is answered 503 before its body is read; a
 // slot freed lets the next one through. A small POST needs no slot.
 func TestLongPollMaxReadingPosts(t *testing.T) {
-	s := lpServer(t, 300*time.Millisecond, func(c *Config) { c.LongPoll.MaxReadingPosts = 1 })
+	s := lpServer(t, 2*time.Second, func(c *Config) { c.LongPoll.MaxReadingPosts = 1 })
 	reg := s.Registry()
 	slow, other := lpStart(t, s, "vsn=2.0.0"), lpStart(t, s, "vsn=2.0.0")
+	// Polled once, they live 1.5 windows without a poll: past the window
+	// the refused POST waits.
+	for _, tok := range []string{slow, other} {
+		lpPost(t, s, tok, `[null,"1","phoenix","heartbeat",{}]`)
+		lpCollect(t, s, tok, 1)
+	}
 	body := lpLargeBody()
 	c := rawLPPost(t, s, slow, body, 10)
 	waitFor(t, 5*time.Second, func() bool {
