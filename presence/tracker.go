@@ -357,8 +357,19 @@ func (t *Tracker) State(ctx context.Context, topic string) ([]byte, error) {
 }
 
 // Joins queues joins found by the store (presences of this node put back
-// after it was taken for dead): they go out in the next diff.
-func (t *Tracker) Joins(topic string, ps []Presence) { t.queue(topic, ps, nil) }
+// after it was taken for dead): they go out in the next diff. The store
+// calls it under its own lock of the topic, which this node's changes of
+// the topic take too (inside the tracker's topic lock), so it does not
+// take the tracker's topic lock: a leave of a presence put back is queued
+// after its join.
+func (t *Tracker) Joins(topic string, ps []Presence) {
+	if len(ps) == 0 {
+		return
+	}
+	t.mu.Lock()
+	t.queueLocked(topic, ps, nil)
+	t.mu.Unlock()
+}
 
 // Leaves queues leaves found by someone else (a store that reaped a dead
 // node's presences): they go out in this node's next diff of the topic.
