@@ -5,7 +5,9 @@ import (
 	"crypto/sha1"
 	"encoding/hex"
 	"errors"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -350,4 +352,70 @@ func TestRedisAddUndoFailureLeavesNoOrphan(t *testing.T) {
 		ok, err := c.SIsMember(ctx, s.topicsKey("a"), "room:o").Result()
 		return err == nil && !ok
 	})
+}
+
+// perTag hides a store's RemoveAll: the drain removes one presence per
+// call, as it did before batching (for the comparison).
+type perTag struct{ Store }
+
+// 7. A drain removes a topic's presences in one script call per 1,000,
+// not one per presence. PHXGATE_DRAIN_N sets the presences (2,000 by
+// default); the log compares both paths.
+func TestTrackerDrainBatchesRedis(t *testing.T) {
+	n := 2000
+	if v, err := strconv.Atoi(os.Getenv("PHXGATE_DRAIN_N")); err == nil && v > 0 {
+		n = v
+	}
+	const topics = 4
+	for _, tc := range []struct {
+		name    string
+		batched bool
+	}{{"per presence", false}, {"batched", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := startRedis(t)
+			ctx := context.Background()
+			var h losingHook
+			c.AddHook(&h)
+			s := startStore(t, c, "a", nil, nil, nil)
+			var st Store = s
+			if !tc.batched {
+				st = perTag{s}
+			}
+			var mu sync.Mutex
+			leaves := 0 // counted cheaply: the drain's time is the store's
+			pub := func(_ context.Context, _ string, payload []byte) error {
+				mu.Lock()
+				defer mu.Unlock()
+				_, ls, _ := strings.Cut(string(payload), `"leaves":`)
+				leaves += strings.Count(ls, `"phx_ref"`)
+				return nil
+			}
+			tr := NewTracker(Config{Window: time.Hour, MaxPerTopic: n}, st, pub, nil)
+			for i := range n {
+				topic := "room:" + strconv.Itoa(i%topics)
+				if err := tr.Track(ctx, topic, "t"+strconv.Itoa(i), "p"+strconv.Itoa(i), nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before := h.count(removeAllScript)
+			start := time.Now()
+			tr.Drain(ctx)
+			took := time.Since(start)
+			calls := h.count(removeAllScript) - before
+			t.Logf("%s: drained %d presences on %d topics in %v, %d removal calls", tc.name, n, topics, took.Round(time.Millisecond), calls)
+			mu.Lock()
+			defer mu.Unlock()
+			if leaves != n {
+				t.Fatalf("%d leaves published, want %d", leaves, n)
+			}
+			for i := range topics {
+				if got := listRefs(t, s, "room:"+strconv.Itoa(i)); len(got) != 0 {
+					t.Fatalf("room:%d still has %d presences", i, len(got))
+				}
+			}
+			if want := topics * (1 + n/topics/redisRemoveBatch) * 2; tc.batched && calls > want {
+				t.Fatalf("%d removal calls (EVALSHA and EVAL), want at most %d", calls, want)
+			}
+		})
+	}
 }

@@ -947,4 +947,7 @@ func (r *Redis) Close() error {
 	return nil
 }
 
-var _ Store = (*Redis)(nil)
+var (
+	_ Store        = (*Redis)(nil)
+	_ BatchRemover = (*Redis)(nil)
+)

@@ -476,22 +476,30 @@ func (t *Tracker) send(topic string, joins, leaves []Presence) {
 
 // Drain removes every presence tracked here and publishes the leaves now
 // (a node going away: others see its players leave at once), then refuses
-// new ones. It returns when the leaves are published, or ctx ends.
+// new ones. It returns when the leaves are published, or ctx ends. With a
+// BatchRemover store each topic's presences go in one call.
 func (t *Tracker) Drain(ctx context.Context) {
 	t.mu.Lock()
 	t.closed = true
-	var pairs [][2]string
+	byTopic := make(map[string][]string, len(t.local))
 	for topic, tags := range t.local {
 		for tag := range tags {
-			pairs = append(pairs, [2]string{topic, tag})
+			byTopic[topic] = append(byTopic[topic], tag)
 		}
 	}
 	t.mu.Unlock()
-	for _, p := range pairs {
+	br, batch := t.store.(BatchRemover)
+	for topic, tags := range byTopic {
 		if ctx.Err() != nil {
 			break
 		}
-		t.Untrack(ctx, p[0], p[1])
+		if !batch {
+			for _, tag := range tags {
+				t.Untrack(ctx, topic, tag)
+			}
+			continue
+		}
+		t.drainTopic(ctx, br, topic, tags)
 	}
 	// Flush every topic now; a flush already publishing elsewhere takes
 	// what is left, so wait for the map to empty.
@@ -512,6 +520,42 @@ func (t *Tracker) Drain(ctx context.Context) {
 		case <-ctx.Done():
 		case <-time.After(time.Millisecond):
 		}
+	}
+}
+
+// drainBatch is the presences one Config.Timeout is allowed for in a
+// drain's removal of a topic.
+const drainBatch = 1000
+
+// drainTopic removes tags' presences of topic in one call and queues
+// their leaves. A failure is counted and logged: the node is going away,
+// and once its liveness ends another node removes what is left.
+func (t *Tracker) drainTopic(ctx context.Context, br BatchRemover, topic string, tags []string) {
+	l := t.lock(topic)
+	l.Lock()
+	defer l.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, t.cfg.Timeout*time.Duration(1+len(tags)/drainBatch))
+	defer cancel()
+	ps, err := br.RemoveAll(ctx, topic, tags)
+	if err != nil {
+		t.m.errors.Inc()
+		t.log.Warn("presence: drain could not remove every presence", "topic", topic, "presences", len(tags), "err", err)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err == nil {
+		if local := t.local[topic]; local != nil {
+			for _, tag := range tags {
+				delete(local, tag)
+			}
+			if len(local) == 0 {
+				delete(t.local, topic)
+			}
+		}
+		t.m.tracked.Sub(float64(len(tags)))
+	}
+	if len(ps) > 0 {
+		t.queueLocked(topic, nil, ps)
 	}
 }
 
