@@ -419,3 +419,59 @@ func TestTrackerDrainBatchesRedis(t *testing.T) {
 		})
 	}
 }
+
+// gatedUpdate is a Memory store whose Update waits while the gate is
+// shut (a slow Redis).
+type gatedUpdate struct {
+	*Memory
+	gate chan struct{}
+}
+
+func (s *gatedUpdate) Update(ctx context.Context, topic, key string, body []byte, refs, tags []string) ([]Presence, []Presence, error) {
+	<-s.gate
+	return s.Memory.Update(ctx, topic, key, body, refs, tags)
+}
+
+// 8. A control event does not hold up the broker's delivery while the
+// store is slow: HandleControl returns at once and the update follows;
+// past the queue, events are dropped and counted.
+func TestTrackerControlOffTheDeliveryPath(t *testing.T) {
+	st := &gatedUpdate{Memory: NewMemory(), gate: make(chan struct{})}
+	l := &diffLog{}
+	tr := NewTracker(Config{Window: time.Millisecond}, st, l.publish, nil)
+	t.Cleanup(func() { tr.Drain(context.Background()) })
+	ctx := context.Background()
+	_ = tr.Track(ctx, "room:c", "t1", "p", nil)
+	waitFor(t, "the join", func() bool { return len(l.all()) == 1 })
+	handled := make(chan struct{})
+	go func() {
+		tr.HandleControl("room:c", []byte(`{"key":"p","meta":{"s":1}}`))
+		close(handled)
+	}()
+	waitFor(t, "HandleControl to return while the store is slow", func() bool {
+		select {
+		case <-handled:
+			return true
+		default:
+			return false
+		}
+	})
+	// The worker is stuck in Update: its queue fills, then events drop.
+	for range controlQueue + 2 {
+		tr.HandleControl("room:c", []byte(`{"key":"p","meta":{"s":2}}`))
+	}
+	if n := counter(t, tr.m.controlDropped); n < 1 {
+		t.Fatalf("dropped %v control events, want at least 1", n)
+	}
+	close(st.gate)
+	waitFor(t, "the update's diff", func() bool {
+		for _, d := range l.all() {
+			for _, m := range d.Joins["p"].Metas {
+				if m["s"] == 1.0 {
+					return true
+				}
+			}
+		}
+		return false
+	})
+}

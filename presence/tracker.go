@@ -60,6 +60,27 @@ type Tracker struct {
 	// scheduled.
 	retrying map[string]*untrackRetryState
 	closed   bool
+
+	// ctrl queues control events to their workers, by topic (so one
+	// topic's stay in order); started by the first one, stopped by Drain.
+	ctrl     []chan controlJob
+	ctrlStop chan struct{}
+	ctrlDone sync.WaitGroup
+	ctrlOnce sync.Once
+}
+
+// Control events are applied off the broker's delivery path, by
+// controlWorkers goroutines, each with a queue of controlQueue events:
+// a slow store delays the updates, never the topic's deliveries. Past
+// the queue an event is dropped (counted and logged).
+const (
+	controlWorkers = 4
+	controlQueue   = 256
+)
+
+type controlJob struct {
+	topic, key string
+	body       []byte
 }
 
 // topicDiff is a topic's changes not yet published.
@@ -285,7 +306,10 @@ const ControlEvent = "phx_presence_control"
 func (t *Tracker) ControlEvent() string { return ControlEvent }
 
 // HandleControl applies a control event of topic received from the
-// broker: an update of the presences this node owns.
+// broker: an update of the presences this node owns. It does not block:
+// the update is queued to a worker (the store may be slow), in order with
+// the topic's earlier control events; a full queue drops it
+// (phxgate_presence_control_dropped_total).
 func (t *Tracker) HandleControl(topic string, payload []byte) {
 	var u controlUpdate
 	if json.Unmarshal(payload, &u) != nil || u.Key == "" {
@@ -295,7 +319,55 @@ func (t *Tracker) HandleControl(topic string, payload []byte) {
 	if !ok {
 		return
 	}
-	_, _ = t.updateLocal(context.Background(), topic, u.Key, body, ownTags)
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(topic))
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return
+	}
+	if t.ctrl == nil {
+		t.ctrl = make([]chan controlJob, controlWorkers)
+		t.ctrlStop = make(chan struct{})
+		for i := range t.ctrl {
+			t.ctrl[i] = make(chan controlJob, controlQueue)
+			t.ctrlDone.Add(1)
+			go t.controlWorker(t.ctrl[i])
+		}
+	}
+	q := t.ctrl[h.Sum32()%controlWorkers]
+	t.mu.Unlock()
+	select {
+	case q <- controlJob{topic: topic, key: u.Key, body: body}:
+	default:
+		t.m.controlDropped.Inc()
+		t.log.Warn("presence: control queue full; update dropped", "topic", topic)
+	}
+}
+
+func (t *Tracker) controlWorker(q chan controlJob) {
+	defer t.ctrlDone.Done()
+	for {
+		select {
+		case <-t.ctrlStop:
+			return
+		case j := <-q:
+			_, _ = t.updateLocal(context.Background(), j.topic, j.key, j.body, ownTags)
+		}
+	}
+}
+
+// stopControl stops the control workers (Drain). Idempotent.
+func (t *Tracker) stopControl() {
+	t.ctrlOnce.Do(func() {
+		t.mu.Lock()
+		started := t.ctrl != nil
+		t.mu.Unlock()
+		if started {
+			close(t.ctrlStop)
+			t.ctrlDone.Wait()
+		}
+	})
 }
 
 // ownTags, passed to updateLocal, limits an update to the presences this
@@ -481,6 +553,9 @@ func (t *Tracker) send(topic string, joins, leaves []Presence) {
 func (t *Tracker) Drain(ctx context.Context) {
 	t.mu.Lock()
 	t.closed = true
+	t.mu.Unlock()
+	t.stopControl()
+	t.mu.Lock()
 	byTopic := make(map[string][]string, len(t.local))
 	for topic, tags := range t.local {
 		for tag := range tags {
@@ -570,6 +645,8 @@ type metrics struct {
 	refused   *prometheus.CounterVec
 	errors    prometheus.Counter
 	cleanups  prometheus.Counter
+
+	controlDropped prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -595,6 +672,9 @@ func newMetrics() *metrics {
 		cleanups: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "phxgate_presence_node_cleanups_total", Help: "Dead nodes (or an earlier life of this node) whose presences this node removed.",
 		}),
+		controlDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_presence_control_dropped_total", Help: "Presence updates from other nodes dropped because this node's control queue was full.",
+		}),
 	}
 	for _, r := range []string{ReasonMetaTooLarge, ReasonTooManyMetas, ReasonTooMany, ReasonBadMeta} {
 		m.refused.WithLabelValues(r)
@@ -603,7 +683,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.tracked, m.diffs, m.diffBytes, m.diffsLost, m.refused, m.errors, m.cleanups}
+	return []prometheus.Collector{m.tracked, m.diffs, m.diffBytes, m.diffsLost, m.refused, m.errors, m.cleanups, m.controlDropped}
 }
 
 // Describe implements prometheus.Collector.
