@@ -567,6 +567,11 @@ func (th *topicHub) refreshOnce(p PresenceTracker) {
 			th.seqMu.Unlock()
 			continue // a diff came while reading: read again
 		}
+		if len(state) > srv.cfg.PresenceStateBytes {
+			th.seqMu.Unlock()
+			srv.m.presenceTooLarge.Inc() // it would close every subscriber's socket
+			return
+		}
 		for _, c := range th.subscribers() {
 			s := c.sock
 			s.mu.Lock()

@@ -184,3 +184,31 @@ func TestPresenceRefreshDoesNotStallDelivery(t *testing.T) {
 		t.Fatalf("%d state reads, want the refresh's second read (a diff came during its first)", n)
 	}
 }
+
+// bigState is a tracker whose presence_state is 2 KiB.
+type bigState struct{ fakePresence }
+
+func (*bigState) State(context.Context, string) ([]byte, error) {
+	return []byte(`{"p":{"metas":[{"pad":"` + strings.Repeat("x", 2048) + `"}]}}`), nil
+}
+
+// A presence_state larger than PresenceStateBytes is not sent (it would
+// overflow the write queue and close the socket, at every join): the
+// channel ends with phx_error, counted; the socket and its other
+// channels stay.
+func TestPresenceStateTooLarge(t *testing.T) {
+	env := newTestEnv(t, func(c *Config) { c.Presence = &bigState{}; c.PresenceStateBytes = 1024 })
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","here:a","phx_join",{}]`)
+	got := conn.waitTexts(t, 2)
+	if want := `["1","1","here:a","phx_error",{"reason":"channel_crash"}]`; got[1] != want {
+		t.Fatalf("after the join: %s, want %s", got[1], want)
+	}
+	if n := counterValue(t, env.reg, "phxgate_presence_state_too_large_total", ""); n != 1 {
+		t.Fatalf("phxgate_presence_state_too_large_total = %v, want 1", n)
+	}
+	mustHandle(t, sock, `["2","2","room:b","phx_join",{}]`)
+	if got := conn.waitTexts(t, 3); got[2] != `["2","2","room:b","phx_reply",{"response":{},"status":"ok"}]` {
+		t.Fatalf("another channel on the same socket: %s", got[2])
+	}
+}

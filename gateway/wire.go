@@ -123,6 +123,7 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 		ccfg.MaxReplay = cfg.MaxReplay
 	}
 	ccfg.ReplayBytes = cfg.WriteQueueMaxBytes / 2
+	ccfg.PresenceStateBytes = cfg.WriteQueueMaxBytes / 2
 	if cfg.ReplayBytes > 0 {
 		ccfg.ReplayBytes = cfg.ReplayBytes
 	}
