@@ -61,6 +61,10 @@ const (
 	// (which would close it, and the client would retry the same resume
 	// for ever).
 	DefaultReplayBytes = 512 << 10
+	// DefaultPresenceStateBytes bounds the presence_state one channel is
+	// sent, for the same reason: a bigger one would overflow the socket's
+	// write queue and close it (1013), on every join for ever.
+	DefaultPresenceStateBytes = 512 << 10
 )
 
 // ErrBadConfig is wrapped by Validate errors.
@@ -120,6 +124,12 @@ type Config struct {
 	// past it the join answers recovered=false. Keep it well under the
 	// transport's write queue bound. Zero is invalid.
 	ReplayBytes int `yaml:"-"` // the gateway's replay_bytes
+	// PresenceStateBytes is the largest presence_state sent to a channel,
+	// in bytes: past it the channel ends with phx_error (counted in
+	// phxgate_presence_state_too_large_total) and the socket and its
+	// other channels stay. Keep it under the transport's write queue
+	// bound. Zero is invalid.
+	PresenceStateBytes int `yaml:"-"` // half of the gateway's write_queue_max_bytes
 
 	// Presence tracks the players of routes with Presence on (nil: no
 	// route tracks presence).
@@ -161,19 +171,20 @@ func NewConfig() Config {
 		host = "node"
 	}
 	return Config{
-		NodeID:           host + "-" + strconv.Itoa(os.Getpid()),
-		MaxChannels:      DefaultMaxChannels,
-		MaxTopicBytes:    DefaultMaxTopicBytes,
-		MaxJoinRefBytes:  DefaultMaxJoinRefBytes,
-		MaxRefBytes:      DefaultMaxRefBytes,
-		Workers:          DefaultWorkers,
-		QueueSize:        DefaultQueueSize,
-		ChannelQueue:     DefaultChannelQueue,
-		ChannelQueueHard: DefaultChannelQueueHard,
-		CallTimeout:      DefaultCallTimeout,
-		ResumeBuffer:     DefaultResumeBuffer,
-		MaxReplay:        DefaultMaxReplay,
-		ReplayBytes:      DefaultReplayBytes,
+		NodeID:             host + "-" + strconv.Itoa(os.Getpid()),
+		MaxChannels:        DefaultMaxChannels,
+		MaxTopicBytes:      DefaultMaxTopicBytes,
+		MaxJoinRefBytes:    DefaultMaxJoinRefBytes,
+		MaxRefBytes:        DefaultMaxRefBytes,
+		Workers:            DefaultWorkers,
+		QueueSize:          DefaultQueueSize,
+		ChannelQueue:       DefaultChannelQueue,
+		ChannelQueueHard:   DefaultChannelQueueHard,
+		CallTimeout:        DefaultCallTimeout,
+		ResumeBuffer:       DefaultResumeBuffer,
+		MaxReplay:          DefaultMaxReplay,
+		ReplayBytes:        DefaultReplayBytes,
+		PresenceStateBytes: DefaultPresenceStateBytes,
 	}
 }
 
@@ -223,6 +234,8 @@ func (c Config) Validate() error {
 		return configErr("max_replay", "must be ≥ 1")
 	case c.ReplayBytes <= 0:
 		return configErr("replay_bytes", "must be ≥ 1")
+	case c.PresenceStateBytes <= 0:
+		return fmt.Errorf("%w: PresenceStateBytes %d", ErrBadConfig, c.PresenceStateBytes)
 	}
 	return nil
 }

@@ -46,6 +46,12 @@ type topicHub struct {
 	seqMu   sync.Mutex
 	seq     *pubsub.Sequencer
 	waiters []deliveryWaiter
+	// presenceDiffs counts the presence_diff events handed to Deliver;
+	// refreshing and refreshAgain coalesce the topic's presence refreshes
+	// into one goroutine.
+	presenceDiffs uint64
+	refreshing    bool
+	refreshAgain  bool
 
 	// lanes holds the subscribers by Fanout lane (one lane without a
 	// Fanout): each lane's loop delivers to its own subscribers under its
@@ -448,6 +454,9 @@ func (th *topicHub) Deliver(ev *pubsub.Event) {
 	}
 	th.seqMu.Lock()
 	defer th.seqMu.Unlock()
+	if ev.Event == "presence_diff" {
+		th.presenceDiffs++
+	}
 	var st pubsub.SequencerStats
 	th.seq.Deliver(ev, th.emit, th.lost, &st)
 	th.after(&st)
@@ -490,26 +499,77 @@ func (s *Server) RefreshPresence(topic string) {
 	}
 }
 
+// refreshOptimistic is how many times a presence refresh reads the state
+// off the delivery lock before it reads it under the lock.
+const refreshOptimistic = 3
+
 // refreshPresence sends the topic's presence_state again to every local
 // channel, when its route tracks presence: phoenix.js computes the joins
 // and leaves it missed from it. It runs on its own goroutine (reading the
-// state may wait on the store), one per resync.
+// state may wait on the store), at most one per topic: a refresh asked
+// for while one runs makes it run once more.
+//
+// The state is read without the topic's delivery lock, so a slow store
+// does not hold up the topic's events (nor the broker's shard delivering
+// them), and queued under it only if no presence_diff was delivered
+// meanwhile: such a diff may be newer than the state, and a state queued
+// after it would undo it. After refreshOptimistic such misses the state
+// is read under the lock.
 func (th *topicHub) refreshPresence() {
 	srv := th.h.srv
 	p := srv.cfg.Presence
 	if r := srv.router.Match(th.name); p == nil || r == nil || !r.Presence {
 		return
 	}
+	th.seqMu.Lock()
+	if th.refreshing {
+		th.refreshAgain = true
+		th.seqMu.Unlock()
+		return
+	}
+	th.refreshing = true
+	th.seqMu.Unlock()
 	go func() {
-		// Read and queued under the topic's delivery lock: a diff
-		// delivered after the state is newer than it, never older (an
-		// older state arriving after a newer diff would undo it).
+		for {
+			th.refreshOnce(p)
+			th.seqMu.Lock()
+			again := th.refreshAgain
+			th.refreshAgain = false
+			th.refreshing = again
+			th.seqMu.Unlock()
+			if !again {
+				return
+			}
+		}
+	}()
+}
+
+func (th *topicHub) refreshOnce(p PresenceTracker) {
+	srv := th.h.srv
+	ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.CallTimeout)
+	defer cancel()
+	for attempt := 0; ; attempt++ {
+		locked := attempt >= refreshOptimistic
 		th.seqMu.Lock()
-		defer th.seqMu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.CallTimeout)
-		defer cancel()
+		seen := th.presenceDiffs
+		if !locked {
+			th.seqMu.Unlock()
+		}
 		state, err := p.State(ctx, th.name)
+		if !locked {
+			th.seqMu.Lock()
+		}
 		if err != nil {
+			th.seqMu.Unlock()
+			return
+		}
+		if th.presenceDiffs != seen {
+			th.seqMu.Unlock()
+			continue // a diff came while reading: read again
+		}
+		if len(state) > srv.cfg.PresenceStateBytes {
+			th.seqMu.Unlock()
+			srv.m.presenceTooLarge.Inc() // it would close every subscriber's socket
 			return
 		}
 		for _, c := range th.subscribers() {
@@ -521,8 +581,10 @@ func (th *topicHub) refreshPresence() {
 				s.sendOrDrop(encodeMessage(s.ser, jr, "null", th.name, "presence_state", backends.Payload{Data: state}))
 			}
 		}
+		th.seqMu.Unlock()
 		srv.m.presenceRefreshes.Inc()
-	}()
+		return
+	}
 }
 
 // after counts what the sequencer did and wakes the publishers whose event

@@ -63,6 +63,9 @@ type metrics struct {
 	// presenceRefreshes counts topics whose presence_state was sent again
 	// after a broker resync.
 	presenceRefreshes prometheus.Counter
+	// presenceTooLarge counts presence_state payloads not sent for being
+	// larger than Config.PresenceStateBytes.
+	presenceTooLarge prometheus.Counter
 }
 
 // Resume results (phxgate_resumes_total{result}).
@@ -161,6 +164,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.ownWaitTimeout = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "phxgate_pubsub_own_delivery_timeouts_total", Help: "Replies sent before the sender's own broadcast came back from the broker (waited 1 s).",
 	})
+	m.presenceTooLarge = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "phxgate_presence_state_too_large_total", Help: "presence_state payloads not sent for being larger than the limit (half the write queue); the join's channel ended with phx_error.",
+	})
 	m.presenceRefreshes = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "phxgate_presence_state_refreshes_total", Help: "Topics whose channels got presence_state again after the broker resynced them (presence diffs have no history).",
 	})
@@ -196,7 +202,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.channels, m.joins, m.messagesIn, m.broadcasts, m.fanout, m.backendCalls,
 		m.backendDuration, m.replayed, m.overloaded, m.droppedFrames, m.resumeOverflow, m.publishErrors,
 		m.floodCloses, m.shed, m.backendPanics, m.replyBroadcastsLost, m.leaves, m.leavesLost,
-		m.seqDuplicates, m.seqGaps, m.seqFilled, m.seqLost, m.resumes, m.deliveryLag, m.ownWaitTimeout, m.presenceRefreshes,
+		m.seqDuplicates, m.seqGaps, m.seqFilled, m.seqLost, m.resumes, m.deliveryLag, m.ownWaitTimeout, m.presenceRefreshes, m.presenceTooLarge,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

@@ -47,7 +47,8 @@ func (c *channel) presenceTag(gen uint32) string {
 // rejoin took, so a quick reconnect makes no leave/join pair), then the
 // channel gets the topic's presence_state, as phoenix.js needs after every
 // join and rejoin. An anonymous channel is not tracked but gets the state.
-// It reports false when the state could not be read: phoenix.js would hold
+// It reports false when the state could not be read, or is larger than
+// Config.PresenceStateBytes: phoenix.js would hold
 // every later diff until a state came, so the caller ends the channel
 // with phx_error and the client rejoins.
 func (c *channel) trackPresence(rep *backends.Reply, taken *seat) bool {
@@ -76,6 +77,13 @@ func (c *channel) trackPresence(rep *backends.Reply, taken *seat) bool {
 	}
 	state, err := p.State(ctx, c.topic)
 	if err != nil {
+		return false
+	}
+	if len(state) > s.srv.cfg.PresenceStateBytes {
+		// Sent, it would overflow the socket's write queue and close
+		// the socket (with its other channels), at every join. The
+		// channel ends instead; the client rejoins with its backoff.
+		s.srv.m.presenceTooLarge.Inc()
 		return false
 	}
 	s.sendOrDrop(encodeMessage(s.ser, c.wJoinRef, "null", c.topic, "presence_state", backends.Payload{Data: state}))

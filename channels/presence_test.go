@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/phxgate/phxgate/pubsub"
 )
 
 // fakePresence is a PresenceTracker that records calls and serves a
@@ -115,5 +117,98 @@ func TestPresenceStateUnreadableEndsTheChannel(t *testing.T) {
 	got := conn.waitTexts(t, 2)
 	if want := `["1","1","here:a","phx_error",{"reason":"channel_crash"}]`; got[1] != want {
 		t.Fatalf("after the join: %s, want %s", got[1], want)
+	}
+}
+
+// gatedState is a tracker whose State waits, once shut, until released
+// (a slow store).
+type gatedState struct {
+	fakePresence
+	shut    atomic.Bool
+	entered chan struct{}
+	release chan struct{}
+	reads   atomic.Int64
+}
+
+func (g *gatedState) State(ctx context.Context, topic string) ([]byte, error) {
+	g.reads.Add(1)
+	if g.shut.Load() {
+		select {
+		case g.entered <- struct{}{}:
+		default:
+		}
+		<-g.release
+	}
+	return g.fakePresence.State(ctx, topic)
+}
+
+// A presence refresh (after a resync) reads the state without holding up
+// the topic's deliveries while the store is slow; a presence_diff
+// delivered meanwhile makes it read again, so the state it sends is not
+// older than that diff.
+func TestPresenceRefreshDoesNotStallDelivery(t *testing.T) {
+	gs := &gatedState{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	env := newTestEnv(t, func(c *Config) { c.Presence = gs })
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","here:a","phx_join",{}]`)
+	conn.waitTexts(t, 2) // reply, presence_state v1
+	gs.shut.Store(true)
+	env.broker.resync("here:a")
+	<-gs.entered // the refresh waits on the store
+	published := make(chan struct{})
+	go func() {
+		defer close(published)
+		ctx := context.Background()
+		_, _ = env.broker.Publish(ctx, "here:a", pubsub.Message{Event: "news", Payload: []byte(`{"n":1}`)})
+		_, _ = env.broker.Publish(ctx, "here:a", pubsub.Message{Event: "presence_diff", Payload: []byte(`{"joins":{},"leaves":{}}`), Ephemeral: true})
+	}()
+	waitFor(t, waitLong, "the topic's events delivered while the store is slow", func() bool {
+		select {
+		case <-published:
+			return true
+		default:
+			return false
+		}
+	})
+	got := conn.waitTexts(t, 4)
+	if !strings.Contains(got[2], `"news"`) || !strings.Contains(got[3], `"presence_diff"`) {
+		t.Fatalf("while the refresh waits: %s", strings.Join(got[2:], "\n"))
+	}
+	gs.shut.Store(false)
+	close(gs.release)
+	got = conn.waitTexts(t, 5)
+	if !strings.Contains(got[4], `"presence_state"`) {
+		t.Fatalf("after the store answered: %s, want presence_state after the diff", got[4])
+	}
+	if n := gs.reads.Load(); n < 3 {
+		t.Fatalf("%d state reads, want the refresh's second read (a diff came during its first)", n)
+	}
+}
+
+// bigState is a tracker whose presence_state is 2 KiB.
+type bigState struct{ fakePresence }
+
+func (*bigState) State(context.Context, string) ([]byte, error) {
+	return []byte(`{"p":{"metas":[{"pad":"` + strings.Repeat("x", 2048) + `"}]}}`), nil
+}
+
+// A presence_state larger than PresenceStateBytes is not sent (it would
+// overflow the write queue and close the socket, at every join): the
+// channel ends with phx_error, counted; the socket and its other
+// channels stay.
+func TestPresenceStateTooLarge(t *testing.T) {
+	env := newTestEnv(t, func(c *Config) { c.Presence = &bigState{}; c.PresenceStateBytes = 1024 })
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","here:a","phx_join",{}]`)
+	got := conn.waitTexts(t, 2)
+	if want := `["1","1","here:a","phx_error",{"reason":"channel_crash"}]`; got[1] != want {
+		t.Fatalf("after the join: %s, want %s", got[1], want)
+	}
+	if n := counterValue(t, env.reg, "phxgate_presence_state_too_large_total", ""); n != 1 {
+		t.Fatalf("phxgate_presence_state_too_large_total = %v, want 1", n)
+	}
+	mustHandle(t, sock, `["2","2","room:b","phx_join",{}]`)
+	if got := conn.waitTexts(t, 3); got[2] != `["2","2","room:b","phx_reply",{"response":{},"status":"ok"}]` {
+		t.Fatalf("another channel on the same socket: %s", got[2])
 	}
 }

@@ -326,7 +326,8 @@ func (c Config) admissionConfig() admission.Config {
 }
 
 // channelsConfig is the channels server's Config: the channels section
-// plus the top-level keys it shares (node_id, max_replay, replay_bytes).
+// plus the top-level keys it shares (node_id, max_replay, replay_bytes,
+// and write_queue_max_bytes for the presence_state bound).
 func (c Config) channelsConfig() channels.Config {
 	cc := c.Channels
 	cc.NodeID = c.NodeID
@@ -334,6 +335,7 @@ func (c Config) channelsConfig() channels.Config {
 		cc.MaxReplay = c.MaxReplay
 	}
 	cc.ReplayBytes = c.WriteQueueMaxBytes / 2
+	cc.PresenceStateBytes = c.WriteQueueMaxBytes / 2
 	if c.ReplayBytes > 0 {
 		cc.ReplayBytes = c.ReplayBytes
 	}

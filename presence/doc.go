@@ -28,11 +28,21 @@
 // Config.Timeout, after waiting for the topic's earlier changes on this
 // node), never on publishing a diff.
 //
-// Repairs: a failed Untrack is retried; a diff the broker refuses is
-// retried, then the topic's subscribers get the whole presence_state; a
-// node taken for dead while alive puts its presences back. On several
-// nodes an Update is routed to the nodes owning the presences (a control
-// event through the topic, ControlEvent), each updating its own under the
-// topic's lock, so an update is ordered with that connection's join and
-// leave.
+// Repairs: a failed Untrack is retried (and still gives the leave when
+// the first attempt was applied but its answer lost); a failed Add whose
+// undo fails is undone later; a diff the broker refuses is retried, then
+// the topic's subscribers get the whole presence_state; a node taken for
+// dead while alive puts its presences back, after the reaper that took
+// it for dead has finished (the node's reap lock), on its own goroutine
+// (never delaying the liveness refresh), topic by topic under the Redis
+// store's topic lock, from what it holds then (latest meta; nothing
+// removed meanwhile). On several nodes an Update is routed to the nodes
+// owning the presences (a control event through the topic,
+// ControlEvent), each updating its own under the topic's lock, so an
+// update is ordered with that connection's join and leave; HandleControl
+// only queues it (it runs on the broker's delivery path).
+//
+// Lock order: Tracker's topic lock, then the Redis store's topic lock,
+// then Tracker.mu or the store's mu. The store calls Tracker.Joins under
+// its topic lock (Joins takes only Tracker.mu).
 package presence

@@ -75,6 +75,17 @@ func (m *Memory) Remove(_ context.Context, topic, tag string) (Presence, bool, e
 	return e.p, true, nil
 }
 
+// RemoveAll implements BatchRemover.
+func (m *Memory) RemoveAll(ctx context.Context, topic string, tags []string) ([]Presence, error) {
+	var out []Presence
+	for _, tag := range tags {
+		if p, ok, _ := m.Remove(ctx, topic, tag); ok {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
 // Update implements Store.
 func (m *Memory) Update(_ context.Context, topic, key string, body []byte, refs, tags []string) (left, joined []Presence, err error) {
 	m.mu.Lock()
@@ -123,4 +134,7 @@ func (m *Memory) List(_ context.Context, topic string) ([]Presence, error) {
 
 func bySeq(a, b *memEntry) int { return cmp.Compare(a.seq, b.seq) }
 
-var _ Store = (*Memory)(nil)
+var (
+	_ Store        = (*Memory)(nil)
+	_ BatchRemover = (*Memory)(nil)
+)

@@ -6,11 +6,13 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -28,6 +30,9 @@ const (
 	// redisReapLock keeps two nodes from reaping the same dead node at
 	// once.
 	redisReapLock = 10 * time.Second
+	// redisLockPoll is how often a restore waiting for a reaper of its
+	// node tries the reap lock again.
+	redisLockPoll = 50 * time.Millisecond
 	// redisTopicTTL bounds how long a topic's presence hash outlives its
 	// last change, should every node of the cluster vanish at once.
 	redisTopicTTL = 24 * time.Hour
@@ -70,12 +75,28 @@ type Redis struct {
 	mine map[string]int // topic → presences of this node there
 	// held is this node's presences by topic and tag, as stored: what to
 	// put back should the node find itself reaped while alive.
-	held    map[string]map[string]heldPresence
+	held map[string]map[string]heldPresence
+	// undo is the presences (topic → tags) whose Add failed and whose
+	// undo failed too: they may be stored with no owner, so the topic
+	// stays on the node's list (counted in mine) and the restore loop
+	// removes them.
+	undo map[string]map[string]struct{}
+	// tlocks, by topic, order this node's changes of a topic with the
+	// restore of that topic (lock order: Tracker topic lock, then these,
+	// then mu).
+	tlocks  [64]sync.Mutex
+	lostc   chan struct{} // the liveness loop found the node reaped
 	stop    chan struct{}
 	done    chan struct{}
 	loops   sync.WaitGroup
 	once    sync.Once
 	started bool
+
+	// Test hooks, set before Start.
+	beats            atomic.Int64       // liveness refreshes done
+	hookRestore      func()             // restore starts
+	hookRestoreTopic func(topic string) // restore is about to put a topic's presences back
+	hookReap         func(node string)  // a reaper took node for dead, before removing anything
 }
 
 type heldPresence struct {
@@ -101,8 +122,8 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return &Redis{cfg: cfg, c: cfg.Client, boot: refEncoding.EncodeToString(b[:]), log: log,
-		mine: map[string]int{}, held: map[string]map[string]heldPresence{},
-		stop: make(chan struct{}), done: make(chan struct{})}, nil
+		mine: map[string]int{}, held: map[string]map[string]heldPresence{}, undo: map[string]map[string]struct{}{},
+		lostc: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}, nil
 }
 
 func (r *Redis) hashKey(topic string) string   { return r.cfg.Prefix + ":{" + topic + "}:p" }
@@ -111,6 +132,16 @@ func (r *Redis) liveKey(node string) string    { return r.cfg.Prefix + ":presenc
 func (r *Redis) nodesKey() string              { return r.cfg.Prefix + ":presence:nodes" }
 func (r *Redis) topicsKey(node string) string  { return r.cfg.Prefix + ":presence:topics:" + node }
 func (r *Redis) reapKey(node string) string    { return r.cfg.Prefix + ":presence:reap:" + node }
+
+func (r *Redis) tlock(topic string) *sync.Mutex {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(topic))
+	return &r.tlocks[h.Sum32()%uint32(len(r.tlocks))]
+}
+
+// reapLockTTL is how long a reaper (or this node's restore) holds a
+// node's reap lock at most: longer than a reap may take.
+func (r *Redis) reapLockTTL() time.Duration { return max(redisReapLock, 5*r.cfg.Timeout) }
 
 func (r *Redis) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), r.cfg.Timeout)
@@ -131,9 +162,10 @@ func (r *Redis) Start(onLeave, onJoin func(topic string, ps []Presence)) error {
 		return err
 	}
 	r.started = true
-	r.loops.Add(2)
+	r.loops.Add(3)
 	go r.liveLoop()
 	go r.reapLoop()
+	go r.restoreLoop()
 	go func() { r.loops.Wait(); close(r.done) }()
 	return nil
 }
@@ -156,8 +188,9 @@ func (r *Redis) beat() (lost bool, err error) {
 	return errors.Is(gerr, redis.Nil) || old != r.boot, nil
 }
 
-// liveLoop keeps the node alive, on its own so that a long reap never
-// delays it, and puts the node's presences back if it was reaped.
+// liveLoop keeps the node alive, on its own so that neither a long reap
+// nor a long restore ever delays it (a late beat would make the node look
+// dead again), and hands the restore to restoreLoop.
 func (r *Redis) liveLoop() {
 	defer r.loops.Done()
 	t := time.NewTicker(redisBeat)
@@ -174,12 +207,43 @@ func (r *Redis) liveLoop() {
 			r.log.Warn("presence: liveness not refreshed", "err", err)
 			continue
 		}
+		r.beats.Add(1)
 		if lost {
-			r.restore()
+			select {
+			case r.lostc <- struct{}{}:
+			default: // a restore is due already
+			}
 		}
 		if beats++; beats%60 == 0 {
 			r.touchTopics()
 		}
+	}
+}
+
+// restoreLoop puts the node's presences back when the liveness loop finds
+// it was reaped (again at every beat until a restore succeeds), and
+// removes what failed Adds may have left.
+func (r *Redis) restoreLoop() {
+	defer r.loops.Done()
+	t := time.NewTicker(redisBeat)
+	defer t.Stop()
+	due := false
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-r.lostc:
+			due = true
+		case <-t.C:
+		}
+		if due {
+			if err := r.restore(); err != nil {
+				r.log.Warn("presence: restoring this node's presences failed; retrying", "err", err)
+			} else {
+				due = false
+			}
+		}
+		r.retryUndo()
 	}
 }
 
@@ -199,46 +263,192 @@ func (r *Redis) reapLoop() {
 
 // restore puts back every presence of this node that is no longer stored
 // (a reaper removed them while the node was alive, or Redis lost them)
-// and announces those as joins.
-func (r *Redis) restore() {
+// and announces those as joins. It first takes the node's reap lock, so
+// that a reaper that took the node for dead and is still removing its
+// presences finishes first (a restore before the end of a reap would be
+// undone by it), and no reaper starts while it runs (a reaper that gets
+// the lock later finds the node alive). Each topic is restored under its
+// topic lock, from what the node holds then: a presence removed or
+// updated meanwhile comes back as it is now, or not at all.
+func (r *Redis) restore() error {
+	if r.hookRestore != nil {
+		r.hookRestore()
+	}
+	unlock, err := r.lockReap(r.cfg.NodeID, "restore "+r.boot, true)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	r.mu.Lock()
-	held := make(map[string]map[string]heldPresence, len(r.held))
-	for topic, hs := range r.held {
-		held[topic] = make(map[string]heldPresence, len(hs))
-		for tag, h := range hs {
-			held[topic][tag] = h
-		}
+	topics := make([]string, 0, len(r.held))
+	for topic := range r.held {
+		topics = append(topics, topic)
 	}
 	r.mu.Unlock()
 	restored := 0
-	for topic, hs := range held {
-		ctx, cancel := r.ctx()
-		var back []Presence
-		err := r.c.SAdd(ctx, r.topicsKey(r.cfg.NodeID), topic).Err()
-		for tag, h := range hs {
-			if err != nil {
-				break
-			}
-			var res string
-			var stored bool
-			if stored, err = r.c.HExists(ctx, r.hashKey(topic), tag).Result(); err != nil || stored {
-				continue
-			}
-			res, err = addScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, tag, h.p.Key, h.value,
-				MaxMetasPerKey, 1<<30, redisTopicTTL.Milliseconds(), 1).Text()
-			if err == nil && res == "ok" {
-				back = append(back, h.p)
-			}
+	var firstErr error
+	for _, topic := range topics {
+		if r.hookRestoreTopic != nil {
+			r.hookRestoreTopic(topic)
 		}
-		cancel()
-		if len(back) > 0 && r.onJoin != nil {
-			r.onJoin(topic, back)
+		n, err := r.restoreTopic(topic)
+		restored += n
+		if err != nil && firstErr == nil {
+			firstErr = err
 		}
-		restored += len(back)
 	}
 	if restored > 0 {
 		r.log.Warn("presence: this node was taken for dead while alive; its presences are back", "presences", restored)
 	}
+	return firstErr
+}
+
+// restoreScript stores the presences given that are not stored. KEYS:
+// hash, counts. ARGV: TTL ms, then tag, key, value of each. It returns
+// the tags it stored.
+var restoreScript = redis.NewScript(`
+local out = {}
+for i = 2, #ARGV, 3 do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 2]) == 1 then
+    redis.call('HINCRBY', KEYS[2], ARGV[i + 1], 1)
+    out[#out + 1] = ARGV[i]
+  end
+end
+if #out > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], ARGV[1])
+end
+return out
+`)
+
+// restoreTopic puts back the topic's presences held now and announces
+// them, under the topic's lock: a Remove or Update of one of them waits,
+// so its leave comes after the join announced here.
+func (r *Redis) restoreTopic(topic string) (int, error) {
+	l := r.tlock(topic)
+	l.Lock()
+	defer l.Unlock()
+	r.mu.Lock()
+	hs := r.held[topic]
+	args := make([]any, 0, 1+3*len(hs))
+	args = append(args, redisTopicTTL.Milliseconds())
+	byTag := make(map[string]Presence, len(hs))
+	for tag, h := range hs {
+		args = append(args, tag, h.p.Key, h.value)
+		byTag[tag] = h.p
+	}
+	r.mu.Unlock()
+	if len(byTag) == 0 {
+		return 0, nil
+	}
+	ctx, cancel := r.ctx()
+	defer cancel()
+	// Listed first, so that a reaper always finds what is put back.
+	if err := r.c.SAdd(ctx, r.topicsKey(r.cfg.NodeID), topic).Err(); err != nil {
+		return 0, err
+	}
+	tags, err := restoreScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, args...).StringSlice()
+	if err != nil {
+		return 0, err
+	}
+	back := make([]Presence, 0, len(tags))
+	for _, tag := range tags {
+		back = append(back, byTag[tag])
+	}
+	if len(back) > 0 && r.onJoin != nil {
+		r.onJoin(topic, back)
+	}
+	return len(back), nil
+}
+
+// unlockScript deletes a lock still held with the value given. KEYS:
+// lock. ARGV: value.
+var unlockScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+// lockReap takes node's reap lock with value; wait: until it is free
+// (this node's restore), else at once or not at all (ok false: another
+// reaper has it). The release deletes it if still ours.
+func (r *Redis) lockReap(node, value string, wait bool) (release func(), err error) {
+	for {
+		ctx, cancel := r.ctx()
+		ok, err := r.c.SetNX(ctx, r.reapKey(node), value, r.reapLockTTL()).Result()
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			return func() {
+				ctx, cancel := r.ctx()
+				defer cancel()
+				_ = unlockScript.Run(ctx, r.c, []string{r.reapKey(node)}, value).Err()
+			}, nil
+		}
+		if !wait {
+			return nil, nil
+		}
+		select {
+		case <-r.stop:
+			return nil, ErrClosed
+		case <-time.After(redisLockPoll):
+		}
+	}
+}
+
+// retryUndo removes the presences whose Add failed and could not be
+// undone at the time.
+func (r *Redis) retryUndo() {
+	r.mu.Lock()
+	var pairs [][2]string
+	for topic, tags := range r.undo {
+		for tag := range tags {
+			pairs = append(pairs, [2]string{topic, tag})
+		}
+	}
+	r.mu.Unlock()
+	for _, p := range pairs {
+		l := r.tlock(p[0])
+		l.Lock()
+		err := r.undoAdd(p[0], p[1])
+		l.Unlock()
+		if err != nil {
+			return // Redis is still failing: next beat
+		}
+	}
+}
+
+// undoAdd removes tag's presence, stored by an Add that reported a
+// failure, and forgets it; or keeps it for retryUndo when Redis fails
+// again. Called under the topic's lock.
+func (r *Redis) undoAdd(topic, tag string) error {
+	ctx, cancel := r.ctx()
+	err := removeScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, tag).Err()
+	cancel()
+	r.mu.Lock()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		if r.undo[topic] == nil {
+			r.undo[topic] = map[string]struct{}{}
+		}
+		_, again := r.undo[topic][tag]
+		r.undo[topic][tag] = struct{}{}
+		r.mu.Unlock()
+		if !again {
+			r.log.Warn("presence: undoing a failed add failed; retrying", "topic", topic, "err", err)
+		}
+		return err
+	}
+	_, was := r.undo[topic][tag]
+	if was {
+		delete(r.undo[topic], tag)
+		if len(r.undo[topic]) == 0 {
+			delete(r.undo, topic)
+		}
+	}
+	r.mu.Unlock()
+	r.forget(topic)
+	return nil
 }
 
 // touchTopics keeps the presence hashes of the topics this node has
@@ -317,14 +527,20 @@ func (r *Redis) reap(node string, self bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*r.cfg.Timeout)
 	defer cancel()
 	if !self {
-		ok, err := r.c.SetNX(ctx, r.reapKey(node), r.cfg.NodeID, redisReapLock).Result()
-		if err != nil || !ok {
-			return err // another node reaps it
+		// The lock keeps other reapers out, and the node itself: back
+		// from a pause, it restores only after this reap ends.
+		unlock, err := r.lockReap(node, "reap "+r.cfg.NodeID+" "+r.boot, false)
+		if err != nil || unlock == nil {
+			return err // another node reaps it, or the node restores
 		}
+		defer unlock()
 		// Alive again (restarted under the same id, or back from a
 		// pause): its new life cleans up after its old one itself.
 		if n, err := r.c.Exists(ctx, r.liveKey(node)).Result(); err != nil || n > 0 {
 			return err
+		}
+		if r.hookReap != nil {
+			r.hookReap(node)
 		}
 	}
 	keep := ""
@@ -439,6 +655,19 @@ return 'ok'
 
 // Add implements Store.
 func (r *Redis) Add(ctx context.Context, topic, tag string, p Presence, lim Limits) error {
+	l := r.tlock(topic)
+	l.Lock()
+	defer l.Unlock()
+	r.mu.Lock()
+	_, pending := r.undo[topic][tag]
+	r.mu.Unlock()
+	if pending {
+		// An earlier Add of this tag may still be stored: out first, or
+		// the script would take it for this one.
+		if err := r.undoAdd(topic, tag); err != nil {
+			return err
+		}
+	}
 	r.mu.Lock()
 	first := r.mine[topic] == 0
 	r.mine[topic]++
@@ -459,10 +688,11 @@ func (r *Redis) Add(ctx context.Context, topic, tag string, p Presence, lim Limi
 	if err != nil {
 		if !errors.Is(err, ErrRefused) {
 			// The script may have run and only its answer been lost:
-			// undo it, so that no presence stays that nobody owns.
-			uctx, cancel := r.ctx()
-			_ = removeScript.Run(uctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, tag).Err()
-			cancel()
+			// undo it, so that no presence stays that nobody owns
+			// (should the undo fail too, the restore loop retries it,
+			// and the topic stays listed for a reaper meanwhile).
+			_ = r.undoAdd(topic, tag)
+			return err
 		}
 		r.forget(topic)
 		return err
@@ -478,9 +708,12 @@ func (r *Redis) Add(ctx context.Context, topic, tag string, p Presence, lim Limi
 
 // forget counts one presence of this node on topic less; the last one
 // takes the topic off the node's list.
-func (r *Redis) forget(topic string) {
+func (r *Redis) forget(topic string) { r.forgetN(topic, 1) }
+
+// forgetN counts n presences of this node on topic less.
+func (r *Redis) forgetN(topic string, n int) {
 	r.mu.Lock()
-	r.mine[topic]--
+	r.mine[topic] -= n
 	last := r.mine[topic] <= 0
 	if last {
 		delete(r.mine, topic)
@@ -505,32 +738,89 @@ if redis.call('HINCRBY', KEYS[2], key, -1) <= 0 then redis.call('HDEL', KEYS[2],
 return v
 `)
 
-// Remove implements Store.
+// Remove implements Store. A presence this node holds that is no longer
+// stored is still returned (ok): an earlier Remove of it was applied but
+// its answer lost (then nobody has published its leave yet), or a reaper
+// removed it (then this leave is a second one, which clients ignore).
 func (r *Redis) Remove(ctx context.Context, topic, tag string) (Presence, bool, error) {
-	v, err := removeScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, tag).Text()
-	if err != nil && !errors.Is(err, redis.Nil) {
+	ps, err := r.RemoveAll(ctx, topic, []string{tag})
+	if err != nil || len(ps) == 0 {
 		return Presence{}, false, err
 	}
-	r.mu.Lock()
-	if hs := r.held[topic]; hs != nil {
-		delete(hs, tag)
+	return ps[0], true, nil
+}
+
+// removeAllScript removes presences. KEYS: hash, counts. ARGV: tags. It
+// returns the removed values ("" for a tag not stored), one per tag.
+var removeAllScript = redis.NewScript(`
+local out = {}
+for i = 1, #ARGV do
+  local v = redis.call('HGET', KEYS[1], ARGV[i])
+  if v then
+    local seq, nl, bl, kl = string.match(v, '^(%d+) (%d+) (%d+) (%d+) %d+\n')
+    local rest = string.sub(v, string.find(v, '\n', 1, true) + 1)
+    local key = string.sub(rest, tonumber(nl) + tonumber(bl) + 1, tonumber(nl) + tonumber(bl) + tonumber(kl))
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    if redis.call('HINCRBY', KEYS[2], key, -1) <= 0 then redis.call('HDEL', KEYS[2], key) end
+    out[#out + 1] = v
+  else
+    out[#out + 1] = ''
+  end
+end
+return out
+`)
+
+// redisRemoveBatch bounds the tags one removeAllScript call takes: a
+// drain of a topic with many presences is a few calls, none of which
+// holds Redis long.
+const redisRemoveBatch = 1000
+
+// RemoveAll removes tags' presences from topic in one script call per
+// redisRemoveBatch tags, and returns those it removed (or that this node
+// held: see Remove). A drain removes a node's presences with it.
+func (r *Redis) RemoveAll(ctx context.Context, topic string, tags []string) ([]Presence, error) {
+	l := r.tlock(topic)
+	l.Lock()
+	defer l.Unlock()
+	var out []Presence
+	for len(tags) > 0 {
+		batch := tags[:min(len(tags), redisRemoveBatch)]
+		tags = tags[len(batch):]
+		args := make([]any, len(batch))
+		for i, tag := range batch {
+			args[i] = tag
+		}
+		vals, err := removeAllScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, args...).StringSlice()
+		if err == nil && len(vals) != len(batch) {
+			err = fmt.Errorf("presence: %d answers to the removal of %d presences", len(vals), len(batch))
+		}
+		if err != nil {
+			return out, err
+		}
+		r.mu.Lock()
+		hs := r.held[topic]
+		for i, tag := range batch {
+			h, held := hs[tag]
+			if p, _, ok := decodeValue(vals[i]); ok {
+				out = append(out, p)
+			} else if held {
+				out = append(out, h.p)
+			}
+			delete(hs, tag)
+		}
 		if len(hs) == 0 {
 			delete(r.held, topic)
 		}
+		r.mu.Unlock()
+		r.forgetN(topic, len(batch))
 	}
-	r.mu.Unlock()
-	r.forget(topic)
-	if errors.Is(err, redis.Nil) {
-		return Presence{}, false, nil
-	}
-	p, _, ok := decodeValue(v)
-	return p, ok, nil
+	return out, nil
 }
 
 // updateScript gives every presence of a key a new meta. KEYS: hash.
 // ARGV: key, meta body, the number of refs, the new refs, then the tags
-// to limit it to (none: every tag). It returns old and new values,
-// alternating.
+// to limit it to (none: every tag). It returns tag, old value and new
+// value of each presence changed.
 var updateScript = redis.NewScript(`
 local out = {}
 local all = redis.call('HGETALL', KEYS[1])
@@ -558,6 +848,7 @@ for i = 1, #all, 2 do
       local nv = seq .. ' ' .. nl .. ' ' .. bl .. ' ' .. kl .. ' ' .. #ref .. '\n' ..
         string.sub(rest, 1, nl + bl + kl) .. ref .. meta
       redis.call('HSET', KEYS[1], all[i], nv)
+      out[#out + 1] = all[i]
       out[#out + 1] = v
       out[#out + 1] = nv
     end
@@ -579,15 +870,26 @@ func (r *Redis) Update(ctx context.Context, topic, key string, body []byte, refs
 	for _, tag := range tags {
 		args = append(args, tag)
 	}
+	l := r.tlock(topic)
+	l.Lock()
+	defer l.Unlock()
 	vals, err := updateScript.Run(ctx, r.c, []string{r.hashKey(topic)}, args...).StringSlice()
 	if err != nil {
 		return nil, nil, err
 	}
-	for i := 0; i+1 < len(vals); i += 2 {
-		o, _, ok1 := decodeValue(vals[i])
-		n, _, ok2 := decodeValue(vals[i+1])
-		if ok1 && ok2 {
-			left, joined = append(left, o), append(joined, n)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := 0; i+2 < len(vals); i += 3 {
+		o, _, ok1 := decodeValue(vals[i+1])
+		n, _, ok2 := decodeValue(vals[i+2])
+		if !ok1 || !ok2 {
+			continue
+		}
+		left, joined = append(left, o), append(joined, n)
+		// What a restore puts back is the latest meta.
+		if h, ok := r.held[topic][vals[i]]; ok {
+			h.p, h.value = n, vals[i+2]
+			r.held[topic][vals[i]] = h
 		}
 	}
 	return left, joined, nil
@@ -645,4 +947,7 @@ func (r *Redis) Close() error {
 	return nil
 }
 
-var _ Store = (*Redis)(nil)
+var (
+	_ Store        = (*Redis)(nil)
+	_ BatchRemover = (*Redis)(nil)
+)

@@ -60,6 +60,27 @@ type Tracker struct {
 	// scheduled.
 	retrying map[string]*untrackRetryState
 	closed   bool
+
+	// ctrl queues control events to their workers, by topic (so one
+	// topic's stay in order); started by the first one, stopped by Drain.
+	ctrl     []chan controlJob
+	ctrlStop chan struct{}
+	ctrlDone sync.WaitGroup
+	ctrlOnce sync.Once
+}
+
+// Control events are applied off the broker's delivery path, by
+// controlWorkers goroutines, each with a queue of controlQueue events:
+// a slow store delays the updates, never the topic's deliveries. Past
+// the queue an event is dropped (counted and logged).
+const (
+	controlWorkers = 4
+	controlQueue   = 256
+)
+
+type controlJob struct {
+	topic, key string
+	body       []byte
 }
 
 // topicDiff is a topic's changes not yet published.
@@ -285,7 +306,10 @@ const ControlEvent = "phx_presence_control"
 func (t *Tracker) ControlEvent() string { return ControlEvent }
 
 // HandleControl applies a control event of topic received from the
-// broker: an update of the presences this node owns.
+// broker: an update of the presences this node owns. It does not block:
+// the update is queued to a worker (the store may be slow), in order with
+// the topic's earlier control events; a full queue drops it
+// (phxgate_presence_control_dropped_total).
 func (t *Tracker) HandleControl(topic string, payload []byte) {
 	var u controlUpdate
 	if json.Unmarshal(payload, &u) != nil || u.Key == "" {
@@ -295,7 +319,55 @@ func (t *Tracker) HandleControl(topic string, payload []byte) {
 	if !ok {
 		return
 	}
-	_, _ = t.updateLocal(context.Background(), topic, u.Key, body, ownTags)
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(topic))
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return
+	}
+	if t.ctrl == nil {
+		t.ctrl = make([]chan controlJob, controlWorkers)
+		t.ctrlStop = make(chan struct{})
+		for i := range t.ctrl {
+			t.ctrl[i] = make(chan controlJob, controlQueue)
+			t.ctrlDone.Add(1)
+			go t.controlWorker(t.ctrl[i])
+		}
+	}
+	q := t.ctrl[h.Sum32()%controlWorkers]
+	t.mu.Unlock()
+	select {
+	case q <- controlJob{topic: topic, key: u.Key, body: body}:
+	default:
+		t.m.controlDropped.Inc()
+		t.log.Warn("presence: control queue full; update dropped", "topic", topic)
+	}
+}
+
+func (t *Tracker) controlWorker(q chan controlJob) {
+	defer t.ctrlDone.Done()
+	for {
+		select {
+		case <-t.ctrlStop:
+			return
+		case j := <-q:
+			_, _ = t.updateLocal(context.Background(), j.topic, j.key, j.body, ownTags)
+		}
+	}
+}
+
+// stopControl stops the control workers (Drain). Idempotent.
+func (t *Tracker) stopControl() {
+	t.ctrlOnce.Do(func() {
+		t.mu.Lock()
+		started := t.ctrl != nil
+		t.mu.Unlock()
+		if started {
+			close(t.ctrlStop)
+			t.ctrlDone.Wait()
+		}
+	})
 }
 
 // ownTags, passed to updateLocal, limits an update to the presences this
@@ -357,8 +429,19 @@ func (t *Tracker) State(ctx context.Context, topic string) ([]byte, error) {
 }
 
 // Joins queues joins found by the store (presences of this node put back
-// after it was taken for dead): they go out in the next diff.
-func (t *Tracker) Joins(topic string, ps []Presence) { t.queue(topic, ps, nil) }
+// after it was taken for dead): they go out in the next diff. The store
+// calls it under its own lock of the topic, which this node's changes of
+// the topic take too (inside the tracker's topic lock), so it does not
+// take the tracker's topic lock: a leave of a presence put back is queued
+// after its join.
+func (t *Tracker) Joins(topic string, ps []Presence) {
+	if len(ps) == 0 {
+		return
+	}
+	t.mu.Lock()
+	t.queueLocked(topic, ps, nil)
+	t.mu.Unlock()
+}
 
 // Leaves queues leaves found by someone else (a store that reaped a dead
 // node's presences): they go out in this node's next diff of the topic.
@@ -465,22 +548,33 @@ func (t *Tracker) send(topic string, joins, leaves []Presence) {
 
 // Drain removes every presence tracked here and publishes the leaves now
 // (a node going away: others see its players leave at once), then refuses
-// new ones. It returns when the leaves are published, or ctx ends.
+// new ones. It returns when the leaves are published, or ctx ends. With a
+// BatchRemover store each topic's presences go in one call.
 func (t *Tracker) Drain(ctx context.Context) {
 	t.mu.Lock()
 	t.closed = true
-	var pairs [][2]string
+	t.mu.Unlock()
+	t.stopControl()
+	t.mu.Lock()
+	byTopic := make(map[string][]string, len(t.local))
 	for topic, tags := range t.local {
 		for tag := range tags {
-			pairs = append(pairs, [2]string{topic, tag})
+			byTopic[topic] = append(byTopic[topic], tag)
 		}
 	}
 	t.mu.Unlock()
-	for _, p := range pairs {
+	br, batch := t.store.(BatchRemover)
+	for topic, tags := range byTopic {
 		if ctx.Err() != nil {
 			break
 		}
-		t.Untrack(ctx, p[0], p[1])
+		if !batch {
+			for _, tag := range tags {
+				t.Untrack(ctx, topic, tag)
+			}
+			continue
+		}
+		t.drainTopic(ctx, br, topic, tags)
 	}
 	// Flush every topic now; a flush already publishing elsewhere takes
 	// what is left, so wait for the map to empty.
@@ -504,6 +598,42 @@ func (t *Tracker) Drain(ctx context.Context) {
 	}
 }
 
+// drainBatch is the presences one Config.Timeout is allowed for in a
+// drain's removal of a topic.
+const drainBatch = 1000
+
+// drainTopic removes tags' presences of topic in one call and queues
+// their leaves. A failure is counted and logged: the node is going away,
+// and once its liveness ends another node removes what is left.
+func (t *Tracker) drainTopic(ctx context.Context, br BatchRemover, topic string, tags []string) {
+	l := t.lock(topic)
+	l.Lock()
+	defer l.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, t.cfg.Timeout*time.Duration(1+len(tags)/drainBatch))
+	defer cancel()
+	ps, err := br.RemoveAll(ctx, topic, tags)
+	if err != nil {
+		t.m.errors.Inc()
+		t.log.Warn("presence: drain could not remove every presence", "topic", topic, "presences", len(tags), "err", err)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err == nil {
+		if local := t.local[topic]; local != nil {
+			for _, tag := range tags {
+				delete(local, tag)
+			}
+			if len(local) == 0 {
+				delete(t.local, topic)
+			}
+		}
+		t.m.tracked.Sub(float64(len(tags)))
+	}
+	if len(ps) > 0 {
+		t.queueLocked(topic, nil, ps)
+	}
+}
+
 // Collector returns the tracker's metrics for registration.
 func (t *Tracker) Collector() prometheus.Collector { return t.m }
 
@@ -515,6 +645,8 @@ type metrics struct {
 	refused   *prometheus.CounterVec
 	errors    prometheus.Counter
 	cleanups  prometheus.Counter
+
+	controlDropped prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -540,6 +672,9 @@ func newMetrics() *metrics {
 		cleanups: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "phxgate_presence_node_cleanups_total", Help: "Dead nodes (or an earlier life of this node) whose presences this node removed.",
 		}),
+		controlDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_presence_control_dropped_total", Help: "Presence updates from other nodes dropped because this node's control queue was full.",
+		}),
 	}
 	for _, r := range []string{ReasonMetaTooLarge, ReasonTooManyMetas, ReasonTooMany, ReasonBadMeta} {
 		m.refused.WithLabelValues(r)
@@ -548,7 +683,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.tracked, m.diffs, m.diffBytes, m.diffsLost, m.refused, m.errors, m.cleanups}
+	return []prometheus.Collector{m.tracked, m.diffs, m.diffBytes, m.diffsLost, m.refused, m.errors, m.cleanups, m.controlDropped}
 }
 
 // Describe implements prometheus.Collector.
