@@ -293,7 +293,7 @@ func (s *Server) stopAPI() {
 	}()
 	select {
 	case <-done:
-	case <-time.After(time.Second):
+	case <-time.After(APIStopTimeout):
 		s.api.Stop()
 		<-done
 	}
@@ -314,7 +314,7 @@ func isLoopback(addr net.Addr) bool {
 }
 
 // closerFloor is the least time the Closers get at shutdown.
-const closerFloor = 2 * time.Second
+const closerFloor = CloserFloor
 
 // httpIdleTimeout bounds a kept-alive plain HTTP connection between
 // requests on the client port.
@@ -508,7 +508,7 @@ wait:
 	close(s.stopSweep)
 	s.health.stop()
 	s.httpLn.Close()
-	hctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	hctx, cancel := context.WithTimeout(context.Background(), HTTPShutdownTimeout)
 	_ = s.httpSrv.Shutdown(hctx)
 	cancel()
 	_ = s.httpSrv.Close()
@@ -601,6 +601,12 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if s.draining.Load() {
 			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		// ?local=1 (ReadyzLocalPath): only what is this node's own; the
+		// shared dependencies stay in plain /readyz and the ready gauge.
+		if r.URL.Query().Get("local") == "1" {
+			_, _ = w.Write([]byte("ok (local)\n"))
 			return
 		}
 		if _, err := s.readiness(r.Context()); err != nil {
