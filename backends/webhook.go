@@ -81,9 +81,10 @@ const (
 	webhookIdleConnTimeout     = 90 * time.Second
 	webhookMaxHeaderBytes      = 64 << 10
 	// A failed response's body is read up to this many bytes, so that its
-	// connection can be reused, and its start quoted in the error.
+	// connection can be reused; the error gives its length, never its
+	// content (which may echo the payload or carry player data, and the
+	// error is logged).
 	webhookErrorBodyDrain = 64 << 10
-	webhookErrorBodyQuote = 256
 )
 
 // Errors of VerifyWebhook. A request it refuses should be answered 401
@@ -474,17 +475,21 @@ func classifyWebhook(err error) (outcome, error) {
 	return outcomeSuccess, ErrBackend
 }
 
-// statusError is a non-2xx answer; body is the start of its body, for logs.
+// statusError is a non-2xx answer. It keeps the body's length only: the
+// error is logged, and a game's error body may echo the payload.
 type statusError struct {
 	code int
-	body string
+	size int64 // bytes of body read, at most webhookErrorBodyDrain
 }
 
 func (e *statusError) Error() string {
-	if e.body == "" {
+	switch {
+	case e.size == 0:
 		return "HTTP " + strconv.Itoa(e.code)
+	case e.size >= webhookErrorBodyDrain:
+		return fmt.Sprintf("HTTP %d (body of %d bytes or more)", e.code, e.size)
 	}
-	return fmt.Sprintf("HTTP %d: %q", e.code, e.body)
+	return fmt.Sprintf("HTTP %d (%d-byte body)", e.code, e.size)
 }
 
 // post makes one request: signed, carrying the idempotency key, cut short
@@ -542,7 +547,7 @@ func (w *Webhook) post(ctx context.Context, endpoint, key string, body []byte, k
 		}
 		return b, nil
 	}
-	se := &statusError{code: code, body: drainQuote(resp.Body)}
+	se := &statusError{code: code, size: drainCount(resp.Body)}
 	switch code {
 	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
 		return nil, &attemptError{kind: ErrUnavailable, out: outcomeFailure, err: se}
@@ -586,14 +591,12 @@ func readCapped(resp *http.Response, max int) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// drainQuote reads a failed answer's body up to webhookErrorBodyDrain
+// drainCount reads a failed answer's body up to webhookErrorBodyDrain
 // bytes, so that a short one leaves the connection reusable, and returns
-// its start.
-func drainQuote(body io.Reader) string {
-	var head [webhookErrorBodyQuote]byte
-	n, _ := io.ReadFull(body, head[:])
-	_, _ = io.Copy(io.Discard, io.LimitReader(body, webhookErrorBodyDrain-int64(n)))
-	return string(head[:n])
+// how many it read.
+func drainCount(body io.Reader) int64 {
+	n, _ := io.Copy(io.Discard, io.LimitReader(body, webhookErrorBodyDrain))
+	return n
 }
 
 // headerSafe reports whether an idempotency key can travel as a header

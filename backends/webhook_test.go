@@ -1229,3 +1229,22 @@ func FuzzWebhookReply(f *testing.F) {
 		}
 	})
 }
+
+// A failed answer's body may echo the payload or carry player data: the
+// error (which the "backend call failed" line logs) names the status and
+// the body's length, never its content.
+func TestWebhookErrorOmitsTheBody(t *testing.T) {
+	const secret = `{"error":"player-9 token eyJhbGciOi leaked"}`
+	g := &hookGame{secret: testSecret, answer: answerJSON(http.StatusInternalServerError, secret)}
+	base, _ := serveHook(t, g)
+	e := newHook(t, signedSpec(t, base, "retries=1&backoff=1ms"), nil)
+	_, err := e.HandleIn(context.Background(), call("e", `{}`))
+	wantErr(t, err, ErrBackend)
+	msg := err.Error()
+	if strings.Contains(msg, "player-9") || strings.Contains(msg, "eyJ") || strings.Contains(msg, "leaked") {
+		t.Errorf("error %q quotes the answer's body", msg)
+	}
+	if want := fmt.Sprintf("HTTP 500 (%d-byte body)", len(secret)); !strings.Contains(msg, want) {
+		t.Errorf("error %q, want it to name %q", msg, want)
+	}
+}

@@ -291,7 +291,7 @@ func (c *channel) call(op string, call *backends.Call, reason backends.LeaveReas
 	}
 	var span trace.Span
 	if srv.cfg.Tracer != nil && op != opLeave {
-		ctx, span = startCallSpan(ctx, srv.cfg.Tracer, op, call)
+		ctx, span = startCallSpan(ctx, srv.cfg.Tracer, op, call, srv.cfg.TrustClientTraceContext)
 	}
 	rep, err = invoke(ctx, b, op, call, reason)
 	if span != nil {

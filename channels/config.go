@@ -157,6 +157,12 @@ type Config struct {
 	// Tracer traces joins and pushes forwarded to backends (see
 	// tracing.go). Nil: tracing off, at no cost per message.
 	Tracer trace.Tracer `yaml:"-"`
+	// TrustClientTraceContext makes a client's payload "traceparent" the
+	// parent of its join or push span (the client then chooses the trace
+	// id, and so whether a parent-based or trace-id-ratio sampler records
+	// it). False (the default): the span starts a new trace and links to
+	// the client's span.
+	TrustClientTraceContext bool `yaml:"-"`
 	// Logger writes the lines logged on the join and push path (a backend
 	// call that failed), each with the call's context: a handler that
 	// reads the context (backends/telemetry.LogHandler) adds the trace and

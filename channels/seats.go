@@ -130,7 +130,7 @@ func (ss *seats) leave(st *seat) {
 	ss.queueLocked(st)
 }
 
-// queueLocked queues st's Leave (reason disconnected) and starts a sender
+// queueLocked queues st's Leave (st.reason; disconnected when unset) and starts a sender
 // if fewer than maxSeatSenders run. Called with mu held.
 func (ss *seats) queueLocked(st *seat) {
 	ss.queue = append(ss.queue, st)
@@ -180,13 +180,16 @@ func (ss *seats) send() {
 }
 
 // flush ends every seat now (shutdown: nobody will come back to this node),
-// makes later seats leave at once, and waits for every Leave, or ctx.
+// with reason drained, makes later seats leave at once, and waits for
+// every Leave, or ctx.
 func (ss *seats) flush(ctx context.Context) {
 	ss.mu.Lock()
 	ss.closed = true
 	for k, st := range ss.held {
 		if st.timer.Stop() {
 			delete(ss.held, k)
+			// Its grace did not run out: the node drains.
+			st.reason = backends.LeaveDrained
 			ss.queueLocked(st)
 			ss.wg.Done()
 		}

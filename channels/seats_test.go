@@ -109,7 +109,7 @@ func TestLeaveGrace(t *testing.T) {
 			t.Fatal("a seat was held")
 		}
 	})
-	t.Run("shutdown sends the held seats' Leaves", func(t *testing.T) {
+	t.Run("shutdown sends the held seats' Leaves, drained", func(t *testing.T) {
 		env := graceEnv(t, time.Hour)
 		s1, c1 := env.connectPlayer(t, "dave")
 		mustHandle(t, s1, `["1","1","room:a","phx_join",{}]`)
@@ -121,8 +121,13 @@ func TestLeaveGrace(t *testing.T) {
 		if err := env.srv.Close(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if l := leavesOf(env); len(l) != 1 || l[0] != "leave room:a 1 disconnected" {
-			t.Fatalf("Leaves after Close %v", l)
+		// The seat ends because the node drains, not because its grace
+		// ran out: its Leave says drained.
+		if l := leavesOf(env); len(l) != 1 || l[0] != "leave room:a 1 drained" {
+			t.Fatalf("Leaves after Close %v, want one with reason drained", l)
+		}
+		if n := counterValue(t, env.reg, "phxgate_leaves_total", "drained"); n != 1 {
+			t.Errorf(`phxgate_leaves_total{reason="drained"} = %v, want 1`, n)
 		}
 	})
 	t.Run("a refused rejoin sends the seat's Leave", func(t *testing.T) {

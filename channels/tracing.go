@@ -25,26 +25,35 @@ const (
 )
 
 // startCallSpan starts the span of a join or a push forwarded to the
-// backend. Its parent is the trace context the client sent in the payload
-// (top-level "traceparent" and "tracestate" strings, see README
-// "Tracing"), if any and well formed; otherwise it starts a trace.
-func startCallSpan(ctx context.Context, tr trace.Tracer, op string, call *backends.Call) (context.Context, trace.Span) {
+// backend. The trace context the client sent in the payload (top-level
+// "traceparent" and "tracestate" strings, see README "Tracing"), if any
+// and well formed, is untrusted input: by default the span starts a new
+// server-side trace (so the sampler decides on a trace id the node
+// chose) and links to the client's span; with trustClient it is the
+// parent instead.
+func startCallSpan(ctx context.Context, tr trace.Tracer, op string, call *backends.Call, trustClient bool) (context.Context, trace.Span) {
+	opts := make([]trace.SpanStartOption, 0, 4)
 	if !call.Payload.Binary {
 		if sc, ok := clientTraceContext(call.Payload.Data); ok {
-			ctx = trace.ContextWithRemoteSpanContext(ctx, sc)
+			if trustClient {
+				ctx = trace.ContextWithRemoteSpanContext(ctx, sc)
+			} else {
+				opts = append(opts, trace.WithNewRoot(), trace.WithLinks(trace.Link{SpanContext: sc}))
+			}
 		}
 	}
 	name := spanPush
 	if op == opJoin {
 		name = spanJoin
 	}
-	return tr.Start(ctx, name,
+	opts = append(opts,
 		trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(
 			attribute.String(attrTopic, call.Topic),
 			attribute.String(attrEvent, call.Event),
 			attribute.Int64(attrConnID, int64(call.ConnID)),
 		))
+	return tr.Start(ctx, name, opts...)
 }
 
 // endCallSpan records the call's outcome and ends its span. A failed call

@@ -2,6 +2,7 @@ package channels
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 	"strconv"
 	"strings"
@@ -115,7 +116,17 @@ func (b *ctxBackend) HandleIn(ctx context.Context, c *backends.Call) (*backends.
 	return &b.rep, nil
 }
 
+// TestPushSpans: by default a client's traceparent is untrusted input, so
+// the push span starts a new trace and links to the client's span (the
+// sampler decides on a trace id the node chose); with
+// TrustClientTraceContext it is the parent.
 func TestPushSpans(t *testing.T) {
+	for _, trust := range []bool{false, true} {
+		t.Run(fmt.Sprintf("trust=%v", trust), func(t *testing.T) { testPushSpans(t, trust) })
+	}
+}
+
+func testPushSpans(t *testing.T, trust bool) {
 	const (
 		clientTrace = "4bf92f3577b34da6a3ce929d0e0e4736"
 		clientSpan  = "00f067aa0ba902b7"
@@ -123,20 +134,23 @@ func TestPushSpans(t *testing.T) {
 	cases := []struct {
 		name       string
 		payload    string
-		wantParent string // "": a new root
+		wantClient bool // the client's span is the parent (trusted) or the link
 	}{
-		{"client traceparent", `{"amount":10,"traceparent":"00-` + clientTrace + `-` + clientSpan + `-01","tracestate":"k=v"}`, clientSpan},
-		{"no traceparent", `{"amount":10}`, ""},
-		{"malformed traceparent", `{"amount":10,"traceparent":"00-zz-` + clientSpan + `-01"}`, ""},
-		{"all-zero trace id", `{"traceparent":"00-00000000000000000000000000000000-` + clientSpan + `-01"}`, ""},
-		{"not a string", `{"traceparent":{"a":1}}`, ""},
-		{"too long", `{"traceparent":"` + strings.Repeat("a", 600) + `"}`, ""},
+		{"client traceparent", `{"amount":10,"traceparent":"00-` + clientTrace + `-` + clientSpan + `-01","tracestate":"k=v"}`, true},
+		{"no traceparent", `{"amount":10}`, false},
+		{"malformed traceparent", `{"amount":10,"traceparent":"00-zz-` + clientSpan + `-01"}`, false},
+		{"all-zero trace id", `{"traceparent":"00-00000000000000000000000000000000-` + clientSpan + `-01"}`, false},
+		{"not a string", `{"traceparent":{"a":1}}`, false},
+		{"too long", `{"traceparent":"` + strings.Repeat("a", 600) + `"}`, false},
 	}
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
 	be := &ctxBackend{fixedBackend: fixedBackend{rep: backends.Reply{Status: "ok"}}, got: make(chan trace.SpanContext, 1)}
-	s, conn := pushEnvWith(t, be, func(c *Config) { c.Tracer = tp.Tracer("test") })
+	s, conn := pushEnvWith(t, be, func(c *Config) {
+		c.Tracer = tp.Tracer("test")
+		c.TrustClientTraceContext = trust
+	})
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			want := conn.n.Load() + 1
@@ -173,15 +187,26 @@ func TestPushSpans(t *testing.T) {
 					t.Errorf("attribute %s=%q carries the payload", k, v)
 				}
 			}
-			parent := span.Parent()
-			switch {
-			case tc.wantParent == "" && parent.IsValid():
-				t.Errorf("parent %v, want a new root", parent.SpanID())
-			case tc.wantParent != "" && (parent.SpanID().String() != tc.wantParent || span.SpanContext().TraceID().String() != clientTrace || !parent.IsRemote()):
-				t.Errorf("trace %v parent %v, want the client's %s/%s", span.SpanContext().TraceID(), parent.SpanID(), clientTrace, tc.wantParent)
+			isClient := func(sc trace.SpanContext) bool {
+				return sc.TraceID().String() == clientTrace && sc.SpanID().String() == clientSpan && sc.IsRemote() && sc.TraceState().Get("k") == "v"
 			}
-			if tc.wantParent != "" && span.SpanContext().TraceState().Get("k") != "v" {
-				t.Errorf("tracestate %q, want the client's k=v", span.SpanContext().TraceState())
+			parent, links := span.Parent(), span.Links()
+			switch {
+			case !tc.wantClient:
+				if parent.IsValid() || len(links) != 0 {
+					t.Errorf("parent %v links %d, want a new root without links", parent.SpanID(), len(links))
+				}
+			case trust:
+				if !isClient(parent) || span.SpanContext().TraceID().String() != clientTrace || len(links) != 0 {
+					t.Errorf("trace %v parent %v links %d, want the client's %s/%s k=v as parent, no link", span.SpanContext().TraceID(), parent, len(links), clientTrace, clientSpan)
+				}
+			default:
+				if parent.IsValid() || span.SpanContext().TraceID().String() == clientTrace {
+					t.Errorf("trace %v parent %v, want a new server-side trace", span.SpanContext().TraceID(), parent)
+				}
+				if len(links) != 1 || !isClient(links[0].SpanContext) {
+					t.Errorf("links %v, want one link to the client's %s/%s k=v", links, clientTrace, clientSpan)
+				}
 			}
 		})
 	}

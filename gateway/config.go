@@ -164,9 +164,12 @@ type Config struct {
 	// DefaultDrainTimeout.
 	DrainTimeout time.Duration `yaml:"drain_timeout" usage:"graceful shutdown bound; 1012 closes are spread over its first half"`
 	// DrainBatch (drain_batch) is how many sockets the whole node closes
-	// with 1012 per DrainInterval while draining; 0 means enough per batch
-	// that every socket is closed within the first half of DrainTimeout
-	// (at least 64 per poller, so small nodes drain at once).
+	// with 1012 per DrainInterval while draining, split over the pollers
+	// (below the number of pollers, each closes one socket every
+	// ceil(pollers/DrainBatch) intervals). It is raised when too small to
+	// close every socket within the first half of DrainTimeout. 0 means
+	// just enough for that (at least 64 per poller, so small nodes drain
+	// at once).
 	DrainBatch int `yaml:"drain_batch" usage:"sockets closed with 1012 per drain_interval while draining (0: spread over half of drain_timeout)"`
 	// DrainInterval (drain_interval) is the pause between two batches of
 	// drain closes; 0 means DefaultDrainInterval. Must be below

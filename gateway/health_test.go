@@ -95,9 +95,13 @@ func TestDrainGaugesWhileDraining(t *testing.T) {
 	if v := gauge("phxgate_gateway_ready"); v != 0 {
 		t.Errorf("phxgate_gateway_ready = %v while draining, want 0", v)
 	}
+	// The second sample must itself be taken mid-drain: once the drain
+	// ends the final duration is always above first. Read the duration
+	// first, then check the drain was still running after it.
 	waitFor(t, 10*time.Second, func() bool {
-		return gauge("phxgate_gateway_drain_duration_seconds") > first
-	}, "the duration growing while draining")
+		d := gauge("phxgate_gateway_drain_duration_seconds")
+		return d > first && gauge("phxgate_gateway_draining") == 1 && gauge("phxgate_gateway_drain_remaining_connections") > 0
+	}, "the duration growing while draining (draining 1, sockets left)")
 	if err := <-done; err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}

@@ -202,12 +202,38 @@ func (p *poller) register(c *conn, leftover []byte) bool {
 
 // drainPlan is how one poller paces its drain closes.
 type drainPlan struct {
-	// batch is the sockets closed per step; 0 derives it from spread.
+	// batch is this poller's share of drain_batch (pollerDrainShare); 0
+	// derives it from spread alone.
 	batch int
-	// spread is the time to close them all in when batch is 0 (0: at once).
+	// spread is the time to close them all in, from the start of the
+	// drain (0: no deadline; then batch, or all at once). A batch too
+	// small to close every socket within spread is raised to fit.
 	spread time.Duration
-	// every is the pause between two steps.
+	// every is the pause between two of this poller's steps.
 	every time.Duration
+	// end is the start of the drain plus spread (zero without a
+	// deadline): a poller that has fallen behind closes what is left at
+	// once from then on, with 1012, rather than leave it to be cut.
+	end time.Time
+}
+
+// pollerDrainShare splits the node's drain_batch b over n pollers: poller
+// i closes batch sockets every interval, and the node as a whole never
+// more than b per interval. With fewer sockets per interval than pollers,
+// each poller closes one socket per ceil(n/b) intervals.
+func pollerDrainShare(b, n, i int, interval time.Duration) (batch int, every time.Duration) {
+	switch {
+	case b <= 0:
+		return 0, interval
+	case b >= n:
+		batch = b / n
+		if i < b%n {
+			batch++
+		}
+		return batch, interval
+	default:
+		return 1, interval * time.Duration((n+b-1)/b)
+	}
 }
 
 // drain closes every socket with 1012, in batches, so that reconnecting
@@ -331,26 +357,23 @@ func (p *poller) run() {
 }
 
 // drainStep closes the next batch of sockets with 1012 when its time has
-// come. Without a configured batch, its size is fixed on the first step
-// from the sockets open then, so that the whole set is closed within
-// plan.spread.
+// come. The batch size is fixed on the first step from the sockets open
+// then: the configured share, raised so that the whole set is closed
+// within plan.spread. Past plan.end every socket left is closed at once.
 func (p *poller) drainStep(plan drainPlan) {
 	if p.drainPos >= len(p.conns) || p.now < p.nextDrain {
 		return
 	}
 	if p.drainBatch == 0 {
-		p.drainBatch = plan.batch
-		if p.drainBatch == 0 {
-			ticks := int(plan.spread / plan.every)
-			p.drainBatch = len(p.conns) // all at once without a spread
-			if ticks > 1 {
-				p.drainBatch = max(minDrainBatch, (int(p.open.Load())+ticks-1)/ticks)
-			}
-		}
+		p.drainBatch = drainBatchFor(plan, int(p.open.Load()), len(p.conns))
+	}
+	batch := p.drainBatch
+	if !plan.end.IsZero() && p.now >= plan.end.UnixNano() {
+		batch = len(p.conns)
 	}
 	p.nextDrain = p.now + int64(plan.every)
 	closed := 0
-	for ; p.drainPos < len(p.conns) && closed < p.drainBatch; p.drainPos++ {
+	for ; p.drainPos < len(p.conns) && closed < batch; p.drainPos++ {
 		if c := p.conns[p.drainPos]; c != nil && c.state.Load() == stateOpen {
 			c.closeWith(uint16(channels.CloseServiceRestart), channels.ReasonDrain)
 			closed++
@@ -359,6 +382,28 @@ func (p *poller) drainStep(plan drainPlan) {
 	if closed > 0 {
 		p.srv.metrics.addDrained(closed)
 	}
+}
+
+// drainBatchFor is a poller's batch: its share of drain_batch (or, with
+// none, at least minDrainBatch), raised to what closes open sockets
+// within plan.spread; all of them (all) when the spread holds fewer than
+// one step.
+func drainBatchFor(plan drainPlan, open, all int) int {
+	if plan.spread <= 0 {
+		if plan.batch > 0 {
+			return plan.batch
+		}
+		return max(1, all)
+	}
+	steps := int(plan.spread / plan.every)
+	if steps < 1 {
+		return max(1, all)
+	}
+	fit := (open + steps - 1) / steps
+	if plan.batch > 0 {
+		return max(plan.batch, fit, 1)
+	}
+	return max(minDrainBatch, fit)
 }
 
 // minDrainBatch keeps small nodes from dribbling their drain out.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 
 	"github.com/phxgate/phxgate/backends"
 )
@@ -31,14 +30,35 @@ func (s *Server) trackReady(spec string, b backends.Backend) {
 }
 
 // backendsReady asks every tracked engine at once and returns the first
-// failure in configuration order (nil when all are ready).
+// failure in configuration order (nil when all are ready). It returns at
+// ctx's end even if an engine ignores ctx (its goroutine then ends when
+// the engine returns; the buffered channel lets it): an engine that has
+// not answered by then counts as not ready.
 func (s *Server) backendsReady(ctx context.Context) error {
-	errs := make([]error, len(s.readyChecks))
-	var wg sync.WaitGroup
-	for i, c := range s.readyChecks {
-		wg.Go(func() { errs[i] = c.ready(ctx) })
+	type result struct {
+		i   int
+		err error
 	}
-	wg.Wait()
+	results := make(chan result, len(s.readyChecks))
+	for i, c := range s.readyChecks {
+		go func() { results <- result{i, c.ready(ctx)} }()
+	}
+	errs := make([]error, len(s.readyChecks))
+	answered := make([]bool, len(s.readyChecks))
+collect:
+	for range s.readyChecks {
+		select {
+		case r := <-results:
+			errs[r.i], answered[r.i] = r.err, true
+		case <-ctx.Done():
+			for i, ok := range answered {
+				if !ok {
+					errs[i] = fmt.Errorf("no answer: %w", ctx.Err())
+				}
+			}
+			break collect
+		}
+	}
 	for i, err := range errs {
 		if err != nil {
 			return fmt.Errorf("backend %s: %w", s.readyChecks[i].label, err)

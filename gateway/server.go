@@ -57,8 +57,9 @@ type Server struct {
 	backendStats map[string]func() backends.CallStats
 	// readyChecks are the route engines /readyz asks (readiness.go).
 	readyChecks []readyCheck
-	// drainHooks run when a drain starts, before any socket is closed
-	// (presence: the node's players leave at once).
+	// drainHooks start when a drain starts, alongside the paced closes,
+	// bounded by drainHooksShare of the window (presence: the node's
+	// players leave at once).
 	drainHooks []func(context.Context)
 	nextPoll   atomic.Uint64
 	nextID     atomic.Uint64
@@ -292,7 +293,7 @@ func (s *Server) stopAPI() {
 	}()
 	select {
 	case <-done:
-	case <-time.After(time.Second):
+	case <-time.After(APIStopTimeout):
 		s.api.Stop()
 		<-done
 	}
@@ -313,7 +314,7 @@ func isLoopback(addr net.Addr) bool {
 }
 
 // closerFloor is the least time the Closers get at shutdown.
-const closerFloor = 2 * time.Second
+const closerFloor = CloserFloor
 
 // httpIdleTimeout bounds a kept-alive plain HTTP connection between
 // requests on the client port.
@@ -464,26 +465,29 @@ func (s *Server) shutdown(ctx context.Context) error {
 	s.draining.Store(true)
 	s.log.Info("draining", "connections", s.Connections(), "drain_batch", s.cfg.DrainBatch, "drain_interval", s.cfg.drainInterval())
 	_ = s.ln.Close()
-	for _, h := range s.drainHooks {
-		h(ctx)
+	// The 1012s go in batches: drain_batch per drain_interval (split over
+	// the pollers), raised to what spreads them over the first half of the
+	// window, counted from now; the rest is for the closing handshakes and
+	// the Closers.
+	var spread time.Duration
+	var end time.Time
+	if dl, ok := ctx.Deadline(); ok {
+		spread = max(dl.Sub(drainStart)/2, 0)
+		end = drainStart.Add(spread)
 	}
+	// The hooks start first (presence: the node's players leave at once,
+	// so other nodes see the leaves without waiting for each socket's
+	// turn), but the closes do not wait for them: a slow Redis must not
+	// spend the window before the first 1012.
+	hooksDone := s.runDrainHooks(ctx, drainStart)
 	// Cut handshakes in progress: their deadline fires now.
 	s.inFlight.Range(func(k, _ any) bool {
 		_ = k.(net.Conn).SetDeadline(time.Now())
 		return true
 	})
-	// The 1012s go in batches: drain_batch per drain_interval, or by
-	// default spread over half of the time left, leaving the rest for the
-	// closing handshakes and the Closers.
-	plan := drainPlan{every: s.cfg.drainInterval()}
-	if b := s.cfg.DrainBatch; b > 0 {
-		plan.batch = (b + len(s.pollers) - 1) / len(s.pollers)
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		plan.spread = time.Until(dl) / 2
-	}
-	for _, p := range s.pollers {
-		p.drain(plan)
+	for i, p := range s.pollers {
+		batch, every := pollerDrainShare(s.cfg.DrainBatch, len(s.pollers), i, s.cfg.drainInterval())
+		p.drain(drainPlan{batch: batch, spread: spread, every: every, end: end})
 	}
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
@@ -497,13 +501,14 @@ wait:
 		case <-tick.C:
 		}
 	}
+	<-hooksDone // bounded by drainHooksShare of the window
 	took := time.Since(drainStart)
 	s.health.drainEnded(took)
 	s.log.Info("sockets drained", "took", took, "closed_with_1012", s.metrics.drained.Load())
 	close(s.stopSweep)
 	s.health.stop()
 	s.httpLn.Close()
-	hctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	hctx, cancel := context.WithTimeout(context.Background(), HTTPShutdownTimeout)
 	_ = s.httpSrv.Shutdown(hctx)
 	cancel()
 	_ = s.httpSrv.Close()
@@ -542,6 +547,34 @@ func (s *Server) closePollers() {
 	s.pollWG.Wait()
 }
 
+// drainHooksShare is the part of the drain window (1/drainHooksShare)
+// the drain hooks get; they run alongside the paced closes.
+const drainHooksShare = 2
+
+// runDrainHooks starts every drain hook at once, each with a context ending
+// at 1/drainHooksShare of the window (ctx's deadline, counted from start),
+// and returns a channel closed when all have returned.
+func (s *Server) runDrainHooks(ctx context.Context, start time.Time) <-chan struct{} {
+	done := make(chan struct{})
+	hctx, cancel := ctx, context.CancelFunc(func() {})
+	if dl, ok := ctx.Deadline(); ok {
+		hctx, cancel = context.WithDeadline(ctx, start.Add(dl.Sub(start)/drainHooksShare))
+	}
+	go func() {
+		defer close(done)
+		defer cancel()
+		var wg sync.WaitGroup
+		for _, h := range s.drainHooks {
+			wg.Go(func() { h(hctx) })
+		}
+		wg.Wait()
+		if hctx.Err() != nil && ctx.Err() == nil {
+			s.log.Warn("drain hooks stopped at their share of the window", "share", fmt.Sprintf("1/%d", drainHooksShare))
+		}
+	}()
+	return done
+}
+
 // Run starts a server, waits for ctx, then shuts down within
 // Config.DrainTimeout.
 func Run(ctx context.Context, cfg Config, opts ...Option) error {
@@ -568,6 +601,12 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if s.draining.Load() {
 			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		// ?local=1 (ReadyzLocalPath): only what is this node's own; the
+		// shared dependencies stay in plain /readyz and the ready gauge.
+		if r.URL.Query().Get("local") == "1" {
+			_, _ = w.Write([]byte("ok (local)\n"))
 			return
 		}
 		if _, err := s.readiness(r.Context()); err != nil {

@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net"
 	"sync"
@@ -52,9 +53,17 @@ func (b *syncBuffer) find(tb testing.TB, msg string) map[string]any {
 
 // TestTracedPushLogLine: a node logging through the same handler as
 // cmd/phxgate with tracing on; a push that names a traceparent fails at a
-// real gRPC game, and the line the node logs for it carries the client's
-// trace_id and the push span's span_id, with the connection id.
+// real gRPC game, and the line the node logs for it carries the push
+// span's trace_id and span_id, with the connection id. The trace is the
+// client's only with otel.trust_client_context; by default it is the
+// node's own, linked to the client's span.
 func TestTracedPushLogLine(t *testing.T) {
+	for _, trust := range []bool{false, true} {
+		t.Run(fmt.Sprintf("trust_client_context=%v", trust), func(t *testing.T) { testTracedPushLogLine(t, trust) })
+	}
+}
+
+func testTracedPushLogLine(t *testing.T, trust bool) {
 	const clientTrace = "0af7651916cd43dd8448eb211c80319c"
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -72,6 +81,7 @@ func TestTracedPushLogLine(t *testing.T) {
 	logger := slog.New(telemetry.LogHandler(slog.NewJSONHandler(out, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	s := prodServer(t, func(c *Config) {
 		c.Auth.HS256Secret = ""
+		c.Otel.TrustClientContext = trust
 		c.Routes = []RouteConfig{{Topic: "game:*", Backend: "grpc://" + ln.Addr().String() + "?timeout=2s&retries=1&backoff=1ms"}}
 	}, WithLogger(logger), WithTracerProvider(tp))
 	c := attempt(t, nil, s.Addr(), "/socket/websocket?vsn=2.0.0")
@@ -92,8 +102,14 @@ func TestTracedPushLogLine(t *testing.T) {
 		}
 		return false
 	}, "the push span ended")
-	if line["trace_id"] != clientTrace || span.SpanContext().TraceID().String() != clientTrace {
-		t.Errorf("log line %v: trace_id want the client's %s (span's %v)", line, clientTrace, span.SpanContext().TraceID())
+	if line["trace_id"] != span.SpanContext().TraceID().String() {
+		t.Errorf("log line %v: trace_id want the push span's %v", line, span.SpanContext().TraceID())
+	}
+	if got := span.SpanContext().TraceID().String(); (got == clientTrace) != trust {
+		t.Errorf("push span's trace %s with trust_client_context %v (client's %s)", got, trust, clientTrace)
+	}
+	if links := span.Links(); !trust && (len(links) != 1 || links[0].SpanContext.TraceID().String() != clientTrace) {
+		t.Errorf("push span's links %v, want one to the client's trace %s", links, clientTrace)
 	}
 	if line["span_id"] != span.SpanContext().SpanID().String() {
 		t.Errorf("log line %v: span_id want the push span's %v", line, span.SpanContext().SpanID())

@@ -18,6 +18,11 @@ type OtelConfig struct {
 	// Enabled turns tracing on even without an endpoint variable (the
 	// exporter then sends to its default, localhost:4318 or :4317).
 	Enabled bool `yaml:"enabled" usage:"trace connects, joins and pushes over OTLP (also on when OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set)"`
+	// TrustClientContext makes the "traceparent" a client puts in a join
+	// or push payload the parent of that call's span. False (the default):
+	// clients are untrusted, the span starts a new trace (sampled on a
+	// trace id the node chose) and links to the client's span.
+	TrustClientContext bool `yaml:"trust_client_context" usage:"a client's payload traceparent is the parent of its join/push span (default: a new trace with a link to it)"`
 }
 
 // tracerName names phxgate's tracer (the instrumentation scope).

@@ -108,6 +108,7 @@ func defaultConnect(_ context.Context, cfg Config, reg prometheus.Registerer, g 
 	ccfg.Fanout = gw
 	ccfg.Overloaded = gw.overBudget
 	ccfg.Tracer = gw.opts.tracer()
+	ccfg.TrustClientTraceContext = cfg.Otel.TrustClientContext
 	ccfg.Logger = gw.log
 	tracker, closePresence, err := newPresence(cfg, broker, reg, gw)
 	if err != nil {

@@ -26,8 +26,10 @@ const spanWait = 20 * time.Second
 // and bets; phxgate exports over OTLP/gRPC and the game over
 // OTLP/HTTP to one in-process receiver. Each bet is one trace in which the
 // game's "bet" span is the child of phxgate's push span; the bet sent with
-// the client's traceparent continues the client's trace; no attribute
-// carries the payload or the token.
+// the client's traceparent continues the client's trace on a node with
+// otel.trust_client_context, and on a node without it is a new trace
+// linked to the client's span; no attribute carries the payload or the
+// token.
 func TestTracingPhoenixJSDice(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the phoenix.js tracing test is skipped in -short mode")
@@ -50,23 +52,36 @@ func TestTracingPhoenixJSDice(t *testing.T) {
 	startDice(t, root, game, api)
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"+rcv.GRPCAddr)
 	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+	// This node trusts its clients' trace context (the opt-in).
 	url, _ := startGateway(t, bin, func(listen, admin string) string {
-		return fmt.Sprintf(diceGatewayConfig, listen, admin, api, secret, game)
+		return fmt.Sprintf(diceGatewayConfig, listen, admin, api, secret, game) + "otel:\n  trust_client_context: true\n"
 	})
-	runNode(t, node, jsDir, "tracing/", "PHXGATE_URL="+url, "PHXGATE_AUTH_SECRET="+secret,
-		"PHXGATE_TRACEPARENT=00-"+clientTraceID+"-"+clientSpanID+"-01")
+	traceparent := "PHXGATE_TRACEPARENT=00-" + clientTraceID + "-" + clientSpanID + "-01"
+	runNode(t, node, jsDir, "tracing/", "PHXGATE_URL="+url, "PHXGATE_AUTH_SECRET="+secret, traceparent)
+	// A second node on the same game, with the default: a client's
+	// traceparent only becomes a link of a new server-side trace. Its own
+	// service name tells its spans apart.
+	t.Setenv("OTEL_SERVICE_NAME", untrustedService)
+	url2, _ := startGateway(t, bin, func(listen, admin string) string {
+		return fmt.Sprintf(diceGatewayConfig, listen, admin, freePort(t), secret, game)
+	})
+	runNode(t, node, jsDir, "tracing/", "PHXGATE_URL="+url2, "PHXGATE_AUTH_SECRET="+secret, traceparent)
 
 	// Both bets' game spans, each under a phxgate push span.
 	ctx, cancel := context.WithTimeout(context.Background(), spanWait)
 	defer cancel()
 	spans, ok := rcv.WaitFor(ctx, func(ss []otlptest.Span) bool {
-		traced, plain := betChains(ss)
-		return traced != nil && plain != nil && hasSpan(ss, "phxgate", "join") && hasSpan(ss, "phxgate", "connect")
+		traced, plain := betChains(ss, "phxgate")
+		linked, plain2 := betChains(ss, untrustedService)
+		return traced != nil && plain != nil && linked != nil && plain2 != nil && hasSpan(ss, "phxgate", "join") && hasSpan(ss, "phxgate", "connect")
 	})
 	if !ok {
 		t.Fatalf("no complete traces within %v; spans:\n%s", spanWait, dump(spans))
 	}
-	traced, plain := betChains(spans)
+	if traced, _ := betChains(spans, untrustedService); traced[0].TraceID == clientTraceID {
+		t.Errorf("without trust_client_context the push span continues the client's trace %s", clientTraceID)
+	}
+	traced, plain := betChains(spans, "phxgate")
 	t.Logf("client-parented bet: trace %s push %s → bet %s", traced[0].TraceID, traced[0].SpanID, traced[1].SpanID)
 	t.Logf("plain bet: trace %s push %s → bet %s", plain[0].TraceID, plain[0].SpanID, plain[1].SpanID)
 	for _, chain := range [][]otlptest.Span{traced, plain} {
@@ -90,22 +105,31 @@ func TestTracingPhoenixJSDice(t *testing.T) {
 	}
 }
 
-// betChains finds, among spans, a phxgate push span and the dice "bet"
-// span under it (same trace, parent = the push): traced is the one whose
-// push continues the client's trace, plain one whose push is a root.
-func betChains(spans []otlptest.Span) (traced, plain []otlptest.Span) {
+// untrustedService is the service name of the node without
+// otel.trust_client_context.
+const untrustedService = "phxgate-untrusted"
+
+// betChains finds, among spans, a push span of service and the dice "bet"
+// span under it (same trace, parent = the push): traced is the one for
+// the bet that sent the client's traceparent — whose push continues the
+// client's trace (with otel.trust_client_context) or is a root linked to
+// the client's span (without) — plain one whose push is an unlinked root.
+func betChains(spans []otlptest.Span, service string) (traced, plain []otlptest.Span) {
 	for _, push := range spans {
-		if push.Service != "phxgate" || push.Name != "push" {
+		if push.Service != service || push.Name != "push" {
 			continue
 		}
 		for _, bet := range spans {
 			if bet.Service != "dice" || bet.Name != "bet" || bet.ParentID != push.SpanID || bet.TraceID != push.TraceID {
 				continue
 			}
+			linked := len(push.Links) == 1 && push.Links[0].TraceID == clientTraceID && push.Links[0].SpanID == clientSpanID
 			switch {
-			case push.TraceID == clientTraceID && push.ParentID == clientSpanID:
+			case push.TraceID == clientTraceID && push.ParentID == clientSpanID && len(push.Links) == 0:
 				traced = []otlptest.Span{push, bet}
-			case push.ParentID == "":
+			case push.ParentID == "" && linked && push.TraceID != clientTraceID:
+				traced = []otlptest.Span{push, bet}
+			case push.ParentID == "" && len(push.Links) == 0:
 				plain = []otlptest.Span{push, bet}
 			}
 		}

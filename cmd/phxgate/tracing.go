@@ -4,14 +4,14 @@ import (
 	"context"
 	"log/slog"
 	"os"
-	"time"
 
 	"github.com/phxgate/phxgate/backends/telemetry"
 	"github.com/phxgate/phxgate/gateway"
 )
 
-// flushTimeout bounds the export of the spans still queued at exit.
-const flushTimeout = 5 * time.Second
+// flushTimeout bounds the export of the spans still queued at exit; it
+// is part of gateway.ShutdownOverrun.
+const flushTimeout = gateway.TraceFlushTimeout
 
 // tracing returns the gateway's options: the logger, and when tracing is
 // on (otel.enabled or an OTLP endpoint variable) the tracer provider, with

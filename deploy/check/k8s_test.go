@@ -17,6 +17,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -31,6 +32,8 @@ type manifests struct {
 	deployments map[string]*appsv1.Deployment
 	pdbs        map[string]*policyv1.PodDisruptionBudget
 	hpas        map[string]*autoscalingv2.HorizontalPodAutoscaler
+	secrets     map[string]*corev1.Secret
+	netpols     map[string]*networkingv1.NetworkPolicy
 }
 
 // splitDocs splits a YAML stream on its "---" lines, dropping empty
@@ -71,6 +74,10 @@ func decodeObject(doc []byte) (any, error) {
 		obj = &policyv1.PodDisruptionBudget{}
 	case "autoscaling/v2 HorizontalPodAutoscaler":
 		obj = &autoscalingv2.HorizontalPodAutoscaler{}
+	case "v1 Secret":
+		obj = &corev1.Secret{}
+	case "networking.k8s.io/v1 NetworkPolicy":
+		obj = &networkingv1.NetworkPolicy{}
 	default:
 		return nil, fmt.Errorf("unexpected apiVersion %q kind %q", tm.APIVersion, tm.Kind)
 	}
@@ -88,6 +95,8 @@ func loadManifests(t *testing.T) manifests {
 		deployments: map[string]*appsv1.Deployment{},
 		pdbs:        map[string]*policyv1.PodDisruptionBudget{},
 		hpas:        map[string]*autoscalingv2.HorizontalPodAutoscaler{},
+		secrets:     map[string]*corev1.Secret{},
+		netpols:     map[string]*networkingv1.NetworkPolicy{},
 	}
 	files, err := filepath.Glob(deployPath(t, "k8s", "*"))
 	if err != nil {
@@ -128,6 +137,12 @@ func loadManifests(t *testing.T) manifests {
 			case *autoscalingv2.HorizontalPodAutoscaler:
 				name = o.Name
 				m.hpas[name] = o
+			case *corev1.Secret:
+				name = o.Name
+				m.secrets[name] = o
+			case *networkingv1.NetworkPolicy:
+				name = o.Name
+				m.netpols[name] = o
 			}
 			if name == "" {
 				t.Errorf("%s document %d: no metadata.name", filepath.Base(f), i)
@@ -244,7 +259,10 @@ func TestK8sDeploymentMatchesConfig(t *testing.T) {
 
 	admin := portOf(t, "admin_listen", cfg.AdminListen)
 	probes := map[string]*corev1.Probe{"readinessProbe": c.ReadinessProbe, "livenessProbe": c.LivenessProbe}
-	wantPath := map[string]string{"readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+	// The Service follows the node's own readiness only: dependencies
+	// every pod shares (Redis, the games) would take every pod out at
+	// once (deploy/README.md "Readiness").
+	wantPath := map[string]string{"readinessProbe": gateway.ReadyzLocalPath, "livenessProbe": "/healthz"}
 	for name, p := range probes {
 		if p == nil || p.HTTPGet == nil {
 			t.Errorf("%s: want an httpGet probe", name)
@@ -278,8 +296,11 @@ func TestK8sDeploymentMatchesConfig(t *testing.T) {
 		t.Fatal("no terminationGracePeriodSeconds")
 	}
 	grace := time.Duration(*pod.Spec.TerminationGracePeriodSeconds) * time.Second
-	if grace <= preStop+cfg.DrainTimeout {
-		t.Errorf("terminationGracePeriodSeconds %v must exceed preStop %v + drain_timeout %v", grace, preStop, cfg.DrainTimeout)
+	// A shutdown overruns drain_timeout by up to gateway.ShutdownOverrun
+	// (HTTP and API stops, the Closers' floor, the trace flush).
+	if need := preStop + cfg.DrainTimeout + gateway.ShutdownOverrun + graceMargin; grace < need {
+		t.Errorf("terminationGracePeriodSeconds %v must cover preStop %v + drain_timeout %v + gateway.ShutdownOverrun %v + margin %v = %v",
+			grace, preStop, cfg.DrainTimeout, gateway.ShutdownOverrun, graceMargin, need)
 	}
 
 	for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
@@ -299,17 +320,192 @@ func TestK8sDeploymentMatchesConfig(t *testing.T) {
 			t.Error("pod securityContext: want runAsNonRoot")
 		}
 	}
-	for _, want := range []string{"net.core.somaxconn", "net.ipv4.ip_local_port_range"} {
-		if !slices.Contains(sysctls, want) {
-			t.Errorf("pod sysctls %v: no %s", sysctls, want)
+	// Only sysctls a stock kubelet allows: any other gets the pod refused
+	// (SysctlForbidden) unless the nodes opt in (deploy/README.md).
+	if !slices.Contains(sysctls, "net.ipv4.ip_local_port_range") {
+		t.Errorf("pod sysctls %v: no net.ipv4.ip_local_port_range", sysctls)
+	}
+	for _, name := range sysctls {
+		if !slices.Contains(safeSysctls, name) {
+			t.Errorf("pod sysctl %s is not in the kubelet's safe set: pods are refused unless every node allows it", name)
 		}
 	}
+	checkGOMEMLIMIT(t, c)
 	if !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool {
 		return e.Name == gateway.EnvName("node_id") && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil &&
 			e.ValueFrom.FieldRef.FieldPath == "metadata.name"
 	}) {
 		t.Errorf("container env: want %s from metadata.name (a distinct node id per pod)", gateway.EnvName("node_id"))
 	}
+}
+
+// graceMargin is the slack on top of the shutdown's known bound.
+const graceMargin = 5 * time.Second
+
+// safeSysctls are the namespaced sysctls a stock kubelet allows (the
+// Kubernetes "safe" set).
+var safeSysctls = []string{
+	"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.tcp_syncookies",
+	"net.ipv4.ping_group_range", "net.ipv4.ip_unprivileged_port_start", "net.ipv4.ip_local_reserved_ports",
+	"net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+	"net.ipv4.tcp_keepalive_probes", "net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem",
+}
+
+// kernelShare is the least part of the memory limit GOMEMLIMIT must leave
+// to what the Go runtime does not count but the pod's cgroup does (socket
+// buffers, above all).
+const kernelShare = 0.15
+
+// checkGOMEMLIMIT requires a literal GOMEMLIMIT at most (1-kernelShare) of
+// the container's memory limit.
+func checkGOMEMLIMIT(t *testing.T, c corev1.Container) {
+	t.Helper()
+	i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "GOMEMLIMIT" })
+	if i < 0 {
+		t.Error("container env: no GOMEMLIMIT")
+		return
+	}
+	e := c.Env[i]
+	if e.ValueFrom != nil {
+		t.Error("GOMEMLIMIT from the memory limit leaves nothing for the kernel's socket memory: set a literal below it")
+		return
+	}
+	limit, ok := c.Resources.Limits[corev1.ResourceMemory]
+	if !ok {
+		t.Error("no memory limit")
+		return
+	}
+	v, err := parseGoMemLimit(e.Value)
+	if err != nil {
+		t.Errorf("GOMEMLIMIT %q: %v", e.Value, err)
+		return
+	}
+	if max := int64(float64(limit.Value()) * (1 - kernelShare)); v > max || v <= 0 {
+		t.Errorf("GOMEMLIMIT %q = %d bytes, want above 0 and at most %d (memory limit %s less %.0f%% for the kernel)",
+			e.Value, v, max, limit.String(), kernelShare*100)
+	}
+}
+
+// parseGoMemLimit reads a GOMEMLIMIT value: a number with an optional
+// B, KiB, MiB, GiB or TiB suffix (the runtime's syntax).
+func parseGoMemLimit(s string) (int64, error) {
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}} {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSuffix(s, u.suffix), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("want a number with B, KiB, MiB, GiB or TiB: %w", err)
+	}
+	return n * mult, nil
+}
+
+// isLoopback reports whether a listen address only takes local callers.
+func isLoopback(addr string) bool {
+	h, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
+
+// TestK8sAPIAndAdminLockedDown: a Gateway API reachable from the network
+// needs api_secret (in the config, or PHXGATE_API_SECRET from a Secret of
+// deploy/k8s), and a NetworkPolicy limits who reaches the api and admin
+// ports (admin serves pprof).
+func TestK8sAPIAndAdminLockedDown(t *testing.T) {
+	m := loadManifests(t)
+	d, c, cfg := phxgateDeployment(t, m)
+	checkAPISecret(t, m, c, cfg)
+	podLabels := labels.Set(d.Spec.Template.Labels)
+	for _, key := range []string{"api_listen", "admin_listen"} {
+		addr := map[string]string{"api_listen": cfg.APIListen, "admin_listen": cfg.AdminListen}[key]
+		if addr == "" || isLoopback(addr) {
+			continue
+		}
+		port := portOf(t, key, addr)
+		if !portRestricted(t, m, c, podLabels, port) {
+			t.Errorf("%s port %d: no NetworkPolicy selecting the phxgate pods restricts who reaches it", key, port)
+		}
+	}
+}
+
+// checkAPISecret requires an API secret when api_listen is not loopback.
+func checkAPISecret(t *testing.T, m manifests, c corev1.Container, cfg gateway.Config) {
+	t.Helper()
+	if cfg.APIListen == "" || isLoopback(cfg.APIListen) || cfg.APISecret != "" {
+		return
+	}
+	env := gateway.EnvName("api_secret")
+	i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == env })
+	if i < 0 {
+		t.Errorf("api_listen %q is reachable from the network, but neither api_secret nor %s is set", cfg.APIListen, env)
+		return
+	}
+	e := c.Env[i]
+	if e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
+		t.Errorf("%s: want it from a Secret (valueFrom.secretKeyRef), not a literal in the manifest", env)
+		return
+	}
+	ref := e.ValueFrom.SecretKeyRef
+	sec := m.secrets[ref.Name]
+	if sec == nil {
+		t.Errorf("%s: Secret %s is not in deploy/k8s", env, ref.Name)
+		return
+	}
+	_, inData := sec.Data[ref.Key]
+	_, inString := sec.StringData[ref.Key]
+	if !inData && !inString {
+		t.Errorf("%s: Secret %s has no key %q", env, ref.Name, ref.Key)
+	}
+}
+
+// portRestricted reports whether some NetworkPolicy selecting the pods
+// governs ingress and lets port in only from named peers.
+func portRestricted(t *testing.T, m manifests, c corev1.Container, pod labels.Set, port int32) bool {
+	t.Helper()
+	for name, np := range m.netpols {
+		sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+		if err != nil {
+			t.Errorf("NetworkPolicy %s: %v", name, err)
+			continue
+		}
+		if !sel.Matches(pod) || !slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeIngress) {
+			continue
+		}
+		open := false
+		for _, rule := range np.Spec.Ingress {
+			matches := len(rule.Ports) == 0
+			for _, p := range rule.Ports {
+				if p.Port == nil {
+					matches = true
+					continue
+				}
+				if n, ok := containerPort(c, *p.Port); ok && n == port {
+					matches = true
+				}
+			}
+			if matches && len(rule.From) == 0 {
+				open = true
+			}
+		}
+		// Once a policy selects the pods for ingress, a port no rule
+		// names is closed: that is restricted too.
+		if !open {
+			return true
+		}
+	}
+	return false
 }
 
 func TestK8sServicesAndPDBSelectPods(t *testing.T) {

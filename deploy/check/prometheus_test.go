@@ -20,6 +20,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/phxgate/phxgate/clients/phx"
 	"github.com/phxgate/phxgate/clients/testport"
+	"github.com/phxgate/phxgate/gateway"
 	"github.com/phxgate/phxgate/pubsub/redistest"
 	"sigs.k8s.io/yaml"
 )
@@ -369,9 +370,15 @@ func TestDashboardOnLivePrometheus(t *testing.T) {
 			if err != nil {
 				return err
 			}
+			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode != http.StatusOK {
 				return fmt.Errorf("GET %s: %s", p, resp.Status)
+			}
+			// The node must know the probe, not merely answer its path
+			// (a query it ignored would give plain /readyz).
+			if p == gateway.ReadyzLocalPath && string(body) != "ok (local)\n" {
+				return fmt.Errorf("GET %s: %q, want the local readiness answer", p, body)
 			}
 			return nil
 		})

@@ -17,6 +17,7 @@ import (
 
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 )
@@ -33,6 +34,13 @@ type Span struct {
 	SpanID   string // hex
 	ParentID string // hex; "" for a root
 	Attrs    map[string]string
+	Links    []Link
+}
+
+// Link is one span link of a Span.
+type Link struct {
+	TraceID string // hex
+	SpanID  string // hex
 }
 
 // Receiver records the spans exported to it.
@@ -122,6 +130,7 @@ func (r *Receiver) add(req *coltracepb.ExportTraceServiceRequest) {
 					SpanID:   hex.EncodeToString(sp.GetSpanId()),
 					ParentID: hex.EncodeToString(sp.GetParentSpanId()),
 					Attrs:    attrs(sp.GetAttributes()),
+					Links:    links(sp.GetLinks()),
 				})
 			}
 		}
@@ -171,4 +180,12 @@ func (r *Receiver) WaitFor(ctx context.Context, match func([]Span) bool) ([]Span
 			return spans, false
 		}
 	}
+}
+
+func links(ls []*tracepb.Span_Link) []Link {
+	var out []Link
+	for _, l := range ls {
+		out = append(out, Link{TraceID: hex.EncodeToString(l.GetTraceId()), SpanID: hex.EncodeToString(l.GetSpanId())})
+	}
+	return out
 }

@@ -324,6 +324,9 @@ func decodeStruct(prefix string, v reflect.Value, n *yaml.Node) error {
 	for _, f := range fields(v.Type()) {
 		byName[f.name] = f
 	}
+	if err := noDuplicates(prefix, n); err != nil {
+		return err
+	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, val := n.Content[i], n.Content[i+1]
 		key := prefix + k.Value
@@ -334,6 +337,21 @@ func decodeStruct(prefix string, v reflect.Value, n *yaml.Node) error {
 		if err := decodeValue(key, v.FieldByIndex(f.index), val); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// noDuplicates fails on a key given twice in mapping n, naming it and both
+// lines: walking the nodes bypasses yaml.v3's own check, and "last one
+// wins" would hide a mistake.
+func noDuplicates(prefix string, n *yaml.Node) error {
+	seen := make(map[string]int, len(n.Content)/2)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k := n.Content[i]
+		if first, dup := seen[k.Value]; dup {
+			return KeyErr(prefix+k.Value, "duplicate key (lines %d and %d)", first, k.Line)
+		}
+		seen[k.Value] = k.Line
 	}
 	return nil
 }
@@ -382,6 +400,9 @@ func decodeValue(key string, v reflect.Value, n *yaml.Node) error {
 		return nil
 	case t.Kind() == reflect.Map && t.Key().Kind() == reflect.String:
 		if err := wantMapping(key, n, "a mapping"); err != nil {
+			return err
+		}
+		if err := noDuplicates(key+".", n); err != nil {
 			return err
 		}
 		merge := isSection(t.Elem())

@@ -45,6 +45,26 @@ func TestYAMLErrorsNameTheKey(t *testing.T) {
 	}
 }
 
+// A key given twice is an error naming it and both lines (yaml.v3 checks
+// this only when it decodes a mapping itself; the loader walks the nodes).
+func TestYAMLDuplicateKeys(t *testing.T) {
+	l := New[testConfig]()
+	for _, tt := range []struct{ yaml, want string }{
+		{"name: a\nname: b\n", "config: name: duplicate key (lines 1 and 2)"},
+		{"section:\n  wait: 1s\n  wait: 2s\n", "config: section.wait: duplicate key (lines 2 and 3)"},
+		{"wait: 1s\nname: x\nwait: 2s\n", "config: wait: duplicate key (lines 1 and 3)"},
+		{"classes:\n  a: {rate: 1}\n  a: {burst: 2}\n", "config: classes.a: duplicate key (lines 2 and 3)"},
+		{"classes:\n  a: {rate: 1, rate: 2}\n", "config: classes.a.rate: duplicate key (lines 2 and 2)"},
+		{"items:\n  - {wait: 1s}\n  - wait: 1s\n    wait: 2s\n", "config: items[1].wait: duplicate key (lines 3 and 4)"},
+	} {
+		c := testConfig{}
+		err := l.ApplyYAML(&c, []byte(tt.yaml))
+		if !errors.Is(err, ErrConfig) || err.Error() != tt.want {
+			t.Errorf("%q: err = %v, want %q", tt.yaml, err, tt.want)
+		}
+	}
+}
+
 func TestMapsOfSectionsMerge(t *testing.T) {
 	l := New[testConfig]()
 	def := map[string]class{"a": {Rate: 1, Burst: 2}}
