@@ -88,7 +88,7 @@ async function open(player, table, { noWebSocket = false, extra = "", base = dir
 
 const demo = (rec) => rec.page.evaluate(() => {
   const s = window.diceDemo;
-  return s && { joins: s.joins, disconnects: s.disconnects, gaps: s.gaps, lastRound: s.lastRound, balance: s.balance, recovered: s.recovered, lastPosition: s.lastPosition, results: s.results };
+  return s && { balanceText: document.getElementById("balance").textContent, joins: s.joins, openRoundAtJoin: s.openRoundAtJoin, disconnects: s.disconnects, gaps: s.gaps, duplicates: s.duplicates, lastRound: s.lastRound, balance: s.balance, recovered: s.recovered, lastPosition: s.lastPosition, results: s.results };
 });
 
 const text = (rec, sel) => rec.page.locator(sel).innerText();
@@ -131,13 +131,16 @@ async function bet(rec, amount, pick) {
   throw new Error("every bet landed between two rounds");
 }
 
-// sameResults checks that two pages agree on every round both saw, and
-// that each page's rounds are contiguous (nothing missed).
+// checkResults checks that two pages agree on every round both saw, that
+// each page's rounds are contiguous (nothing missed) and that no round
+// reached a page twice (the page counts what it drops as seen already),
+// and returns how many rounds both saw.
 function checkResults(a, b, what) {
   for (const d of [a, b]) {
     const rounds = d.results.map((r) => r.round);
     for (let i = 1; i < rounds.length; i++) assert.equal(rounds[i], rounds[i - 1] + 1, `${what}: rounds not contiguous: ${rounds}`);
     assert.equal(d.gaps, 0, `${what}: gaps`);
+    assert.equal(d.duplicates, 0, `${what}: rounds delivered twice (rounds ${rounds})`);
     for (const r of d.results) {
       assert.ok(Number.isInteger(r.round) && r.round > 0, `round ${r.round}`);
       assert.ok(r.roll >= 1 && r.roll <= 6, `roll ${r.roll}`);
@@ -154,6 +157,25 @@ function checkResults(a, b, what) {
   }
   return common;
 }
+
+// shows checks the balance a page shows after one bet: base (the start
+// less the bet) plus what the results it saw paid its player, who bet
+// nowhere else (a round may roll between the bet's reply and the check).
+function shows(d, base, player) {
+  const won = d.results.reduce((n, x) => n + (x.payouts[player] || 0), 0);
+  assert.equal(d.balanceText, String(base + won), `${player}'s balance shown (results ${JSON.stringify(d.results)})`);
+}
+
+// bothSee is a round such that each page has seen (or will) it and the
+// round before it: each page sees every round opened after its join, so
+// whichever page joined last (under load a page opened first can start
+// the table and see round 1 roll before the other joins) sees the round
+// after the one open at its join, and the next.
+const bothSee = (...ds) => Math.max(...ds.map((d) => d.openRoundAtJoin)) + 2;
+
+// summary describes a page's state for a failure message.
+const summary = (d) =>
+  `rounds [${d.results.map((r) => r.round)}], lastRound ${d.lastRound}, joins ${d.joins}, disconnects ${d.disconnects}, recovered ${d.recovered}, position ${d.lastPosition}`;
 
 async function shot(rec, name) {
   const path = join(shots, name);
@@ -189,12 +211,14 @@ async function play() {
   assert.equal(await text(alice, "#balance"), "1000");
   const msg = await bet(alice, 25, "High");
   log("alice:", msg);
-  assert.equal(await text(alice, "#balance"), "975");
+  // Her balance less the bet, plus what a round rolled since paid her.
+  shows(await demo(alice), 975, "alice");
   // The round she bet in rolls; both see it, and her balance settles.
   // (It is the round after the last result she had, or the next one if a
   // result was on its way.)
   const betRound = (await demo(alice)).lastRound + 1;
-  await waitFor("the round alice bet in", async () => (await demo(bob)).lastRound >= betRound + 1 && (await demo(alice)).lastRound >= betRound + 1);
+  const until = Math.max(betRound + 1, bothSee(await demo(alice), await demo(bob)));
+  await waitFor("the round alice bet in", async () => (await demo(bob)).lastRound >= until && (await demo(alice)).lastRound >= until);
   const a = await demo(alice);
   const b = await demo(bob);
   assert.ok(checkResults(a, b, "before the reset") >= 2, "alice and bob share fewer than 2 rounds");
@@ -255,18 +279,27 @@ async function play() {
 async function longpoll() {
   const table = `lp${randomBytes(3).toString("hex")}`;
   const carol = await open("carol", table, { noWebSocket: true });
+  await joined(carol, "longpoll");
+  // dave comes to a table that has rolled already: rounds before his join
+  // are carol's alone.
+  await waitFor("a round rolled at carol's table", async () => (await demo(carol)).lastRound >= 1);
   const dave = await open("dave", table);
   await joined(dave, "websocket");
-  await joined(carol, "longpoll");
   await seesPlayers(carol, ["carol", "dave"]);
   await seesPlayers(dave, ["carol", "dave"]);
   log("carol plays over", await text(carol, "#transport"));
   const msg = await bet(carol, 10, "Low");
   log("carol:", msg);
-  assert.equal(await text(carol, "#balance"), "990");
-  const target = (await demo(dave)).lastRound + 2;
+  shows(await demo(carol), 990, "carol");
+  // Two rounds past dave's last, and two rounds both pages see: carol's
+  // page, opened first, may start the table and see round 1 roll before
+  // dave joins.
+  const target = Math.max((await demo(dave)).lastRound + 2, bothSee(await demo(carol), await demo(dave)));
   await waitFor("carol sees the rounds", async () => (await demo(carol)).lastRound >= target && (await demo(dave)).lastRound >= target);
-  assert.ok(checkResults(await demo(carol), await demo(dave), "long-poll") >= 2);
+  const c = await demo(carol);
+  const d = await demo(dave);
+  const common = checkResults(c, d, "long-poll");
+  assert.ok(common >= 2, `carol (long-poll) and dave share ${common} rounds (target ${target}): carol ${summary(c)}; dave ${summary(d)}`);
   await shot(carol, "carol-longpoll.png");
   onlyOwnOrigin(carol);
 }
