@@ -88,7 +88,7 @@ async function open(player, table, { noWebSocket = false, extra = "", base = dir
 
 const demo = (rec) => rec.page.evaluate(() => {
   const s = window.diceDemo;
-  return s && { balanceText: document.getElementById("balance").textContent, joins: s.joins, openRoundAtJoin: s.openRoundAtJoin, disconnects: s.disconnects, gaps: s.gaps, duplicates: s.duplicates, lastRound: s.lastRound, balance: s.balance, recovered: s.recovered, lastPosition: s.lastPosition, results: s.results };
+  return s && { balanceText: document.getElementById("balance").textContent, joins: s.joins, startOvers: s.startOvers, openRoundAtJoin: s.openRoundAtJoin, disconnects: s.disconnects, gaps: s.gaps, duplicates: s.duplicates, lastRound: s.lastRound, balance: s.balance, recovered: s.recovered, lastPosition: s.lastPosition, results: s.results };
 });
 
 const text = (rec, sel) => rec.page.locator(sel).innerText();
@@ -272,6 +272,31 @@ async function play() {
   await joined(alice, "websocket");
   await seesPlayers(alice, ["alice", "bob"]);
   await shot(alice, "demo.png");
+
+  // A rejoin that cannot recover, as after a gateway restart: alice's page
+  // holds a position of another epoch and round numbers of a former life
+  // of the table (which counts from 1 again after a restart). Told
+  // recovered: false, the page starts its rounds over instead of dropping
+  // every round up to its old last one.
+  const beforeLoss = await demo(alice);
+  await alice.page.evaluate(() => {
+    const s = window.diceDemo;
+    s.lastRound += 1000;
+    s.lastPosition = "p:formerlife:3";
+    s.socket.disconnect(() => s.socket.connect());
+  });
+  await waitFor("alice rejoined without her history", async () => {
+    const d = await demo(alice);
+    return d.joins > beforeLoss.joins && d.recovered === false;
+  });
+  const target3 = (await demo(bob)).lastRound + 1;
+  // (Her lastRound is no measure here: it was raised by 1000.)
+  await waitFor("alice shows rounds again", async () => (await demo(alice)).results.some((r) => r.round >= target3), 20000);
+  const a4 = await demo(alice);
+  assert.equal(a4.startOvers, beforeLoss.startOvers + 1, "alice's rounds started over once");
+  assert.ok(a4.results[0].round > beforeLoss.lastRound, `alice's rounds after the loss ${a4.results.map((r) => r.round)}`);
+  checkResults(a4, await demo(bob), "after a lost history");
+  await joined(alice, "websocket");
   onlyOwnOrigin(alice);
   onlyOwnOrigin(bob);
 }
