@@ -207,12 +207,13 @@ type Config struct {
 	LongPoll LongPollConfig `yaml:"longpoll"`
 	// Routes maps topic patterns to backends, in order.
 	Routes Routes `yaml:"routes" usage:"routes as \"pattern=backend[,presence][,history=N][,leave_grace=D][,class=C][,event.E=C];...\""`
-	// Dev (dev) is dev mode; see applyDev in dev.go. DevAssets
+	// Dev (dev) is dev mode; see applyDev in dev.go. It is a flag and
+	// PHXGATE_DEV only: a file that sets it is refused. DevAssets
 	// (dev_assets) is the directory of the demo page and its node_modules
 	// (empty: clients/js). DevTokenTTL (dev_token_ttl) is the lifetime of
 	// /dev/token's tokens (0s: 10m). DemoRound (demo_round) is the demo
 	// game's betting window (0s: the game's 3s).
-	Dev         bool          `yaml:"dev" usage:"dev mode: demo game, dev tokens and the demo page; NOT for production"`
+	Dev         bool          `yaml:"dev,noyaml" usage:"dev mode: demo game, dev tokens and the demo page, on loopback only; NOT for production"`
 	DevAssets   string        `yaml:"dev_assets" usage:"dev mode: directory of the demo page and its node_modules (empty: clients/js)"`
 	DevTokenTTL time.Duration `yaml:"dev_token_ttl" usage:"dev mode: lifetime of /dev/token's tokens (0s: 10m)"`
 	DemoRound   time.Duration `yaml:"demo_round" usage:"betting window of the demo game's rounds (0s: 3s)"`
@@ -608,6 +609,7 @@ func LoadConfig(args []string, getenv func(string) string, stderr io.Writer) (Co
 	if err := applyDevIfAsked(&cfg, flagVals["dev"], getenv(EnvName("dev"))); err != nil {
 		return Config{}, err
 	}
+	devSecret := cfg.Auth.HS256Secret
 	if *configFile != "" {
 		data, err := os.ReadFile(*configFile)
 		if err != nil {
@@ -621,6 +623,9 @@ func LoadConfig(args []string, getenv func(string) string, stderr io.Writer) (Co
 		return Config{}, err
 	}
 	if err := configKeys.ApplyFlags(&cfg, flagVals); err != nil {
+		return Config{}, err
+	}
+	if err := cfg.checkDevSecret(devSecret); err != nil {
 		return Config{}, err
 	}
 	if err := cfg.Validate(); err != nil {

@@ -7,10 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -20,7 +23,15 @@ import (
 
 // Dev mode (--dev) is one developer on localhost playing the demo game in
 // a few browser tabs. Its settings are defaults laid under the config
-// file, the environment and the flags, which still apply.
+// file, the environment and the flags, which still apply, except where a
+// setting would let /dev/token's tokens reach past that developer's
+// machine or be accepted by anything but this process: dev mode is turned
+// on only by the flag or PHXGATE_DEV (a file is refused: a production
+// file must never carry it); it always signs with the secret it generates
+// at start, so a configured verification key is refused; it listens on a
+// loopback address only; and its routes answer only requests addressed to
+// a loopback name (a site whose name an attacker points at 127.0.0.1 is
+// refused: DNS rebinding).
 const (
 	// DefaultDevListen keeps dev mode on loopback: /dev/token hands out
 	// tokens to anyone who asks.
@@ -120,10 +131,69 @@ func (c Config) validateDev() error {
 	if c.DemoRound != 0 && (c.DemoRound < 10*time.Millisecond || c.DemoRound > time.Hour) {
 		return keyErr("demo_round", "must be 0s (the game's default) or between 10ms and 1h")
 	}
-	if c.Dev && c.Auth.HS256Secret == "" {
+	if !c.Dev {
+		return nil
+	}
+	if c.Auth.HS256Secret == "" {
 		return keyErr("auth.hs256_secret", "dev mode signs its tokens with it and it is empty")
 	}
+	// Dev mode verifies only its own tokens: a configured key would let
+	// production tokens in, or a dev token be taken for a production one.
+	for _, k := range []struct {
+		key string
+		set bool
+	}{
+		{"auth.hs384_secret", c.Auth.HS384Secret != ""},
+		{"auth.hs512_secret", c.Auth.HS512Secret != ""},
+		{"auth.public_key_files", len(c.Auth.PublicKeyFiles) > 0},
+		{"auth.jwks_url", c.Auth.JWKSURL != ""},
+	} {
+		if k.set {
+			return keyErr(k.key, "must be empty in dev mode (it signs and checks only the tokens it issues)")
+		}
+	}
+	host, _, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		return keyErr("listen", "%v", err)
+	}
+	if !isLoopbackHost(host) {
+		return keyErr("listen", "dev mode hands a token to anyone who asks, so it listens on loopback only (127.0.0.1, [::1] or localhost), got %q", c.Listen)
+	}
 	return nil
+}
+
+// checkDevSecret refuses, in dev mode, an hs256_secret other than the
+// one applyDev generated (devSecret): set by the file, the environment or
+// a flag, it would sign dev tokens with a secret something else trusts.
+func (c Config) checkDevSecret(devSecret string) error {
+	if c.Dev && c.Auth.HS256Secret != devSecret {
+		return keyErr("auth.hs256_secret", "must not be set in dev mode: it signs its tokens with a secret generated at start (remove it from the file, PHXGATE_AUTH_HS256_SECRET or the flags)")
+	}
+	return nil
+}
+
+// isLoopbackHost reports whether host (a name or an address, without a
+// port; brackets allowed) is "localhost" or a loopback address. Other
+// names are refused even when they resolve to loopback: resolution can
+// change under our feet.
+func isLoopbackHost(host string) bool {
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.Unmap().IsLoopback()
+}
+
+// loopbackRequest reports whether r is addressed (Host) to a loopback
+// name: what a page of the developer's own browser sends, and what a page
+// of another site, whose name was pointed at 127.0.0.1, cannot.
+func loopbackRequest(r *http.Request) bool {
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	return isLoopbackHost(host)
 }
 
 // devTokenTTL is c.DevTokenTTL or its default.
@@ -154,16 +224,30 @@ func (s *Server) devHTTP(next http.Handler) (http.Handler, error) {
 	}
 	tokens := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "phxgate_dev_tokens_total",
-		Help: "Tokens asked of /dev/token (dev mode), by result: issued or refused (a bad player name).",
+		Help: "Tokens asked of /dev/token (dev mode), by result: issued, refused (a bad player name) or foreign_host (a Host header that is not a loopback name: 421).",
 	}, []string{"result"})
 	if err := s.reg.Register(tokens); err != nil {
 		return nil, err
 	}
-	issued, refused := tokens.WithLabelValues("issued"), tokens.WithLabelValues("refused")
+	issued, refused, foreign := tokens.WithLabelValues("issued"), tokens.WithLabelValues("refused"), tokens.WithLabelValues("foreign_host")
 	secret := []byte(s.cfg.Auth.HS256Secret)
 	ttl := s.cfg.devTokenTTL()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/dev/token" {
+		_, asset := devFiles[r.URL.Path]
+		isToken := r.URL.Path == "/dev/token"
+		if !asset && !isToken {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if !loopbackRequest(r) {
+			if isToken {
+				foreign.Inc()
+			}
+			w.Header().Set("Cache-Control", "no-store")
+			http.Error(w, "dev mode answers only requests to a loopback name (localhost, 127.0.0.1, [::1])", http.StatusMisdirectedRequest)
+			return
+		}
+		if isToken {
 			w.Header().Set("Cache-Control", "no-store")
 			w.Header().Set("Content-Type", "application/json")
 			player := r.URL.Query().Get("player")
@@ -194,11 +278,7 @@ func (s *Server) devHTTP(next http.Handler) (http.Handler, error) {
 			}{tok, player, exp.UnixMilli()})
 			return
 		}
-		f, ok := devFiles[r.URL.Path]
-		if !ok {
-			next.ServeHTTP(w, r)
-			return
-		}
+		f := devFiles[r.URL.Path]
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
 			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)

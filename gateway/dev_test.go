@@ -232,3 +232,155 @@ func TestDevManyTabsOfOnePlayer(t *testing.T) {
 		waitFor(t, 10*time.Second, func() bool { return s.Connections() == 0 }, "the tabs' sockets close")
 	}
 }
+
+// Dev mode never serves tokens a production gateway would accept, nor to
+// anyone but the developer's own machine: `dev` comes only from the flag
+// or PHXGATE_DEV, its secret is always the one generated at start, and it
+// listens on loopback only. Each refusal names the key to fix.
+func TestDevRefusesProductionSettings(t *testing.T) {
+	dir := t.TempDir()
+	file := func(name, body string) string {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	secret := strings.Repeat("s", 32)
+	devYAML := file("dev.yaml", "listen: 127.0.0.1:4000\ndev: true\n")
+	prodYAML := file("prod.yaml", "listen: 127.0.0.1:4000\nauth:\n  hs256_secret: "+secret+"\n")
+	openYAML := file("open.yaml", "listen: 0.0.0.0:4000\n")
+	envOf := func(kv ...string) func(string) string {
+		return func(k string) string {
+			for i := 0; i+1 < len(kv); i += 2 {
+				if kv[i] == k {
+					return kv[i+1]
+				}
+			}
+			return ""
+		}
+	}
+	devEnv := envOf("PHXGATE_DEV", "true")
+
+	bad := []struct {
+		name string
+		args []string
+		env  func(string) string
+		key  string
+	}{
+		{"dev in a file", []string{"--config", devYAML}, noEnv, "dev"},
+		{"dev in a file with the flag", []string{"--dev", "--config", devYAML}, noEnv, "dev"},
+		{"secret flag", []string{"--dev", "--auth.hs256_secret", secret}, noEnv, "auth.hs256_secret"},
+		{"secret env", []string{"--dev"}, envOf("PHXGATE_AUTH_HS256_SECRET", secret), "auth.hs256_secret"},
+		{"PHXGATE_DEV next to a production file", []string{"--config", prodYAML}, devEnv, "auth.hs256_secret"},
+		{"hs384 secret", []string{"--dev", "--auth.hs384_secret", strings.Repeat("s", 48)}, noEnv, "auth.hs384_secret"},
+		{"hs512 secret", []string{"--dev", "--auth.hs512_secret", strings.Repeat("s", 64)}, noEnv, "auth.hs512_secret"},
+		{"public keys", []string{"--dev", "--auth.public_key_files", "/etc/keys/a.pem"}, noEnv, "auth.public_key_files"},
+		{"jwks", []string{"--dev", "--auth.jwks_url", "https://id.example/jwks.json"}, noEnv, "auth.jwks_url"},
+		{"all interfaces", []string{"--dev", "--listen", "0.0.0.0:4000"}, noEnv, "listen"},
+		{"no host", []string{"--dev", "--listen", ":4000"}, noEnv, "listen"},
+		{"all interfaces v6", []string{"--dev", "--listen", "[::]:4000"}, noEnv, "listen"},
+		{"a LAN address", []string{"--dev", "--listen", "192.168.1.7:4000"}, noEnv, "listen"},
+		{"a host name", []string{"--dev", "--listen", "devbox.example:4000"}, noEnv, "listen"},
+		{"PHXGATE_DEV next to a file listening everywhere", []string{"--config", openYAML}, devEnv, "listen"},
+	}
+	for _, tc := range bad {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := LoadConfig(tc.args, tc.env, io.Discard)
+			if !errors.Is(err, ErrConfig) || !strings.HasPrefix(err.Error(), "config: "+tc.key+": ") {
+				t.Fatalf("err %v, want a config error about %s", err, tc.key)
+			}
+		})
+	}
+	if _, err := ParseYAML([]byte("dev: true\n")); !errors.Is(err, ErrConfig) || !strings.HasPrefix(err.Error(), "config: dev: ") {
+		t.Fatalf("ParseYAML(dev: true): %v, want a config error about dev", err)
+	}
+	// The other dev keys are harmless without dev and stay in files.
+	if _, err := ParseYAML([]byte("dev_token_ttl: 1m\ndemo_round: 1s\n")); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, listen := range []string{"127.0.0.1:0", "127.0.0.2:4000", "[::1]:4000", "localhost:4000", "LocalHost:4000"} {
+		if cfg, err := LoadConfig([]string{"--dev", "--listen", listen}, noEnv, io.Discard); err != nil || cfg.Listen != listen {
+			t.Fatalf("--dev --listen %s: %v", listen, err)
+		}
+	}
+	// Without dev mode nothing changes: the same settings are fine.
+	if _, err := LoadConfig([]string{"--config", prodYAML}, noEnv, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+
+	// A Config handed to Start directly is held to the same rules.
+	for _, tc := range []struct {
+		key string
+		mod func(*Config)
+	}{
+		{"listen", func(c *Config) { c.Listen = "0.0.0.0:0" }},
+		{"auth.jwks_url", func(c *Config) { c.Auth.JWKSURL = "https://id.example/jwks.json" }},
+		{"auth.public_key_files", func(c *Config) { c.Auth.PublicKeyFiles = []string{"/etc/keys/a.pem"} }},
+	} {
+		cfg := testConfig()
+		applyDev(&cfg)
+		cfg.Listen = "127.0.0.1:0"
+		cfg.DevAssets = devAssets(t, true)
+		tc.mod(&cfg)
+		if s, err := Start(context.Background(), cfg, WithLogger(discardLogger())); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.key+": ") {
+			if s != nil {
+				_ = s.Shutdown(context.Background())
+			}
+			t.Fatalf("Start with %s set in dev mode: %v, want a config error about %s", tc.key, err, tc.key)
+		}
+	}
+}
+
+// A web page on another site cannot get a dev token by pointing its own
+// host name at 127.0.0.1 (DNS rebinding): the dev routes answer only
+// requests addressed to a loopback name, and count the others.
+func TestDevRoutesRefuseForeignHost(t *testing.T) {
+	s := prodServer(t, func(c *Config) {
+		applyDev(c)
+		c.Listen, c.AdminListen = "127.0.0.1:0", "127.0.0.1:0"
+		c.DevAssets = devAssets(t, true)
+	})
+	_, port, _ := strings.Cut(s.Addr().String(), ":")
+	do := func(host, path string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, "http://"+s.Addr().String()+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = host
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	foreign := []string{"evil.example:" + port, "evil.example", "127.0.0.1.evil.example:" + port, "localhost.evil.example", "192.168.1.7:" + port, "0.0.0.0:" + port}
+	for _, host := range foreign {
+		for _, path := range []string{"/dev/token?player=alice", "/", "/demo/app.mjs"} {
+			code, body := do(host, path)
+			if code != http.StatusMisdirectedRequest || strings.Contains(body, "token\"") || !strings.Contains(body, "loopback") {
+				t.Fatalf("GET %s with Host %q: %d %q, want 421 naming loopback", path, host, code, body)
+			}
+		}
+	}
+	if n := sumCounter(t, s.Registry(), "phxgate_dev_tokens_total", "result", "foreign_host"); n != float64(len(foreign)) {
+		t.Fatalf("foreign-host token requests counted %v, want %d", n, len(foreign))
+	}
+	if n := sumCounter(t, s.Registry(), "phxgate_dev_tokens_total", "result", "issued"); n != 0 {
+		t.Fatalf("tokens issued to foreign hosts: %v", n)
+	}
+	for _, host := range []string{"127.0.0.1:" + port, "localhost:" + port, "LOCALHOST", "[::1]:" + port, "127.0.0.1"} {
+		if code, body := do(host, "/dev/token?player=alice"); code != http.StatusOK || !strings.Contains(body, `"token"`) {
+			t.Fatalf("token with Host %q: %d %s", host, code, body)
+		}
+	}
+	// The socket routes are not dev routes: a token is what guards them.
+	if code, _ := do("evil.example", "/socket/longpoll?vsn=2.0.0"); code == http.StatusMisdirectedRequest {
+		t.Fatalf("long-poll refused for its Host: %d", code)
+	}
+}

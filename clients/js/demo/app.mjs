@@ -7,7 +7,10 @@
 // Resume: the channel opts in to stream positions ("offset" in its join
 // payload, a closure evaluated on every rejoin). Every broadcast carries its
 // position in the ref slot; the page keeps the last one, so a rejoin after
-// a lost connection is replayed what it missed, in order.
+// a lost connection is replayed what it missed, in order. A rejoin told
+// recovered: false (history lost: a gateway restart, too long away) or a
+// new epoch starts the list of rounds over: the table may count from 1
+// again, and its old round numbers mean nothing now.
 import { Socket, Presence, LongPoll } from "/demo/phoenix.mjs";
 
 const q = new URLSearchParams(location.search);
@@ -29,9 +32,11 @@ const state = {
   lastPosition: null, // the newest "p:<epoch>:<offset>" seen on the channel
   balance: null,
   openRoundAtJoin: 0, // payouts of rounds before it are in the join's balance
-  lastRound: 0,
+  lastRound: 0, // since the last start over (0: none yet)
   results: [], // newest last
   gaps: 0, // round numbers never seen (a resume that could not recover)
+  duplicates: 0, // results delivered twice (never, if resume works)
+  startOvers: 0, // joins that lost the history (recovered false, new epoch)
   joins: 0,
   disconnects: 0,
   recovered: null,
@@ -124,8 +129,29 @@ function renderPlayers(presence) {
 
 // ---- the socket and the channel --------------------------------------------
 
+// epochOf is the epoch of a "p:<epoch>:<offset>" position, or null.
+function epochOf(pos) {
+  const m = typeof pos === "string" ? /^p:(.*):[^:]*$/.exec(pos) : null;
+  return m ? m[1] : null;
+}
+
+// startOver forgets the rounds seen so far: after a loss of history the
+// table's numbers may begin again, and a round at or below the old last
+// one is new, not a duplicate.
+function startOver() {
+  state.startOvers++;
+  state.lastRound = 0;
+  state.results = [];
+  renderResults();
+}
+
 function addResult(r) {
-  if (!Number.isInteger(r.round) || r.round <= state.lastRound) return; // seen already
+  if (!Number.isInteger(r.round)) return;
+  if (r.round <= state.lastRound) {
+    // Seen already: the gateway delivers each event once, so count it.
+    state.duplicates++;
+    return;
+  }
   if (state.lastRound && r.round > state.lastRound + 1) state.gaps += r.round - state.lastRound - 1;
   state.lastRound = r.round;
   state.results.push(r);
@@ -174,6 +200,9 @@ async function main() {
   state.channel = channel;
   channel.onMessage = (event, payload, ref) => {
     if (typeof ref === "string" && ref.startsWith("p:")) {
+      // A new epoch mid-stream (the gateway sends phx_error first, so
+      // this is a safety net): the old round numbers are void.
+      if (state.lastPosition !== null && epochOf(ref) !== epochOf(state.lastPosition)) startOver();
       state.lastPosition = ref;
       $("position").textContent = ref;
     }
@@ -193,8 +222,11 @@ async function main() {
       state.openRoundAtJoin = r.round ? r.round.id : 0;
       state.recovered = r.recovered ?? null;
       // A resume that recovered gets the missed events replayed next, each
-      // moving the position on; otherwise start from the topic's top.
-      if (state.lastPosition === null || r.recovered === false) state.lastPosition = r.position ?? null;
+      // moving the position on; otherwise start from the topic's top, and
+      // over with the rounds when the history is lost.
+      const epochChanged = state.lastPosition !== null && r.position != null && epochOf(r.position) !== epochOf(state.lastPosition);
+      if (r.recovered === false || epochChanged) startOver();
+      if (state.lastPosition === null || r.recovered === false || epochChanged) state.lastPosition = r.position ?? null;
       $("position").textContent = state.lastPosition ?? "—";
       renderBalance();
       setConn("joined", r.recovered === false ? `joined ${topic} (history lost: some rounds are missing)` : `joined ${topic}`);

@@ -9,7 +9,9 @@
 // field whose type is a struct is a section (its keys are "name.key"); an
 // embedded struct tagged `yaml:",inline"` adds its keys to the enclosing
 // level. So a package owns its section once, in its Config type, and adding
-// a key is adding a field.
+// a key is adding a field. A field tagged `yaml:"name,noyaml"` is a key of
+// the flags and the environment only: a file that sets it is refused, for
+// switches that must be asked for on purpose at each start (dev mode).
 //
 // What each field kind accepts:
 //
@@ -123,7 +125,7 @@ type field struct {
 	name   string
 	index  []int
 	usage  string
-	inline bool
+	noYAML bool
 }
 
 // fields lists t's configuration fields, inline structs flattened.
@@ -149,7 +151,7 @@ func fields(t reflect.Type) []field {
 			}
 			continue
 		}
-		out = append(out, field{name: name, index: []int{i}, usage: f.Tag.Get("usage")})
+		out = append(out, field{name: name, index: []int{i}, usage: f.Tag.Get("usage"), noYAML: opts == "noyaml"})
 	}
 	return out
 }
@@ -333,6 +335,9 @@ func decodeStruct(prefix string, v reflect.Value, n *yaml.Node) error {
 		f, ok := byName[k.Value]
 		if !ok {
 			return KeyErr(key, "unknown key (line %d)", k.Line)
+		}
+		if f.noYAML {
+			return KeyErr(key, "line %d: not allowed in a file; give the flag --%s or %s at start", k.Line, key, EnvName(key))
 		}
 		if err := decodeValue(key, v.FieldByIndex(f.index), val); err != nil {
 			return err

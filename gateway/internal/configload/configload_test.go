@@ -23,6 +23,7 @@ type testConfig struct {
 	Classes map[string]class `yaml:"classes"`
 	Items   []Inner          `yaml:"items"`
 	Skip    func()           `yaml:"-"`
+	Switch  bool             `yaml:"switch,noyaml"`
 	Inner   `yaml:",inline"`
 }
 
@@ -36,6 +37,7 @@ func TestYAMLErrorsNameTheKey(t *testing.T) {
 		{"classes:\n  a: {rate: x}\n", "config: classes.a.rate: "},
 		{"items:\n  - {wait: 1s}\n  - {wiat: 1s}\n", "config: items[1].wiat: unknown key (line 3)"},
 		{"wait: x\n", "config: wait: time: invalid duration"},
+		{"name: x\nswitch: true\n", "config: switch: line 2: not allowed in a file; give the flag --switch or PHXGATE_SWITCH"},
 	} {
 		c := testConfig{}
 		err := l.ApplyYAML(&c, []byte(tt.yaml))
@@ -83,7 +85,7 @@ func TestStringForms(t *testing.T) {
 	for _, lf := range l.Leaves() {
 		keys = append(keys, lf.Key)
 	}
-	if got := strings.Join(keys, " "); got != "name list section.wait wait" {
+	if got := strings.Join(keys, " "); got != "name list section.wait switch wait" {
 		t.Fatalf("leaves = %q", got)
 	}
 	c := testConfig{}
@@ -107,4 +109,21 @@ func TestUntaggedFieldPanics(t *testing.T) {
 	}()
 	type bad struct{ Forgot int }
 	New[bad]()
+}
+
+// A noyaml key is refused in a file but has its flag and environment form.
+func TestNoYAMLKeyFromFlagAndEnv(t *testing.T) {
+	l := New[testConfig]()
+	c := testConfig{}
+	if err := l.ApplyEnv(&c, func(k string) string {
+		if k == "PHXGATE_SWITCH" {
+			return "true"
+		}
+		return ""
+	}); err != nil || !c.Switch {
+		t.Fatalf("PHXGATE_SWITCH=true: %v, switch %v", err, c.Switch)
+	}
+	if err := l.ApplyFlags(&c, map[string]string{"switch": "false"}); err != nil || c.Switch {
+		t.Fatalf("--switch=false: %v, switch %v", err, c.Switch)
+	}
 }
