@@ -3,6 +3,7 @@ package js_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -56,9 +57,20 @@ func TestDevDemoBrowser(t *testing.T) {
 	t.Logf("screenshots in %s", shots)
 
 	bin := gatewayBinary(t, root)
-	listen := startDevGateway(t, bin, jsDir)
+	gw := startDevGateway(t, bin, jsDir)
+	listen := gw.listen
 	proxy := newResetProxy(t, listen)
 	ctl := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.URL.Path == "/restart" {
+			// A developer restarts phxgate: a new process, a new dev
+			// secret; the pages must come back by themselves.
+			if err := gw.restart(); err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			_ = json.NewEncoder(w).Encode(map[string]int{"restarted": 1})
+			return
+		}
 		ms, err := strconv.Atoi(r.URL.Query().Get("ms"))
 		if r.Method != http.MethodPost || r.URL.Path != "/reset" || err != nil || ms < 0 || ms > 60_000 {
 			http.Error(w, "POST /reset?ms=0..60000", http.StatusBadRequest)
@@ -77,7 +89,7 @@ func TestDevDemoBrowser(t *testing.T) {
 		"SCREENSHOTS=" + shots,
 		"DEMO_ROUND_MS=" + strconv.FormatInt(devDemoRound.Milliseconds(), 10),
 	}
-	for _, phase := range []string{"play", "longpoll"} {
+	for _, phase := range []string{"play", "longpoll", "restart"} {
 		t.Run(phase, func(t *testing.T) {
 			runScript(t, node, jsDir, env, "browser/devdemo.mjs", phase)
 		})
@@ -101,50 +113,64 @@ func runScript(t *testing.T, node, jsDir string, env []string, script string, ar
 	}
 }
 
-// startDevGateway starts `bin --dev` on free loopback ports and returns
-// its client address once /readyz answers 200.
-func startDevGateway(t *testing.T, bin, jsDir string) string {
+// devGateway is a `phxgate --dev` process on fixed loopback ports that
+// the test can restart: a restart draws a new dev secret, so the tokens
+// the pages hold become invalid, as after a developer's restart.
+type devGateway struct {
+	t               *testing.T
+	bin, jsDir, dir string
+	listen, admin   string
+	mu              sync.Mutex
+	cmd             *exec.Cmd
+	exited          chan error
+	logPath         string
+	starts          int
+}
+
+// startDevGateway starts `bin --dev` on free loopback ports and returns it
+// once /readyz answers 200.
+func startDevGateway(t *testing.T, bin, jsDir string) *devGateway {
 	t.Helper()
-	dir := t.TempDir()
-	listen, admin := freePort(t), freePort(t)
-	logPath := filepath.Join(dir, "phxgate.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
+	g := &devGateway{t: t, bin: bin, jsDir: jsDir, dir: t.TempDir(), listen: freePort(t), admin: freePort(t)}
+	t.Cleanup(g.stop)
+	if err := g.start(); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "--dev", "--listen", listen, "--admin_listen", admin, "--api_listen", "",
-		"--dev_assets", jsDir, "--demo_round", devDemoRound.String(), "--log_format", "text")
-	cmd.Dir = dir
+	return g
+}
+
+// start launches the process and waits until it is ready. Safe from any
+// goroutine: it reports failures as an error, never with t.Fatal.
+func (g *devGateway) start() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.starts++
+	g.logPath = filepath.Join(g.dir, fmt.Sprintf("phxgate-%d.log", g.starts))
+	logFile, err := os.Create(g.logPath)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(g.bin, "--dev", "--listen", g.listen, "--admin_listen", g.admin, "--api_listen", "",
+		"--dev_assets", g.jsDir, "--demo_round", devDemoRound.String(), "--log_format", "text")
+	cmd.Dir = g.dir
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		logFile.Close()
+		return err
 	}
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		stopGateway(t, cmd, exited)
-		logFile.Close()
-		if b, err := os.ReadFile(logPath); err == nil {
-			for _, bad := range []string{"WARNING: DATA RACE", "panic:", "fatal error:"} {
-				if strings.Contains(string(b), bad) {
-					t.Errorf("gateway log contains %q", bad)
-				}
-			}
-		}
-		if t.Failed() {
-			t.Logf("gateway log (%s):\n%s", logPath, tail(logPath, 200))
-		}
-	})
+	go func() { exited <- cmd.Wait(); logFile.Close() }()
+	g.cmd, g.exited = cmd, exited
 	client := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(readyTimeout)
 	for {
 		select {
 		case err := <-exited:
 			exited <- err
-			t.Fatalf("phxgate --dev exited before it was ready: %v\n%s", err, tail(logPath, 100))
+			return fmt.Errorf("phxgate --dev exited before it was ready: %v\n%s", err, tail(g.logPath, 100))
 		default:
 		}
-		if resp, err := client.Get("http://" + admin + "/readyz"); err == nil {
+		if resp, err := client.Get("http://" + g.admin + "/readyz"); err == nil {
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -152,14 +178,41 @@ func startDevGateway(t *testing.T, bin, jsDir string) string {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("phxgate --dev not ready within %v\n%s", readyTimeout, tail(logPath, 100))
+			return fmt.Errorf("phxgate --dev not ready within %v\n%s", readyTimeout, tail(g.logPath, 100))
 		}
 		time.Sleep(50 * time.Millisecond) // polling interval, not a wait for an outcome
 	}
-	if b, _ := os.ReadFile(logPath); !strings.Contains(string(b), "NOT FOR PRODUCTION") {
-		t.Errorf("phxgate --dev did not log that it is not for production:\n%s", b)
+	if b, _ := os.ReadFile(g.logPath); !strings.Contains(string(b), "NOT FOR PRODUCTION") {
+		return fmt.Errorf("phxgate --dev did not log that it is not for production:\n%s", b)
 	}
-	return listen
+	return nil
+}
+
+// stop ends the running process (SIGTERM) and checks its log.
+func (g *devGateway) stop() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.cmd == nil {
+		return
+	}
+	stopGateway(g.t, g.cmd, g.exited)
+	g.cmd = nil
+	if b, err := os.ReadFile(g.logPath); err == nil {
+		for _, bad := range []string{"WARNING: DATA RACE", "panic:", "fatal error:"} {
+			if strings.Contains(string(b), bad) {
+				g.t.Errorf("gateway log contains %q", bad)
+			}
+		}
+	}
+	if g.t.Failed() {
+		g.t.Logf("gateway log (%s):\n%s", g.logPath, tail(g.logPath, 200))
+	}
+}
+
+// restart stops the process and starts a new one on the same ports.
+func (g *devGateway) restart() error {
+	g.stop()
+	return g.start()
 }
 
 // resetProxy forwards TCP to target. reset ends every connection with a

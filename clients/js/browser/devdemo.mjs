@@ -332,10 +332,38 @@ async function longpoll() {
   onlyOwnOrigin(carol);
 }
 
+// A developer restarts phxgate: a new process with a new dev secret, so
+// the page's token is refused. The page fetches a fresh token by itself,
+// rejoins, starts its rounds over (the history is gone) and plays on.
+async function restart() {
+  const table = `rs${randomBytes(3).toString("hex")}`;
+  const erin = await open("erin", table);
+  await joined(erin, "websocket");
+  await waitFor("erin sees a round", async () => (await demo(erin)).lastRound >= 1);
+  const before = await demo(erin);
+  const r = await fetch(`${control}/restart`, { method: "POST" });
+  assert.equal(r.status, 200, `restart: ${await r.text()}`);
+  log("phxgate restarted");
+  await waitFor("erin back after the restart", async () => {
+    const d = await demo(erin);
+    return d.joins > before.joins && (await erin.page.locator("#conn-state").getAttribute("data-state")) === "joined";
+  }, 30000);
+  const back = await demo(erin);
+  assert.equal(back.recovered, false, "the restarted node has no history: recovered false");
+  await waitFor("erin sees rounds again", async () => (await demo(erin)).results.length >= 1, 20000);
+  const after = await demo(erin);
+  assert.ok(after.startOvers >= 1, `erin's page started its rounds over (${summary(after)})`);
+  checkResults(after, after, "after the restart");
+  const msg = await bet(erin, 10, "High");
+  log("erin:", msg);
+  await shot(erin, "erin-restart.png");
+}
+
 try {
   if (phase === "play") await play();
   else if (phase === "longpoll") await longpoll();
-  else throw new Error(`unknown phase ${phase}: play or longpoll`);
+  else if (phase === "restart") await restart();
+  else throw new Error(`unknown phase ${phase}: play, longpoll or restart`);
   log("ok");
 } finally {
   await browser.close();

@@ -29,6 +29,7 @@ const state = {
   topic,
   token: null,
   tokenExpiresAt: 0,
+  tokenFetchedAt: 0,
   lastPosition: null, // the newest "p:<epoch>:<offset>" seen on the channel
   balance: null,
   openRoundAtJoin: 0, // payouts of rounds before it are in the join's balance
@@ -62,6 +63,7 @@ async function fetchToken() {
     const body = await r.json();
     if (!r.ok) throw new Error(body.error || `HTTP ${r.status}`);
     state.token = body.token;
+    state.tokenFetchedAt = Date.now();
     state.tokenExpiresAt = body.expires_at_ms;
     const life = body.expires_at_ms - Date.now();
     refreshTimer = setTimeout(fetchToken, Math.max(1000, (life * 2) / 3));
@@ -71,6 +73,9 @@ async function fetchToken() {
     throw err;
   }
 }
+
+// TOKEN_RETRY_MS spaces the token fetches of failed connects.
+const TOKEN_RETRY_MS = 5000;
 
 const tokenStale = () => !state.token || Date.now() >= state.tokenExpiresAt - 1000;
 
@@ -193,7 +198,11 @@ async function main() {
   });
   socket.onError(() => {
     setConn("disconnected", "connection lost, reconnecting");
-    if (tokenStale()) fetchToken().catch(() => {});
+    // A connect that fails may be a refused token (phxgate restarted
+    // with a new dev secret): fetch a fresh one now and then, so the tab
+    // comes back by itself once phxgate answers again.
+    const due = Date.now() - state.tokenFetchedAt > TOKEN_RETRY_MS;
+    if (tokenStale() || (!socket.isConnected() && due)) fetchToken().catch(() => {});
   });
 
   const channel = socket.channel(topic, () => ({ offset: state.lastPosition }));
