@@ -308,9 +308,15 @@ func TestTrackerLeaveAfterALostRemoveAnswer(t *testing.T) {
 	ctx := context.Background()
 	var h losingHook
 	c.AddHook(&h)
-	s := startStore(t, c, "a", nil, nil, nil)
+	s := redisStore(t, c, "a")
 	l := &diffLog{}
 	tr := NewTracker(Config{Window: time.Millisecond}, s, l.publish, nil)
+	// The leave goes out through the tracker's retry or the store's
+	// (pending removals): either way, once.
+	if err := s.Start(tr.Leaves, tr.Joins); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
 	t.Cleanup(func() { tr.Drain(context.Background()) })
 	if err := tr.Track(ctx, "room:l", "t1", "p", nil); err != nil {
 		t.Fatal(err)
@@ -321,14 +327,22 @@ func TestTrackerLeaveAfterALostRemoveAnswer(t *testing.T) {
 	if got := listRefs(t, s, "room:l"); len(got) != 0 {
 		t.Fatalf("still stored: %v", got)
 	}
-	waitFor(t, "the leave diff after the retry", func() bool {
+	leaves := func() int {
+		n := 0
 		for _, d := range l.all() {
-			if len(d.Leaves["p"].Metas) == 1 {
-				return true
-			}
+			n += len(d.Leaves["p"].Metas)
 		}
-		return false
+		return n
+	}
+	waitFor(t, "the leave diff after the retry", func() bool { return leaves() == 1 })
+	waitFor(t, "the retries done", func() bool {
+		tr.mu.Lock()
+		defer tr.mu.Unlock()
+		return len(tr.local) == 0
 	})
+	if n := leaves(); n != 1 {
+		t.Fatalf("%d leaves, want 1", n)
+	}
 }
 
 // 6. An Add whose answer is lost is undone; when the undo fails too, the

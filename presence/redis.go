@@ -81,6 +81,12 @@ type Redis struct {
 	// stays on the node's list (counted in mine) and the restore loop
 	// removes them.
 	undo map[string]map[string]struct{}
+	// removing is the presences (topic → tag → presence) whose Remove
+	// failed: no longer held (a restore never puts them back), still
+	// counted in mine (the topic stays listed for a reaper), and removed
+	// by the restore loop, which publishes their leaves, for as long as
+	// the node runs.
+	removing map[string]map[string]Presence
 	// tlocks, by topic, order this node's changes of a topic with the
 	// restore of that topic (lock order: Tracker topic lock, then these,
 	// then mu).
@@ -123,7 +129,8 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	_, _ = rand.Read(b[:])
 	return &Redis{cfg: cfg, c: cfg.Client, boot: refEncoding.EncodeToString(b[:]), log: log,
 		mine: map[string]int{}, held: map[string]map[string]heldPresence{}, undo: map[string]map[string]struct{}{},
-		lostc: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}, nil
+		removing: map[string]map[string]Presence{},
+		lostc:    make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}, nil
 }
 
 func (r *Redis) hashKey(topic string) string   { return r.cfg.Prefix + ":{" + topic + "}:p" }
@@ -132,6 +139,7 @@ func (r *Redis) liveKey(node string) string    { return r.cfg.Prefix + ":presenc
 func (r *Redis) nodesKey() string              { return r.cfg.Prefix + ":presence:nodes" }
 func (r *Redis) topicsKey(node string) string  { return r.cfg.Prefix + ":presence:topics:" + node }
 func (r *Redis) reapKey(node string) string    { return r.cfg.Prefix + ":presence:reap:" + node }
+func (r *Redis) bootKey(node string) string    { return r.cfg.Prefix + ":presence:boot:" + node }
 
 func (r *Redis) tlock(topic string) *sync.Mutex {
 	h := fnv.New32a()
@@ -153,12 +161,19 @@ func (r *Redis) ctx() (context.Context, context.CancelFunc) {
 // was taken for dead while alive (its liveness key gone: a partition, a
 // pause, a Redis that lost its data), it puts its presences back and
 // announces them through onJoin. Close stops it.
+//
+// Start takes the node's reap lock (waiting for a reaper of the earlier
+// life to finish) around that cleanup and the first liveness refresh, so
+// that no reaper of the earlier life runs while this one adds presences.
 func (r *Redis) Start(onLeave, onJoin func(topic string, ps []Presence)) error {
 	r.onLeave, r.onJoin = onLeave, onJoin
-	if err := r.reap(r.cfg.NodeID, true); err != nil {
+	unlock, err := r.lockReap(r.cfg.NodeID, "start "+r.boot, true)
+	if err != nil {
 		return err
 	}
-	if _, err := r.beat(); err != nil {
+	err = r.startLocked()
+	unlock()
+	if err != nil {
 		return err
 	}
 	r.started = true
@@ -168,6 +183,23 @@ func (r *Redis) Start(onLeave, onJoin func(topic string, ps []Presence)) error {
 	go r.restoreLoop()
 	go func() { r.loops.Wait(); close(r.done) }()
 	return nil
+}
+
+// startLocked removes the earlier lives' presences, records this boot
+// (a reaper removes only the boot it took for dead) and makes the node
+// alive. Called under the node's reap lock.
+func (r *Redis) startLocked() error {
+	if err := r.reap(r.cfg.NodeID, true); err != nil {
+		return err
+	}
+	ctx, cancel := r.ctx()
+	err := r.c.Set(ctx, r.bootKey(r.cfg.NodeID), r.boot, redisTopicTTL).Err()
+	cancel()
+	if err != nil {
+		return err
+	}
+	_, err = r.beat()
+	return err
 }
 
 // beat refreshes the node's liveness. It reports whether the key was
@@ -244,6 +276,7 @@ func (r *Redis) restoreLoop() {
 			}
 		}
 		r.retryUndo()
+		r.retryRemoving()
 	}
 }
 
@@ -463,6 +496,7 @@ func (r *Redis) touchTopics() {
 	ctx, cancel := r.ctx()
 	defer cancel()
 	_, _ = r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Expire(ctx, r.bootKey(r.cfg.NodeID), redisTopicTTL)
 		for _, topic := range topics {
 			p.PExpire(ctx, r.hashKey(topic), redisTopicTTL)
 			p.PExpire(ctx, r.countsKey(topic), redisTopicTTL)
@@ -496,8 +530,9 @@ func (r *Redis) reapDead() {
 }
 
 // reapScript removes a topic's presences of a node, but not those of its
-// current life (ARGV[2], "" when it is dead). KEYS: hash, counts. It
-// returns the removed values.
+// current life (ARGV[2], "" when it is dead), and only those of boot
+// ARGV[3] when it is not "" (the life a reaper took for dead). KEYS:
+// hash, counts. It returns the removed values.
 var reapScript = redis.NewScript(`
 local out = {}
 local all = redis.call('HGETALL', KEYS[1])
@@ -510,7 +545,7 @@ for i = 1, #all, 2 do
     local node = string.sub(rest, 1, tonumber(nl))
     local boot = string.sub(rest, tonumber(nl) + 1, tonumber(nl) + tonumber(bl))
     local key = string.sub(rest, tonumber(nl) + tonumber(bl) + 1, tonumber(nl) + tonumber(bl) + tonumber(kl))
-    if node == ARGV[1] and boot ~= ARGV[2] then
+    if node == ARGV[1] and boot ~= ARGV[2] and (ARGV[3] == '' or boot == ARGV[3]) then
       redis.call('HDEL', KEYS[1], all[i])
       if redis.call('HINCRBY', KEYS[2], key, -1) <= 0 then redis.call('HDEL', KEYS[2], key) end
       out[#out + 1] = v
@@ -526,6 +561,7 @@ return out
 func (r *Redis) reap(node string, self bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*r.cfg.Timeout)
 	defer cancel()
+	only := ""
 	if !self {
 		// The lock keeps other reapers out, and the node itself: back
 		// from a pause, it restores only after this reap ends.
@@ -534,6 +570,13 @@ func (r *Redis) reap(node string, self bool) error {
 			return err // another node reaps it, or the node restores
 		}
 		defer unlock()
+		// The boot to reap, read before the liveness: a life that
+		// starts after this read has its own boot, kept below.
+		b, err := r.c.Get(ctx, r.bootKey(node)).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return err
+		}
+		only = b // "" (not recorded): every boot of the node
 		// Alive again (restarted under the same id, or back from a
 		// pause): its new life cleans up after its old one itself.
 		if n, err := r.c.Exists(ctx, r.liveKey(node)).Result(); err != nil || n > 0 {
@@ -553,7 +596,7 @@ func (r *Redis) reap(node string, self bool) error {
 	}
 	removed := 0
 	for _, topic := range topics {
-		vals, err := reapScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, node, keep).StringSlice()
+		vals, err := reapScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, node, keep, only).StringSlice()
 		if err != nil {
 			return err
 		}
@@ -572,13 +615,21 @@ func (r *Redis) reap(node string, self bool) error {
 		// Our earlier life's topics; this life adds its own as it goes.
 		_ = r.c.Del(ctx, r.topicsKey(node)).Err()
 	} else {
-		_, err = r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
-			p.Del(ctx, r.topicsKey(node))
-			p.SRem(ctx, r.nodesKey(), node)
-			return nil
-		})
+		// A node alive again (its lock wait ended: a reap longer than
+		// the lock) keeps its lists: its new presences are on them.
+		n, err := r.c.Exists(ctx, r.liveKey(node)).Result()
 		if err != nil {
 			return err
+		}
+		if n == 0 {
+			_, err = r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+				p.Del(ctx, r.topicsKey(node))
+				p.SRem(ctx, r.nodesKey(), node)
+				return nil
+			})
+			if err != nil {
+				return err
+			}
 		}
 	}
 	if (removed > 0 || !self) && r.cfg.OnReap != nil {
@@ -777,15 +828,21 @@ const redisRemoveBatch = 1000
 
 // RemoveAll removes tags' presences from topic in one script call per
 // redisRemoveBatch tags, and returns those it removed (or that this node
-// held: see Remove). A drain removes a node's presences with it.
+// held: see Remove). A drain removes a node's presences with it. On an
+// error, the tags not known removed are no longer held (a restore never
+// puts them back) but pending removal: the restore loop removes them and
+// publishes their leaves, retrying while the node runs.
 func (r *Redis) RemoveAll(ctx context.Context, topic string, tags []string) ([]Presence, error) {
 	l := r.tlock(topic)
 	l.Lock()
 	defer l.Unlock()
+	return r.removeAllLocked(ctx, topic, tags)
+}
+
+func (r *Redis) removeAllLocked(ctx context.Context, topic string, tags []string) ([]Presence, error) {
 	var out []Presence
 	for len(tags) > 0 {
 		batch := tags[:min(len(tags), redisRemoveBatch)]
-		tags = tags[len(batch):]
 		args := make([]any, len(batch))
 		for i, tag := range batch {
 			args[i] = tag
@@ -795,26 +852,88 @@ func (r *Redis) RemoveAll(ctx context.Context, topic string, tags []string) ([]P
 			err = fmt.Errorf("presence: %d answers to the removal of %d presences", len(vals), len(batch))
 		}
 		if err != nil {
+			r.pendRemoval(topic, tags)
 			return out, err
 		}
+		tags = tags[len(batch):]
 		r.mu.Lock()
-		hs := r.held[topic]
+		hs, rs := r.held[topic], r.removing[topic]
+		mine := 0
 		for i, tag := range batch {
 			h, held := hs[tag]
+			pp, pending := rs[tag]
 			if p, _, ok := decodeValue(vals[i]); ok {
 				out = append(out, p)
 			} else if held {
 				out = append(out, h.p)
+			} else if pending {
+				out = append(out, pp)
+			}
+			if held || pending {
+				mine++
 			}
 			delete(hs, tag)
+			delete(rs, tag)
 		}
 		if len(hs) == 0 {
 			delete(r.held, topic)
 		}
+		if len(rs) == 0 {
+			delete(r.removing, topic)
+		}
 		r.mu.Unlock()
-		r.forgetN(topic, len(batch))
+		if mine > 0 {
+			r.forgetN(topic, mine)
+		}
 	}
 	return out, nil
+}
+
+// pendRemoval moves tags of topic this node holds to its pending
+// removals (a Remove of them failed).
+func (r *Redis) pendRemoval(topic string, tags []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	hs := r.held[topic]
+	for _, tag := range tags {
+		h, ok := hs[tag]
+		if !ok {
+			continue
+		}
+		if r.removing[topic] == nil {
+			r.removing[topic] = map[string]Presence{}
+		}
+		r.removing[topic][tag] = h.p
+		delete(hs, tag)
+	}
+	if len(hs) == 0 {
+		delete(r.held, topic)
+	}
+}
+
+// retryRemoving removes the presences whose Remove failed and publishes
+// their leaves (onLeave, off the topic lock: the tracker queues them
+// under its own topic lock, taken before this store's).
+func (r *Redis) retryRemoving() {
+	r.mu.Lock()
+	byTopic := make(map[string][]string, len(r.removing))
+	for topic, rs := range r.removing {
+		for tag := range rs {
+			byTopic[topic] = append(byTopic[topic], tag)
+		}
+	}
+	r.mu.Unlock()
+	for topic, tags := range byTopic {
+		ctx, cancel := r.ctx()
+		ps, err := r.RemoveAll(ctx, topic, tags)
+		cancel()
+		if len(ps) > 0 && r.onLeave != nil {
+			r.onLeave(topic, ps)
+		}
+		if err != nil {
+			return // Redis is still failing: next beat
+		}
+	}
 }
 
 // updateScript gives every presence of a key a new meta. KEYS: hash.

@@ -214,6 +214,20 @@ func (t *Tracker) retryUntrack(topic, tag string) {
 	}
 	if t.closed || r.attempts >= untrackRetries {
 		delete(t.retrying, k)
+		if !t.closed {
+			// The store keeps what it could not remove out of any
+			// restore (the Redis store retries the removal itself, and
+			// publishes the leave): this node no longer tracks it.
+			if tags := t.local[topic]; tags != nil {
+				if _, ok := tags[tag]; ok {
+					delete(tags, tag)
+					t.m.tracked.Dec()
+				}
+				if len(tags) == 0 {
+					delete(t.local, topic)
+				}
+			}
+		}
 		t.mu.Unlock()
 		t.log.Warn("presence: untrack failed; giving up", "topic", topic)
 		return
