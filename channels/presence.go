@@ -2,9 +2,11 @@ package channels
 
 import (
 	"context"
+	"errors"
 	"strconv"
 
 	"github.com/phxgate/phxgate/backends"
+	"github.com/phxgate/phxgate/presence"
 )
 
 // PresenceTracker is the presence port; *presence.Tracker implements it.
@@ -42,15 +44,27 @@ func (c *channel) presenceTag(gen uint32) string {
 	return string(b)
 }
 
+// presenceRefuser is implemented by a tracker that counts presences its
+// caller refuses (*presence.Tracker: phxgate_presence_refused_total).
+type presenceRefuser interface {
+	Refuse(topic, reason string) error
+}
+
 // trackPresence runs after a join succeeded on a route with presence:
 // the player becomes present (or keeps the presence of the seat its
 // rejoin took, so a quick reconnect makes no leave/join pair), then the
 // channel gets the topic's presence_state, as phoenix.js needs after every
 // join and rejoin. An anonymous channel is not tracked but gets the state.
 // It reports false when the state could not be read, or is larger than
-// Config.PresenceStateBytes: phoenix.js would hold
-// every later diff until a state came, so the caller ends the channel
+// Config.PresenceStateBytes, or the presence could not be stored (not a
+// refusal): phoenix.js would hold every later diff until a state came, and
+// a player joined but absent would stay so, so the caller ends the channel
 // with phx_error and the client rejoins.
+//
+// The state's size is checked before tracking: over the bound, the
+// presence is refused (presence.ReasonStateTooLarge) rather than tracked
+// then untracked, which would broadcast a join and a leave at every
+// rejoin attempt.
 func (c *channel) trackPresence(rep *backends.Reply, taken *seat) bool {
 	s := c.sock
 	p := s.srv.cfg.Presence
@@ -59,6 +73,16 @@ func (c *channel) trackPresence(rep *backends.Reply, taken *seat) bool {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.CallTimeout)
 	defer cancel()
+	tooLarge := func(state []byte) bool {
+		if len(state) <= s.srv.cfg.PresenceStateBytes {
+			return false
+		}
+		// Sent, it would overflow the socket's write queue and close
+		// the socket (with its other channels), at every join. The
+		// channel ends instead; the client rejoins with its backoff.
+		s.srv.m.presenceTooLarge.Inc()
+		return true
+	}
 	if key, ok := c.seatKey(); ok {
 		r := c.side()
 		switch {
@@ -70,20 +94,30 @@ func (c *channel) trackPresence(rep *backends.Reply, taken *seat) bool {
 			if len(meta) == 0 {
 				meta = emptyObject
 			}
-			if p.Track(ctx, c.topic, tag, key.player, meta) == nil {
+			state, err := p.State(ctx, c.topic)
+			if err != nil {
+				return false
+			}
+			if len(state)+len(meta)+len(key.player)+64 > s.srv.cfg.PresenceStateBytes {
+				if rf, ok := p.(presenceRefuser); ok {
+					_ = rf.Refuse(c.topic, presence.ReasonStateTooLarge)
+				}
+				s.srv.m.presenceTooLarge.Inc()
+				return false
+			}
+			err = p.Track(ctx, c.topic, tag, key.player, meta)
+			switch {
+			case err == nil:
 				r.presenceTag = tag
+			case !errors.Is(err, presence.ErrRefused):
+				// Not stored, and nothing would repair it: the client
+				// rejoins instead.
+				return false
 			}
 		}
 	}
 	state, err := p.State(ctx, c.topic)
-	if err != nil {
-		return false
-	}
-	if len(state) > s.srv.cfg.PresenceStateBytes {
-		// Sent, it would overflow the socket's write queue and close
-		// the socket (with its other channels), at every join. The
-		// channel ends instead; the client rejoins with its backoff.
-		s.srv.m.presenceTooLarge.Inc()
+	if err != nil || tooLarge(state) {
 		return false
 	}
 	s.sendOrDrop(encodeMessage(s.ser, c.wJoinRef, "null", c.topic, "presence_state", backends.Payload{Data: state}))

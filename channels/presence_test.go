@@ -4,11 +4,16 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/phxgate/phxgate/presence"
 	"github.com/phxgate/phxgate/pubsub"
 )
 
@@ -210,5 +215,81 @@ func TestPresenceStateTooLarge(t *testing.T) {
 	mustHandle(t, sock, `["2","2","room:b","phx_join",{}]`)
 	if got := conn.waitTexts(t, 3); got[2] != `["2","2","room:b","phx_reply",{"response":{},"status":"ok"}]` {
 		t.Fatalf("another channel on the same socket: %s", got[2])
+	}
+}
+
+// collectDiffs is a presence publisher that keeps the diffs.
+type collectDiffs struct {
+	mu    sync.Mutex
+	diffs []string
+}
+
+func (d *collectDiffs) publish(_ context.Context, _ string, payload []byte) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.diffs = append(d.diffs, string(payload))
+	return nil
+}
+
+func (d *collectDiffs) take() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := d.diffs
+	d.diffs = nil
+	return out
+}
+
+// A topic whose presence_state is over PresenceStateBytes: a join is
+// refused its presence before being tracked (counted as state_too_large)
+// and ends with phx_error; no rejoin broadcasts a join+leave diff.
+func TestPresenceStateTooLargeRefusesBeforeTracking(t *testing.T) {
+	d := &collectDiffs{}
+	tr := presence.NewTracker(presence.Config{Window: time.Millisecond}, presence.NewMemory(), d.publish, nil)
+	for i := range 20 { // the room holds a big state already
+		if err := tr.Track(context.Background(), "here:a", "x"+strconv.Itoa(i), "big"+strconv.Itoa(i), []byte(`{"pad":"`+strings.Repeat("x", 100)+`"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, waitLong, "the room's diff", func() bool { return len(d.take()) > 0 })
+	env := newTestEnv(t, func(c *Config) { c.Presence = tr; c.PresenceStateBytes = 1024 })
+	for range 3 { // three rejoins of one client
+		sock, conn := env.connectPlayer(t, "alice")
+		mustHandle(t, sock, `["1","1","here:a","phx_join",{}]`)
+		if got := conn.waitTexts(t, 2); !strings.Contains(got[1], "phx_error") {
+			t.Fatalf("after the join: %s, want phx_error", got[1])
+		}
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(tr.Collector())
+	if n := counterValue(t, reg, "phxgate_presence_refused_total", "state_too_large"); n != 3 {
+		t.Fatalf("refused{state_too_large} = %v, want 3", n)
+	}
+	// A diff published for those joins would be queued by now: a Track
+	// queues its join under the topic's lock before it returns.
+	tr.Drain(context.Background())
+	for _, diff := range d.take() {
+		if strings.Contains(diff, "alice") {
+			t.Fatalf("a diff names alice, whose joins all ended in phx_error: %s", diff)
+		}
+	}
+}
+
+// failingAdd is a presence store whose Add fails (not a refusal).
+type failingAdd struct{ presence.Store }
+
+func (failingAdd) Add(context.Context, string, string, presence.Presence, presence.Limits) error {
+	return errors.New("store down")
+}
+
+// A join whose presence could not be stored (an error, not a refusal)
+// ends with phx_error: the client rejoins, instead of staying joined and
+// absent with nothing to repair it.
+func TestPresenceTrackErrorEndsTheChannel(t *testing.T) {
+	tr := presence.NewTracker(presence.Config{Window: time.Millisecond}, failingAdd{presence.NewMemory()}, (&collectDiffs{}).publish, nil)
+	env := newTestEnv(t, func(c *Config) { c.Presence = tr })
+	sock, conn := env.connectPlayer(t, "alice")
+	mustHandle(t, sock, `["1","1","here:a","phx_join",{}]`)
+	if got := conn.waitTexts(t, 2); got[1] != `["1","1","here:a","phx_error",{"reason":"channel_crash"}]` {
+		t.Fatalf("after the join: %s, want phx_error", got[1])
 	}
 }

@@ -16,8 +16,9 @@ type Presence struct {
 	Key string
 	// Ref is the meta's phx_ref, unique across the cluster.
 	Ref string
-	// Meta is the JSON object sent to clients: phx_ref (and phx_ref_prev
-	// after an update) first, then the backend's meta keys.
+	// Meta is the JSON object sent to clients: the backend's meta keys,
+	// then phx_ref (and phx_ref_prev after an update) last, so that ours
+	// win over backend keys of the same names.
 	Meta []byte
 }
 
@@ -73,7 +74,14 @@ const (
 	ReasonTooManyMetas = "too_many_metas"
 	ReasonTooMany      = "too_many_presences"
 	ReasonBadMeta      = "bad_meta"
+	// ReasonStateTooLarge: the topic's presence_state is already over
+	// what a channel can be sent, so the join ends with phx_error and is
+	// not tracked (tracking then untracking would broadcast a join and a
+	// leave at every rejoin attempt).
+	ReasonStateTooLarge = "state_too_large"
 )
+
+var reasons = []string{ReasonMetaTooLarge, ReasonTooManyMetas, ReasonTooMany, ReasonBadMeta, ReasonStateTooLarge}
 
 func refused(reason string) error { return fmt.Errorf("%w: %s", ErrRefused, reason) }
 
@@ -83,7 +91,7 @@ func RefusalReason(err error) string {
 		return ""
 	}
 	msg := err.Error()
-	for _, r := range []string{ReasonMetaTooLarge, ReasonTooManyMetas, ReasonTooMany, ReasonBadMeta} {
+	for _, r := range reasons {
 		if len(msg) >= len(r) && msg[len(msg)-len(r):] == r {
 			return r
 		}

@@ -158,6 +158,10 @@ func (t *Tracker) Track(ctx context.Context, topic, tag, key string, meta []byte
 	return nil
 }
 
+// Refuse counts and logs a presence refused by the caller for reason (a
+// Reason* constant) and returns its ErrRefused error.
+func (t *Tracker) Refuse(topic, reason string) error { return t.refuse(topic, reason) }
+
 func (t *Tracker) refuse(topic, reason string) error {
 	t.m.refused.WithLabelValues(reason).Inc()
 	t.log.Info("presence refused", "topic", topic, "reason", reason)
@@ -678,7 +682,7 @@ func newMetrics() *metrics {
 			Name: "phxgate_presence_diffs_lost_total", Help: "presence_diff events the broker refused after retries (the topic's subscribers are sent the whole state again).",
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "phxgate_presence_refused_total", Help: "Presences refused (the join still succeeded), by reason (meta_too_large, too_many_metas, too_many_presences, bad_meta).",
+			Name: "phxgate_presence_refused_total", Help: "Presences refused (the join still succeeded), by reason (meta_too_large, too_many_metas, too_many_presences, bad_meta, state_too_large).",
 		}, []string{"reason"}),
 		errors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "phxgate_presence_errors_total", Help: "Presence store calls that failed.",
@@ -690,7 +694,7 @@ func newMetrics() *metrics {
 			Name: "phxgate_presence_control_dropped_total", Help: "Presence updates from other nodes dropped because this node's control queue was full.",
 		}),
 	}
-	for _, r := range []string{ReasonMetaTooLarge, ReasonTooManyMetas, ReasonTooMany, ReasonBadMeta} {
+	for _, r := range reasons {
 		m.refused.WithLabelValues(r)
 	}
 	return m
