@@ -573,26 +573,43 @@ func (t *Tracker) Drain(ctx context.Context) {
 	t.closed = true
 	t.mu.Unlock()
 	t.stopControl()
-	t.mu.Lock()
-	byTopic := make(map[string][]string, len(t.local))
-	for topic, tags := range t.local {
-		for tag := range tags {
-			byTopic[topic] = append(byTopic[topic], tag)
-		}
+	// A Track that passed its closed check holds its topic's lock until
+	// its tag is in t.local: taking every topic lock once lets those
+	// finish, and every later Track sees closed.
+	for i := range t.locks {
+		t.locks[i].Lock()
+		t.locks[i].Unlock()
 	}
-	t.mu.Unlock()
 	br, batch := t.store.(BatchRemover)
-	for topic, tags := range byTopic {
-		if ctx.Err() != nil {
+	// Passes until nothing is left, or a pass removes nothing (the store
+	// fails: the node's liveness ends soon, and another node reaps).
+	for left := -1; ctx.Err() == nil; {
+		t.mu.Lock()
+		byTopic := make(map[string][]string, len(t.local))
+		n := 0
+		for topic, tags := range t.local {
+			for tag := range tags {
+				byTopic[topic] = append(byTopic[topic], tag)
+				n++
+			}
+		}
+		t.mu.Unlock()
+		if n == 0 || n == left {
 			break
 		}
-		if !batch {
-			for _, tag := range tags {
-				t.Untrack(ctx, topic, tag)
+		left = n
+		for topic, tags := range byTopic {
+			if ctx.Err() != nil {
+				break
 			}
-			continue
+			if !batch {
+				for _, tag := range tags {
+					t.Untrack(ctx, topic, tag)
+				}
+				continue
+			}
+			t.drainTopic(ctx, br, topic, tags)
 		}
-		t.drainTopic(ctx, br, topic, tags)
 	}
 	// Flush every topic now; a flush already publishing elsewhere takes
 	// what is left, so wait for the map to empty.

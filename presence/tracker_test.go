@@ -269,8 +269,11 @@ func counter(t *testing.T, c interface{ Write(*dto.Metric) error }) float64 {
 }
 
 // failingRemove is a Memory store whose Remove fails while fail is set.
+// failingRemove hides Memory's RemoveAll (not a BatchRemover): a drain
+// removes through Remove, which fails too, so a retry after the drain
+// would show.
 type failingRemove struct {
-	*Memory
+	Store
 	mu      sync.Mutex
 	fail    bool
 	removes int
@@ -284,7 +287,7 @@ func (s *failingRemove) Remove(ctx context.Context, topic, tag string) (Presence
 	if fail {
 		return Presence{}, false, errors.New("store down")
 	}
-	return s.Memory.Remove(ctx, topic, tag)
+	return s.Store.Remove(ctx, topic, tag)
 }
 
 func (s *failingRemove) calls() int {
@@ -296,7 +299,7 @@ func (s *failingRemove) calls() int {
 // A failed Untrack is retried until the store answers (the leave then
 // goes out), and never after the tracker is drained.
 func TestTrackerRetriesAFailedUntrack(t *testing.T) {
-	st := &failingRemove{Memory: NewMemory(), fail: true}
+	st := &failingRemove{Store: NewMemory(), fail: true}
 	l := &diffLog{}
 	tr := NewTracker(Config{Window: time.Millisecond}, st, l.publish, nil)
 	ctx := context.Background()
@@ -327,5 +330,45 @@ func TestTrackerRetriesAFailedUntrack(t *testing.T) {
 	time.Sleep(2500 * time.Millisecond) // two retry periods: none may come
 	if got := st.calls(); got != n {
 		t.Fatalf("%d Removes after the drain, want none", got-n)
+	}
+}
+
+// gatedAdd is a Memory whose Add waits for gate.
+type gatedAdd struct {
+	*Memory
+	entered chan struct{}
+	gate    chan struct{}
+}
+
+func (s *gatedAdd) Add(ctx context.Context, topic, tag string, p Presence, lim Limits) error {
+	close(s.entered)
+	<-s.gate
+	return s.Memory.Add(ctx, topic, tag, p, lim)
+}
+
+// A Track in flight when Drain starts (past its closed check) is drained
+// too: nothing stays stored after Drain returned.
+func TestTrackerDrainWaitsForTrackInFlight(t *testing.T) {
+	st := &gatedAdd{Memory: NewMemory(), entered: make(chan struct{}), gate: make(chan struct{})}
+	l := &diffLog{}
+	tr := NewTracker(Config{Window: time.Millisecond}, st, l.publish, nil)
+	ctx := context.Background()
+	done := make(chan error, 1)
+	go func() { done <- tr.Track(ctx, "room:d", "t1", "p", nil) }()
+	<-st.entered
+	drained := make(chan struct{})
+	go func() { tr.Drain(ctx); close(drained) }()
+	waitFor(t, "the drain started", func() bool {
+		tr.mu.Lock()
+		defer tr.mu.Unlock()
+		return tr.closed
+	})
+	close(st.gate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	<-drained
+	if ps, _ := st.List(ctx, "room:d"); len(ps) != 0 {
+		t.Errorf("after Drain returned, room:d still lists %v", refsOf(ps))
 	}
 }
