@@ -1,6 +1,7 @@
 package presence
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -235,6 +236,16 @@ func withRefs(ref, prev string, body []byte) []byte {
 		out = append(out, '"')
 	}
 	return append(out, '}')
+}
+
+// stripRefs returns the backend's part of a meta built by withRefs (or
+// the update script): the body before our phx_ref, which comes last.
+func stripRefs(meta []byte) []byte {
+	i := bytes.LastIndex(meta, []byte(`"phx_ref":"`))
+	if i < 1 {
+		return nil
+	}
+	return bytes.TrimRight(meta[1:i], ", \t\r\n")
 }
 
 // appendGroups appends {"<key>":{"metas":[…]},…} for ps, grouping by key

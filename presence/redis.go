@@ -365,10 +365,19 @@ func (r *Redis) restoreTopic(topic string) (int, error) {
 	hs := r.held[topic]
 	args := make([]any, 0, 1+3*len(hs))
 	args = append(args, redisTopicTTL.Milliseconds())
-	byTag := make(map[string]Presence, len(hs))
+	// Each comes back under a fresh phx_ref: the reaper's leave names
+	// the old one, so clients drop the old and add the new whichever
+	// diff reaches them first.
+	byTag := make(map[string]heldPresence, len(hs))
 	for tag, h := range hs {
-		args = append(args, tag, h.p.Key, h.value)
-		byTag[tag] = h.p
+		nh := h
+		if _, seq, ok := decodeValue(h.value); ok {
+			ref := NewRef()
+			nh.p = Presence{Key: h.p.Key, Ref: ref, Meta: withRefs(ref, "", stripRefs(h.p.Meta))}
+			nh.value = r.encodeValue(seq, nh.p)
+		}
+		args = append(args, tag, nh.p.Key, nh.value)
+		byTag[tag] = nh
 	}
 	r.mu.Unlock()
 	if len(byTag) == 0 {
@@ -385,9 +394,14 @@ func (r *Redis) restoreTopic(topic string) (int, error) {
 		return 0, err
 	}
 	back := make([]Presence, 0, len(tags))
+	r.mu.Lock()
 	for _, tag := range tags {
-		back = append(back, byTag[tag])
+		back = append(back, byTag[tag].p)
+		if _, ok := r.held[topic][tag]; ok {
+			r.held[topic][tag] = byTag[tag]
+		}
 	}
+	r.mu.Unlock()
 	if len(back) > 0 && r.onJoin != nil {
 		r.onJoin(topic, back)
 	}
