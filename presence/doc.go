@@ -17,7 +17,9 @@
 // that dies (kill -9) has its presences removed by another node, which
 // publishes their leaves, within RedisDeadAfter; a node that drains removes
 // its own at once; a node restarted under the same id removes what its
-// earlier life left.
+// earlier life left, under the node's reap lock (after any reaper of that
+// life); a reaper removes only the boot it took for dead (recorded at
+// Start) and keeps the lists of a node alive again.
 //
 // Limits (Config): meta size, metas per key, presences per topic. Past one
 // the presence is refused — counted (phxgate_presence_refused_total) and
@@ -29,14 +31,19 @@
 // node), never on publishing a diff.
 //
 // Repairs: a failed Untrack is retried (and still gives the leave when
-// the first attempt was applied but its answer lost); a failed Add whose
+// the first attempt was applied but its answer lost); the Redis store
+// takes a presence whose Remove failed out of what it restores and
+// retries its removal while the node runs, publishing the leave; a failed Add whose
 // undo fails is undone later; a diff the broker refuses is retried, then
-// the topic's subscribers get the whole presence_state; a node taken for
+// this node's subscribers of the topic get the whole presence_state
+// (other nodes' subscribers do not: not handled yet); a node taken for
 // dead while alive puts its presences back, after the reaper that took
 // it for dead has finished (the node's reap lock), on its own goroutine
 // (never delaying the liveness refresh), topic by topic under the Redis
 // store's topic lock, from what it holds then (latest meta; nothing
-// removed meanwhile). On several nodes an Update is routed to the nodes
+// removed meanwhile), each under a fresh phx_ref (the reaper's leave
+// names the old one). Drain waits for Tracks in flight and drains until
+// nothing is left. On several nodes an Update is routed to the nodes
 // owning the presences (a control event through the topic,
 // ControlEvent), each updating its own under the topic's lock, so an
 // update is ordered with that connection's join and leave; HandleControl
