@@ -8,7 +8,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -331,27 +330,7 @@ var lpClient = &http.Client{Timeout: 5 * time.Second}
 
 func lpDoBounded(tb testing.TB, method, u string, body []byte, headers ...string) (lpAnswer, error) {
 	tb.Helper()
-	req, err := http.NewRequest(method, u, bytes.NewReader(body))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	for _, h := range headers {
-		k, v, _ := strings.Cut(h, ": ")
-		req.Header.Set(k, v)
-	}
-	resp, err := lpClient.Do(req)
-	if err != nil {
-		return lpAnswer{}, err
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	a := lpAnswer{code: resp.StatusCode, header: resp.Header, raw: string(raw)}
-	if len(raw) > 0 && strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
-		if err := json.Unmarshal(raw, &a.body); err != nil {
-			tb.Fatalf("%s %s: body %q: %v", method, u, raw, err)
-		}
-	}
-	return a, nil
+	return lpDoWith(tb, lpClient, method, u, body, headers...)
 }
 
 // One address cannot take the node's POST slots with slow bodies: past

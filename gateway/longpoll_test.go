@@ -41,6 +41,17 @@ func lpURL(s *Server, query string) string {
 // lpDo sends one request; headers are "Key: value" strings.
 func lpDo(tb testing.TB, method, u string, body []byte, headers ...string) lpAnswer {
 	tb.Helper()
+	a, err := lpDoWith(tb, http.DefaultClient, method, u, body, headers...)
+	if err != nil {
+		tb.Fatalf("%s %s: %v", method, u, err)
+	}
+	return a
+}
+
+// lpDoWith sends one request with c and returns the answer, its JSON body
+// decoded; a request that fails is returned as an error.
+func lpDoWith(tb testing.TB, c *http.Client, method, u string, body []byte, headers ...string) (lpAnswer, error) {
+	tb.Helper()
 	req, err := http.NewRequest(method, u, bytes.NewReader(body))
 	if err != nil {
 		tb.Fatal(err)
@@ -49,9 +60,9 @@ func lpDo(tb testing.TB, method, u string, body []byte, headers ...string) lpAns
 		k, v, _ := strings.Cut(h, ": ")
 		req.Header.Set(k, v)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
-		tb.Fatalf("%s %s: %v", method, u, err)
+		return lpAnswer{}, err
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
@@ -61,7 +72,7 @@ func lpDo(tb testing.TB, method, u string, body []byte, headers ...string) lpAns
 			tb.Fatalf("%s %s: body %q: %v", method, u, raw, err)
 		}
 	}
-	return a
+	return a, nil
 }
 
 // lpStart starts a session and returns its token.
