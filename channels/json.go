@@ -111,10 +111,13 @@ func payloadOK(raw []byte) bool {
 
 const hexDigits = "0123456789abcdef"
 
-// appendJSONString appends s as a JSON string the way Jason does by
-// default: '"', '\\' and control characters escaped, '/' and UTF-8 passed
-// through. Invalid UTF-8 becomes U+FFFD so the output is always valid JSON.
-func appendJSONString(dst []byte, s string) []byte {
+// AppendJSONString appends s as a JSON string the way Phoenix's Jason does
+// by default: only '"', '\\' and control characters are escaped; '/', '<',
+// '>', '&', U+2028/2029 and other non-ASCII pass through. Invalid UTF-8
+// (which Phoenix never produces) becomes U+FFFD, written as UTF-8 like any
+// other character, so the output is always valid JSON. It serves every
+// frame and body the gateway writes, WebSocket and long-poll alike.
+func AppendJSONString[S string | []byte](dst []byte, s S) []byte {
 	dst = append(dst, '"')
 	start := 0
 	for i := 0; i < len(s); {
@@ -124,7 +127,7 @@ func appendJSONString(dst []byte, s string) []byte {
 			continue
 		}
 		if c >= utf8.RuneSelf {
-			r, size := utf8.DecodeRuneInString(s[i:])
+			r, size := decodeRune(s[i:])
 			if r == utf8.RuneError && size == 1 {
 				dst = append(dst, s[start:i]...)
 				dst = append(dst, "\ufffd"...)
@@ -159,6 +162,12 @@ func appendJSONString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
+// decodeRune is utf8.DecodeRuneInString for either a string or a byte
+// slice; at most utf8.UTFMax bytes are converted, which does not allocate.
+func decodeRune[S string | []byte](s S) (rune, int) {
+	return utf8.DecodeRuneInString(string(s[:min(len(s), utf8.UTFMax)]))
+}
+
 // refString turns a raw ref token into the plain string used in backend
 // calls, idempotency keys and binary frames: a JSON string's contents, ""
 // for null, and the token text for numbers and booleans.
@@ -188,7 +197,7 @@ func refTokenFromString(b []byte) string {
 		return "null"
 	}
 	var buf [64]byte
-	return string(appendJSONString(buf[:0], string(b)))
+	return string(AppendJSONString(buf[:0], string(b)))
 }
 
 // objectMembers calls fn for each top-level member of the JSON object obj

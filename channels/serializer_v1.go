@@ -101,13 +101,13 @@ func jsonString(val []byte) ([]byte, bool) {
 func encodeV1(ref string, pos *pubsub.Position, topic, event string, payload []byte) []byte {
 	b := newFrameBuf(48 + len(ref) + len(topic) + len(event) + len(payload))
 	b = append(b, `{"event":`...)
-	b = appendJSONString(b, event)
+	b = AppendJSONString(b, event)
 	b = append(b, `,"payload":`...)
 	b = append(b, payload...)
 	b = append(b, `,"ref":`...)
 	b = appendRef(b, ref, pos)
 	b = append(b, `,"topic":`...)
-	b = appendJSONString(b, topic)
+	b = AppendJSONString(b, topic)
 	b = append(b, '}')
 	return finishFrame(b, opText)
 }
@@ -120,7 +120,7 @@ func encodeV1Reply(ref, topic, status string, response []byte) []byte {
 	b = append(b, `,"ref":`...)
 	b = append(b, ref...)
 	b = append(b, `,"topic":`...)
-	b = appendJSONString(b, topic)
+	b = AppendJSONString(b, topic)
 	b = append(b, '}')
 	return finishFrame(b, opText)
 }
@@ -147,6 +147,6 @@ func appendReplyPayload(b []byte, status string, response []byte) []byte {
 		b = append(b, response...)
 	}
 	b = append(b, `,"status":`...)
-	b = appendJSONString(b, status)
+	b = AppendJSONString(b, status)
 	return append(b, '}')
 }

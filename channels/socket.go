@@ -296,7 +296,7 @@ func refTokenLen(b []byte, raw bool, limit int) int {
 		return len(b) + 2
 	}
 	var buf [80]byte
-	return len(appendJSONString(buf[:0], string(b)))
+	return len(AppendJSONString(buf[:0], string(b)))
 }
 
 // staleJoinRef reports whether m addresses an older incarnation of c: a

@@ -460,54 +460,24 @@ func TestShutdownSpreadsDrainInBatches(t *testing.T) {
 	// Each client records when its close arrives and answers it only once
 	// every close has arrived: an answer wakes the poller, which would run
 	// the next batch early and hide the pacing this test looks for.
-	type arrival struct {
-		at   time.Time
-		code uint16
-		err  error
-	}
-	arrivals := make(chan arrival, n)
+	arrivals := make(chan closeSeen, n)
 	release := make(chan struct{})
 	var wg sync.WaitGroup
 	for _, c := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				h, p, err := c.readFrame()
-				if err != nil {
-					arrivals <- arrival{err: err}
-					return
-				}
-				if h.OpCode != ws.OpClose {
-					continue
-				}
-				a := arrival{at: time.Now()}
-				if len(p) >= 2 {
-					a.code = binary.BigEndian.Uint16(p)
-				}
-				arrivals <- a
-				break
-			}
-			<-release
-			_, _ = c.conn.Write(clientFrame(0x88, true, binary.BigEndian.AppendUint16(nil, 1012), -1))
-			_, _ = io.Copy(io.Discard, c.br)
-		}()
+		watchClose(&wg, c, arrivals, release)
 	}
 	ctx, cancel := contextWithTimeout(8 * time.Second)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- s.Shutdown(ctx) }()
+	seen := expectAll1012(t, n, arrivals)
+	close(release)
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
 	var first, last time.Time
-	for range n {
-		a := <-arrivals
-		if a.err != nil {
-			close(release)
-			t.Fatalf("waiting for close 1012: %v", a.err)
-		}
-		if a.code != 1012 {
-			close(release)
-			t.Fatalf("close code %d, want 1012", a.code)
-		}
+	for _, a := range seen {
 		if first.IsZero() || a.at.Before(first) {
 			first = a.at
 		}
@@ -515,8 +485,6 @@ func TestShutdownSpreadsDrainInBatches(t *testing.T) {
 			last = a.at
 		}
 	}
-	close(release)
-	wg.Wait()
 	if err := <-done; err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}

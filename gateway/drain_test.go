@@ -3,15 +3,11 @@
 package gateway
 
 import (
-	"encoding/binary"
-	"io"
 	"runtime"
 	"slices"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/gobwas/ws"
 )
 
 // TestDrainBatchAndInterval drains with drain_batch and drain_interval set:
@@ -36,34 +32,10 @@ func TestDrainBatchAndInterval(t *testing.T) {
 		clients[i] = open(t, s.Addr())
 	}
 	waitFor(t, 5*time.Second, func() bool { return s.Connections() == n }, "all sockets open")
-	type arrival struct {
-		at   time.Time
-		code uint16
-		err  error
-	}
-	arrivals := make(chan arrival, n)
+	arrivals := make(chan closeSeen, n)
 	var wg sync.WaitGroup
 	for _, c := range clients {
-		wg.Go(func() {
-			for {
-				h, p, err := c.readFrame()
-				if err != nil {
-					arrivals <- arrival{err: err}
-					return
-				}
-				if h.OpCode != ws.OpClose {
-					continue
-				}
-				a := arrival{at: time.Now()}
-				if len(p) >= 2 {
-					a.code = binary.BigEndian.Uint16(p)
-				}
-				arrivals <- a
-				break
-			}
-			_, _ = c.conn.Write(clientFrame(0x88, true, binary.BigEndian.AppendUint16(nil, 1012), -1))
-			_, _ = io.Copy(io.Discard, c.br)
-		})
+		watchClose(&wg, c, arrivals, nil)
 	}
 	ctx, cancel := contextWithTimeout(20 * time.Second)
 	defer cancel()
@@ -71,15 +43,12 @@ func TestDrainBatchAndInterval(t *testing.T) {
 		t.Fatalf("Shutdown: %v", err)
 	}
 	wg.Wait()
+	seen := expectAll1012(t, n, arrivals)
+	if t.Failed() {
+		return
+	}
 	var times []time.Time
-	for range n {
-		a := <-arrivals
-		if a.err != nil {
-			t.Fatalf("waiting for close 1012: %v", a.err)
-		}
-		if a.code != 1012 {
-			t.Fatalf("close code %d, want 1012", a.code)
-		}
+	for _, a := range seen {
 		times = append(times, a.at)
 	}
 	slices.SortFunc(times, func(a, b time.Time) int { return a.Compare(b) })

@@ -16,16 +16,22 @@ import (
 	"github.com/phxgate/phxgate/pubsub/redistest"
 )
 
-// closeWatch reads c until a close frame, answers it, and reports the
-// close code (or the read error) on out.
+// closeSeen is what watchClose saw: when a close frame came and its code,
+// or the read error that ended the socket without one.
 type closeSeen struct {
 	at   time.Time
 	code uint16
 	err  error
 }
 
-func watchClose(wg *sync.WaitGroup, c *client, out chan<- closeSeen) {
-	_ = c.conn.SetDeadline(time.Time{})
+// watchClose reads c until a close frame and reports it (or the read
+// error) on out; then, once release is closed (nil: at once), answers
+// with a close and reads to EOF. An answer wakes the socket's poller,
+// which may run the next drain batch: a test of the pacing holds the
+// answers back. Reads are bounded by drainWatchTimeout so that a close
+// that never comes fails the test instead of hanging it.
+func watchClose(wg *sync.WaitGroup, c *client, out chan<- closeSeen, release <-chan struct{}) {
+	_ = c.conn.SetDeadline(time.Now().Add(drainWatchTimeout))
 	wg.Go(func() {
 		for {
 			h, p, err := c.readFrame()
@@ -41,12 +47,19 @@ func watchClose(wg *sync.WaitGroup, c *client, out chan<- closeSeen) {
 				a.code = binary.BigEndian.Uint16(p)
 			}
 			out <- a
-			_, _ = c.conn.Write(clientFrame(0x88, true, binary.BigEndian.AppendUint16(nil, 1012), -1))
-			_, _ = io.Copy(io.Discard, c.br)
-			return
+			break
 		}
+		if release != nil {
+			<-release
+		}
+		_, _ = c.conn.Write(clientFrame(0x88, true, binary.BigEndian.AppendUint16(nil, 1012), -1))
+		_, _ = io.Copy(io.Discard, c.br)
 	})
 }
+
+// drainWatchTimeout bounds watchClose's reads: longer than any drain
+// window these tests give Shutdown.
+const drainWatchTimeout = 60 * time.Second
 
 // expectAll1012 collects n close reports and fails unless every one is a
 // 1012 close frame.
@@ -83,7 +96,7 @@ func TestDrainHooksDoNotUseUpTheWindow(t *testing.T) {
 	for i := range n {
 		c := rawSocket(t, s, hsToken(t, claims(fmt.Sprintf("p%d", i))), fmt.Sprintf("room:%d", i))
 		c.readEvent("presence_state")
-		watchClose(&wg, c, out)
+		watchClose(&wg, c, out, nil)
 	}
 	waitFor(t, 10*time.Second, func() bool {
 		return counterValue(t, s.Registry(), "phxgate_presence_tracked", "") == n
@@ -117,7 +130,7 @@ func TestDrainBatchRaisedToFitTheWindow(t *testing.T) {
 	out := make(chan closeSeen, n)
 	var wg sync.WaitGroup
 	for range n {
-		watchClose(&wg, open(t, s.Addr()), out)
+		watchClose(&wg, open(t, s.Addr()), out, nil)
 	}
 	waitFor(t, 5*time.Second, func() bool { return s.Connections() == n }, "all sockets open")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

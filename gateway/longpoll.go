@@ -894,7 +894,7 @@ func writeLPBody(w http.ResponseWriter, status int, tok string, msgs [][]byte, w
 			if i > 0 {
 				buf = append(buf, ',')
 			}
-			buf = appendJSONString(buf, m)
+			buf = channels.AppendJSONString(buf, m)
 		}
 		buf = append(buf, "],"...)
 	} else {
@@ -903,7 +903,7 @@ func writeLPBody(w http.ResponseWriter, status int, tok string, msgs [][]byte, w
 	buf = append(buf, `"status":`...)
 	buf = strconv.AppendInt(buf, int64(status), 10)
 	buf = append(buf, `,"token":`...)
-	buf = appendJSONString(buf, []byte(tok))
+	buf = channels.AppendJSONString(buf, tok)
 	buf = append(buf, '}')
 	writeLPJSON(w, buf)
 }
@@ -915,57 +915,6 @@ func writeLPJSON(w http.ResponseWriter, body []byte) {
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(body)
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendJSONString appends s as a JSON string the way Jason does by
-// default: only '"', '\\' and control characters are escaped; '/', '<',
-// '>', '&', U+2028/2029 and other non-ASCII pass through. Invalid UTF-8
-// (never produced by the protocol layer's text frames) becomes U+FFFD.
-func appendJSONString(dst, s []byte) []byte {
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
-			i++
-			continue
-		}
-		if c >= utf8.RuneSelf {
-			r, size := utf8.DecodeRune(s[i:])
-			if r == utf8.RuneError && size == 1 {
-				dst = append(dst, s[start:i]...)
-				dst = append(dst, `\ufffd`...)
-				i++
-				start = i
-				continue
-			}
-			i += size
-			continue
-		}
-		dst = append(dst, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			dst = append(dst, '\\', c)
-		case '\n':
-			dst = append(dst, '\\', 'n')
-		case '\r':
-			dst = append(dst, '\\', 'r')
-		case '\t':
-			dst = append(dst, '\\', 't')
-		case '\b':
-			dst = append(dst, '\\', 'b')
-		case '\f':
-			dst = append(dst, '\\', 'f')
-		default:
-			dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-		}
-		i++
-		start = i
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
 }
 
 // remove takes ss out of the session table (idempotent).

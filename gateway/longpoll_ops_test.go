@@ -8,7 +8,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -63,6 +62,23 @@ func rawLPPost(tb testing.TB, s *Server, tok, body string, sent int) net.Conn {
 	return c
 }
 
+// finishRawLPPost sends the rest of a POST begun by rawLPPost and
+// requires its 200.
+func finishRawLPPost(tb testing.TB, c net.Conn, rest string) {
+	tb.Helper()
+	if _, err := c.Write([]byte(rest)); err != nil {
+		tb.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		tb.Fatalf("POST begun raw = HTTP %d", resp.StatusCode)
+	}
+}
+
 // lpLargeBody is a POST body over LongPollSmallPostBytes that dispatches
 // 100 heartbeats: the 101st line, past the batch cap, is never dispatched.
 func lpLargeBody() string {
@@ -98,17 +114,7 @@ func TestLongPollMaxReadingPosts(t *testing.T) {
 		t.Fatalf("small POST while the slot is held = HTTP %d %s", a.code, a.raw)
 	}
 	// The slow body completes: its POST is answered, the slot is free.
-	if _, err := c.Write([]byte(body[10:])); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("slow POST = HTTP %d", resp.StatusCode)
-	}
+	finishRawLPPost(t, c, body[10:])
 	waitFor(t, 5*time.Second, func() bool {
 		return counterValue(t, reg, "phxgate_longpoll_posts_reading", "") == 0
 	}, "the slot released")
@@ -127,20 +133,12 @@ func TestLongPollMaxReadingPostsConfig(t *testing.T) {
 	if c := NewConfig(); c.LongPoll.IPMaxReadingPosts != DefaultLongPollIPMaxReadingPosts {
 		t.Fatalf("default ip_max_reading_posts = %d", c.LongPoll.IPMaxReadingPosts)
 	}
-	for _, tc := range []struct{ yaml, key string }{
+	expectConfigKeyErrors(t, []configKeyCase{
 		{"longpoll:\n  max_reading_posts: 0\n", "longpoll.max_reading_posts"},
 		{"longpoll:\n  max_reading_posts: 100001\n", "longpoll.max_reading_posts"},
 		{"longpoll:\n  ip_max_reading_posts: 0\n", "longpoll.ip_max_reading_posts"},
 		{"longpoll:\n  ip_max_reading_posts: 100001\n", "longpoll.ip_max_reading_posts"},
-	} {
-		cfg, err := ParseYAML([]byte(tc.yaml))
-		if err == nil {
-			err = cfg.Validate()
-		}
-		if err == nil || !strings.Contains(err.Error(), tc.key) {
-			t.Errorf("%q: err = %v, want one naming %s", tc.yaml, err, tc.key)
-		}
-	}
+	})
 	cfg, err := ParseYAML([]byte("longpoll:\n  max_reading_posts: 7\n  ip_max_reading_posts: 3\n"))
 	if err != nil || cfg.LongPoll.MaxReadingPosts != 7 || cfg.LongPoll.IPMaxReadingPosts != 3 {
 		t.Fatalf("max_reading_posts: 7, ip_max_reading_posts: 3 → %d, %d, %v", cfg.LongPoll.MaxReadingPosts, cfg.LongPoll.IPMaxReadingPosts, err)
@@ -332,27 +330,7 @@ var lpClient = &http.Client{Timeout: 5 * time.Second}
 
 func lpDoBounded(tb testing.TB, method, u string, body []byte, headers ...string) (lpAnswer, error) {
 	tb.Helper()
-	req, err := http.NewRequest(method, u, bytes.NewReader(body))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	for _, h := range headers {
-		k, v, _ := strings.Cut(h, ": ")
-		req.Header.Set(k, v)
-	}
-	resp, err := lpClient.Do(req)
-	if err != nil {
-		return lpAnswer{}, err
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	a := lpAnswer{code: resp.StatusCode, header: resp.Header, raw: string(raw)}
-	if len(raw) > 0 && strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
-		if err := json.Unmarshal(raw, &a.body); err != nil {
-			tb.Fatalf("%s %s: body %q: %v", method, u, raw, err)
-		}
-	}
-	return a, nil
+	return lpDoWith(tb, lpClient, method, u, body, headers...)
 }
 
 // One address cannot take the node's POST slots with slow bodies: past
@@ -407,17 +385,7 @@ func TestLongPollConcurrentPostIsConflict(t *testing.T) {
 	if v := counterValue(t, reg, "phxgate_longpoll_posts_total", "conflict"); v != 1 {
 		t.Fatalf("posts{conflict} = %v", v)
 	}
-	if _, err := c.Write([]byte(body[5:])); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("first POST = HTTP %d", resp.StatusCode)
-	}
+	finishRawLPPost(t, c, body[5:])
 	if a := lpPost(t, s, tok, body); a.raw != `{"status":200}` {
 		t.Fatalf("POST after = %s", a.raw)
 	}

@@ -41,6 +41,17 @@ func lpURL(s *Server, query string) string {
 // lpDo sends one request; headers are "Key: value" strings.
 func lpDo(tb testing.TB, method, u string, body []byte, headers ...string) lpAnswer {
 	tb.Helper()
+	a, err := lpDoWith(tb, http.DefaultClient, method, u, body, headers...)
+	if err != nil {
+		tb.Fatalf("%s %s: %v", method, u, err)
+	}
+	return a
+}
+
+// lpDoWith sends one request with c and returns the answer, its JSON body
+// decoded; a request that fails is returned as an error.
+func lpDoWith(tb testing.TB, c *http.Client, method, u string, body []byte, headers ...string) (lpAnswer, error) {
+	tb.Helper()
 	req, err := http.NewRequest(method, u, bytes.NewReader(body))
 	if err != nil {
 		tb.Fatal(err)
@@ -49,9 +60,9 @@ func lpDo(tb testing.TB, method, u string, body []byte, headers ...string) lpAns
 		k, v, _ := strings.Cut(h, ": ")
 		req.Header.Set(k, v)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
-		tb.Fatalf("%s %s: %v", method, u, err)
+		return lpAnswer{}, err
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
@@ -61,7 +72,7 @@ func lpDo(tb testing.TB, method, u string, body []byte, headers ...string) lpAns
 			tb.Fatalf("%s %s: body %q: %v", method, u, raw, err)
 		}
 	}
-	return a
+	return a, nil
 }
 
 // lpStart starts a session and returns its token.
@@ -103,6 +114,35 @@ func lpCollect(tb testing.TB, s *Server, tok string, n int) []string {
 		}
 	}
 	return got
+}
+
+// lpWaitHeld waits until tok's session holds one poll.
+func lpWaitHeld(tb testing.TB, s *Server, tok string) {
+	tb.Helper()
+	waitFor(tb, 5*time.Second, func() bool {
+		ss := s.lp.lookup(tok)
+		ss.mu.Lock()
+		defer ss.mu.Unlock()
+		return len(ss.polls) == 1
+	}, "the poll to be held")
+}
+
+// configKeyCase is a YAML config and the key its error must name.
+type configKeyCase struct{ yaml, key string }
+
+// expectConfigKeyErrors requires each case's YAML to fail parsing or
+// validation with an error naming its key.
+func expectConfigKeyErrors(tb testing.TB, cases []configKeyCase) {
+	tb.Helper()
+	for _, tc := range cases {
+		cfg, err := ParseYAML([]byte(tc.yaml))
+		if err == nil {
+			err = cfg.Validate()
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.key) {
+			tb.Errorf("%q: err = %v, want one naming %s", tc.yaml, err, tc.key)
+		}
+	}
 }
 
 func lpServer(tb testing.TB, window time.Duration, mod func(*Config)) *Server {
@@ -342,12 +382,7 @@ func TestLongPollTransport(t *testing.T) {
 	// A held poll is answered at once when output arrives.
 	done := make(chan lpAnswer, 1)
 	go func() { done <- lpGet(t, ts.Server, tok) }()
-	waitFor(t, 5*time.Second, func() bool {
-		ss := ts.lp.lookup(tok)
-		ss.mu.Lock()
-		defer ss.mu.Unlock()
-		return len(ss.polls) == 1
-	}, "the poll to be held")
+	lpWaitHeld(t, ts.Server, tok)
 	lpPost(t, ts.Server, tok, `["late"]`)
 	if a := <-done; a.body.Status != 200 || a.body.Messages[0] != `["late"]` {
 		t.Fatalf("held poll = %s", a.raw)
@@ -356,12 +391,7 @@ func TestLongPollTransport(t *testing.T) {
 	// is answered 204 at once, the handler is told. Drain with messages
 	// buffered: TestLongPollDrainWithBuffer.
 	go func() { done <- lpGet(t, ts.Server, tok) }()
-	waitFor(t, 5*time.Second, func() bool {
-		ss := ts.lp.lookup(tok)
-		ss.mu.Lock()
-		defer ss.mu.Unlock()
-		return len(ss.polls) == 1
-	}, "the poll to be held")
+	lpWaitHeld(t, ts.Server, tok)
 	ctx, cancel := contextWithTimeout(5 * time.Second)
 	defer cancel()
 	if err := ts.Shutdown(ctx); err != nil {
@@ -572,20 +602,12 @@ func TestLongPollKickAndPanic(t *testing.T) {
 }
 
 func TestLongPollConfig(t *testing.T) {
-	for _, tc := range []struct{ yaml, key string }{
+	expectConfigKeyErrors(t, []configKeyCase{
 		{"longpoll:\n  window: 0s\n", "longpoll.window"},
 		{"longpoll:\n  window: 30s\n", "longpoll.window"},
 		{"longpoll:\n  max_buffer_bytes: 0\n", "longpoll.max_buffer_bytes"},
 		{"longpoll:\n  max_sessions: -1\n", "longpoll.max_sessions"},
-	} {
-		cfg, err := ParseYAML([]byte(tc.yaml))
-		if err == nil {
-			err = cfg.Validate()
-		}
-		if err == nil || !strings.Contains(err.Error(), tc.key) {
-			t.Errorf("%q: err = %v, want one naming %s", tc.yaml, err, tc.key)
-		}
-	}
+	})
 	cfg, err := ParseYAML([]byte("longpoll:\n  enabled: false\n  window: 2s\n"))
 	if err != nil || cfg.LongPoll.Enabled || cfg.LongPoll.Window != 2*time.Second {
 		t.Fatalf("cfg = %+v, %v", cfg.LongPoll, err)

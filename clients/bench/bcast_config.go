@@ -3,7 +3,6 @@ package main
 import (
 	"flag"
 	"fmt"
-	"math"
 	"net"
 	"net/url"
 	"runtime"
@@ -125,56 +124,31 @@ func newPublishConfig(rate float64, duration, timeout time.Duration) PublishConf
 // fill replaces zeros by defaults; timeout is the scenario's.
 func (c *PublishConfig) fill(timeout time.Duration) {
 	d := newPublishConfig(0, 0, timeout)
-	if c.PerProcess == 0 {
-		c.PerProcess = d.PerProcess
-	}
-	if c.Loops == 0 {
-		c.Loops = runtime.GOMAXPROCS(0)
-	}
-	if c.RampRate == 0 {
-		c.RampRate = d.RampRate
-	}
-	if c.Concurrency == 0 {
-		c.Concurrency = d.Concurrency
-	}
-	if c.DialTimeout == 0 {
-		c.DialTimeout = d.DialTimeout
-	}
-	if c.Heartbeat == 0 {
-		c.Heartbeat = d.Heartbeat
-	}
-	if c.Drain == 0 {
-		c.Drain = d.Drain
-	}
-	if c.Progress == 0 {
-		c.Progress = d.Progress
-	}
-	if c.Timeout == 0 {
-		c.Timeout = d.Timeout
-	}
-	if c.Event == "" {
-		c.Event = d.Event
-	}
+	orDefault(&c.PerProcess, d.PerProcess)
+	orDefault(&c.Loops, runtime.GOMAXPROCS(0))
+	orDefault(&c.RampRate, d.RampRate)
+	orDefault(&c.Concurrency, d.Concurrency)
+	orDefault(&c.DialTimeout, d.DialTimeout)
+	orDefault(&c.Heartbeat, d.Heartbeat)
+	orDefault(&c.Drain, d.Drain)
+	orDefault(&c.Progress, d.Progress)
+	orDefault(&c.Timeout, d.Timeout)
+	orDefault(&c.Event, d.Event)
 }
 
 // events is the number of publishes of the run.
 func (c PublishConfig) events() int {
-	if c.Count > 0 {
-		return c.Count
-	}
-	return int(math.Ceil(c.Rate * c.Duration.Seconds()))
+	return runOps(c.Count, c.Rate, c.Duration)
 }
 
 // validate checks the shared settings for subs subscribers plus conns
 // more connections (the publishers), as many as the sources allow.
 func (c PublishConfig) validate(subs, conns int) error {
-	for _, ip := range c.LocalIPs {
-		if !ip.IsLoopback() {
-			return fmt.Errorf("%w: -local-ips: %s is not a loopback address", ErrConfig, ip)
-		}
+	if err := validateLocalIPs(c.LocalIPs); err != nil {
+		return err
 	}
-	if c.Event == "" || len(c.Event) > 255 {
-		return fmt.Errorf("%w: -event must be 1..255 bytes", ErrConfig)
+	if err := validateEvent(c.Event); err != nil {
+		return err
 	}
 	if ips := max(len(c.LocalIPs), 1); subs+conns > ips*maxPortsPerIP {
 		return fmt.Errorf("%w: %d subscribers need at least %d source addresses (-local-ips)", ErrConfig, subs, (subs+conns+maxPortsPerIP-1)/maxPortsPerIP)
@@ -182,17 +156,17 @@ func (c PublishConfig) validate(subs, conns int) error {
 	if !(c.Rate > 0) || c.Rate > MaxBroadcastRate {
 		return fmt.Errorf("%w: -rate %v out of (0, %d]", ErrConfig, c.Rate, MaxBroadcastRate)
 	}
-	if c.Count < 0 || c.Duration < 0 || (c.Count == 0 && c.Duration == 0) {
-		return fmt.Errorf("%w: -duration or -count must be > 0", ErrConfig)
+	if err := validateLength(c.Count, c.Duration); err != nil {
+		return err
 	}
 	if n := c.events(); n < 1 || n > MaxBroadcastEvents {
 		return fmt.Errorf("%w: %d events out of 1..%d", ErrConfig, n, MaxBroadcastEvents)
 	}
-	if c.PayloadBytes < MinPayloadBytes || c.PayloadBytes > MaxPayloadBytes {
-		return fmt.Errorf("%w: -payload %d out of %d..%d", ErrConfig, c.PayloadBytes, MinPayloadBytes, MaxPayloadBytes)
+	if err := validatePayload(c.PayloadBytes); err != nil {
+		return err
 	}
-	if c.PerProcess < 0 || c.PerProcess > MaxPerProcess {
-		return fmt.Errorf("%w: -per-process %d out of 0..%d", ErrConfig, c.PerProcess, MaxPerProcess)
+	if err := validatePerProcess(c.PerProcess); err != nil {
+		return err
 	}
 	if c.Loops < 0 || c.Loops > 256 {
 		return fmt.Errorf("%w: -loops %d out of 0..256", ErrConfig, c.Loops)

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -20,6 +21,9 @@ type child struct {
 	stdout io.Reader
 	once   sync.Once
 
+	// readDone closes when the goroutine reading stdout (read) returns.
+	readDone chan struct{}
+
 	// mu guards readErr, and the fields of the types that embed child.
 	mu      sync.Mutex
 	readErr error
@@ -34,9 +38,14 @@ func (c *child) setErr(err error) {
 	}
 }
 
-// startChild starts exe with args, marked as a child (childEnv).
-func startChild(exe string, args []string, stderr io.Writer) (*child, error) {
-	cmd := exec.Command(exe, args...)
+// startChild starts exe's worker subcommand with spec as its -spec JSON,
+// marked as a child (childEnv).
+func startChild(exe, subcommand string, spec any, stderr io.Writer) (*child, error) {
+	b, err := json.Marshal(spec)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe, subcommand, "-spec", string(b))
 	cmd.Env = append(os.Environ(), childEnv+"=1")
 	cmd.Stderr = stderr
 	stdin, err := cmd.StdinPipe()
@@ -50,7 +59,19 @@ func startChild(exe string, args []string, stderr io.Writer) (*child, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("bench: starting worker: %w", err)
 	}
-	return &child{cmd: cmd, stdin: stdin, stdout: stdout}, nil
+	return &child{cmd: cmd, stdin: stdin, stdout: stdout, readDone: make(chan struct{})}, nil
+}
+
+// read starts the goroutine that scans the child's stdout with line,
+// keeping the first error in readErr; readDone closes when it returns.
+// Call once, after the embedding type is ready for line.
+func (c *child) read(line func([]byte) (last bool, err error)) {
+	go func() {
+		defer close(c.readDone)
+		if err := c.scan(line, c.setErr); err != nil {
+			c.setErr(err)
+		}
+	}()
 }
 
 // scan hands each line of the child's stdout to line until it reports
@@ -58,8 +79,7 @@ func startChild(exe string, args []string, stderr io.Writer) (*child, error) {
 // child ended without a result). A line that is not JSON goes to bad.
 // One goroutine only.
 func (c *child) scan(line func([]byte) (last bool, err error), bad func(error)) error {
-	sc := bufio.NewScanner(c.stdout)
-	sc.Buffer(make([]byte, 64<<10), maxWorkerLine)
+	sc := lineScanner(c.stdout)
 	for sc.Scan() {
 		last, err := line(sc.Bytes())
 		if err != nil {
@@ -105,4 +125,42 @@ func (c *child) close() {
 			<-done
 		}
 	})
+}
+
+// lineScanner reads one JSON object a line (a worker stream, a results
+// file), a line at most maxWorkerLine bytes.
+func lineScanner(r io.Reader) *bufio.Scanner {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), maxWorkerLine)
+	return sc
+}
+
+// lineWriter returns a function that writes v as one JSON line to w; it
+// may be called from several goroutines.
+func lineWriter(w io.Writer) func(v any) error {
+	var mu sync.Mutex
+	return func(v any) error {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		_, err = w.Write(append(b, '\n'))
+		return err
+	}
+}
+
+// parseWorkerSpec parses a worker subcommand's -spec flag into spec.
+func parseWorkerSpec(name, usage string, args []string, stderr io.Writer, spec any) error {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	specJSON := fs.String("spec", "", usage)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := json.Unmarshal([]byte(*specJSON), spec); err != nil {
+		return fmt.Errorf("%w: -spec: %v", ErrConfig, err)
+	}
+	return nil
 }

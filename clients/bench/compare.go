@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -43,8 +42,7 @@ func readResult(name string) (broadcastResult, error) {
 	}
 	defer f.Close()
 	var last []byte
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), maxWorkerLine)
+	sc := lineScanner(f)
 	for sc.Scan() {
 		if b := sc.Bytes(); len(b) > 0 && b[0] == '{' {
 			last = append(last[:0], b...)

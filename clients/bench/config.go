@@ -94,27 +94,13 @@ func NewConfig() Config {
 
 func (c *Config) fill() {
 	d := NewConfig()
-	if c.Checkpoint == 0 {
-		c.Checkpoint = d.Checkpoint
-	}
-	if c.Rate == 0 {
-		c.Rate = d.Rate
-	}
-	if c.Concurrency == 0 {
-		c.Concurrency = d.Concurrency
-	}
-	if c.Settle == 0 {
-		c.Settle = d.Settle
-	}
-	if c.Timeout == 0 {
-		c.Timeout = d.Timeout
-	}
-	if c.Heartbeat == 0 {
-		c.Heartbeat = d.Heartbeat
-	}
-	if c.DialTimeout == 0 {
-		c.DialTimeout = d.DialTimeout
-	}
+	orDefault(&c.Checkpoint, d.Checkpoint)
+	orDefault(&c.Rate, d.Rate)
+	orDefault(&c.Concurrency, d.Concurrency)
+	orDefault(&c.Settle, d.Settle)
+	orDefault(&c.Timeout, d.Timeout)
+	orDefault(&c.Heartbeat, d.Heartbeat)
+	orDefault(&c.DialTimeout, d.DialTimeout)
 }
 
 // Validate checks the configuration.

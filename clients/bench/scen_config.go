@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"math"
 	"net"
 	"strings"
 	"time"
@@ -170,47 +169,22 @@ func (c *ScenConfig) fill() {
 	if c.Procs == 0 {
 		c.Procs = 1
 	}
-	if c.PerProcess == 0 {
-		c.PerProcess = d.PerProcess
-	}
-	if c.Concurrency == 0 {
-		c.Concurrency = d.Concurrency
-	}
-	if c.RampRate == 0 {
-		c.RampRate = d.RampRate
-	}
-	if c.DialTimeout == 0 {
-		c.DialTimeout = d.DialTimeout
-	}
-	if c.Drain == 0 {
-		c.Drain = d.Drain
-	}
-	if c.Heartbeat == 0 {
-		c.Heartbeat = d.Heartbeat
-	}
-	if c.StormEvery == 0 {
-		c.StormEvery = d.StormEvery
-	}
-	if c.Interval == 0 {
-		c.Interval = d.Interval
-	}
-	if c.Progress == 0 {
-		c.Progress = d.Progress
-	}
-	if c.Timeout == 0 {
-		c.Timeout = d.Timeout
-	}
-	if c.Event == "" {
-		c.Event = d.Event
-	}
+	orDefault(&c.PerProcess, d.PerProcess)
+	orDefault(&c.Concurrency, d.Concurrency)
+	orDefault(&c.RampRate, d.RampRate)
+	orDefault(&c.DialTimeout, d.DialTimeout)
+	orDefault(&c.Drain, d.Drain)
+	orDefault(&c.Heartbeat, d.Heartbeat)
+	orDefault(&c.StormEvery, d.StormEvery)
+	orDefault(&c.Interval, d.Interval)
+	orDefault(&c.Progress, d.Progress)
+	orDefault(&c.Timeout, d.Timeout)
+	orDefault(&c.Event, d.Event)
 }
 
 // ops is the number of operations of the run.
 func (c ScenConfig) ops() int {
-	if c.Count > 0 {
-		return c.Count
-	}
-	return int(math.Ceil(c.Rate * c.Duration.Seconds()))
+	return runOps(c.Count, c.Rate, c.Duration)
 }
 
 // procs is the number of processes: Procs, or more when the clients need
@@ -231,10 +205,8 @@ func (c ScenConfig) Validate() error {
 	if err := validateWSURL("-url", c.URL); err != nil {
 		return err
 	}
-	for _, ip := range c.LocalIPs {
-		if !ip.IsLoopback() {
-			return fmt.Errorf("%w: -local-ips: %s is not a loopback address", ErrConfig, ip)
-		}
+	if err := validateLocalIPs(c.LocalIPs); err != nil {
+		return err
 	}
 	if c.TopicPrefix == "" || len(c.TopicPrefix) > 200 {
 		return fmt.Errorf("%w: -topic-prefix must be 1..200 bytes", ErrConfig)
@@ -255,26 +227,26 @@ func (c ScenConfig) Validate() error {
 	if !(c.Rate > 0) || c.Rate > MaxScenRate {
 		return fmt.Errorf("%w: -rate %v out of (0, %d]", ErrConfig, c.Rate, MaxScenRate)
 	}
-	if c.Count < 0 || c.Duration < 0 || (c.Count == 0 && c.Duration == 0) {
-		return fmt.Errorf("%w: -duration or -count must be > 0", ErrConfig)
+	if err := validateLength(c.Count, c.Duration); err != nil {
+		return err
 	}
 	if n := c.ops(); n < 1 || n > MaxScenOps {
 		return fmt.Errorf("%w: %d operations out of 1..%d", ErrConfig, n, MaxScenOps)
 	}
-	if c.Event == "" || len(c.Event) > 255 {
-		return fmt.Errorf("%w: -event must be 1..255 bytes", ErrConfig)
+	if err := validateEvent(c.Event); err != nil {
+		return err
 	}
 	if c.JoinPayload != "" && !isJSONObject(c.JoinPayload) {
 		return fmt.Errorf("%w: -join-payload must be a JSON object", ErrConfig)
 	}
-	if c.PayloadBytes < MinPayloadBytes || c.PayloadBytes > MaxPayloadBytes {
-		return fmt.Errorf("%w: -payload %d out of %d..%d", ErrConfig, c.PayloadBytes, MinPayloadBytes, MaxPayloadBytes)
+	if err := validatePayload(c.PayloadBytes); err != nil {
+		return err
 	}
 	if c.Procs < 0 || c.Procs > MaxScenProcs || c.procs() > MaxScenProcs {
 		return fmt.Errorf("%w: -procs %d (or -clients over -per-process) out of 0..%d processes", ErrConfig, c.Procs, MaxScenProcs)
 	}
-	if c.PerProcess < 0 || c.PerProcess > MaxPerProcess {
-		return fmt.Errorf("%w: -per-process %d out of 0..%d", ErrConfig, c.PerProcess, MaxPerProcess)
+	if err := validatePerProcess(c.PerProcess); err != nil {
+		return err
 	}
 	if c.Concurrency < 0 || c.RampRate < 0 || c.DialTimeout < 0 || c.Drain < 0 || c.Timeout < 0 || c.StormEvery < 0 || c.StormJitter < 0 {
 		return fmt.Errorf("%w: negative -concurrency, -ramp-rate, -dial-timeout, -drain, -timeout, -storm-every or -storm-jitter", ErrConfig)

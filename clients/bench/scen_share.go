@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -336,29 +334,19 @@ type shareMsg struct {
 
 // procShare runs in a scenario-worker child.
 type procShare struct {
-	*child   // its mu guards last, res and resErr
-	last     shareProgress
-	res      *shareResult
-	resErr   string
-	readDone chan struct{}
+	*child // its mu guards last, res and resErr
+	last   shareProgress
+	res    *shareResult
+	resErr string
 }
 
 func startProcShare(exe string, spec shareSpec, stderr io.Writer) (*procShare, error) {
-	b, err := json.Marshal(spec)
+	c, err := startChild(exe, "scenario-worker", spec, stderr)
 	if err != nil {
 		return nil, err
 	}
-	c, err := startChild(exe, []string{"scenario-worker", "-spec", string(b)}, stderr)
-	if err != nil {
-		return nil, err
-	}
-	s := &procShare{child: c, readDone: make(chan struct{})}
-	go func() {
-		defer close(s.readDone)
-		if err := s.scan(s.line, s.setErr); err != nil {
-			s.setErr(err)
-		}
-	}()
+	s := &procShare{child: c}
+	s.read(s.line)
 	return s, nil
 }
 
@@ -418,15 +406,9 @@ func (s *procShare) wait(ctx context.Context) (shareResult, error) {
 // scenWorkerMain is the scenario-worker subcommand: one share, reported
 // over stdout.
 func scenWorkerMain(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("scenario-worker", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	specJSON := fs.String("spec", "", "share spec (JSON), written by the orchestrator")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
 	var spec shareSpec
-	if err := json.Unmarshal([]byte(*specJSON), &spec); err != nil {
-		return fmt.Errorf("%w: -spec: %v", ErrConfig, err)
+	if err := parseWorkerSpec("scenario-worker", "share spec (JSON), written by the orchestrator", args, stderr, &spec); err != nil {
+		return err
 	}
 	if spec.Clients > MaxPerProcess {
 		return fmt.Errorf("%w: a worker holds at most %d clients", ErrConfig, MaxPerProcess)
@@ -445,8 +427,7 @@ func scenWorkerMain(ctx context.Context, args []string, stdin io.Reader, stdout,
 	// stdin: one finish line, then EOF; EOF before the share is done
 	// means the parent is gone.
 	go func() {
-		sc := bufio.NewScanner(stdin)
-		sc.Buffer(make([]byte, 64<<10), maxWorkerLine)
+		sc := lineScanner(stdin)
 		for sc.Scan() {
 			var m shareMsg
 			if json.Unmarshal(sc.Bytes(), &m) == nil && m.Finish != nil {
@@ -455,14 +436,7 @@ func scenWorkerMain(ctx context.Context, args []string, stdin io.Reader, stdout,
 		}
 		cancel()
 	}()
-	send := func(m shareMsg) error {
-		b, err := json.Marshal(m)
-		if err != nil {
-			return err
-		}
-		_, err = stdout.Write(append(b, '\n'))
-		return err
-	}
+	send := lineWriter(stdout)
 	tick := time.NewTicker(workerProgressEvery)
 	defer tick.Stop()
 	for {

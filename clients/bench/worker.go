@@ -1,15 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
-	"sync"
 	"time"
 )
 
@@ -56,29 +53,19 @@ type procGroup struct {
 
 	last groupProgress
 
-	results  chan groupResult
-	readDone chan struct{}
+	results chan groupResult
 }
 
 var _ group = (*procGroup)(nil)
 
 // startProcGroup starts a child holding spec's subscribers.
 func startProcGroup(ctx context.Context, exe string, spec groupSpec, stderr io.Writer) (*procGroup, error) {
-	b, err := json.Marshal(spec)
+	c, err := startChild(exe, "broadcast-worker", spec, stderr)
 	if err != nil {
 		return nil, err
 	}
-	c, err := startChild(exe, []string{"broadcast-worker", "-spec", string(b)}, stderr)
-	if err != nil {
-		return nil, err
-	}
-	g := &procGroup{child: c, results: make(chan groupResult, 1), readDone: make(chan struct{})}
-	go func() {
-		defer close(g.readDone)
-		if err := g.scan(g.line, g.setErr); err != nil {
-			g.setErr(err)
-		}
-	}()
+	g := &procGroup{child: c, results: make(chan groupResult, 1)}
+	g.read(g.line)
 	return g, nil
 }
 
@@ -140,15 +127,9 @@ func (g *procGroup) finish(f finishSpec) (groupResult, error) {
 
 // workerMain is the broadcast-worker subcommand.
 func workerMain(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("broadcast-worker", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	specJSON := fs.String("spec", "", "group spec (JSON), written by the broadcast orchestrator")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
 	var spec groupSpec
-	if err := json.Unmarshal([]byte(*specJSON), &spec); err != nil {
-		return fmt.Errorf("%w: -spec: %v", ErrConfig, err)
+	if err := parseWorkerSpec("broadcast-worker", "group spec (JSON), written by the broadcast orchestrator", args, stderr, &spec); err != nil {
+		return err
 	}
 	if spec.Subs > MaxPerProcess {
 		return fmt.Errorf("%w: a worker holds at most %d subscribers", ErrConfig, MaxPerProcess)
@@ -159,22 +140,11 @@ func workerMain(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	}
 	defer g.close()
 
-	var outMu sync.Mutex
-	send := func(m workerMsg) error {
-		b, err := json.Marshal(m)
-		if err != nil {
-			return err
-		}
-		outMu.Lock()
-		defer outMu.Unlock()
-		_, err = stdout.Write(append(b, '\n'))
-		return err
-	}
+	send := lineWriter(stdout)
 	fins := make(chan finishSpec, 1)
 	inErr := make(chan error, 1)
 	go func() {
-		sc := bufio.NewScanner(stdin)
-		sc.Buffer(make([]byte, 64<<10), maxWorkerLine)
+		sc := lineScanner(stdin)
 		if !sc.Scan() {
 			inErr <- errors.Join(errors.New("bench: worker: stdin closed before the finish"), sc.Err())
 			return

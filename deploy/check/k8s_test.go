@@ -57,12 +57,12 @@ func splitDocs(data []byte) [][]byte {
 
 // decodeObject decodes one manifest strictly (an unknown or misspelt field
 // is an error) into the API type its apiVersion and kind name.
-func decodeObject(doc []byte) (any, error) {
+func decodeObject(doc []byte) (metav1.Object, error) {
 	var tm metav1.TypeMeta
 	if err := yaml.Unmarshal(doc, &tm); err != nil {
 		return nil, err
 	}
-	var obj any
+	var obj metav1.Object
 	switch tm.APIVersion + " " + tm.Kind {
 	case "v1 ConfigMap":
 		obj = &corev1.ConfigMap{}
@@ -120,28 +120,21 @@ func loadManifests(t *testing.T) manifests {
 				t.Errorf("%s document %d: %v", filepath.Base(f), i, err)
 				continue
 			}
-			var name string
+			name := obj.GetName()
 			switch o := obj.(type) {
 			case *corev1.ConfigMap:
-				name = o.Name
 				m.configMaps[name] = o
 			case *corev1.Service:
-				name = o.Name
 				m.services[name] = o
 			case *appsv1.Deployment:
-				name = o.Name
 				m.deployments[name] = o
 			case *policyv1.PodDisruptionBudget:
-				name = o.Name
 				m.pdbs[name] = o
 			case *autoscalingv2.HorizontalPodAutoscaler:
-				name = o.Name
 				m.hpas[name] = o
 			case *corev1.Secret:
-				name = o.Name
 				m.secrets[name] = o
 			case *networkingv1.NetworkPolicy:
-				name = o.Name
 				m.netpols[name] = o
 			}
 			if name == "" {
