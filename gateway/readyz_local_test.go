@@ -35,6 +35,9 @@ func TestReadyzLocalIgnoresSharedDependencies(t *testing.T) {
 		t.Errorf("%s = %d with Redis killed, want 200 (Redis is shared by every node)", ReadyzLocalPath, code)
 	}
 	open(t, s.Addr())
+	// The 101 is written before the socket joins its poller: a drain that
+	// starts in between closes it at once and ends before the probe.
+	waitFor(t, 10*time.Second, func() bool { return s.Connections() == 1 }, "the socket on its poller")
 	done := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
