@@ -11,7 +11,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -41,7 +40,8 @@ import (
 //
 // Lock order: longPoll.mu, then lpSession.mu are never held together;
 // lpSession.inMu (handler calls) may be held while taking lpSession.mu (a
-// handler's Send), never the other way round.
+// handler's Send), never the other way round. A POST's dispatch turn
+// (lpSession.posts) is taken before inMu; the queue's own mutex is a leaf.
 
 // Long-poll headers and paths.
 const (
@@ -83,7 +83,8 @@ const (
 	lpPostRefused     = "refused"      // {"status":403}: origin
 	lpPostBusy        = "busy"         // HTTP 503: no free slot of longpoll.max_reading_posts within a window
 	lpPostAddressBusy = "address_busy" // HTTP 503: the address holds longpoll.ip_max_reading_posts
-	lpPostConflict    = "conflict"     // HTTP 409: a POST of the session is being handled
+	lpPostConflict    = "conflict"     // HTTP 409: the session has longPollMaxSessionPosts POSTs in flight
+	lpPostWaitTimeout = "wait_timeout" // {"status":408}: no dispatch turn within a window (or the client left)
 
 	lpDropBinary   = "binary"          // a binary frame: not deliverable over long-poll
 	lpDropOverflow = "buffer_overflow" // buffered messages dropped when the session passed max_buffer_bytes
@@ -108,6 +109,7 @@ type lpMetrics struct {
 	dropped  *prometheus.CounterVec
 	other    *prometheus.CounterVec
 	reading  prometheus.Gauge
+	waiting  prometheus.Gauge
 }
 
 func newLPMetrics(reg prometheus.Registerer) (*lpMetrics, error) {
@@ -136,6 +138,9 @@ func newLPMetrics(reg prometheus.Registerer) (*lpMetrics, error) {
 		reading: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "phxgate_longpoll_posts_reading", Help: "Large long-poll POST bodies being read and dispatched now (at most longpoll.max_reading_posts).",
 		}),
+		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "phxgate_longpoll_posts_waiting", Help: "Long-poll POSTs whose body is read, waiting for their session's dispatch turn (at most 8 per session).",
+		}),
 		other: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "phxgate_longpoll_other_requests_total", Help: "Long-poll requests that are neither GET nor POST: options (CORS preflight) or bad_method (400).",
 		}, []string{"kind"}),
@@ -151,7 +156,7 @@ func newLPMetrics(reg prometheus.Registerer) (*lpMetrics, error) {
 	for _, r := range []string{lpPollMessages, lpPollEmpty, lpPollSuperseded, lpPollNew, lpPollRefused, lpPollDraining} {
 		m.polls.WithLabelValues(r)
 	}
-	for _, r := range []string{lpPostOK, lpPostGone, lpPostCrashed, lpPostBadLine, lpPostTooLarge, lpPostBadBody, lpPostRefused, lpPostBusy, lpPostAddressBusy, lpPostConflict} {
+	for _, r := range []string{lpPostOK, lpPostGone, lpPostCrashed, lpPostBadLine, lpPostTooLarge, lpPostBadBody, lpPostRefused, lpPostBusy, lpPostAddressBusy, lpPostConflict, lpPostWaitTimeout} {
 		m.posts.WithLabelValues(r)
 	}
 	for _, r := range []string{lpDropBinary, lpDropOverflow, lpDropLines, lpDropExpired} {
@@ -160,7 +165,7 @@ func newLPMetrics(reg prometheus.Registerer) (*lpMetrics, error) {
 	for _, r := range []string{"options", "bad_method"} {
 		m.other.WithLabelValues(r)
 	}
-	for _, c := range []prometheus.Collector{m.sessions, m.created, m.closed, m.refused, m.polls, m.posts, m.dropped, m.other, m.reading} {
+	for _, c := range []prometheus.Collector{m.sessions, m.created, m.closed, m.refused, m.polls, m.posts, m.dropped, m.other, m.reading, m.waiting} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -392,7 +397,7 @@ func (lp *longPoll) newSession(w http.ResponseWriter, r *http.Request) {
 		req.Info.AuthToken = at
 	}
 	req.Info.RemoteAddr = req.RemoteAddr
-	ss := &lpSession{lp: lp, id: req.ConnID, post: make(chan struct{}, 1), lastPoll: time.Now().UnixNano()}
+	ss := &lpSession{lp: lp, id: req.ConnID, lastPoll: time.Now().UnixNano()}
 	if admit := lp.s.opts.Admit; admit != nil {
 		status, release := admit(&req)
 		if status != 0 {
@@ -588,15 +593,20 @@ func (lp *longPoll) listen(w http.ResponseWriter, r *http.Request, ss *lpSession
 
 // post dispatches a POST's lines to the session's handler, one at a time,
 // as Phoenix does: ndjson lines (at most LongPollMaxBatch), "[" … a text
-// frame, anything else base64 of a binary frame; another content type is
-// one text frame.
+// frame, anything else base64 of a binary frame; another content type
+// (phoenix.js before 1.7 sends application/json, one message per POST) is
+// one text frame. Concurrent POSTs of a session (phoenix.js before 1.7.0
+// sends one per push without waiting) each read their body, then are
+// dispatched one at a time in the order their bodies were read
+// (lpPostQueue).
 //
-// Memory: a body of known length is read into one buffer of that length
-// (at most LongPollMaxBodyBytes; a longer one is refused unread); a body of
-// unknown length (chunked) grows to at most LongPollMaxBodyBytes, with the
-// copies growing leaves behind. A base64 line whose decoded size is over
-// max_message_size is refused before it is decoded, so the line being
-// dispatched adds at most max_message_size.
+// Memory: a body of known length ends in one buffer of that length (at
+// most LongPollMaxBodyBytes; a longer one is refused unread), grown as it
+// arrives (lpReadBody); a body of unknown length (chunked) grows to at
+// most LongPollMaxBodyBytes, with the copies growing leaves behind. A
+// base64 line whose decoded size is over max_message_size is refused
+// before it is decoded, so the line being dispatched adds at most
+// max_message_size.
 func (lp *longPoll) post(w http.ResponseWriter, r *http.Request, tok string) {
 	ss := lp.lookup(tok)
 	if ss == nil || !ss.open() {
@@ -604,17 +614,14 @@ func (lp *longPoll) post(w http.ResponseWriter, r *http.Request, tok string) {
 		writeLPStatus(w, http.StatusGone)
 		return
 	}
-	// One POST per session at a time. phoenix.js never sends two, so a
-	// second one is answered at once (it would otherwise wait with its body
-	// unread, where the server never notices that its client went away).
-	select {
-	case ss.post <- struct{}{}:
-		defer func() { <-ss.post }()
-	default:
+	if !ss.posts.enter() {
+		// Refused before its body is read: the connection is closed, so
+		// the unread body is never drained.
 		lp.m.posts.WithLabelValues(lpPostConflict).Inc()
 		lpHTTPError(w, http.StatusConflict, "")
 		return
 	}
+	defer ss.posts.leave()
 	if r.ContentLength > LongPollMaxBodyBytes {
 		lp.m.posts.WithLabelValues(lpPostTooLarge).Inc()
 		lpHTTPError(w, http.StatusRequestEntityTooLarge, "")
@@ -635,7 +642,8 @@ func (lp *longPoll) post(w http.ResponseWriter, r *http.Request, tok string) {
 		defer release()
 	}
 	// A body that trickles in is cut like a slow handshake.
-	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(lp.s.cfg.HandshakeTimeout))
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(lp.s.cfg.HandshakeTimeout))
 	body, err := lpReadBody(w, r)
 	if err != nil {
 		var mbe *http.MaxBytesError
@@ -647,6 +655,56 @@ func (lp *longPoll) post(w http.ResponseWriter, r *http.Request, tok string) {
 		lpHTTPError(w, status, "")
 		return
 	}
+	// The body is in: lift the deadline, or net/http's background read
+	// would take it for a departed client while this POST waits its turn
+	// (or its 408).
+	_ = rc.SetReadDeadline(time.Time{})
+	lp.m.waiting.Inc()
+	turn := lp.dispatchTurn(r, ss)
+	lp.m.waiting.Dec()
+	if !turn {
+		// As Phoenix when the session does not ack within the window:
+		// 408, and phoenix.js reconnects. The session lives.
+		lp.m.posts.WithLabelValues(lpPostWaitTimeout).Inc()
+		writeLPStatus(w, http.StatusRequestTimeout)
+		return
+	}
+	badLine, crashed, gone := lp.dispatch(r, ss, body)
+	ss.posts.unlock()
+	// The body is done with: a crashed session's 408 waits a window
+	// without holding a slot.
+	if release != nil {
+		release() // idempotent: deferred too
+	}
+	switch {
+	case badLine:
+		// Phoenix: the decode raises, Plug answers 500; the session lives.
+		lp.m.posts.WithLabelValues(lpPostBadLine).Inc()
+		lpHTTPError(w, http.StatusInternalServerError, "")
+	case gone:
+		lp.m.posts.WithLabelValues(lpPostGone).Inc()
+		writeLPStatus(w, http.StatusGone)
+	case crashed:
+		// Phoenix: the socket process crashed, the ack never comes and
+		// the POST answers 408 at the window's end.
+		t := time.NewTimer(lp.cfg.Window)
+		select {
+		case <-t.C:
+		case <-lp.stop:
+		case <-r.Context().Done():
+		}
+		t.Stop()
+		lp.m.posts.WithLabelValues(lpPostCrashed).Inc()
+		writeLPStatus(w, http.StatusRequestTimeout)
+	default:
+		lp.m.posts.WithLabelValues(lpPostOK).Inc()
+		writeLPStatus(w, http.StatusOK)
+	}
+}
+
+// dispatch hands a POST body's lines to the session's handler (the
+// caller holds the session's dispatch turn).
+func (lp *longPoll) dispatch(r *http.Request, ss *lpSession, body []byte) (badLine, crashed, gone bool) {
 	// As Phoenix: ndjson only for exactly this one Content-Type value.
 	ct := r.Header.Values("Content-Type")
 	ndjson := len(ct) == 1 && ct[0] == lpNDJSON
@@ -654,7 +712,6 @@ func (lp *longPoll) post(w http.ResponseWriter, r *http.Request, tok string) {
 	if over > 0 {
 		lp.m.dropped.WithLabelValues(lpDropLines).Add(float64(over))
 	}
-	badLine, crashed, gone := false, false, false
 	ss.inMu.Lock()
 	for i, line := range lines {
 		if !ss.open() {
@@ -692,35 +749,7 @@ func (lp *longPoll) post(w http.ResponseWriter, r *http.Request, tok string) {
 		}
 	}
 	ss.inMu.Unlock()
-	// The body is done with: a crashed session's 408 waits a window
-	// without holding a slot.
-	if release != nil {
-		release() // idempotent: deferred too
-	}
-	switch {
-	case badLine:
-		// Phoenix: the decode raises, Plug answers 500; the session lives.
-		lp.m.posts.WithLabelValues(lpPostBadLine).Inc()
-		lpHTTPError(w, http.StatusInternalServerError, "")
-	case gone:
-		lp.m.posts.WithLabelValues(lpPostGone).Inc()
-		writeLPStatus(w, http.StatusGone)
-	case crashed:
-		// Phoenix: the socket process crashed, the ack never comes and
-		// the POST answers 408 at the window's end.
-		t := time.NewTimer(lp.cfg.Window)
-		select {
-		case <-t.C:
-		case <-lp.stop:
-		case <-r.Context().Done():
-		}
-		t.Stop()
-		lp.m.posts.WithLabelValues(lpPostCrashed).Inc()
-		writeLPStatus(w, http.StatusRequestTimeout)
-	default:
-		lp.m.posts.WithLabelValues(lpPostOK).Inc()
-		writeLPStatus(w, http.StatusOK)
-	}
+	return badLine, crashed, gone
 }
 
 // lpHTTPError answers an HTTP error with an empty body and closes the
@@ -734,20 +763,6 @@ func lpHTTPError(w http.ResponseWriter, status int, retryAfter string) {
 	h.Set("Connection", "close")
 	h.Set("Content-Length", "0")
 	w.WriteHeader(status)
-}
-
-// lpReadBody reads a POST body: of known length into one buffer of exactly
-// that length (the caller refused one over LongPollMaxBodyBytes), else up
-// to LongPollMaxBodyBytes.
-func lpReadBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	if n := r.ContentLength; n >= 0 {
-		buf := make([]byte, n)
-		if _, err := io.ReadFull(r.Body, buf); err != nil {
-			return nil, err
-		}
-		return buf, nil
-	}
-	return io.ReadAll(http.MaxBytesReader(w, r.Body, LongPollMaxBodyBytes))
 }
 
 // addressKey is the unit of longpoll.ip_max_reading_posts: the client
@@ -1079,8 +1094,8 @@ type lpSession struct {
 	release  Releaser
 	expires  int64 // UnixNano from which the session is ended (token exp); 0: never
 	handler  SocketHandler
-	post     chan struct{} // one POST at a time
-	inMu     sync.Mutex    // handler calls and Terminate, one at a time
+	posts    lpPostQueue // POSTs in flight, dispatched one at a time in arrival order
+	inMu     sync.Mutex  // handler calls and Terminate, one at a time
 	termOnce sync.Once
 
 	mu       sync.Mutex

@@ -32,8 +32,8 @@ const (
 	// Content-Length) read without a slot of longpoll.max_reading_posts:
 	// an honest phoenix.js POST is a few KB and one message of the default
 	// max_message_size fits, so a slot wall built by one address never
-	// blocks it. Such bodies are bounded by the sessions instead (one POST
-	// per session, read within handshake_timeout).
+	// blocks it. Such bodies are bounded by the sessions instead
+	// (longPollMaxSessionPosts per session, read within handshake_timeout).
 	LongPollSmallPostBytes = 64 << 10
 	// DefaultLongPollMaxReadingPosts caps the large POST bodies (over
 	// LongPollSmallPostBytes, or of unknown length) read and dispatched at
@@ -54,6 +54,17 @@ const (
 	// end; past this many the oldest is answered 204 at once, so a poll
 	// flood on one session holds at most this many requests.
 	longPollMaxHeldPolls = 4
+	// longPollMaxSessionPosts bounds the POSTs of one session in flight at
+	// once (body being read, waiting for the session's dispatch turn, or
+	// dispatching): phoenix.js before 1.7.0 sends one POST per push
+	// without waiting, Phoenix handles them concurrently. Past this many a
+	// POST is refused with 409 before its body is read, so one session
+	// holds at most this many small bodies.
+	longPollMaxSessionPosts = 8
+	// lpBodyStartBytes is the buffer a POST body of known length starts
+	// with; it grows as the body arrives (lpReadBody), so a POST that sent
+	// only its headers holds this much, not its Content-Length.
+	lpBodyStartBytes = 16 << 10
 )
 
 // LongPollConfig holds the keys under longpoll.*.

@@ -368,29 +368,6 @@ func TestLongPollSlowPostBodyDeadline(t *testing.T) {
 	}, "the trickling POST to be cut")
 }
 
-// A second POST on a session while one is handled is answered at once
-// (phoenix.js never sends two), not queued with its body unread.
-func TestLongPollConcurrentPostIsConflict(t *testing.T) {
-	s := lpServer(t, 5*time.Second, nil)
-	reg := s.Registry()
-	tok := lpStart(t, s, "vsn=2.0.0")
-	body := `[null,"1","phoenix","heartbeat",{}]`
-	c := rawLPPost(t, s, tok, body, 5)
-	ss := s.lp.lookup(tok)
-	waitFor(t, 5*time.Second, func() bool { return len(ss.post) == 1 }, "the first POST to be handled")
-	a, err := lpDoBounded(t, http.MethodPost, lpURL(s, "vsn=2.0.0&token="+url.QueryEscape(tok)), []byte(body), "Content-Type: application/x-ndjson")
-	if err != nil || a.code != http.StatusConflict || a.raw != "" {
-		t.Fatalf("second POST = HTTP %d %q, %v", a.code, a.raw, err)
-	}
-	if v := counterValue(t, reg, "phxgate_longpoll_posts_total", "conflict"); v != 1 {
-		t.Fatalf("posts{conflict} = %v", v)
-	}
-	finishRawLPPost(t, c, body[5:])
-	if a := lpPost(t, s, tok, body); a.raw != `{"status":200}` {
-		t.Fatalf("POST after = %s", a.raw)
-	}
-}
-
 // A base64 line whose decoded size is over max_message_size is refused
 // before it is decoded, and a body of known length is read into one
 // buffer of that length: an 8 MB POST allocates about 8 MB.

@@ -449,7 +449,7 @@ func requireNode(t *testing.T, jsDir string) string {
 	if err != nil {
 		t.Fatal("node is not installed; run `make test`, which installs nodejs and npm and runs `npm ci` in clients/js")
 	}
-	for _, pkg := range []string{"phoenix", "ws"} {
+	for _, pkg := range []string{"phoenix", "phoenix-1-6", "ws"} {
 		if _, err := os.Stat(filepath.Join(jsDir, "node_modules", pkg, "package.json")); err != nil {
 			t.Fatalf("clients/js/node_modules/%s is missing; run `make test` (or `cd clients/js && npm ci`)", pkg)
 		}
