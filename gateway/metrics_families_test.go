@@ -47,6 +47,7 @@ var metricFamilies = []string{
 	"phxgate_longpoll_polls_total",
 	"phxgate_longpoll_posts_total",
 	"phxgate_longpoll_posts_reading",
+	"phxgate_longpoll_posts_waiting",
 	"phxgate_longpoll_messages_dropped_total",
 	"phxgate_longpoll_other_requests_total",
 	// admission and auth
