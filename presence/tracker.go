@@ -923,7 +923,7 @@ func newMetrics() *metrics {
 			Name: "phxgate_presence_diff_retries_total", Help: "Times a topic's presence_diff was refused by the broker and held to be sent again.",
 		}),
 		refreshes: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "phxgate_presence_refreshes_total", Help: "Requests sent to every node to send a topic's subscribers the whole presence_state (after held diffs were dropped).",
+			Name: "phxgate_presence_refresh_requests_total", Help: "Requests sent to every node to send a topic's subscribers the whole presence_state (after held diffs were dropped).",
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "phxgate_presence_refused_total", Help: "Presences refused (the join still succeeded), by reason (meta_too_large, too_many_metas, too_many_presences, bad_meta, state_too_large).",
