@@ -119,15 +119,22 @@ type Config struct {
 	// Timeout bounds each store call and each diff publish. Zero means
 	// DefaultTimeout.
 	Timeout time.Duration `yaml:"timeout" usage:"bound of each presence store call and diff publish"`
+	// MaxDiffBytes bounds one presence_diff payload: a topic's batch of
+	// changes larger than it goes out as several diffs, so that a herd's
+	// diff never overflows a subscriber's write queue. Not a key: the
+	// gateway sets it from write_queue_max_bytes. Zero means
+	// DefaultMaxDiffBytes.
+	MaxDiffBytes int `yaml:"-"`
 }
 
 // Defaults.
 const (
 	DefaultWindow         = 50 * time.Millisecond
-	DefaultMaxMetaBytes   = 1024
+	DefaultMaxMetaBytes   = 128
 	DefaultMaxMetasPerKey = 16
-	DefaultMaxPerTopic    = 10_000
+	DefaultMaxPerTopic    = 2_000
 	DefaultTimeout        = 2 * time.Second
+	DefaultMaxDiffBytes   = 64 << 10
 	// MaxMetasPerKey is the largest MaxMetasPerKey accepted.
 	MaxMetasPerKey = 64
 )
@@ -158,6 +165,21 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// StateOverheadBytes is what one presence adds to a presence_state
+// besides its meta: its phx_ref and phx_ref_prev, the framing, and a
+// player id of up to about 48 bytes.
+const StateOverheadBytes = 128
+
+// MaxStateBytes is the presence_state of a topic full to MaxPerTopic with
+// metas of MaxMetaBytes (zero fields taking their defaults).
+func (c Config) MaxStateBytes() int {
+	c = c.withDefaults()
+	return c.MaxPerTopic * (c.MaxMetaBytes + StateOverheadBytes)
+}
+
+// WithDefaults returns c with its zero fields set to the defaults.
+func (c Config) WithDefaults() Config { return c.withDefaults() }
+
 func (c Config) withDefaults() Config {
 	d := NewConfig()
 	if c.Window <= 0 {
@@ -174,6 +196,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Timeout <= 0 {
 		c.Timeout = d.Timeout
+	}
+	if c.MaxDiffBytes <= 0 {
+		c.MaxDiffBytes = DefaultMaxDiffBytes
 	}
 	return c
 }

@@ -46,9 +46,11 @@ type Tracker struct {
 	Control Publish
 
 	// OnLost, when set before use, is called (on its own goroutine's
-	// time, never under a lock) with a topic whose diff could not be
-	// published: the caller sends that topic's subscribers the whole
-	// state again.
+	// time, never under a lock) with a topic whose subscribers on this
+	// node must be sent the whole state again: diffs the broker refused
+	// were dropped past the bound of held diffs (see heldMaxDiffs), and
+	// the node that dropped them asked every node (control event) once
+	// the broker answered. It must not block.
 	OnLost func(topic string)
 
 	locks [64]sync.Mutex // by topic: a store change and its queueing
@@ -60,6 +62,7 @@ type Tracker struct {
 	// scheduled.
 	retrying map[string]*untrackRetryState
 	closed   bool
+	stopped  bool // Drain returned: held diffs are dropped, not retried
 
 	// ctrl queues control events to their workers, by topic (so one
 	// topic's stay in order); started by the first one, stopped by Drain.
@@ -81,6 +84,7 @@ const (
 type controlJob struct {
 	topic, key string
 	body       []byte
+	refresh    bool // send the topic's subscribers here the whole state (OnLost)
 }
 
 // topicDiff is a topic's changes not yet published.
@@ -89,7 +93,35 @@ type topicDiff struct {
 	timer         *time.Timer // armed: the window's flush is due
 	gen           uint64      // numbers the timers; the armed one's is current
 	flushing      bool        // a flush is publishing; it takes what comes meanwhile
+
+	// out holds the encoded diffs not yet published, oldest first: one the
+	// broker refused stays at the head and is sent again (a diff applied
+	// twice changes nothing in phoenix.js Presence: joins and leaves go
+	// by phx_ref), so no node's clients miss a change or see them out of
+	// order.
+	out      [][]byte
+	outBytes int
+	// refresh: held diffs went past the bound and were dropped; every
+	// node is asked to send the topic's state again (control event)
+	// before anything newer goes out.
+	refresh bool
+	retry   *time.Timer   // armed: the broker refused; the next attempt is due
+	backoff time.Duration // the pause before the next attempt
 }
+
+// A topic's diffs the broker refuses are held and sent again after a
+// pause growing from retryMin to retryMax. Past heldMaxDiffs diffs,
+// heldMaxBytes of them, or heldMaxPresences changes waiting behind them,
+// they are dropped (phxgate_presence_diffs_lost_total) and every node
+// of the topic is asked to send its subscribers the whole state once the
+// broker answers again.
+const (
+	retryMin         = 100 * time.Millisecond
+	retryMax         = 5 * time.Second
+	heldMaxDiffs     = 64
+	heldMaxBytes     = 1 << 20
+	heldMaxPresences = 4096
+)
 
 // NewTracker returns a tracker over store, publishing diffs with pub.
 // Zero fields of cfg take their defaults.
@@ -312,8 +344,12 @@ func (t *Tracker) Update(ctx context.Context, topic, key string, meta []byte) (i
 // controlUpdate is the control event that routes an update to the nodes
 // owning the presences.
 type controlUpdate struct {
-	Key  string          `json:"key"`
-	Meta json.RawMessage `json:"meta"`
+	Key  string          `json:"key,omitempty"`
+	Meta json.RawMessage `json:"meta,omitempty"`
+	// Refresh asks every node to send the topic's subscribers the whole
+	// state (its sender dropped diffs the broker refused). Nodes that do
+	// not know it ignore the event (no key).
+	Refresh bool `json:"refresh,omitempty"`
 }
 
 // ControlEvent is the name of the ephemeral events tracker nodes send each
@@ -330,11 +366,11 @@ func (t *Tracker) ControlEvent() string { return ControlEvent }
 // (phxgate_presence_control_dropped_total).
 func (t *Tracker) HandleControl(topic string, payload []byte) {
 	var u controlUpdate
-	if json.Unmarshal(payload, &u) != nil || u.Key == "" {
+	if json.Unmarshal(payload, &u) != nil || (u.Key == "" && !u.Refresh) {
 		return
 	}
 	body, ok := objectBody(u.Meta)
-	if !ok {
+	if !ok && !u.Refresh {
 		return
 	}
 	h := fnv.New32a()
@@ -356,7 +392,7 @@ func (t *Tracker) HandleControl(topic string, payload []byte) {
 	q := t.ctrl[h.Sum32()%controlWorkers]
 	t.mu.Unlock()
 	select {
-	case q <- controlJob{topic: topic, key: u.Key, body: body}:
+	case q <- controlJob{topic: topic, key: u.Key, body: body, refresh: u.Refresh}:
 	default:
 		t.m.controlDropped.Inc()
 		t.log.Warn("presence: control queue full; update dropped", "topic", topic)
@@ -370,6 +406,12 @@ func (t *Tracker) controlWorker(q chan controlJob) {
 		case <-t.ctrlStop:
 			return
 		case j := <-q:
+			if j.refresh {
+				if f := t.OnLost; f != nil {
+					f(j.topic)
+				}
+				continue
+			}
 			_, _ = t.updateLocal(context.Background(), j.topic, j.key, j.body, ownTags)
 		}
 	}
@@ -493,6 +535,14 @@ func (t *Tracker) queueLocked(topic string, joins, leaves []Presence) {
 	}
 	d.joins = append(d.joins, joins...)
 	d.leaves = append(d.leaves, leaves...)
+	if d.retry != nil {
+		// The broker refuses: changes wait behind the held diffs, up to
+		// the bound.
+		if len(d.joins)+len(d.leaves) > heldMaxPresences {
+			t.dropHeldLocked(topic, d)
+		}
+		return
+	}
 	if d.timer != nil || d.flushing {
 		return
 	}
@@ -503,7 +553,8 @@ func (t *Tracker) queueLocked(topic string, joins, leaves []Presence) {
 
 // flush publishes topic's pending changes, and whatever is queued while it
 // publishes, in order. gen is the window timer's that called it (0: a
-// drain).
+// drain or a retry). While a retry is due it does nothing: the retry
+// sends.
 func (t *Tracker) flush(topic string, gen uint64) {
 	t.mu.Lock()
 	d := t.topics[topic]
@@ -517,51 +568,208 @@ func (t *Tracker) flush(topic string, gen uint64) {
 		}
 		d.timer = nil
 	}
-	if d.flushing {
+	if d.flushing || d.retry != nil {
 		t.mu.Unlock()
-		return // the running flush takes these too
+		return // the running flush, or the due retry, takes these too
 	}
 	d.flushing = true
-	for len(d.joins)+len(d.leaves) > 0 {
-		joins, leaves := d.joins, d.leaves
-		d.joins, d.leaves = nil, nil
-		t.mu.Unlock()
-		t.send(topic, joins, leaves)
-		t.mu.Lock()
+	var err error
+	for err == nil {
+		switch {
+		case d.refresh:
+			t.mu.Unlock()
+			err = t.sendRefresh(topic)
+			t.mu.Lock()
+			if err == nil {
+				d.refresh = false
+			}
+		case len(d.out) > 0:
+			payload := d.out[0]
+			t.mu.Unlock()
+			err = t.send(topic, payload)
+			t.mu.Lock()
+			if err == nil {
+				d.out[0] = nil
+				d.out = d.out[1:]
+				d.outBytes -= len(payload)
+				d.backoff = 0
+			}
+		case len(d.joins)+len(d.leaves) > 0:
+			joins, leaves := d.joins, d.leaves
+			d.joins, d.leaves = nil, nil
+			t.mu.Unlock()
+			out := splitDiff(joins, leaves, t.cfg.MaxDiffBytes)
+			t.mu.Lock()
+			for _, p := range out {
+				d.outBytes += len(p)
+			}
+			d.out = append(d.out, out...) // empty: only the flush takes from it
+		default:
+			d.flushing = false
+			if d.timer == nil {
+				delete(t.topics, topic)
+			}
+			t.mu.Unlock()
+			return
+		}
 	}
 	d.flushing = false
-	if d.timer == nil {
-		delete(t.topics, topic)
-	}
+	t.heldLocked(topic, d, err)
 	t.mu.Unlock()
 }
 
-func (t *Tracker) send(topic string, joins, leaves []Presence) {
-	payload := EncodeDiff(joins, leaves)
+// heldLocked holds topic's unpublished diffs after the broker refused
+// one (err), dropping them past the bound, and arms the retry. Called
+// with t.mu held.
+func (t *Tracker) heldLocked(topic string, d *topicDiff, err error) {
+	t.m.diffRetries.Inc()
+	if d.timer != nil {
+		d.timer.Stop()
+		d.timer = nil
+	}
+	pending := 0
+	for _, p := range d.joins {
+		pending += len(p.Meta) + len(p.Key)
+	}
+	for _, p := range d.leaves {
+		pending += len(p.Meta) + len(p.Key)
+	}
+	if len(d.out) > heldMaxDiffs || d.outBytes+pending > heldMaxBytes || len(d.joins)+len(d.leaves) > heldMaxPresences {
+		t.dropHeldLocked(topic, d)
+	}
+	d.backoff = min(max(2*d.backoff, retryMin), retryMax)
+	t.log.Warn("presence: diff not published; retrying", "topic", topic, "held", len(d.out), "refresh", d.refresh, "in", d.backoff, "err", err)
+	if t.stopped {
+		t.dropAllLocked(topic, d)
+		return
+	}
+	d.retry = time.AfterFunc(d.backoff, func() { t.retryFlush(topic) })
+}
+
+// dropHeldLocked drops topic's held diffs and changes: every node sends
+// its subscribers the whole state instead, once the broker answers.
+func (t *Tracker) dropHeldLocked(topic string, d *topicDiff) {
+	n := len(d.out)
+	if len(d.joins)+len(d.leaves) > 0 {
+		n++
+	}
+	t.m.diffsLost.Add(float64(n))
+	t.log.Warn("presence: too many diffs held; every node will send the state again", "topic", topic, "diffs", n)
+	d.out, d.outBytes, d.joins, d.leaves = nil, 0, nil, nil
+	d.refresh = true
+}
+
+// dropAllLocked forgets topic's held diffs for good (the tracker stopped
+// after a drain: its node is leaving).
+func (t *Tracker) dropAllLocked(topic string, d *topicDiff) {
+	if n := len(d.out); n > 0 {
+		t.m.diffsLost.Add(float64(n))
+	}
+	if d.retry != nil {
+		d.retry.Stop()
+		d.retry = nil
+	}
+	if d.timer != nil {
+		d.timer.Stop()
+		d.timer = nil
+	}
+	if !d.flushing {
+		delete(t.topics, topic)
+	}
+}
+
+// retryFlush is a held topic's retry: it sends the held diffs again.
+func (t *Tracker) retryFlush(topic string) {
+	t.mu.Lock()
+	d := t.topics[topic]
+	if d == nil || d.retry == nil {
+		t.mu.Unlock()
+		return
+	}
+	d.retry = nil
+	if t.stopped {
+		t.dropAllLocked(topic, d)
+		t.mu.Unlock()
+		return
+	}
+	t.mu.Unlock()
+	t.flush(topic, 0)
+}
+
+// send publishes one diff, retrying within Config.Timeout.
+func (t *Tracker) send(topic string, payload []byte) error {
+	if err := t.publish(t.pub, topic, payload); err != nil {
+		return err
+	}
+	t.m.diffs.Inc()
+	t.m.diffBytes.Add(float64(len(payload)))
+	return nil
+}
+
+// sendRefresh asks every node of topic to send its subscribers the whole
+// state (a control event; on one node, OnLost at once).
+func (t *Tracker) sendRefresh(topic string) error {
+	if t.Control == nil {
+		if f := t.OnLost; f != nil {
+			f(topic)
+		}
+		t.m.refreshes.Inc()
+		return nil
+	}
+	if err := t.publish(t.Control, topic, refreshControl); err != nil {
+		return err
+	}
+	t.m.refreshes.Inc()
+	return nil
+}
+
+// refreshControl is the control event asking every node to send a
+// topic's subscribers the whole state.
+var refreshControl = []byte(`{"refresh":true}`)
+
+func (t *Tracker) publish(pub Publish, topic string, payload []byte) error {
 	ctx, cancel := t.ctx(context.Background())
 	defer cancel()
 	var err error
 	for pause := 20 * time.Millisecond; ; pause *= 2 {
-		if err = t.pub(ctx, topic, payload); err == nil || ctx.Err() != nil {
-			break
+		if err = pub(ctx, topic, payload); err == nil || ctx.Err() != nil {
+			return err
 		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(pause):
 		}
 	}
-	if err != nil {
-		// The topic's clients get the whole state again instead
-		// (OnLost), or on their next join.
-		t.m.diffsLost.Inc()
-		t.log.Warn("presence: diff not published", "topic", topic, "joins", len(joins), "leaves", len(leaves), "err", err)
-		if f := t.OnLost; f != nil {
-			f(topic)
-		}
-		return
+}
+
+// splitDiff encodes joins and leaves as one presence_diff, or, when that
+// is larger than maxBytes, as several: the joins first, then the leaves,
+// each diff holding as many as fit (a single larger presence goes alone).
+// phoenix.js applies a diff's joins before its leaves, so the list it
+// ends with is the same.
+func splitDiff(joins, leaves []Presence, maxBytes int) [][]byte {
+	whole := EncodeDiff(joins, leaves)
+	if len(whole) <= maxBytes {
+		return [][]byte{whole}
 	}
-	t.m.diffs.Inc()
-	t.m.diffBytes.Add(float64(len(payload)))
+	var out [][]byte
+	chunk := func(ps []Presence, enc func([]Presence) []byte) {
+		start, size := 0, 0
+		for i, p := range ps {
+			n := len(p.Meta) + len(p.Key) + 24 // quotes, {"metas":[…]}, commas
+			if i > start && size+n > maxBytes-32 {
+				out = append(out, enc(ps[start:i]))
+				start, size = i, 0
+			}
+			size += n
+		}
+		if start < len(ps) {
+			out = append(out, enc(ps[start:]))
+		}
+	}
+	chunk(joins, func(ps []Presence) []byte { return EncodeDiff(ps, nil) })
+	chunk(leaves, func(ps []Presence) []byte { return EncodeDiff(nil, ps) })
+	return out
 }
 
 // Drain removes every presence tracked here and publishes the leaves now
@@ -612,7 +820,18 @@ func (t *Tracker) Drain(ctx context.Context) {
 		}
 	}
 	// Flush every topic now; a flush already publishing elsewhere takes
-	// what is left, so wait for the map to empty.
+	// what is left, so wait for the map to empty. Diffs still held when
+	// ctx ends are dropped: the node is leaving.
+	defer func() {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		t.stopped = true
+		for topic, d := range t.topics {
+			if d.retry != nil {
+				t.dropAllLocked(topic, d)
+			}
+		}
+	}()
 	for ctx.Err() == nil {
 		t.mu.Lock()
 		var topics []string
@@ -673,13 +892,15 @@ func (t *Tracker) drainTopic(ctx context.Context, br BatchRemover, topic string,
 func (t *Tracker) Collector() prometheus.Collector { return t.m }
 
 type metrics struct {
-	tracked   prometheus.Gauge
-	diffs     prometheus.Counter
-	diffBytes prometheus.Counter
-	diffsLost prometheus.Counter
-	refused   *prometheus.CounterVec
-	errors    prometheus.Counter
-	cleanups  prometheus.Counter
+	tracked     prometheus.Gauge
+	diffs       prometheus.Counter
+	diffRetries prometheus.Counter
+	refreshes   prometheus.Counter
+	diffBytes   prometheus.Counter
+	diffsLost   prometheus.Counter
+	refused     *prometheus.CounterVec
+	errors      prometheus.Counter
+	cleanups    prometheus.Counter
 
 	controlDropped prometheus.Counter
 }
@@ -696,7 +917,13 @@ func newMetrics() *metrics {
 			Name: "phxgate_presence_diff_bytes_total", Help: "Payload bytes of the presence_diff events published by this node.",
 		}),
 		diffsLost: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "phxgate_presence_diffs_lost_total", Help: "presence_diff events the broker refused after retries (the topic's subscribers are sent the whole state again).",
+			Name: "phxgate_presence_diffs_lost_total", Help: "presence_diff events dropped after the broker refused them, past the bound of diffs held per topic (every node then sends the topic's subscribers the whole state).",
+		}),
+		diffRetries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_presence_diff_retries_total", Help: "Times a topic's presence_diff was refused by the broker and held to be sent again.",
+		}),
+		refreshes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_presence_refresh_requests_total", Help: "Requests sent to every node to send a topic's subscribers the whole presence_state (after held diffs were dropped).",
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "phxgate_presence_refused_total", Help: "Presences refused (the join still succeeded), by reason (meta_too_large, too_many_metas, too_many_presences, bad_meta, state_too_large).",
@@ -718,7 +945,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.tracked, m.diffs, m.diffBytes, m.diffsLost, m.refused, m.errors, m.cleanups, m.controlDropped}
+	return []prometheus.Collector{m.tracked, m.diffs, m.diffRetries, m.refreshes, m.diffBytes, m.diffsLost, m.refused, m.errors, m.cleanups, m.controlDropped}
 }
 
 // Describe implements prometheus.Collector.
