@@ -498,13 +498,13 @@ func (t *Tracker) queueLocked(topic string, joins, leaves []Presence) {
 	}
 	d.gen++
 	gen := d.gen
-	d.timer = time.AfterFunc(t.cfg.Window, func() { t.flush(topic, gen) })
+	d.timer = time.AfterFunc(t.cfg.Window, func() { t.flush(context.Background(), topic, gen) })
 }
 
 // flush publishes topic's pending changes, and whatever is queued while it
-// publishes, in order. gen is the window timer's that called it (0: a
-// drain).
-func (t *Tracker) flush(topic string, gen uint64) {
+// publishes, in order, each publish bounded by ctx and Config.Timeout.
+// gen is the window timer's that called it (0: a drain).
+func (t *Tracker) flush(ctx context.Context, topic string, gen uint64) {
 	t.mu.Lock()
 	d := t.topics[topic]
 	if d == nil {
@@ -526,7 +526,7 @@ func (t *Tracker) flush(topic string, gen uint64) {
 		joins, leaves := d.joins, d.leaves
 		d.joins, d.leaves = nil, nil
 		t.mu.Unlock()
-		t.send(topic, joins, leaves)
+		t.send(ctx, topic, joins, leaves)
 		t.mu.Lock()
 	}
 	d.flushing = false
@@ -536,9 +536,9 @@ func (t *Tracker) flush(topic string, gen uint64) {
 	t.mu.Unlock()
 }
 
-func (t *Tracker) send(topic string, joins, leaves []Presence) {
+func (t *Tracker) send(ctx context.Context, topic string, joins, leaves []Presence) {
 	payload := EncodeDiff(joins, leaves)
-	ctx, cancel := t.ctx(context.Background())
+	ctx, cancel := t.ctx(ctx)
 	defer cancel()
 	var err error
 	for pause := 20 * time.Millisecond; ; pause *= 2 {
@@ -623,8 +623,13 @@ func (t *Tracker) Drain(ctx context.Context) {
 		if len(topics) == 0 {
 			return
 		}
+		// Each flush is bounded by ctx too: a broker that holds every
+		// publish must not keep the drain past its share of the window.
 		for _, topic := range topics {
-			t.flush(topic, 0)
+			if ctx.Err() != nil {
+				return
+			}
+			t.flush(ctx, topic, 0)
 		}
 		select {
 		case <-ctx.Done():
@@ -654,15 +659,21 @@ func (t *Tracker) drainTopic(ctx context.Context, br BatchRemover, topic string,
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if err == nil {
+		// tags was listed before the topic's lock was taken: a paced close
+		// may have untracked (and counted out) some since.
+		removed := 0
 		if local := t.local[topic]; local != nil {
 			for _, tag := range tags {
-				delete(local, tag)
+				if _, ok := local[tag]; ok {
+					delete(local, tag)
+					removed++
+				}
 			}
 			if len(local) == 0 {
 				delete(t.local, topic)
 			}
 		}
-		t.m.tracked.Sub(float64(len(tags)))
+		t.m.tracked.Sub(float64(removed))
 	}
 	if len(ps) > 0 {
 		t.queueLocked(topic, nil, ps)
