@@ -166,8 +166,9 @@ type Config struct {
 	// DrainBatch (drain_batch) is how many sockets the whole node closes
 	// with 1012 per DrainInterval while draining, split over the pollers
 	// (below the number of pollers, each closes one socket every
-	// ceil(pollers/DrainBatch) intervals). It is raised when too small to
-	// close every socket within the first half of DrainTimeout. 0 means
+	// ceil(pollers/DrainBatch) intervals; the pollers take turns). It is
+	// raised when too small to close every socket within the first half
+	// of DrainTimeout, one batch per DrainInterval then. 0 means
 	// just enough for that (at least 64 per poller, so small nodes drain
 	// at once).
 	DrainBatch int `yaml:"drain_batch" usage:"sockets closed with 1012 per drain_interval while draining (0: spread over half of drain_timeout)"`

@@ -490,7 +490,7 @@ func (s *Server) shutdown(ctx context.Context) error {
 	})
 	for i, p := range s.pollers {
 		batch, every := pollerDrainShare(s.cfg.DrainBatch, len(s.pollers), i, s.cfg.drainInterval())
-		p.drain(drainPlan{batch: batch, spread: spread, every: every, end: end})
+		p.drain(drainPlan{batch: batch, spread: spread, every: every, interval: s.cfg.drainInterval(), slot: i, slots: len(s.pollers), end: end})
 	}
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
