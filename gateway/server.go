@@ -56,7 +56,7 @@ type Server struct {
 	// backendStats are the route engines with counters, by spec (/stats).
 	backendStats map[string]func() backends.CallStats
 	// readyChecks are the route engines /readyz asks (readiness.go).
-	readyChecks []readyCheck
+	readyChecks []*readyCheck
 	// drainHooks start when a drain starts, alongside the paced closes,
 	// bounded by drainHooksShare of the window (presence: the node's
 	// players leave at once).
