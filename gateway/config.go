@@ -385,6 +385,10 @@ func keyErr(key string, format string, args ...any) error {
 	return configload.KeyErr(key, format, args...)
 }
 
+// apiSecretPlaceholder marks the example api_secret of the deploy
+// manifests, long enough to pass the length check.
+const apiSecretPlaceholder = "REPLACE"
+
 // maxSaneDuration keeps durations from overflowing deadline arithmetic.
 const maxSaneDuration = 24 * time.Hour
 
@@ -424,6 +428,8 @@ func (c Config) Validate() error {
 		return keyErr("max_message_size", "must be between 1 and 67108864 bytes")
 	case c.APISecret != "" && len(c.APISecret) < 32:
 		return keyErr("api_secret", "must be at least 32 bytes")
+	case strings.Contains(c.APISecret, apiSecretPlaceholder):
+		return keyErr("api_secret", "is the deploy manifests' placeholder (it contains %q): set a random one, e.g. openssl rand -hex 32", apiSecretPlaceholder)
 	case c.WriteQueueMaxBytes <= 0 || c.WriteQueueMaxBytes > 1<<30:
 		return keyErr("write_queue_max_bytes", "must be between 1 and 1073741824 bytes")
 	case c.OutputBudgetBytes <= 0 || c.OutputBudgetBytes > 1<<40:
