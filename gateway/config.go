@@ -166,8 +166,9 @@ type Config struct {
 	// DrainBatch (drain_batch) is how many sockets the whole node closes
 	// with 1012 per DrainInterval while draining, split over the pollers
 	// (below the number of pollers, each closes one socket every
-	// ceil(pollers/DrainBatch) intervals). It is raised when too small to
-	// close every socket within the first half of DrainTimeout. 0 means
+	// ceil(pollers/DrainBatch) intervals; the pollers take turns). It is
+	// raised when too small to close every socket within the first half
+	// of DrainTimeout, one batch per DrainInterval then. 0 means
 	// just enough for that (at least 64 per poller, so small nodes drain
 	// at once).
 	DrainBatch int `yaml:"drain_batch" usage:"sockets closed with 1012 per drain_interval while draining (0: spread over half of drain_timeout)"`
@@ -217,6 +218,9 @@ type Config struct {
 	DevAssets   string        `yaml:"dev_assets" usage:"dev mode: directory of the demo page and its node_modules (empty: clients/js)"`
 	DevTokenTTL time.Duration `yaml:"dev_token_ttl" usage:"dev mode: lifetime of /dev/token's tokens (0s: 10m)"`
 	DemoRound   time.Duration `yaml:"demo_round" usage:"betting window of the demo game's rounds (0s: 3s)"`
+	// devSecret is the hs256_secret applyDev drew: the only one dev mode
+	// signs with (validateDev).
+	devSecret string
 }
 
 // PresenceConfig is the presence package's Config (keys presence.*).
@@ -384,6 +388,10 @@ func keyErr(key string, format string, args ...any) error {
 	return configload.KeyErr(key, format, args...)
 }
 
+// apiSecretPlaceholder marks the example api_secret of the deploy
+// manifests, long enough to pass the length check.
+const apiSecretPlaceholder = "REPLACE"
+
 // maxSaneDuration keeps durations from overflowing deadline arithmetic.
 const maxSaneDuration = 24 * time.Hour
 
@@ -423,6 +431,8 @@ func (c Config) Validate() error {
 		return keyErr("max_message_size", "must be between 1 and 67108864 bytes")
 	case c.APISecret != "" && len(c.APISecret) < 32:
 		return keyErr("api_secret", "must be at least 32 bytes")
+	case strings.Contains(c.APISecret, apiSecretPlaceholder):
+		return keyErr("api_secret", "is the deploy manifests' placeholder (it contains %q): set a random one, e.g. openssl rand -hex 32", apiSecretPlaceholder)
 	case c.WriteQueueMaxBytes <= 0 || c.WriteQueueMaxBytes > 1<<30:
 		return keyErr("write_queue_max_bytes", "must be between 1 and 1073741824 bytes")
 	case c.OutputBudgetBytes <= 0 || c.OutputBudgetBytes > 1<<40:
@@ -612,7 +622,6 @@ func LoadConfig(args []string, getenv func(string) string, stderr io.Writer) (Co
 	if err := applyDevIfAsked(&cfg, flagVals["dev"], getenv(EnvName("dev"))); err != nil {
 		return Config{}, err
 	}
-	devSecret := cfg.Auth.HS256Secret
 	if *configFile != "" {
 		data, err := os.ReadFile(*configFile)
 		if err != nil {
@@ -626,9 +635,6 @@ func LoadConfig(args []string, getenv func(string) string, stderr io.Writer) (Co
 		return Config{}, err
 	}
 	if err := configKeys.ApplyFlags(&cfg, flagVals); err != nil {
-		return Config{}, err
-	}
-	if err := cfg.checkDevSecret(devSecret); err != nil {
 		return Config{}, err
 	}
 	if err := cfg.Validate(); err != nil {

@@ -108,7 +108,8 @@ func applyDev(c *Config) {
 	c.DevTokenTTL = DefaultDevTokenTTL
 	c.RedisURL, c.RedisClusterAddrs = "", nil
 	c.Auth.Required = true
-	c.Auth.HS256Secret = hex.EncodeToString(secret[:])
+	c.devSecret = hex.EncodeToString(secret[:])
+	c.Auth.HS256Secret = c.devSecret
 	c.Routes = []RouteConfig{
 		{Topic: "table:*", Backend: specDemo, Presence: true, History: 100},
 		{Topic: "room:*", Backend: "echo", Presence: true, History: 100},
@@ -134,8 +135,10 @@ func (c Config) validateDev() error {
 	if !c.Dev {
 		return nil
 	}
-	if c.Auth.HS256Secret == "" {
-		return keyErr("auth.hs256_secret", "dev mode signs its tokens with it and it is empty")
+	// Set by the file, the environment, a flag or code, another secret
+	// would sign dev tokens that something else trusts.
+	if c.devSecret == "" || c.Auth.HS256Secret != c.devSecret {
+		return keyErr("auth.hs256_secret", "must not be set in dev mode: it signs its tokens with a secret generated at start (remove it from the file, PHXGATE_AUTH_HS256_SECRET or the flags; dev mode is turned on by --dev or PHXGATE_DEV, which draw it)")
 	}
 	// Dev mode verifies only its own tokens: a configured key would let
 	// production tokens in, or a dev token be taken for a production one.
@@ -162,16 +165,6 @@ func (c Config) validateDev() error {
 	return nil
 }
 
-// checkDevSecret refuses, in dev mode, an hs256_secret other than the
-// one applyDev generated (devSecret): set by the file, the environment or
-// a flag, it would sign dev tokens with a secret something else trusts.
-func (c Config) checkDevSecret(devSecret string) error {
-	if c.Dev && c.Auth.HS256Secret != devSecret {
-		return keyErr("auth.hs256_secret", "must not be set in dev mode: it signs its tokens with a secret generated at start (remove it from the file, PHXGATE_AUTH_HS256_SECRET or the flags)")
-	}
-	return nil
-}
-
 // isLoopbackHost reports whether host (a name or an address, without a
 // port; brackets allowed) is "localhost" or a loopback address. Other
 // names are refused even when they resolve to loopback: resolution can
@@ -193,7 +186,16 @@ func loopbackRequest(r *http.Request) bool {
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
-	return isLoopbackHost(host)
+	return isLoopbackHost(host) || isLocalhostSubdomain(host)
+}
+
+// isLocalhostSubdomain reports whether host is a name under .localhost,
+// which browsers resolve to loopback themselves, never asking DNS (so a
+// rebinding attacker cannot make a page of theirs send it).
+func isLocalhostSubdomain(host string) bool {
+	const suffix = ".localhost"
+	host = strings.TrimSuffix(host, ".")
+	return len(host) > len(suffix) && strings.EqualFold(host[len(host)-len(suffix):], suffix)
 }
 
 // devTokenTTL is c.DevTokenTTL or its default.
@@ -244,7 +246,7 @@ func (s *Server) devHTTP(next http.Handler) (http.Handler, error) {
 				foreign.Inc()
 			}
 			w.Header().Set("Cache-Control", "no-store")
-			http.Error(w, "dev mode answers only requests to a loopback name (localhost, 127.0.0.1, [::1])", http.StatusMisdirectedRequest)
+			http.Error(w, "dev mode answers only requests to a loopback name (localhost, *.localhost, 127.0.0.1, [::1])", http.StatusMisdirectedRequest)
 			return
 		}
 		if isToken {

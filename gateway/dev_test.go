@@ -359,7 +359,8 @@ func TestDevRoutesRefuseForeignHost(t *testing.T) {
 		body, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(body)
 	}
-	foreign := []string{"evil.example:" + port, "evil.example", "127.0.0.1.evil.example:" + port, "localhost.evil.example", "192.168.1.7:" + port, "0.0.0.0:" + port}
+	foreign := []string{"evil.example:" + port, "evil.example", "127.0.0.1.evil.example:" + port, "localhost.evil.example", "192.168.1.7:" + port, "0.0.0.0:" + port,
+		"game.localhost.evil.example", "evil-localhost:" + port, ".localhost"}
 	for _, host := range foreign {
 		for _, path := range []string{"/dev/token?player=alice", "/", "/demo/app.mjs"} {
 			code, body := do(host, path)
@@ -374,7 +375,8 @@ func TestDevRoutesRefuseForeignHost(t *testing.T) {
 	if n := sumCounter(t, s.Registry(), "phxgate_dev_tokens_total", "result", "issued"); n != 0 {
 		t.Fatalf("tokens issued to foreign hosts: %v", n)
 	}
-	for _, host := range []string{"127.0.0.1:" + port, "localhost:" + port, "LOCALHOST", "[::1]:" + port, "127.0.0.1"} {
+	// Browsers resolve every *.localhost name to loopback themselves.
+	for _, host := range []string{"127.0.0.1:" + port, "localhost:" + port, "LOCALHOST", "[::1]:" + port, "127.0.0.1", "game.localhost:" + port, "a.b.LocalHost"} {
 		if code, body := do(host, "/dev/token?player=alice"); code != http.StatusOK || !strings.Contains(body, `"token"`) {
 			t.Fatalf("token with Host %q: %d %s", host, code, body)
 		}

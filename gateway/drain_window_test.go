@@ -172,4 +172,58 @@ func TestDrainBatchSplitOverPollers(t *testing.T) {
 			}
 		})
 	}
+	// The averages above hide bursts: play each poller's schedule (what
+	// drainStep does with drainPace) and count the closes within any one
+	// drain_interval, and when the last one goes.
+	for _, tc := range []struct {
+		batch, pollers, perPoller int
+		interval, spread          time.Duration
+		wantMax                   int // closes within any one interval
+	}{
+		// drain_batch is enough: never more than it within an interval.
+		{batch: 10, pollers: 2, perPoller: 50, interval: time.Second, spread: 15 * time.Second, wantMax: 10},
+		{batch: 3, pollers: 4, perPoller: 2, interval: time.Second, spread: 15 * time.Second, wantMax: 3},
+		{batch: 1, pollers: 4, perPoller: 3, interval: time.Second, spread: 15 * time.Second, wantMax: 1},
+		// Raised to fit the window: back to one step per interval, each
+		// poller's batch rounded up (1,600 over 15 steps: 107, 7 × 16).
+		{batch: 1, pollers: 16, perPoller: 100, interval: time.Second, spread: 15 * time.Second, wantMax: 112},
+		{batch: 2, pollers: 4, perPoller: 30, interval: 100 * time.Millisecond, spread: time.Second, wantMax: 12},
+	} {
+		t.Run(fmt.Sprintf("schedule_%d_over_%d_%d_sockets", tc.batch, tc.pollers, tc.pollers*tc.perPoller), func(t *testing.T) {
+			type step struct {
+				at     time.Duration
+				closed int
+			}
+			var steps []step
+			for i := range tc.pollers {
+				b, every := pollerDrainShare(tc.batch, tc.pollers, i, tc.interval)
+				plan := drainPlan{batch: b, spread: tc.spread, every: every, interval: tc.interval, slot: i, slots: tc.pollers}
+				batch, every, at := drainPace(plan, tc.perPoller, tc.perPoller)
+				for left := tc.perPoller; left > 0; at += every {
+					n := min(batch, left)
+					if at >= tc.spread {
+						n = left
+					}
+					steps = append(steps, step{at, n})
+					left -= n
+				}
+			}
+			maxIn, last := 0, time.Duration(0)
+			for _, from := range steps {
+				in := 0
+				for _, s := range steps {
+					if s.at >= from.at && s.at < from.at+tc.interval {
+						in += s.closed
+					}
+				}
+				maxIn, last = max(maxIn, in), max(last, from.at)
+			}
+			if maxIn > tc.wantMax {
+				t.Errorf("%d closes within one interval, want at most %d", maxIn, tc.wantMax)
+			}
+			if last >= tc.spread {
+				t.Errorf("last close at %v, want within the spread %v", last, tc.spread)
+			}
+		})
+	}
 }

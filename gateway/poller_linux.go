@@ -63,11 +63,12 @@ type poller struct {
 	writes     int // writev calls
 	bytesIn    int
 	bytesOut   int
-	drainPos   int   // next index of conns to close while draining
-	drainBatch int   // sockets closed per drain step; 0 = not fixed yet
-	nextDrain  int64 // unix nanos of the next drain step
-	sawDrain   bool  // the draining flag as this pass read it
-	sawStop    bool  // the stopping flag as this pass read it
+	drainPos   int           // next index of conns to close while draining
+	drainBatch int           // sockets closed per drain step; 0 = not fixed yet
+	nextDrain  int64         // unix nanos of the next drain step
+	drainEvery time.Duration // pause between drain steps (drainPace)
+	sawDrain   bool          // the draining flag as this pass read it
+	sawStop    bool          // the stopping flag as this pass read it
 	// sweepEvery is the idle/close timer granularity (sweepInterval; tests
 	// lengthen it to prove that nothing waits for the sweep).
 	sweepEvery time.Duration
@@ -211,6 +212,13 @@ type drainPlan struct {
 	spread time.Duration
 	// every is the pause between two of this poller's steps.
 	every time.Duration
+	// interval is the node's drain_interval: a batch raised to fit spread
+	// goes back to one step per interval (every may be a multiple).
+	interval time.Duration
+	// slot of slots is this poller's place among the node's: its first
+	// step waits slot/slots of a pause, so that the pollers take turns
+	// instead of all closing at the same instants.
+	slot, slots int
 	// end is the start of the drain plus spread (zero without a
 	// deadline): a poller that has fallen behind closes what is left at
 	// once from then on, with 1012, rather than leave it to be cut.
@@ -364,14 +372,20 @@ func (p *poller) drainStep(plan drainPlan) {
 	if p.drainPos >= len(p.conns) || p.now < p.nextDrain {
 		return
 	}
+	pastEnd := !plan.end.IsZero() && p.now >= plan.end.UnixNano()
 	if p.drainBatch == 0 {
-		p.drainBatch = drainBatchFor(plan, int(p.open.Load()), len(p.conns))
+		var first time.Duration
+		p.drainBatch, p.drainEvery, first = drainPace(plan, int(p.open.Load()), len(p.conns))
+		if first > 0 && !pastEnd {
+			p.nextDrain = p.now + int64(first)
+			return
+		}
 	}
 	batch := p.drainBatch
-	if !plan.end.IsZero() && p.now >= plan.end.UnixNano() {
+	if pastEnd {
 		batch = len(p.conns)
 	}
-	p.nextDrain = p.now + int64(plan.every)
+	p.nextDrain = p.now + int64(p.drainEvery)
 	closed := 0
 	for ; p.drainPos < len(p.conns) && closed < batch; p.drainPos++ {
 		if c := p.conns[p.drainPos]; c != nil && c.state.Load() == stateOpen {
@@ -384,26 +398,58 @@ func (p *poller) drainStep(plan drainPlan) {
 	}
 }
 
-// drainBatchFor is a poller's batch: its share of drain_batch (or, with
-// none, at least minDrainBatch), raised to what closes open sockets
-// within plan.spread; all of them (all) when the spread holds fewer than
-// one step.
-func drainBatchFor(plan drainPlan, open, all int) int {
+// drainPace is how a poller with open sockets (all slots) drains: batch
+// sockets every pause, the first batch first after the start. batch is
+// its share of drain_batch (or, with none, at least minDrainBatch) at
+// plan.every; when that cannot close open sockets within plan.spread, the
+// pause goes back to plan.interval and batch is what fits (a stretched
+// pause would make fewer, larger bursts); all of them when the spread
+// holds fewer than one step. first is slot/slots of the pause: the
+// node's pollers take turns.
+func drainPace(plan drainPlan, open, all int) (batch int, every, first time.Duration) {
+	batch, every = drainBatchFor(plan, open, all)
+	if plan.slots > 0 {
+		first = every * time.Duration(plan.slot) / time.Duration(plan.slots)
+	}
+	return batch, every, first
+}
+
+// drainBatchFor is drainPace's batch and pause.
+func drainBatchFor(plan drainPlan, open, all int) (int, time.Duration) {
+	every := plan.every
 	if plan.spread <= 0 {
 		if plan.batch > 0 {
-			return plan.batch
+			return plan.batch, every
 		}
-		return max(1, all)
+		return max(1, all), every
 	}
-	steps := int(plan.spread / plan.every)
-	if steps < 1 {
-		return max(1, all)
+	// fit is the batch that closes open sockets within spread at one step
+	// per pause; false when spread holds less than one step.
+	fit := func(pause time.Duration) (int, bool) {
+		steps := int(plan.spread / pause)
+		if steps < 1 {
+			return 0, false
+		}
+		return (open + steps - 1) / steps, true
 	}
-	fit := (open + steps - 1) / steps
 	if plan.batch > 0 {
-		return max(plan.batch, fit, 1)
+		if n, ok := fit(every); ok && n <= plan.batch {
+			return plan.batch, every
+		}
+		if plan.interval > 0 {
+			every = plan.interval
+		}
+		n, ok := fit(every)
+		if !ok {
+			return max(1, all), every
+		}
+		return max(plan.batch, n, 1), every
 	}
-	return max(minDrainBatch, fit)
+	n, ok := fit(every)
+	if !ok {
+		return max(1, all), every
+	}
+	return max(minDrainBatch, n), every
 }
 
 // minDrainBatch keeps small nodes from dribbling their drain out.

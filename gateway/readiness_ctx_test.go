@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -13,7 +14,7 @@ import (
 func TestBackendsReadyReturnsAtContextEnd(t *testing.T) {
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
-	s := &Server{readyChecks: []readyCheck{
+	s := &Server{readyChecks: []*readyCheck{
 		{label: "grpc://fast", ready: func(context.Context) error { return nil }},
 		{label: "grpc://stuck", ready: func(context.Context) error { <-release; return nil }},
 	}}
@@ -28,5 +29,44 @@ func TestBackendsReadyReturnsAtContextEnd(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("backendsReady still waiting on an engine that ignores its context")
+	}
+}
+
+// A Readier that ignores its context is asked again only once its check
+// has returned: repeated /readyz calls meanwhile leave no goroutine each,
+// and answer "still checking" (not ready).
+func TestBackendsReadyOneCheckInFlight(t *testing.T) {
+	release := make(chan struct{})
+	var calls atomic.Int64
+	s := &Server{readyChecks: []*readyCheck{
+		{label: "grpc://stuck", ready: func(context.Context) error { calls.Add(1); <-release; return nil }},
+	}}
+	for i := range 5 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+		err := s.backendsReady(ctx)
+		cancel()
+		if err == nil {
+			t.Fatalf("call %d: ready while the check has not answered", i)
+		}
+		if i > 0 && !errors.Is(err, errStillChecking) {
+			t.Errorf("call %d: %v, want errStillChecking", i, err)
+		}
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("the engine was asked %d times while its first check ran, want 1", n)
+	}
+	close(release)
+	waitFor(t, 10*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		return s.backendsReady(ctx) == nil
+	}, "ready once the check returned")
+	// That answer may have been the first check's; it has ended (flight
+	// is cleared before its answer is out), so this asks the engine.
+	if err := s.backendsReady(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := calls.Load(); n < 2 {
+		t.Errorf("the engine was asked %d times, want again after its check returned", n)
 	}
 }

@@ -56,7 +56,7 @@ type Server struct {
 	// backendStats are the route engines with counters, by spec (/stats).
 	backendStats map[string]func() backends.CallStats
 	// readyChecks are the route engines /readyz asks (readiness.go).
-	readyChecks []readyCheck
+	readyChecks []*readyCheck
 	// drainHooks start when a drain starts, alongside the paced closes,
 	// bounded by drainHooksShare of the window (presence: the node's
 	// players leave at once).
@@ -453,7 +453,10 @@ func (s *Server) worker() {
 // Shutdown stops accepting, closes every socket with 1012 (drain), waits
 // for them to go (bounded by ctx; stragglers are then cut), stops the
 // pollers and listeners, and runs the Closers. Every goroutine started by
-// Start has returned when Shutdown returns.
+// Start has returned when Shutdown returns, but a drain hook that ignores
+// its context: Shutdown waits for the hooks only until their share of the
+// window (plus drainHooksGrace) and then goes on, returning an error
+// wrapping ErrDrainHooksRunning.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopOnce.Do(func() { s.stopErr = s.shutdown(ctx) })
 	return s.stopErr
@@ -479,7 +482,7 @@ func (s *Server) shutdown(ctx context.Context) error {
 	// so other nodes see the leaves without waiting for each socket's
 	// turn), but the closes do not wait for them: a slow Redis must not
 	// spend the window before the first 1012.
-	hooksDone := s.runDrainHooks(ctx, drainStart)
+	hooks := s.runDrainHooks(ctx, drainStart)
 	// Cut handshakes in progress: their deadline fires now.
 	s.inFlight.Range(func(k, _ any) bool {
 		_ = k.(net.Conn).SetDeadline(time.Now())
@@ -487,7 +490,7 @@ func (s *Server) shutdown(ctx context.Context) error {
 	})
 	for i, p := range s.pollers {
 		batch, every := pollerDrainShare(s.cfg.DrainBatch, len(s.pollers), i, s.cfg.drainInterval())
-		p.drain(drainPlan{batch: batch, spread: spread, every: every, end: end})
+		p.drain(drainPlan{batch: batch, spread: spread, every: every, interval: s.cfg.drainInterval(), slot: i, slots: len(s.pollers), end: end})
 	}
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
@@ -501,7 +504,10 @@ wait:
 		case <-tick.C:
 		}
 	}
-	<-hooksDone // bounded by drainHooksShare of the window
+	if herr := hooks.wait(); herr != nil {
+		s.log.Error("drain hooks still running past their share of the window; going on without them", "running", hooks.running.Load(), "grace", drainHooksGrace)
+		err = errors.Join(err, herr)
+	}
 	took := time.Since(drainStart)
 	s.health.drainEnded(took)
 	s.log.Info("sockets drained", "took", took, "closed_with_1012", s.metrics.drained.Load())
@@ -551,28 +557,65 @@ func (s *Server) closePollers() {
 // the drain hooks get; they run alongside the paced closes.
 const drainHooksShare = 2
 
+// drainHooksGrace is how long past the end of their context Shutdown
+// still waits for the drain hooks to return.
+const drainHooksGrace = 250 * time.Millisecond
+
+// ErrDrainHooksRunning is wrapped by Shutdown's error when a drain hook
+// had not returned drainHooksGrace after the end of its context: the
+// drain went on without it.
+var ErrDrainHooksRunning = errors.New("gateway: drain hooks still running")
+
+// drainHooks is the drain hooks started by runDrainHooks.
+type drainHooks struct {
+	ctx     context.Context // the hooks' context
+	done    chan struct{}   // closed when every hook has returned
+	running atomic.Int64    // hooks not returned yet
+}
+
+// wait waits for the hooks until drainHooksGrace after the end of their
+// context; an error wrapping ErrDrainHooksRunning when some are left.
+func (h *drainHooks) wait() error {
+	select {
+	case <-h.done:
+		return nil
+	case <-h.ctx.Done():
+	}
+	grace := time.NewTimer(drainHooksGrace)
+	defer grace.Stop()
+	select {
+	case <-h.done:
+		return nil
+	case <-grace.C:
+		return fmt.Errorf("%w: %d past their share of the window", ErrDrainHooksRunning, h.running.Load())
+	}
+}
+
 // runDrainHooks starts every drain hook at once, each with a context ending
-// at 1/drainHooksShare of the window (ctx's deadline, counted from start),
-// and returns a channel closed when all have returned.
-func (s *Server) runDrainHooks(ctx context.Context, start time.Time) <-chan struct{} {
-	done := make(chan struct{})
+// at 1/drainHooksShare of the window (ctx's deadline, counted from start).
+func (s *Server) runDrainHooks(ctx context.Context, start time.Time) *drainHooks {
 	hctx, cancel := ctx, context.CancelFunc(func() {})
 	if dl, ok := ctx.Deadline(); ok {
 		hctx, cancel = context.WithDeadline(ctx, start.Add(dl.Sub(start)/drainHooksShare))
 	}
+	hooks := &drainHooks{ctx: hctx, done: make(chan struct{})}
+	hooks.running.Store(int64(len(s.drainHooks)))
 	go func() {
-		defer close(done)
+		defer close(hooks.done)
 		defer cancel()
 		var wg sync.WaitGroup
 		for _, h := range s.drainHooks {
-			wg.Go(func() { h(hctx) })
+			wg.Go(func() {
+				defer hooks.running.Add(-1)
+				h(hctx)
+			})
 		}
 		wg.Wait()
 		if hctx.Err() != nil && ctx.Err() == nil {
 			s.log.Warn("drain hooks stopped at their share of the window", "share", fmt.Sprintf("1/%d", drainHooksShare))
 		}
 	}()
-	return done
+	return hooks
 }
 
 // Run starts a server, waits for ctx, then shuts down within

@@ -548,14 +548,14 @@ func (t *Tracker) queueLocked(topic string, joins, leaves []Presence) {
 	}
 	d.gen++
 	gen := d.gen
-	d.timer = time.AfterFunc(t.cfg.Window, func() { t.flush(topic, gen) })
+	d.timer = time.AfterFunc(t.cfg.Window, func() { t.flush(context.Background(), topic, gen) })
 }
 
 // flush publishes topic's pending changes, and whatever is queued while it
 // publishes, in order. gen is the window timer's that called it (0: a
 // drain or a retry). While a retry is due it does nothing: the retry
 // sends.
-func (t *Tracker) flush(topic string, gen uint64) {
+func (t *Tracker) flush(ctx context.Context, topic string, gen uint64) {
 	t.mu.Lock()
 	d := t.topics[topic]
 	if d == nil {
@@ -578,7 +578,7 @@ func (t *Tracker) flush(topic string, gen uint64) {
 		switch {
 		case d.refresh:
 			t.mu.Unlock()
-			err = t.sendRefresh(topic)
+			err = t.sendRefresh(ctx, topic)
 			t.mu.Lock()
 			if err == nil {
 				d.refresh = false
@@ -586,7 +586,7 @@ func (t *Tracker) flush(topic string, gen uint64) {
 		case len(d.out) > 0:
 			payload := d.out[0]
 			t.mu.Unlock()
-			err = t.send(topic, payload)
+			err = t.send(ctx, topic, payload)
 			t.mu.Lock()
 			if err == nil {
 				d.out[0] = nil
@@ -693,12 +693,12 @@ func (t *Tracker) retryFlush(topic string) {
 		return
 	}
 	t.mu.Unlock()
-	t.flush(topic, 0)
+	t.flush(context.Background(), topic, 0)
 }
 
-// send publishes one diff, retrying within Config.Timeout.
-func (t *Tracker) send(topic string, payload []byte) error {
-	if err := t.publish(t.pub, topic, payload); err != nil {
+// send publishes one diff, retrying within Config.Timeout and ctx.
+func (t *Tracker) send(ctx context.Context, topic string, payload []byte) error {
+	if err := t.publish(ctx, t.pub, topic, payload); err != nil {
 		return err
 	}
 	t.m.diffs.Inc()
@@ -708,7 +708,7 @@ func (t *Tracker) send(topic string, payload []byte) error {
 
 // sendRefresh asks every node of topic to send its subscribers the whole
 // state (a control event; on one node, OnLost at once).
-func (t *Tracker) sendRefresh(topic string) error {
+func (t *Tracker) sendRefresh(ctx context.Context, topic string) error {
 	if t.Control == nil {
 		if f := t.OnLost; f != nil {
 			f(topic)
@@ -716,7 +716,7 @@ func (t *Tracker) sendRefresh(topic string) error {
 		t.m.refreshes.Inc()
 		return nil
 	}
-	if err := t.publish(t.Control, topic, refreshControl); err != nil {
+	if err := t.publish(ctx, t.Control, topic, refreshControl); err != nil {
 		return err
 	}
 	t.m.refreshes.Inc()
@@ -727,8 +727,8 @@ func (t *Tracker) sendRefresh(topic string) error {
 // topic's subscribers the whole state.
 var refreshControl = []byte(`{"refresh":true}`)
 
-func (t *Tracker) publish(pub Publish, topic string, payload []byte) error {
-	ctx, cancel := t.ctx(context.Background())
+func (t *Tracker) publish(ctx context.Context, pub Publish, topic string, payload []byte) error {
+	ctx, cancel := t.ctx(ctx)
 	defer cancel()
 	var err error
 	for pause := 20 * time.Millisecond; ; pause *= 2 {
@@ -842,8 +842,13 @@ func (t *Tracker) Drain(ctx context.Context) {
 		if len(topics) == 0 {
 			return
 		}
+		// Each flush is bounded by ctx too: a broker that holds every
+		// publish must not keep the drain past its share of the window.
 		for _, topic := range topics {
-			t.flush(topic, 0)
+			if ctx.Err() != nil {
+				return
+			}
+			t.flush(ctx, topic, 0)
 		}
 		select {
 		case <-ctx.Done():
@@ -873,15 +878,21 @@ func (t *Tracker) drainTopic(ctx context.Context, br BatchRemover, topic string,
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if err == nil {
+		// tags was listed before the topic's lock was taken: a paced close
+		// may have untracked (and counted out) some since.
+		removed := 0
 		if local := t.local[topic]; local != nil {
 			for _, tag := range tags {
-				delete(local, tag)
+				if _, ok := local[tag]; ok {
+					delete(local, tag)
+					removed++
+				}
 			}
 			if len(local) == 0 {
 				delete(t.local, topic)
 			}
 		}
-		t.m.tracked.Sub(float64(len(tags)))
+		t.m.tracked.Sub(float64(removed))
 	}
 	if len(ps) > 0 {
 		t.queueLocked(topic, nil, ps)

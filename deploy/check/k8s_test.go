@@ -464,8 +464,10 @@ func checkAPISecret(t *testing.T, m manifests, c corev1.Container, cfg gateway.C
 }
 
 // portRestricted reports whether some NetworkPolicy selecting the pods
-// governs ingress and lets port in only from named peers.
+// governs ingress and none of them lets port in from everyone (policies
+// add up: one rule open to all opens the port, whatever the others say).
 func portRestricted(t *testing.T, m manifests, c corev1.Container, pod labels.Set, port int32) bool {
+	restricted := false
 	t.Helper()
 	for name, np := range m.netpols {
 		sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
@@ -494,11 +496,12 @@ func portRestricted(t *testing.T, m manifests, c corev1.Container, pod labels.Se
 		}
 		// Once a policy selects the pods for ingress, a port no rule
 		// names is closed: that is restricted too.
-		if !open {
-			return true
+		if open {
+			return false
 		}
+		restricted = true
 	}
-	return false
+	return restricted
 }
 
 func TestK8sServicesAndPDBSelectPods(t *testing.T) {

@@ -37,9 +37,11 @@
 package configload
 
 import (
+	"bytes"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"reflect"
 	"slices"
 	"strconv"
@@ -303,10 +305,19 @@ func (l *Loader) ApplyFlags(cfg any, vals map[string]string) error {
 // ApplyYAML walks the document key by key over cfg, so that every error
 // (unknown key, wrong type, bad duration) names the key it is about;
 // yaml.v3's own decoding names Go types instead. An empty document keeps
-// cfg as it is.
+// cfg as it is. A second document (after "---") is refused: it would be
+// dropped without a word.
 func (l *Loader) ApplyYAML(cfg any, data []byte) error {
 	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	var next yaml.Node
+	switch err := dec.Decode(&next); {
+	case err == nil:
+		return fmt.Errorf("%w: a second YAML document at line %d: a config file holds one (remove the \"---\" and merge them)", ErrConfig, next.Line)
+	case !errors.Is(err, io.EOF):
 		return fmt.Errorf("%w: %v", ErrConfig, err)
 	}
 	if len(doc.Content) == 0 {

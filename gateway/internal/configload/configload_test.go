@@ -127,3 +127,26 @@ func TestNoYAMLKeyFromFlagAndEnv(t *testing.T) {
 		t.Fatalf("--switch=false: %v, switch %v", err, c.Switch)
 	}
 }
+
+// A file holds one document: a second one (after "---") would be dropped
+// without a word, so it is refused, naming the line of its "---".
+func TestYAMLSeveralDocumentsRefused(t *testing.T) {
+	l := New[testConfig]()
+	for _, tt := range []struct{ yaml, want string }{
+		{"name: a\n---\nname: b\n", "line 2"},
+		{"---\nname: a\n---\nname: b\n", "line 3"},
+		{"name: a\n---\n", "line 2"},
+	} {
+		var c testConfig
+		err := l.ApplyYAML(&c, []byte(tt.yaml))
+		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "document") {
+			t.Errorf("%q: err = %v, want a config error about a second document at %s", tt.yaml, err, tt.want)
+		}
+	}
+	for _, one := range []string{"name: a\n", "---\nname: a\n", "name: a\n...\n", ""} {
+		var c testConfig
+		if err := l.ApplyYAML(&c, []byte(one)); err != nil {
+			t.Errorf("%q: %v", one, err)
+		}
+	}
+}
