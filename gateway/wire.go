@@ -191,7 +191,7 @@ func newPresence(cfg Config, broker pubsub.Broker, reg prometheus.Registerer, gw
 		_, err := broker.Publish(ctx, topic, pubsub.Message{Event: presence.ControlEvent, Payload: payload, Ephemeral: true})
 		return err
 	}
-	if err := store.Start(t.Leaves, t.Joins); err != nil {
+	if err := store.Start(t.Leaves, t.Restored); err != nil {
 		return nil, nil, keyErr("redis_url", "presence: %v", err)
 	}
 	if reg != nil {

@@ -68,7 +68,10 @@ type Redis struct {
 	c       redis.UniversalClient
 	boot    string
 	onLeave func(topic string, ps []Presence)
-	onJoin  func(topic string, ps []Presence)
+	// onRestore receives a topic's presences put back (joins, under
+	// fresh refs) and the same presences under the refs they had
+	// (leaves).
+	onRestore func(topic string, joins, leaves []Presence)
 	log     *slog.Logger
 
 	mu   sync.Mutex
@@ -160,13 +163,15 @@ func (r *Redis) ctx() (context.Context, context.CancelFunc) {
 // loops that keep it alive and reap dead nodes. Should the node find it
 // was taken for dead while alive (its liveness key gone: a partition, a
 // pause, a Redis that lost its data), it puts its presences back and
-// announces them through onJoin. Close stops it.
+// announces them through onRestore, as one change per topic: each
+// presence joins under a fresh ref and leaves under the ref it had.
+// Close stops it.
 //
 // Start takes the node's reap lock (waiting for a reaper of the earlier
 // life to finish) around that cleanup and the first liveness refresh, so
 // that no reaper of the earlier life runs while this one adds presences.
-func (r *Redis) Start(onLeave, onJoin func(topic string, ps []Presence)) error {
-	r.onLeave, r.onJoin = onLeave, onJoin
+func (r *Redis) Start(onLeave func(topic string, ps []Presence), onRestore func(topic string, joins, leaves []Presence)) error {
+	r.onLeave, r.onRestore = onLeave, onRestore
 	unlock, err := r.lockReap(r.cfg.NodeID, "start "+r.boot, true)
 	if err != nil {
 		return err
@@ -356,7 +361,11 @@ return out
 
 // restoreTopic puts back the topic's presences held now and announces
 // them, under the topic's lock: a Remove or Update of one of them waits,
-// so its leave comes after the join announced here.
+// so its leave comes after the join announced here. Each is announced as
+// the join of its fresh ref and the leave of the ref it had, in one
+// change queued behind anything this node has not published yet: a join
+// of the old ref held until after the reaper's leave of it is undone by
+// this change, whenever the reaper's leave arrives.
 func (r *Redis) restoreTopic(topic string) (int, error) {
 	l := r.tlock(topic)
 	l.Lock()
@@ -369,7 +378,9 @@ func (r *Redis) restoreTopic(topic string) (int, error) {
 	// the old one, so clients drop the old and add the new whichever
 	// diff reaches them first.
 	byTag := make(map[string]heldPresence, len(hs))
+	was := make(map[string]Presence, len(hs))
 	for tag, h := range hs {
+		was[tag] = h.p
 		nh := h
 		if _, seq, ok := decodeValue(h.value); ok {
 			ref := NewRef()
@@ -394,16 +405,18 @@ func (r *Redis) restoreTopic(topic string) (int, error) {
 		return 0, err
 	}
 	back := make([]Presence, 0, len(tags))
+	gone := make([]Presence, 0, len(tags))
 	r.mu.Lock()
 	for _, tag := range tags {
 		back = append(back, byTag[tag].p)
+		gone = append(gone, was[tag])
 		if _, ok := r.held[topic][tag]; ok {
 			r.held[topic][tag] = byTag[tag]
 		}
 	}
 	r.mu.Unlock()
-	if len(back) > 0 && r.onJoin != nil {
-		r.onJoin(topic, back)
+	if len(back) > 0 && r.onRestore != nil {
+		r.onRestore(topic, back, gone)
 	}
 	return len(back), nil
 }

@@ -488,18 +488,22 @@ func (t *Tracker) State(ctx context.Context, topic string) ([]byte, error) {
 	return EncodeState(ps), nil
 }
 
-// Joins queues joins found by the store (presences of this node put back
-// after it was taken for dead): they go out in the next diff. The store
-// calls it under its own lock of the topic, which this node's changes of
-// the topic take too (inside the tracker's topic lock), so it does not
-// take the tracker's topic lock: a leave of a presence put back is queued
-// after its join.
-func (t *Tracker) Joins(topic string, ps []Presence) {
-	if len(ps) == 0 {
+// Restored queues what the store put back after this node was taken for
+// dead: each presence joins under its fresh ref and leaves under the ref
+// it had, in one change behind everything of the topic this node has not
+// published yet (held diffs included), so that clients end with the new
+// ref only, whether the reaper's leave of the old one reaches them
+// before or after this node's own join of it. The store calls it under
+// its own lock of the topic, which this node's changes of the topic take
+// too (inside the tracker's topic lock), so it does not take the
+// tracker's topic lock: a leave of a presence put back is queued after
+// its join.
+func (t *Tracker) Restored(topic string, joins, leaves []Presence) {
+	if len(joins)+len(leaves) == 0 {
 		return
 	}
 	t.mu.Lock()
-	t.queueLocked(topic, ps, nil)
+	t.queueLocked(topic, joins, leaves)
 	t.mu.Unlock()
 }
 
