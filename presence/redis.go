@@ -72,7 +72,7 @@ type Redis struct {
 	// fresh refs) and the same presences under the refs they had
 	// (leaves).
 	onRestore func(topic string, joins, leaves []Presence)
-	log     *slog.Logger
+	log       *slog.Logger
 
 	mu   sync.Mutex
 	mine map[string]int // topic → presences of this node there
