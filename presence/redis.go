@@ -90,6 +90,10 @@ type Redis struct {
 	// by the restore loop, which publishes their leaves, for as long as
 	// the node runs.
 	removing map[string]map[string]Presence
+	// leftover is the topics an earlier life of this node left that
+	// Start could not reap: they stay on the node's list (Close keeps
+	// it), for the next life's Start.
+	leftover map[string]struct{}
 	// tlocks, by topic, order this node's changes of a topic with the
 	// restore of that topic (lock order: Tracker topic lock, then these,
 	// then mu).
@@ -136,13 +140,24 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		lostc:    make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}, nil
 }
 
-func (r *Redis) hashKey(topic string) string   { return r.cfg.Prefix + ":{" + topic + "}:p" }
-func (r *Redis) countsKey(topic string) string { return r.cfg.Prefix + ":{" + topic + "}:pk" }
+func (r *Redis) hashKey(topic string) string   { return redisTopicKey(r.cfg.Prefix, topic, "p") }
+func (r *Redis) countsKey(topic string) string { return redisTopicKey(r.cfg.Prefix, topic, "pk") }
 func (r *Redis) liveKey(node string) string    { return r.cfg.Prefix + ":presence:node:" + node }
 func (r *Redis) nodesKey() string              { return r.cfg.Prefix + ":presence:nodes" }
 func (r *Redis) topicsKey(node string) string  { return r.cfg.Prefix + ":presence:topics:" + node }
 func (r *Redis) reapKey(node string) string    { return r.cfg.Prefix + ":presence:reap:" + node }
 func (r *Redis) bootKey(node string) string    { return r.cfg.Prefix + ":presence:boot:" + node }
+
+// redisTopicKey is the name of a topic's key of a kind: <prefix>:{<fnv64a
+// of the topic, hex>}<topic length>:<topic>:<kind>. The hash tag is the
+// topic's hash, never its text, so a topic holding braces (or empty)
+// keeps its keys in one Redis Cluster slot (one script changes both);
+// the length makes the name unambiguous whatever the topic holds.
+func redisTopicKey(prefix, topic, kind string) string {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(topic))
+	return prefix + ":{" + strconv.FormatUint(h.Sum64(), 16) + "}" + strconv.Itoa(len(topic)) + ":" + topic + ":" + kind
+}
 
 func (r *Redis) tlock(topic string) *sync.Mutex {
 	h := fnv.New32a()
@@ -622,10 +637,19 @@ func (r *Redis) reap(node string, self bool) error {
 		return err
 	}
 	removed := 0
+	// A topic that fails is logged and skipped (it stays listed, for the
+	// next reap): one bad topic must not keep a node from starting, nor
+	// the others' presences from leaving.
+	var failed []string
 	for _, topic := range topics {
 		vals, err := reapScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, node, keep, only).StringSlice()
 		if err != nil {
-			return err
+			r.log.Warn("presence: removing a gone node's presences of a topic failed; skipped", "node", node, "earlier_life", self, "topic", topic, "err", err)
+			failed = append(failed, topic)
+			if ctx.Err() != nil {
+				break
+			}
+			continue
 		}
 		var ps []Presence
 		for _, v := range vals {
@@ -638,7 +662,28 @@ func (r *Redis) reap(node string, self bool) error {
 			r.onLeave(topic, ps)
 		}
 	}
-	if self {
+	if len(failed) > 0 {
+		// The topics done leave the list; those failed stay on it for the
+		// next reap (a restart of this node; another node's next pass).
+		done := make([]any, 0, len(topics))
+		for _, topic := range topics {
+			if !slices.Contains(failed, topic) {
+				done = append(done, topic)
+			}
+		}
+		if len(done) > 0 {
+			_ = r.c.SRem(ctx, r.topicsKey(node), done...).Err()
+		}
+		if !self {
+			return fmt.Errorf("presence: %d of %d topics of node %s not reaped", len(failed), len(topics), node)
+		}
+		r.mu.Lock()
+		r.leftover = map[string]struct{}{}
+		for _, topic := range failed {
+			r.leftover[topic] = struct{}{}
+		}
+		r.mu.Unlock()
+	} else if self {
 		// Our earlier life's topics; this life adds its own as it goes.
 		_ = r.c.Del(ctx, r.topicsKey(node)).Err()
 	} else {
@@ -795,6 +840,9 @@ func (r *Redis) forgetN(topic string, n int) {
 	last := r.mine[topic] <= 0
 	if last {
 		delete(r.mine, topic)
+	}
+	if _, ok := r.leftover[topic]; ok {
+		last = false // listed for the next life's reap
 	}
 	r.mu.Unlock()
 	if last {
@@ -1076,7 +1124,7 @@ func (r *Redis) Close() error {
 		ctx, cancel := r.ctx()
 		defer cancel()
 		r.mu.Lock()
-		drained := len(r.mine) == 0
+		drained := len(r.mine) == 0 && len(r.leftover) == 0
 		r.mu.Unlock()
 		_, _ = r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 			p.Del(ctx, r.liveKey(r.cfg.NodeID))

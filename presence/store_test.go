@@ -29,9 +29,11 @@ func refsOf(ps []Presence) []string {
 
 // storeContract is what every Store does: add within limits, list in join
 // order, remove by tag, update every meta of a key.
-func storeContract(t *testing.T, s Store) {
+func storeContract(t *testing.T, s Store) { storeContractOn(t, s, "room:"+t.Name()) }
+
+func storeContractOn(t *testing.T, s Store, topic string) {
+	t.Helper()
 	ctx := context.Background()
-	topic := "room:" + t.Name()
 	for i, tc := range []struct {
 		tag, key, ref, refusal string
 	}{
