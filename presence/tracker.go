@@ -63,6 +63,9 @@ type Tracker struct {
 	retrying map[string]*untrackRetryState
 	closed   bool
 	stopped  bool // Drain returned: held diffs are dropped, not retried
+	// refusals rate-limits the refusal log lines, by reason.
+	refusals map[string]*refusalLog
+	now      func() time.Time // the clock of the refusal log (tests set it)
 
 	// ctrl queues control events to their workers, by topic (so one
 	// topic's stay in order); started by the first one, stopped by Drain.
@@ -130,7 +133,8 @@ func NewTracker(cfg Config, store Store, pub Publish, log *slog.Logger) *Tracker
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Tracker{cfg: cfg.withDefaults(), store: store, pub: pub, log: log, m: newMetrics(),
-		topics: map[string]*topicDiff{}, local: map[string]map[string]struct{}{}, retrying: map[string]*untrackRetryState{}}
+		topics: map[string]*topicDiff{}, local: map[string]map[string]struct{}{}, retrying: map[string]*untrackRetryState{},
+		refusals: map[string]*refusalLog{}, now: time.Now}
 }
 
 func (t *Tracker) lock(topic string) *sync.Mutex {
@@ -196,8 +200,36 @@ func (t *Tracker) Refuse(topic, reason string) error { return t.refuse(topic, re
 
 func (t *Tracker) refuse(topic, reason string) error {
 	t.m.refused.WithLabelValues(reason).Inc()
-	t.log.Info("presence refused", "topic", topic, "reason", reason)
+	now := t.now()
+	t.mu.Lock()
+	r := t.refusals[reason]
+	if r == nil {
+		r = &refusalLog{}
+		t.refusals[reason] = r
+	}
+	r.since++
+	due := r.last.IsZero() || now.Sub(r.last) >= refusalLogEvery
+	n := r.since
+	if due {
+		r.last, r.since = now, 0
+	}
+	t.mu.Unlock()
+	if due {
+		t.log.Warn("presence refused", "topic", topic, "reason", reason, "refusals", n, "per", refusalLogEvery)
+	}
 	return refused(reason)
+}
+
+// refusalLogEvery is how often refusals of one reason are logged at
+// most: the first at once, then one line per period with the number
+// refused since the last line (every one is counted in
+// phxgate_presence_refused_total).
+const refusalLogEvery = time.Minute
+
+// refusalLog is the log state of one refusal reason.
+type refusalLog struct {
+	last  time.Time // when the last line was logged
+	since int       // refusals since (included in the next line)
 }
 
 // Untrack removes tag's presence from topic (nothing when there is none).
