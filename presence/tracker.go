@@ -66,6 +66,11 @@ type Tracker struct {
 	// refusals rate-limits the refusal log lines, by reason.
 	refusals map[string]*refusalLog
 	now      func() time.Time // the clock of the refusal log (tests set it)
+	// heldBytes is the bytes of every topic's diffs and changes not yet
+	// published; past heldBudget (heldMaxNodeBytes) a topic the broker
+	// refuses goes straight to refresh.
+	heldBytes  int
+	heldBudget int
 
 	// ctrl queues control events to their workers, by topic (so one
 	// topic's stay in order); started by the first one, stopped by Drain.
@@ -104,6 +109,8 @@ type topicDiff struct {
 	// order.
 	out      [][]byte
 	outBytes int
+	// pendBytes is the bytes of joins and leaves (metas and keys).
+	pendBytes int
 	// refresh: held diffs went past the bound and were dropped; every
 	// node is asked to send the topic's state again (control event)
 	// before anything newer goes out.
@@ -124,7 +131,34 @@ const (
 	heldMaxDiffs     = 64
 	heldMaxBytes     = 1 << 20
 	heldMaxPresences = 4096
+	// heldMaxNodeBytes bounds the bytes held by every topic of the node
+	// together: past it, a topic the broker refuses drops what it holds
+	// and goes straight to refresh.
+	heldMaxNodeBytes = 64 << 20
 )
+
+// presenceBytes is what ps weigh in the held bounds.
+func presenceBytes(ps []Presence) int {
+	n := 0
+	for _, p := range ps {
+		n += len(p.Meta) + len(p.Key)
+	}
+	return n
+}
+
+// addHeld counts n bytes more (or less) held by the node. Called with
+// t.mu held.
+func (t *Tracker) addHeld(n int) {
+	t.heldBytes += n
+	t.m.heldBytes.Set(float64(t.heldBytes))
+}
+
+// overHeldLocked reports whether topic's held diffs and changes are past
+// a bound: its own (diffs, bytes, changes) or the node's bytes.
+func (t *Tracker) overHeldLocked(d *topicDiff) bool {
+	return len(d.out) > heldMaxDiffs || d.outBytes+d.pendBytes > heldMaxBytes ||
+		len(d.joins)+len(d.leaves) > heldMaxPresences || t.heldBytes > t.heldBudget
+}
 
 // NewTracker returns a tracker over store, publishing diffs with pub.
 // Zero fields of cfg take their defaults.
@@ -134,7 +168,7 @@ func NewTracker(cfg Config, store Store, pub Publish, log *slog.Logger) *Tracker
 	}
 	return &Tracker{cfg: cfg.withDefaults(), store: store, pub: pub, log: log, m: newMetrics(),
 		topics: map[string]*topicDiff{}, local: map[string]map[string]struct{}{}, retrying: map[string]*untrackRetryState{},
-		refusals: map[string]*refusalLog{}, now: time.Now}
+		refusals: map[string]*refusalLog{}, now: time.Now, heldBudget: heldMaxNodeBytes}
 }
 
 func (t *Tracker) lock(topic string) *sync.Mutex {
@@ -571,10 +605,13 @@ func (t *Tracker) queueLocked(topic string, joins, leaves []Presence) {
 	}
 	d.joins = append(d.joins, joins...)
 	d.leaves = append(d.leaves, leaves...)
+	n := presenceBytes(joins) + presenceBytes(leaves)
+	d.pendBytes += n
+	t.addHeld(n)
 	if d.retry != nil {
 		// The broker refuses: changes wait behind the held diffs, up to
-		// the bound.
-		if len(d.joins)+len(d.leaves) > heldMaxPresences {
+		// the bounds (the topic's, and the node's bytes).
+		if t.overHeldLocked(d) {
 			t.dropHeldLocked(topic, d)
 		}
 		return
@@ -628,16 +665,20 @@ func (t *Tracker) flush(ctx context.Context, topic string, gen uint64) {
 				d.out[0] = nil
 				d.out = d.out[1:]
 				d.outBytes -= len(payload)
+				t.addHeld(-len(payload))
 				d.backoff = 0
 			}
 		case len(d.joins)+len(d.leaves) > 0:
 			joins, leaves := d.joins, d.leaves
 			d.joins, d.leaves = nil, nil
+			t.addHeld(-d.pendBytes)
+			d.pendBytes = 0
 			t.mu.Unlock()
 			out := splitDiff(joins, leaves, t.cfg.MaxDiffBytes)
 			t.mu.Lock()
 			for _, p := range out {
 				d.outBytes += len(p)
+				t.addHeld(len(p))
 			}
 			d.out = append(d.out, out...) // empty: only the flush takes from it
 		default:
@@ -663,14 +704,7 @@ func (t *Tracker) heldLocked(topic string, d *topicDiff, err error) {
 		d.timer.Stop()
 		d.timer = nil
 	}
-	pending := 0
-	for _, p := range d.joins {
-		pending += len(p.Meta) + len(p.Key)
-	}
-	for _, p := range d.leaves {
-		pending += len(p.Meta) + len(p.Key)
-	}
-	if len(d.out) > heldMaxDiffs || d.outBytes+pending > heldMaxBytes || len(d.joins)+len(d.leaves) > heldMaxPresences {
+	if t.overHeldLocked(d) {
 		t.dropHeldLocked(topic, d)
 	}
 	d.backoff = min(max(2*d.backoff, retryMin), retryMax)
@@ -690,8 +724,9 @@ func (t *Tracker) dropHeldLocked(topic string, d *topicDiff) {
 		n++
 	}
 	t.m.diffsLost.Add(float64(n))
-	t.log.Warn("presence: too many diffs held; every node will send the state again", "topic", topic, "diffs", n)
-	d.out, d.outBytes, d.joins, d.leaves = nil, 0, nil, nil
+	t.log.Warn("presence: too many diffs held; every node will send the state again", "topic", topic, "diffs", n, "node_held_bytes", t.heldBytes)
+	t.addHeld(-d.outBytes - d.pendBytes)
+	d.out, d.outBytes, d.joins, d.leaves, d.pendBytes = nil, 0, nil, nil, 0
 	d.refresh = true
 }
 
@@ -710,6 +745,8 @@ func (t *Tracker) dropAllLocked(topic string, d *topicDiff) {
 		d.timer = nil
 	}
 	if !d.flushing {
+		t.addHeld(-d.outBytes - d.pendBytes)
+		d.out, d.outBytes, d.joins, d.leaves, d.pendBytes = nil, 0, nil, nil, 0
 		delete(t.topics, topic)
 	}
 }
@@ -950,6 +987,7 @@ type metrics struct {
 	cleanups    prometheus.Counter
 
 	controlDropped prometheus.Counter
+	heldBytes      prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -981,6 +1019,9 @@ func newMetrics() *metrics {
 		cleanups: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "phxgate_presence_node_cleanups_total", Help: "Dead nodes (or an earlier life of this node) whose presences this node removed.",
 		}),
+		heldBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "phxgate_presence_held_bytes", Help: "Bytes of presence diffs and changes this node has not published yet (held while the broker refuses them; past 64 MiB a refused topic's are dropped and its state sent again).",
+		}),
 		controlDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "phxgate_presence_control_dropped_total", Help: "Presence updates from other nodes dropped because this node's control queue was full.",
 		}),
@@ -992,7 +1033,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.tracked, m.diffs, m.diffRetries, m.refreshes, m.diffBytes, m.diffsLost, m.refused, m.errors, m.cleanups, m.controlDropped}
+	return []prometheus.Collector{m.tracked, m.diffs, m.diffRetries, m.refreshes, m.diffBytes, m.diffsLost, m.refused, m.errors, m.cleanups, m.controlDropped, m.heldBytes}
 }
 
 // Describe implements prometheus.Collector.
