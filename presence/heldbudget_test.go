@@ -35,6 +35,9 @@ func heldTracker(t *testing.T, topics ...string) (*Tracker, *diffLog, func() []s
 		mu.Unlock()
 	}
 	l.setFail(true)
+	// Before the tracker's Drain (cleanups run last first): a drain
+	// waits for held diffs while the broker refuses.
+	t.Cleanup(func() { l.setFail(false) })
 	for i, topic := range topics {
 		if err := tr.Track(context.Background(), topic, "t0", "p0", nil); err != nil {
 			t.Fatal(err)
