@@ -79,11 +79,13 @@ type Redis struct {
 	// held is this node's presences by topic and tag, as stored: what to
 	// put back should the node find itself reaped while alive.
 	held map[string]map[string]heldPresence
-	// undo is the presences (topic → tags) whose Add failed and whose
-	// undo failed too: they may be stored with no owner, so the topic
-	// stays on the node's list (counted in mine) and the restore loop
-	// removes them.
-	undo map[string]map[string]struct{}
+	// undo is the topics where an Add failed and its undo failed too:
+	// what it may have stored has no owner. One mark per topic, however
+	// many Adds failed (each a new tag: phoenix.js rejoins), holding one
+	// count in mine (the topic stays on the node's list for a reaper);
+	// the restore loop sweeps the topic (every presence of this life
+	// there that the node does not hold goes) and clears the mark.
+	undo map[string]struct{}
 	// removing is the presences (topic → tag → presence) whose Remove
 	// failed: no longer held (a restore never puts them back), still
 	// counted in mine (the topic stays listed for a reaper), and removed
@@ -135,7 +137,7 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return &Redis{cfg: cfg, c: cfg.Client, boot: refEncoding.EncodeToString(b[:]), log: log,
-		mine: map[string]int{}, held: map[string]map[string]heldPresence{}, undo: map[string]map[string]struct{}{},
+		mine: map[string]int{}, held: map[string]map[string]heldPresence{}, undo: map[string]struct{}{},
 		removing: map[string]map[string]Presence{},
 		lostc:    make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}, nil
 }
@@ -472,21 +474,18 @@ func (r *Redis) lockReap(node, value string, wait bool) (release func(), err err
 	}
 }
 
-// retryUndo removes the presences whose Add failed and could not be
-// undone at the time.
+// retryUndo sweeps the topics where a failed Add could not be undone.
 func (r *Redis) retryUndo() {
 	r.mu.Lock()
-	var pairs [][2]string
-	for topic, tags := range r.undo {
-		for tag := range tags {
-			pairs = append(pairs, [2]string{topic, tag})
-		}
+	topics := make([]string, 0, len(r.undo))
+	for topic := range r.undo {
+		topics = append(topics, topic)
 	}
 	r.mu.Unlock()
-	for _, p := range pairs {
-		l := r.tlock(p[0])
+	for _, topic := range topics {
+		l := r.tlock(topic)
 		l.Lock()
-		err := r.undoAdd(p[0], p[1])
+		err := r.sweep(topic)
 		l.Unlock()
 		if err != nil {
 			return // Redis is still failing: next beat
@@ -494,35 +493,66 @@ func (r *Redis) retryUndo() {
 	}
 }
 
-// undoAdd removes tag's presence, stored by an Add that reported a
-// failure, and forgets it; or keeps it for retryUndo when Redis fails
-// again. Called under the topic's lock.
-func (r *Redis) undoAdd(topic, tag string) error {
+// sweepScript removes a topic's presences of one life of a node but
+// those listed. KEYS: hash, counts. ARGV: node, boot, then the tags to
+// keep. It returns how many it removed.
+var sweepScript = redis.NewScript(`
+local keep = {}
+for i = 3, #ARGV do keep[ARGV[i]] = true end
+local n = 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local v = all[i + 1]
+  local seq, nl, bl, kl = string.match(v, '^(%d+) (%d+) (%d+) (%d+) %d+\n')
+  if seq and not keep[all[i]] then
+    local rest = string.sub(v, string.find(v, '\n', 1, true) + 1)
+    local node = string.sub(rest, 1, tonumber(nl))
+    local boot = string.sub(rest, tonumber(nl) + 1, tonumber(nl) + tonumber(bl))
+    local key = string.sub(rest, tonumber(nl) + tonumber(bl) + 1, tonumber(nl) + tonumber(bl) + tonumber(kl))
+    if node == ARGV[1] and boot == ARGV[2] then
+      redis.call('HDEL', KEYS[1], all[i])
+      if redis.call('HINCRBY', KEYS[2], key, -1) <= 0 then redis.call('HDEL', KEYS[2], key) end
+      n = n + 1
+    end
+  end
+end
+return n
+`)
+
+// sweep removes every presence of this life on topic that the node
+// neither holds nor is removing (what failed Adds may have stored), and
+// clears the topic's undo mark; or marks it for retryUndo when Redis
+// fails. Called under the topic's lock, so no Add of the topic is in
+// flight.
+func (r *Redis) sweep(topic string) error {
+	r.mu.Lock()
+	args := make([]any, 0, 2+len(r.held[topic])+len(r.removing[topic]))
+	args = append(args, r.cfg.NodeID, r.boot)
+	for tag := range r.held[topic] {
+		args = append(args, tag)
+	}
+	for tag := range r.removing[topic] {
+		args = append(args, tag)
+	}
+	r.mu.Unlock()
 	ctx, cancel := r.ctx()
-	err := removeScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, tag).Err()
+	err := sweepScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, args...).Err()
 	cancel()
 	r.mu.Lock()
+	_, marked := r.undo[topic]
 	if err != nil && !errors.Is(err, redis.Nil) {
-		if r.undo[topic] == nil {
-			r.undo[topic] = map[string]struct{}{}
-		}
-		_, again := r.undo[topic][tag]
-		r.undo[topic][tag] = struct{}{}
+		r.undo[topic] = struct{}{}
 		r.mu.Unlock()
-		if !again {
+		if !marked {
 			r.log.Warn("presence: undoing a failed add failed; retrying", "topic", topic, "err", err)
 		}
 		return err
 	}
-	_, was := r.undo[topic][tag]
-	if was {
-		delete(r.undo[topic], tag)
-		if len(r.undo[topic]) == 0 {
-			delete(r.undo, topic)
-		}
-	}
+	delete(r.undo, topic)
 	r.mu.Unlock()
-	r.forget(topic)
+	if marked {
+		r.forget(topic) // the mark's count
+	}
 	return nil
 }
 
@@ -782,12 +812,12 @@ func (r *Redis) Add(ctx context.Context, topic, tag string, p Presence, lim Limi
 	l.Lock()
 	defer l.Unlock()
 	r.mu.Lock()
-	_, pending := r.undo[topic][tag]
+	_, pending := r.undo[topic]
 	r.mu.Unlock()
 	if pending {
-		// An earlier Add of this tag may still be stored: out first, or
-		// the script would take it for this one.
-		if err := r.undoAdd(topic, tag); err != nil {
+		// An earlier Add (maybe of this tag) may still be stored: out
+		// first, or the script would take it for this one.
+		if err := r.sweep(topic); err != nil {
 			return err
 		}
 	}
@@ -812,9 +842,16 @@ func (r *Redis) Add(ctx context.Context, topic, tag string, p Presence, lim Limi
 		if !errors.Is(err, ErrRefused) {
 			// The script may have run and only its answer been lost:
 			// undo it, so that no presence stays that nobody owns
-			// (should the undo fail too, the restore loop retries it,
-			// and the topic stays listed for a reaper meanwhile).
-			_ = r.undoAdd(topic, tag)
+			// (should the undo fail too, the topic is marked once and
+			// the restore loop sweeps it; it stays listed for a reaper
+			// meanwhile, by the mark's count in mine).
+			r.mu.Lock()
+			_, marked := r.undo[topic]
+			r.mu.Unlock()
+			if err := r.sweep(topic); err == nil || marked {
+				// This attempt's count (unless it became the mark's).
+				r.forget(topic)
+			}
 			return err
 		}
 		r.forget(topic)
