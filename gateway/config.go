@@ -476,9 +476,6 @@ func (c Config) Validate() error {
 	if err := configload.Section("presence.", c.Presence.Validate(), presence.ErrInvalidConfig); err != nil {
 		return err
 	}
-	if err := c.validatePresenceSize(); err != nil {
-		return err
-	}
 	if err := configload.Section("channels.", c.channelsConfig().Validate(), channels.ErrBadConfig); err != nil {
 		return err
 	}

@@ -12,23 +12,28 @@ func presenceDiffBytes(writeQueue int) int {
 	return max(1, min(presence.DefaultMaxDiffBytes, writeQueue/8))
 }
 
-// validatePresenceSize checks, when a route tracks presence, that a topic
-// full to presence.max_per_topic with metas of presence.max_meta_bytes
-// makes a presence_state a channel can be sent (half of
-// write_queue_max_bytes): otherwise such a room could not be joined.
-func (c Config) validatePresenceSize() error {
+// presenceSizeWarning is the warning logged at start when a route tracks
+// presence and a topic full to presence.max_per_topic with metas of
+// presence.max_meta_bytes would make a presence_state larger than a
+// channel can be sent (half of write_queue_max_bytes): such a room
+// cannot be joined past that size. It is a warning, not a refusal to
+// start (the bounds are worst cases; rooms that size are rare, and a
+// start refused on upgrade would lose every presence): a join past it is
+// refused at run time (state_too_large, counted and logged). "" when the
+// bounds fit.
+func (c Config) presenceSizeWarning() (msg string, attrs []any) {
 	on := false
 	for _, r := range c.Routes {
 		on = on || r.Presence
 	}
 	if !on {
-		return nil
+		return "", nil
 	}
 	state, bound := c.Presence.MaxStateBytes(), c.WriteQueueMaxBytes/2
 	if state <= bound {
-		return nil
+		return "", nil
 	}
 	p := c.Presence.WithDefaults()
-	return keyErr("presence.max_per_topic", "%d presences × (presence.max_meta_bytes %d + %d) = %d bytes of presence_state, over half of write_queue_max_bytes (%d): a full room could not be joined; lower presence.max_per_topic or presence.max_meta_bytes, or raise write_queue_max_bytes",
-		p.MaxPerTopic, p.MaxMetaBytes, presence.StateOverheadBytes, state, bound)
+	return "presence: a room full to presence.max_per_topic with metas of presence.max_meta_bytes makes a presence_state over half of write_queue_max_bytes; joins past that size are refused (state_too_large); lower presence.max_per_topic or presence.max_meta_bytes, or raise write_queue_max_bytes, to make every room joinable",
+		[]any{"presence.max_per_topic", p.MaxPerTopic, "presence.max_meta_bytes", p.MaxMetaBytes, "state_bytes", state, "write_queue_max_bytes", c.WriteQueueMaxBytes}
 }

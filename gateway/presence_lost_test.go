@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"log/slog"
 	"net/url"
 	"strings"
 	"testing"
@@ -81,15 +82,18 @@ func TestPresenceRefusedDiffReachesOtherNodes(t *testing.T) {
 	}
 }
 
-// The default presence bounds make a state a full room's joiner can be
-// sent; bounds that do not are refused at start, naming the key. A
-// configuration without a presence route is not held to them.
-func TestConfigPresenceStateFitsTheWriteQueue(t *testing.T) {
+// Presence bounds whose full room makes a presence_state over half of
+// write_queue_max_bytes do not stop the start (an upgrade keeping its
+// metas must not lose every presence): they are a warning logged at
+// start, naming the keys; joins past the size are refused at run time
+// (state_too_large). The defaults are the documented ones (1 KiB metas,
+// 10,000 per topic), and bounds that fit log nothing.
+func TestConfigPresenceStateBoundIsAWarningAtStart(t *testing.T) {
 	const route = "routes:\n  - topic: 'room:*'\n    backend: echo\n    presence: true\n"
 	for _, yaml := range []string{
 		route,
 		route + "presence:\n  max_per_topic: 4000\n  max_meta_bytes: 64\nwrite_queue_max_bytes: 2097152\n",
-		"presence:\n  max_per_topic: 10000\n  max_meta_bytes: 1024\nroutes:\n  - topic: 'room:*'\n    backend: echo\n",
+		route + "presence:\n  max_per_topic: 10000\n  max_meta_bytes: 1024\n",
 	} {
 		cfg, err := ParseYAML([]byte(yaml))
 		if err == nil {
@@ -99,9 +103,36 @@ func TestConfigPresenceStateFitsTheWriteQueue(t *testing.T) {
 			t.Errorf("%q: %v", yaml, err)
 		}
 	}
-	expectConfigKeyErrors(t, []configKeyCase{
-		{route + "presence:\n  max_per_topic: 10000\n", "presence.max_per_topic"},
-		{route + "presence:\n  max_meta_bytes: 1024\n", "presence.max_meta_bytes"},
-		{route + "write_queue_max_bytes: 65536\noutput_budget_bytes: 1048576\n", "write_queue_max_bytes"},
-	})
+	cfg, err := ParseYAML([]byte(route))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := cfg.Presence.WithDefaults(); p.MaxMetaBytes != 1024 || p.MaxPerTopic != 10_000 {
+		t.Errorf("defaults max_meta_bytes %d, max_per_topic %d; want 1024, 10000", p.MaxMetaBytes, p.MaxPerTopic)
+	}
+	const warning = "presence: a room full to presence.max_per_topic with metas of presence.max_meta_bytes makes a presence_state over half of write_queue_max_bytes; joins past that size are refused (state_too_large); lower presence.max_per_topic or presence.max_meta_bytes, or raise write_queue_max_bytes, to make every room joinable"
+	for _, tc := range []struct {
+		name string
+		mod  func(*Config)
+		warn bool
+	}{
+		{"defaults", func(*Config) {}, true},
+		{"bounds that fit", func(c *Config) { c.Presence.MaxPerTopic, c.Presence.MaxMetaBytes = 1000, 128 }, false},
+		{"no presence route", func(c *Config) { c.Routes[0].Presence = false }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := &syncBuffer{}
+			prodServer(t, func(c *Config) {
+				c.Routes[0].Presence = true
+				tc.mod(c)
+			}, WithLogger(slog.New(slog.NewJSONHandler(out, nil))))
+			line := out.find(t, warning)
+			if (line != nil) != tc.warn {
+				t.Fatalf("warning logged: %v, want %v", line, tc.warn)
+			}
+			if line != nil && (line["presence.max_per_topic"] != 10000.0 || line["presence.max_meta_bytes"] != 1024.0) {
+				t.Errorf("warning %v does not name the keys' values", line)
+			}
+		})
+	}
 }

@@ -167,6 +167,9 @@ func newPresence(cfg Config, broker pubsub.Broker, reg prometheus.Registerer, gw
 	if !on {
 		return nil, noop, nil
 	}
+	if msg, attrs := cfg.presenceSizeWarning(); msg != "" {
+		gw.log.Warn(msg, attrs...)
+	}
 	cfg.Presence.MaxDiffBytes = presenceDiffBytes(cfg.WriteQueueMaxBytes)
 	pub := func(ctx context.Context, topic string, payload []byte) error {
 		_, err := broker.Publish(ctx, topic, pubsub.Message{Event: "presence_diff", Payload: payload, Ephemeral: true})
@@ -191,7 +194,7 @@ func newPresence(cfg Config, broker pubsub.Broker, reg prometheus.Registerer, gw
 		_, err := broker.Publish(ctx, topic, pubsub.Message{Event: presence.ControlEvent, Payload: payload, Ephemeral: true})
 		return err
 	}
-	if err := store.Start(t.Leaves, t.Joins); err != nil {
+	if err := store.Start(t.Leaves, t.Restored); err != nil {
 		return nil, nil, keyErr("redis_url", "presence: %v", err)
 	}
 	if reg != nil {

@@ -34,15 +34,20 @@
 // the first attempt was applied but its answer lost); the Redis store
 // takes a presence whose Remove failed out of what it restores and
 // retries its removal while the node runs, publishing the leave; a failed Add whose
-// undo fails is undone later; a diff the broker refuses is retried, then
-// this node's subscribers of the topic get the whole presence_state
-// (other nodes' subscribers do not: not handled yet); a node taken for
-// dead while alive puts its presences back, after the reaper that took
-// it for dead has finished (the node's reap lock), on its own goroutine
-// (never delaying the liveness refresh), topic by topic under the Redis
-// store's topic lock, from what it holds then (latest meta; nothing
-// removed meanwhile), each under a fresh phx_ref (the reaper's leave
-// names the old one). Drain waits for Tracks in flight and drains until
+// undo fails is undone later; a diff the broker refuses is held and sent
+// again, first, when the broker answers (later changes wait behind it);
+// past the bound of held diffs (per topic, and the node's held bytes)
+// they are dropped and every node of the topic, once the broker answers,
+// sends its subscribers the whole presence_state (a control event); a
+// node taken for dead while alive puts its presences back, after the
+// reaper that took it for dead has finished (the node's reap lock), on
+// its own goroutine (never delaying the liveness refresh), topic by
+// topic under the Redis store's topic lock, from what it holds then
+// (latest meta; nothing removed meanwhile), each under a fresh phx_ref,
+// announced as one change (the join of the new ref, the leave of the
+// old) queued behind what the node had not yet published: clients end
+// with the new ref whether the reaper's leave of the old one reaches
+// them before or after a held join of it. Drain waits for Tracks in flight and drains until
 // nothing is left. On several nodes an Update is routed to the nodes
 // owning the presences (a control event through the topic,
 // ControlEvent), each updating its own under the topic's lock, so an
@@ -50,6 +55,6 @@
 // only queues it (it runs on the broker's delivery path).
 //
 // Lock order: Tracker's topic lock, then the Redis store's topic lock,
-// then Tracker.mu or the store's mu. The store calls Tracker.Joins under
-// its topic lock (Joins takes only Tracker.mu).
+// then Tracker.mu or the store's mu. The store calls Tracker.Restored
+// under its topic lock (Restored takes only Tracker.mu).
 package presence

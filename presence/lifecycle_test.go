@@ -24,7 +24,7 @@ func startLater(t *testing.T, c redis.UniversalClient, node, topic, tag string, 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := s.Start(func(string, []Presence) {}, func(string, []Presence) {}); err != nil {
+		if err := s.Start(func(string, []Presence) {}, func(string, []Presence, []Presence) {}); err != nil {
 			t.Error(err)
 			return
 		}
@@ -188,7 +188,7 @@ func TestRedisFailedRemoveIsNeverRestored(t *testing.T) {
 	s := redisStore(t, c, "a")
 	l := &diffLog{}
 	tr := NewTracker(Config{Window: time.Millisecond}, s, l.publish, nil)
-	if err := s.Start(tr.Leaves, tr.Joins); err != nil {
+	if err := s.Start(tr.Leaves, tr.Restored); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })

@@ -130,9 +130,9 @@ type Config struct {
 // Defaults.
 const (
 	DefaultWindow         = 50 * time.Millisecond
-	DefaultMaxMetaBytes   = 128
+	DefaultMaxMetaBytes   = 1024
 	DefaultMaxMetasPerKey = 16
-	DefaultMaxPerTopic    = 2_000
+	DefaultMaxPerTopic    = 10_000
 	DefaultTimeout        = 2 * time.Second
 	DefaultMaxDiffBytes   = 64 << 10
 	// MaxMetasPerKey is the largest MaxMetasPerKey accepted.

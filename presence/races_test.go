@@ -39,14 +39,14 @@ func startStore(t *testing.T, c redis.UniversalClient, node string, leaves, join
 	if hooks != nil {
 		hooks(s)
 	}
-	onLeave, onJoin := func(string, []Presence) {}, func(string, []Presence) {}
+	onLeave, onRestore := func(string, []Presence) {}, func(string, []Presence, []Presence) {}
 	if leaves != nil {
 		onLeave = leaves.on
 	}
 	if joins != nil {
-		onJoin = joins.on
+		onRestore = joins.restored
 	}
-	if err := s.Start(onLeave, onJoin); err != nil {
+	if err := s.Start(onLeave, onRestore); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
@@ -314,7 +314,7 @@ func TestTrackerLeaveAfterALostRemoveAnswer(t *testing.T) {
 	tr := NewTracker(Config{Window: time.Millisecond}, s, l.publish, nil)
 	// The leave goes out through the tracker's retry or the store's
 	// (pending removals): either way, once.
-	if err := s.Start(tr.Leaves, tr.Joins); err != nil {
+	if err := s.Start(tr.Leaves, tr.Restored); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
@@ -354,8 +354,8 @@ func TestRedisAddUndoFailureLeavesNoOrphan(t *testing.T) {
 	var h losingHook
 	c.AddHook(&h)
 	s := startStore(t, c, "a", nil, nil, nil)
-	h.lose(addScript, 1, true)     // stored, answer lost
-	h.lose(removeScript, 1, false) // the undo fails
+	h.lose(addScript, 1, true)    // stored, answer lost
+	h.lose(sweepScript, 1, false) // the undo fails
 	if err := s.Add(ctx, "room:o", "a1", pres("p", "r1"), raceLimits); err == nil {
 		t.Fatal("the add reported success")
 	}

@@ -68,25 +68,34 @@ type Redis struct {
 	c       redis.UniversalClient
 	boot    string
 	onLeave func(topic string, ps []Presence)
-	onJoin  func(topic string, ps []Presence)
-	log     *slog.Logger
+	// onRestore receives a topic's presences put back (joins, under
+	// fresh refs) and the same presences under the refs they had
+	// (leaves).
+	onRestore func(topic string, joins, leaves []Presence)
+	log       *slog.Logger
 
 	mu   sync.Mutex
 	mine map[string]int // topic → presences of this node there
 	// held is this node's presences by topic and tag, as stored: what to
 	// put back should the node find itself reaped while alive.
 	held map[string]map[string]heldPresence
-	// undo is the presences (topic → tags) whose Add failed and whose
-	// undo failed too: they may be stored with no owner, so the topic
-	// stays on the node's list (counted in mine) and the restore loop
-	// removes them.
-	undo map[string]map[string]struct{}
+	// undo is the topics where an Add failed and its undo failed too:
+	// what it may have stored has no owner. One mark per topic, however
+	// many Adds failed (each a new tag: phoenix.js rejoins), holding one
+	// count in mine (the topic stays on the node's list for a reaper);
+	// the restore loop sweeps the topic (every presence of this life
+	// there that the node does not hold goes) and clears the mark.
+	undo map[string]struct{}
 	// removing is the presences (topic → tag → presence) whose Remove
 	// failed: no longer held (a restore never puts them back), still
 	// counted in mine (the topic stays listed for a reaper), and removed
 	// by the restore loop, which publishes their leaves, for as long as
 	// the node runs.
 	removing map[string]map[string]Presence
+	// leftover is the topics an earlier life of this node left that
+	// Start could not reap: they stay on the node's list (Close keeps
+	// it), for the next life's Start.
+	leftover map[string]struct{}
 	// tlocks, by topic, order this node's changes of a topic with the
 	// restore of that topic (lock order: Tracker topic lock, then these,
 	// then mu).
@@ -128,18 +137,29 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return &Redis{cfg: cfg, c: cfg.Client, boot: refEncoding.EncodeToString(b[:]), log: log,
-		mine: map[string]int{}, held: map[string]map[string]heldPresence{}, undo: map[string]map[string]struct{}{},
+		mine: map[string]int{}, held: map[string]map[string]heldPresence{}, undo: map[string]struct{}{},
 		removing: map[string]map[string]Presence{},
 		lostc:    make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}, nil
 }
 
-func (r *Redis) hashKey(topic string) string   { return r.cfg.Prefix + ":{" + topic + "}:p" }
-func (r *Redis) countsKey(topic string) string { return r.cfg.Prefix + ":{" + topic + "}:pk" }
+func (r *Redis) hashKey(topic string) string   { return redisTopicKey(r.cfg.Prefix, topic, "p") }
+func (r *Redis) countsKey(topic string) string { return redisTopicKey(r.cfg.Prefix, topic, "pk") }
 func (r *Redis) liveKey(node string) string    { return r.cfg.Prefix + ":presence:node:" + node }
 func (r *Redis) nodesKey() string              { return r.cfg.Prefix + ":presence:nodes" }
 func (r *Redis) topicsKey(node string) string  { return r.cfg.Prefix + ":presence:topics:" + node }
 func (r *Redis) reapKey(node string) string    { return r.cfg.Prefix + ":presence:reap:" + node }
 func (r *Redis) bootKey(node string) string    { return r.cfg.Prefix + ":presence:boot:" + node }
+
+// redisTopicKey is the name of a topic's key of a kind: <prefix>:{<fnv64a
+// of the topic, hex>}<topic length>:<topic>:<kind>. The hash tag is the
+// topic's hash, never its text, so a topic holding braces (or empty)
+// keeps its keys in one Redis Cluster slot (one script changes both);
+// the length makes the name unambiguous whatever the topic holds.
+func redisTopicKey(prefix, topic, kind string) string {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(topic))
+	return prefix + ":{" + strconv.FormatUint(h.Sum64(), 16) + "}" + strconv.Itoa(len(topic)) + ":" + topic + ":" + kind
+}
 
 func (r *Redis) tlock(topic string) *sync.Mutex {
 	h := fnv.New32a()
@@ -160,13 +180,15 @@ func (r *Redis) ctx() (context.Context, context.CancelFunc) {
 // loops that keep it alive and reap dead nodes. Should the node find it
 // was taken for dead while alive (its liveness key gone: a partition, a
 // pause, a Redis that lost its data), it puts its presences back and
-// announces them through onJoin. Close stops it.
+// announces them through onRestore, as one change per topic: each
+// presence joins under a fresh ref and leaves under the ref it had.
+// Close stops it.
 //
 // Start takes the node's reap lock (waiting for a reaper of the earlier
 // life to finish) around that cleanup and the first liveness refresh, so
 // that no reaper of the earlier life runs while this one adds presences.
-func (r *Redis) Start(onLeave, onJoin func(topic string, ps []Presence)) error {
-	r.onLeave, r.onJoin = onLeave, onJoin
+func (r *Redis) Start(onLeave func(topic string, ps []Presence), onRestore func(topic string, joins, leaves []Presence)) error {
+	r.onLeave, r.onRestore = onLeave, onRestore
 	unlock, err := r.lockReap(r.cfg.NodeID, "start "+r.boot, true)
 	if err != nil {
 		return err
@@ -356,7 +378,11 @@ return out
 
 // restoreTopic puts back the topic's presences held now and announces
 // them, under the topic's lock: a Remove or Update of one of them waits,
-// so its leave comes after the join announced here.
+// so its leave comes after the join announced here. Each is announced as
+// the join of its fresh ref and the leave of the ref it had, in one
+// change queued behind anything this node has not published yet: a join
+// of the old ref held until after the reaper's leave of it is undone by
+// this change, whenever the reaper's leave arrives.
 func (r *Redis) restoreTopic(topic string) (int, error) {
 	l := r.tlock(topic)
 	l.Lock()
@@ -369,7 +395,9 @@ func (r *Redis) restoreTopic(topic string) (int, error) {
 	// the old one, so clients drop the old and add the new whichever
 	// diff reaches them first.
 	byTag := make(map[string]heldPresence, len(hs))
+	was := make(map[string]Presence, len(hs))
 	for tag, h := range hs {
+		was[tag] = h.p
 		nh := h
 		if _, seq, ok := decodeValue(h.value); ok {
 			ref := NewRef()
@@ -394,16 +422,18 @@ func (r *Redis) restoreTopic(topic string) (int, error) {
 		return 0, err
 	}
 	back := make([]Presence, 0, len(tags))
+	gone := make([]Presence, 0, len(tags))
 	r.mu.Lock()
 	for _, tag := range tags {
 		back = append(back, byTag[tag].p)
+		gone = append(gone, was[tag])
 		if _, ok := r.held[topic][tag]; ok {
 			r.held[topic][tag] = byTag[tag]
 		}
 	}
 	r.mu.Unlock()
-	if len(back) > 0 && r.onJoin != nil {
-		r.onJoin(topic, back)
+	if len(back) > 0 && r.onRestore != nil {
+		r.onRestore(topic, back, gone)
 	}
 	return len(back), nil
 }
@@ -444,21 +474,18 @@ func (r *Redis) lockReap(node, value string, wait bool) (release func(), err err
 	}
 }
 
-// retryUndo removes the presences whose Add failed and could not be
-// undone at the time.
+// retryUndo sweeps the topics where a failed Add could not be undone.
 func (r *Redis) retryUndo() {
 	r.mu.Lock()
-	var pairs [][2]string
-	for topic, tags := range r.undo {
-		for tag := range tags {
-			pairs = append(pairs, [2]string{topic, tag})
-		}
+	topics := make([]string, 0, len(r.undo))
+	for topic := range r.undo {
+		topics = append(topics, topic)
 	}
 	r.mu.Unlock()
-	for _, p := range pairs {
-		l := r.tlock(p[0])
+	for _, topic := range topics {
+		l := r.tlock(topic)
 		l.Lock()
-		err := r.undoAdd(p[0], p[1])
+		err := r.sweep(topic)
 		l.Unlock()
 		if err != nil {
 			return // Redis is still failing: next beat
@@ -466,35 +493,66 @@ func (r *Redis) retryUndo() {
 	}
 }
 
-// undoAdd removes tag's presence, stored by an Add that reported a
-// failure, and forgets it; or keeps it for retryUndo when Redis fails
-// again. Called under the topic's lock.
-func (r *Redis) undoAdd(topic, tag string) error {
+// sweepScript removes a topic's presences of one life of a node but
+// those listed. KEYS: hash, counts. ARGV: node, boot, then the tags to
+// keep. It returns how many it removed.
+var sweepScript = redis.NewScript(`
+local keep = {}
+for i = 3, #ARGV do keep[ARGV[i]] = true end
+local n = 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local v = all[i + 1]
+  local seq, nl, bl, kl = string.match(v, '^(%d+) (%d+) (%d+) (%d+) %d+\n')
+  if seq and not keep[all[i]] then
+    local rest = string.sub(v, string.find(v, '\n', 1, true) + 1)
+    local node = string.sub(rest, 1, tonumber(nl))
+    local boot = string.sub(rest, tonumber(nl) + 1, tonumber(nl) + tonumber(bl))
+    local key = string.sub(rest, tonumber(nl) + tonumber(bl) + 1, tonumber(nl) + tonumber(bl) + tonumber(kl))
+    if node == ARGV[1] and boot == ARGV[2] then
+      redis.call('HDEL', KEYS[1], all[i])
+      if redis.call('HINCRBY', KEYS[2], key, -1) <= 0 then redis.call('HDEL', KEYS[2], key) end
+      n = n + 1
+    end
+  end
+end
+return n
+`)
+
+// sweep removes every presence of this life on topic that the node
+// neither holds nor is removing (what failed Adds may have stored), and
+// clears the topic's undo mark; or marks it for retryUndo when Redis
+// fails. Called under the topic's lock, so no Add of the topic is in
+// flight.
+func (r *Redis) sweep(topic string) error {
+	r.mu.Lock()
+	args := make([]any, 0, 2+len(r.held[topic])+len(r.removing[topic]))
+	args = append(args, r.cfg.NodeID, r.boot)
+	for tag := range r.held[topic] {
+		args = append(args, tag)
+	}
+	for tag := range r.removing[topic] {
+		args = append(args, tag)
+	}
+	r.mu.Unlock()
 	ctx, cancel := r.ctx()
-	err := removeScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, tag).Err()
+	err := sweepScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, args...).Err()
 	cancel()
 	r.mu.Lock()
+	_, marked := r.undo[topic]
 	if err != nil && !errors.Is(err, redis.Nil) {
-		if r.undo[topic] == nil {
-			r.undo[topic] = map[string]struct{}{}
-		}
-		_, again := r.undo[topic][tag]
-		r.undo[topic][tag] = struct{}{}
+		r.undo[topic] = struct{}{}
 		r.mu.Unlock()
-		if !again {
+		if !marked {
 			r.log.Warn("presence: undoing a failed add failed; retrying", "topic", topic, "err", err)
 		}
 		return err
 	}
-	_, was := r.undo[topic][tag]
-	if was {
-		delete(r.undo[topic], tag)
-		if len(r.undo[topic]) == 0 {
-			delete(r.undo, topic)
-		}
-	}
+	delete(r.undo, topic)
 	r.mu.Unlock()
-	r.forget(topic)
+	if marked {
+		r.forget(topic) // the mark's count
+	}
 	return nil
 }
 
@@ -609,10 +667,19 @@ func (r *Redis) reap(node string, self bool) error {
 		return err
 	}
 	removed := 0
+	// A topic that fails is logged and skipped (it stays listed, for the
+	// next reap): one bad topic must not keep a node from starting, nor
+	// the others' presences from leaving.
+	var failed []string
 	for _, topic := range topics {
 		vals, err := reapScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, node, keep, only).StringSlice()
 		if err != nil {
-			return err
+			r.log.Warn("presence: removing a gone node's presences of a topic failed; skipped", "node", node, "earlier_life", self, "topic", topic, "err", err)
+			failed = append(failed, topic)
+			if ctx.Err() != nil {
+				break
+			}
+			continue
 		}
 		var ps []Presence
 		for _, v := range vals {
@@ -625,7 +692,28 @@ func (r *Redis) reap(node string, self bool) error {
 			r.onLeave(topic, ps)
 		}
 	}
-	if self {
+	if len(failed) > 0 {
+		// The topics done leave the list; those failed stay on it for the
+		// next reap (a restart of this node; another node's next pass).
+		done := make([]any, 0, len(topics))
+		for _, topic := range topics {
+			if !slices.Contains(failed, topic) {
+				done = append(done, topic)
+			}
+		}
+		if len(done) > 0 {
+			_ = r.c.SRem(ctx, r.topicsKey(node), done...).Err()
+		}
+		if !self {
+			return fmt.Errorf("presence: %d of %d topics of node %s not reaped", len(failed), len(topics), node)
+		}
+		r.mu.Lock()
+		r.leftover = map[string]struct{}{}
+		for _, topic := range failed {
+			r.leftover[topic] = struct{}{}
+		}
+		r.mu.Unlock()
+	} else if self {
 		// Our earlier life's topics; this life adds its own as it goes.
 		_ = r.c.Del(ctx, r.topicsKey(node)).Err()
 	} else {
@@ -724,12 +812,12 @@ func (r *Redis) Add(ctx context.Context, topic, tag string, p Presence, lim Limi
 	l.Lock()
 	defer l.Unlock()
 	r.mu.Lock()
-	_, pending := r.undo[topic][tag]
+	_, pending := r.undo[topic]
 	r.mu.Unlock()
 	if pending {
-		// An earlier Add of this tag may still be stored: out first, or
-		// the script would take it for this one.
-		if err := r.undoAdd(topic, tag); err != nil {
+		// An earlier Add (maybe of this tag) may still be stored: out
+		// first, or the script would take it for this one.
+		if err := r.sweep(topic); err != nil {
 			return err
 		}
 	}
@@ -754,9 +842,16 @@ func (r *Redis) Add(ctx context.Context, topic, tag string, p Presence, lim Limi
 		if !errors.Is(err, ErrRefused) {
 			// The script may have run and only its answer been lost:
 			// undo it, so that no presence stays that nobody owns
-			// (should the undo fail too, the restore loop retries it,
-			// and the topic stays listed for a reaper meanwhile).
-			_ = r.undoAdd(topic, tag)
+			// (should the undo fail too, the topic is marked once and
+			// the restore loop sweeps it; it stays listed for a reaper
+			// meanwhile, by the mark's count in mine).
+			r.mu.Lock()
+			_, marked := r.undo[topic]
+			r.mu.Unlock()
+			if err := r.sweep(topic); err == nil || marked {
+				// This attempt's count (unless it became the mark's).
+				r.forget(topic)
+			}
 			return err
 		}
 		r.forget(topic)
@@ -782,6 +877,9 @@ func (r *Redis) forgetN(topic string, n int) {
 	last := r.mine[topic] <= 0
 	if last {
 		delete(r.mine, topic)
+	}
+	if _, ok := r.leftover[topic]; ok {
+		last = false // listed for the next life's reap
 	}
 	r.mu.Unlock()
 	if last {
@@ -1063,7 +1161,7 @@ func (r *Redis) Close() error {
 		ctx, cancel := r.ctx()
 		defer cancel()
 		r.mu.Lock()
-		drained := len(r.mine) == 0
+		drained := len(r.mine) == 0 && len(r.leftover) == 0
 		r.mu.Unlock()
 		_, _ = r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 			p.Del(ctx, r.liveKey(r.cfg.NodeID))

@@ -29,9 +29,11 @@ func refsOf(ps []Presence) []string {
 
 // storeContract is what every Store does: add within limits, list in join
 // order, remove by tag, update every meta of a key.
-func storeContract(t *testing.T, s Store) {
+func storeContract(t *testing.T, s Store) { storeContractOn(t, s, "room:"+t.Name()) }
+
+func storeContractOn(t *testing.T, s Store, topic string) {
+	t.Helper()
 	ctx := context.Background()
-	topic := "room:" + t.Name()
 	for i, tc := range []struct {
 		tag, key, ref, refusal string
 	}{
@@ -140,6 +142,9 @@ func (l *leaveLog) on(topic string, ps []Presence) {
 	l.leaves[topic] = append(l.leaves[topic], refsOf(ps)...)
 }
 
+// restored logs the joins of a restore (the presences put back).
+func (l *leaveLog) restored(topic string, joins, _ []Presence) { l.on(topic, joins) }
+
 func (l *leaveLog) get(topic string) []string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -236,7 +241,7 @@ func TestRedisStoreComesBackAfterAFalseReap(t *testing.T) {
 	ctx := context.Background()
 	var joins leaveLog // the same bookkeeping, for joins
 	a := redisStore(t, c, "a")
-	if err := a.Start(func(string, []Presence) {}, joins.on); err != nil {
+	if err := a.Start(func(string, []Presence) {}, joins.restored); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Close() })

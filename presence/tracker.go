@@ -63,6 +63,14 @@ type Tracker struct {
 	retrying map[string]*untrackRetryState
 	closed   bool
 	stopped  bool // Drain returned: held diffs are dropped, not retried
+	// refusals rate-limits the refusal log lines, by reason.
+	refusals map[string]*refusalLog
+	now      func() time.Time // the clock of the refusal log (tests set it)
+	// heldBytes is the bytes of every topic's diffs and changes not yet
+	// published; past heldBudget (heldMaxNodeBytes) a topic the broker
+	// refuses goes straight to refresh.
+	heldBytes  int
+	heldBudget int
 
 	// ctrl queues control events to their workers, by topic (so one
 	// topic's stay in order); started by the first one, stopped by Drain.
@@ -101,6 +109,8 @@ type topicDiff struct {
 	// order.
 	out      [][]byte
 	outBytes int
+	// pendBytes is the bytes of joins and leaves (metas and keys).
+	pendBytes int
 	// refresh: held diffs went past the bound and were dropped; every
 	// node is asked to send the topic's state again (control event)
 	// before anything newer goes out.
@@ -121,7 +131,34 @@ const (
 	heldMaxDiffs     = 64
 	heldMaxBytes     = 1 << 20
 	heldMaxPresences = 4096
+	// heldMaxNodeBytes bounds the bytes held by every topic of the node
+	// together: past it, a topic the broker refuses drops what it holds
+	// and goes straight to refresh.
+	heldMaxNodeBytes = 64 << 20
 )
+
+// presenceBytes is what ps weigh in the held bounds.
+func presenceBytes(ps []Presence) int {
+	n := 0
+	for _, p := range ps {
+		n += len(p.Meta) + len(p.Key)
+	}
+	return n
+}
+
+// addHeld counts n bytes more (or less) held by the node. Called with
+// t.mu held.
+func (t *Tracker) addHeld(n int) {
+	t.heldBytes += n
+	t.m.heldBytes.Set(float64(t.heldBytes))
+}
+
+// overHeldLocked reports whether topic's held diffs and changes are past
+// a bound: its own (diffs, bytes, changes) or the node's bytes.
+func (t *Tracker) overHeldLocked(d *topicDiff) bool {
+	return len(d.out) > heldMaxDiffs || d.outBytes+d.pendBytes > heldMaxBytes ||
+		len(d.joins)+len(d.leaves) > heldMaxPresences || t.heldBytes > t.heldBudget
+}
 
 // NewTracker returns a tracker over store, publishing diffs with pub.
 // Zero fields of cfg take their defaults.
@@ -130,7 +167,8 @@ func NewTracker(cfg Config, store Store, pub Publish, log *slog.Logger) *Tracker
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Tracker{cfg: cfg.withDefaults(), store: store, pub: pub, log: log, m: newMetrics(),
-		topics: map[string]*topicDiff{}, local: map[string]map[string]struct{}{}, retrying: map[string]*untrackRetryState{}}
+		topics: map[string]*topicDiff{}, local: map[string]map[string]struct{}{}, retrying: map[string]*untrackRetryState{},
+		refusals: map[string]*refusalLog{}, now: time.Now, heldBudget: heldMaxNodeBytes}
 }
 
 func (t *Tracker) lock(topic string) *sync.Mutex {
@@ -196,8 +234,36 @@ func (t *Tracker) Refuse(topic, reason string) error { return t.refuse(topic, re
 
 func (t *Tracker) refuse(topic, reason string) error {
 	t.m.refused.WithLabelValues(reason).Inc()
-	t.log.Info("presence refused", "topic", topic, "reason", reason)
+	now := t.now()
+	t.mu.Lock()
+	r := t.refusals[reason]
+	if r == nil {
+		r = &refusalLog{}
+		t.refusals[reason] = r
+	}
+	r.since++
+	due := r.last.IsZero() || now.Sub(r.last) >= refusalLogEvery
+	n := r.since
+	if due {
+		r.last, r.since = now, 0
+	}
+	t.mu.Unlock()
+	if due {
+		t.log.Warn("presence refused", "topic", topic, "reason", reason, "refusals", n, "per", refusalLogEvery)
+	}
 	return refused(reason)
+}
+
+// refusalLogEvery is how often refusals of one reason are logged at
+// most: the first at once, then one line per period with the number
+// refused since the last line (every one is counted in
+// phxgate_presence_refused_total).
+const refusalLogEvery = time.Minute
+
+// refusalLog is the log state of one refusal reason.
+type refusalLog struct {
+	last  time.Time // when the last line was logged
+	since int       // refusals since (included in the next line)
 }
 
 // Untrack removes tag's presence from topic (nothing when there is none).
@@ -488,18 +554,22 @@ func (t *Tracker) State(ctx context.Context, topic string) ([]byte, error) {
 	return EncodeState(ps), nil
 }
 
-// Joins queues joins found by the store (presences of this node put back
-// after it was taken for dead): they go out in the next diff. The store
-// calls it under its own lock of the topic, which this node's changes of
-// the topic take too (inside the tracker's topic lock), so it does not
-// take the tracker's topic lock: a leave of a presence put back is queued
-// after its join.
-func (t *Tracker) Joins(topic string, ps []Presence) {
-	if len(ps) == 0 {
+// Restored queues what the store put back after this node was taken for
+// dead: each presence joins under its fresh ref and leaves under the ref
+// it had, in one change behind everything of the topic this node has not
+// published yet (held diffs included), so that clients end with the new
+// ref only, whether the reaper's leave of the old one reaches them
+// before or after this node's own join of it. The store calls it under
+// its own lock of the topic, which this node's changes of the topic take
+// too (inside the tracker's topic lock), so it does not take the
+// tracker's topic lock: a leave of a presence put back is queued after
+// its join.
+func (t *Tracker) Restored(topic string, joins, leaves []Presence) {
+	if len(joins)+len(leaves) == 0 {
 		return
 	}
 	t.mu.Lock()
-	t.queueLocked(topic, ps, nil)
+	t.queueLocked(topic, joins, leaves)
 	t.mu.Unlock()
 }
 
@@ -535,10 +605,13 @@ func (t *Tracker) queueLocked(topic string, joins, leaves []Presence) {
 	}
 	d.joins = append(d.joins, joins...)
 	d.leaves = append(d.leaves, leaves...)
+	n := presenceBytes(joins) + presenceBytes(leaves)
+	d.pendBytes += n
+	t.addHeld(n)
 	if d.retry != nil {
 		// The broker refuses: changes wait behind the held diffs, up to
-		// the bound.
-		if len(d.joins)+len(d.leaves) > heldMaxPresences {
+		// the bounds (the topic's, and the node's bytes).
+		if t.overHeldLocked(d) {
 			t.dropHeldLocked(topic, d)
 		}
 		return
@@ -592,16 +665,20 @@ func (t *Tracker) flush(ctx context.Context, topic string, gen uint64) {
 				d.out[0] = nil
 				d.out = d.out[1:]
 				d.outBytes -= len(payload)
+				t.addHeld(-len(payload))
 				d.backoff = 0
 			}
 		case len(d.joins)+len(d.leaves) > 0:
 			joins, leaves := d.joins, d.leaves
 			d.joins, d.leaves = nil, nil
+			t.addHeld(-d.pendBytes)
+			d.pendBytes = 0
 			t.mu.Unlock()
 			out := splitDiff(joins, leaves, t.cfg.MaxDiffBytes)
 			t.mu.Lock()
 			for _, p := range out {
 				d.outBytes += len(p)
+				t.addHeld(len(p))
 			}
 			d.out = append(d.out, out...) // empty: only the flush takes from it
 		default:
@@ -627,14 +704,7 @@ func (t *Tracker) heldLocked(topic string, d *topicDiff, err error) {
 		d.timer.Stop()
 		d.timer = nil
 	}
-	pending := 0
-	for _, p := range d.joins {
-		pending += len(p.Meta) + len(p.Key)
-	}
-	for _, p := range d.leaves {
-		pending += len(p.Meta) + len(p.Key)
-	}
-	if len(d.out) > heldMaxDiffs || d.outBytes+pending > heldMaxBytes || len(d.joins)+len(d.leaves) > heldMaxPresences {
+	if t.overHeldLocked(d) {
 		t.dropHeldLocked(topic, d)
 	}
 	d.backoff = min(max(2*d.backoff, retryMin), retryMax)
@@ -654,8 +724,9 @@ func (t *Tracker) dropHeldLocked(topic string, d *topicDiff) {
 		n++
 	}
 	t.m.diffsLost.Add(float64(n))
-	t.log.Warn("presence: too many diffs held; every node will send the state again", "topic", topic, "diffs", n)
-	d.out, d.outBytes, d.joins, d.leaves = nil, 0, nil, nil
+	t.log.Warn("presence: too many diffs held; every node will send the state again", "topic", topic, "diffs", n, "node_held_bytes", t.heldBytes)
+	t.addHeld(-d.outBytes - d.pendBytes)
+	d.out, d.outBytes, d.joins, d.leaves, d.pendBytes = nil, 0, nil, nil, 0
 	d.refresh = true
 }
 
@@ -674,6 +745,8 @@ func (t *Tracker) dropAllLocked(topic string, d *topicDiff) {
 		d.timer = nil
 	}
 	if !d.flushing {
+		t.addHeld(-d.outBytes - d.pendBytes)
+		d.out, d.outBytes, d.joins, d.leaves, d.pendBytes = nil, 0, nil, nil, 0
 		delete(t.topics, topic)
 	}
 }
@@ -914,6 +987,7 @@ type metrics struct {
 	cleanups    prometheus.Counter
 
 	controlDropped prometheus.Counter
+	heldBytes      prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -945,6 +1019,9 @@ func newMetrics() *metrics {
 		cleanups: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "phxgate_presence_node_cleanups_total", Help: "Dead nodes (or an earlier life of this node) whose presences this node removed.",
 		}),
+		heldBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "phxgate_presence_held_bytes", Help: "Bytes of presence diffs and changes this node has not published yet (held while the broker refuses them; past 64 MiB a refused topic's are dropped and its state sent again).",
+		}),
 		controlDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "phxgate_presence_control_dropped_total", Help: "Presence updates from other nodes dropped because this node's control queue was full.",
 		}),
@@ -956,7 +1033,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.tracked, m.diffs, m.diffRetries, m.refreshes, m.diffBytes, m.diffsLost, m.refused, m.errors, m.cleanups, m.controlDropped}
+	return []prometheus.Collector{m.tracked, m.diffs, m.diffRetries, m.refreshes, m.diffBytes, m.diffsLost, m.refused, m.errors, m.cleanups, m.controlDropped, m.heldBytes}
 }
 
 // Describe implements prometheus.Collector.

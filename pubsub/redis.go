@@ -256,13 +256,12 @@ func (r *Redis) keepEpochs() {
 	}
 }
 
-// Key names. A topic's keys all carry the tag {<topic>}: whatever the
-// topic holds, the tag is the same text in each, so they share a slot.
-func (r *Redis) metaKey(topic string) string   { return r.cfg.Prefix + ":{" + topic + "}:m" }
-func (r *Redis) streamKey(topic string) string { return r.cfg.Prefix + ":{" + topic + "}:s" }
-func (r *Redis) channel(topic string) string   { return r.cfg.Prefix + ":{" + topic + "}:c" }
+// Key names: see redisTopicKey.
+func (r *Redis) metaKey(topic string) string   { return redisTopicKey(r.cfg.Prefix, topic, "m") }
+func (r *Redis) streamKey(topic string) string { return redisTopicKey(r.cfg.Prefix, topic, "s") }
+func (r *Redis) channel(topic string) string   { return redisTopicKey(r.cfg.Prefix, topic, "c") }
 func (r *Redis) idemKey(topic, key string) string {
-	return r.cfg.Prefix + ":{" + topic + "}:k:" + key
+	return redisTopicKey(r.cfg.Prefix, topic, "k:"+key)
 }
 
 func (r *Redis) historySize(topic string) int {

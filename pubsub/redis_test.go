@@ -131,7 +131,7 @@ func TestRedisClusterSlotMigration(t *testing.T) {
 		ids[a] = c.Do(ctx, "CLUSTER", "MYID").Val().(string)
 	}
 	c0 := clients[cl.Addrs()[0]]
-	slot := c0.ClusterKeySlot(ctx, "phx:{"+topic+"}:c").Val()
+	slot := c0.ClusterKeySlot(ctx, pubsub.RedisTopicKey("phx", topic, "c")).Val()
 	var src, dst string
 	for _, s := range c0.ClusterSlots(ctx).Val() {
 		if int64(s.Start) <= slot && slot <= int64(s.End) {
@@ -196,7 +196,7 @@ func TestRedisHistoryBytesAfterExpiry(t *testing.T) {
 	}
 	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	t.Cleanup(func() { c.Close() })
-	waitUntil(t, 10*time.Second, "the history to expire", func() bool { return c.Exists(ctx, "phx:{room:exp}:s").Val() == 0 })
+	waitUntil(t, 10*time.Second, "the history to expire", func() bool { return c.Exists(ctx, pubsub.RedisTopicKey("phx", "room:exp", "s")).Val() == 0 })
 	var last pubsub.Position
 	for range 4 {
 		if last, err = b.Publish(ctx, "room:exp", pubsub.Message{Event: "e", Payload: pad}); err != nil {
@@ -233,7 +233,7 @@ func TestRedisQuietSubscribedTopicKeepsItsEpoch(t *testing.T) {
 	// Quiet for several epoch lifetimes, checked by the clock of Redis.
 	deadline := time.Now().Add(2 * time.Second)
 	for time.Now().Before(deadline) {
-		if c.Exists(ctx, "phx:{room:quiet}:m").Val() == 0 {
+		if c.Exists(ctx, pubsub.RedisTopicKey("phx", "room:quiet", "m")).Val() == 0 {
 			t.Fatal("the quiet topic's epoch expired while subscribed")
 		}
 		time.Sleep(50 * time.Millisecond)

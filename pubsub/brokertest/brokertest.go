@@ -48,6 +48,13 @@ type Limits struct {
 // Run runs the whole suite.
 func Run(t *testing.T, h Harness) {
 	t.Run("Positions", func(t *testing.T) { testPositions(t, h) })
+	// Topics with braces: a Redis Cluster engine must keep each one's
+	// keys in one slot whatever its text.
+	t.Run("BraceTopics", func(t *testing.T) {
+		for _, pre := range []string{"}", "{", "{}", "}{"} {
+			positionsOn(t, newBroker(t, h, Limits{History: 100}), pre+topicName(t, "a"))
+		}
+	})
 	t.Run("OrderSlowHandler", func(t *testing.T) { testOrderSlowHandler(t, h) })
 	t.Run("TopicsIndependent", func(t *testing.T) { testTopicsIndependent(t, h) })
 	t.Run("HistoryPaging", func(t *testing.T) { testHistoryPaging(t, h) })
@@ -217,8 +224,14 @@ func checkRun(t *testing.T, evs []*pubsub.Event, epoch string, from uint64, n in
 }
 
 func testPositions(t *testing.T, h Harness) {
-	b := newBroker(t, h, Limits{History: 100})
-	topic := topicName(t, "a")
+	positionsOn(t, newBroker(t, h, Limits{History: 100}), topicName(t, "a"))
+}
+
+// positionsOn checks the positions of five events published on topic,
+// live and from a second Subscribe, and that an idempotent publish is
+// kept once.
+func positionsOn(t *testing.T, b pubsub.Broker, topic string) {
+	t.Helper()
 	r := NewRecorder(nil, topic)
 	start := subscribe(t, b, topic, r)
 	if start.Epoch == "" || start.Offset != 0 {
@@ -237,6 +250,18 @@ func testPositions(t *testing.T, h Harness) {
 	if p := subscribe(t, b, topic, r2); p != (pubsub.Position{Epoch: start.Epoch, Offset: 5}) {
 		t.Fatalf("Subscribe after 5 publishes returned %v", p)
 	}
+	// The idempotency key's record shares the topic's slot too.
+	m := pubsub.Message{Event: "ev", Payload: []byte(`{"i":6}`), IdempotencyKey: "k1"}
+	for range 2 {
+		if p, err := b.Publish(ctx(t), topic, m); err != nil || p.Offset != 6 {
+			t.Fatalf("idempotent publish on %q: %v, %v", topic, p, err)
+		}
+	}
+	hr, err := b.History(ctx(t), topic, pubsub.Position{Epoch: start.Epoch}, 100)
+	if err != nil {
+		t.Fatalf("history of %q: %v", topic, err)
+	}
+	checkRun(t, hr.Events, start.Epoch, 0, 6, 0)
 }
 
 // Publishers race on one topic while the handler is slow: every event

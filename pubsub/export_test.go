@@ -1,0 +1,4 @@
+package pubsub
+
+// RedisTopicKey is redisTopicKey, for the tests of package pubsub_test.
+var RedisTopicKey = redisTopicKey
