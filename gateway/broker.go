@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/phxgate/phxgate/channels"
@@ -102,6 +103,10 @@ func (c Config) validateBroker() error {
 		}
 	}
 	switch {
+	case strings.ContainsAny(c.RedisPrefix, "{}"):
+		// Keys carry a hash tag of the topic after the prefix: a brace in
+		// the prefix would take the tag's place on a Redis Cluster.
+		return keyErr("redis_prefix", "must not contain { or } (got %q): each key's Cluster hash tag follows it", c.RedisPrefix)
 	case c.RedisTimeout < 0 || c.RedisTimeout > time.Minute:
 		return keyErr("redis_timeout", "must be between 0s and 1m")
 	case c.RedisShards < 0 || c.RedisShards > 256:

@@ -30,6 +30,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{name: "redis url scheme", yaml: "redis_url: http://127.0.0.1:6379\n", want: "config: redis_url: "},
 		{name: "redis url db", yaml: "redis_url: redis://127.0.0.1:6379/x\n", want: "config: redis_url: "},
 		{name: "cluster addr", yaml: "redis_cluster_addrs: [127.0.0.1]\n", want: "config: redis_cluster_addrs[0]: "},
+		{name: "brace in redis_prefix", yaml: "redis_prefix: \"app{1}\"\n", want: "config: redis_prefix: must not contain"},
 		{name: "history over the engines", yaml: "routes:\n  - topic: 'room:*'\n    backend: echo\n    history: 100001\n", want: "config: routes[0].history: "},
 		{name: "replay over the queue", yaml: "write_queue_max_bytes: 1000\nreplay_bytes: 1001\n", want: "config: replay_bytes: "},
 		{name: "max replay", yaml: "max_replay: -1\n", want: "config: max_replay: "},

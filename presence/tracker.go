@@ -1011,7 +1011,7 @@ func newMetrics() *metrics {
 			Name: "phxgate_presence_refresh_requests_total", Help: "Requests sent to every node to send a topic's subscribers the whole presence_state (after held diffs were dropped).",
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "phxgate_presence_refused_total", Help: "Presences refused (the join still succeeded), by reason (meta_too_large, too_many_metas, too_many_presences, bad_meta, state_too_large).",
+			Name: "phxgate_presence_refused_total", Help: "Presences refused, by reason: meta_too_large, too_many_metas, too_many_presences, bad_meta (the join stands), state_too_large (the channel ends with phx_error).",
 		}, []string{"reason"}),
 		errors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "phxgate_presence_errors_total", Help: "Presence store calls that failed.",
