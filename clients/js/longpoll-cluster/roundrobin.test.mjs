@@ -11,6 +11,7 @@ import assert from "node:assert/strict"
 import {randomBytes} from "node:crypto"
 import {Socket, LongPoll} from "phoenix"
 import WebSocket from "ws"
+import {outcome, waitUntil} from "../lib/harness.mjs"
 
 const T = {timeout: 60000}
 const N = 40
@@ -19,24 +20,6 @@ function env(name) {
   const v = process.env[name]
   if (!v) throw new Error(`${name} is not set; run through \`go test ./clients/js -run 'TestConformancePhoenixJS/longpoll-cluster'\``)
   return v
-}
-
-function outcome(push) {
-  return new Promise(resolve => {
-    for (const s of ["ok", "error", "timeout"]) push.receive(s, response => resolve({status: s, response}))
-  })
-}
-
-function waitUntil(cond, what, ms = 30000) {
-  return new Promise((resolve, reject) => {
-    const start = Date.now()
-    const tick = () => {
-      if (cond()) return resolve()
-      if (Date.now() - start > ms) return reject(new Error(`timed out waiting for ${what}`))
-      setTimeout(tick, 10)
-    }
-    tick()
-  })
 }
 
 test("long-poll through a round-robin proxy: every broadcast once, in order, across session losses", T, async t => {
@@ -71,11 +54,11 @@ test("long-poll through a round-robin proxy: every broadcast once, in order, acr
     assert.equal((await outcome(chPub.push("shout", {n}))).status, "ok", `shout ${n}`)
     await new Promise(resolve => setTimeout(resolve, 25)) // spread the shouts over several session losses
   }
-  await waitUntil(() => got.length >= N, `all ${N} shouts (got ${got.length})`)
+  await waitUntil(() => got.length >= N, {what: `all ${N} shouts (got ${got.length})`, timeoutMs: 30000})
   // A moment for a duplicate to show, bounded by frames not time: one more
   // shout, and it must be the next one.
   assert.equal((await outcome(chPub.push("shout", {n: N + 1}))).status, "ok")
-  await waitUntil(() => got.length >= N + 1, "the last shout")
+  await waitUntil(() => got.length >= N + 1, {what: "the last shout", timeoutMs: 30000})
   assert.deepEqual(got, Array.from({length: N + 1}, (_, i) => i + 1), "every shout exactly once, in order")
   const lost = closes.filter(c => c === 3410).length
   t.diagnostic(`sessions lost (3410): ${lost}`)

@@ -6,53 +6,27 @@
 
 import {test} from "node:test"
 import assert from "node:assert/strict"
-import {randomBytes} from "node:crypto"
 import {Socket, LongPoll} from "phoenix"
 import WebSocket from "ws"
+import {gatewayURL, uniqueTopic, outcome, waitUntil} from "../lib/harness.mjs"
 
 const T = {timeout: 30000}
 
-function url() {
-  const u = process.env.PHXGATE_URL
-  if (!u) throw new Error("PHXGATE_URL is not set; run through `go test ./clients/js`")
-  return u.replace(/\/+$/, "")
-}
-
-function topic() { return `room:lp-${randomBytes(6).toString("hex")}` }
-
-function outcome(push) {
-  return new Promise(resolve => {
-    for (const s of ["ok", "error", "timeout"]) push.receive(s, response => resolve({status: s, response}))
-  })
-}
-
-function waitUntil(cond, what, ms = 10000) {
-  return new Promise((resolve, reject) => {
-    const start = Date.now()
-    const tick = () => {
-      if (cond()) return resolve()
-      if (Date.now() - start > ms) return reject(new Error(`timed out waiting for ${what}`))
-      setTimeout(tick, 10)
-    }
-    tick()
-  })
-}
-
 async function open(t, opts = {}) {
-  const socket = new Socket(url(), {transport: LongPoll, reconnectAfterMs: () => 20, rejoinAfterMs: () => 50, ...opts})
+  const socket = new Socket(gatewayURL(), {transport: LongPoll, reconnectAfterMs: () => 20, rejoinAfterMs: () => 50, ...opts})
   const events = []
   socket.onOpen(() => events.push("open"))
   socket.onClose(e => events.push(`close:${e.code}`))
   socket.connect()
   t.after(() => new Promise(resolve => socket.disconnect(resolve)))
-  await waitUntil(() => socket.isConnected(), "the long-poll socket to open")
+  await waitUntil(() => socket.isConnected(), {what: "the long-poll socket to open", timeoutMs: 10000})
   assert.equal(socket.transport, LongPoll)
   return {socket, events}
 }
 
 test("long-poll: join, push and reply, leave", T, async t => {
   const {socket} = await open(t)
-  const ch = socket.channel(topic(), {})
+  const ch = socket.channel(uniqueTopic(), {})
   const j = await outcome(ch.join())
   assert.deepEqual(j, {status: "ok", response: {}})
   const r = await outcome(ch.push("echo", {hello: "wörld", list: [1, 2]}))
@@ -60,7 +34,7 @@ test("long-poll: join, push and reply, leave", T, async t => {
   // Several pushes in one tick go out in one POST; replies come in order.
   const many = await Promise.all([1, 2, 3, 4, 5].map(i => outcome(ch.push("echo", {i}))))
   assert.deepEqual(many.map(m => m.response.i), [1, 2, 3, 4, 5])
-  const denied = await outcome(socket.channel(topic(), {deny: true}).join())
+  const denied = await outcome(socket.channel(uniqueTopic(), {deny: true}).join())
   assert.deepEqual(denied, {status: "error", response: {reason: "denied"}})
   const left = await outcome(ch.leave())
   assert.equal(left.status, "ok")
@@ -68,9 +42,9 @@ test("long-poll: join, push and reply, leave", T, async t => {
 })
 
 test("long-poll: broadcasts reach long-poll and WebSocket clients", T, async t => {
-  const name = topic()
+  const name = uniqueTopic()
   const lp = await open(t)
-  const ws = new Socket(url(), {transport: WebSocket})
+  const ws = new Socket(gatewayURL(), {transport: WebSocket})
   ws.connect()
   t.after(() => new Promise(resolve => ws.disconnect(resolve)))
   const got = {lp: [], ws: []}
@@ -82,13 +56,13 @@ test("long-poll: broadcasts reach long-poll and WebSocket clients", T, async t =
   assert.equal((await outcome(chWS.join())).status, "ok")
   assert.equal((await outcome(chWS.push("shout", {from: "ws"}))).status, "ok")
   assert.equal((await outcome(chLP.push("shout", {from: "lp"}))).status, "ok")
-  await waitUntil(() => got.lp.length === 2 && got.ws.length === 2, "both shouts on both clients")
+  await waitUntil(() => got.lp.length === 2 && got.ws.length === 2, {what: "both shouts on both clients", timeoutMs: 10000})
   assert.deepEqual(got.lp, [{from: "ws"}, {from: "lp"}])
   assert.deepEqual(got.ws, [{from: "ws"}, {from: "lp"}])
 })
 
 test("long-poll: resume by position replays what was missed", T, async t => {
-  const name = topic()
+  const name = uniqueTopic()
   const pub = await open(t)
   const chPub = pub.socket.channel(name, {})
   assert.equal((await outcome(chPub.join())).status, "ok")
@@ -106,14 +80,14 @@ test("long-poll: resume by position replays what was missed", T, async t => {
   const r = await outcome(chB.join())
   assert.equal(r.status, "ok")
   assert.equal(r.response.recovered, true)
-  await waitUntil(() => got.length === 3, "the three missed shouts")
+  await waitUntil(() => got.length === 3, {what: "the three missed shouts", timeoutMs: 10000})
   assert.deepEqual(got.map(g => g.n), [1, 2, 3])
   for (const g of got) assert.match(g.ref, /^p:/)
 })
 
 test("long-poll: a session the server ended (expired) comes back: 3410, reconnect, rejoin", T, async t => {
   const {socket, events} = await open(t)
-  const ch = socket.channel(topic(), {})
+  const ch = socket.channel(uniqueTopic(), {})
   assert.equal((await outcome(ch.join())).status, "ok")
   // Stop polling (the transport's requests are aborted, as when a laptop
   // sleeps) and let the server expire the session (1.5 windows).
@@ -125,8 +99,8 @@ test("long-poll: a session the server ended (expired) comes back: 3410, reconnec
   await new Promise(resolve => setTimeout(resolve, Number(process.env.PHXGATE_LONGPOLL_WINDOW_MS) * 2))
   tr.poll = poll
   tr.poll()
-  await waitUntil(() => events.includes("close:3410"), "close 3410 session_gone")
-  await waitUntil(() => socket.isConnected() && ch.state === "joined", "the reconnect and rejoin")
+  await waitUntil(() => events.includes("close:3410"), {what: "close 3410 session_gone", timeoutMs: 10000})
+  await waitUntil(() => socket.isConnected() && ch.state === "joined", {what: "the reconnect and rejoin", timeoutMs: 10000})
   const r = await outcome(ch.push("echo", {again: true}))
   assert.deepEqual(r, {status: "ok", response: {again: true}})
 })

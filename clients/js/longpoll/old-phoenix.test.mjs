@@ -11,41 +11,15 @@
 
 import {test} from "node:test"
 import assert from "node:assert/strict"
-import {randomBytes} from "node:crypto"
 import {readFileSync} from "node:fs"
 import {install, hooks, options} from "../lib/xhr.mjs"
+import {gatewayURL, uniqueTopic, outcome, waitUntil} from "../lib/harness.mjs"
 
 install()
 options.bodyDelayMs = 2
 const {Socket, LongPoll} = await import("phoenix-1-6")
 
 const T = {timeout: 30000}
-
-function url() {
-  const u = process.env.PHXGATE_URL
-  if (!u) throw new Error("PHXGATE_URL is not set; run through `go test ./clients/js`")
-  return u.replace(/\/+$/, "")
-}
-
-function topic() { return `room:old-${randomBytes(6).toString("hex")}` }
-
-function outcome(push) {
-  return new Promise(resolve => {
-    for (const s of ["ok", "error", "timeout"]) push.receive(s, response => resolve({status: s, response}))
-  })
-}
-
-function waitUntil(cond, what, ms = 10000) {
-  return new Promise((resolve, reject) => {
-    const start = Date.now()
-    const tick = () => {
-      if (cond()) return resolve()
-      if (Date.now() - start > ms) return reject(new Error(`timed out waiting for ${what}`))
-      setTimeout(tick, 5)
-    }
-    tick()
-  })
-}
 
 // watchPosts records the POSTs of this process: how many were in flight
 // at once at most, their Content-Types and their answers.
@@ -74,14 +48,14 @@ function watchPosts(t) {
 async function open(t) {
   // Reconnects are quick, so a reconnect loop shows up as many opens
   // within the test.
-  const socket = new Socket(url(), {transport: LongPoll, reconnectAfterMs: () => 20, rejoinAfterMs: () => 50})
+  const socket = new Socket(gatewayURL(), {transport: LongPoll, reconnectAfterMs: () => 20, rejoinAfterMs: () => 50})
   const events = []
   socket.onOpen(() => events.push("open"))
   socket.onClose(e => events.push(`close:${e.code}`))
   socket.onError(e => events.push(`error:${e}`))
   socket.connect()
   t.after(() => new Promise(resolve => socket.disconnect(resolve)))
-  await waitUntil(() => socket.isConnected(), "the long-poll socket to open")
+  await waitUntil(() => socket.isConnected(), {what: "the long-poll socket to open", timeoutMs: 10000})
   return {socket, events}
 }
 
@@ -94,8 +68,8 @@ test("phoenix.js 1.6: the release under test", () => {
 test("phoenix.js 1.6 long-poll: two joins and many pushes in one tick, all answered, no reconnect", T, async t => {
   const posts = watchPosts(t)
   const {socket, events} = await open(t)
-  const a = socket.channel(topic(), {})
-  const b = socket.channel(topic(), {})
+  const a = socket.channel(uniqueTopic(), {})
+  const b = socket.channel(uniqueTopic(), {})
   // Both joins go out in this tick: two POSTs at once.
   const joins = await Promise.all([outcome(a.join()), outcome(b.join())])
   assert.deepEqual(joins, [{status: "ok", response: {}}, {status: "ok", response: {}}])
@@ -113,14 +87,14 @@ test("phoenix.js 1.6 long-poll: two joins and many pushes in one tick, all answe
   }
   // And again, joining two more channels and pushing on all four in one
   // tick.
-  const c = socket.channel(topic(), {})
-  const d = socket.channel(topic(), {})
+  const c = socket.channel(uniqueTopic(), {})
+  const d = socket.channel(uniqueTopic(), {})
   const more = await Promise.all([
     outcome(c.join()), outcome(d.join()),
     outcome(a.push("echo", {n: 1})), outcome(b.push("echo", {n: 2})),
   ])
   assert.deepEqual(more.map(m => m.status), ["ok", "ok", "ok", "ok"])
-  await waitUntil(() => posts.inFlight === 0, "every POST answered")
+  await waitUntil(() => posts.inFlight === 0, {what: "every POST answered", timeoutMs: 10000})
   // The client really sent concurrent POSTs, as application/json (one
   // message each), and every one was answered {"status":200}.
   assert.ok(posts.maxInFlight >= 2, `at most ${posts.maxInFlight} POST in flight: the race was not exercised`)
