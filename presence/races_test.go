@@ -354,8 +354,8 @@ func TestRedisAddUndoFailureLeavesNoOrphan(t *testing.T) {
 	var h losingHook
 	c.AddHook(&h)
 	s := startStore(t, c, "a", nil, nil, nil)
-	h.lose(addScript, 1, true)    // stored, answer lost
-	h.lose(sweepScript, 1, false) // the undo fails
+	h.lose(addScript, 1, true)   // stored, answer lost
+	h.lose(undoScript, 1, false) // the undo fails
 	if err := s.Add(ctx, "room:o", "a1", pres("p", "r1"), raceLimits); err == nil {
 		t.Fatal("the add reported success")
 	}

@@ -36,6 +36,13 @@ const (
 	// redisTopicTTL bounds how long a topic's presence hash outlives its
 	// last change, should every node of the cluster vanish at once.
 	redisTopicTTL = 24 * time.Hour
+	// redisUndoMaxTags bounds the tags of failed Adds the node keeps to
+	// undo (a tag is a few dozen bytes): past it, a topic where another
+	// Add fails is marked as a whole and swept with HSCAN.
+	redisUndoMaxTags = 10_000
+	// redisUndoScan is the COUNT of each HSCAN step of a whole-topic
+	// sweep: no step holds Redis (or the topic's lock) long.
+	redisUndoScan = 500
 )
 
 // RedisConfig configures the Redis store.
@@ -83,9 +90,13 @@ type Redis struct {
 	// what it may have stored has no owner. One mark per topic, however
 	// many Adds failed (each a new tag: phoenix.js rejoins), holding one
 	// count in mine (the topic stays on the node's list for a reaper);
-	// the restore loop sweeps the topic (every presence of this life
-	// there that the node does not hold goes) and clears the mark.
-	undo map[string]struct{}
+	// the mark records the failed Adds' tags, and the restore loop
+	// removes those (if of this life) and clears it. undoTags counts the
+	// tags of every mark, at most undoMax; past it a mark covers its
+	// whole topic (scan).
+	undo     map[string]*undoMark
+	undoTags int
+	undoMax  int // redisUndoMaxTags (tests lower it)
 	// removing is the presences (topic → tag → presence) whose Remove
 	// failed: no longer held (a restore never puts them back), still
 	// counted in mine (the topic stays listed for a reaper), and removed
@@ -114,6 +125,19 @@ type Redis struct {
 	hookReap         func(node string)  // a reaper took node for dead, before removing anything
 }
 
+// undoMark is what failed Adds of a topic may have stored.
+type undoMark struct {
+	// tags are the failed Adds' tags: the undo removes each one's
+	// presence if it is of this life.
+	tags map[string]struct{}
+	// scan: tags were past undoMax; the undo removes every presence of
+	// this life on the topic that the node neither holds nor is
+	// removing, with HSCAN in bounded steps. scans counts the requests,
+	// so that a sweep clears only those made before it began.
+	scan  bool
+	scans int
+}
+
 type heldPresence struct {
 	p     Presence
 	value string
@@ -137,7 +161,7 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return &Redis{cfg: cfg, c: cfg.Client, boot: refEncoding.EncodeToString(b[:]), log: log,
-		mine: map[string]int{}, held: map[string]map[string]heldPresence{}, undo: map[string]struct{}{},
+		mine: map[string]int{}, held: map[string]map[string]heldPresence{}, undo: map[string]*undoMark{}, undoMax: redisUndoMaxTags,
 		removing: map[string]map[string]Presence{},
 		lostc:    make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}, nil
 }
@@ -483,77 +507,216 @@ func (r *Redis) retryUndo() {
 	}
 	r.mu.Unlock()
 	for _, topic := range topics {
-		l := r.tlock(topic)
-		l.Lock()
-		err := r.sweep(topic)
-		l.Unlock()
-		if err != nil {
+		if err := r.sweepUndo(topic); err != nil {
+			r.log.Warn("presence: undoing failed adds failed; retrying", "topic", topic, "err", err)
 			return // Redis is still failing: next beat
 		}
 	}
 }
 
-// sweepScript removes a topic's presences of one life of a node but
-// those listed. KEYS: hash, counts. ARGV: node, boot, then the tags to
-// keep. It returns how many it removed.
-var sweepScript = redis.NewScript(`
-local keep = {}
-for i = 3, #ARGV do keep[ARGV[i]] = true end
+// undoScript removes the presences of tags that are of one life of a
+// node (what failed Adds of that life may have stored). KEYS: hash,
+// counts. ARGV: node, boot, then the tags. It returns how many it
+// removed. It reads only those fields: never the whole hash.
+var undoScript = redis.NewScript(`
 local n = 0
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local v = all[i + 1]
-  local seq, nl, bl, kl = string.match(v, '^(%d+) (%d+) (%d+) (%d+) %d+\n')
-  if seq and not keep[all[i]] then
-    local rest = string.sub(v, string.find(v, '\n', 1, true) + 1)
-    local node = string.sub(rest, 1, tonumber(nl))
-    local boot = string.sub(rest, tonumber(nl) + 1, tonumber(nl) + tonumber(bl))
-    local key = string.sub(rest, tonumber(nl) + tonumber(bl) + 1, tonumber(nl) + tonumber(bl) + tonumber(kl))
-    if node == ARGV[1] and boot == ARGV[2] then
-      redis.call('HDEL', KEYS[1], all[i])
-      if redis.call('HINCRBY', KEYS[2], key, -1) <= 0 then redis.call('HDEL', KEYS[2], key) end
-      n = n + 1
+for i = 3, #ARGV do
+  local v = redis.call('HGET', KEYS[1], ARGV[i])
+  if v then
+    local seq, nl, bl, kl = string.match(v, '^(%d+) (%d+) (%d+) (%d+) %d+\n')
+    if seq then
+      local rest = string.sub(v, string.find(v, '\n', 1, true) + 1)
+      local node = string.sub(rest, 1, tonumber(nl))
+      local boot = string.sub(rest, tonumber(nl) + 1, tonumber(nl) + tonumber(bl))
+      local key = string.sub(rest, tonumber(nl) + tonumber(bl) + 1, tonumber(nl) + tonumber(bl) + tonumber(kl))
+      if node == ARGV[1] and boot == ARGV[2] then
+        redis.call('HDEL', KEYS[1], ARGV[i])
+        if redis.call('HINCRBY', KEYS[2], key, -1) <= 0 then redis.call('HDEL', KEYS[2], key) end
+        n = n + 1
+      end
     end
   end
 end
 return n
 `)
 
-// sweep removes every presence of this life on topic that the node
-// neither holds nor is removing (what failed Adds may have stored), and
-// clears the topic's undo mark; or marks it for retryUndo when Redis
-// fails. Called under the topic's lock, so no Add of the topic is in
-// flight.
-func (r *Redis) sweep(topic string) error {
-	r.mu.Lock()
-	args := make([]any, 0, 2+len(r.held[topic])+len(r.removing[topic]))
-	args = append(args, r.cfg.NodeID, r.boot)
-	for tag := range r.held[topic] {
-		args = append(args, tag)
-	}
-	for tag := range r.removing[topic] {
-		args = append(args, tag)
-	}
-	r.mu.Unlock()
-	ctx, cancel := r.ctx()
-	err := sweepScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, args...).Err()
-	cancel()
-	r.mu.Lock()
-	_, marked := r.undo[topic]
-	if err != nil && !errors.Is(err, redis.Nil) {
-		r.undo[topic] = struct{}{}
-		r.mu.Unlock()
-		if !marked {
-			r.log.Warn("presence: undoing a failed add failed; retrying", "topic", topic, "err", err)
+// undoLocked removes tags' presences of this life from topic, in
+// batches of redisRemoveBatch. Called under the topic's lock, with tags
+// the node neither holds nor is removing.
+func (r *Redis) undoLocked(ctx context.Context, topic string, tags []string) error {
+	for len(tags) > 0 {
+		batch := tags[:min(len(tags), redisRemoveBatch)]
+		args := make([]any, 0, 2+len(batch))
+		args = append(args, r.cfg.NodeID, r.boot)
+		for _, tag := range batch {
+			args = append(args, tag)
 		}
-		return err
-	}
-	delete(r.undo, topic)
-	r.mu.Unlock()
-	if marked {
-		r.forget(topic) // the mark's count
+		if err := undoScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, args...).Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return err
+		}
+		tags = tags[len(batch):]
 	}
 	return nil
+}
+
+// markUndo records that tag's failed Add on topic could not be undone.
+// The topic's first mark takes a count in mine (the topic stays listed
+// for a reaper until the undo is done). Called under the topic's lock.
+func (r *Redis) markUndo(topic, tag string, err error) {
+	r.mu.Lock()
+	m := r.undo[topic]
+	first := m == nil
+	if first {
+		m = &undoMark{tags: map[string]struct{}{}}
+		r.undo[topic] = m
+		r.mine[topic]++
+	}
+	if _, ok := m.tags[tag]; !ok {
+		if r.undoTags < r.undoMax {
+			m.tags[tag] = struct{}{}
+			r.undoTags++
+		} else {
+			m.scan = true
+			m.scans++
+		}
+	}
+	r.mu.Unlock()
+	if first {
+		r.log.Warn("presence: undoing a failed add failed; retrying", "topic", topic, "err", err)
+	}
+}
+
+// undoPending reports whether a failed Add of tag on topic may still be
+// stored (its undo failed).
+func (r *Redis) undoPending(topic, tag string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.undo[topic]
+	if m == nil {
+		return false
+	}
+	_, ok := m.tags[tag]
+	return ok || m.scan
+}
+
+// unmarkLocked takes tags off topic's undo mark (undone, or owned
+// again). Called with r.mu held; it reports whether the mark is gone
+// (then its count in mine is the caller's to forget).
+func (r *Redis) unmarkLocked(topic string, tags []string) (gone bool) {
+	m := r.undo[topic]
+	if m == nil {
+		return false
+	}
+	for _, tag := range tags {
+		if _, ok := m.tags[tag]; ok {
+			delete(m.tags, tag)
+			r.undoTags--
+		}
+	}
+	if len(m.tags) == 0 && !m.scan {
+		delete(r.undo, topic)
+		return true
+	}
+	return false
+}
+
+// sweepUndo does topic's pending undo: the marked tags' presences of
+// this life go (one call per redisRemoveBatch), then, when the mark
+// covers the whole topic, every presence of this life there that the
+// node neither holds nor is removing (HSCAN, redisUndoScan a step, the
+// topic's lock held only for a step). The mark goes once done.
+func (r *Redis) sweepUndo(topic string) error {
+	l := r.tlock(topic)
+	l.Lock()
+	r.mu.Lock()
+	m := r.undo[topic]
+	if m == nil {
+		r.mu.Unlock()
+		l.Unlock()
+		return nil
+	}
+	tags := make([]string, 0, len(m.tags))
+	var owned []string
+	for tag := range m.tags {
+		if r.owns(topic, tag) {
+			owned = append(owned, tag) // added again since: not an orphan
+			continue
+		}
+		tags = append(tags, tag)
+	}
+	scan, scans := m.scan, m.scans
+	r.mu.Unlock()
+	ctx, cancel := r.ctx()
+	err := r.undoLocked(ctx, topic, tags)
+	cancel()
+	if err == nil {
+		r.mu.Lock()
+		gone := r.unmarkLocked(topic, append(tags, owned...))
+		r.mu.Unlock()
+		if gone {
+			r.forget(topic) // the mark's count
+		}
+	}
+	l.Unlock()
+	if err != nil || !scan {
+		return err
+	}
+	if err := r.scanUndo(topic); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	gone := false
+	if m := r.undo[topic]; m != nil && m.scans == scans {
+		m.scan = false
+		gone = r.unmarkLocked(topic, nil)
+	}
+	r.mu.Unlock()
+	if gone {
+		r.forget(topic)
+	}
+	return nil
+}
+
+// owns reports whether the node holds or is removing tag's presence on
+// topic. Called with r.mu held.
+func (r *Redis) owns(topic, tag string) bool {
+	_, held := r.held[topic][tag]
+	_, removing := r.removing[topic][tag]
+	return held || removing
+}
+
+// scanUndo removes every presence of this life on topic that the node
+// neither holds nor is removing, reading the hash with HSCAN in steps of
+// redisUndoScan under the topic's lock (released between steps: an Add
+// in between is held, so kept, or its tag marked).
+func (r *Redis) scanUndo(topic string) error {
+	l := r.tlock(topic)
+	var cursor uint64
+	for {
+		l.Lock()
+		ctx, cancel := r.ctx()
+		kv, next, err := r.c.HScan(ctx, r.hashKey(topic), cursor, "", redisUndoScan).Result()
+		if err == nil {
+			var tags []string
+			r.mu.Lock()
+			for i := 0; i+1 < len(kv); i += 2 {
+				if node, boot, ok := valueOwner(kv[i+1]); ok && node == r.cfg.NodeID && boot == r.boot && !r.owns(topic, kv[i]) {
+					tags = append(tags, kv[i])
+				}
+			}
+			r.mu.Unlock()
+			err = r.undoLocked(ctx, topic, tags)
+		}
+		cancel()
+		l.Unlock()
+		if err != nil {
+			return err
+		}
+		if next == 0 {
+			return nil
+		}
+		cursor = next
+	}
 }
 
 // touchTopics keeps the presence hashes of the topics this node has
@@ -757,6 +920,24 @@ func (r *Redis) encodeValue(seq int64, p Presence) string {
 	return b.String()
 }
 
+// valueOwner reads the node and boot of a hash value.
+func valueOwner(v string) (node, boot string, ok bool) {
+	head, rest, found := strings.Cut(v, "\n")
+	if !found {
+		return "", "", false
+	}
+	f := strings.Fields(head)
+	if len(f) != 5 {
+		return "", "", false
+	}
+	nl, err1 := strconv.Atoi(f[1])
+	bl, err2 := strconv.Atoi(f[2])
+	if err1 != nil || err2 != nil || nl < 0 || bl < 0 || nl+bl > len(rest) {
+		return "", "", false
+	}
+	return rest[:nl], rest[nl : nl+bl], true
+}
+
 // decodeValue reads a hash value back (seq for ordering).
 func decodeValue(v string) (p Presence, seq int64, ok bool) {
 	head, rest, found := strings.Cut(v, "\n")
@@ -811,14 +992,17 @@ func (r *Redis) Add(ctx context.Context, topic, tag string, p Presence, lim Limi
 	l := r.tlock(topic)
 	l.Lock()
 	defer l.Unlock()
-	r.mu.Lock()
-	_, pending := r.undo[topic]
-	r.mu.Unlock()
-	if pending {
-		// An earlier Add (maybe of this tag) may still be stored: out
-		// first, or the script would take it for this one.
-		if err := r.sweep(topic); err != nil {
+	if r.undoPending(topic, tag) {
+		// An earlier Add of this tag may still be stored: out first, or
+		// the script would take it for this one.
+		if err := r.undoLocked(ctx, topic, []string{tag}); err != nil {
 			return err
+		}
+		r.mu.Lock()
+		gone := r.unmarkLocked(topic, []string{tag})
+		r.mu.Unlock()
+		if gone {
+			r.forget(topic) // the mark's count
 		}
 	}
 	r.mu.Lock()
@@ -841,17 +1025,16 @@ func (r *Redis) Add(ctx context.Context, topic, tag string, p Presence, lim Limi
 	if err != nil {
 		if !errors.Is(err, ErrRefused) {
 			// The script may have run and only its answer been lost:
-			// undo it, so that no presence stays that nobody owns
-			// (should the undo fail too, the topic is marked once and
-			// the restore loop sweeps it; it stays listed for a reaper
-			// meanwhile, by the mark's count in mine).
-			r.mu.Lock()
-			_, marked := r.undo[topic]
-			r.mu.Unlock()
-			if err := r.sweep(topic); err == nil || marked {
-				// This attempt's count (unless it became the mark's).
-				r.forget(topic)
+			// undo it (its tag only), so that no presence stays that
+			// nobody owns. Should the undo fail too, the tag is marked
+			// and the restore loop undoes it; the topic stays listed
+			// for a reaper meanwhile, by the mark's count in mine.
+			uctx, cancel := r.ctx() // the caller's ctx may be what ended
+			if uerr := r.undoLocked(uctx, topic, []string{tag}); uerr != nil {
+				r.markUndo(topic, tag, uerr)
 			}
+			cancel()
+			r.forget(topic) // this attempt's count
 			return err
 		}
 		r.forget(topic)

@@ -22,7 +22,7 @@ func TestRedisFailedAddsKeepOneUndoMarkPerTopic(t *testing.T) {
 	}
 	const attempts = 500
 	h.lose(addScript, attempts, true) // stored, answers lost
-	h.lose(sweepScript, 2*attempts, false)
+	h.lose(undoScript, 2*attempts, false)
 	for i := range attempts {
 		if err := s.Add(ctx, "room:u", fmt.Sprint("t", i), pres("p", fmt.Sprint("r", i)), raceLimits); err == nil {
 			t.Fatalf("add %d reported success", i)
@@ -46,5 +46,88 @@ func TestRedisFailedAddsKeepOneUndoMarkPerTopic(t *testing.T) {
 	})
 	if got := listRefs(t, s, "room:u"); len(got) != 1 || got[0] != "b/r0" {
 		t.Fatalf("stored after the sweep: %v, want only b/r0", got)
+	}
+}
+
+// Past the node's bound of marked tags, a topic is marked as a whole and
+// swept with HSCAN in steps: what the failed Adds stored goes, what the
+// node holds and what other nodes hold stay, and the marks and counts
+// come back to nothing.
+func TestRedisUndoPastTheTagBoundScansTheTopic(t *testing.T) {
+	c := startRedis(t)
+	var h losingHook
+	c.AddHook(&h)
+	s := startStore(t, c, "a", nil, nil, func(s *Redis) { s.undoMax = 2 })
+	ctx := context.Background()
+	const others = 3 * redisUndoScan // several HSCAN steps
+	fillTopic(t, c, redisStore(t, c, "b"), "room:s", others)
+	lim := Limits{MaxMetasPerKey: 5, MaxPerTopic: 2 * others}
+	if err := s.Add(ctx, "room:s", "base", pres("b", "r0"), lim); err != nil {
+		t.Fatal(err)
+	}
+	const attempts = 5
+	h.mu.Lock()
+	h.rules = append(h.rules, &loseRule{sha: addScript.Hash(), n: attempts, apply: true},
+		&loseRule{sha: undoScript.Hash(), n: attempts, apply: false})
+	h.mu.Unlock()
+	for i := range attempts {
+		if err := s.Add(ctx, "room:s", fmt.Sprint("t", i), pres(fmt.Sprint("x", i), fmt.Sprint("rx", i)), lim); err == nil {
+			t.Fatalf("add %d reported success", i)
+		}
+	}
+	s.mu.Lock()
+	m := s.undo["room:s"]
+	scan, tags, marked := m != nil && m.scan, s.undoTags, m != nil && len(m.tags) == 2
+	s.mu.Unlock()
+	if !scan || tags != 2 || !marked {
+		t.Fatalf("after %d failed adds past a bound of 2: scan %v, %d tags marked", attempts, scan, tags)
+	}
+	before := commandStats(t, c)
+	waitFor(t, "the sweep", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.undo) == 0 && s.undoTags == 0 && s.mine["room:s"] == 1
+	})
+	if n := commandStats(t, c)["hscan"][0] - before["hscan"][0]; n < 2 {
+		t.Errorf("%d HSCAN steps, want several", n)
+	}
+	n, err := c.HLen(ctx, s.hashKey("room:s")).Result()
+	if err != nil || n != others+1 {
+		t.Fatalf("%d presences stored (%v), want %d", n, err, others+1)
+	}
+	for i := range attempts {
+		if ok, _ := c.HExists(ctx, s.hashKey("room:s"), fmt.Sprint("t", i)).Result(); ok {
+			t.Errorf("failed add t%d still stored", i)
+		}
+	}
+}
+
+// A tag whose failed Add could not be undone, added again before the
+// restore loop's sweep: the earlier value goes first, so Redis holds the
+// new presence (the add script would take the old one for it).
+func TestRedisAddAgainAfterAFailedUndo(t *testing.T) {
+	c := startRedis(t)
+	var h losingHook
+	c.AddHook(&h)
+	s := startStore(t, c, "a", nil, nil, nil)
+	ctx := context.Background()
+	h.lose(addScript, 1, true)
+	h.lose(undoScript, 1, false)
+	if err := s.Add(ctx, "room:g", "t1", pres("p", "r1"), raceLimits); err == nil {
+		t.Fatal("the add reported success")
+	}
+	if err := s.Add(ctx, "room:g", "t1", pres("p", "r2"), raceLimits); err != nil {
+		t.Fatal(err)
+	}
+	if got := listRefs(t, s, "room:g"); len(got) != 1 || got[0] != "p/r2" {
+		t.Fatalf("stored %v, want p/r2", got)
+	}
+	waitFor(t, "the mark gone", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.undo) == 0 && s.undoTags == 0 && s.mine["room:g"] == 1
+	})
+	if got := listRefs(t, s, "room:g"); len(got) != 1 || got[0] != "p/r2" {
+		t.Fatalf("after the sweep, stored %v, want p/r2", got)
 	}
 }
