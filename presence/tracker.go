@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"hash/fnv"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -58,6 +59,15 @@ type Tracker struct {
 	mu     sync.Mutex
 	topics map[string]*topicDiff
 	local  map[string]map[string]struct{} // topic → tags tracked here
+	// stored is the refs a Track or an update is writing to the store
+	// and has not queued yet, each true once a restore announced its
+	// presence under a fresh ref (Restored): that change went out, so
+	// the join of the ref written must not (it would follow the
+	// restore's leave of it and stay listed on every client).
+	stored map[string]bool
+	// hookStored, set by tests, runs after a Track's or an update's
+	// store write, before its change is queued.
+	hookStored func(topic string)
 	// retrying counts the failed Untracks of a topic and tag with a retry
 	// scheduled.
 	retrying map[string]*untrackRetryState
@@ -167,7 +177,7 @@ func NewTracker(cfg Config, store Store, pub Publish, log *slog.Logger) *Tracker
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Tracker{cfg: cfg.withDefaults(), store: store, pub: pub, log: log, m: newMetrics(),
-		topics: map[string]*topicDiff{}, local: map[string]map[string]struct{}{}, retrying: map[string]*untrackRetryState{},
+		topics: map[string]*topicDiff{}, local: map[string]map[string]struct{}{}, retrying: map[string]*untrackRetryState{}, stored: map[string]bool{},
 		refusals: map[string]*refusalLog{}, now: time.Now, heldBudget: heldMaxNodeBytes}
 }
 
@@ -206,7 +216,15 @@ func (t *Tracker) Track(ctx context.Context, topic, tag, key string, meta []byte
 	}
 	ctx, cancel := t.ctx(ctx)
 	defer cancel()
+	t.storing(ref)
 	err := t.store.Add(ctx, topic, tag, p, Limits{MaxMetasPerKey: t.cfg.MaxMetasPerKey, MaxPerTopic: t.cfg.MaxPerTopic})
+	if err == nil && t.hookStored != nil {
+		t.hookStored(topic)
+	}
+	t.mu.Lock()
+	restored := t.stored[ref]
+	delete(t.stored, ref)
+	t.mu.Unlock()
 	if r := RefusalReason(err); r != "" {
 		return t.refuse(topic, r)
 	}
@@ -222,7 +240,9 @@ func (t *Tracker) Track(ctx context.Context, topic, tag, key string, meta []byte
 		t.local[topic] = tags
 	}
 	tags[tag] = struct{}{}
-	t.queueLocked(topic, []Presence{p}, nil)
+	if !restored {
+		t.queueLocked(topic, []Presence{p}, nil)
+	}
 	t.mu.Unlock()
 	t.m.tracked.Inc()
 	return nil
@@ -524,17 +544,29 @@ func (t *Tracker) updateLocal(ctx context.Context, topic, key string, body []byt
 	}
 	ctx, cancel := t.ctx(ctx)
 	defer cancel()
+	t.storing(refs...)
 	left, joined, err := t.store.Update(ctx, topic, key, body, refs, tags)
+	if err == nil && t.hookStored != nil {
+		t.hookStored(topic)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := len(joined)
+	// A presence a restore announced since (under a fresh ref) is not
+	// joined again under the ref written here; its old meta still
+	// leaves.
+	joined = slices.DeleteFunc(joined, func(p Presence) bool { return t.stored[p.Ref] })
+	for _, ref := range refs {
+		delete(t.stored, ref)
+	}
 	if err != nil {
 		t.m.errors.Inc()
 		return 0, err
 	}
-	if len(joined) > 0 {
-		t.mu.Lock()
+	if len(joined)+len(left) > 0 {
 		t.queueLocked(topic, joined, left)
-		t.mu.Unlock()
 	}
-	return len(joined), nil
+	return n, nil
 }
 
 // List returns topic's presences across the cluster.
@@ -564,12 +596,31 @@ func (t *Tracker) State(ctx context.Context, topic string) ([]byte, error) {
 // too (inside the tracker's topic lock), so it does not take the
 // tracker's topic lock: a leave of a presence put back is queued after
 // its join.
+//
+// A presence whose Track (or update) has written it to the store but not
+// queued its change yet is announced here too: that Track skips its join
+// (the leave here would otherwise precede it, and the old ref stay
+// listed on clients).
 func (t *Tracker) Restored(topic string, joins, leaves []Presence) {
 	if len(joins)+len(leaves) == 0 {
 		return
 	}
 	t.mu.Lock()
+	for _, p := range leaves {
+		if _, ok := t.stored[p.Ref]; ok {
+			t.stored[p.Ref] = true
+		}
+	}
 	t.queueLocked(topic, joins, leaves)
+	t.mu.Unlock()
+}
+
+// storing records refs as being written to the store (see stored).
+func (t *Tracker) storing(refs ...string) {
+	t.mu.Lock()
+	for _, ref := range refs {
+		t.stored[ref] = false
+	}
 	t.mu.Unlock()
 }
 

@@ -1,0 +1,134 @@
+package presence
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// restoreBetween makes the node a look dead right after tr's next store
+// write (a Track's or an update's), has another node reap it, and runs
+// a's restore, waiting for its diff to be published: all before the
+// change of that write is queued. It returns the reaper's leaves (refs
+// by key), which clients get first.
+func restoreBetween(t *testing.T, tr *Tracker, a *Redis, l *diffLog) func() map[string][]string {
+	t.Helper()
+	c := a.c
+	var once sync.Once
+	reaped := map[string][]string{}
+	done := make(chan struct{})
+	tr.hookStored = func(topic string) {
+		once.Do(func() {
+			defer close(done)
+			ctx := context.Background()
+			c.Del(ctx, a.liveKey("a"))
+			var leaves leaveLog
+			if err := reaperOf(t, c, &leaves).reap("a", false); err != nil {
+				t.Error(err)
+				return
+			}
+			for _, r := range leaves.get(topic) {
+				k, ref, _ := strings.Cut(r, "/")
+				reaped[k] = append(reaped[k], ref)
+			}
+			n := len(l.all())
+			if err := a.restore(); err != nil {
+				t.Error(err)
+				return
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for len(l.all()) == n && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+		})
+	}
+	return func() map[string][]string {
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the restore never ran")
+		}
+		return reaped
+	}
+}
+
+// trackerOnRedis is a tracker over a's Redis store, publishing to l.
+func trackerOnRedis(t *testing.T) (*Tracker, *Redis, *diffLog) {
+	t.Helper()
+	c := startRedis(t)
+	a := redisStore(t, c, "a")
+	l := &diffLog{}
+	tr := NewTracker(Config{Window: time.Millisecond}, a, l.publish, nil)
+	if err := a.Start(tr.Leaves, tr.Restored); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	return tr, a, l
+}
+
+// clientsSee waits for tr to have published everything of topic, then
+// applies the reaper's leaves and every diff published, as phoenix.js
+// Presence does, and compares with what a stores.
+func clientsSee(t *testing.T, tr *Tracker, a *Redis, l *diffLog, topic string, reaped map[string][]string) {
+	t.Helper()
+	waitFor(t, "every change published", func() bool {
+		tr.mu.Lock()
+		defer tr.mu.Unlock()
+		return tr.topics[topic] == nil
+	})
+	client := jsClient{}
+	client.apply(nil, reaped)
+	for _, d := range l.all() {
+		t.Logf("published: %s", d.Raw)
+		client.applyDiff(d)
+	}
+	var seen []string
+	for k, refs := range client {
+		for _, r := range refs {
+			seen = append(seen, k+"/"+r)
+		}
+	}
+	stored := listRefs(t, a, topic)
+	slices.Sort(seen)
+	slices.Sort(stored)
+	if !slices.Equal(seen, stored) {
+		t.Errorf("clients list %v, stored %v", seen, stored)
+	}
+}
+
+// A restore that runs between a Track's store write and the queueing of
+// its join announces the presence under a fresh ref (and the leave of
+// the ref written); the Track's join of that ref, queued after, must not
+// go out: clients would keep it for good (before the fix they did).
+func TestTrackerRestoreBetweenTrackAndItsJoin(t *testing.T) {
+	tr, a, l := trackerOnRedis(t)
+	reaped := restoreBetween(t, tr, a, l)
+	if err := tr.Track(context.Background(), "room:b", "t1", "p", nil); err != nil {
+		t.Fatal(err)
+	}
+	clientsSee(t, tr, a, l, "room:b", reaped())
+	tr.Untrack(context.Background(), "room:b", "t1")
+	clientsSee(t, tr, a, l, "room:b", reaped())
+}
+
+// The same between an update's store write and the queueing of its
+// diff: the restore announced the updated presence under a fresh ref;
+// the update's join of the ref it wrote must not go out after.
+func TestTrackerRestoreBetweenUpdateAndItsDiff(t *testing.T) {
+	tr, a, l := trackerOnRedis(t)
+	ctx := context.Background()
+	if err := tr.Track(ctx, "room:u", "t1", "p", []byte(`{"s":0}`)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the join", func() bool { return len(l.all()) == 1 })
+	reaped := restoreBetween(t, tr, a, l)
+	if n, err := tr.Update(ctx, "room:u", "p", []byte(`{"s":1}`)); err != nil || n != 1 {
+		t.Fatalf("update: %d, %v", n, err)
+	}
+	clientsSee(t, tr, a, l, "room:u", reaped())
+	tr.Untrack(ctx, "room:u", "t1")
+	clientsSee(t, tr, a, l, "room:u", reaped())
+}
