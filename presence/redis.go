@@ -110,7 +110,7 @@ type Redis struct {
 	// tlocks, by topic, order this node's changes of a topic with the
 	// restore of that topic (lock order: Tracker topic lock, then these,
 	// then mu).
-	tlocks  [64]sync.Mutex
+	tlocks  [64]topicLock
 	lostc   chan struct{} // the liveness loop found the node reaped
 	stop    chan struct{}
 	done    chan struct{}
@@ -160,10 +160,12 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	}
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	return &Redis{cfg: cfg, c: cfg.Client, boot: refEncoding.EncodeToString(b[:]), log: log,
+	r := &Redis{cfg: cfg, c: cfg.Client, boot: refEncoding.EncodeToString(b[:]), log: log,
 		mine: map[string]int{}, held: map[string]map[string]heldPresence{}, undo: map[string]*undoMark{}, undoMax: redisUndoMaxTags,
 		removing: map[string]map[string]Presence{},
-		lostc:    make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}, nil
+		lostc:    make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	newTopicLocks(r.tlocks[:])
+	return r, nil
 }
 
 func (r *Redis) hashKey(topic string) string   { return redisTopicKey(r.cfg.Prefix, topic, "p") }
@@ -185,10 +187,10 @@ func redisTopicKey(prefix, topic, kind string) string {
 	return prefix + ":{" + strconv.FormatUint(h.Sum64(), 16) + "}" + strconv.Itoa(len(topic)) + ":" + topic + ":" + kind
 }
 
-func (r *Redis) tlock(topic string) *sync.Mutex {
+func (r *Redis) tlock(topic string) topicLock {
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(topic))
-	return &r.tlocks[h.Sum32()%uint32(len(r.tlocks))]
+	return r.tlocks[h.Sum32()%uint32(len(r.tlocks))]
 }
 
 // reapLockTTL is how long a reaper (or this node's restore) holds a
@@ -989,8 +991,12 @@ return 'ok'
 
 // Add implements Store.
 func (r *Redis) Add(ctx context.Context, topic, tag string, p Presence, lim Limits) error {
+	// A restore or an undo of the topic may hold its lock: past ctx,
+	// nothing is tried (nothing to undo).
 	l := r.tlock(topic)
-	l.Lock()
+	if err := l.LockCtx(ctx); err != nil {
+		return fmt.Errorf("%w: %w", ErrBusy, err)
+	}
 	defer l.Unlock()
 	if r.undoPending(topic, tag) {
 		// An earlier Add of this tag may still be stored: out first, or

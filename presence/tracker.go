@@ -3,6 +3,8 @@ package presence
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"hash/fnv"
 	"log/slog"
 	"slices"
@@ -54,7 +56,7 @@ type Tracker struct {
 	// the broker answered. It must not block.
 	OnLost func(topic string)
 
-	locks [64]sync.Mutex // by topic: a store change and its queueing
+	locks [64]topicLock // by topic: a store change and its queueing
 
 	mu     sync.Mutex
 	topics map[string]*topicDiff
@@ -176,16 +178,52 @@ func NewTracker(cfg Config, store Store, pub Publish, log *slog.Logger) *Tracker
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Tracker{cfg: cfg.withDefaults(), store: store, pub: pub, log: log, m: newMetrics(),
+	t := &Tracker{cfg: cfg.withDefaults(), store: store, pub: pub, log: log, m: newMetrics(),
 		topics: map[string]*topicDiff{}, local: map[string]map[string]struct{}{}, retrying: map[string]*untrackRetryState{}, stored: map[string]bool{},
 		refusals: map[string]*refusalLog{}, now: time.Now, heldBudget: heldMaxNodeBytes}
+	newTopicLocks(t.locks[:])
+	return t
 }
 
-func (t *Tracker) lock(topic string) *sync.Mutex {
+func (t *Tracker) lock(topic string) topicLock {
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(topic))
-	return &t.locks[h.Sum32()%uint32(len(t.locks))]
+	return t.locks[h.Sum32()%uint32(len(t.locks))]
 }
+
+// topicLock is a mutex whose wait a ctx can end (make it with room for
+// one).
+type topicLock chan struct{}
+
+func newTopicLocks(ls []topicLock) {
+	for i := range ls {
+		ls[i] = make(topicLock, 1)
+	}
+}
+
+func (l topicLock) Lock()   { l <- struct{}{} }
+func (l topicLock) Unlock() { <-l }
+
+// LockCtx takes the lock, or returns ctx's error once ctx ends first
+// (then the lock is not held).
+func (l topicLock) LockCtx(ctx context.Context) error {
+	select {
+	case l <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if err := ctx.Err(); err != nil {
+		// Both were ready: do nothing for a caller gone.
+		<-l
+		return err
+	}
+	return nil
+}
+
+// ErrBusy wraps the caller's ctx error when the ctx ended while a
+// Track waited for the topic's earlier changes on this node: nothing was
+// tried (nothing stored, nothing to undo).
+var ErrBusy = errors.New("presence: topic busy")
 
 func (t *Tracker) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, t.cfg.Timeout)
@@ -205,8 +243,15 @@ func (t *Tracker) Track(ctx context.Context, topic, tag, key string, meta []byte
 	}
 	ref := NewRef()
 	p := Presence{Key: key, Ref: ref, Meta: withRefs(ref, "", body)}
+	// The caller's ctx bounds the wait for the topic's earlier changes
+	// on this node (a herd of joins, a slow store): past it, nothing is
+	// tried. Once the lock is held, the store call gets Config.Timeout
+	// of its own (within ctx), not what the wait left of it.
 	l := t.lock(topic)
-	l.Lock()
+	if err := l.LockCtx(ctx); err != nil {
+		t.m.busy.Inc()
+		return fmt.Errorf("%w: %w", ErrBusy, err)
+	}
 	defer l.Unlock()
 	t.mu.Lock()
 	closed := t.closed
@@ -229,7 +274,11 @@ func (t *Tracker) Track(ctx context.Context, topic, tag, key string, meta []byte
 		return t.refuse(topic, r)
 	}
 	if err != nil {
-		t.m.errors.Inc()
+		if errors.Is(err, ErrBusy) {
+			t.m.busy.Inc() // the store's own wait for the topic: nothing tried
+		} else {
+			t.m.errors.Inc()
+		}
 		t.log.Warn("presence: track failed", "topic", topic, "err", err)
 		return err
 	}
@@ -1039,6 +1088,7 @@ type metrics struct {
 
 	controlDropped prometheus.Counter
 	heldBytes      prometheus.Gauge
+	busy           prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -1073,6 +1123,9 @@ func newMetrics() *metrics {
 		heldBytes: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "phxgate_presence_held_bytes", Help: "Bytes of presence diffs and changes this node has not published yet (held while the broker refuses them; past 64 MiB a refused topic's are dropped and its state sent again).",
 		}),
+		busy: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phxgate_presence_busy_total", Help: "Tracks whose caller's deadline passed while they waited for the topic's earlier presence changes on this node (nothing was stored; the join ends with phx_error).",
+		}),
 		controlDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "phxgate_presence_control_dropped_total", Help: "Presence updates from other nodes dropped because this node's control queue was full.",
 		}),
@@ -1084,7 +1137,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.tracked, m.diffs, m.diffRetries, m.refreshes, m.diffBytes, m.diffsLost, m.refused, m.errors, m.cleanups, m.controlDropped, m.heldBytes}
+	return []prometheus.Collector{m.tracked, m.diffs, m.diffRetries, m.refreshes, m.diffBytes, m.diffsLost, m.refused, m.errors, m.cleanups, m.controlDropped, m.heldBytes, m.busy}
 }
 
 // Describe implements prometheus.Collector.
