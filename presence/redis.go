@@ -1299,6 +1299,7 @@ func (r *Redis) Update(ctx context.Context, topic, key string, body []byte, refs
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	changed := make(map[string]struct{}, len(vals)/3)
 	for i := 0; i+2 < len(vals); i += 3 {
 		o, _, ok1 := decodeValue(vals[i+1])
 		n, _, ok2 := decodeValue(vals[i+2])
@@ -1311,6 +1312,21 @@ func (r *Redis) Update(ctx context.Context, topic, key string, body []byte, refs
 			h.p, h.value = n, vals[i+2]
 			r.held[topic][vals[i]] = h
 		}
+		changed[vals[i]] = struct{}{}
+	}
+	// A presence of key held here but not stored (a reaper took the node
+	// for dead, and the restore has not put it back yet) takes the meta
+	// too: the restore puts it back with it, instead of losing the
+	// update.
+	for tag, h := range r.held[topic] {
+		if h.p.Key != key {
+			continue
+		}
+		if _, ok := changed[tag]; ok || (tags != nil && !slices.Contains(tags, tag)) {
+			continue
+		}
+		h.p.Meta = withRefs(h.p.Ref, "", body)
+		r.held[topic][tag] = h
 	}
 	return left, joined, nil
 }

@@ -132,3 +132,38 @@ func TestTrackerRestoreBetweenUpdateAndItsDiff(t *testing.T) {
 	tr.Untrack(ctx, "room:u", "t1")
 	clientsSee(t, tr, a, l, "room:u", reaped())
 }
+
+// An update that reaches the node while a reaper has removed its
+// presences (the restore not done yet) finds nothing stored; the restore
+// then puts the presence back with the updated meta, not the one it
+// had (before the fix the update was lost).
+func TestRedisUpdateWhileReapedIsRestored(t *testing.T) {
+	c := startRedis(t)
+	ctx := context.Background()
+	release := make(chan struct{})
+	var joins leaveLog
+	a := startStore(t, c, "a", nil, &joins, func(s *Redis) {
+		s.hookRestore = func() { <-release }
+	})
+	if err := a.Add(ctx, "room:m", "t1", Presence{Key: "p", Ref: "r1", Meta: withRefs("r1", "", []byte(`"s":0`))}, raceLimits); err != nil {
+		t.Fatal(err)
+	}
+	c.Del(ctx, a.liveKey("a"))
+	var leaves leaveLog
+	if err := reaperOf(t, c, &leaves).reap("a", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, joined, err := a.Update(ctx, "room:m", "p", []byte(`"s":1`), []string{"r2"}, []string{"t1"}); err != nil || len(joined) != 0 {
+		t.Fatalf("update while reaped: %v, %v", refsOf(joined), err)
+	}
+	close(release) // the restore goes on
+	var ps []Presence
+	waitFor(t, "the restore", func() bool {
+		var err error
+		ps, err = a.List(ctx, "room:m")
+		return err == nil && len(ps) == 1
+	})
+	if body := string(stripRefs(ps[0].Meta)); body != `"s":1` {
+		t.Errorf("restored meta %s, want the update's", ps[0].Meta)
+	}
+}
