@@ -27,14 +27,18 @@
 //
 // Goroutine safety: Tracker and every Store are safe for concurrent use.
 // Track, Untrack and Update block on the store (each call bounded by
-// Config.Timeout, after waiting for the topic's earlier changes on this
-// node), never on publishing a diff.
+// Config.Timeout from the moment the topic's lock is held, after waiting
+// for the topic's earlier changes on this node: a Track only while its
+// ctx lasts, then ErrBusy with nothing tried), never on publishing a
+// diff.
 //
 // Repairs: a failed Untrack is retried (and still gives the leave when
 // the first attempt was applied but its answer lost); the Redis store
 // takes a presence whose Remove failed out of what it restores and
-// retries its removal while the node runs, publishing the leave; a failed Add whose
-// undo fails is undone later; a diff the broker refuses is held and sent
+// retries its removal while the node runs, publishing the leave; a failed
+// Add is undone by its tag (never a read of the topic's whole hash), and
+// when that fails too, later (past a bound of tags marked, by HSCAN of
+// the topic in steps); a diff the broker refuses is held and sent
 // again, first, when the broker answers (later changes wait behind it);
 // past the bound of held diffs (per topic, and the node's held bytes)
 // they are dropped and every node of the topic, once the broker answers,
@@ -47,7 +51,11 @@
 // announced as one change (the join of the new ref, the leave of the
 // old) queued behind what the node had not yet published: clients end
 // with the new ref whether the reaper's leave of the old one reaches
-// them before or after a held join of it. Drain waits for Tracks in flight and drains until
+// them before or after a held join of it; a Track or update whose
+// store write such a restore announced before its change was queued
+// queues no join of the ref it wrote; an update that finds the node's
+// presences reaped updates what the node holds, which the restore puts
+// back. Drain waits for Tracks in flight and drains until
 // nothing is left. On several nodes an Update is routed to the nodes
 // owning the presences (a control event through the topic,
 // ControlEvent), each updating its own under the topic's lock, so an

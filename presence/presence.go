@@ -116,8 +116,9 @@ type Config struct {
 	// MaxPerTopic bounds the presences of one topic. Zero means
 	// DefaultMaxPerTopic.
 	MaxPerTopic int `yaml:"max_per_topic" usage:"presences on one topic"`
-	// Timeout bounds each store call and each diff publish. Zero means
-	// DefaultTimeout.
+	// Timeout bounds each store call (from the moment the topic's lock
+	// is held: the wait for it is the caller's ctx's) and each diff
+	// publish. Zero means DefaultTimeout.
 	Timeout time.Duration `yaml:"timeout" usage:"bound of each presence store call and diff publish"`
 	// MaxDiffBytes bounds one presence_diff payload: a topic's batch of
 	// changes larger than it goes out as several diffs, so that a herd's
