@@ -186,12 +186,19 @@ func (t *Tracker) ctx(ctx context.Context) (context.Context, context.CancelFunc)
 // refusal (ErrRefused: a limit, or a meta that is not an object) is
 // counted and logged; the caller's join stands either way.
 func (t *Tracker) Track(ctx context.Context, topic, tag, key string, meta []byte) error {
+	_, err := t.TrackPresence(ctx, topic, tag, key, meta)
+	return err
+}
+
+// TrackPresence is Track, returning the presence tracked (its meta with
+// its phx_ref, as a presence_state lists it).
+func (t *Tracker) TrackPresence(ctx context.Context, topic, tag, key string, meta []byte) (Presence, error) {
 	if len(meta) > t.cfg.MaxMetaBytes {
-		return t.refuse(topic, ReasonMetaTooLarge)
+		return Presence{}, t.refuse(topic, ReasonMetaTooLarge)
 	}
 	body, ok := objectBody(meta)
 	if !ok || (len(body) > 0 && !json.Valid(meta)) {
-		return t.refuse(topic, ReasonBadMeta)
+		return Presence{}, t.refuse(topic, ReasonBadMeta)
 	}
 	ref := NewRef()
 	p := Presence{Key: key, Ref: ref, Meta: withRefs(ref, "", body)}
@@ -202,18 +209,18 @@ func (t *Tracker) Track(ctx context.Context, topic, tag, key string, meta []byte
 	closed := t.closed
 	t.mu.Unlock()
 	if closed {
-		return ErrClosed
+		return Presence{}, ErrClosed
 	}
 	ctx, cancel := t.ctx(ctx)
 	defer cancel()
 	err := t.store.Add(ctx, topic, tag, p, Limits{MaxMetasPerKey: t.cfg.MaxMetasPerKey, MaxPerTopic: t.cfg.MaxPerTopic})
 	if r := RefusalReason(err); r != "" {
-		return t.refuse(topic, r)
+		return Presence{}, t.refuse(topic, r)
 	}
 	if err != nil {
 		t.m.errors.Inc()
 		t.log.Warn("presence: track failed", "topic", topic, "err", err)
-		return err
+		return Presence{}, err
 	}
 	t.mu.Lock()
 	tags := t.local[topic]
@@ -225,7 +232,7 @@ func (t *Tracker) Track(ctx context.Context, topic, tag, key string, meta []byte
 	t.queueLocked(topic, []Presence{p}, nil)
 	t.mu.Unlock()
 	t.m.tracked.Inc()
-	return nil
+	return p, nil
 }
 
 // Refuse counts and logs a presence refused by the caller for reason (a
@@ -1011,7 +1018,7 @@ func newMetrics() *metrics {
 			Name: "phxgate_presence_refresh_requests_total", Help: "Requests sent to every node to send a topic's subscribers the whole presence_state (after held diffs were dropped).",
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "phxgate_presence_refused_total", Help: "Presences refused, by reason: meta_too_large, too_many_metas, too_many_presences, bad_meta (the join stands), state_too_large (the channel ends with phx_error).",
+			Name: "phxgate_presence_refused_total", Help: "Presences refused, by reason: meta_too_large, too_many_metas, too_many_presences, bad_meta (the join stands), state_too_large, stream_budget (the channel ends with phx_error).",
 		}, []string{"reason"}),
 		errors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "phxgate_presence_errors_total", Help: "Presence store calls that failed.",
