@@ -165,4 +165,3 @@ func TestStreamClosedWithItsSocket(t *testing.T) {
 		t.Fatalf("closed %d times", st.closes.Load())
 	}
 }
-
