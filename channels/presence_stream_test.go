@@ -11,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/phxgate/phxgate/pubsub"
 )
 
 // applyPieces applies pieces as phoenix.js's syncDiff applies joins: a
@@ -159,4 +161,60 @@ func gaugeValue(g prometheus.Gauge) float64 {
 	var m dto.Metric
 	_ = g.Write(&m)
 	return m.GetGauge().GetValue()
+}
+
+// gatedBigState is a tracker whose state is 20 keys of about 130 bytes
+// plus a key naming the read ("read<N>"); once shut, State waits until
+// released (a slow store).
+type gatedBigState struct {
+	gatedState
+}
+
+func (g *gatedBigState) State(ctx context.Context, topic string) ([]byte, error) {
+	n := g.reads.Load() + 1
+	if _, err := g.gatedState.State(ctx, topic); err != nil {
+		return nil, err
+	}
+	big, _ := (&bigState{}).State(ctx, topic)
+	return append(big[:len(big)-1], `,"read`+strconv.FormatInt(n, 10)+`":{"metas":[{"phx_ref":"x"}]}}`...), nil
+}
+
+// A state sent in pieces is not older than a presence_diff the channel
+// got before it: phoenix.js applies that diff after the first piece, and
+// a leave in it would be undone by a later piece. A diff delivered while
+// the join reads the state makes it read the state again, and the
+// pieces sent are the second read's.
+func TestPresencePiecesReadAgainAfterADiff(t *testing.T) {
+	gs := &gatedBigState{gatedState{entered: make(chan struct{}, 1), release: make(chan struct{})}}
+	gs.shut.Store(true)
+	env := newTestEnv(t, func(c *Config) { c.Presence = gs; c.PresencePieceBytes = 1024 })
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","here:a","phx_join",{}]`)
+	<-gs.entered // the join reads the state
+	if _, err := env.broker.Publish(context.Background(), "here:a", pubsub.Message{Event: "presence_diff", Payload: []byte(`{"joins":{},"leaves":{}}`), Ephemeral: true}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, waitLong, "the diff delivered", func() bool { return conn.count() >= 2 })
+	gs.shut.Store(false)
+	close(gs.release)
+	waitFor(t, waitLong, "the pieces", func() bool {
+		for _, f := range conn.texts() {
+			if strings.Contains(f, `"read`) {
+				return true
+			}
+		}
+		return false
+	})
+	got := conn.texts()
+	if !strings.Contains(got[1], `"presence_diff",{"joins":{},"leaves":{}}`) || !strings.Contains(got[2], `"presence_state"`) {
+		t.Fatalf("frames: %.80s", got)
+	}
+	all := strings.Join(got, "\n")
+	if strings.Contains(all, `"read1"`) || !strings.Contains(all, `"read2"`) {
+		t.Fatalf("the pieces sent are not the second read's:\n%s", all)
+	}
+	if n := counterValue(t, env.reg, "phxgate_presence_state_streams_total", ""); n != 0 {
+		t.Fatalf("streams = %v on a transport without streams, want 0", n)
+	}
+	waitFor(t, waitLong, "the budget back to zero", func() bool { return env.srv.stateBudget.inUse() == 0 })
 }
