@@ -93,10 +93,11 @@ func (h *echoHandler) HandleText(data []byte) error {
 			h.c.Send(frame) // one shared frame, queued n times
 		}
 		return nil
-	case strings.HasPrefix(s, "stream:"):
-		// stream:N:SIZE queues "before", a stream of N text frames of
-		// SIZE bytes (testStream, kept in h.rec.stream), then "after".
-		parts := strings.Split(s, ":")
+	case strings.HasPrefix(strings.Trim(s, `["]`), "stream:"):
+		// stream:N:SIZE (or ["stream:N:SIZE"], a long-poll text line)
+		// queues "before", a stream of N text frames of SIZE bytes
+		// (testStream, kept in h.rec.stream), then "after".
+		parts := strings.Split(strings.Trim(s, `["]`), ":")
 		n, _ := strconv.Atoi(parts[1])
 		size, _ := strconv.Atoi(parts[2])
 		wc, _ := h.c.(*conn)

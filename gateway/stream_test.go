@@ -165,3 +165,52 @@ func TestStreamClosedWithItsSocket(t *testing.T) {
 		t.Fatalf("closed %d times", st.closes.Load())
 	}
 }
+
+// A long-poll session takes a stream a share of longpoll.max_buffer_bytes
+// per poll (a quarter): a stream larger than the whole buffer arrives in
+// order over several polls, with what was sent before and after it in
+// place, and the stream is closed once.
+func TestLongPollStreamOverSeveralPolls(t *testing.T) {
+	ts := startServer(t, func(c *Config) {
+		c.LongPoll.Window = 5 * time.Second
+		c.LongPoll.MaxBufferBytes = 64 << 10
+	})
+	tok := lpStart(t, ts.Server, "vsn=2.0.0")
+	const n, size = 40, 4000 // 160 KB: more than the session's whole buffer
+	lpPost(t, ts.Server, tok, fmt.Sprintf(`["stream:%d:%d"]`, n, size))
+	var got []string
+	polls := 0
+	deadline := time.Now().Add(10 * time.Second)
+	for len(got) < n+2 && time.Now().Before(deadline) {
+		a := lpGet(t, ts.Server, tok)
+		if a.body.Status != 200 {
+			continue
+		}
+		polls++
+		bytes := 0
+		for _, m := range a.body.Messages {
+			bytes += len(m)
+		}
+		if bytes > 16<<10+size {
+			t.Errorf("one poll took %d bytes, want at most a quarter of the buffer and one frame", bytes)
+		}
+		got = append(got, a.body.Messages...)
+	}
+	if len(got) != n+2 || got[0] != "before" || got[n+1] != "after" {
+		t.Fatalf("got %d messages (first %.20q, last %.20q), want before, %d pieces, after", len(got), got[0], got[len(got)-1], n)
+	}
+	for i := range n {
+		if !strings.HasPrefix(got[1+i], "piece "+strconv.Itoa(i)+" ") {
+			t.Fatalf("message %d: %.20q", 1+i, got[1+i])
+		}
+	}
+	if polls < 4 {
+		t.Errorf("%d polls for %d bytes, want the stream paced over several", polls, n*size)
+	}
+	ts.rec.mu.Lock()
+	st := ts.rec.stream
+	ts.rec.mu.Unlock()
+	if st.closes.Load() != 1 {
+		t.Fatalf("stream closed %d times", st.closes.Load())
+	}
+}
