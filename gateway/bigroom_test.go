@@ -114,7 +114,10 @@ func TestBigRoomJoinsInPieces(t *testing.T) {
 	}, "the fill's diffs published")
 
 	alice := rawSocket(t, s, hsToken(t, claims("alice")), "room:big")
+	start := time.Now()
 	list := readState(t, alice, players+1)
+	t.Logf("a %d-player room joined in %d pieces in %v (write queue %d bytes)", players,
+		int(counterValue(t, s.opts.Registry, "phxgate_presence_state_pieces_total", ""))+1, time.Since(start), 64<<10)
 	if len(list) != players+1 || len(list["alice"]) != 1 || len(list["p0"]) != 1 || len(list["p5999"]) != 1 {
 		t.Fatalf("alice's list: %d keys, alice %v", len(list), list["alice"])
 	}
