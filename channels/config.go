@@ -61,10 +61,18 @@ const (
 	// (which would close it, and the client would retry the same resume
 	// for ever).
 	DefaultReplayBytes = 512 << 10
-	// DefaultPresenceStateBytes bounds the presence_state one channel is
-	// sent, for the same reason: a bigger one would overflow the socket's
-	// write queue and close it (1013), on every join for ever.
-	DefaultPresenceStateBytes = 512 << 10
+	// DefaultPresencePieceBytes bounds one frame of a presence_state: a
+	// larger state goes out in pieces, so that it never overflows the
+	// socket's write queue (1013).
+	DefaultPresencePieceBytes = 64 << 10
+	// DefaultPresenceStreamBytes bounds the presence_state snapshots held
+	// by a node while their pieces go out: 64 MiB is five rooms full to
+	// the presence defaults (10,000 × 1 KiB metas, about 11 MiB) being
+	// joined at once, each by any number of sockets at their own pace.
+	DefaultPresenceStreamBytes = 64 << 20
+	// DefaultPresenceStreamWait bounds how long a join waits for that
+	// budget.
+	DefaultPresenceStreamWait = 2 * time.Second
 )
 
 // ErrBadConfig is wrapped by Validate errors.
@@ -124,12 +132,22 @@ type Config struct {
 	// past it the join answers recovered=false. Keep it well under the
 	// transport's write queue bound. Zero is invalid.
 	ReplayBytes int `yaml:"-"` // the gateway's replay_bytes
-	// PresenceStateBytes is the largest presence_state sent to a channel,
-	// in bytes: past it the channel ends with phx_error (counted in
-	// phxgate_presence_state_too_large_total) and the socket and its
-	// other channels stay. Keep it under the transport's write queue
-	// bound. Zero is invalid.
-	PresenceStateBytes int `yaml:"-"` // half of the gateway's write_queue_max_bytes
+	// PresencePieceBytes is the largest frame payload of a presence_state
+	// in bytes: a larger state goes out in pieces of at most this (a
+	// presence_state, then presence_diffs), paced by the socket's write
+	// queue. Keep it well under the transport's write queue bound. Zero
+	// is invalid.
+	PresencePieceBytes int `yaml:"-"` // an eighth of the gateway's write_queue_max_bytes, at most 64 KiB
+	// PresenceStreamBytes bounds the bytes of presence_state snapshots
+	// this node holds while their pieces go out (one per join streamed,
+	// one per topic refreshed). A join whose state does not fit waits up
+	// to PresenceStreamWait for room, then ends with phx_error, its
+	// presence refused untracked (stream_budget; state_too_large for a
+	// state larger than the whole budget). Zero is invalid.
+	PresenceStreamBytes int64 `yaml:"presence_stream_bytes" usage:"bytes of presence_state snapshots a node holds while sending them in pieces"`
+	// PresenceStreamWait is how long a join waits for PresenceStreamBytes
+	// to have room; zero means not at all.
+	PresenceStreamWait time.Duration `yaml:"presence_stream_wait" usage:"how long a join waits for presence_stream_bytes to have room (0s: not at all)"`
 
 	// Presence tracks the players of routes with Presence on (nil: no
 	// route tracks presence).
@@ -177,20 +195,22 @@ func NewConfig() Config {
 		host = "node"
 	}
 	return Config{
-		NodeID:             host + "-" + strconv.Itoa(os.Getpid()),
-		MaxChannels:        DefaultMaxChannels,
-		MaxTopicBytes:      DefaultMaxTopicBytes,
-		MaxJoinRefBytes:    DefaultMaxJoinRefBytes,
-		MaxRefBytes:        DefaultMaxRefBytes,
-		Workers:            DefaultWorkers,
-		QueueSize:          DefaultQueueSize,
-		ChannelQueue:       DefaultChannelQueue,
-		ChannelQueueHard:   DefaultChannelQueueHard,
-		CallTimeout:        DefaultCallTimeout,
-		ResumeBuffer:       DefaultResumeBuffer,
-		MaxReplay:          DefaultMaxReplay,
-		ReplayBytes:        DefaultReplayBytes,
-		PresenceStateBytes: DefaultPresenceStateBytes,
+		NodeID:              host + "-" + strconv.Itoa(os.Getpid()),
+		MaxChannels:         DefaultMaxChannels,
+		MaxTopicBytes:       DefaultMaxTopicBytes,
+		MaxJoinRefBytes:     DefaultMaxJoinRefBytes,
+		MaxRefBytes:         DefaultMaxRefBytes,
+		Workers:             DefaultWorkers,
+		QueueSize:           DefaultQueueSize,
+		ChannelQueue:        DefaultChannelQueue,
+		ChannelQueueHard:    DefaultChannelQueueHard,
+		CallTimeout:         DefaultCallTimeout,
+		ResumeBuffer:        DefaultResumeBuffer,
+		MaxReplay:           DefaultMaxReplay,
+		ReplayBytes:         DefaultReplayBytes,
+		PresencePieceBytes:  DefaultPresencePieceBytes,
+		PresenceStreamBytes: DefaultPresenceStreamBytes,
+		PresenceStreamWait:  DefaultPresenceStreamWait,
 	}
 }
 
@@ -205,6 +225,8 @@ const (
 	maxCallTimeout   = 10 * time.Minute
 	maxResumeBuffer  = 1 << 20
 	maxTopicBytesCap = 4096
+	// maxPresenceStreamBytes is 64 GiB.
+	maxPresenceStreamBytes = 1 << 36
 )
 
 func configErr(key, format string, args ...any) error {
@@ -240,8 +262,12 @@ func (c Config) Validate() error {
 		return configErr("max_replay", "must be ≥ 1")
 	case c.ReplayBytes <= 0:
 		return configErr("replay_bytes", "must be ≥ 1")
-	case c.PresenceStateBytes <= 0:
-		return fmt.Errorf("%w: PresenceStateBytes %d", ErrBadConfig, c.PresenceStateBytes)
+	case c.PresencePieceBytes <= 0:
+		return fmt.Errorf("%w: PresencePieceBytes %d", ErrBadConfig, c.PresencePieceBytes)
+	case c.PresenceStreamBytes <= 0 || c.PresenceStreamBytes > maxPresenceStreamBytes:
+		return configErr("presence_stream_bytes", "must be between 1 and %d", int64(maxPresenceStreamBytes))
+	case c.PresenceStreamWait < 0 || c.PresenceStreamWait > maxCallTimeout:
+		return configErr("presence_stream_wait", "must be between 0s and %v", maxCallTimeout)
 	}
 	return nil
 }

@@ -26,6 +26,33 @@ type BulkConn interface {
 	SendBulk(frame []byte)
 }
 
+// FrameStream is a sequence of frames made one at a time, when the
+// transport is ready for the next: a large presence_state goes out in
+// pieces this way, so that a socket never holds more than a piece or two
+// of it. The transport calls Next and Close one call at a time, possibly
+// with its own locks held: neither may block or call into the Conn.
+type FrameStream interface {
+	// Next returns the next frame (built like a frame given to Send), or
+	// nil when the stream is done. The transport calls it only once every
+	// frame queued before the stream, and every frame Next returned
+	// before, has been handed to the client.
+	Next() []byte
+	// Close is called exactly once: after Next returned nil, or when the
+	// transport gives the stream up (the connection closed, or its queue
+	// was dropped). It releases what the stream holds.
+	Close()
+}
+
+// StreamConn is implemented by a Conn that paces a FrameStream by its
+// write queue (both of the gateway's transports).
+type StreamConn interface {
+	// SendStream queues s in the place of one frame: frames queued after
+	// it (by any method) are written after every frame s makes. Frames
+	// waiting behind a stream count against the socket's queue bound as
+	// any others. On a closed or closing connection s is closed at once.
+	SendStream(s FrameStream)
+}
+
 // Serializer identifies the wire format negotiated from the vsn parameter.
 type Serializer uint8
 

@@ -567,20 +567,27 @@ func (th *topicHub) refreshOnce(p PresenceTracker) {
 			th.seqMu.Unlock()
 			continue // a diff came while reading: read again
 		}
-		if len(state) > srv.cfg.PresenceStateBytes {
+		// One snapshot for every channel of the topic: a large state goes
+		// to each in pieces, at its own pace, and is held until the last
+		// is done. Without room in the budget the refresh is skipped
+		// (counted): the next join or refresh sends the whole state.
+		pieces := splitState(state, srv.cfg.PresencePieceBytes)
+		if !srv.stateBudget.tryAcquire(piecesBytes(pieces)) {
 			th.seqMu.Unlock()
-			srv.m.presenceTooLarge.Inc() // it would close every subscriber's socket
+			srv.m.presenceTooLarge.Inc()
 			return
 		}
+		snap := newSnapshot(pieces, srv.stateBudget, piecesBytes(pieces))
 		for _, c := range th.subscribers() {
 			s := c.sock
 			s.mu.Lock()
 			joined, jr := c.curGen != 0, c.curJoinRef
 			s.mu.Unlock()
 			if joined {
-				s.sendOrDrop(encodeMessage(s.ser, jr, "null", th.name, "presence_state", backends.Payload{Data: state}))
+				s.sendState(snap, jr, th.name)
 			}
 		}
+		snap.done()
 		th.seqMu.Unlock()
 		srv.m.presenceRefreshes.Inc()
 		return

@@ -63,9 +63,15 @@ type metrics struct {
 	// presenceRefreshes counts topics whose presence_state was sent again
 	// after a broker resync.
 	presenceRefreshes prometheus.Counter
-	// presenceTooLarge counts presence_state payloads not sent for being
-	// larger than Config.PresenceStateBytes.
+	// presenceTooLarge counts presence_states not sent: larger than
+	// Config.PresenceStreamBytes, or the budget stayed spent.
 	presenceTooLarge prometheus.Counter
+	// presenceStreams counts presence_states sent in pieces (one per
+	// channel), presencePieces the pieces sent as presence_diff, and
+	// presenceStreamBytes is what their snapshots hold (the budget).
+	presenceStreams     prometheus.Counter
+	presencePieces      prometheus.Counter
+	presenceStreamBytes prometheus.Gauge
 }
 
 // Resume results (phxgate_resumes_total{result}).
@@ -165,7 +171,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name: "phxgate_pubsub_own_delivery_timeouts_total", Help: "Replies sent before the sender's own broadcast came back from the broker (waited 1 s).",
 	})
 	m.presenceTooLarge = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "phxgate_presence_state_too_large_total", Help: "presence_state payloads not sent for being larger than the limit (half the write queue); the join's channel ended with phx_error.",
+		Name: "phxgate_presence_state_too_large_total", Help: "presence_states not sent: larger than channels.presence_stream_bytes, or that budget stayed spent past channels.presence_stream_wait (a join's channel ends with phx_error; a refresh is skipped).",
+	})
+	m.presenceStreams = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "phxgate_presence_state_streams_total", Help: "presence_states sent in pieces (larger than an eighth of write_queue_max_bytes, at most 64 KiB), one per channel.",
+	})
+	m.presencePieces = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "phxgate_presence_state_pieces_total", Help: "Pieces of presence_states sent as presence_diff after the first piece.",
+	})
+	m.presenceStreamBytes = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "phxgate_presence_stream_bytes", Help: "Bytes of presence_state snapshots held until their pieces are sent (bounded by channels.presence_stream_bytes).",
 	})
 	m.presenceRefreshes = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "phxgate_presence_state_refreshes_total", Help: "Topics whose channels got presence_state again after the broker resynced them (presence diffs have no history).",
@@ -203,6 +218,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.backendDuration, m.replayed, m.overloaded, m.droppedFrames, m.resumeOverflow, m.publishErrors,
 		m.floodCloses, m.shed, m.backendPanics, m.replyBroadcastsLost, m.leaves, m.leavesLost,
 		m.seqDuplicates, m.seqGaps, m.seqFilled, m.seqLost, m.resumes, m.deliveryLag, m.ownWaitTimeout, m.presenceRefreshes, m.presenceTooLarge,
+		m.presenceStreams, m.presencePieces, m.presenceStreamBytes,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

@@ -25,11 +25,11 @@ type fakePresence struct {
 	version atomic.Int64
 }
 
-func (f *fakePresence) Track(_ context.Context, topic, tag, key string, meta []byte) error {
+func (f *fakePresence) TrackPresence(_ context.Context, topic, tag, key string, meta []byte) (presence.Presence, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, "track "+topic+" "+key+" "+string(meta))
-	return nil
+	return presence.Presence{Key: key, Meta: meta}, nil
 }
 
 func (f *fakePresence) Untrack(_ context.Context, topic, tag string) {
@@ -190,19 +190,29 @@ func TestPresenceRefreshDoesNotStallDelivery(t *testing.T) {
 	}
 }
 
-// bigState is a tracker whose presence_state is 2 KiB.
+// bigState is a tracker whose presence_state is 20 keys of about 130
+// bytes.
 type bigState struct{ fakePresence }
 
 func (*bigState) State(context.Context, string) ([]byte, error) {
-	return []byte(`{"p":{"metas":[{"pad":"` + strings.Repeat("x", 2048) + `"}]}}`), nil
+	b := []byte("{")
+	for i := range 20 {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `"p`+strconv.Itoa(i)+`":{"metas":[{"pad":"`+strings.Repeat("x", 100)+`","phx_ref":"r`+strconv.Itoa(i)+`"}]}`...)
+	}
+	return append(b, '}'), nil
 }
 
-// A presence_state larger than PresenceStateBytes is not sent (it would
-// overflow the write queue and close the socket, at every join): the
-// channel ends with phx_error, counted; the socket and its other
-// channels stay.
+// A presence_state larger than the node's whole budget for states sent in
+// pieces is not sent: the channel ends with phx_error, counted; the
+// socket and its other channels stay.
 func TestPresenceStateTooLarge(t *testing.T) {
-	env := newTestEnv(t, func(c *Config) { c.Presence = &bigState{}; c.PresenceStateBytes = 1024 })
+	env := newTestEnv(t, func(c *Config) {
+		c.Presence = &bigState{}
+		c.PresencePieceBytes, c.PresenceStreamBytes = 1024, 1024
+	})
 	sock, conn := env.connect(t, V2)
 	mustHandle(t, sock, `["1","1","here:a","phx_join",{}]`)
 	got := conn.waitTexts(t, 2)
@@ -239,9 +249,10 @@ func (d *collectDiffs) take() []string {
 	return out
 }
 
-// A topic whose presence_state is over PresenceStateBytes: a join is
-// refused its presence before being tracked (counted as state_too_large)
-// and ends with phx_error; no rejoin broadcasts a join+leave diff.
+// A topic whose presence_state is over the node's budget for states sent
+// in pieces: a join is refused its presence before being tracked
+// (counted as state_too_large) and ends with phx_error; no rejoin
+// broadcasts a join+leave diff.
 func TestPresenceStateTooLargeRefusesBeforeTracking(t *testing.T) {
 	d := &collectDiffs{}
 	tr := presence.NewTracker(presence.Config{Window: time.Millisecond}, presence.NewMemory(), d.publish, nil)
@@ -251,7 +262,7 @@ func TestPresenceStateTooLargeRefusesBeforeTracking(t *testing.T) {
 		}
 	}
 	waitFor(t, waitLong, "the room's diff", func() bool { return len(d.take()) > 0 })
-	env := newTestEnv(t, func(c *Config) { c.Presence = tr; c.PresenceStateBytes = 1024 })
+	env := newTestEnv(t, func(c *Config) { c.Presence = tr; c.PresencePieceBytes, c.PresenceStreamBytes = 1024, 1024 })
 	for range 3 { // three rejoins of one client
 		sock, conn := env.connectPlayer(t, "alice")
 		mustHandle(t, sock, `["1","1","here:a","phx_join",{}]`)

@@ -55,6 +55,9 @@ type Server struct {
 	// (nil: none), named presenceControlEvent.
 	presenceControl      PresenceControl
 	presenceControlEvent string
+	// stateBudget bounds the presence_state snapshots held by streams
+	// (Config.PresenceStreamBytes).
+	stateBudget *streamBudget
 }
 
 // InstanceID is this server's random per-boot id, the first part of the
@@ -183,6 +186,7 @@ func NewServer(cfg Config, router *Router, broker pubsub.Broker, reg prometheus.
 		quit:     make(chan struct{}),
 	}
 	s.hub = newHub(s)
+	s.stateBudget = newStreamBudget(cfg.PresenceStreamBytes, m.presenceStreamBytes)
 	s.seats.srv = s
 	if pc, ok := cfg.Presence.(PresenceControl); ok {
 		s.presenceControl, s.presenceControlEvent = pc, pc.ControlEvent()

@@ -335,7 +335,7 @@ func (c Config) admissionConfig() admission.Config {
 
 // channelsConfig is the channels server's Config: the channels section
 // plus the top-level keys it shares (node_id, max_replay, replay_bytes,
-// and write_queue_max_bytes for the presence_state bound).
+// and write_queue_max_bytes for the size of presence_state pieces).
 func (c Config) channelsConfig() channels.Config {
 	cc := c.Channels
 	cc.NodeID = c.NodeID
@@ -343,7 +343,7 @@ func (c Config) channelsConfig() channels.Config {
 		cc.MaxReplay = c.MaxReplay
 	}
 	cc.ReplayBytes = c.WriteQueueMaxBytes / 2
-	cc.PresenceStateBytes = c.WriteQueueMaxBytes / 2
+	cc.PresencePieceBytes = presenceDiffBytes(c.WriteQueueMaxBytes)
 	if c.ReplayBytes > 0 {
 		cc.ReplayBytes = c.ReplayBytes
 	}

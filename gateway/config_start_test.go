@@ -35,6 +35,7 @@ func TestValidateAgreesWithStart(t *testing.T) {
 		{"signed webhook", "routes:\n  - {topic: 'w:*', backend: 'https://127.0.0.1:1/hook?secret_env=PHXGATE_TEST_HOOK_SECRET'}\n"},
 		{"inproc", "routes:\n  - {topic: 'i:*', backend: 'inproc:mine'}\n"},
 		{"channels section", "channels:\n  max_channels: 5\n  workers: 3\n  queue_size: 10\n  channel_queue: 4\n  channel_queue_hard: 8\n  call_timeout: 2s\n"},
+		{"presence stream budget", "channels:\n  presence_stream_bytes: 1048576\n  presence_stream_wait: 0s\n"},
 		{"new limits and presence keys", "limits:\n  ip_idle_ttl: 1m\n  max_tracked_ips: 10\n  ipv6_prefix_bits: 56\npresence:\n  timeout: 1s\nauth:\n  jwks_max_bytes: 4096\n"},
 	}
 	for _, tt := range accepted {
@@ -70,6 +71,8 @@ func TestValidateAgreesWithStart(t *testing.T) {
 		{"redis url password form", "redis_url: 'redis://127.0.0.1:1/0?dial_timeout=x'\n", "config: redis_url: "},
 		{"memory topics", "max_topics: -1\n", "config: max_topics: "},
 		{"channels workers", "channels:\n  workers: 0\n", "config: channels.workers: "},
+		{"presence stream budget zero", "channels:\n  presence_stream_bytes: 0\n", "config: channels.presence_stream_bytes: "},
+		{"presence stream wait negative", "channels:\n  presence_stream_wait: -1s\n", "config: channels.presence_stream_wait: "},
 		{"channels hard queue", "channels:\n  channel_queue: 10\n  channel_queue_hard: 5\n", "config: channels.channel_queue_hard: "},
 		{"channels unknown key", "channels:\n  worker: 3\n", "config: channels.worker: unknown key (line 2)"},
 		{"limits ip idle ttl", "limits:\n  ip_idle_ttl: 0s\n", "config: limits.ip_idle_ttl: "},

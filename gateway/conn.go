@@ -64,8 +64,9 @@ type conn struct {
 }
 
 var (
-	_ channels.Conn     = (*conn)(nil)
-	_ channels.BulkConn = (*conn)(nil)
+	_ channels.Conn       = (*conn)(nil)
+	_ channels.BulkConn   = (*conn)(nil)
+	_ channels.StreamConn = (*conn)(nil)
 )
 
 // ID implements channels.Conn.
@@ -111,6 +112,34 @@ func (c *conn) send(frame []byte, urgent bool) {
 	c.p.enqueueDirty(c, list)
 }
 
+// SendStream implements channels.StreamConn: st takes one place in the
+// queue (charged entryOverhead, like a frame) and frames queued after it
+// wait behind it. The poller asks st for its next frame only when
+// everything before it has been written, so a stream holds at most one
+// of its frames in the queue at a time; that frame is charged as any
+// other, and frames queued behind the stream are refused past
+// Config.WriteQueueMaxBytes as any others (1013). The socket is flushed
+// as for Send.
+func (c *conn) SendStream(st channels.FrameStream) {
+	c.mu.Lock()
+	if c.state.Load() != stateOpen {
+		c.mu.Unlock()
+		st.Close()
+		return
+	}
+	q := c.queueLocked()
+	if q.charged+entryOverhead > int64(c.p.srv.cfg.WriteQueueMaxBytes) {
+		c.slowConsumerLocked()
+		st.Close()
+		return
+	}
+	q.pushStream(st)
+	c.p.queuedBytes.Add(entryOverhead)
+	list := c.markDirtyLocked(true)
+	c.mu.Unlock()
+	c.p.enqueueDirty(c, list)
+}
+
 // sendPong answers a ping (poller goroutine). At most one pong waits per
 // socket: a newer ping replaces the pending pong's payload, reusing its
 // buffer, so a ping flood that never reads allocates and holds nothing
@@ -147,6 +176,7 @@ func (c *conn) abandon() {
 	c.mu.Lock()
 	c.state.Store(stateClosed)
 	if c.out != nil {
+		c.out.giveUpStreams()
 		c.p.queuedBytes.Add(-c.out.charged)
 		c.out = nil
 	}
@@ -200,6 +230,12 @@ func (c *conn) startCloseLocked(code uint16, reason channels.DisconnectReason) d
 	}
 	c.state.Store(stateClosing)
 	c.reason = reason
+	if c.out != nil {
+		// Nothing a stream still has to send matters to a client being
+		// closed: the close frame goes out after the frames already
+		// queued, without waiting for the rest of a stream.
+		c.out.giveUpStreams()
+	}
 	f := closeFrame(code)
 	c.queueLocked().push(f)
 	c.p.queuedBytes.Add(cost(len(f)))

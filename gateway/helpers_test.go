@@ -52,6 +52,7 @@ type recorder struct {
 	mu         sync.Mutex
 	infos      []channels.ConnectInfo
 	terminated []backends.LeaveReason
+	stream     *testStream // the last stream: command
 }
 
 func (r *recorder) terminations() []backends.LeaveReason {
@@ -91,6 +92,22 @@ func (h *echoHandler) HandleText(data []byte) error {
 		for range n {
 			h.c.Send(frame) // one shared frame, queued n times
 		}
+		return nil
+	case strings.HasPrefix(strings.Trim(s, `["]`), "stream:"):
+		// stream:N:SIZE (or ["stream:N:SIZE"], a long-poll text line)
+		// queues "before", a stream of N text frames of SIZE bytes
+		// (testStream, kept in h.rec.stream), then "after".
+		parts := strings.Split(strings.Trim(s, `["]`), ":")
+		n, _ := strconv.Atoi(parts[1])
+		size, _ := strconv.Atoi(parts[2])
+		wc, _ := h.c.(*conn)
+		st := &testStream{c: wc, n: n, size: size}
+		h.rec.mu.Lock()
+		h.rec.stream = st
+		h.rec.mu.Unlock()
+		h.c.Send(serverFrame(ws.OpText, []byte("before")))
+		h.c.(channels.StreamConn).SendStream(st)
+		h.c.Send(serverFrame(ws.OpText, []byte("after")))
 		return nil
 	}
 	h.c.Send(serverFrame(ws.OpText, data))

@@ -1098,21 +1098,25 @@ type lpSession struct {
 	inMu     sync.Mutex  // handler calls and Terminate, one at a time
 	termOnce sync.Once
 
-	mu       sync.Mutex
-	state    uint8
-	opened   bool // answered 410 with its token: counted in open and the gauge
-	polled   bool // a poll came (before: expiry after one window)
-	reason   channels.DisconnectReason
-	msgs     [][]byte // text payloads, slices of immutable frames
-	charged  int64    // bytes charged against max_buffer_bytes
-	lastPoll int64    // UnixNano of the last poll's start or end
+	mu      sync.Mutex
+	state   uint8
+	opened  bool // answered 410 with its token: counted in open and the gauge
+	polled  bool // a poll came (before: expiry after one window)
+	reason  channels.DisconnectReason
+	msgs    [][]byte // text payloads, slices of immutable frames; nil: a stream's place
+	charged int64    // bytes charged against max_buffer_bytes
+	// streams are the frame streams queued (channels.StreamConn), oldest
+	// first, one per nil entry of msgs; a nil stream was given up.
+	streams  []channels.FrameStream
+	lastPoll int64 // UnixNano of the last poll's start or end
 	polls    []*lpPoll
 }
 
 var (
-	_ channels.Conn     = (*lpSession)(nil)
-	_ channels.BulkConn = (*lpSession)(nil)
-	_ channels.Laned    = (*lpSession)(nil)
+	_ channels.Conn       = (*lpSession)(nil)
+	_ channels.BulkConn   = (*lpSession)(nil)
+	_ channels.Laned      = (*lpSession)(nil)
+	_ channels.StreamConn = (*lpSession)(nil)
 )
 
 // ID implements channels.Conn.
@@ -1144,13 +1148,7 @@ func (ss *lpSession) Send(frame []byte) {
 		return
 	}
 	if ss.charged+cost(len(payload)) > int64(ss.lp.cfg.MaxBufferBytes) {
-		n := len(ss.msgs)
-		ss.dropLocked()
-		ss.mu.Unlock()
-		ss.lp.m.dropped.WithLabelValues(lpDropOverflow).Add(float64(n + 1))
-		ss.lp.s.metrics.slowConsumers.Inc()
-		ss.lp.s.log.Warn("slow consumer: long-poll buffer over limit", "conn", ss.id, "limit_bytes", ss.lp.cfg.MaxBufferBytes)
-		ss.closeWith(channels.ReasonSlowConsumer)
+		ss.overflowLocked()
 		return
 	}
 	ss.msgs = append(ss.msgs, payload)
@@ -1159,6 +1157,48 @@ func (ss *lpSession) Send(frame []byte) {
 		ss.polls[len(ss.polls)-1].signal()
 	}
 	ss.mu.Unlock()
+}
+
+// SendStream implements channels.StreamConn: st takes one place in the
+// buffer (charged entryOverhead) and what is sent after it waits behind
+// it. A poll that reaches it takes its frames, up to lpStreamTake of
+// the buffer bound per poll, so the client's next poll paces the rest;
+// the frames behind it go in the poll that ends the stream, or later.
+func (ss *lpSession) SendStream(st channels.FrameStream) {
+	ss.mu.Lock()
+	if ss.state != lpOpen {
+		ss.mu.Unlock()
+		st.Close()
+		return
+	}
+	if ss.charged+entryOverhead > int64(ss.lp.cfg.MaxBufferBytes) {
+		st.Close()
+		ss.overflowLocked()
+		return
+	}
+	ss.msgs = append(ss.msgs, nil)
+	ss.streams = append(ss.streams, st)
+	ss.charged += entryOverhead
+	if len(ss.msgs) == 1 && len(ss.polls) > 0 {
+		ss.polls[len(ss.polls)-1].signal()
+	}
+	ss.mu.Unlock()
+}
+
+// lpStreamTake is the share of longpoll.max_buffer_bytes one poll takes
+// of a stream (at least one frame of it).
+const lpStreamTake = 4
+
+// overflowLocked ends the session as a slow consumer, its buffer
+// dropped (counted with the message that did not fit). It unlocks ss.mu.
+func (ss *lpSession) overflowLocked() {
+	n := len(ss.msgs)
+	ss.dropLocked()
+	ss.mu.Unlock()
+	ss.lp.m.dropped.WithLabelValues(lpDropOverflow).Add(float64(n + 1))
+	ss.lp.s.metrics.slowConsumers.Inc()
+	ss.lp.s.log.Warn("slow consumer: long-poll buffer over limit", "conn", ss.id, "limit_bytes", ss.lp.cfg.MaxBufferBytes)
+	ss.closeWith(channels.ReasonSlowConsumer)
 }
 
 // Close implements channels.Conn. The code means nothing to a long-poll
@@ -1194,6 +1234,7 @@ func (ss *lpSession) endLocked(reason channels.DisconnectReason) (lpEnd, bool) {
 	}
 	ss.state = lpClosing
 	ss.reason = reason
+	ss.giveUpStreamsLocked()
 	for _, p := range ss.polls {
 		p.signal()
 	}
@@ -1220,14 +1261,72 @@ func (ss *lpSession) open() bool {
 	return ss.state == lpOpen
 }
 
-// takeLocked hands the buffered payloads over.
+// takeLocked hands the buffered payloads over. A stream's place takes
+// the stream's frames, up to a share of the buffer bound (lpStreamTake)
+// per poll: the rest stays, with what is behind it, for the next poll.
 func (ss *lpSession) takeLocked() [][]byte {
-	msgs := ss.msgs
-	ss.msgs, ss.charged = nil, 0
-	return msgs
+	if len(ss.streams) == 0 {
+		msgs := ss.msgs
+		ss.msgs, ss.charged = nil, 0
+		return msgs
+	}
+	limit := max(ss.lp.cfg.MaxBufferBytes/lpStreamTake, 1)
+	out := make([][]byte, 0, len(ss.msgs))
+	size, i := 0, 0
+	for i < len(ss.msgs) {
+		if m := ss.msgs[i]; m != nil {
+			out = append(out, m)
+			ss.charged -= cost(len(m))
+			size += len(m)
+			i++
+			continue
+		}
+		if size >= limit {
+			break // the stream goes on in the next poll
+		}
+		st := ss.streams[0]
+		var f []byte
+		if st != nil {
+			f = st.Next()
+		}
+		if len(f) > 0 {
+			if op, payload, ok := framePayload(f); ok && op == 0x1 {
+				out = append(out, payload)
+				size += len(payload)
+			}
+			continue
+		}
+		if st != nil {
+			st.Close()
+		}
+		ss.streams[0] = nil
+		ss.streams = ss.streams[1:]
+		ss.charged -= entryOverhead
+		i++
+	}
+	clear(ss.msgs[:i]) // the array stays with the rest: drop what it held
+	ss.msgs = ss.msgs[i:]
+	if len(ss.msgs) == 0 {
+		ss.msgs, ss.streams, ss.charged = nil, nil, 0
+	}
+	return out
 }
 
-func (ss *lpSession) dropLocked() { ss.msgs, ss.charged = nil, 0 }
+// giveUpStreamsLocked closes every queued stream (the session ends or
+// drops its buffer); their places stay until taken or dropped.
+func (ss *lpSession) giveUpStreamsLocked() {
+	for i, st := range ss.streams {
+		if st != nil {
+			st.Close()
+			ss.streams[i] = nil
+		}
+	}
+}
+
+func (ss *lpSession) dropLocked() {
+	ss.giveUpStreamsLocked()
+	ss.msgs, ss.streams, ss.charged = nil, nil, 0
+}
 
 func (ss *lpSession) dropPollLocked(p *lpPoll) {
 	for i, q := range ss.polls {

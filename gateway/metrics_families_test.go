@@ -81,6 +81,10 @@ var metricFamilies = []string{
 	"phxgate_resumes_total",
 	"phxgate_replayed_events_total",
 	"phxgate_presence_state_refreshes_total",
+	"phxgate_presence_state_too_large_total",
+	"phxgate_presence_state_streams_total",
+	"phxgate_presence_state_pieces_total",
+	"phxgate_presence_stream_bytes",
 	// pubsub (either broker)
 	"phxgate_pubsub_broker_up",
 	"phxgate_pubsub_broadcasts_total",

@@ -742,9 +742,18 @@ func (p *poller) flush(c *conn) {
 		before := q.charged // a newer pong may replace an unstarted one
 		q.takePong()
 		p.queuedBytes.Add(q.charged - before)
+		if q.streamAtFront() {
+			// Everything before the stream is written: its next frame,
+			// or its end.
+			p.queuedBytes.Add(q.pullStream())
+			continue
+		}
 		iov := p.iov[:0]
 		for i := range min(q.n, int32(len(p.iov))) {
 			f := q.at(i)
+			if f == nil {
+				break // a stream's place: what follows waits for it
+			}
 			if i == 0 {
 				f = f[q.off:]
 			}
@@ -882,6 +891,7 @@ func (p *poller) finalClose(c *conn, reason channels.DisconnectReason) {
 	}
 	reason = c.reason
 	if c.out != nil {
+		c.out.giveUpStreams()
 		p.queuedBytes.Add(-c.out.charged)
 		c.out = nil
 	}

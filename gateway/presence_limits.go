@@ -14,13 +14,13 @@ func presenceDiffBytes(writeQueue int) int {
 
 // presenceSizeWarning is the warning logged at start when a route tracks
 // presence and a topic full to presence.max_per_topic with metas of
-// presence.max_meta_bytes would make a presence_state larger than a
-// channel can be sent (half of write_queue_max_bytes): such a room
-// cannot be joined past that size. It is a warning, not a refusal to
-// start (the bounds are worst cases; rooms that size are rare, and a
-// start refused on upgrade would lose every presence): a join past it is
-// refused at run time (state_too_large, counted and logged). "" when the
-// bounds fit.
+// presence.max_meta_bytes would make a presence_state larger than the
+// node's whole budget for states sent in pieces
+// (channels.presence_stream_bytes): such a room cannot be joined past
+// that size. It is a warning, not a refusal to start (the bounds are
+// worst cases, and a start refused on upgrade would lose every
+// presence): a join past it is refused at run time (state_too_large,
+// counted and logged). "" when the bounds fit.
 func (c Config) presenceSizeWarning() (msg string, attrs []any) {
 	on := false
 	for _, r := range c.Routes {
@@ -29,11 +29,11 @@ func (c Config) presenceSizeWarning() (msg string, attrs []any) {
 	if !on {
 		return "", nil
 	}
-	state, bound := c.Presence.MaxStateBytes(), c.WriteQueueMaxBytes/2
+	state, bound := int64(c.Presence.MaxStateBytes()), c.Channels.PresenceStreamBytes
 	if state <= bound {
 		return "", nil
 	}
 	p := c.Presence.WithDefaults()
-	return "presence: a room full to presence.max_per_topic with metas of presence.max_meta_bytes makes a presence_state over half of write_queue_max_bytes; joins past that size are refused (state_too_large); lower presence.max_per_topic or presence.max_meta_bytes, or raise write_queue_max_bytes, to make every room joinable",
-		[]any{"presence.max_per_topic", p.MaxPerTopic, "presence.max_meta_bytes", p.MaxMetaBytes, "state_bytes", state, "write_queue_max_bytes", c.WriteQueueMaxBytes}
+	return "presence: a room full to presence.max_per_topic with metas of presence.max_meta_bytes makes a presence_state over channels.presence_stream_bytes; joins past that size are refused (state_too_large); lower presence.max_per_topic or presence.max_meta_bytes, or raise channels.presence_stream_bytes, to make every room joinable",
+		[]any{"presence.max_per_topic", p.MaxPerTopic, "presence.max_meta_bytes", p.MaxMetaBytes, "state_bytes", state, "channels.presence_stream_bytes", bound}
 }

@@ -82,12 +82,12 @@ func TestPresenceRefusedDiffReachesOtherNodes(t *testing.T) {
 	}
 }
 
-// Presence bounds whose full room makes a presence_state over half of
-// write_queue_max_bytes do not stop the start (an upgrade keeping its
-// metas must not lose every presence): they are a warning logged at
-// start, naming the keys; joins past the size are refused at run time
-// (state_too_large). The defaults are the documented ones (1 KiB metas,
-// 10,000 per topic), and bounds that fit log nothing.
+// Presence bounds whose full room makes a presence_state over the node's
+// budget for states sent in pieces (channels.presence_stream_bytes) do
+// not stop the start (an upgrade keeping its metas must not lose every
+// presence): they are a warning logged at start, naming the keys; joins
+// past the size are refused at run time (state_too_large). The defaults
+// (1 KiB metas, 10,000 per topic, 64 MiB) fit, and log nothing.
 func TestConfigPresenceStateBoundIsAWarningAtStart(t *testing.T) {
 	const route = "routes:\n  - topic: 'room:*'\n    backend: echo\n    presence: true\n"
 	for _, yaml := range []string{
@@ -110,15 +110,15 @@ func TestConfigPresenceStateBoundIsAWarningAtStart(t *testing.T) {
 	if p := cfg.Presence.WithDefaults(); p.MaxMetaBytes != 1024 || p.MaxPerTopic != 10_000 {
 		t.Errorf("defaults max_meta_bytes %d, max_per_topic %d; want 1024, 10000", p.MaxMetaBytes, p.MaxPerTopic)
 	}
-	const warning = "presence: a room full to presence.max_per_topic with metas of presence.max_meta_bytes makes a presence_state over half of write_queue_max_bytes; joins past that size are refused (state_too_large); lower presence.max_per_topic or presence.max_meta_bytes, or raise write_queue_max_bytes, to make every room joinable"
+	const warning = "presence: a room full to presence.max_per_topic with metas of presence.max_meta_bytes makes a presence_state over channels.presence_stream_bytes; joins past that size are refused (state_too_large); lower presence.max_per_topic or presence.max_meta_bytes, or raise channels.presence_stream_bytes, to make every room joinable"
 	for _, tc := range []struct {
 		name string
 		mod  func(*Config)
 		warn bool
 	}{
-		{"defaults", func(*Config) {}, true},
-		{"bounds that fit", func(c *Config) { c.Presence.MaxPerTopic, c.Presence.MaxMetaBytes = 1000, 128 }, false},
-		{"no presence route", func(c *Config) { c.Routes[0].Presence = false }, false},
+		{"defaults", func(*Config) {}, false},
+		{"a budget below a full room", func(c *Config) { c.Channels.PresenceStreamBytes = 8 << 20 }, true},
+		{"no presence route", func(c *Config) { c.Routes[0].Presence = false; c.Channels.PresenceStreamBytes = 8 << 20 }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := &syncBuffer{}

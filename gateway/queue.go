@@ -1,5 +1,7 @@
 package gateway
 
+import "github.com/phxgate/phxgate/channels"
+
 // entryOverhead is what one queued frame costs beyond its bytes, charged
 // against write_queue_max_bytes and the node's output budget: its ring
 // slot, a 24-byte slice header, of which the ring holds up to four per
@@ -36,6 +38,14 @@ type outQueue struct {
 	// partly written). A newer pong replaces it while it has not started
 	// and otherwise waits for it, so pongs never overtake each other.
 	frontPong bool
+	// streams are the frame streams queued (channels.StreamConn), oldest
+	// first: each holds one place in the ring, a nil entry (no frame is
+	// ever empty), charged entryOverhead like a frame. When a stream's
+	// place reaches the front, the writer puts the stream's next frame
+	// before it (pullStream); frames behind it wait until it is done. A
+	// nil stream was given up (closed already): its place is just
+	// removed.
+	streams []channels.FrameStream
 }
 
 // cost is what a frame of n bytes is charged while queued.
@@ -49,12 +59,24 @@ func (q *outQueue) mask() int32 { return int32(len(q.ring)) - 1 }
 func (q *outQueue) at(i int32) []byte { return q.ring[(q.head+i)&q.mask()] }
 
 func (q *outQueue) push(f []byte) {
+	q.pushEntry(f)
+	q.charged += cost(len(f))
+}
+
+// pushStream queues st's place.
+func (q *outQueue) pushStream(st channels.FrameStream) {
+	q.pushEntry(nil)
+	q.streams = append(q.streams, st)
+	q.charged += entryOverhead
+}
+
+// pushEntry appends one ring entry, uncharged.
+func (q *outQueue) pushEntry(f []byte) {
 	if int(q.n) == len(q.ring) {
 		q.resize(max(minRing, 2*len(q.ring)))
 	}
 	q.ring[(q.head+q.n)&q.mask()] = f
 	q.n++
-	q.charged += cost(len(f))
 }
 
 // pushFront puts f before every entry. The caller makes sure the oldest
@@ -66,6 +88,52 @@ func (q *outQueue) pushFront(f []byte) {
 	q.head = (q.head - 1) & q.mask()
 	q.ring[q.head] = f
 	q.n++
+}
+
+// streamAtFront reports whether the oldest entry is a stream's place.
+func (q *outQueue) streamAtFront() bool { return q.n > 0 && q.at(0) == nil }
+
+// pullStream makes progress on the stream whose place is at the front
+// (streamAtFront): its next frame goes before its place, charged; a
+// stream that is done (or was given up) is closed and its place removed.
+// It returns the bytes charged (negative when a place was removed).
+// Called with conn.mu held, so Next and Close run one at a time.
+func (q *outQueue) pullStream() int64 {
+	st := q.streams[0]
+	var f []byte
+	if st != nil {
+		f = st.Next()
+	}
+	if len(f) > 0 {
+		q.pushFront(f)
+		q.charged += cost(len(f))
+		return cost(len(f))
+	}
+	if st != nil {
+		st.Close()
+	}
+	q.streams[0] = nil
+	q.streams = q.streams[1:]
+	if len(q.streams) == 0 {
+		q.streams = nil
+	}
+	q.ring[q.head] = nil
+	q.head = (q.head + 1) & q.mask()
+	q.n--
+	q.charged -= entryOverhead
+	return -entryOverhead
+}
+
+// giveUpStreams closes every queued stream now (the socket is closing:
+// nothing more of them will be read); their places stay, to be removed
+// as the writer reaches them.
+func (q *outQueue) giveUpStreams() {
+	for i, st := range q.streams {
+		if st != nil {
+			st.Close()
+			q.streams[i] = nil
+		}
+	}
 }
 
 // setPong records the pong owed for the latest ping, replacing one still
@@ -134,6 +202,7 @@ func (q *outQueue) dropUnsent(keepLast bool) int64 {
 	if keepLast && q.n > 0 && (!keepFirst || q.n > 1) {
 		last = q.at(q.n - 1)
 	}
+	q.giveUpStreams()
 	off, frontPong := q.off, q.frontPong
 	*q = outQueue{}
 	if first != nil {

@@ -75,14 +75,20 @@ const (
 	ReasonTooManyMetas = "too_many_metas"
 	ReasonTooMany      = "too_many_presences"
 	ReasonBadMeta      = "bad_meta"
-	// ReasonStateTooLarge: the topic's presence_state is already over
-	// what a channel can be sent, so the join ends with phx_error and is
-	// not tracked (tracking then untracking would broadcast a join and a
-	// leave at every rejoin attempt).
+	// ReasonStateTooLarge: the topic's presence_state is larger than
+	// the node's whole budget for states being sent in pieces (channels
+	// presence_stream_bytes), so it can never be sent: the join ends
+	// with phx_error and is not tracked (tracking then untracking would
+	// broadcast a join and a leave at every rejoin attempt).
 	ReasonStateTooLarge = "state_too_large"
+	// ReasonStreamBudget: the node's budget for states being sent in
+	// pieces stayed spent for as long as the join could wait; as
+	// ReasonStateTooLarge, the join ends with phx_error untracked, and
+	// the client's rejoin (after its backoff) finds the budget free.
+	ReasonStreamBudget = "stream_budget"
 )
 
-var reasons = []string{ReasonMetaTooLarge, ReasonTooManyMetas, ReasonTooMany, ReasonBadMeta, ReasonStateTooLarge}
+var reasons = []string{ReasonMetaTooLarge, ReasonTooManyMetas, ReasonTooMany, ReasonBadMeta, ReasonStateTooLarge, ReasonStreamBudget}
 
 func refused(reason string) error { return fmt.Errorf("%w: %s", ErrRefused, reason) }
 

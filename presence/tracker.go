@@ -234,12 +234,19 @@ func (t *Tracker) ctx(ctx context.Context) (context.Context, context.CancelFunc)
 // refusal (ErrRefused: a limit, or a meta that is not an object) is
 // counted and logged; the caller's join stands either way.
 func (t *Tracker) Track(ctx context.Context, topic, tag, key string, meta []byte) error {
+	_, err := t.TrackPresence(ctx, topic, tag, key, meta)
+	return err
+}
+
+// TrackPresence is Track, returning the presence tracked (its meta with
+// its phx_ref, as a presence_state lists it).
+func (t *Tracker) TrackPresence(ctx context.Context, topic, tag, key string, meta []byte) (Presence, error) {
 	if len(meta) > t.cfg.MaxMetaBytes {
-		return t.refuse(topic, ReasonMetaTooLarge)
+		return Presence{}, t.refuse(topic, ReasonMetaTooLarge)
 	}
 	body, ok := objectBody(meta)
 	if !ok || (len(body) > 0 && !json.Valid(meta)) {
-		return t.refuse(topic, ReasonBadMeta)
+		return Presence{}, t.refuse(topic, ReasonBadMeta)
 	}
 	ref := NewRef()
 	p := Presence{Key: key, Ref: ref, Meta: withRefs(ref, "", body)}
@@ -250,14 +257,14 @@ func (t *Tracker) Track(ctx context.Context, topic, tag, key string, meta []byte
 	l := t.lock(topic)
 	if err := l.LockCtx(ctx); err != nil {
 		t.m.busy.Inc()
-		return fmt.Errorf("%w: %w", ErrBusy, err)
+		return Presence{}, fmt.Errorf("%w: %w", ErrBusy, err)
 	}
 	defer l.Unlock()
 	t.mu.Lock()
 	closed := t.closed
 	t.mu.Unlock()
 	if closed {
-		return ErrClosed
+		return Presence{}, ErrClosed
 	}
 	ctx, cancel := t.ctx(ctx)
 	defer cancel()
@@ -271,7 +278,7 @@ func (t *Tracker) Track(ctx context.Context, topic, tag, key string, meta []byte
 	delete(t.stored, ref)
 	t.mu.Unlock()
 	if r := RefusalReason(err); r != "" {
-		return t.refuse(topic, r)
+		return Presence{}, t.refuse(topic, r)
 	}
 	if err != nil {
 		if errors.Is(err, ErrBusy) {
@@ -280,7 +287,7 @@ func (t *Tracker) Track(ctx context.Context, topic, tag, key string, meta []byte
 			t.m.errors.Inc()
 		}
 		t.log.Warn("presence: track failed", "topic", topic, "err", err)
-		return err
+		return Presence{}, err
 	}
 	t.mu.Lock()
 	tags := t.local[topic]
@@ -294,7 +301,7 @@ func (t *Tracker) Track(ctx context.Context, topic, tag, key string, meta []byte
 	}
 	t.mu.Unlock()
 	t.m.tracked.Inc()
-	return nil
+	return p, nil
 }
 
 // Refuse counts and logs a presence refused by the caller for reason (a
@@ -1112,7 +1119,7 @@ func newMetrics() *metrics {
 			Name: "phxgate_presence_refresh_requests_total", Help: "Requests sent to every node to send a topic's subscribers the whole presence_state (after held diffs were dropped).",
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "phxgate_presence_refused_total", Help: "Presences refused, by reason: meta_too_large, too_many_metas, too_many_presences, bad_meta (the join stands), state_too_large (the channel ends with phx_error).",
+			Name: "phxgate_presence_refused_total", Help: "Presences refused, by reason: meta_too_large, too_many_metas, too_many_presences, bad_meta (the join stands), state_too_large, stream_budget (the channel ends with phx_error).",
 		}, []string{"reason"}),
 		errors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "phxgate_presence_errors_total", Help: "Presence store calls that failed.",

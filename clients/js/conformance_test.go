@@ -215,6 +215,9 @@ func TestConformancePhoenixJS(t *testing.T) {
 		control := startControl(t, api)
 		runNode(t, node, jsDir, "presence/", "PHXGATE_URL="+url, "PHXGATE_AUTH_SECRET="+secret, "PHXGATE_CONTROL="+control)
 	})
+	// The presence-bigroom phase: a room whose presence_state is many
+	// times the write queue, joined in pieces (bigroom_test.go).
+	t.Run("presence-bigroom", func(t *testing.T) { runBigRoom(t, bin, node, jsDir) })
 	// The presence-cluster phase: three nodes on one Redis; the node
 	// tests kill -9 one node and drain another, then both are restarted
 	// under the same ids for presence-restart/.
