@@ -164,7 +164,13 @@ test("leaves, joins and updates while the pieces go out end in the right list", 
     joiners.push(await pending)
   }
   const expected = FILL + 1 /* watcher */ + joiners.length + joined.length - left.length
-  await waitUntil(() => Object.keys(listed(watcher.presence)).length === expected, {what: `the watcher to list ${expected}`, timeoutMs: 30000})
+  // By content, not only by count: a leave still on its way and a join
+  // not yet made add up to the same number.
+  const settled = () => {
+    const l = listed(watcher.presence)
+    return Object.keys(l).length === expected && left.every(p => !l[p]) && joined.every(p => l[p])
+  }
+  await waitUntil(settled, {what: `the watcher to list ${expected}, without those who left, with those who joined`, timeoutMs: 30000})
   await waitUntil(() => joiners.every(j => summary(j.presence) === summary(watcher.presence)), {what: "every joiner's list to be the watcher's", timeoutMs: 30000})
   const list = listed(watcher.presence)
   for (const p of left) assert.equal(list[p], undefined, `${p} left`)
