@@ -390,6 +390,12 @@ func TestRoomsAgainstFloor(t *testing.T) {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
 	checkRoomsComplete(t, res, cfg)
+	// Frames that are not a broadcast of the subscriber's room: its join
+	// reply and a heartbeat reply or two. Another room's events would be
+	// 20 per subscriber here (24 events in 6 rooms).
+	if g := res.groupResult; g.Other >= int64(cfg.Clients)*3 {
+		t.Fatalf("subscribers got %d frames that are not their room's events", g.Other)
+	}
 	if st := fl.Stats(); st.Broadcasts != int64(cfg.Count) || st.Slow != 0 {
 		t.Fatalf("floor stats %+v, want %d broadcasts, none slow", st, cfg.Count)
 	}
