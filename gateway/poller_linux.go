@@ -782,8 +782,16 @@ func (p *poller) flush(c *conn) {
 			v.SetLen(len(f))
 			iov = append(iov, v)
 		}
-		// Raw: a non-blocking writev returns at once (see rawRead).
-		n, _, errno := unix.RawSyscall(unix.SYS_WRITEV, uintptr(c.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+		// Raw: a non-blocking write returns at once (see rawRead). One
+		// frame, the usual case for a room's socket, goes out with write,
+		// which spares the kernel copying in an iovec array.
+		var n uintptr
+		var errno unix.Errno
+		if len(iov) == 1 {
+			n, _, errno = unix.RawSyscall(unix.SYS_WRITE, uintptr(c.fd), uintptr(unsafe.Pointer(iov[0].Base)), uintptr(iov[0].Len))
+		} else {
+			n, _, errno = unix.RawSyscall(unix.SYS_WRITEV, uintptr(c.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+		}
 		p.writes++
 		clear(iov) // drop references to frames
 		if errno == unix.EAGAIN || (errno == 0 && n == 0) {
