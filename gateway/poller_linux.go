@@ -6,8 +6,10 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -45,6 +47,16 @@ type poller struct {
 	idx  int // this poller's fan-out lane (channels.Fanout)
 	epfd int
 	evfd int
+	// epfile holds epfd in the Go runtime's network poller, and epraw
+	// waits on it there (see wait): a poller with nothing to do parks like
+	// any goroutine blocked on a socket instead of sitting in a blocking
+	// epoll_wait, which would hold its OS thread in a system call, make
+	// the runtime hand its P to another thread every time, and keep the
+	// runtime's monitor thread waking every 20 µs to do so.
+	epfile *os.File
+	epraw  syscall.RawConn
+	// deadline is epfile's read deadline (run goroutine only).
+	deadline time.Time
 
 	// Poller goroutine only.
 	//
@@ -125,11 +137,28 @@ func newPoller(srv *Server, idx int) (*poller, error) {
 		unix.Close(evfd)
 		return nil, fmt.Errorf("gateway: epoll_ctl eventfd: %w", err)
 	}
+	// An epoll descriptor is readable while it has events, so the
+	// runtime's poller can watch it like a socket; os.NewFile registers
+	// it there because it is non-blocking.
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		unix.Close(evfd)
+		return nil, fmt.Errorf("gateway: epoll non-blocking: %w", err)
+	}
+	epfile := os.NewFile(uintptr(epfd), "epoll")
+	epraw, err := epfile.SyscallConn()
+	if err != nil {
+		epfile.Close()
+		unix.Close(evfd)
+		return nil, fmt.Errorf("gateway: epoll descriptor: %w", err)
+	}
 	return &poller{
 		srv:         srv,
 		idx:         idx,
 		epfd:        epfd,
 		evfd:        evfd,
+		epfile:      epfile,
+		epraw:       epraw,
 		buf:         make([]byte, readBufferSize),
 		iov:         make([]unix.Iovec, iovecBatch),
 		sweepEvery:  sweepInterval,
@@ -266,7 +295,7 @@ func (p *poller) started() bool { return p.running.Load() }
 func (p *poller) closeFDs() {
 	p.mu.Lock()
 	p.exited = true
-	_ = unix.Close(p.epfd)
+	_ = p.epfile.Close()
 	_ = unix.Close(p.evfd)
 	jobs := p.jobs
 	p.jobs = nil
@@ -289,8 +318,8 @@ func (p *poller) run() {
 		if p.more {
 			timeout = 0 // bulk output left: look for input, then go on
 		}
-		n, err := unix.EpollWait(p.epfd, events, int(timeout/time.Millisecond))
-		if err != nil && !errors.Is(err, unix.EINTR) {
+		n, err := p.wait(events, timeout)
+		if err != nil {
 			p.srv.log.Error("epoll_wait failed", "err", err)
 			n = 0
 		}
@@ -632,7 +661,7 @@ func (p *poller) add(c *conn, leftover []byte) {
 // read handles readability: one read per event (level-triggered epoll
 // calls again if more is pending, which keeps pollers fair).
 func (p *poller) read(c *conn) {
-	n, err := unix.Read(int(c.fd), p.buf)
+	n, err := rawRead(int(c.fd), p.buf)
 	if n > 0 {
 		p.bytesIn += n
 		if c.discard {
@@ -762,7 +791,16 @@ func (p *poller) flush(c *conn) {
 			v.SetLen(len(f))
 			iov = append(iov, v)
 		}
-		n, _, errno := unix.Syscall(unix.SYS_WRITEV, uintptr(c.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+		// Raw: a non-blocking write returns at once (see rawRead). One
+		// frame, the usual case for a room's socket, goes out with write,
+		// which spares the kernel copying in an iovec array.
+		var n uintptr
+		var errno unix.Errno
+		if len(iov) == 1 {
+			n, _, errno = unix.RawSyscall(unix.SYS_WRITE, uintptr(c.fd), uintptr(unsafe.Pointer(iov[0].Base)), uintptr(iov[0].Len))
+		} else {
+			n, _, errno = unix.RawSyscall(unix.SYS_WRITEV, uintptr(c.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+		}
 		p.writes++
 		clear(iov) // drop references to frames
 		if errno == unix.EAGAIN || (errno == 0 && n == 0) {
@@ -914,4 +952,60 @@ func (p *poller) terminate(c *conn, reason channels.DisconnectReason) {
 		}
 	}()
 	c.handler.Terminate(leaveReason(reason))
+}
+
+// wait returns the ready events, waiting up to timeout for one (0: not at
+// all). It waits in the runtime's network poller (epraw), never in a
+// blocking epoll_wait.
+func (p *poller) wait(events []unix.EpollEvent, timeout time.Duration) (int, error) {
+	n, err := epollPoll(p.epfd, events)
+	if n > 0 || err != nil || timeout <= 0 {
+		return n, err
+	}
+	// Waking before the deadline asked for is harmless (the loop comes
+	// back here), so the deadline is only moved when it must come sooner
+	// or has passed: about once per sweep, not once per wait.
+	now := time.Now()
+	if want := now.Add(timeout); p.deadline.IsZero() || p.deadline.After(want) || !p.deadline.After(now) {
+		if err := p.epfile.SetReadDeadline(want); err != nil {
+			return 0, err
+		}
+		p.deadline = want
+	}
+	rerr := p.epraw.Read(func(fd uintptr) bool {
+		n, err = epollPoll(int(fd), events)
+		return n > 0 || err != nil
+	})
+	if rerr != nil && !errors.Is(rerr, os.ErrDeadlineExceeded) {
+		return 0, rerr
+	}
+	return n, err
+}
+
+// epollPoll takes the events ready on epfd without blocking, so it needs
+// none of the runtime's bookkeeping for a system call that may block.
+func epollPoll(epfd int, events []unix.EpollEvent) (int, error) {
+	r, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd),
+		uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+	switch errno {
+	case 0:
+		return int(r), nil
+	case unix.EINTR:
+		return 0, nil
+	default:
+		return 0, errno
+	}
+}
+
+// rawRead reads a non-blocking socket. It never blocks, so it skips the
+// runtime's bookkeeping for a system call that may (entering it lets the
+// runtime's monitor hand the poller's P to another thread when the call
+// is slow to return on a busy machine, which then costs a thread switch
+// on the way out).
+func rawRead(fd int, p []byte) (int, error) {
+	r, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	if errno != 0 {
+		return -1, errno
+	}
+	return int(r), nil
 }

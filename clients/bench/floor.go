@@ -69,6 +69,10 @@ type FloorConfig struct {
 	LogBytes int
 	// Timeout stops the server; 0 means FloorDefaultTimeout.
 	Timeout time.Duration
+	// Rooms makes topics count: a broadcast reaches the sockets that
+	// joined its topic only (the rooms scenario), written at once by the
+	// goroutine that read the push, one write per subscriber.
+	Rooms bool
 }
 
 // NewFloorConfig returns the defaults.
@@ -154,6 +158,14 @@ type floorConn struct {
 	pos  atomic.Int64
 	out  []byte // taken but unwritten: a short write's rest, replies after it
 	dead bool
+	// topics this socket joined (rooms mode; its reader goroutine only).
+	topics []*floorTopic
+}
+
+// floorTopic is one room's subscribers (rooms mode).
+type floorTopic struct {
+	mu   sync.Mutex
+	subs []*floorConn
 }
 
 // floorWriter owns a share of the sockets. Its counters are its own, so
@@ -180,6 +192,9 @@ type floorServer struct {
 
 	connsMu sync.Mutex
 	all     map[*floorConn]struct{}
+
+	topicsMu sync.Mutex
+	topics   map[string]*floorTopic // rooms mode
 }
 
 // startFloor listens and serves until ctx ends, cfg.Timeout passes or
@@ -204,7 +219,7 @@ func startFloor(ctx context.Context, cfg FloorConfig) (*floorServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &floorServer{cfg: cfg, ln: ln, all: map[*floorConn]struct{}{}}
+	s := &floorServer{cfg: cfg, ln: ln, all: map[*floorConn]struct{}{}, topics: map[string]*floorTopic{}}
 	s.ctx, s.cancel = context.WithTimeout(ctx, cfg.Timeout)
 	for range cfg.Writers {
 		w := &floorWriter{wake: make(chan struct{}, 1)}
@@ -363,7 +378,15 @@ func (s *floorServer) handle(c *floorConn, m []byte) bool {
 		joinRef = json.RawMessage("null")
 	}
 	join := event == "phx_join"
-	if event == s.cfg.Event {
+	if s.cfg.Rooms {
+		if event == s.cfg.Event {
+			s.broadcastRoom(topic, payload)
+		}
+		if join {
+			s.joinRoom(c, topic)
+			join = false
+		}
+	} else if event == s.cfg.Event {
 		s.broadcast(topic, payload)
 	}
 	r := make([]byte, 0, len(joinRef)+len(ref)+len(topic)+64)
@@ -404,6 +427,79 @@ func (s *floorServer) broadcast(topic, payload json.RawMessage) {
 		case w.wake <- struct{}{}:
 		default:
 		}
+	}
+}
+
+// floorRoomOutBytes bounds what one socket may have unwritten in rooms
+// mode; past it the socket is closed as a slow consumer.
+const floorRoomOutBytes = 4 << 20
+
+// topic returns the room named by the JSON string t.
+func (s *floorServer) topic(t json.RawMessage) *floorTopic {
+	s.topicsMu.Lock()
+	defer s.topicsMu.Unlock()
+	r := s.topics[string(t)]
+	if r == nil {
+		r = &floorTopic{}
+		s.topics[string(t)] = r
+	}
+	return r
+}
+
+// joinRoom makes c a subscriber of topic (once), and gives it to its
+// writer, which writes what a direct write left over.
+func (s *floorServer) joinRoom(c *floorConn, topic json.RawMessage) {
+	r := s.topic(topic)
+	for _, x := range c.topics {
+		if x == r {
+			return
+		}
+	}
+	if len(c.topics) == 0 {
+		c.w.mu.Lock()
+		c.w.conns = append(c.w.conns, c)
+		c.w.mu.Unlock()
+	}
+	c.topics = append(c.topics, r)
+	r.mu.Lock()
+	r.subs = append(r.subs, c)
+	r.mu.Unlock()
+}
+
+// broadcastRoom encodes the frame once and writes it to every subscriber
+// of the topic, each in one non-blocking write (or behind what it has
+// left unwritten, for its writer to finish). Lock order: floorTopic.mu →
+// floorConn.mu.
+func (s *floorServer) broadcastRoom(topic, payload json.RawMessage) {
+	var b []byte
+	b = append(b, `[null,null,`...)
+	b = append(b, topic...)
+	b = append(b, ',')
+	ev, _ := json.Marshal(s.cfg.Event)
+	b = append(b, ev...)
+	b = append(b, ',')
+	b = append(b, payload...)
+	b = append(b, ']')
+	frame := appendServerFrame(nil, opText, b)
+	r := s.topic(topic)
+	// The room's lock is held over the whole fan-out, so that all its
+	// subscribers get its events in one order (as the gateway does) even
+	// when several sockets push to it.
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s.stats.bcasts.Add(1)
+	for _, c := range r.subs {
+		c.mu.Lock()
+		if !c.dead {
+			if len(c.out)+len(frame) > floorRoomOutBytes {
+				s.stats.slow.Add(1)
+				c.dead, c.out = true, nil
+				c.nc.Close()
+			} else if s.flushLocked(c, frame) {
+				s.wakeWriter(c.w)
+			}
+		}
+		c.mu.Unlock()
 	}
 }
 
@@ -571,6 +667,9 @@ func (s *floorServer) sweepOne(c *floorConn, b []byte, base, end int64) bool {
 	if c.dead {
 		return false
 	}
+	if s.cfg.Rooms {
+		return s.flushLocked(c, nil)
+	}
 	pos := c.pos.Load()
 	var direct []byte
 	switch {
@@ -594,6 +693,18 @@ func (s *floorServer) drop(c *floorConn) {
 	c.out = nil
 	c.mu.Unlock()
 	c.nc.Close()
+	for _, r := range c.topics {
+		r.mu.Lock()
+		for i, x := range r.subs {
+			if x == c {
+				last := len(r.subs) - 1
+				r.subs[i], r.subs[last] = r.subs[last], nil
+				r.subs = r.subs[:last]
+				break
+			}
+		}
+		r.mu.Unlock()
+	}
 	if w := c.w; w != nil {
 		w.mu.Lock()
 		for i, x := range w.conns {

@@ -135,6 +135,7 @@ func floorMain(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.IntVar(&cfg.Writers, "writers", 0, "writer goroutines (0: GOMAXPROCS)")
 	fs.IntVar(&cfg.LogBytes, "log-bytes", cfg.LogBytes, "broadcast log bound in bytes")
 	fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "stop after this long")
+	fs.BoolVar(&cfg.Rooms, "rooms", false, "a broadcast reaches its topic's subscribers only (the rooms scenario)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -16,6 +16,13 @@
 #   CLIENTS=6000 RATE=500 DURATION=10s make bench-redis
 #   BENCH_FLAGS="-per-process 5000" make bench-redis   # subscribers in 3 worker processes
 #   GATEWAY_YAML="pollers: 1" make bench-redis         # extra lines in every gateway's config
+#   FLOOR=1 make bench-redis          # the same run against the floor server instead
+#
+# FLOOR=1 replaces Redis and the gateways by one `phxgate-bench floor
+# -rooms` process (the least a server can do for rooms: encode each event
+# once, write it to the room's sockets), named NODES times, so the clients,
+# the publishers and the load are the same: the cost of the deliveries
+# alone, with no broker and no second node.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . clients/bench/lib.sh
@@ -32,9 +39,10 @@ BENCH_FLAGS=${BENCH_FLAGS:-}
 REDIS_SERVER=${REDIS_SERVER:-redis-server}
 
 tmp=$(mktemp -d)
-redis_pid="" gw_pids=() worktree=""
+redis_pid="" gw_pids=() worktree="" floor_pid=""
 cleanup() {
 	for p in "${gw_pids[@]}"; do stop "$p"; done
+	stop "$floor_pid"
 	stop "$redis_pid"
 	if [ -n "$worktree" ]; then git worktree remove --force "$worktree" 2>/dev/null || true; fi
 	rm -rf "$tmp"
@@ -43,6 +51,33 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 build_binaries "$tmp"
+
+if [ "${FLOOR:-}" = 1 ]; then
+	(ulimit -n 20000 && exec bin/phxgate-bench floor -rooms -listen 127.0.0.1:0 -timeout 30m) >"$tmp/floor.log" 2>&1 &
+	floor_pid=$!
+	addr=""
+	for _ in $(seq 1 100); do
+		addr=$(sed -n 's/^floor listening //p' "$tmp/floor.log")
+		[ -n "$addr" ] && break
+		sleep 0.1
+	done
+	if [ -z "$addr" ]; then
+		cat "$tmp/floor.log"
+		exit 1
+	fi
+	urls=""
+	for _ in $(seq 1 "$NODES"); do urls="${urls:+$urls,}ws://$addr/socket/websocket"; done
+	echo "== rooms against the floor: NODES=$NODES (one floor process) CLIENTS=$CLIENTS ROOMS=$ROOMS RATE=$RATE DURATION=$DURATION PAYLOAD=$PAYLOAD"
+	# shellcheck disable=SC2086 # BENCH_FLAGS is a list of flags
+	(ulimit -n 20000 && exec bin/phxgate-bench rooms -urls "$urls" -clients "$CLIENTS" -rooms "$ROOMS" \
+		-rate "$RATE" -duration "$DURATION" -payload "$PAYLOAD" -local-ips "$LOCAL_IPS" \
+		-pids "floor=$floor_pid" -timeout "$TIMEOUT" $BENCH_FLAGS) || echo "redis.sh: the rooms run failed" >&2
+	echo "  floor peak RSS: $(awk '/^VmHWM/ {printf "%.0f MiB", $2/1024}' "/proc/$floor_pid/status" 2>/dev/null)"
+	stop "$floor_pid"
+	floor_pid=""
+	sed -n 's/^floor stopped: /  floor: /p' "$tmp/floor.log"
+	exit 0
+fi
 
 # redis-server cannot be told to pick a free port and report it, so try
 # ports below the ephemeral range until one binds.

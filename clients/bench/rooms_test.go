@@ -368,3 +368,35 @@ func TestOrderSplit(t *testing.T) {
 		t.Fatalf("summary does not report the order split:\n%s", out.String())
 	}
 }
+
+// TestRoomsAgainstFloor: the floor in rooms mode delivers each room's
+// events to that room's subscribers only, once each, the sender's before
+// its reply; the rooms run says so (a subscriber getting another room's
+// event would count as extra, one missing its own as missing).
+func TestRoomsAgainstFloor(t *testing.T) {
+	cfgF := NewFloorConfig()
+	cfgF.Rooms = true
+	cfgF.Timeout = 2 * time.Minute
+	fl, err := startFloor(context.Background(), cfgF)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(fl.Close)
+	url := "ws://" + fl.Addr().String() + "/socket/websocket"
+	cfg := smallRooms(url, url)
+	var out bytes.Buffer
+	res, err := runRooms(context.Background(), cfg, &out, &out)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	checkRoomsComplete(t, res, cfg)
+	// Frames that are not a broadcast of the subscriber's room: its join
+	// reply and a heartbeat reply or two. Another room's events would be
+	// 20 per subscriber here (24 events in 6 rooms).
+	if g := res.groupResult; g.Other >= int64(cfg.Clients)*3 {
+		t.Fatalf("subscribers got %d frames that are not their room's events", g.Other)
+	}
+	if st := fl.Stats(); st.Broadcasts != int64(cfg.Count) || st.Slow != 0 {
+		t.Fatalf("floor stats %+v, want %d broadcasts, none slow", st, cfg.Count)
+	}
+}
