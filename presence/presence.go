@@ -58,6 +58,15 @@ type BatchRemover interface {
 	RemoveAll(ctx context.Context, topic string, tags []string) ([]Presence, error)
 }
 
+// KeyCounter is a Store that counts a key's presences on a topic
+// (cluster-wide) without listing the topic (the Redis store: one HGET of
+// the topic's counts per key). Tracker.Update uses it, when its Store has
+// it, to answer how many presences an update routed to their owners
+// changes.
+type KeyCounter interface {
+	CountKey(ctx context.Context, topic, key string) (int, error)
+}
+
 // Errors.
 var (
 	// ErrRefused wraps a presence refused by a limit; the join it belongs

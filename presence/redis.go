@@ -940,6 +940,12 @@ func valueOwner(v string) (node, boot string, ok bool) {
 	return rest[:nl], rest[nl : nl+bl], true
 }
 
+// valueKey reads the key of a hash value.
+func valueKey(v string) (string, bool) {
+	p, _, ok := decodeValue(v)
+	return p.Key, ok
+}
+
 // decodeValue reads a hash value back (seq for ordering).
 func decodeValue(v string) (p Presence, seq int64, ok bool) {
 	head, rest, found := strings.Cut(v, "\n")
@@ -1237,28 +1243,25 @@ func (r *Redis) retryRemoving() {
 	}
 }
 
-// updateScript gives every presence of a key a new meta. KEYS: hash.
-// ARGV: key, meta body, the number of refs, the new refs, then the tags
-// to limit it to (none: every tag). It returns tag, old value and new
-// value of each presence changed.
+// updateScript gives the presences of a key stored under tags a new
+// meta. KEYS: hash. ARGV: key, meta body, the number of refs, the new
+// refs, then the tags. It reads those fields only (HGET each), never the
+// whole hash, and returns tag, old value and new value of each presence
+// changed.
 var updateScript = redis.NewScript(`
 local out = {}
-local all = redis.call('HGETALL', KEYS[1])
 local nrefs = tonumber(ARGV[3])
-local only = nil
-if #ARGV > 3 + nrefs then
-  only = {}
-  for j = 4 + nrefs, #ARGV do only[ARGV[j]] = true end
-end
 local n = 0
-for i = 1, #all, 2 do
-  local v = all[i + 1]
-  local seq, nl, bl, kl, rl = string.match(v, '^(%d+) (%d+) (%d+) (%d+) (%d+)\n')
+for j = 4 + nrefs, #ARGV do
+  if n >= nrefs then break end
+  local v = redis.call('HGET', KEYS[1], ARGV[j])
+  local seq, nl, bl, kl, rl
+  if v then seq, nl, bl, kl, rl = string.match(v, '^(%d+) (%d+) (%d+) (%d+) (%d+)\n') end
   if seq then
     local rest = string.sub(v, string.find(v, '\n', 1, true) + 1)
     nl, bl, kl, rl = tonumber(nl), tonumber(bl), tonumber(kl), tonumber(rl)
     local key = string.sub(rest, nl + bl + 1, nl + bl + kl)
-    if key == ARGV[1] and n < nrefs and (only == nil or only[all[i]]) then
+    if key == ARGV[1] then
       n = n + 1
       local oldref = string.sub(rest, nl + bl + kl + 1, nl + bl + kl + rl)
       local ref = ARGV[3 + n]
@@ -1267,8 +1270,8 @@ for i = 1, #all, 2 do
       meta = meta .. '"phx_ref":"' .. ref .. '","phx_ref_prev":"' .. oldref .. '"}'
       local nv = seq .. ' ' .. nl .. ' ' .. bl .. ' ' .. kl .. ' ' .. #ref .. '\n' ..
         string.sub(rest, 1, nl + bl + kl) .. ref .. meta
-      redis.call('HSET', KEYS[1], all[i], nv)
-      out[#out + 1] = all[i]
+      redis.call('HSET', KEYS[1], ARGV[j], nv)
+      out[#out + 1] = ARGV[j]
       out[#out + 1] = v
       out[#out + 1] = nv
     end
@@ -1277,25 +1280,43 @@ end
 return out
 `)
 
-// Update implements Store.
+// Update implements Store. With tags (the owner node's: Tracker routes an
+// update to the nodes owning the presences), the tags this node holds
+// under another key are left out and the script reads the others' fields
+// only. Without tags (every node's presences of key: a Tracker without
+// Control), the hash is first read with HSCAN in steps of redisUndoScan
+// for key's tags, so that no step holds Redis long; a presence of key
+// another node adds meanwhile is not updated (as if the update came
+// first).
 func (r *Redis) Update(ctx context.Context, topic, key string, body []byte, refs, tags []string) (left, joined []Presence, err error) {
 	if tags != nil && len(tags) == 0 {
 		return nil, nil, nil
 	}
-	args := make([]any, 0, 3+len(refs)+len(tags))
-	args = append(args, key, body, len(refs))
-	for _, ref := range refs {
-		args = append(args, ref)
-	}
-	for _, tag := range tags {
-		args = append(args, tag)
-	}
 	l := r.tlock(topic)
 	l.Lock()
 	defer l.Unlock()
-	vals, err := updateScript.Run(ctx, r.c, []string{r.hashKey(topic)}, args...).StringSlice()
-	if err != nil {
-		return nil, nil, err
+	all := tags == nil
+	if all {
+		if tags, err = r.scanKeyTags(ctx, topic, key); err != nil {
+			return nil, nil, err
+		}
+	} else {
+		tags = r.keyTags(topic, key, tags)
+	}
+	var vals []string
+	if len(tags) > 0 {
+		args := make([]any, 0, 3+len(refs)+len(tags))
+		args = append(args, key, body, len(refs))
+		for _, ref := range refs {
+			args = append(args, ref)
+		}
+		for _, tag := range tags {
+			args = append(args, tag)
+		}
+		vals, err = updateScript.Run(ctx, r.c, []string{r.hashKey(topic)}, args...).StringSlice()
+		if err != nil {
+			return nil, nil, err
+		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -1318,17 +1339,86 @@ func (r *Redis) Update(ctx context.Context, topic, key string, body []byte, refs
 	// for dead, and the restore has not put it back yet) takes the meta
 	// too: the restore puts it back with it, instead of losing the
 	// update.
-	for tag, h := range r.held[topic] {
-		if h.p.Key != key {
-			continue
-		}
-		if _, ok := changed[tag]; ok || (tags != nil && !slices.Contains(tags, tag)) {
+	hs := r.held[topic]
+	for _, tag := range tags {
+		h, ok := hs[tag]
+		if _, done := changed[tag]; !ok || done || h.p.Key != key {
 			continue
 		}
 		h.p.Meta = withRefs(h.p.Ref, "", body)
-		r.held[topic][tag] = h
+		hs[tag] = h
 	}
 	return left, joined, nil
+}
+
+// keyTags returns tags without duplicates and without those this node
+// holds under a key other than key (a tag's key never changes); a tag it
+// does not hold is kept, for the script to check. Called under the
+// topic's lock.
+func (r *Redis) keyTags(topic, key string, tags []string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	hs := r.held[topic]
+	out := make([]string, 0, min(len(tags), MaxMetasPerKey))
+	seen := make(map[string]struct{}, min(len(tags), MaxMetasPerKey))
+	for _, tag := range tags {
+		if h, ok := hs[tag]; ok && h.p.Key != key {
+			continue
+		}
+		if _, dup := seen[tag]; dup {
+			continue
+		}
+		seen[tag] = struct{}{}
+		out = append(out, tag)
+	}
+	return out
+}
+
+// scanKeyTags returns the tags of key's presences on topic, stored (read
+// with HSCAN, redisUndoScan fields a step) or held by this node. Called
+// under the topic's lock.
+func (r *Redis) scanKeyTags(ctx context.Context, topic, key string) ([]string, error) {
+	seen := map[string]struct{}{}
+	var out []string
+	add := func(tag string) {
+		if _, dup := seen[tag]; !dup {
+			seen[tag] = struct{}{}
+			out = append(out, tag)
+		}
+	}
+	var cursor uint64
+	for {
+		kv, next, err := r.c.HScan(ctx, r.hashKey(topic), cursor, "", redisUndoScan).Result()
+		if err != nil {
+			return nil, err
+		}
+		for i := 0; i+1 < len(kv); i += 2 {
+			if k, ok := valueKey(kv[i+1]); ok && k == key {
+				add(kv[i])
+			}
+		}
+		if next == 0 {
+			break
+		}
+		cursor = next
+	}
+	r.mu.Lock()
+	for tag, h := range r.held[topic] {
+		if h.p.Key == key {
+			add(tag)
+		}
+	}
+	r.mu.Unlock()
+	return out, nil
+}
+
+// CountKey implements KeyCounter: key's entry in the topic's counts.
+func (r *Redis) CountKey(ctx context.Context, topic, key string) (int, error) {
+	n, err := r.c.HGet(ctx, r.countsKey(topic), key).Int()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	return max(n, 0), err
 }
 
 // List implements Store: every node's presences, in join order.
@@ -1386,4 +1476,5 @@ func (r *Redis) Close() error {
 var (
 	_ Store        = (*Redis)(nil)
 	_ BatchRemover = (*Redis)(nil)
+	_ KeyCounter   = (*Redis)(nil)
 )

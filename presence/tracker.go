@@ -450,16 +450,10 @@ func (t *Tracker) Update(ctx context.Context, topic, key string, meta []byte) (i
 	if t.Control != nil {
 		// Several nodes: each presence is updated by the node that owns
 		// it, in order with that node's joins and leaves of it.
-		ps, err := t.List(ctx, topic)
+		n, err := t.countKey(ctx, topic, key)
 		if err != nil {
 			t.m.errors.Inc()
 			return 0, err
-		}
-		n := 0
-		for _, p := range ps {
-			if p.Key == key {
-				n++
-			}
 		}
 		if n == 0 {
 			return 0, nil
@@ -474,6 +468,28 @@ func (t *Tracker) Update(ctx context.Context, topic, key string, meta []byte) (i
 		return n, nil
 	}
 	return t.updateLocal(ctx, topic, key, body, nil)
+}
+
+// countKey counts key's presences on topic, cluster-wide: from the
+// store's counts when it keeps them (never a read of the whole topic),
+// else from its list.
+func (t *Tracker) countKey(ctx context.Context, topic, key string) (int, error) {
+	ctx, cancel := t.ctx(ctx)
+	defer cancel()
+	if kc, ok := t.store.(KeyCounter); ok {
+		return kc.CountKey(ctx, topic, key)
+	}
+	ps, err := t.store.List(ctx, topic)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, p := range ps {
+		if p.Key == key {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // controlUpdate is the control event that routes an update to the nodes
