@@ -40,9 +40,11 @@ const (
 	// undo (a tag is a few dozen bytes): past it, a topic where another
 	// Add fails is marked as a whole and swept with HSCAN.
 	redisUndoMaxTags = 10_000
-	// redisUndoScan is the COUNT of each HSCAN step of a whole-topic
-	// sweep: no step holds Redis (or the topic's lock) long.
-	redisUndoScan = 500
+	// redisScanStep is the COUNT of each HSCAN step of a read of a whole
+	// topic (an undo's sweep, a reap, an update without tags), and so the
+	// most fields one script of such a read takes: no step holds Redis
+	// (or the topic's lock) long.
+	redisScanStep = 500
 )
 
 // RedisConfig configures the Redis store.
@@ -625,7 +627,7 @@ func (r *Redis) unmarkLocked(topic string, tags []string) (gone bool) {
 // sweepUndo does topic's pending undo: the marked tags' presences of
 // this life go (one call per redisRemoveBatch), then, when the mark
 // covers the whole topic, every presence of this life there that the
-// node neither holds nor is removing (HSCAN, redisUndoScan a step, the
+// node neither holds nor is removing (HSCAN, redisScanStep a step, the
 // topic's lock held only for a step). The mark goes once done.
 func (r *Redis) sweepUndo(topic string) error {
 	l := r.tlock(topic)
@@ -689,7 +691,7 @@ func (r *Redis) owns(topic, tag string) bool {
 
 // scanUndo removes every presence of this life on topic that the node
 // neither holds nor is removing, reading the hash with HSCAN in steps of
-// redisUndoScan under the topic's lock (released between steps: an Add
+// redisScanStep under the topic's lock (released between steps: an Add
 // in between is held, so kept, or its tag marked).
 func (r *Redis) scanUndo(topic string) error {
 	l := r.tlock(topic)
@@ -697,7 +699,7 @@ func (r *Redis) scanUndo(topic string) error {
 	for {
 		l.Lock()
 		ctx, cancel := r.ctx()
-		kv, next, err := r.c.HScan(ctx, r.hashKey(topic), cursor, "", redisUndoScan).Result()
+		kv, next, err := r.c.HScan(ctx, r.hashKey(topic), cursor, "", redisScanStep).Result()
 		if err == nil {
 			var tags []string
 			r.mu.Lock()
@@ -766,24 +768,25 @@ func (r *Redis) reapDead() {
 	}
 }
 
-// reapScript removes a topic's presences of a node, but not those of its
-// current life (ARGV[2], "" when it is dead), and only those of boot
-// ARGV[3] when it is not "" (the life a reaper took for dead). KEYS:
-// hash, counts. It returns the removed values.
+// reapScript removes the presences of tags that are a node's, but not
+// of its current life (ARGV[2], "" when it is dead), and only those of
+// boot ARGV[3] when it is not "" (the life a reaper took for dead).
+// KEYS: hash, counts. ARGV: node, current boot, boot to reap, then the
+// tags (a step of reapTopic's HSCAN). It reads those fields only and
+// returns the removed values.
 var reapScript = redis.NewScript(`
 local out = {}
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local v = all[i + 1]
-  local seq, nl, bl, kl = string.match(v, '^(%d+) (%d+) (%d+) (%d+) %d+\n')
+for i = 4, #ARGV do
+  local v = redis.call('HGET', KEYS[1], ARGV[i])
+  local seq, nl, bl, kl
+  if v then seq, nl, bl, kl = string.match(v, '^(%d+) (%d+) (%d+) (%d+) %d+\n') end
   if seq then
-    local h = #seq + #nl + #bl + #kl + 4
     local rest = string.sub(v, string.find(v, '\n', 1, true) + 1)
     local node = string.sub(rest, 1, tonumber(nl))
     local boot = string.sub(rest, tonumber(nl) + 1, tonumber(nl) + tonumber(bl))
     local key = string.sub(rest, tonumber(nl) + tonumber(bl) + 1, tonumber(nl) + tonumber(bl) + tonumber(kl))
     if node == ARGV[1] and boot ~= ARGV[2] and (ARGV[3] == '' or boot == ARGV[3]) then
-      redis.call('HDEL', KEYS[1], all[i])
+      redis.call('HDEL', KEYS[1], ARGV[i])
       if redis.call('HINCRBY', KEYS[2], key, -1) <= 0 then redis.call('HDEL', KEYS[2], key) end
       out[#out + 1] = v
     end
@@ -791,6 +794,55 @@ for i = 1, #all, 2 do
 end
 return out
 `)
+
+// reapTopic removes topic's presences of node (not of boot keep; of boot
+// only alone unless only is "") in steps, handing each step's leaves to
+// onLeave as it ends: HSCAN reads redisScanStep fields, and reapScript
+// removes those of them that are the node's, checking each again. No
+// step holds Redis long, however large the topic. HSCAN returns every
+// field stored from the reap's start to its end (a presence the node
+// adds meanwhile, alive again, may be left: it is the new life's, or
+// this node's own to restore), and one twice at most, which the script
+// then finds gone. It returns how many presences it removed; on an
+// error, those of the steps done are removed (and their leaves handed
+// over).
+func (r *Redis) reapTopic(ctx context.Context, topic, node, keep, only string) (int, error) {
+	keys := []string{r.hashKey(topic), r.countsKey(topic)}
+	removed := 0
+	var cursor uint64
+	for {
+		kv, next, err := r.c.HScan(ctx, keys[0], cursor, "", redisScanStep).Result()
+		if err != nil {
+			return removed, err
+		}
+		args := []any{node, keep, only}
+		for i := 0; i+1 < len(kv); i += 2 {
+			if n, b, ok := valueOwner(kv[i+1]); ok && n == node && b != keep && (only == "" || b == only) {
+				args = append(args, kv[i])
+			}
+		}
+		if len(args) > 3 {
+			vals, err := reapScript.Run(ctx, r.c, keys, args...).StringSlice()
+			if err != nil {
+				return removed, err
+			}
+			ps := make([]Presence, 0, len(vals))
+			for _, v := range vals {
+				if p, _, ok := decodeValue(v); ok {
+					ps = append(ps, p)
+				}
+			}
+			removed += len(ps)
+			if len(ps) > 0 && r.onLeave != nil {
+				r.onLeave(topic, ps)
+			}
+		}
+		if next == 0 {
+			return removed, nil
+		}
+		cursor = next
+	}
+}
 
 // reap removes node's presences from every topic it had some on and hands
 // them to onLeave. self: this node's earlier lives (its current one is
@@ -837,7 +889,8 @@ func (r *Redis) reap(node string, self bool) error {
 	// the others' presences from leaving.
 	var failed []string
 	for _, topic := range topics {
-		vals, err := reapScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, node, keep, only).StringSlice()
+		n, err := r.reapTopic(ctx, topic, node, keep, only)
+		removed += n
 		if err != nil {
 			r.log.Warn("presence: removing a gone node's presences of a topic failed; skipped", "node", node, "earlier_life", self, "topic", topic, "err", err)
 			failed = append(failed, topic)
@@ -845,16 +898,6 @@ func (r *Redis) reap(node string, self bool) error {
 				break
 			}
 			continue
-		}
-		var ps []Presence
-		for _, v := range vals {
-			if p, _, ok := decodeValue(v); ok {
-				ps = append(ps, p)
-			}
-		}
-		removed += len(ps)
-		if len(ps) > 0 && r.onLeave != nil {
-			r.onLeave(topic, ps)
 		}
 	}
 	if len(failed) > 0 {
@@ -1284,7 +1327,7 @@ return out
 // update to the nodes owning the presences), the tags this node holds
 // under another key are left out and the script reads the others' fields
 // only. Without tags (every node's presences of key: a Tracker without
-// Control), the hash is first read with HSCAN in steps of redisUndoScan
+// Control), the hash is first read with HSCAN in steps of redisScanStep
 // for key's tags, so that no step holds Redis long; a presence of key
 // another node adds meanwhile is not updated (as if the update came
 // first).
@@ -1375,7 +1418,7 @@ func (r *Redis) keyTags(topic, key string, tags []string) []string {
 }
 
 // scanKeyTags returns the tags of key's presences on topic, stored (read
-// with HSCAN, redisUndoScan fields a step) or held by this node. Called
+// with HSCAN, redisScanStep fields a step) or held by this node. Called
 // under the topic's lock.
 func (r *Redis) scanKeyTags(ctx context.Context, topic, key string) ([]string, error) {
 	seen := map[string]struct{}{}
@@ -1388,7 +1431,7 @@ func (r *Redis) scanKeyTags(ctx context.Context, topic, key string) ([]string, e
 	}
 	var cursor uint64
 	for {
-		kv, next, err := r.c.HScan(ctx, r.hashKey(topic), cursor, "", redisUndoScan).Result()
+		kv, next, err := r.c.HScan(ctx, r.hashKey(topic), cursor, "", redisScanStep).Result()
 		if err != nil {
 			return nil, err
 		}
