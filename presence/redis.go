@@ -1018,43 +1018,81 @@ func decodeValue(v string) (p Presence, seq int64, ok bool) {
 	return p, n[0], true
 }
 
-// addScript stores a presence unless a limit refuses it. KEYS: hash,
-// counts. ARGV: tag, key, value, max metas per key, max per topic, TTL ms,
-// "1" to skip the limits (putting back what was stored before).
+// addScript stores presences, in order, each unless a limit refuses it
+// (the earlier ones of the call count toward the limits of the later
+// ones, as consecutive Adds). KEYS: hash, counts. ARGV: max metas per
+// key, max per topic, TTL ms, then tag, key and value of each. It
+// returns one answer per presence: "ok" (stored, or stored already: a
+// restore racing, nothing lost) or the refusal's reason.
 var addScript = redis.NewScript(`
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then
-  return 'too_many_presences'
+local out = {}
+local stored = false
+local metas, most = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 4, #ARGV, 3 do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
+    out[#out + 1] = 'ok'
+  elseif redis.call('HLEN', KEYS[1]) >= most then
+    out[#out + 1] = 'too_many_presences'
+  elseif tonumber(redis.call('HGET', KEYS[2], ARGV[i + 1]) or '0') >= metas then
+    out[#out + 1] = 'too_many_metas'
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+    redis.call('HINCRBY', KEYS[2], ARGV[i + 1], 1)
+    stored = true
+    out[#out + 1] = 'ok'
+  end
 end
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-  return 'ok' -- already stored (a restore racing nothing lost)
+if stored then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
 end
-if ARGV[7] ~= '1' and tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') >= tonumber(ARGV[4]) then
-  return 'too_many_metas'
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
-return 'ok'
+return out
 `)
+
+// redisAddBatch bounds the presences one addScript call stores: a herd
+// of joins queued on one topic is a few calls, none of which holds Redis
+// long.
+const redisAddBatch = 500
 
 // Add implements Store.
 func (r *Redis) Add(ctx context.Context, topic, tag string, p Presence, lim Limits) error {
+	return r.AddAll(ctx, topic, []Tagged{{Tag: tag, Presence: p}}, lim)[0]
+}
+
+// AddAll implements BatchAdder: one addScript call per redisAddBatch
+// presences, under the store's lock of the topic.
+func (r *Redis) AddAll(ctx context.Context, topic string, ps []Tagged, lim Limits) []error {
+	errs := make([]error, len(ps))
+	fail := func(from int, err error) []error {
+		for i := from; i < len(errs); i++ {
+			errs[i] = err
+		}
+		return errs
+	}
+	if len(ps) == 0 {
+		return errs
+	}
 	// A restore or an undo of the topic may hold its lock: past ctx,
 	// nothing is tried (nothing to undo).
 	l := r.tlock(topic)
 	if err := l.LockCtx(ctx); err != nil {
-		return fmt.Errorf("%w: %w", ErrBusy, err)
+		return fail(0, fmt.Errorf("%w: %w", ErrBusy, err))
 	}
 	defer l.Unlock()
-	if r.undoPending(topic, tag) {
-		// An earlier Add of this tag may still be stored: out first, or
+	var pending []string
+	for _, a := range ps {
+		if r.undoPending(topic, a.Tag) {
+			pending = append(pending, a.Tag)
+		}
+	}
+	if len(pending) > 0 {
+		// An earlier Add of these tags may still be stored: out first, or
 		// the script would take it for this one.
-		if err := r.undoLocked(ctx, topic, []string{tag}); err != nil {
-			return err
+		if err := r.undoLocked(ctx, topic, pending); err != nil {
+			return fail(0, err)
 		}
 		r.mu.Lock()
-		gone := r.unmarkLocked(topic, []string{tag})
+		gone := r.unmarkLocked(topic, pending)
 		r.mu.Unlock()
 		if gone {
 			r.forget(topic) // the mark's count
@@ -1062,46 +1100,70 @@ func (r *Redis) Add(ctx context.Context, topic, tag string, p Presence, lim Limi
 	}
 	r.mu.Lock()
 	first := r.mine[topic] == 0
-	r.mine[topic]++
+	r.mine[topic] += len(ps)
 	r.mu.Unlock()
 	if first {
-		// Listed before the presence exists, so a reaper always finds it.
+		// Listed before the presences exist, so a reaper always finds
+		// them.
 		if err := r.c.SAdd(ctx, r.topicsKey(r.cfg.NodeID), topic).Err(); err != nil {
-			r.forget(topic)
-			return err
+			r.forgetN(topic, len(ps))
+			return fail(0, err)
 		}
 	}
-	value := r.encodeValue(time.Now().UnixNano(), p)
-	res, err := addScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, tag, p.Key,
-		value, lim.MaxMetasPerKey, lim.MaxPerTopic, redisTopicTTL.Milliseconds(), 0).Text()
-	if err == nil && res != "ok" {
-		err = refused(res)
-	}
-	if err != nil {
-		if !errors.Is(err, ErrRefused) {
+	keys := []string{r.hashKey(topic), r.countsKey(topic)}
+	for from := 0; from < len(ps); from += redisAddBatch {
+		batch := ps[from:min(len(ps), from+redisAddBatch)]
+		args := make([]any, 0, 3+3*len(batch))
+		args = append(args, lim.MaxMetasPerKey, lim.MaxPerTopic, redisTopicTTL.Milliseconds())
+		values := make([]string, len(batch))
+		for i, a := range batch {
+			values[i] = r.encodeValue(time.Now().UnixNano(), a.Presence)
+			args = append(args, a.Tag, a.Presence.Key, values[i])
+		}
+		res, err := addScript.Run(ctx, r.c, keys, args...).StringSlice()
+		if err == nil && len(res) != len(batch) {
+			err = fmt.Errorf("presence: %d answers to the add of %d presences", len(res), len(batch))
+		}
+		if err != nil {
 			// The script may have run and only its answer been lost:
-			// undo it (its tag only), so that no presence stays that
-			// nobody owns. Should the undo fail too, the tag is marked
-			// and the restore loop undoes it; the topic stays listed
-			// for a reaper meanwhile, by the mark's count in mine.
+			// undo it (its tags only), so that no presence stays that
+			// nobody owns. Should the undo fail too, the tags are
+			// marked and the restore loop undoes them; the topic stays
+			// listed for a reaper meanwhile, by the mark's count in
+			// mine. The batches after this one are not tried.
+			tags := make([]string, len(batch))
+			for i, a := range batch {
+				tags[i] = a.Tag
+			}
 			uctx, cancel := r.ctx() // the caller's ctx may be what ended
-			if uerr := r.undoLocked(uctx, topic, []string{tag}); uerr != nil {
-				r.markUndo(topic, tag, uerr)
+			if uerr := r.undoLocked(uctx, topic, tags); uerr != nil {
+				for _, tag := range tags {
+					r.markUndo(topic, tag, uerr)
+				}
 			}
 			cancel()
-			r.forget(topic) // this attempt's count
-			return err
+			r.forgetN(topic, len(ps)-from) // these attempts' counts
+			return fail(from, err)
 		}
-		r.forget(topic)
-		return err
+		refusedN := 0
+		r.mu.Lock()
+		for i, a := range batch {
+			if res[i] != "ok" {
+				errs[from+i] = refused(res[i])
+				refusedN++
+				continue
+			}
+			if r.held[topic] == nil {
+				r.held[topic] = map[string]heldPresence{}
+			}
+			r.held[topic][a.Tag] = heldPresence{p: a.Presence, value: values[i]}
+		}
+		r.mu.Unlock()
+		if refusedN > 0 {
+			r.forgetN(topic, refusedN)
+		}
 	}
-	r.mu.Lock()
-	if r.held[topic] == nil {
-		r.held[topic] = map[string]heldPresence{}
-	}
-	r.held[topic][tag] = heldPresence{p: p, value: value}
-	r.mu.Unlock()
-	return nil
+	return errs
 }
 
 // forget counts one presence of this node on topic less; the last one
@@ -1520,4 +1582,5 @@ var (
 	_ Store        = (*Redis)(nil)
 	_ BatchRemover = (*Redis)(nil)
 	_ KeyCounter   = (*Redis)(nil)
+	_ BatchAdder   = (*Redis)(nil)
 )
