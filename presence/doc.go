@@ -23,7 +23,11 @@
 // topic in HSCAN steps, each step's presences removed by one script of
 // those fields; an update reads the player's fields only (the owner
 // node's tags of the key) and counts the player's presences from the
-// topic's counts: neither holds Redis for a whole topic.
+// topic's counts: neither holds Redis for a whole topic. With a
+// BatchAdder store, the Tracks of a topic queued while another holds it
+// are stored together by the next holder (group commit), each with its
+// own answer; a queued Track whose ctx ends before a holder takes it
+// tries nothing (ErrBusy), one taken waits for the holder's store call.
 //
 // Limits (Config): meta size, metas per key, presences per topic. Past one
 // the presence is refused — counted (phxgate_presence_refused_total) and

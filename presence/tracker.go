@@ -322,19 +322,29 @@ func (t *Tracker) unqueue(topic string, req *trackReq) bool {
 	return true
 }
 
-// trackQueued stores up to trackBatch of topic's queued Tracks (mine's
-// ctx, the holder's, bounds a store call of mine alone) and finishes
-// each: tracked and its join queued, refused, or failed. Called under
-// the topic's lock.
+// trackQueued stores up to trackBatch of topic's queued Tracks with a
+// BatchAdder store, else mine alone (mine: the holder's, whose ctx
+// bounds a store call of its own alone), and finishes each: tracked and
+// its join queued, refused, or failed. Called under the topic's lock.
 func (t *Tracker) trackQueued(ctx context.Context, topic string, mine *trackReq) {
+	ba, batched := t.store.(BatchAdder)
+	var batch []*trackReq
+	if !batched {
+		// One store call per Track: each stores its own, and those
+		// queued behind can still give up with their ctx.
+		t.unqueue(topic, mine)
+		batch = []*trackReq{mine}
+	}
 	t.mu.Lock()
-	q := t.adds[topic]
-	n := min(len(q), trackBatch)
-	batch := slices.Clone(q[:n])
-	if n == len(q) {
-		delete(t.adds, topic)
-	} else {
-		t.adds[topic] = q[n:]
+	if batched {
+		q := t.adds[topic]
+		n := min(len(q), trackBatch)
+		batch = slices.Clone(q[:n])
+		if n == len(q) {
+			delete(t.adds, topic)
+		} else {
+			t.adds[topic] = q[n:]
+		}
 	}
 	closed := t.closed
 	t.mu.Unlock()
@@ -364,7 +374,7 @@ func (t *Tracker) trackQueued(ctx context.Context, topic string, mine *trackReq)
 	t.storing(refs...)
 	lim := Limits{MaxMetasPerKey: t.cfg.MaxMetasPerKey, MaxPerTopic: t.cfg.MaxPerTopic}
 	var errs []error
-	if ba, ok := t.store.(BatchAdder); ok {
+	if batched {
 		ps := make([]Tagged, len(batch))
 		for i, r := range batch {
 			ps[i] = Tagged{Tag: r.tag, Presence: r.p}
