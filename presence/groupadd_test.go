@@ -252,3 +252,94 @@ func TestTrackerHerdGroupCommitRedis(t *testing.T) {
 		t.Errorf("%d stored, %d refused (too_many_presences); want %d and %d", stored, refused, n/2, n-n/2)
 	}
 }
+
+// gatedBatch is a Memory with AddAll, whose call holding tag "slow"
+// waits for gate (a slow store); it records each AddAll's tags.
+type gatedBatch struct {
+	*slowAdd
+	mu    sync.Mutex
+	calls [][]string
+}
+
+func (g *gatedBatch) AddAll(ctx context.Context, topic string, ps []Tagged, lim Limits) []error {
+	tags := make([]string, len(ps))
+	errs := make([]error, len(ps))
+	for i, p := range ps {
+		tags[i] = p.Tag
+	}
+	g.mu.Lock()
+	g.calls = append(g.calls, tags)
+	g.mu.Unlock()
+	for i, p := range ps {
+		errs[i] = g.slowAdd.Add(ctx, topic, p.Tag, p.Presence, lim)
+	}
+	return errs
+}
+
+// While one Track is stuck on a slow store, the Tracks queued behind it
+// are stored by the next holder in one call, each with its own answer
+// (one refused by its limit); one whose caller's deadline passes while
+// it is queued gives up with ErrBusy, never stored.
+func TestTrackerGroupCommitAnswersEach(t *testing.T) {
+	st := &gatedBatch{slowAdd: newSlowAdd()}
+	l := &diffLog{}
+	tr := NewTracker(Config{Window: time.Millisecond, Timeout: time.Minute, MaxMetasPerKey: 1}, st, l.publish, nil)
+	ctx := context.Background()
+	slow := make(chan error, 1)
+	go func() { slow <- tr.Track(ctx, "room:g", "slow", "s", nil) }()
+	<-st.entered
+	type answer struct {
+		tag string
+		err error
+	}
+	answers := make(chan answer, 4)
+	for _, tc := range []struct{ tag, key string }{{"a", "x"}, {"b", "x"}, {"c", "y"}} {
+		go func() { answers <- answer{tc.tag, tr.Track(ctx, "room:g", tc.tag, tc.key, nil)} }()
+	}
+	waitFor(t, "three Tracks queued", func() bool {
+		tr.mu.Lock()
+		defer tr.mu.Unlock()
+		return len(tr.adds["room:g"]) == 3
+	})
+	qctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if err := tr.Track(qctx, "room:g", "late", "z", nil); !errors.Is(err, ErrBusy) {
+		t.Fatalf("Track past its deadline while queued: %v, want ErrBusy", err)
+	}
+	close(st.gate)
+	if err := <-slow; err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]error{}
+	for range 3 {
+		a := <-answers
+		got[a.tag] = a.err
+	}
+	refusedX := 0
+	for _, tag := range []string{"a", "b"} {
+		if RefusalReason(got[tag]) == ReasonTooManyMetas {
+			refusedX++
+		} else if got[tag] != nil {
+			t.Errorf("track %s: %v", tag, got[tag])
+		}
+	}
+	if refusedX != 1 || got["c"] != nil {
+		t.Errorf("answers %v, want one of a and b refused (too_many_metas), c stored", got)
+	}
+	st.mu.Lock()
+	g, calls := st.calls, fmt.Sprint(st.calls)
+	st.mu.Unlock()
+	if len(g) != 2 || len(g[1]) != 3 {
+		t.Errorf("store calls %s, want the slow one, then the three queued in one", calls)
+	}
+	for _, tag := range st.added() {
+		if tag == "late" {
+			t.Error("the Track that gave up was stored")
+		}
+	}
+	ps, _ := tr.List(ctx, "room:g")
+	if len(ps) != 3 {
+		t.Errorf("listed %v, want slow, one of a and b, c", refsOf(ps))
+	}
+	tr.Drain(ctx)
+}
