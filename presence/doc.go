@@ -19,7 +19,15 @@
 // its own at once; a node restarted under the same id removes what its
 // earlier life left, under the node's reap lock (after any reaper of that
 // life); a reaper removes only the boot it took for dead (recorded at
-// Start) and keeps the lists of a node alive again.
+// Start) and keeps the lists of a node alive again. A reaper reads a
+// topic in HSCAN steps, each step's presences removed by one script of
+// those fields; an update reads the player's fields only (the owner
+// node's tags of the key) and counts the player's presences from the
+// topic's counts: neither holds Redis for a whole topic. With a
+// BatchAdder store, the Tracks of a topic queued while another holds it
+// are stored together by the next holder (group commit), each with its
+// own answer; a queued Track whose ctx ends before a holder takes it
+// tries nothing (ErrBusy), one taken waits for the holder's store call.
 //
 // Limits (Config): meta size, metas per key, presences per topic. Past one
 // the presence is refused — counted (phxgate_presence_refused_total) and

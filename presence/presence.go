@@ -58,6 +58,35 @@ type BatchRemover interface {
 	RemoveAll(ctx context.Context, topic string, tags []string) ([]Presence, error)
 }
 
+// Tagged is a presence to store under its tag (BatchAdder).
+type Tagged struct {
+	Tag      string
+	Presence Presence
+}
+
+// BatchAdder is a Store that stores many presences of a topic in one
+// call (the Redis store: one round trip per 500). Tracker.Track uses it
+// when its Store has it: the Tracks of a topic queued while another holds
+// the topic are stored together by the next one to hold it (group
+// commit), so a herd of joins on one topic costs a few round trips, not
+// one per join.
+type BatchAdder interface {
+	// AddAll stores ps in order, each as Add would (the earlier ones
+	// count toward the limits of the later ones), and returns one error
+	// per presence: nil (stored), an ErrRefused (a limit), or the
+	// store's error.
+	AddAll(ctx context.Context, topic string, ps []Tagged, lim Limits) []error
+}
+
+// KeyCounter is a Store that counts a key's presences on a topic
+// (cluster-wide) without listing the topic (the Redis store: one HGET of
+// the topic's counts per key). Tracker.Update uses it, when its Store has
+// it, to answer how many presences an update routed to their owners
+// changes.
+type KeyCounter interface {
+	CountKey(ctx context.Context, topic, key string) (int, error)
+}
+
 // Errors.
 var (
 	// ErrRefused wraps a presence refused by a limit; the join it belongs

@@ -40,9 +40,11 @@ const (
 	// undo (a tag is a few dozen bytes): past it, a topic where another
 	// Add fails is marked as a whole and swept with HSCAN.
 	redisUndoMaxTags = 10_000
-	// redisUndoScan is the COUNT of each HSCAN step of a whole-topic
-	// sweep: no step holds Redis (or the topic's lock) long.
-	redisUndoScan = 500
+	// redisScanStep is the COUNT of each HSCAN step of a read of a whole
+	// topic (an undo's sweep, a reap, an update without tags), and so the
+	// most fields one script of such a read takes: no step holds Redis
+	// (or the topic's lock) long.
+	redisScanStep = 500
 )
 
 // RedisConfig configures the Redis store.
@@ -625,7 +627,7 @@ func (r *Redis) unmarkLocked(topic string, tags []string) (gone bool) {
 // sweepUndo does topic's pending undo: the marked tags' presences of
 // this life go (one call per redisRemoveBatch), then, when the mark
 // covers the whole topic, every presence of this life there that the
-// node neither holds nor is removing (HSCAN, redisUndoScan a step, the
+// node neither holds nor is removing (HSCAN, redisScanStep a step, the
 // topic's lock held only for a step). The mark goes once done.
 func (r *Redis) sweepUndo(topic string) error {
 	l := r.tlock(topic)
@@ -689,7 +691,7 @@ func (r *Redis) owns(topic, tag string) bool {
 
 // scanUndo removes every presence of this life on topic that the node
 // neither holds nor is removing, reading the hash with HSCAN in steps of
-// redisUndoScan under the topic's lock (released between steps: an Add
+// redisScanStep under the topic's lock (released between steps: an Add
 // in between is held, so kept, or its tag marked).
 func (r *Redis) scanUndo(topic string) error {
 	l := r.tlock(topic)
@@ -697,7 +699,7 @@ func (r *Redis) scanUndo(topic string) error {
 	for {
 		l.Lock()
 		ctx, cancel := r.ctx()
-		kv, next, err := r.c.HScan(ctx, r.hashKey(topic), cursor, "", redisUndoScan).Result()
+		kv, next, err := r.c.HScan(ctx, r.hashKey(topic), cursor, "", redisScanStep).Result()
 		if err == nil {
 			var tags []string
 			r.mu.Lock()
@@ -766,24 +768,25 @@ func (r *Redis) reapDead() {
 	}
 }
 
-// reapScript removes a topic's presences of a node, but not those of its
-// current life (ARGV[2], "" when it is dead), and only those of boot
-// ARGV[3] when it is not "" (the life a reaper took for dead). KEYS:
-// hash, counts. It returns the removed values.
+// reapScript removes the presences of tags that are a node's, but not
+// of its current life (ARGV[2], "" when it is dead), and only those of
+// boot ARGV[3] when it is not "" (the life a reaper took for dead).
+// KEYS: hash, counts. ARGV: node, current boot, boot to reap, then the
+// tags (a step of reapTopic's HSCAN). It reads those fields only and
+// returns the removed values.
 var reapScript = redis.NewScript(`
 local out = {}
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local v = all[i + 1]
-  local seq, nl, bl, kl = string.match(v, '^(%d+) (%d+) (%d+) (%d+) %d+\n')
+for i = 4, #ARGV do
+  local v = redis.call('HGET', KEYS[1], ARGV[i])
+  local seq, nl, bl, kl
+  if v then seq, nl, bl, kl = string.match(v, '^(%d+) (%d+) (%d+) (%d+) %d+\n') end
   if seq then
-    local h = #seq + #nl + #bl + #kl + 4
     local rest = string.sub(v, string.find(v, '\n', 1, true) + 1)
     local node = string.sub(rest, 1, tonumber(nl))
     local boot = string.sub(rest, tonumber(nl) + 1, tonumber(nl) + tonumber(bl))
     local key = string.sub(rest, tonumber(nl) + tonumber(bl) + 1, tonumber(nl) + tonumber(bl) + tonumber(kl))
     if node == ARGV[1] and boot ~= ARGV[2] and (ARGV[3] == '' or boot == ARGV[3]) then
-      redis.call('HDEL', KEYS[1], all[i])
+      redis.call('HDEL', KEYS[1], ARGV[i])
       if redis.call('HINCRBY', KEYS[2], key, -1) <= 0 then redis.call('HDEL', KEYS[2], key) end
       out[#out + 1] = v
     end
@@ -791,6 +794,55 @@ for i = 1, #all, 2 do
 end
 return out
 `)
+
+// reapTopic removes topic's presences of node (not of boot keep; of boot
+// only alone unless only is "") in steps, handing each step's leaves to
+// onLeave as it ends: HSCAN reads redisScanStep fields, and reapScript
+// removes those of them that are the node's, checking each again. No
+// step holds Redis long, however large the topic. HSCAN returns every
+// field stored from the reap's start to its end (a presence the node
+// adds meanwhile, alive again, may be left: it is the new life's, or
+// this node's own to restore), and one twice at most, which the script
+// then finds gone. It returns how many presences it removed; on an
+// error, those of the steps done are removed (and their leaves handed
+// over).
+func (r *Redis) reapTopic(ctx context.Context, topic, node, keep, only string) (int, error) {
+	keys := []string{r.hashKey(topic), r.countsKey(topic)}
+	removed := 0
+	var cursor uint64
+	for {
+		kv, next, err := r.c.HScan(ctx, keys[0], cursor, "", redisScanStep).Result()
+		if err != nil {
+			return removed, err
+		}
+		args := []any{node, keep, only}
+		for i := 0; i+1 < len(kv); i += 2 {
+			if n, b, ok := valueOwner(kv[i+1]); ok && n == node && b != keep && (only == "" || b == only) {
+				args = append(args, kv[i])
+			}
+		}
+		if len(args) > 3 {
+			vals, err := reapScript.Run(ctx, r.c, keys, args...).StringSlice()
+			if err != nil {
+				return removed, err
+			}
+			ps := make([]Presence, 0, len(vals))
+			for _, v := range vals {
+				if p, _, ok := decodeValue(v); ok {
+					ps = append(ps, p)
+				}
+			}
+			removed += len(ps)
+			if len(ps) > 0 && r.onLeave != nil {
+				r.onLeave(topic, ps)
+			}
+		}
+		if next == 0 {
+			return removed, nil
+		}
+		cursor = next
+	}
+}
 
 // reap removes node's presences from every topic it had some on and hands
 // them to onLeave. self: this node's earlier lives (its current one is
@@ -837,7 +889,8 @@ func (r *Redis) reap(node string, self bool) error {
 	// the others' presences from leaving.
 	var failed []string
 	for _, topic := range topics {
-		vals, err := reapScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, node, keep, only).StringSlice()
+		n, err := r.reapTopic(ctx, topic, node, keep, only)
+		removed += n
 		if err != nil {
 			r.log.Warn("presence: removing a gone node's presences of a topic failed; skipped", "node", node, "earlier_life", self, "topic", topic, "err", err)
 			failed = append(failed, topic)
@@ -845,16 +898,6 @@ func (r *Redis) reap(node string, self bool) error {
 				break
 			}
 			continue
-		}
-		var ps []Presence
-		for _, v := range vals {
-			if p, _, ok := decodeValue(v); ok {
-				ps = append(ps, p)
-			}
-		}
-		removed += len(ps)
-		if len(ps) > 0 && r.onLeave != nil {
-			r.onLeave(topic, ps)
 		}
 	}
 	if len(failed) > 0 {
@@ -940,6 +983,12 @@ func valueOwner(v string) (node, boot string, ok bool) {
 	return rest[:nl], rest[nl : nl+bl], true
 }
 
+// valueKey reads the key of a hash value.
+func valueKey(v string) (string, bool) {
+	p, _, ok := decodeValue(v)
+	return p.Key, ok
+}
+
 // decodeValue reads a hash value back (seq for ordering).
 func decodeValue(v string) (p Presence, seq int64, ok bool) {
 	head, rest, found := strings.Cut(v, "\n")
@@ -969,43 +1018,81 @@ func decodeValue(v string) (p Presence, seq int64, ok bool) {
 	return p, n[0], true
 }
 
-// addScript stores a presence unless a limit refuses it. KEYS: hash,
-// counts. ARGV: tag, key, value, max metas per key, max per topic, TTL ms,
-// "1" to skip the limits (putting back what was stored before).
+// addScript stores presences, in order, each unless a limit refuses it
+// (the earlier ones of the call count toward the limits of the later
+// ones, as consecutive Adds). KEYS: hash, counts. ARGV: max metas per
+// key, max per topic, TTL ms, then tag, key and value of each. It
+// returns one answer per presence: "ok" (stored, or stored already: a
+// restore racing, nothing lost) or the refusal's reason.
 var addScript = redis.NewScript(`
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then
-  return 'too_many_presences'
+local out = {}
+local stored = false
+local metas, most = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 4, #ARGV, 3 do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
+    out[#out + 1] = 'ok'
+  elseif redis.call('HLEN', KEYS[1]) >= most then
+    out[#out + 1] = 'too_many_presences'
+  elseif tonumber(redis.call('HGET', KEYS[2], ARGV[i + 1]) or '0') >= metas then
+    out[#out + 1] = 'too_many_metas'
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+    redis.call('HINCRBY', KEYS[2], ARGV[i + 1], 1)
+    stored = true
+    out[#out + 1] = 'ok'
+  end
 end
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-  return 'ok' -- already stored (a restore racing nothing lost)
+if stored then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
 end
-if ARGV[7] ~= '1' and tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') >= tonumber(ARGV[4]) then
-  return 'too_many_metas'
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
-return 'ok'
+return out
 `)
+
+// redisAddBatch bounds the presences one addScript call stores: a herd
+// of joins queued on one topic is a few calls, none of which holds Redis
+// long.
+const redisAddBatch = 500
 
 // Add implements Store.
 func (r *Redis) Add(ctx context.Context, topic, tag string, p Presence, lim Limits) error {
+	return r.AddAll(ctx, topic, []Tagged{{Tag: tag, Presence: p}}, lim)[0]
+}
+
+// AddAll implements BatchAdder: one addScript call per redisAddBatch
+// presences, under the store's lock of the topic.
+func (r *Redis) AddAll(ctx context.Context, topic string, ps []Tagged, lim Limits) []error {
+	errs := make([]error, len(ps))
+	fail := func(from int, err error) []error {
+		for i := from; i < len(errs); i++ {
+			errs[i] = err
+		}
+		return errs
+	}
+	if len(ps) == 0 {
+		return errs
+	}
 	// A restore or an undo of the topic may hold its lock: past ctx,
 	// nothing is tried (nothing to undo).
 	l := r.tlock(topic)
 	if err := l.LockCtx(ctx); err != nil {
-		return fmt.Errorf("%w: %w", ErrBusy, err)
+		return fail(0, fmt.Errorf("%w: %w", ErrBusy, err))
 	}
 	defer l.Unlock()
-	if r.undoPending(topic, tag) {
-		// An earlier Add of this tag may still be stored: out first, or
+	var pending []string
+	for _, a := range ps {
+		if r.undoPending(topic, a.Tag) {
+			pending = append(pending, a.Tag)
+		}
+	}
+	if len(pending) > 0 {
+		// An earlier Add of these tags may still be stored: out first, or
 		// the script would take it for this one.
-		if err := r.undoLocked(ctx, topic, []string{tag}); err != nil {
-			return err
+		if err := r.undoLocked(ctx, topic, pending); err != nil {
+			return fail(0, err)
 		}
 		r.mu.Lock()
-		gone := r.unmarkLocked(topic, []string{tag})
+		gone := r.unmarkLocked(topic, pending)
 		r.mu.Unlock()
 		if gone {
 			r.forget(topic) // the mark's count
@@ -1013,46 +1100,70 @@ func (r *Redis) Add(ctx context.Context, topic, tag string, p Presence, lim Limi
 	}
 	r.mu.Lock()
 	first := r.mine[topic] == 0
-	r.mine[topic]++
+	r.mine[topic] += len(ps)
 	r.mu.Unlock()
 	if first {
-		// Listed before the presence exists, so a reaper always finds it.
+		// Listed before the presences exist, so a reaper always finds
+		// them.
 		if err := r.c.SAdd(ctx, r.topicsKey(r.cfg.NodeID), topic).Err(); err != nil {
-			r.forget(topic)
-			return err
+			r.forgetN(topic, len(ps))
+			return fail(0, err)
 		}
 	}
-	value := r.encodeValue(time.Now().UnixNano(), p)
-	res, err := addScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, tag, p.Key,
-		value, lim.MaxMetasPerKey, lim.MaxPerTopic, redisTopicTTL.Milliseconds(), 0).Text()
-	if err == nil && res != "ok" {
-		err = refused(res)
-	}
-	if err != nil {
-		if !errors.Is(err, ErrRefused) {
+	keys := []string{r.hashKey(topic), r.countsKey(topic)}
+	for from := 0; from < len(ps); from += redisAddBatch {
+		batch := ps[from:min(len(ps), from+redisAddBatch)]
+		args := make([]any, 0, 3+3*len(batch))
+		args = append(args, lim.MaxMetasPerKey, lim.MaxPerTopic, redisTopicTTL.Milliseconds())
+		values := make([]string, len(batch))
+		for i, a := range batch {
+			values[i] = r.encodeValue(time.Now().UnixNano(), a.Presence)
+			args = append(args, a.Tag, a.Presence.Key, values[i])
+		}
+		res, err := addScript.Run(ctx, r.c, keys, args...).StringSlice()
+		if err == nil && len(res) != len(batch) {
+			err = fmt.Errorf("presence: %d answers to the add of %d presences", len(res), len(batch))
+		}
+		if err != nil {
 			// The script may have run and only its answer been lost:
-			// undo it (its tag only), so that no presence stays that
-			// nobody owns. Should the undo fail too, the tag is marked
-			// and the restore loop undoes it; the topic stays listed
-			// for a reaper meanwhile, by the mark's count in mine.
+			// undo it (its tags only), so that no presence stays that
+			// nobody owns. Should the undo fail too, the tags are
+			// marked and the restore loop undoes them; the topic stays
+			// listed for a reaper meanwhile, by the mark's count in
+			// mine. The batches after this one are not tried.
+			tags := make([]string, len(batch))
+			for i, a := range batch {
+				tags[i] = a.Tag
+			}
 			uctx, cancel := r.ctx() // the caller's ctx may be what ended
-			if uerr := r.undoLocked(uctx, topic, []string{tag}); uerr != nil {
-				r.markUndo(topic, tag, uerr)
+			if uerr := r.undoLocked(uctx, topic, tags); uerr != nil {
+				for _, tag := range tags {
+					r.markUndo(topic, tag, uerr)
+				}
 			}
 			cancel()
-			r.forget(topic) // this attempt's count
-			return err
+			r.forgetN(topic, len(ps)-from) // these attempts' counts
+			return fail(from, err)
 		}
-		r.forget(topic)
-		return err
+		refusedN := 0
+		r.mu.Lock()
+		for i, a := range batch {
+			if res[i] != "ok" {
+				errs[from+i] = refused(res[i])
+				refusedN++
+				continue
+			}
+			if r.held[topic] == nil {
+				r.held[topic] = map[string]heldPresence{}
+			}
+			r.held[topic][a.Tag] = heldPresence{p: a.Presence, value: values[i]}
+		}
+		r.mu.Unlock()
+		if refusedN > 0 {
+			r.forgetN(topic, refusedN)
+		}
 	}
-	r.mu.Lock()
-	if r.held[topic] == nil {
-		r.held[topic] = map[string]heldPresence{}
-	}
-	r.held[topic][tag] = heldPresence{p: p, value: value}
-	r.mu.Unlock()
-	return nil
+	return errs
 }
 
 // forget counts one presence of this node on topic less; the last one
@@ -1237,28 +1348,25 @@ func (r *Redis) retryRemoving() {
 	}
 }
 
-// updateScript gives every presence of a key a new meta. KEYS: hash.
-// ARGV: key, meta body, the number of refs, the new refs, then the tags
-// to limit it to (none: every tag). It returns tag, old value and new
-// value of each presence changed.
+// updateScript gives the presences of a key stored under tags a new
+// meta. KEYS: hash. ARGV: key, meta body, the number of refs, the new
+// refs, then the tags. It reads those fields only (HGET each), never the
+// whole hash, and returns tag, old value and new value of each presence
+// changed.
 var updateScript = redis.NewScript(`
 local out = {}
-local all = redis.call('HGETALL', KEYS[1])
 local nrefs = tonumber(ARGV[3])
-local only = nil
-if #ARGV > 3 + nrefs then
-  only = {}
-  for j = 4 + nrefs, #ARGV do only[ARGV[j]] = true end
-end
 local n = 0
-for i = 1, #all, 2 do
-  local v = all[i + 1]
-  local seq, nl, bl, kl, rl = string.match(v, '^(%d+) (%d+) (%d+) (%d+) (%d+)\n')
+for j = 4 + nrefs, #ARGV do
+  if n >= nrefs then break end
+  local v = redis.call('HGET', KEYS[1], ARGV[j])
+  local seq, nl, bl, kl, rl
+  if v then seq, nl, bl, kl, rl = string.match(v, '^(%d+) (%d+) (%d+) (%d+) (%d+)\n') end
   if seq then
     local rest = string.sub(v, string.find(v, '\n', 1, true) + 1)
     nl, bl, kl, rl = tonumber(nl), tonumber(bl), tonumber(kl), tonumber(rl)
     local key = string.sub(rest, nl + bl + 1, nl + bl + kl)
-    if key == ARGV[1] and n < nrefs and (only == nil or only[all[i]]) then
+    if key == ARGV[1] then
       n = n + 1
       local oldref = string.sub(rest, nl + bl + kl + 1, nl + bl + kl + rl)
       local ref = ARGV[3 + n]
@@ -1267,8 +1375,8 @@ for i = 1, #all, 2 do
       meta = meta .. '"phx_ref":"' .. ref .. '","phx_ref_prev":"' .. oldref .. '"}'
       local nv = seq .. ' ' .. nl .. ' ' .. bl .. ' ' .. kl .. ' ' .. #ref .. '\n' ..
         string.sub(rest, 1, nl + bl + kl) .. ref .. meta
-      redis.call('HSET', KEYS[1], all[i], nv)
-      out[#out + 1] = all[i]
+      redis.call('HSET', KEYS[1], ARGV[j], nv)
+      out[#out + 1] = ARGV[j]
       out[#out + 1] = v
       out[#out + 1] = nv
     end
@@ -1277,25 +1385,43 @@ end
 return out
 `)
 
-// Update implements Store.
+// Update implements Store. With tags (the owner node's: Tracker routes an
+// update to the nodes owning the presences), the tags this node holds
+// under another key are left out and the script reads the others' fields
+// only. Without tags (every node's presences of key: a Tracker without
+// Control), the hash is first read with HSCAN in steps of redisScanStep
+// for key's tags, so that no step holds Redis long; a presence of key
+// another node adds meanwhile is not updated (as if the update came
+// first).
 func (r *Redis) Update(ctx context.Context, topic, key string, body []byte, refs, tags []string) (left, joined []Presence, err error) {
 	if tags != nil && len(tags) == 0 {
 		return nil, nil, nil
 	}
-	args := make([]any, 0, 3+len(refs)+len(tags))
-	args = append(args, key, body, len(refs))
-	for _, ref := range refs {
-		args = append(args, ref)
-	}
-	for _, tag := range tags {
-		args = append(args, tag)
-	}
 	l := r.tlock(topic)
 	l.Lock()
 	defer l.Unlock()
-	vals, err := updateScript.Run(ctx, r.c, []string{r.hashKey(topic)}, args...).StringSlice()
-	if err != nil {
-		return nil, nil, err
+	all := tags == nil
+	if all {
+		if tags, err = r.scanKeyTags(ctx, topic, key); err != nil {
+			return nil, nil, err
+		}
+	} else {
+		tags = r.keyTags(topic, key, tags)
+	}
+	var vals []string
+	if len(tags) > 0 {
+		args := make([]any, 0, 3+len(refs)+len(tags))
+		args = append(args, key, body, len(refs))
+		for _, ref := range refs {
+			args = append(args, ref)
+		}
+		for _, tag := range tags {
+			args = append(args, tag)
+		}
+		vals, err = updateScript.Run(ctx, r.c, []string{r.hashKey(topic)}, args...).StringSlice()
+		if err != nil {
+			return nil, nil, err
+		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -1318,17 +1444,86 @@ func (r *Redis) Update(ctx context.Context, topic, key string, body []byte, refs
 	// for dead, and the restore has not put it back yet) takes the meta
 	// too: the restore puts it back with it, instead of losing the
 	// update.
-	for tag, h := range r.held[topic] {
-		if h.p.Key != key {
-			continue
-		}
-		if _, ok := changed[tag]; ok || (tags != nil && !slices.Contains(tags, tag)) {
+	hs := r.held[topic]
+	for _, tag := range tags {
+		h, ok := hs[tag]
+		if _, done := changed[tag]; !ok || done || h.p.Key != key {
 			continue
 		}
 		h.p.Meta = withRefs(h.p.Ref, "", body)
-		r.held[topic][tag] = h
+		hs[tag] = h
 	}
 	return left, joined, nil
+}
+
+// keyTags returns tags without duplicates and without those this node
+// holds under a key other than key (a tag's key never changes); a tag it
+// does not hold is kept, for the script to check. Called under the
+// topic's lock.
+func (r *Redis) keyTags(topic, key string, tags []string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	hs := r.held[topic]
+	out := make([]string, 0, min(len(tags), MaxMetasPerKey))
+	seen := make(map[string]struct{}, min(len(tags), MaxMetasPerKey))
+	for _, tag := range tags {
+		if h, ok := hs[tag]; ok && h.p.Key != key {
+			continue
+		}
+		if _, dup := seen[tag]; dup {
+			continue
+		}
+		seen[tag] = struct{}{}
+		out = append(out, tag)
+	}
+	return out
+}
+
+// scanKeyTags returns the tags of key's presences on topic, stored (read
+// with HSCAN, redisScanStep fields a step) or held by this node. Called
+// under the topic's lock.
+func (r *Redis) scanKeyTags(ctx context.Context, topic, key string) ([]string, error) {
+	seen := map[string]struct{}{}
+	var out []string
+	add := func(tag string) {
+		if _, dup := seen[tag]; !dup {
+			seen[tag] = struct{}{}
+			out = append(out, tag)
+		}
+	}
+	var cursor uint64
+	for {
+		kv, next, err := r.c.HScan(ctx, r.hashKey(topic), cursor, "", redisScanStep).Result()
+		if err != nil {
+			return nil, err
+		}
+		for i := 0; i+1 < len(kv); i += 2 {
+			if k, ok := valueKey(kv[i+1]); ok && k == key {
+				add(kv[i])
+			}
+		}
+		if next == 0 {
+			break
+		}
+		cursor = next
+	}
+	r.mu.Lock()
+	for tag, h := range r.held[topic] {
+		if h.p.Key == key {
+			add(tag)
+		}
+	}
+	r.mu.Unlock()
+	return out, nil
+}
+
+// CountKey implements KeyCounter: key's entry in the topic's counts.
+func (r *Redis) CountKey(ctx context.Context, topic, key string) (int, error) {
+	n, err := r.c.HGet(ctx, r.countsKey(topic), key).Int()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	return max(n, 0), err
 }
 
 // List implements Store: every node's presences, in join order.
@@ -1386,4 +1581,6 @@ func (r *Redis) Close() error {
 var (
 	_ Store        = (*Redis)(nil)
 	_ BatchRemover = (*Redis)(nil)
+	_ KeyCounter   = (*Redis)(nil)
+	_ BatchAdder   = (*Redis)(nil)
 )

@@ -58,10 +58,15 @@ func restoreBetween(t *testing.T, tr *Tracker, a *Redis, l *diffLog) func() map[
 // trackerOnRedis is a tracker over a's Redis store, publishing to l.
 func trackerOnRedis(t *testing.T) (*Tracker, *Redis, *diffLog) {
 	t.Helper()
+	return trackerOnRedisCfg(t, Config{Window: time.Millisecond})
+}
+
+func trackerOnRedisCfg(t *testing.T, cfg Config) (*Tracker, *Redis, *diffLog) {
+	t.Helper()
 	c := startRedis(t)
 	a := redisStore(t, c, "a")
 	l := &diffLog{}
-	tr := NewTracker(Config{Window: time.Millisecond}, a, l.publish, nil)
+	tr := NewTracker(cfg, a, l.publish, nil)
 	if err := a.Start(tr.Leaves, tr.Restored); err != nil {
 		t.Fatal(err)
 	}

@@ -61,6 +61,9 @@ type Tracker struct {
 	mu     sync.Mutex
 	topics map[string]*topicDiff
 	local  map[string]map[string]struct{} // topic → tags tracked here
+	// adds is the Tracks queued on each topic, in order: the next holder
+	// of the topic's lock stores them (trackQueued).
+	adds map[string][]*trackReq
 	// stored is the refs a Track or an update is writing to the store
 	// and has not queued yet, each true once a restore announced its
 	// presence under a fresh ref (Restored): that change went out, so
@@ -179,7 +182,7 @@ func NewTracker(cfg Config, store Store, pub Publish, log *slog.Logger) *Tracker
 		log = slog.New(slog.DiscardHandler)
 	}
 	t := &Tracker{cfg: cfg.withDefaults(), store: store, pub: pub, log: log, m: newMetrics(),
-		topics: map[string]*topicDiff{}, local: map[string]map[string]struct{}{}, retrying: map[string]*untrackRetryState{}, stored: map[string]bool{},
+		topics: map[string]*topicDiff{}, local: map[string]map[string]struct{}{}, adds: map[string][]*trackReq{}, retrying: map[string]*untrackRetryState{}, stored: map[string]bool{},
 		refusals: map[string]*refusalLog{}, now: time.Now, heldBudget: heldMaxNodeBytes}
 	newTopicLocks(t.locks[:])
 	return t
@@ -249,59 +252,203 @@ func (t *Tracker) TrackPresence(ctx context.Context, topic, tag, key string, met
 		return Presence{}, t.refuse(topic, ReasonBadMeta)
 	}
 	ref := NewRef()
-	p := Presence{Key: key, Ref: ref, Meta: withRefs(ref, "", body)}
+	req := &trackReq{tag: tag, p: Presence{Key: key, Ref: ref, Meta: withRefs(ref, "", body)}, done: make(chan struct{})}
+	t.mu.Lock()
+	t.adds[topic] = append(t.adds[topic], req)
+	t.mu.Unlock()
 	// The caller's ctx bounds the wait for the topic's earlier changes
 	// on this node (a herd of joins, a slow store): past it, nothing is
-	// tried. Once the lock is held, the store call gets Config.Timeout
-	// of its own (within ctx), not what the wait left of it.
+	// tried. Whoever holds the topic next stores every Track queued on
+	// it (group commit), this one included: a herd of joins on a topic
+	// costs a few store calls, not one each. Once the lock is held, the
+	// store call gets Config.Timeout of its own (within ctx for a Track
+	// stored alone), not what the wait left of it.
 	l := t.lock(topic)
-	if err := l.LockCtx(ctx); err != nil {
-		t.m.busy.Inc()
-		return Presence{}, fmt.Errorf("%w: %w", ErrBusy, err)
+	select {
+	case <-req.done: // stored by the Track that held the topic
+		return req.result()
+	case l <- struct{}{}:
+	case <-ctx.Done():
+		if t.unqueue(topic, req) {
+			t.m.busy.Inc()
+			return Presence{}, fmt.Errorf("%w: %w", ErrBusy, ctx.Err())
+		}
+		// Taken by the Track holding the topic: its store call is
+		// bounded by Config.Timeout.
+		<-req.done
+		return req.result()
 	}
 	defer l.Unlock()
+	// The lock is held: this Track's request is stored already or still
+	// queued (a holder finishes its requests before it unlocks).
+	for {
+		select {
+		case <-req.done:
+			return req.result()
+		default:
+		}
+		if err := ctx.Err(); err != nil && t.unqueue(topic, req) {
+			// Both were ready: do nothing for a caller gone (those
+			// queued behind wait for the lock themselves).
+			t.m.busy.Inc()
+			return Presence{}, fmt.Errorf("%w: %w", ErrBusy, err)
+		}
+		t.trackQueued(ctx, topic, req)
+	}
+}
+
+// trackBatch bounds the queued Tracks of a topic one holder of its lock
+// stores in one store call (one Config.Timeout).
+const trackBatch = 1000
+
+// trackReq is a Track queued on its topic; done is closed once err is
+// set (stored, refused or failed).
+type trackReq struct {
+	tag  string
+	p    Presence
+	err  error
+	done chan struct{}
+}
+
+// result is a finished request's answer: its presence, or its error.
+func (r *trackReq) result() (Presence, error) {
+	if r.err != nil {
+		return Presence{}, r.err
+	}
+	return r.p, nil
+}
+
+// unqueue takes req off topic's queued Tracks; false: a holder of the
+// topic took it (and finishes it).
+func (t *Tracker) unqueue(topic string, req *trackReq) bool {
 	t.mu.Lock()
+	defer t.mu.Unlock()
+	q := t.adds[topic]
+	i := slices.Index(q, req)
+	if i < 0 {
+		return false
+	}
+	q = slices.Delete(q, i, i+1)
+	if len(q) == 0 {
+		delete(t.adds, topic)
+	} else {
+		t.adds[topic] = q
+	}
+	return true
+}
+
+// trackQueued stores up to trackBatch of topic's queued Tracks with a
+// BatchAdder store, else mine alone (mine: the holder's, whose ctx
+// bounds a store call of its own alone), and finishes each: tracked and
+// its join queued, refused, or failed. Called under the topic's lock.
+func (t *Tracker) trackQueued(ctx context.Context, topic string, mine *trackReq) {
+	ba, batched := t.store.(BatchAdder)
+	var batch []*trackReq
+	if !batched {
+		// One store call per Track: each stores its own, and those
+		// queued behind can still give up with their ctx.
+		t.unqueue(topic, mine)
+		batch = []*trackReq{mine}
+	}
+	t.mu.Lock()
+	if batched {
+		q := t.adds[topic]
+		n := min(len(q), trackBatch)
+		batch = slices.Clone(q[:n])
+		if n == len(q) {
+			delete(t.adds, topic)
+		} else {
+			t.adds[topic] = q[n:]
+		}
+	}
 	closed := t.closed
 	t.mu.Unlock()
+	finish := func() {
+		for _, r := range batch {
+			close(r.done)
+		}
+	}
 	if closed {
-		return Presence{}, ErrClosed
+		for _, r := range batch {
+			r.err = ErrClosed
+		}
+		finish()
+		return
+	}
+	// A store call for others is not cut short by the holder's caller
+	// going away: it is theirs too.
+	if len(batch) > 1 || batch[0] != mine {
+		ctx = context.WithoutCancel(ctx)
 	}
 	ctx, cancel := t.ctx(ctx)
 	defer cancel()
-	t.storing(ref)
-	err := t.store.Add(ctx, topic, tag, p, Limits{MaxMetasPerKey: t.cfg.MaxMetasPerKey, MaxPerTopic: t.cfg.MaxPerTopic})
-	if err == nil && t.hookStored != nil {
+	refs := make([]string, len(batch))
+	for i, r := range batch {
+		refs[i] = r.p.Ref
+	}
+	t.storing(refs...)
+	lim := Limits{MaxMetasPerKey: t.cfg.MaxMetasPerKey, MaxPerTopic: t.cfg.MaxPerTopic}
+	var errs []error
+	if batched {
+		ps := make([]Tagged, len(batch))
+		for i, r := range batch {
+			ps[i] = Tagged{Tag: r.tag, Presence: r.p}
+		}
+		errs = ba.AddAll(ctx, topic, ps, lim)
+	} else {
+		errs = make([]error, len(batch))
+		for i, r := range batch {
+			errs[i] = t.store.Add(ctx, topic, r.tag, r.p, lim)
+		}
+	}
+	if t.hookStored != nil && slices.Contains(errs, nil) {
 		t.hookStored(topic)
 	}
+	var joins []Presence
+	var failed []error
 	t.mu.Lock()
-	restored := t.stored[ref]
-	delete(t.stored, ref)
-	t.mu.Unlock()
-	if r := RefusalReason(err); r != "" {
-		return Presence{}, t.refuse(topic, r)
-	}
-	if err != nil {
-		if errors.Is(err, ErrBusy) {
-			t.m.busy.Inc() // the store's own wait for the topic: nothing tried
-		} else {
-			t.m.errors.Inc()
+	for i, r := range batch {
+		restored := t.stored[r.p.Ref]
+		delete(t.stored, r.p.Ref)
+		if errs[i] != nil {
+			continue
 		}
-		t.log.Warn("presence: track failed", "topic", topic, "err", err)
-		return Presence{}, err
+		tags := t.local[topic]
+		if tags == nil {
+			tags = map[string]struct{}{}
+			t.local[topic] = tags
+		}
+		tags[r.tag] = struct{}{}
+		if !restored {
+			joins = append(joins, r.p)
+		}
 	}
-	t.mu.Lock()
-	tags := t.local[topic]
-	if tags == nil {
-		tags = map[string]struct{}{}
-		t.local[topic] = tags
-	}
-	tags[tag] = struct{}{}
-	if !restored {
-		t.queueLocked(topic, []Presence{p}, nil)
+	if len(joins) > 0 {
+		t.queueLocked(topic, joins, nil)
 	}
 	t.mu.Unlock()
-	t.m.tracked.Inc()
-	return p, nil
+	tracked := 0
+	for i, r := range batch {
+		err := errs[i]
+		switch reason := RefusalReason(err); {
+		case err == nil:
+			tracked++
+		case reason != "":
+			err = t.refuse(topic, reason)
+		case errors.Is(err, ErrBusy):
+			t.m.busy.Inc() // the store's own wait for the topic: nothing tried
+			failed = append(failed, err)
+		default:
+			t.m.errors.Inc()
+			failed = append(failed, err)
+		}
+		r.err = err
+	}
+	t.m.tracked.Add(float64(tracked))
+	if len(failed) > 0 {
+		t.log.Warn("presence: track failed", "topic", topic, "tracks", len(failed), "err", failed[0])
+	}
+	finish()
 }
 
 // Refuse counts and logs a presence refused by the caller for reason (a
@@ -457,16 +604,10 @@ func (t *Tracker) Update(ctx context.Context, topic, key string, meta []byte) (i
 	if t.Control != nil {
 		// Several nodes: each presence is updated by the node that owns
 		// it, in order with that node's joins and leaves of it.
-		ps, err := t.List(ctx, topic)
+		n, err := t.countKey(ctx, topic, key)
 		if err != nil {
 			t.m.errors.Inc()
 			return 0, err
-		}
-		n := 0
-		for _, p := range ps {
-			if p.Key == key {
-				n++
-			}
 		}
 		if n == 0 {
 			return 0, nil
@@ -481,6 +622,28 @@ func (t *Tracker) Update(ctx context.Context, topic, key string, meta []byte) (i
 		return n, nil
 	}
 	return t.updateLocal(ctx, topic, key, body, nil)
+}
+
+// countKey counts key's presences on topic, cluster-wide: from the
+// store's counts when it keeps them (never a read of the whole topic),
+// else from its list.
+func (t *Tracker) countKey(ctx context.Context, topic, key string) (int, error) {
+	ctx, cancel := t.ctx(ctx)
+	defer cancel()
+	if kc, ok := t.store.(KeyCounter); ok {
+		return kc.CountKey(ctx, topic, key)
+	}
+	ps, err := t.store.List(ctx, topic)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, p := range ps {
+		if p.Key == key {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // controlUpdate is the control event that routes an update to the nodes

@@ -59,7 +59,7 @@ func TestRedisUndoPastTheTagBoundScansTheTopic(t *testing.T) {
 	c.AddHook(&h)
 	s := startStore(t, c, "a", nil, nil, func(s *Redis) { s.undoMax = 2 })
 	ctx := context.Background()
-	const others = 3 * redisUndoScan // several HSCAN steps
+	const others = 3 * redisScanStep // several HSCAN steps
 	fillTopic(t, c, redisStore(t, c, "b"), "room:s", others)
 	lim := Limits{MaxMetasPerKey: 5, MaxPerTopic: 2 * others}
 	if err := s.Add(ctx, "room:s", "base", pres("b", "r0"), lim); err != nil {

@@ -45,12 +45,18 @@ func commandStats(t *testing.T, c *redis.Client) map[string][2]int64 {
 // in pipelined batches.
 func fillTopic(t *testing.T, c *redis.Client, s *Redis, topic string, n int) {
 	t.Helper()
+	fillTopicAs(t, c, s, topic, "", n)
+}
+
+// fillTopicAs is fillTopic with tags, keys and refs starting with prefix.
+func fillTopicAs(t *testing.T, c *redis.Client, s *Redis, topic, prefix string, n int) {
+	t.Helper()
 	ctx := context.Background()
 	for i := 0; i < n; i += 1000 {
 		_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for j := i; j < min(n, i+1000); j++ {
-				key := fmt.Sprint("p", j)
-				p.HSet(ctx, s.hashKey(topic), fmt.Sprint("f", j), s.encodeValue(int64(j), pres(key, fmt.Sprint("r", j))))
+				key := fmt.Sprint(prefix, "p", j)
+				p.HSet(ctx, s.hashKey(topic), fmt.Sprint(prefix, "f", j), s.encodeValue(int64(j), pres(key, fmt.Sprint(prefix, "r", j))))
 				p.HIncrBy(ctx, s.countsKey(topic), key, 1)
 			}
 			return nil
