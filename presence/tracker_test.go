@@ -62,7 +62,13 @@ func newTestTracker(t *testing.T, cfg Config) (*Tracker, *diffLog) {
 	t.Helper()
 	l := &diffLog{}
 	tr := NewTracker(cfg, NewMemory(), l.publish, nil)
-	t.Cleanup(func() { tr.Drain(context.Background()) })
+	t.Cleanup(func() {
+		// Bounded like a real drain: a test that failed while its broker
+		// refused everything must not hang here waiting for it.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		tr.Drain(ctx)
+	})
 	return tr, l
 }
 
