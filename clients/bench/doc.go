@@ -7,7 +7,7 @@
 //	phxgate-bench churn …     connect+join+leave cycles at a rate; join latency
 //	phxgate-bench actions …   pushes through a backend at a rate; reply latency
 //	phxgate-bench resume …    reconnect storms with positions; no gap allowed
-//	phxgate-bench floor …     the least server for the broadcast scenario
+//	phxgate-bench floor …     the least server for the broadcast (or, -rooms, rooms) scenario
 //	phxgate-bench compare A.json B.json
 //
 // # idle (the default, so loadtest.sh runs it without a subcommand)
@@ -129,7 +129,11 @@
 // to its sockets, one write per socket per sweep (floor.go). Running the
 // same scenario against it and against the gateway shows what the
 // gateway's machinery costs; clients/bench/broadcast.sh (make
-// bench-broadcast) does both and prints the comparison.
+// bench-broadcast) does both and prints the comparison. With -rooms a
+// broadcast reaches the sockets that joined its topic only, written at
+// once by the goroutine that read the push, holding the room so that its
+// subscribers agree on the order: the least server for the rooms
+// scenario (FLOOR=1 make bench-redis).
 //
 // # Goroutines and bounds
 //

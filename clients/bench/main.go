@@ -28,7 +28,7 @@ const usage = `usage: phxgate-bench [idle] [flags]     idle joined connections, 
        phxgate-bench churn [flags]      connect+join+leave cycles at a rate: achieved rate, join latency, errors
        phxgate-bench actions [flags]    pushes through a backend at a rate: pushes/s, reply latency
        phxgate-bench resume [flags]     reconnect storms with positions: every client ends with no gap
-       phxgate-bench floor [flags]      the least server for the broadcast scenario
+       phxgate-bench floor [flags]      the least server for the broadcast (-rooms: rooms) scenario
        phxgate-bench compare A.json B.json   two -json results side by side
 Run a subcommand with -h for its flags.
 `
