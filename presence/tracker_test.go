@@ -93,7 +93,8 @@ func TestEncodeStateAndDiff(t *testing.T) {
 // window's leave of a presence joined in the same window is kept (a
 // joiner may have seen it in presence_state).
 func TestTrackerBatchesPerWindow(t *testing.T) {
-	tr, l := newTestTracker(t, Config{Window: 500 * time.Millisecond} // long enough for a loaded machine to make the five changes within one)
+	// 500 ms: long enough for a loaded machine to make the five changes within one window.
+	tr, l := newTestTracker(t, Config{Window: 500 * time.Millisecond})
 	ctx := context.Background()
 	for i, k := range []string{"a", "b", "c"} {
 		if err := tr.Track(ctx, "room:1", "tag"+k, k, []byte(`{"i":`+string(rune('0'+i))+`}`)); err != nil {
