@@ -269,6 +269,60 @@ func TestSlowConsumer(t *testing.T) {
 	stillServes(t, s)
 }
 
+// TestWriteStallClosesAClientThatStopsReading: a client that stops
+// reading while its output stays under write_queue_max_bytes (here far
+// under: the queue may hold 64 MiB) is closed with 1013 once nothing has
+// been written to it for write_stall_timeout, and everything it held is
+// released.
+func TestWriteStallClosesAClientThatStopsReading(t *testing.T) {
+	s := startServer(t, func(c *Config) {
+		c.WriteQueueMaxBytes = 64 << 20
+		c.WriteStallTimeout = time.Second
+	})
+	c := open(t, s.Addr())
+	// 20 MB: more than the kernel's buffers on both ends hold, so the
+	// rest waits in the queue, which nothing drains.
+	c.sendText("flood:5000:4000")
+	waitFor(t, 5*time.Second, func() bool { return s.queuedBytes() > 0 }, "output queued")
+	waitFor(t, 20*time.Second, func() bool {
+		return counterValue(t, s.Registry(), "phxgate_slow_consumers_total", "") >= 1
+	}, "the stalled socket closed as a slow consumer")
+	if q := s.queuedBytes(); q != 0 {
+		t.Errorf("write queue bytes = %v after the close, want 0", q)
+	}
+	c.expectClose(1013)
+	waitFor(t, 5*time.Second, func() bool { return s.Connections() == 0 }, "socket released")
+	stillServes(t, s)
+}
+
+// A client reading slowly but steadily is not stalled: every write that
+// takes bytes restarts the clock.
+func TestWriteStallSparesASlowReader(t *testing.T) {
+	s := startServer(t, func(c *Config) {
+		c.WriteQueueMaxBytes = 64 << 20
+		c.WriteStallTimeout = time.Second
+	})
+	c := open(t, s.Addr())
+	c.sendText("flood:5000:4000")
+	waitFor(t, 5*time.Second, func() bool { return s.queuedBytes() > 0 }, "output queued")
+	// Read it all over about 3 s, well past the timeout in total, with no
+	// pause near it.
+	_ = c.conn.SetDeadline(time.Now().Add(60 * time.Second))
+	buf := make([]byte, 64<<10)
+	total, want := 0, 5000*(4000+4)
+	for total < want {
+		n, err := c.br.Read(buf)
+		if err != nil {
+			t.Fatalf("read after %d of %d bytes: %v", total, want, err)
+		}
+		total += n
+		time.Sleep(10 * time.Millisecond) // a slow reader, on purpose
+	}
+	if n := counterValue(t, s.Registry(), "phxgate_slow_consumers_total", ""); n != 0 {
+		t.Fatalf("slow consumers = %v, want 0", n)
+	}
+}
+
 func TestHandlerPanicClosesOnlyThatSocket(t *testing.T) {
 	s := startServer(t, nil)
 	other := open(t, s.Addr())

@@ -66,6 +66,14 @@ const (
 	// flush its queue and close frame and for the client to finish, before
 	// the fd is closed regardless.
 	DefaultCloseTimeout = 2 * time.Second
+	// DefaultWriteStallTimeout is how long a socket's queued output may
+	// go without a byte written before the socket is closed as a slow
+	// consumer (1013). Without it a client that stops reading but keeps
+	// sending heartbeats would hold its queue (and a presence state
+	// being sent to it in pieces, with its share of the node's budget)
+	// for as long as it likes, since paced output never overflows
+	// write_queue_max_bytes.
+	DefaultWriteStallTimeout = 30 * time.Second
 	// DefaultDrainTimeout bounds a graceful shutdown (SIGTERM): the 1012
 	// closes are spread over the first half, so that reconnecting clients
 	// reach the other nodes gradually.
@@ -160,6 +168,11 @@ type Config struct {
 	// CloseTimeout bounds a socket's closing handshake; 0 means
 	// DefaultCloseTimeout.
 	CloseTimeout time.Duration `yaml:"close_timeout" usage:"deadline for a socket's closing handshake"`
+	// WriteStallTimeout (write_stall_timeout) closes a socket with 1013
+	// once it has had output queued this long without a byte of it
+	// written (checked once a second); 1s to 1h, 0 means
+	// DefaultWriteStallTimeout.
+	WriteStallTimeout time.Duration `yaml:"write_stall_timeout" usage:"close a socket whose queued output has not moved for this long (1013)"`
 	// DrainTimeout bounds the graceful shutdown done by Run; 0 means
 	// DefaultDrainTimeout.
 	DrainTimeout time.Duration `yaml:"drain_timeout" usage:"graceful shutdown bound; 1012 closes are spread over its first half"`
@@ -369,6 +382,7 @@ func NewConfig() Config {
 		WriteQueueMaxBytes: DefaultWriteQueueMaxBytes,
 		OutputBudgetBytes:  DefaultOutputBudgetBytes,
 		CloseTimeout:       DefaultCloseTimeout,
+		WriteStallTimeout:  DefaultWriteStallTimeout,
 		DrainTimeout:       DefaultDrainTimeout,
 		Auth:               newAuthConfig(),
 		Limits:             newLimitsConfig(),
@@ -443,6 +457,8 @@ func (c Config) Validate() error {
 		return keyErr("pollers", "must be between 0 and 1024")
 	case c.CloseTimeout < 0 || c.CloseTimeout > time.Minute:
 		return keyErr("close_timeout", "must be between 0s and 1m")
+	case c.WriteStallTimeout != 0 && (c.WriteStallTimeout < time.Second || c.WriteStallTimeout > time.Hour):
+		return keyErr("write_stall_timeout", "must be between 1s and 1h (0: the default, 30s)")
 	case c.DrainTimeout < 0 || c.DrainTimeout > time.Hour:
 		return keyErr("drain_timeout", "must be between 0s and 1h")
 	case c.DrainBatch < 0 || c.DrainBatch > MaxDrainBatch:
@@ -558,6 +574,13 @@ func (c Config) drainInterval() time.Duration {
 		return DefaultDrainInterval
 	}
 	return c.DrainInterval
+}
+
+func (c Config) writeStallTimeout() time.Duration {
+	if c.WriteStallTimeout == 0 {
+		return DefaultWriteStallTimeout
+	}
+	return c.WriteStallTimeout
 }
 
 func (c Config) closeTimeout() time.Duration {

@@ -102,7 +102,7 @@ func (c *conn) send(frame []byte, urgent bool) {
 	}
 	q := c.queueLocked()
 	if q.charged+cost(len(frame)) > int64(c.p.srv.cfg.WriteQueueMaxBytes) {
-		c.slowConsumerLocked()
+		c.slowConsumerLocked("write queue over limit")
 		return
 	}
 	q.push(frame)
@@ -129,7 +129,7 @@ func (c *conn) SendStream(st channels.FrameStream) {
 	}
 	q := c.queueLocked()
 	if q.charged+entryOverhead > int64(c.p.srv.cfg.WriteQueueMaxBytes) {
-		c.slowConsumerLocked()
+		c.slowConsumerLocked("write queue over limit")
 		st.Close()
 		return
 	}
@@ -161,7 +161,7 @@ func (c *conn) sendPong(payload []byte) {
 	}
 	c.p.queuedBytes.Add(q.charged - before)
 	if q.charged > int64(c.p.srv.cfg.WriteQueueMaxBytes) {
-		c.slowConsumerLocked()
+		c.slowConsumerLocked("write queue over limit")
 		return
 	}
 	list := c.markDirtyLocked(true)
@@ -193,7 +193,7 @@ func (c *conn) queueLocked() *outQueue {
 
 // slowConsumerLocked drops what is queued and closes with 1013. It
 // unlocks c.mu.
-func (c *conn) slowConsumerLocked() {
+func (c *conn) slowConsumerLocked(why string) {
 	c.dropQueueLocked()
 	list := c.startCloseLocked(uint16(channels.CloseTryAgainLater), channels.ReasonSlowConsumer)
 	// The dropped frames are released now, but the close frame must still
@@ -204,7 +204,7 @@ func (c *conn) slowConsumerLocked() {
 	}
 	c.mu.Unlock()
 	c.p.srv.metrics.slowConsumers.Inc()
-	c.p.srv.log.Warn("slow consumer: write queue over limit", "conn", c.id, "limit_bytes", c.p.srv.cfg.WriteQueueMaxBytes)
+	c.p.srv.log.Warn("slow consumer: "+why, "conn", c.id, "limit_bytes", c.p.srv.cfg.WriteQueueMaxBytes)
 	c.p.enqueueDirty(c, list)
 }
 

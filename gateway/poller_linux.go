@@ -818,11 +818,15 @@ func (p *poller) flush(c *conn) {
 			break
 		}
 		before = q.charged
+		q.moved = p.now
 		p.framesOut += q.written(int(n))
 		p.bytesOut += int(n)
 		p.queuedBytes.Add(q.charged - before)
 	}
 	empty := q == nil || q.empty()
+	if q != nil && empty {
+		q.moved = 0
+	}
 	if empty {
 		if c.pollOut {
 			c.pollOut = false
@@ -873,13 +877,23 @@ func (p *poller) setPollOut(c *conn, on bool) {
 func (p *poller) sweep() {
 	idle := int64(p.srv.cfg.IdleTimeout)
 	closeTimeout := int64(p.srv.cfg.closeTimeout())
+	stall := int64(p.srv.cfg.writeStallTimeout())
 	for _, c := range p.conns {
 		if c == nil {
 			continue
 		}
 		c.mu.Lock()
-		if c.out != nil && c.out.empty() {
+		switch q := c.out; {
+		case q == nil:
+		case q.empty():
 			c.out = nil // idle since at least the last flush: give it back
+		case q.moved == 0:
+			q.moved = p.now // the clock starts at the first sweep that sees it hold something
+		case p.now-q.moved >= stall && c.state.Load() == stateOpen:
+			// Nothing written for the whole timeout: the client is not
+			// reading. (A closing socket has its close timeout.)
+			c.slowConsumerLocked("nothing written for write_stall_timeout")
+			continue
 		}
 		c.mu.Unlock()
 		switch c.state.Load() {

@@ -46,6 +46,10 @@ type outQueue struct {
 	// nil stream was given up (closed already): its place is just
 	// removed.
 	streams []channels.FrameStream
+	// moved is the poller clock of the last write that took bytes from
+	// the queue, or of the sweep that first found it holding something
+	// (0: not seen holding anything since it last emptied). Poller only.
+	moved int64
 }
 
 // cost is what a frame of n bytes is charged while queued.
