@@ -108,9 +108,20 @@ func TestBigRoomJoinsInPieces(t *testing.T) {
 	}, WithBackend("seats", seatBackend{}))
 	fillRoom(t, s, "room:big", players, metaBytes)
 	// Every join published: a diff still on its way would wait behind a
-	// joiner's stream and count against its write queue.
-	waitFor(t, 20*time.Second, func() bool {
-		return counterValue(t, s.opts.Registry, "phxgate_presence_diff_bytes_total", "") >= players*metaBytes
+	// joiner's stream and count against its write queue. The diffs weigh
+	// more than the metas (keys, refs, framing), so the byte count passes
+	// players × metaBytes with some still to go: wait for it to stop
+	// moving, with nothing held, for several diff windows.
+	var last float64
+	moved := time.Now()
+	waitFor(t, 30*time.Second, func() bool {
+		b := counterValue(t, s.opts.Registry, "phxgate_presence_diff_bytes_total", "")
+		held := counterValue(t, s.opts.Registry, "phxgate_presence_held_bytes", "")
+		if b != last || held != 0 || b < players*metaBytes {
+			last, moved = b, time.Now()
+			return false
+		}
+		return time.Since(moved) >= 500*time.Millisecond
 	}, "the fill's diffs published")
 
 	alice := rawSocket(t, s, hsToken(t, claims("alice")), "room:big")
