@@ -284,7 +284,7 @@ func (l *subLoop) run() {
 		}
 		for _, ev := range events[:max(n, 0)] {
 			if c := l.conns[ev.Fd].Load(); c != nil && c.fd >= 0 {
-				l.read(c)
+				l.read(c, ev.Events)
 			}
 		}
 		if hb > 0 && time.Now().After(nextHB) {
@@ -319,27 +319,36 @@ func (l *subLoop) wait(events []unix.EpollEvent) (int, error) {
 
 // read takes what one socket has ready and handles every whole frame,
 // until the socket is drained (it is edge-triggered).
-func (l *subLoop) read(c *subConn) {
-	for l.readOnce(c) {
+func (l *subLoop) read(c *subConn, events uint32) {
+	// A short read drains the data but not an EOF or error queued behind
+	// it, whose edge came with this same event: then read on until EAGAIN,
+	// the EOF or the error.
+	hup := events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	for {
+		more, again := l.readOnce(c)
+		if c.fd < 0 || again || !(more || hup) {
+			return
+		}
 	}
 }
 
 // readOnce reads once and handles every whole frame; it reports whether
-// the read filled the buffer (more may be waiting).
-func (l *subLoop) readOnce(c *subConn) bool {
+// the read filled the buffer (more may be waiting), and EAGAIN.
+func (l *subLoop) readOnce(c *subConn) (more, again bool) {
 	n, err := rawRead(c.fd, l.buf)
 	if err != nil {
 		if errors.Is(err, unix.EINTR) {
-			return true
+			return true, false
 		}
-		if !errors.Is(err, unix.EAGAIN) {
-			l.drop(c, closeNone)
+		if errors.Is(err, unix.EAGAIN) {
+			return false, true
 		}
-		return false
+		l.drop(c, closeNone)
+		return false, false
 	}
 	if n == 0 {
 		l.drop(c, closeNone)
-		return false
+		return false, false
 	}
 	now := time.Now().UnixNano()
 	data := l.buf[:n]
@@ -350,7 +359,7 @@ func (l *subLoop) readOnce(c *subConn) bool {
 	}
 	used := l.frames(c, data, now)
 	if c.fd < 0 {
-		return false
+		return false, false
 	}
 	rest := data[used:]
 	switch {
@@ -361,7 +370,7 @@ func (l *subLoop) readOnce(c *subConn) bool {
 	default:
 		c.pending = append(c.pending[:0], rest...)
 	}
-	return n == len(l.buf)
+	return n == len(l.buf), false
 }
 
 // frames handles the whole frames at the start of data and returns the
