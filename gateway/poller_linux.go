@@ -147,10 +147,15 @@ func newPoller(srv *Server, idx int) (*poller, error) {
 	}
 	epfile := os.NewFile(uintptr(epfd), "epoll")
 	epraw, err := epfile.SyscallConn()
+	if err == nil {
+		// Fails unless the runtime's poller took the descriptor: wait
+		// would then spin instead of parking.
+		err = epfile.SetReadDeadline(time.Time{})
+	}
 	if err != nil {
 		epfile.Close()
 		unix.Close(evfd)
-		return nil, fmt.Errorf("gateway: epoll descriptor: %w", err)
+		return nil, fmt.Errorf("gateway: epoll descriptor not pollable by the runtime: %w", err)
 	}
 	return &poller{
 		srv:         srv,
@@ -322,6 +327,7 @@ func (p *poller) run() {
 		if err != nil {
 			p.srv.log.Error("epoll_wait failed", "err", err)
 			n = 0
+			time.Sleep(10 * time.Millisecond) // not a spin if it keeps failing
 		}
 		p.now = time.Now().UnixNano()
 
@@ -1009,17 +1015,4 @@ func epollPoll(epfd int, events []unix.EpollEvent) (int, error) {
 	default:
 		return 0, errno
 	}
-}
-
-// rawRead reads a non-blocking socket. It never blocks, so it skips the
-// runtime's bookkeeping for a system call that may (entering it lets the
-// runtime's monitor hand the poller's P to another thread when the call
-// is slow to return on a busy machine, which then costs a thread switch
-// on the way out).
-func rawRead(fd int, p []byte) (int, error) {
-	r, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-	if errno != 0 {
-		return -1, errno
-	}
-	return int(r), nil
 }

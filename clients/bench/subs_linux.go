@@ -51,15 +51,16 @@ type subConn struct {
 
 // subLoop reads its share of the sockets.
 type subLoop struct {
-	g     *subGroup
-	ep    int
-	epf   *os.File                  // holds ep in the runtime's poller
-	epraw syscall.RawConn           // waits on ep there
-	conns []atomic.Pointer[subConn] // by slot; the slot is epoll's data
-	match []bcastMatcher            // by topic index
-	rec   *histRecorder
-	buf   []byte
-	codes map[string]int64 // loop-owned
+	g        *subGroup
+	ep       int
+	epf      *os.File                  // holds ep in the runtime's poller
+	epraw    syscall.RawConn           // waits on ep there
+	deadline time.Time                 // epf's read deadline
+	conns    []atomic.Pointer[subConn] // by slot; the slot is epoll's data
+	match    []bcastMatcher            // by topic index
+	rec      *histRecorder
+	buf      []byte
+	codes    map[string]int64 // loop-owned
 
 	distinct, dups, other, bad, closed atomic.Int64
 }
@@ -295,20 +296,22 @@ func (l *subLoop) run() {
 	}
 }
 
-// wait returns the ready events, waiting at most subWaitMs for one.
+// wait returns the ready events, waiting up to subWaitMs for one in the
+// runtime's poller.
 func (l *subLoop) wait(events []unix.EpollEvent) (int, error) {
 	var n int
 	var err error
-	_ = l.epf.SetReadDeadline(time.Now().Add(subWaitMs * time.Millisecond))
+	if n, err = epollTake(l.ep, events); n > 0 || err != nil {
+		return n, err
+	}
+	// The deadline only bounds a wait so the loop sees stop and its
+	// heartbeats: moved when it has passed, not on every wait.
+	if now := time.Now(); !l.deadline.After(now) {
+		l.deadline = now.Add(subWaitMs * time.Millisecond)
+		_ = l.epf.SetReadDeadline(l.deadline)
+	}
 	rerr := l.epraw.Read(func(fd uintptr) bool {
-		r, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
-		switch errno {
-		case 0:
-			n = int(r)
-		case unix.EINTR:
-		default:
-			err = errno
-		}
+		n, err = epollTake(int(fd), events)
 		return n > 0 || err != nil
 	})
 	if rerr != nil && !errors.Is(rerr, os.ErrDeadlineExceeded) {
@@ -413,6 +416,9 @@ func (l *subLoop) frames(c *subConn, data []byte, now int64) int {
 			return len(data)
 		case opPing:
 			l.write(c, appendClientFrame(nil, opPong, p, newMask()))
+			if c.fd < 0 {
+				return len(data) // the pong's write dropped the socket
+			}
 		}
 	}
 }
@@ -577,6 +583,16 @@ func rawRead(fd int, p []byte) (int, error) {
 	r, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
 	if errno != 0 {
 		return -1, errno
+	}
+	return int(r), nil
+}
+
+// epollTake returns the events ready on ep without waiting (a zero
+// timeout: it never blocks, so a raw system call does).
+func epollTake(ep int, events []unix.EpollEvent) (int, error) {
+	r, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+	if errno != 0 {
+		return 0, errno
 	}
 	return int(r), nil
 }

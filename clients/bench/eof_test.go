@@ -12,7 +12,7 @@ import (
 	"github.com/gobwas/ws/wsutil"
 )
 
-// TestSubLoopSeesEOFAfterData (review): the server answers the join, then
+// TestSubLoopSeesEOFAfterData: the server answers the join, then
 // sends one frame and closes the TCP connection without a close frame.
 // Both are in the socket when it is registered (edge-triggered): the first
 // read takes the frame and is short, so readOnce stops; no later edge

@@ -10,9 +10,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// review: tests for poller.wait.
+// Tests of poller.wait: an idle poller parks, and a deadline due sooner
+// than the one set is brought forward.
 
-func rvPoller(t *testing.T, sweep time.Duration) (*poller, *atomic.Int64) {
+func newIdlePoller(t *testing.T, sweep time.Duration) (*poller, *atomic.Int64) {
 	t.Helper()
 	srv := &Server{cfg: testConfig(), log: discardLogger()}
 	srv.metrics = newMetrics(prometheus.NewRegistry(), func() float64 { return 0 }, func() float64 { return 0 }, 1<<30)
@@ -26,7 +27,7 @@ func rvPoller(t *testing.T, sweep time.Duration) (*poller, *atomic.Int64) {
 	return p, &passes
 }
 
-func rvRun(t *testing.T, p *poller) {
+func runPoller(t *testing.T, p *poller) {
 	done := make(chan struct{})
 	p.running.Store(true)
 	go func() {
@@ -41,9 +42,9 @@ func rvRun(t *testing.T, p *poller) {
 
 // An idle poller parks: one pass per sweep, not a spin (a deadline that
 // has passed must be moved, and the wait must block).
-func TestRVIdlePollerParks(t *testing.T) {
-	p, passes := rvPoller(t, 20*time.Millisecond)
-	rvRun(t, p)
+func TestIdlePollerParks(t *testing.T) {
+	p, passes := newIdlePoller(t, 20*time.Millisecond)
+	runPoller(t, p)
 	time.Sleep(50 * time.Millisecond)
 	before := passes.Load()
 	time.Sleep(400 * time.Millisecond)
@@ -55,8 +56,8 @@ func TestRVIdlePollerParks(t *testing.T) {
 // A drain step due sooner than the deadline already set (the sweep, an
 // hour here) brings the deadline forward: the paced drain does not wait
 // for the sweep.
-func TestRVDrainPaceBringsDeadlineForward(t *testing.T) {
-	p, _ := rvPoller(t, time.Hour)
+func TestDrainPaceBringsDeadlineForward(t *testing.T) {
+	p, _ := newIdlePoller(t, time.Hour)
 	var conns []*conn
 	for i := range 3 {
 		fd, _ := socketPair(t)
@@ -66,7 +67,7 @@ func TestRVDrainPaceBringsDeadlineForward(t *testing.T) {
 			t.Fatal("register refused")
 		}
 	}
-	rvRun(t, p)
+	runPoller(t, p)
 	waitFor(t, 3*time.Second, func() bool { return p.open.Load() == 3 }, "registered")
 	time.Sleep(50 * time.Millisecond) // parked, deadline an hour away
 	start := time.Now()
