@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -322,6 +323,11 @@ func (p *poller) run() {
 		}
 		if p.more {
 			timeout = 0 // bulk output left: look for input, then go on
+			// Its writes are raw system calls, which never give up the P:
+			// between slices, let the channel workers (a reply, a push)
+			// run on it rather than wait for the runtime to preempt a
+			// poller that writes for tens of milliseconds.
+			runtime.Gosched()
 		}
 		n, err := p.wait(events, timeout)
 		if err != nil {
