@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -57,11 +58,14 @@ func TestRedisAddAllRefusesEachByItsLimit(t *testing.T) {
 
 // An AddAll whose answer is lost is undone, every presence of it by its
 // tag; when the undo fails too, each tag is marked and undone later.
+// Either way each presence the undo removes leaves (a State read may
+// have listed it).
 func TestRedisAddAllLostAnswerIsUndone(t *testing.T) {
 	c := startRedis(t)
 	var h losingHook
 	c.AddHook(&h)
-	s := startStore(t, c, "a", nil, nil, nil)
+	var leaves leaveLog
+	s := startStore(t, c, "a", &leaves, nil, nil)
 	ctx := context.Background()
 	if err := s.Add(ctx, "room:l", "base", pres("b", "r0"), raceLimits); err != nil {
 		t.Fatal(err)
@@ -103,10 +107,31 @@ func TestRedisAddAllLostAnswerIsUndone(t *testing.T) {
 			defer s.mu.Unlock()
 			return s.mine["room:l"] == 1 && len(s.undo) == 0
 		})
+		want := refsOf(presences(batch(fmt.Sprint("u", undoFails))))
+		waitFor(t, fmt.Sprintf("the leaves of %v", want), func() bool {
+			left := leaves.get("room:l")
+			for _, r := range want {
+				if !slices.Contains(left, r) {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	if left := leaves.get("room:l"); len(left) != 6 {
+		t.Errorf("leaves %v, want the 6 undone", left)
 	}
 	if counts := c.HGetAll(ctx, s.countsKey("room:l")).Val(); len(counts) != 1 || counts["b"] != "1" {
 		t.Errorf("counts %v", counts)
 	}
+}
+
+func presences(ts []Tagged) []Presence {
+	out := make([]Presence, len(ts))
+	for i, a := range ts {
+		out[i] = a.Presence
+	}
+	return out
 }
 
 // slowRedis delays every command by rtt: a Redis far away, or loaded.

@@ -87,7 +87,7 @@ func TestTrackerSweptAddPublishesItsLeave(t *testing.T) {
 // undo of it: what another node does meanwhile.
 type afterScript struct {
 	sha string
-	fn  func()
+	fn  func(args []any) // the call's arguments
 }
 
 func (a *afterScript) DialHook(next redis.DialHook) redis.DialHook { return next }
@@ -99,7 +99,7 @@ func (a *afterScript) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		err := next(ctx, cmd)
 		if name := strings.ToLower(cmd.Name()); name == "evalsha" || name == "eval" {
 			if sha, _ := cmd.Args()[1].(string); sha == a.sha && errors.Is(err, errLostAnswer) {
-				a.fn()
+				a.fn(cmd.Args())
 			}
 		}
 		return err
@@ -119,7 +119,7 @@ func TestTrackerUndoneGroupAddPublishesItsLeaves(t *testing.T) {
 	t.Cleanup(func() { reader.Close() })
 	s := redisStore(t, c, "a")
 	other := redisStore(t, reader, "b") // another node's State read
-	c.AddHook(&afterScript{sha: addScript.Hash(), fn: func() {
+	c.AddHook(&afterScript{sha: addScript.Hash(), fn: func([]any) {
 		ps, err := other.List(context.Background(), "room:g")
 		if err != nil {
 			t.Error(err)
