@@ -46,7 +46,9 @@
 // retries its removal while the node runs, publishing the leave; a failed
 // Add is undone by its tag (never a read of the topic's whole hash), and
 // when that fails too, later (past a bound of tags marked, by HSCAN of
-// the topic in steps); a diff the broker refuses is held and sent
+// the topic in steps), and whatever an undo removes leaves (a State read
+// may have listed it meanwhile; the store's restore loop hands the
+// leaves to onLeave, off every lock); a diff the broker refuses is held and sent
 // again, first, when the broker answers (later changes wait behind it);
 // past the bound of held diffs (per topic, and the node's held bytes)
 // they are dropped and every node of the topic, once the broker answers,

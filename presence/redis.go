@@ -105,6 +105,13 @@ type Redis struct {
 	// by the restore loop, which publishes their leaves, for as long as
 	// the node runs.
 	removing map[string]map[string]Presence
+	// undone is what undos removed (presences failed Adds had stored,
+	// which a State read may have listed meanwhile), by topic: the
+	// restore loop hands them to onLeave, off every lock (an Add's undo
+	// runs under the Tracker's topic lock, which onLeave takes), at
+	// once (undonec wakes it) or at its next beat.
+	undone  map[string][]Presence
+	undonec chan struct{}
 	// leftover is the topics an earlier life of this node left that
 	// Start could not reap: they stay on the node's list (Close keeps
 	// it), for the next life's Start.
@@ -164,8 +171,8 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	_, _ = rand.Read(b[:])
 	r := &Redis{cfg: cfg, c: cfg.Client, boot: refEncoding.EncodeToString(b[:]), log: log,
 		mine: map[string]int{}, held: map[string]map[string]heldPresence{}, undo: map[string]*undoMark{}, undoMax: redisUndoMaxTags,
-		removing: map[string]map[string]Presence{},
-		lostc:    make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+		removing: map[string]map[string]Presence{}, undone: map[string][]Presence{}, undonec: make(chan struct{}, 1),
+		lostc: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	newTopicLocks(r.tlocks[:])
 	return r, nil
 }
@@ -303,8 +310,9 @@ func (r *Redis) liveLoop() {
 }
 
 // restoreLoop puts the node's presences back when the liveness loop finds
-// it was reaped (again at every beat until a restore succeeds), and
-// removes what failed Adds may have left.
+// it was reaped (again at every beat until a restore succeeds), removes
+// what failed Adds may have left, and publishes the leaves of what undos
+// removed.
 func (r *Redis) restoreLoop() {
 	defer r.loops.Done()
 	t := time.NewTicker(redisBeat)
@@ -314,6 +322,9 @@ func (r *Redis) restoreLoop() {
 		select {
 		case <-r.stop:
 			return
+		case <-r.undonec:
+			r.publishUndone()
+			continue
 		case <-r.lostc:
 			due = true
 		case <-t.C:
@@ -326,7 +337,45 @@ func (r *Redis) restoreLoop() {
 			}
 		}
 		r.retryUndo()
+		r.publishUndone()
 		r.retryRemoving()
+	}
+}
+
+// addUndone records presences an undo removed, for publishUndone. Safe
+// under any lock but r.mu.
+func (r *Redis) addUndone(topic string, ps []Presence) {
+	if len(ps) == 0 {
+		return
+	}
+	r.mu.Lock()
+	r.undone[topic] = append(r.undone[topic], ps...)
+	r.mu.Unlock()
+	select {
+	case r.undonec <- struct{}{}:
+	default: // the restore loop is due to publish already
+	}
+}
+
+// publishUndone hands the presences undos removed to onLeave: a failed
+// Add may have stored its presence long enough for another joiner's
+// State read to list it, and without a leave that joiner's clients would
+// list it for good (the failed joiner rejoins under a fresh ref). A
+// leave of a ref a client never listed changes nothing in phoenix.js
+// Presence. Called off every lock (onLeave takes the Tracker's topic
+// lock).
+func (r *Redis) publishUndone() {
+	r.mu.Lock()
+	undone := r.undone
+	if len(undone) > 0 {
+		r.undone = map[string][]Presence{}
+	}
+	r.mu.Unlock()
+	if r.onLeave == nil {
+		return
+	}
+	for topic, ps := range undone {
+		r.onLeave(topic, ps)
 	}
 }
 
@@ -520,10 +569,11 @@ func (r *Redis) retryUndo() {
 
 // undoScript removes the presences of tags that are of one life of a
 // node (what failed Adds of that life may have stored). KEYS: hash,
-// counts. ARGV: node, boot, then the tags. It returns how many it
-// removed. It reads only those fields: never the whole hash.
+// counts. ARGV: node, boot, then the tags. It returns the removed
+// values (their leaves are due). It reads only those fields: never the
+// whole hash.
 var undoScript = redis.NewScript(`
-local n = 0
+local out = {}
 for i = 3, #ARGV do
   local v = redis.call('HGET', KEYS[1], ARGV[i])
   if v then
@@ -536,17 +586,19 @@ for i = 3, #ARGV do
       if node == ARGV[1] and boot == ARGV[2] then
         redis.call('HDEL', KEYS[1], ARGV[i])
         if redis.call('HINCRBY', KEYS[2], key, -1) <= 0 then redis.call('HDEL', KEYS[2], key) end
-        n = n + 1
+        out[#out + 1] = v
       end
     end
   end
 end
-return n
+return out
 `)
 
 // undoLocked removes tags' presences of this life from topic, in
-// batches of redisRemoveBatch. Called under the topic's lock, with tags
-// the node neither holds nor is removing.
+// batches of redisRemoveBatch, and records those removed for
+// publishUndone (those of the batches done, on an error too). Called
+// under the topic's lock, with tags the node neither holds nor is
+// removing.
 func (r *Redis) undoLocked(ctx context.Context, topic string, tags []string) error {
 	for len(tags) > 0 {
 		batch := tags[:min(len(tags), redisRemoveBatch)]
@@ -555,9 +607,17 @@ func (r *Redis) undoLocked(ctx context.Context, topic string, tags []string) err
 		for _, tag := range batch {
 			args = append(args, tag)
 		}
-		if err := undoScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, args...).Err(); err != nil && !errors.Is(err, redis.Nil) {
+		vals, err := undoScript.Run(ctx, r.c, []string{r.hashKey(topic), r.countsKey(topic)}, args...).StringSlice()
+		if err != nil && !errors.Is(err, redis.Nil) {
 			return err
 		}
+		ps := make([]Presence, 0, len(vals))
+		for _, v := range vals {
+			if p, _, ok := decodeValue(v); ok {
+				ps = append(ps, p)
+			}
+		}
+		r.addUndone(topic, ps)
 		tags = tags[len(batch):]
 	}
 	return nil
@@ -1127,7 +1187,10 @@ func (r *Redis) AddAll(ctx context.Context, topic string, ps []Tagged, lim Limit
 		if err != nil {
 			// The script may have run and only its answer been lost:
 			// undo it (its tags only), so that no presence stays that
-			// nobody owns. Should the undo fail too, the tags are
+			// nobody owns. What the undo removes leaves (the restore
+			// loop publishes it, off the Tracker's topic lock held
+			// here): a State read meanwhile may have listed it. Should
+			// the undo fail too, the tags are
 			// marked and the restore loop undoes them; the topic stays
 			// listed for a reaper meanwhile, by the mark's count in
 			// mine. The batches after this one are not tried.
@@ -1557,6 +1620,9 @@ func (r *Redis) Close() error {
 		close(r.stop)
 		if r.started {
 			<-r.done
+			// The leaves of what undos removed since the restore
+			// loop's last pass.
+			r.publishUndone()
 		}
 		ctx, cancel := r.ctx()
 		defer cancel()

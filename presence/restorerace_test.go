@@ -11,9 +11,9 @@ import (
 
 // restoreBetween makes the node a look dead right after tr's next store
 // write (a Track's or an update's), has another node reap it, and runs
-// a's restore, waiting for its diff to be published: all before the
-// change of that write is queued. It returns the reaper's leaves (refs
-// by key), which clients get first.
+// a's restore, waiting for its diff to be published (failing the test
+// if it is not): all before the change of that write is queued. It
+// returns the reaper's leaves (refs by key), which clients get first.
 func restoreBetween(t *testing.T, tr *Tracker, a *Redis, l *diffLog) func() map[string][]string {
 	t.Helper()
 	c := a.c
@@ -39,8 +39,19 @@ func restoreBetween(t *testing.T, tr *Tracker, a *Redis, l *diffLog) func() map[
 				t.Error(err)
 				return
 			}
+			// The restore put the presence back (the write's: it is
+			// held) and its diff goes out within the window, not
+			// waiting for this topic's lock: it must be published
+			// before the write's change is queued, or this is not the
+			// race under test. (On this hook's goroutine: t.Error, not
+			// t.Fatal.)
 			deadline := time.Now().Add(5 * time.Second)
-			for len(l.all()) == n && time.Now().Before(deadline) {
+			for len(l.all()) == n {
+				if time.Now().After(deadline) {
+					ps, err := a.List(ctx, topic)
+					t.Errorf("the restore's diff was not published within 5s (stored: %v, %v)", refsOf(ps), err)
+					return
+				}
 				time.Sleep(time.Millisecond)
 			}
 		})

@@ -2,8 +2,13 @@ package presence
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"testing"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Failed Adds during an outage, each under a new tag (phoenix.js rejoins
@@ -50,14 +55,38 @@ func TestRedisFailedAddsKeepOneUndoMarkPerTopic(t *testing.T) {
 }
 
 // Past the node's bound of marked tags, a topic is marked as a whole and
-// swept with HSCAN in steps: what the failed Adds stored goes, what the
-// node holds and what other nodes hold stay, and the marks and counts
-// come back to nothing.
+// swept with HSCAN in steps: what the failed Adds stored goes (and
+// leaves), what the node holds and what other nodes hold stay, and the
+// marks and counts come back to nothing.
 func TestRedisUndoPastTheTagBoundScansTheTopic(t *testing.T) {
 	c := startRedis(t)
+	// Each failed Add's presence, read (by its tag: the first ARGV
+	// after the limits) right after the add script stored it: what must
+	// leave.
+	reader := redis.NewClient(&redis.Options{Addr: c.Options().Addr})
+	t.Cleanup(func() { reader.Close() })
+	var mu sync.Mutex
+	var phantoms []string
+	c.AddHook(&afterScript{sha: addScript.Hash(), fn: func(args []any) {
+		key, _ := args[3].(string)
+		tag, _ := args[8].(string)
+		v, err := reader.HGet(context.Background(), key, tag).Result()
+		if errors.Is(err, redis.Nil) {
+			return // refused, or not tried: nothing stored
+		}
+		p, _, ok := decodeValue(v)
+		if err != nil || !ok {
+			t.Errorf("reading %s: %q, %v", tag, v, err)
+			return
+		}
+		mu.Lock()
+		phantoms = append(phantoms, p.Key+"/"+p.Ref)
+		mu.Unlock()
+	}})
 	var h losingHook
 	c.AddHook(&h)
-	s := startStore(t, c, "a", nil, nil, func(s *Redis) { s.undoMax = 2 })
+	var leaves leaveLog
+	s := startStore(t, c, "a", &leaves, nil, func(s *Redis) { s.undoMax = 2 })
 	ctx := context.Background()
 	const others = 3 * redisScanStep // several HSCAN steps
 	fillTopic(t, c, redisStore(t, c, "b"), "room:s", others)
@@ -100,16 +129,32 @@ func TestRedisUndoPastTheTagBoundScansTheTopic(t *testing.T) {
 			t.Errorf("failed add t%d still stored", i)
 		}
 	}
+	// Those past the bound (the first two are marked by tag) were found
+	// by the scan.
+	mu.Lock()
+	want := slices.Sorted(slices.Values(phantoms))
+	mu.Unlock()
+	if len(want) <= 2 {
+		t.Fatalf("failed adds stored %v, want more than the 2 marked", want)
+	}
+	waitFor(t, "the leaves of the failed adds", func() bool { return len(leaves.get("room:s")) >= len(want) })
+	left := leaves.get("room:s")
+	slices.Sort(left)
+	if !slices.Equal(left, want) {
+		t.Errorf("leaves %v, want those the failed adds stored: %v", left, want)
+	}
 }
 
 // A tag whose failed Add could not be undone, added again before the
-// restore loop's sweep: the earlier value goes first, so Redis holds the
-// new presence (the add script would take the old one for it).
+// restore loop's sweep: the earlier value goes first (and leaves), so
+// Redis holds the new presence (the add script would take the old one
+// for it).
 func TestRedisAddAgainAfterAFailedUndo(t *testing.T) {
 	c := startRedis(t)
 	var h losingHook
 	c.AddHook(&h)
-	s := startStore(t, c, "a", nil, nil, nil)
+	var leaves leaveLog
+	s := startStore(t, c, "a", &leaves, nil, nil)
 	ctx := context.Background()
 	h.lose(addScript, 1, true)
 	h.lose(undoScript, 1, false)
@@ -129,5 +174,9 @@ func TestRedisAddAgainAfterAFailedUndo(t *testing.T) {
 	})
 	if got := listRefs(t, s, "room:g"); len(got) != 1 || got[0] != "p/r2" {
 		t.Fatalf("after the sweep, stored %v, want p/r2", got)
+	}
+	waitFor(t, "the earlier value's leave", func() bool { return len(leaves.get("room:g")) > 0 })
+	if left := leaves.get("room:g"); !slices.Equal(left, []string{"p/r1"}) {
+		t.Errorf("leaves %v, want p/r1", left)
 	}
 }
