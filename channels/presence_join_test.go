@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/phxgate/phxgate/pubsub"
 )
@@ -35,6 +36,35 @@ func (g *scriptedState) State(ctx context.Context, topic string) ([]byte, error)
 	return append(big[:len(big)-1], `,`+own+`}`...), nil
 }
 
+// gate is a store read held until opened; a failed test opens it (before
+// the server's cleanup) so nothing waits on it forever.
+type gate struct {
+	entered, release chan struct{}
+	once             sync.Once
+}
+
+func newGate() *gate {
+	return &gate{entered: make(chan struct{}), release: make(chan struct{})}
+}
+
+// hold marks the read entered and waits until the gate opens.
+func (g *gate) hold() {
+	close(g.entered)
+	<-g.release
+}
+
+// waitEntered waits (bounded) for the held read to start.
+func (g *gate) waitEntered(tb testing.TB) {
+	tb.Helper()
+	select {
+	case <-g.entered:
+	case <-time.After(waitLong):
+		tb.Fatal("the held state read never started")
+	}
+}
+
+func (g *gate) open() { g.once.Do(func() { close(g.release) }) }
+
 // publishDiff publishes an empty presence_diff on topic, as the tracker
 // of a busy room does once per window.
 func publishDiff(tb testing.TB, env *testEnv, topic string) {
@@ -50,7 +80,7 @@ func publishDiff(tb testing.TB, env *testEnv, topic string) {
 // pub/sub shard, so a read under it would hold up every event of the
 // topic, and of the shard's other topics, for a whole-room read.
 func TestPresenceJoinReadsStateOffTheDeliveryLock(t *testing.T) {
-	entered, release := make(chan struct{}), make(chan struct{})
+	g := newGate()
 	var env *testEnv
 	gs := &scriptedState{}
 	gs.step = func(_ context.Context, n int64) {
@@ -58,14 +88,14 @@ func TestPresenceJoinReadsStateOffTheDeliveryLock(t *testing.T) {
 		case n <= 3: // a busy room: a diff during each of the first reads
 			publishDiff(t, env, "here:a")
 		case n == 4: // then a slow store
-			close(entered)
-			<-release
+			g.hold()
 		}
 	}
 	env = newTestEnv(t, func(c *Config) { c.Presence = gs; c.PresencePieceBytes = 1024 })
 	sock, conn := env.connect(t, V2)
 	mustHandle(t, sock, `["1","1","here:a","phx_join",{}]`)
-	<-entered
+	t.Cleanup(g.open)
+	g.waitEntered(t)
 	published := make(chan struct{})
 	go func() {
 		defer close(published)
@@ -79,7 +109,7 @@ func TestPresenceJoinReadsStateOffTheDeliveryLock(t *testing.T) {
 			return false
 		}
 	})
-	close(release)
+	g.open()
 	waitFor(t, waitLong, "the pieces", func() bool { return strings.Contains(strings.Join(conn.texts(), "\n"), `"read4"`) })
 	all := strings.Join(conn.texts(), "\n")
 	for _, old := range []string{`"read1"`, `"read2"`, `"read3"`} {
@@ -122,23 +152,23 @@ func TestPresenceJoinBusyRoomEndsWithPhxError(t *testing.T) {
 // older than it and would replace it in the client's list: the join
 // reads again and sends a state newer than the refresh's.
 func TestPresenceJoinStateNotOlderThanARefresh(t *testing.T) {
-	entered, release := make(chan struct{}), make(chan struct{})
+	g := newGate()
 	gs := &scriptedState{small: true}
 	gs.step = func(_ context.Context, n int64) {
 		if n == 1 { // the join's read: slow
-			close(entered)
-			<-release
+			g.hold()
 		}
 	}
 	env := newTestEnv(t, func(c *Config) { c.Presence = gs })
 	sock, conn := env.connect(t, V2)
 	mustHandle(t, sock, `["1","1","here:a","phx_join",{}]`)
-	<-entered
+	t.Cleanup(g.open)
+	g.waitEntered(t)
 	waitFor(t, waitLong, "the join reply", func() bool { return conn.count() >= 1 })
 	env.broker.resync("here:a")
 	waitFor(t, waitLong, "the refresh's state", func() bool { return strings.Contains(strings.Join(conn.texts(), "\n"), `"read2"`) })
-	close(release)
-	waitFor(t, waitLong, "the join's state", func() bool { return gs.reads.Load() >= 3 && conn.count() >= 3 })
+	g.open()
+	waitFor(t, waitLong, "the join's state", func() bool { return conn.count() >= 3 })
 	got := conn.texts()
 	var states []string
 	for _, f := range got {
@@ -294,7 +324,7 @@ func TestPresenceRefreshRetriedWhenTheBudgetIsBusy(t *testing.T) {
 // A refresh in a busy room reads the state again while diffs keep coming
 // during its reads, never under the topic's delivery lock.
 func TestPresenceRefreshReadsStateOffTheDeliveryLock(t *testing.T) {
-	entered, release := make(chan struct{}), make(chan struct{})
+	g := newGate()
 	var env *testEnv
 	gs := &scriptedState{small: true}
 	gs.step = func(_ context.Context, n int64) {
@@ -303,8 +333,7 @@ func TestPresenceRefreshReadsStateOffTheDeliveryLock(t *testing.T) {
 		case n <= 4: // the refresh's first reads: a diff during each
 			publishDiff(t, env, "here:a")
 		case n == 5: // then a slow store
-			close(entered)
-			<-release
+			g.hold()
 		}
 	}
 	env = newTestEnv(t, func(c *Config) { c.Presence = gs })
@@ -312,7 +341,8 @@ func TestPresenceRefreshReadsStateOffTheDeliveryLock(t *testing.T) {
 	mustHandle(t, sock, `["1","1","here:a","phx_join",{}]`)
 	waitFor(t, waitLong, "the join's state", func() bool { return strings.Contains(strings.Join(conn.texts(), "\n"), `"read1"`) })
 	env.broker.resync("here:a")
-	<-entered
+	t.Cleanup(g.open)
+	g.waitEntered(t)
 	published := make(chan struct{})
 	go func() {
 		defer close(published)
@@ -326,7 +356,7 @@ func TestPresenceRefreshReadsStateOffTheDeliveryLock(t *testing.T) {
 			return false
 		}
 	})
-	close(release)
+	g.open()
 	waitFor(t, waitLong, "the refresh's state", func() bool { return strings.Contains(strings.Join(conn.texts(), "\n"), `"read5"`) })
 	all := strings.Join(conn.texts(), "\n")
 	for _, old := range []string{`"read2"`, `"read3"`, `"read4"`} {
