@@ -189,7 +189,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name: "phxgate_presence_stream_bytes", Help: "Bytes of presence_state snapshots held until their pieces are sent (bounded by channels.presence_stream_bytes).",
 	})
 	m.presenceBusy = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "phxgate_presence_state_busy_total", Help: "Joins ended with phx_error (the client rejoins) because a presence_diff or a refresh came during each of their reads of the topic's presence_state.",
+		Name: "phxgate_presence_state_overtaken_total", Help: "Joins ended with phx_error (the client rejoins) because a presence_diff or a refresh came during each of their reads of the topic's presence_state.",
 	})
 	m.presenceRefreshRetries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "phxgate_presence_state_refresh_retries_total", Help: "presence_state refreshes put off (no room in channels.presence_stream_bytes, a store error, or a presence_diff during each read), by outcome: retried later, or given_up after the last try.",

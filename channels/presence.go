@@ -94,7 +94,7 @@ type presenceRefuser interface {
 // before it, so the client's list ends right. Otherwise the state is read
 // again, after a short backoff (a busy room's diffs come once per
 // presence window), up to stateAttempts reads; past them the join ends
-// with phx_error (phxgate_presence_state_busy_total) and the client
+// with phx_error (phxgate_presence_state_overtaken_total) and the client
 // rejoins with its own backoff.
 func (c *channel) trackPresence(rep *backends.Reply, taken *seat) bool {
 	s := c.sock

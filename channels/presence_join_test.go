@@ -117,8 +117,8 @@ func TestPresenceJoinReadsStateOffTheDeliveryLock(t *testing.T) {
 			t.Fatalf("a state read before a diff was sent (%s):\n%s", old, all)
 		}
 	}
-	if n := counterValue(t, env.reg, "phxgate_presence_state_busy_total", ""); n != 0 {
-		t.Fatalf("phxgate_presence_state_busy_total = %v, want 0", n)
+	if n := counterValue(t, env.reg, "phxgate_presence_state_overtaken_total", ""); n != 0 {
+		t.Fatalf("phxgate_presence_state_overtaken_total = %v, want 0", n)
 	}
 	waitFor(t, waitLong, "the budget back to zero", func() bool { return env.srv.stateBudget.inUse() == 0 })
 }
@@ -142,8 +142,8 @@ func TestPresenceJoinBusyRoomEndsWithPhxError(t *testing.T) {
 	if n := gs.reads.Load(); n != stateAttempts {
 		t.Fatalf("%d state reads, want %d", n, stateAttempts)
 	}
-	if n := counterValue(t, env.reg, "phxgate_presence_state_busy_total", ""); n != 1 {
-		t.Fatalf("phxgate_presence_state_busy_total = %v, want 1", n)
+	if n := counterValue(t, env.reg, "phxgate_presence_state_overtaken_total", ""); n != 1 {
+		t.Fatalf("phxgate_presence_state_overtaken_total = %v, want 1", n)
 	}
 	waitFor(t, waitLong, "the budget back to zero", func() bool { return env.srv.stateBudget.inUse() == 0 })
 }
