@@ -151,11 +151,7 @@ func (c *channel) trackPresence(rep *backends.Reply, taken *seat) bool {
 		}
 	}
 	snap := newSnapshot(splitState(state, srv.cfg.PresencePieceBytes), srv.stateBudget, reserved)
-	defer func() {
-		if snap != nil {
-			snap.done()
-		}
-	}()
+	defer func() { snap.done() }()
 	for attempt := 1; ; attempt++ {
 		th.seqMu.Lock()
 		if th.presenceStates == seen.states && (!snap.streamed() || th.presenceDiffs == seen.diffs) {
@@ -168,10 +164,6 @@ func (c *channel) trackPresence(rep *backends.Reply, taken *seat) bool {
 			srv.m.presenceBusy.Inc()
 			return false
 		}
-		// The bytes held go back before the wait and the next read, so
-		// joins re-reading at once never hold some while waiting for more.
-		snap.done()
-		snap = nil
 		if !sleepCtx(ctx, srv.quit, stateBackoff(attempt)) {
 			return false
 		}
@@ -182,12 +174,18 @@ func (c *channel) trackPresence(rep *backends.Reply, taken *seat) bool {
 		if err != nil {
 			return false
 		}
+		// The bytes the last read holds pass to this one, which takes
+		// what it needs more within the budget (waiting, as the first
+		// read did), so a join in progress keeps its place and a re-read
+		// never overdraws the budget.
 		pieces := splitState(state, srv.cfg.PresencePieceBytes)
-		need := piecesBytes(pieces)
-		if need > 0 && !c.reserveState(ctx, need, false) {
+		need, have := piecesBytes(pieces), snap.bytes
+		if need > have && !c.reserveState(ctx, need-have, false) {
 			return false
 		}
-		snap = newSnapshot(pieces, srv.stateBudget, need)
+		snap.bytes = 0 // not shared: it was never sent
+		snap.done()
+		snap = newSnapshot(pieces, srv.stateBudget, max(need, have))
 	}
 }
 
