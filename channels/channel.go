@@ -66,8 +66,11 @@ type channel struct {
 	curJoinRef string
 	queue      []*task
 	gen        uint32 // last incarnation handed out
-	curGen     uint32 // incarnation the client addresses; 0: none
-	running    bool
+	// curGen is the incarnation the client addresses (0: none). Written
+	// under sock.mu; atomic because a presence_state stream reads it from
+	// the transport, which must not take sock.mu (presenceStream.Next).
+	curGen  atomic.Uint32
+	running bool
 
 	// Worker side: only the goroutine running the slot touches these.
 	wCloseRefNull bool
@@ -151,7 +154,7 @@ func (c *channel) run() {
 		if len(c.queue) == 0 {
 			c.running = false
 			c.queue = nil // an idle channel holds no queue memory
-			if c.curGen == 0 && c.wGen == 0 {
+			if c.curGen.Load() == 0 && c.wGen == 0 {
 				s.remove(c)
 			}
 			s.mu.Unlock()
@@ -417,8 +420,8 @@ func errorResponse(err error, crash []byte) []byte {
 func (c *channel) failJoin(gen uint32) {
 	s := c.sock
 	s.mu.Lock()
-	if c.curGen == gen {
-		c.curGen = 0
+	if c.curGen.Load() == gen {
+		c.curGen.Store(0)
 	}
 	s.mu.Unlock()
 }
@@ -713,8 +716,8 @@ func (c *channel) forget(gen uint32) {
 	c.wGen = 0
 	s.srv.m.channels.Dec()
 	s.mu.Lock()
-	if c.curGen == gen {
-		c.curGen = 0
+	if c.curGen.Load() == gen {
+		c.curGen.Store(0)
 	}
 	s.mu.Unlock()
 }

@@ -46,12 +46,14 @@ type topicHub struct {
 	seqMu   sync.Mutex
 	seq     *pubsub.Sequencer
 	waiters []deliveryWaiter
-	// presenceDiffs counts the presence_diff events handed to Deliver;
-	// refreshing and refreshAgain coalesce the topic's presence refreshes
-	// into one goroutine.
-	presenceDiffs uint64
-	refreshing    bool
-	refreshAgain  bool
+	// presenceDiffs counts the presence_diff events handed to Deliver,
+	// presenceStates the refreshes queued (a join's presence_state
+	// checks both, see trackPresence); refreshing and refreshAgain
+	// coalesce the topic's presence refreshes into one goroutine.
+	presenceDiffs  uint64
+	presenceStates uint64
+	refreshing     bool
+	refreshAgain   bool
 
 	// lanes holds the subscribers by Fanout lane (one lane without a
 	// Fanout): each lane's loop delivers to its own subscribers under its
@@ -499,22 +501,34 @@ func (s *Server) RefreshPresence(topic string) {
 	}
 }
 
-// refreshOptimistic is how many times a presence refresh reads the state
-// off the delivery lock before it reads it under the lock.
-const refreshOptimistic = 3
+// refreshRetries is how many times a refresh is tried before it is given
+// up (counted), and refreshBackoffMin/Max bound the wait between tries
+// (doubling): together about 12 s, long enough for the streams holding
+// the budget to be written out (a socket that writes nothing is closed
+// after write_stall_timeout).
+const (
+	refreshRetries    = 8
+	refreshBackoffMin = 100 * time.Millisecond
+	refreshBackoffMax = 5 * time.Second
+)
+
+// Outcomes of phxgate_presence_state_refresh_retries_total.
+const (
+	refreshRetried = "retried"
+	refreshGivenUp = "given_up"
+)
 
 // refreshPresence sends the topic's presence_state again to every local
 // channel, when its route tracks presence: phoenix.js computes the joins
 // and leaves it missed from it. It runs on its own goroutine (reading the
 // state may wait on the store), at most one per topic: a refresh asked
-// for while one runs makes it run once more.
+// for while one runs makes it run once more, unless the one running had
+// not read yet.
 //
-// The state is read without the topic's delivery lock, so a slow store
-// does not hold up the topic's events (nor the broker's shard delivering
-// them), and queued under it only if no presence_diff was delivered
-// meanwhile: such a diff may be newer than the state, and a state queued
-// after it would undo it. After refreshOptimistic such misses the state
-// is read under the lock.
+// A refresh is the only repair of lists that missed diffs, so one that
+// cannot be sent now (refreshOnce) is tried again after a backoff, up to
+// refreshRetries times; meanwhile it stays the topic's one refresh, so
+// the asks that come in wait for it.
 func (th *topicHub) refreshPresence() {
 	srv := th.h.srv
 	p := srv.cfg.Presence
@@ -530,8 +544,14 @@ func (th *topicHub) refreshPresence() {
 	th.refreshing = true
 	th.seqMu.Unlock()
 	go func() {
-		for {
-			th.refreshOnce(p)
+		for tries := 1; ; tries++ {
+			if !th.refreshOnce(p) {
+				if tries < refreshRetries && sleepCtx(context.Background(), srv.quit, refreshBackoff(tries)) {
+					srv.m.presenceRefreshRetries.WithLabelValues(refreshRetried).Inc()
+					continue
+				}
+				srv.m.presenceRefreshRetries.WithLabelValues(refreshGivenUp).Inc()
+			}
 			th.seqMu.Lock()
 			again := th.refreshAgain
 			th.refreshAgain = false
@@ -540,57 +560,73 @@ func (th *topicHub) refreshPresence() {
 			if !again {
 				return
 			}
+			tries = 0
 		}
 	}()
 }
 
-func (th *topicHub) refreshOnce(p PresenceTracker) {
+// refreshBackoff is the wait after the tries-th try of a refresh.
+func refreshBackoff(tries int) time.Duration {
+	return min(refreshBackoffMin<<min(tries-1, 16), refreshBackoffMax)
+}
+
+// refreshOnce reads the topic's state and queues it to every local
+// channel; false when it could not (the store failed, the stream budget
+// had no room, or a presence_diff was delivered during each of
+// stateAttempts reads), for refreshPresence to try again later.
+//
+// The state is read without the topic's delivery lock, so a slow store
+// does not hold up the topic's events (nor the broker's shard delivering
+// them), and queued under it only if no presence_diff was delivered
+// meanwhile: such a diff may be newer than the state, and a state queued
+// after it would undo it. Queueing bumps presenceStates, so that a join
+// that read before it does not queue its older state after it.
+func (th *topicHub) refreshOnce(p PresenceTracker) bool {
 	srv := th.h.srv
 	ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.CallTimeout)
 	defer cancel()
-	for attempt := 0; ; attempt++ {
-		locked := attempt >= refreshOptimistic
+	for attempt := 1; ; attempt++ {
 		th.seqMu.Lock()
+		th.refreshAgain = false // asks until now are served by this read
 		seen := th.presenceDiffs
-		if !locked {
-			th.seqMu.Unlock()
-		}
+		th.seqMu.Unlock()
 		state, err := p.State(ctx, th.name)
-		if !locked {
-			th.seqMu.Lock()
-		}
 		if err != nil {
-			th.seqMu.Unlock()
-			return
+			return false
 		}
+		pieces := splitState(state, srv.cfg.PresencePieceBytes)
+		th.seqMu.Lock()
 		if th.presenceDiffs != seen {
 			th.seqMu.Unlock()
+			if attempt >= stateAttempts || !sleepCtx(ctx, srv.quit, stateBackoff(attempt)) {
+				return false
+			}
 			continue // a diff came while reading: read again
 		}
 		// One snapshot for every channel of the topic: a large state goes
 		// to each in pieces, at its own pace, and is held until the last
-		// is done. Without room in the budget the refresh is skipped
-		// (counted): the next join or refresh sends the whole state.
-		pieces := splitState(state, srv.cfg.PresencePieceBytes)
+		// is done. Without room in the budget now (seqMu is held, so no
+		// waiting) the refresh is put off (counted).
 		if !srv.stateBudget.tryAcquire(piecesBytes(pieces)) {
 			th.seqMu.Unlock()
 			srv.m.presenceTooLarge.Inc()
-			return
+			return false
 		}
 		snap := newSnapshot(pieces, srv.stateBudget, piecesBytes(pieces))
+		th.presenceStates++
 		for _, c := range th.subscribers() {
 			s := c.sock
 			s.mu.Lock()
-			joined, jr := c.curGen != 0, c.curJoinRef
+			gen, jr := c.curGen.Load(), c.curJoinRef
 			s.mu.Unlock()
-			if joined {
-				s.sendState(snap, jr, th.name)
+			if gen != 0 {
+				s.sendState(snap, c, gen, jr)
 			}
 		}
 		snap.done()
 		th.seqMu.Unlock()
 		srv.m.presenceRefreshes.Inc()
-		return
+		return true
 	}
 }
 

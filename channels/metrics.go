@@ -69,9 +69,15 @@ type metrics struct {
 	// presenceStreams counts presence_states sent in pieces (one per
 	// channel), presencePieces the pieces sent as presence_diff, and
 	// presenceStreamBytes is what their snapshots hold (the budget).
-	presenceStreams     prometheus.Counter
-	presencePieces      prometheus.Counter
-	presenceStreamBytes prometheus.Gauge
+	presenceStreams prometheus.Counter
+	// presenceBusy counts joins ended with phx_error because every read of
+	// their topic's presence_state was overtaken (stateAttempts);
+	// presenceRefreshRetries counts refreshes put off to later (retried)
+	// and those abandoned after refreshRetries tries (given_up).
+	presenceBusy           prometheus.Counter
+	presenceRefreshRetries *prometheus.CounterVec
+	presencePieces         prometheus.Counter
+	presenceStreamBytes    prometheus.Gauge
 }
 
 // Resume results (phxgate_resumes_total{result}).
@@ -171,7 +177,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name: "phxgate_pubsub_own_delivery_timeouts_total", Help: "Replies sent before the sender's own broadcast came back from the broker (waited 1 s).",
 	})
 	m.presenceTooLarge = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "phxgate_presence_state_too_large_total", Help: "presence_states not sent: larger than channels.presence_stream_bytes, or that budget stayed spent past channels.presence_stream_wait (a join's channel ends with phx_error; a refresh is skipped).",
+		Name: "phxgate_presence_state_too_large_total", Help: "presence_states not sent: larger than channels.presence_stream_bytes, or that budget stayed spent past channels.presence_stream_wait (a join's channel ends with phx_error; a refresh is put off, see phxgate_presence_state_refresh_retries_total).",
 	})
 	m.presenceStreams = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "phxgate_presence_state_streams_total", Help: "presence_states sent in pieces (larger than an eighth of write_queue_max_bytes, at most 64 KiB), one per channel.",
@@ -182,6 +188,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.presenceStreamBytes = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "phxgate_presence_stream_bytes", Help: "Bytes of presence_state snapshots held until their pieces are sent (bounded by channels.presence_stream_bytes).",
 	})
+	m.presenceBusy = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "phxgate_presence_state_overtaken_total", Help: "Joins ended with phx_error (the client rejoins) because a presence_diff or a refresh came during each of their reads of the topic's presence_state.",
+	})
+	m.presenceRefreshRetries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "phxgate_presence_state_refresh_retries_total", Help: "presence_state refreshes put off (no room in channels.presence_stream_bytes, a store error, or a presence_diff during each read), by outcome: retried later, or given_up after the last try.",
+	}, []string{"outcome"})
+	for _, o := range []string{refreshRetried, refreshGivenUp} {
+		m.presenceRefreshRetries.WithLabelValues(o)
+	}
 	m.presenceRefreshes = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "phxgate_presence_state_refreshes_total", Help: "Topics whose channels got presence_state again after the broker resynced them (presence diffs have no history).",
 	})
@@ -218,7 +233,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.backendDuration, m.replayed, m.overloaded, m.droppedFrames, m.resumeOverflow, m.publishErrors,
 		m.floodCloses, m.shed, m.backendPanics, m.replyBroadcastsLost, m.leaves, m.leavesLost,
 		m.seqDuplicates, m.seqGaps, m.seqFilled, m.seqLost, m.resumes, m.deliveryLag, m.ownWaitTimeout, m.presenceRefreshes, m.presenceTooLarge,
-		m.presenceStreams, m.presencePieces, m.presenceStreamBytes,
+		m.presenceStreams, m.presencePieces, m.presenceStreamBytes, m.presenceBusy, m.presenceRefreshRetries,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

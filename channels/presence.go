@@ -3,7 +3,9 @@ package channels
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"strconv"
+	"time"
 
 	"github.com/phxgate/phxgate/backends"
 	"github.com/phxgate/phxgate/presence"
@@ -70,15 +72,30 @@ type presenceRefuser interface {
 // attempt); the joiner's own presence, tracked after the read, is added
 // to it (phoenix.js expects to see itself).
 //
-// A state sent in pieces must not be older than a presence_diff the
-// channel was sent before it: phoenix.js applies such a diff after the
-// first piece, so a leave in it would be undone by a later piece. So it
-// is queued under the topic's delivery lock, and only if no
-// presence_diff was delivered since before the read (as a refresh is);
-// otherwise it is read again. Diffs delivered after it follow its last
-// piece on the socket. A state sent whole needs none of this: phoenix.js
-// applies the diffs it held after the whole state, ending with the same
-// list.
+// A state must not be older than a state or diff the channel was sent
+// before it, and it is queued under the topic's delivery lock (seqMu) to
+// make that checkable, but it is never read under that lock: Deliver takes
+// seqMu, and with Redis it runs on the reader goroutine of a pub/sub
+// shard, so a read under it would hold up every topic of the shard for as
+// long as a whole-room read takes. Instead the state is read off the lock
+// and queued only if, meanwhile (seqMu is taken before the read and again
+// to queue):
+//   - no refresh queued its state (th.presenceStates): a refresh's state
+//     may be newer than ours, and ours would replace it;
+//   - for a state in pieces, no presence_diff was delivered
+//     (th.presenceDiffs): phoenix.js applies a diff queued before the
+//     state after its first piece, so a leave in it would be undone by a
+//     later piece. A state sent whole needs no such check: phoenix.js
+//     applies the diffs it held after the whole state, ending with the
+//     same list.
+//
+// Everything delivered after the state is queued follows it (its last
+// piece) on the socket, and the state is newer than everything delivered
+// before it, so the client's list ends right. Otherwise the state is read
+// again, after a short backoff (a busy room's diffs come once per
+// presence window), up to stateAttempts reads; past them the join ends
+// with phx_error (phxgate_presence_state_overtaken_total) and the client
+// rejoins with its own backoff.
 func (c *channel) trackPresence(rep *backends.Reply, taken *seat) bool {
 	s := c.sock
 	srv := s.srv
@@ -103,9 +120,7 @@ func (c *channel) trackPresence(rep *backends.Reply, taken *seat) bool {
 		meta = emptyObject
 	}
 	th := c.th
-	th.seqMu.Lock()
-	seen := th.presenceDiffs
-	th.seqMu.Unlock()
+	seen := th.presenceMark()
 	state, err := p.State(ctx, c.topic)
 	if err != nil {
 		return false
@@ -138,39 +153,88 @@ func (c *channel) trackPresence(rep *backends.Reply, taken *seat) bool {
 	snap := newSnapshot(splitState(state, srv.cfg.PresencePieceBytes), srv.stateBudget, reserved)
 	defer func() { snap.done() }()
 	for attempt := 1; ; attempt++ {
-		if !snap.streamed() {
-			s.sendState(snap, c.wJoinRef, c.topic)
-			return true
-		}
 		th.seqMu.Lock()
-		if th.presenceDiffs == seen {
-			s.sendState(snap, c.wJoinRef, c.topic)
+		if th.presenceStates == seen.states && (!snap.streamed() || th.presenceDiffs == seen.diffs) {
+			s.sendState(snap, c, c.wGen, c.wJoinRef)
 			th.seqMu.Unlock()
 			return true
 		}
-		// A diff came while reading (and, the first time, tracking): read
-		// again, after refreshOptimistic tries under the lock.
-		locked := attempt >= refreshOptimistic
-		seen = th.presenceDiffs
-		if !locked {
-			th.seqMu.Unlock()
-		}
-		state, err := p.State(ctx, c.topic)
-		if err != nil {
-			if locked {
-				th.seqMu.Unlock()
-			}
+		th.seqMu.Unlock()
+		if attempt >= stateAttempts {
+			srv.m.presenceBusy.Inc()
 			return false
 		}
-		next := newSnapshot(splitState(state, srv.cfg.PresencePieceBytes), srv.stateBudget, 0)
-		snap.done()
-		snap = next
-		if locked {
-			s.sendState(snap, c.wJoinRef, c.topic)
-			th.seqMu.Unlock()
-			return true
+		if !sleepCtx(ctx, srv.quit, stateBackoff(attempt)) {
+			return false
 		}
+		// The joiner is tracked by now (or refused): the state read again
+		// lists it as it is.
+		seen = th.presenceMark()
+		state, err := p.State(ctx, c.topic)
+		if err != nil {
+			return false
+		}
+		// The bytes the last read holds pass to this one, which takes
+		// what it needs more within the budget (waiting, as the first
+		// read did), so a join in progress keeps its place and a re-read
+		// never overdraws the budget.
+		pieces := splitState(state, srv.cfg.PresencePieceBytes)
+		need, have := piecesBytes(pieces), snap.bytes
+		if need > have && !c.reserveState(ctx, need-have, false) {
+			return false
+		}
+		snap.bytes = 0 // not shared: it was never sent
+		snap.done()
+		snap = newSnapshot(pieces, srv.stateBudget, max(need, have))
 	}
+}
+
+// stateAttempts is how many times a join reads its topic's presence_state
+// before it gives up on a room too busy to read (see trackPresence), and
+// a refresh before it puts itself off (refreshPresence).
+const stateAttempts = 6
+
+// stateBackoffMin and stateBackoffMax bound the wait before reading a
+// presence_state again: doubled from the min at each attempt, with jitter
+// so that the joins of one room spread out.
+const (
+	stateBackoffMin = 10 * time.Millisecond
+	stateBackoffMax = 250 * time.Millisecond
+)
+
+// stateBackoff is the wait after the attempt-th read was overtaken: half
+// fixed, half random, the whole doubling from stateBackoffMin up to
+// stateBackoffMax.
+func stateBackoff(attempt int) time.Duration {
+	d := stateBackoffMin << min(attempt-1, 16)
+	d = min(d, stateBackoffMax)
+	return d/2 + rand.N(d/2+1)
+}
+
+// sleepCtx waits d, and reports false if ctx ended or quit was closed
+// first.
+func sleepCtx(ctx context.Context, quit <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	case <-quit:
+		return false
+	}
+}
+
+// presenceMark is what a state read must find unchanged under seqMu
+// before its state is queued (see trackPresence).
+type presenceMark struct{ diffs, states uint64 }
+
+// presenceMark returns th's counters as of now, taken under seqMu.
+func (th *topicHub) presenceMark() presenceMark {
+	th.seqMu.Lock()
+	defer th.seqMu.Unlock()
+	return presenceMark{diffs: th.presenceDiffs, states: th.presenceStates}
 }
 
 // reserveState takes size bytes of the node's budget for states being

@@ -12,8 +12,9 @@ import (
 // A presence_state larger than Config.PresencePieceBytes goes out in
 // pieces: the first piece as the presence_state, every other one as a
 // presence_diff {"joins":{piece},"leaves":{}}, with the channel's
-// join_ref (so that phoenix.js drops the pieces of a join it has left
-// behind). phoenix.js applies a diff's joins on top of what it holds, a
+// join_ref. The stream stops once its join has ended (presenceStream),
+// so a join that is left behind, or replaced, gets no more pieces (V1
+// frames have no join_ref for phoenix.js to drop them by). phoenix.js applies a diff's joins on top of what it holds, a
 // key that joins again keeping the metas it had (syncDiff, 1.3 to 1.8),
 // so after the last piece its list is the whole state. The pieces are a
 // FrameStream: the transport asks for the next one when it has written
@@ -258,9 +259,11 @@ func (b *streamBudget) tryAcquire(n int64) bool {
 	return ok
 }
 
-// adjust changes what is taken by n (either sign) without waiting: a
-// state read again after what it took was sized may differ by the
-// changes made in between.
+// adjust changes what is taken by n (either sign) without waiting. Only
+// a join's first read grows what it took this way, by what cutting its
+// state into pieces adds to the size it reserved (a brace or two per
+// piece, a key per split key); a state read again takes its bytes with
+// acquire, like any other.
 func (b *streamBudget) adjust(n int64) {
 	if n == 0 {
 		return
@@ -342,12 +345,19 @@ func (s *stateSnapshot) done() {
 
 // presenceStream sends one snapshot to one channel (FrameStream). Next
 // and Close are called one at a time by the transport.
+//
+// It ends early once the incarnation it was made for (gen) is no longer
+// the one the client addresses (a leave, a duplicate join, the socket's
+// end): a V1 client's frames carry no join_ref, so phoenix.js would
+// apply the rest of the pieces to the channel's next join. At most the
+// piece already queued when the join ended still goes out.
 type presenceStream struct {
 	snap    *stateSnapshot
 	m       *metrics
 	ser     Serializer
+	c       *channel
+	gen     uint32
 	joinRef string
-	topic   string
 	next    int
 	closed  bool
 }
@@ -355,6 +365,9 @@ type presenceStream struct {
 // Next implements FrameStream.
 func (ps *presenceStream) Next() []byte {
 	for !ps.closed && ps.next < len(ps.snap.pieces) {
+		if ps.c.curGen.Load() != ps.gen {
+			return nil
+		}
 		i := ps.next
 		ps.next++
 		event, payload := "presence_state", ps.snap.pieces[i]
@@ -366,7 +379,7 @@ func (ps *presenceStream) Next() []byte {
 			payload = append(d, `,"leaves":{}}`...)
 			ps.m.presencePieces.Inc()
 		}
-		f, err := encodeMessage(ps.ser, ps.joinRef, "null", ps.topic, event, backends.Payload{Data: payload})
+		f, err := encodeMessage(ps.ser, ps.joinRef, "null", ps.c.topic, event, backends.Payload{Data: payload})
 		if err != nil {
 			ps.m.droppedFrames.WithLabelValues(dropReason(err)).Inc()
 			continue
@@ -385,16 +398,16 @@ func (ps *presenceStream) Close() {
 	ps.snap.done()
 }
 
-// sendState queues snap's presence_state to the channel joined under
-// joinRef: one frame when it is one piece, otherwise a stream (a
+// sendState queues snap's presence_state to c's incarnation gen, joined
+// under joinRef: one frame when it is one piece, otherwise a stream (a
 // transport without streams gets every piece now).
-func (s *Socket) sendState(snap *stateSnapshot, joinRef, topic string) {
+func (s *Socket) sendState(snap *stateSnapshot, c *channel, gen uint32, joinRef string) {
 	if !snap.streamed() {
-		s.sendOrDrop(encodeMessage(s.ser, joinRef, "null", topic, "presence_state", backends.Payload{Data: snap.pieces[0]}))
+		s.sendOrDrop(encodeMessage(s.ser, joinRef, "null", c.topic, "presence_state", backends.Payload{Data: snap.pieces[0]}))
 		return
 	}
 	snap.refs.Add(1)
-	ps := &presenceStream{snap: snap, m: s.srv.m, ser: s.ser, joinRef: joinRef, topic: topic}
+	ps := &presenceStream{snap: snap, m: s.srv.m, ser: s.ser, c: c, gen: gen, joinRef: joinRef}
 	sc, ok := s.conn.(StreamConn)
 	switch {
 	case s.closed.Load():

@@ -451,7 +451,7 @@ func (s *Server) PushTo(topic, player, event string, p backends.Payload) int {
 		if id == nil {
 			id = sock.identity
 		}
-		joined, jr := c.curGen != 0, c.curJoinRef
+		joined, jr := c.curGen.Load() != 0, c.curJoinRef
 		sock.mu.Unlock()
 		if !joined || id == nil || id.PlayerID != player {
 			continue

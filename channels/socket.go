@@ -79,7 +79,7 @@ func (s *Socket) Terminate(reason backends.LeaveReason) {
 		return
 	}
 	for _, c := range s.chans {
-		c.curGen = 0
+		c.curGen.Store(0)
 		s.enqueue(c, true, &task{kind: taskTerminate, reason: reason})
 	}
 }
@@ -344,9 +344,9 @@ func (s *Socket) handleJoin(m *message) error {
 	}
 	c := s.find(m.topic)
 	var ts []*task
-	if c != nil && c.curGen != 0 {
+	if c != nil && c.curGen.Load() != 0 {
 		s.srv.m.joins.WithLabelValues(joinDuplicate).Inc()
-		ts = append(ts, &task{kind: taskDupLeave, gen: c.curGen})
+		ts = append(ts, &task{kind: taskDupLeave, gen: c.curGen.Load()})
 	}
 	fresh := false
 	if c == nil {
@@ -391,7 +391,8 @@ func (s *Socket) handleJoin(m *message) error {
 		return s.rejectInOrder(c, jr, ref, string(m.topic), respOverloaded)
 	}
 	c.gen++
-	c.curGen, c.curJoinRef = c.gen, effJR
+	c.curGen.Store(c.gen)
+	c.curJoinRef = effJR
 	return nil
 }
 
@@ -402,7 +403,7 @@ func (s *Socket) handleLeave(m *message) error {
 		return nil
 	}
 	c := s.find(m.topic)
-	if c != nil && c.curGen != 0 {
+	if c != nil && c.curGen.Load() != 0 {
 		if staleJoinRef(m, c.curJoinRef) {
 			s.srv.m.messagesIn.WithLabelValues("stale").Inc()
 			return nil
@@ -413,8 +414,8 @@ func (s *Socket) handleLeave(m *message) error {
 		// message's: it is the reply's join_ref only if the join fails
 		// first, and Phoenix answers a leave on a topic not joined with
 		// the message's join_ref (null when the client sent null).
-		s.enqueue(c, true, &task{kind: taskLeave, gen: c.curGen, joinRef: m.joinRefToken(), ref: m.refToken()})
-		c.curGen = 0
+		s.enqueue(c, true, &task{kind: taskLeave, gen: c.curGen.Load(), joinRef: m.joinRefToken(), ref: m.refToken()})
+		c.curGen.Store(0)
 		return nil
 	}
 	// Not joined: ok reply. Behind a busy slot it waits its turn so that
@@ -430,7 +431,7 @@ func (s *Socket) handleEvent(m *message) error {
 		return nil
 	}
 	c := s.find(m.topic)
-	if c == nil || c.curGen == 0 {
+	if c == nil || c.curGen.Load() == 0 {
 		// Not joined (possibly joining or leaving): in order behind the
 		// slot's work, and bounded, since a client can send any number.
 		return s.rejectInOrder(c, "null", m.refToken(), string(m.topic), respUnmatched)
@@ -457,7 +458,7 @@ func (s *Socket) handleEvent(m *message) error {
 		return s.rejectInOrder(c, c.curJoinRef, m.refToken(), c.topic, respOverloaded)
 	}
 	t := &task{
-		kind: taskEvent, gen: c.curGen, joinRef: c.curJoinRef, ref: m.refToken(),
+		kind: taskEvent, gen: c.curGen.Load(), joinRef: c.curJoinRef, ref: m.refToken(),
 		event: string(m.event), payload: append([]byte(nil), m.payload...), binary: m.binary,
 	}
 	if !s.enqueue(c, false, t) {

@@ -85,6 +85,8 @@ var metricFamilies = []string{
 	"phxgate_presence_state_streams_total",
 	"phxgate_presence_state_pieces_total",
 	"phxgate_presence_stream_bytes",
+	"phxgate_presence_state_overtaken_total",
+	"phxgate_presence_state_refresh_retries_total",
 	// pubsub (either broker)
 	"phxgate_pubsub_broker_up",
 	"phxgate_pubsub_broadcasts_total",
