@@ -54,6 +54,15 @@ type topicHub struct {
 	presenceStates uint64
 	refreshing     bool
 	refreshAgain   bool
+	// diffLog keeps the presence_diff events delivered while a state of
+	// the topic is being read (diffWatchers > 0), diffLog[0] numbered
+	// diffLogFirst in presenceDiffs: a state queued after them is
+	// followed by them again (diffsSince), so that a diff the state may
+	// predate is applied after it. It keeps the newest diffLogMax at
+	// most; a reader whose mark is older reads again.
+	diffLog      []*pubsub.Event
+	diffLogFirst uint64
+	diffWatchers int
 
 	// lanes holds the subscribers by Fanout lane (one lane without a
 	// Fanout): each lane's loop delivers to its own subscribers under its
@@ -458,6 +467,19 @@ func (th *topicHub) Deliver(ev *pubsub.Event) {
 	defer th.seqMu.Unlock()
 	if ev.Event == "presence_diff" {
 		th.presenceDiffs++
+		if th.diffWatchers > 0 {
+			if len(th.diffLog) == 0 {
+				th.diffLogFirst = th.presenceDiffs
+			} else if len(th.diffLog) >= diffLogMax {
+				// Keep the newest half: a reader whose mark is older
+				// reads again (diffsSince).
+				n := copy(th.diffLog, th.diffLog[len(th.diffLog)/2:])
+				clear(th.diffLog[n:])
+				th.diffLog = th.diffLog[:n]
+				th.diffLogFirst = th.presenceDiffs - uint64(n)
+			}
+			th.diffLog = append(th.diffLog, ev)
+		}
 	}
 	var st pubsub.SequencerStats
 	th.seq.Deliver(ev, th.emit, th.lost, &st)
@@ -572,47 +594,56 @@ func refreshBackoff(tries int) time.Duration {
 
 // refreshOnce reads the topic's state and queues it to every local
 // channel; false when it could not (the store failed, the stream budget
-// had no room, or a presence_diff was delivered during each of
-// stateAttempts reads), for refreshPresence to try again later.
+// had no room within presence_stream_wait, or more diffs came during each
+// of stateAttempts reads than the topic keeps), for refreshPresence to
+// try again later.
 //
 // The state is read without the topic's delivery lock, so a slow store
 // does not hold up the topic's events (nor the broker's shard delivering
-// them), and queued under it only if no presence_diff was delivered
-// meanwhile: such a diff may be newer than the state, and a state queued
-// after it would undo it. Queueing bumps presenceStates, so that a join
-// that read before it does not queue its older state after it.
+// them). It is queued under the lock, followed by the presence_diffs
+// delivered since the read began (kept by watchDiffs): the state may
+// predate them, and phoenix.js, which applies a state as the whole list,
+// would otherwise undo them. Queueing bumps presenceStates, so that a
+// join that read before it does not queue its older state after it.
 func (th *topicHub) refreshOnce(p PresenceTracker) bool {
 	srv := th.h.srv
 	ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.CallTimeout)
 	defer cancel()
+	seen := th.watchDiffs()
+	defer th.unwatchDiffs()
 	for attempt := 1; ; attempt++ {
 		th.seqMu.Lock()
 		th.refreshAgain = false // asks until now are served by this read
-		seen := th.presenceDiffs
 		th.seqMu.Unlock()
 		state, err := p.State(ctx, th.name)
 		if err != nil {
 			return false
 		}
 		pieces := splitState(state, srv.cfg.PresencePieceBytes)
-		th.seqMu.Lock()
-		if th.presenceDiffs != seen {
-			th.seqMu.Unlock()
-			if attempt >= stateAttempts || !sleepCtx(ctx, srv.quit, stateBackoff(attempt)) {
-				return false
-			}
-			continue // a diff came while reading: read again
-		}
 		// One snapshot for every channel of the topic: a large state goes
 		// to each in pieces, at its own pace, and is held until the last
-		// is done. Without room in the budget now (seqMu is held, so no
-		// waiting) the refresh is put off (counted).
-		if !srv.stateBudget.tryAcquire(piecesBytes(pieces)) {
-			th.seqMu.Unlock()
+		// is done. The budget is waited for here, off the lock, as joins
+		// wait for it.
+		n := piecesBytes(pieces)
+		wctx, wcancel := context.WithTimeout(ctx, srv.cfg.PresenceStreamWait)
+		got := srv.stateBudget.acquire(wctx, n)
+		wcancel()
+		if !got {
 			srv.m.presenceTooLarge.Inc()
 			return false
 		}
-		snap := newSnapshot(pieces, srv.stateBudget, piecesBytes(pieces))
+		snap := newSnapshot(pieces, srv.stateBudget, n)
+		th.seqMu.Lock()
+		diffs, ok := th.diffsSince(seen.diffs)
+		if !ok {
+			seen.diffs = th.presenceDiffs
+			th.seqMu.Unlock()
+			snap.done()
+			if attempt >= stateAttempts || !sleepCtx(ctx, srv.quit, stateBackoff(attempt)) {
+				return false
+			}
+			continue // more diffs than kept came while reading: read again
+		}
 		th.presenceStates++
 		for _, c := range th.subscribers() {
 			s := c.sock
@@ -621,6 +652,7 @@ func (th *topicHub) refreshOnce(p PresenceTracker) bool {
 			s.mu.Unlock()
 			if gen != 0 {
 				s.sendState(snap, c, gen, jr)
+				s.replayDiffs(c, diffs)
 			}
 		}
 		snap.done()

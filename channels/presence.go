@@ -9,6 +9,7 @@ import (
 
 	"github.com/phxgate/phxgate/backends"
 	"github.com/phxgate/phxgate/presence"
+	"github.com/phxgate/phxgate/pubsub"
 )
 
 // PresenceTracker is the presence port; *presence.Tracker implements it.
@@ -72,30 +73,28 @@ type presenceRefuser interface {
 // attempt); the joiner's own presence, tracked after the read, is added
 // to it (phoenix.js expects to see itself).
 //
-// A state must not be older than a state or diff the channel was sent
-// before it, and it is queued under the topic's delivery lock (seqMu) to
-// make that checkable, but it is never read under that lock: Deliver takes
-// seqMu, and with Redis it runs on the reader goroutine of a pub/sub
-// shard, so a read under it would hold up every topic of the shard for as
-// long as a whole-room read takes. Instead the state is read off the lock
-// and queued only if, meanwhile (seqMu is taken before the read and again
-// to queue):
-//   - no refresh queued its state (th.presenceStates): a refresh's state
-//     may be newer than ours, and ours would replace it;
-//   - for a state in pieces, no presence_diff was delivered
-//     (th.presenceDiffs): phoenix.js applies a diff queued before the
-//     state after its first piece, so a leave in it would be undone by a
-//     later piece. A state sent whole needs no such check: phoenix.js
-//     applies the diffs it held after the whole state, ending with the
-//     same list.
-//
-// Everything delivered after the state is queued follows it (its last
-// piece) on the socket, and the state is newer than everything delivered
-// before it, so the client's list ends right. Otherwise the state is read
-// again, after a short backoff (a busy room's diffs come once per
-// presence window), up to stateAttempts reads; past them the join ends
-// with phx_error (phxgate_presence_state_overtaken_total) and the client
-// rejoins with its own backoff.
+// A state must not undo a state or diff the channel was sent before it.
+// It is queued under the topic's delivery lock (seqMu) to make that
+// checkable, but it is never read under that lock: Deliver takes seqMu,
+// and with Redis it runs on the reader goroutine of a pub/sub shard, so
+// a read under it would hold up every topic of the shard for as long as
+// a whole-room read takes. Instead the state is read off the lock, with
+// the topic keeping the presence_diffs delivered from just before the
+// read (watchDiffs), and queued followed by those diffs again
+// (replayDiffs). phoenix.js may have applied them already, or hold them
+// until the state (a diff before a first presence_state is held, then
+// applied after its first piece, where a later piece could undo a leave
+// in it), and a state read before one of them would undo it; applied
+// again after the state's last piece, in order, each ends the list as it
+// should (a join or leave of a phx_ref applied twice changes nothing).
+// Everything delivered after the state is queued follows it on the
+// socket. The state is read again only when a refresh queued its state
+// meanwhile (th.presenceStates: a refresh's state may be newer than
+// ours, and ours would replace it), or when more diffs came during the
+// read than the topic keeps (diffLogMax), after a short backoff, up to
+// stateAttempts reads; past them the join ends with phx_error
+// (phxgate_presence_state_overtaken_total) and the client rejoins with
+// its own backoff.
 func (c *channel) trackPresence(rep *backends.Reply, taken *seat) bool {
 	s := c.sock
 	srv := s.srv
@@ -120,7 +119,8 @@ func (c *channel) trackPresence(rep *backends.Reply, taken *seat) bool {
 		meta = emptyObject
 	}
 	th := c.th
-	seen := th.presenceMark()
+	seen := th.watchDiffs()
+	defer th.unwatchDiffs()
 	state, err := p.State(ctx, c.topic)
 	if err != nil {
 		return false
@@ -154,10 +154,13 @@ func (c *channel) trackPresence(rep *backends.Reply, taken *seat) bool {
 	defer func() { snap.done() }()
 	for attempt := 1; ; attempt++ {
 		th.seqMu.Lock()
-		if th.presenceStates == seen.states && (!snap.streamed() || th.presenceDiffs == seen.diffs) {
-			s.sendState(snap, c, c.wGen, c.wJoinRef)
-			th.seqMu.Unlock()
-			return true
+		if th.presenceStates == seen.states {
+			if diffs, ok := th.diffsSince(seen.diffs); ok {
+				s.sendState(snap, c, c.wGen, c.wJoinRef)
+				s.replayDiffs(c, diffs)
+				th.seqMu.Unlock()
+				return true
+			}
 		}
 		th.seqMu.Unlock()
 		if attempt >= stateAttempts {
@@ -235,6 +238,61 @@ func (th *topicHub) presenceMark() presenceMark {
 	th.seqMu.Lock()
 	defer th.seqMu.Unlock()
 	return presenceMark{diffs: th.presenceDiffs, states: th.presenceStates}
+}
+
+// diffLogMax bounds the presence_diff events a topic keeps while its
+// state is being read (hub.go, diffLog): a few seconds of a busy room's
+// diffs (one per presence window per node).
+const diffLogMax = 1024
+
+// watchDiffs returns th's counters, like presenceMark, and keeps the
+// topic's presence_diffs from now on until unwatchDiffs.
+func (th *topicHub) watchDiffs() presenceMark {
+	th.seqMu.Lock()
+	defer th.seqMu.Unlock()
+	th.diffWatchers++
+	return presenceMark{diffs: th.presenceDiffs, states: th.presenceStates}
+}
+
+// unwatchDiffs ends a watchDiffs; the last one drops the kept diffs.
+func (th *topicHub) unwatchDiffs() {
+	th.seqMu.Lock()
+	defer th.seqMu.Unlock()
+	th.diffWatchers--
+	if th.diffWatchers == 0 {
+		clear(th.diffLog)
+		th.diffLog = th.diffLog[:0]
+		if cap(th.diffLog) > 64 {
+			th.diffLog = nil
+		}
+	}
+}
+
+// diffsSince returns the presence_diffs delivered after the one numbered
+// mark, oldest first, and false when the log no longer holds them all.
+// Called with seqMu held, by a watcher.
+func (th *topicHub) diffsSince(mark uint64) ([]*pubsub.Event, bool) {
+	if th.presenceDiffs == mark {
+		return nil, true
+	}
+	if len(th.diffLog) == 0 || th.diffLogFirst > mark+1 {
+		return nil, false
+	}
+	return th.diffLog[mark+1-th.diffLogFirst:], true
+}
+
+// replayDiffs queues diffs to c after its state (their frames as
+// broadcast to c's serializer, with a null ref). Called with seqMu held.
+func (s *Socket) replayDiffs(c *channel, diffs []*pubsub.Event) {
+	v := broadcastVariant(s.ser, false, false)
+	for _, ev := range diffs {
+		f, err := encodeBroadcast(v, ev)
+		if err != nil {
+			s.srv.m.droppedFrames.WithLabelValues(dropReason(err)).Inc()
+			continue
+		}
+		s.send(f)
+	}
 }
 
 // reserveState takes size bytes of the node's budget for states being

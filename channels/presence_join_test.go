@@ -74,20 +74,19 @@ func publishDiff(tb testing.TB, env *testEnv, topic string) {
 	}
 }
 
-// A join of a busy big room reads the state again while diffs keep
-// coming during its reads, but never while holding the topic's delivery
-// lock: with Redis that lock is taken on the reader goroutine of a
+// A join of a big room reads the state without holding the topic's
+// delivery lock (a broadcast of the topic is delivered while the read is
+// held): with Redis that lock is taken on the reader goroutine of a
 // pub/sub shard, so a read under it would hold up every event of the
-// topic, and of the shard's other topics, for a whole-room read.
+// topic, and of the shard's other topics, for a whole-room read. A diff
+// delivered during the read follows the last piece again.
 func TestPresenceJoinReadsStateOffTheDeliveryLock(t *testing.T) {
 	g := newGate()
 	var env *testEnv
 	gs := &scriptedState{}
 	gs.step = func(_ context.Context, n int64) {
-		switch {
-		case n <= 3: // a busy room: a diff during each of the first reads
+		if n == 1 { // a diff during the read, then a slow store
 			publishDiff(t, env, "here:a")
-		case n == 4: // then a slow store
 			g.hold()
 		}
 	}
@@ -110,12 +109,12 @@ func TestPresenceJoinReadsStateOffTheDeliveryLock(t *testing.T) {
 		}
 	})
 	g.open()
-	waitFor(t, waitLong, "the pieces", func() bool { return strings.Contains(strings.Join(conn.texts(), "\n"), `"read4"`) })
-	all := strings.Join(conn.texts(), "\n")
-	for _, old := range []string{`"read1"`, `"read2"`, `"read3"`} {
-		if strings.Contains(all, old) {
-			t.Fatalf("a state read before a diff was sent (%s):\n%s", old, all)
-		}
+	waitFor(t, waitLong, "the pieces, then the diff again", func() bool {
+		got := conn.texts()
+		return strings.Contains(strings.Join(got, "\n"), `"read1"`) && strings.Contains(got[len(got)-1], `"presence_diff",{"joins":{},"leaves":{}}`)
+	})
+	if n := gs.reads.Load(); n != 1 {
+		t.Fatalf("%d state reads, want 1", n)
 	}
 	if n := counterValue(t, env.reg, "phxgate_presence_state_overtaken_total", ""); n != 0 {
 		t.Fatalf("phxgate_presence_state_overtaken_total = %v, want 0", n)
@@ -123,13 +122,22 @@ func TestPresenceJoinReadsStateOffTheDeliveryLock(t *testing.T) {
 	waitFor(t, waitLong, "the budget back to zero", func() bool { return env.srv.stateBudget.inUse() == 0 })
 }
 
-// A room so busy that a diff comes during every read of its state ends
-// the join with phx_error after stateAttempts reads (counted), and the
-// client rejoins with its own backoff; the budget is given back.
+// publishDiffs publishes n empty presence_diffs on topic.
+func publishDiffs(tb testing.TB, env *testEnv, topic string, n int) {
+	tb.Helper()
+	for range n {
+		publishDiff(tb, env, topic)
+	}
+}
+
+// A room so busy that more diffs come during every read of its state
+// than the topic keeps (diffLogMax) ends the join with phx_error after
+// stateAttempts reads (counted), and the client rejoins with its own
+// backoff; the budget is given back.
 func TestPresenceJoinBusyRoomEndsWithPhxError(t *testing.T) {
 	var env *testEnv
 	gs := &scriptedState{}
-	gs.step = func(context.Context, int64) { publishDiff(t, env, "here:a") }
+	gs.step = func(context.Context, int64) { publishDiffs(t, env, "here:a", diffLogMax+1) }
 	env = newTestEnv(t, func(c *Config) { c.Presence = gs; c.PresencePieceBytes = 1024 })
 	sock, conn := env.connect(t, V2)
 	mustHandle(t, sock, `["1","1","here:a","phx_join",{}]`)
@@ -226,16 +234,17 @@ func TestPresencePiecesStopWhenTheJoinEnds(t *testing.T) {
 	waitFor(t, waitLong, "the budget back to zero", func() bool { return env.srv.stateBudget.inUse() == 0 })
 }
 
-// A state read again (a diff came during the first read) takes its bytes
-// within the budget like the first read, waiting at most
-// presence_stream_wait: a join whose second read is larger than the room
-// left ends with phx_error, counted, instead of overdrawing the budget.
+// A state read again (more diffs came during the first read than the
+// topic keeps) takes its bytes within the budget like the first read,
+// waiting at most presence_stream_wait: a join whose second read is
+// larger than the room left ends with phx_error, counted, instead of
+// overdrawing the budget.
 func TestPresenceJoinReReadRespectsTheBudget(t *testing.T) {
 	var env *testEnv
 	gs := &scriptedState{}
 	gs.step = func(_ context.Context, n int64) {
 		if n == 1 {
-			publishDiff(t, env, "here:a")
+			publishDiffs(t, env, "here:a", diffLogMax+1)
 		}
 	}
 	st := &growingState{scriptedState: gs}
@@ -321,18 +330,16 @@ func TestPresenceRefreshRetriedWhenTheBudgetIsBusy(t *testing.T) {
 	waitFor(t, waitLong, "the budget back to zero", func() bool { return env.srv.stateBudget.inUse() == 0 })
 }
 
-// A refresh in a busy room reads the state again while diffs keep coming
-// during its reads, never under the topic's delivery lock.
+// A refresh reads the state off the topic's delivery lock (a broadcast
+// of the topic is delivered while the read is held), and a diff delivered
+// during the read follows the refresh's state to the channel again.
 func TestPresenceRefreshReadsStateOffTheDeliveryLock(t *testing.T) {
 	g := newGate()
 	var env *testEnv
 	gs := &scriptedState{small: true}
 	gs.step = func(_ context.Context, n int64) {
-		switch {
-		case n == 1: // the join's
-		case n <= 4: // the refresh's first reads: a diff during each
+		if n == 2 { // the refresh's read: a diff during it, then a slow store
 			publishDiff(t, env, "here:a")
-		case n == 5: // then a slow store
 			g.hold()
 		}
 	}
@@ -357,11 +364,21 @@ func TestPresenceRefreshReadsStateOffTheDeliveryLock(t *testing.T) {
 		}
 	})
 	g.open()
-	waitFor(t, waitLong, "the refresh's state", func() bool { return strings.Contains(strings.Join(conn.texts(), "\n"), `"read5"`) })
-	all := strings.Join(conn.texts(), "\n")
-	for _, old := range []string{`"read2"`, `"read3"`, `"read4"`} {
-		if strings.Contains(all, old) {
-			t.Fatalf("a state read before a diff was sent (%s):\n%s", old, all)
+	waitFor(t, waitLong, "the refresh's state", func() bool { return strings.Contains(strings.Join(conn.texts(), "\n"), `"read2"`) })
+	texts := conn.texts()
+	state := -1
+	for i, f := range texts {
+		if strings.Contains(f, `"read2"`) {
+			state = i
 		}
+	}
+	diffAfter := false
+	for _, f := range texts[state+1:] {
+		if strings.Contains(f, `"presence_diff"`) {
+			diffAfter = true
+		}
+	}
+	if !diffAfter {
+		t.Fatalf("the diff delivered during the refresh's read does not follow its state:\n%s", strings.Join(texts, "\n"))
 	}
 }
