@@ -62,6 +62,7 @@ type topicHub struct {
 	// most; a reader whose mark is older reads again.
 	diffLog      []*pubsub.Event
 	diffLogFirst uint64
+	diffLogBytes int // payload bytes in diffLog
 	diffWatchers int
 
 	// lanes holds the subscribers by Fanout lane (one lane without a
@@ -470,15 +471,21 @@ func (th *topicHub) Deliver(ev *pubsub.Event) {
 		if th.diffWatchers > 0 {
 			if len(th.diffLog) == 0 {
 				th.diffLogFirst = th.presenceDiffs
-			} else if len(th.diffLog) >= diffLogMax {
+				th.diffLogBytes = 0
+			} else if len(th.diffLog) >= diffLogMax || th.diffLogBytes+len(ev.Payload) > diffLogMaxBytes {
 				// Keep the newest half: a reader whose mark is older
 				// reads again (diffsSince).
-				n := copy(th.diffLog, th.diffLog[len(th.diffLog)/2:])
+				half := len(th.diffLog) / 2
+				for _, old := range th.diffLog[:half] {
+					th.diffLogBytes -= len(old.Payload)
+				}
+				n := copy(th.diffLog, th.diffLog[half:])
 				clear(th.diffLog[n:])
 				th.diffLog = th.diffLog[:n]
 				th.diffLogFirst = th.presenceDiffs - uint64(n)
 			}
 			th.diffLog = append(th.diffLog, ev)
+			th.diffLogBytes += len(ev.Payload)
 		}
 	}
 	var st pubsub.SequencerStats

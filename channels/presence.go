@@ -245,6 +245,11 @@ func (th *topicHub) presenceMark() presenceMark {
 // diffs (one per presence window per node).
 const diffLogMax = 1024
 
+// diffLogMaxBytes bounds the payload bytes of those kept diffs (a diff is
+// at most an eighth of write_queue_max_bytes, 64 KiB): past it the
+// oldest half goes, as past diffLogMax.
+const diffLogMaxBytes = 4 << 20
+
 // watchDiffs returns th's counters, like presenceMark, and keeps the
 // topic's presence_diffs from now on until unwatchDiffs.
 func (th *topicHub) watchDiffs() presenceMark {
@@ -261,7 +266,7 @@ func (th *topicHub) unwatchDiffs() {
 	th.diffWatchers--
 	if th.diffWatchers == 0 {
 		clear(th.diffLog)
-		th.diffLog = th.diffLog[:0]
+		th.diffLog, th.diffLogBytes = th.diffLog[:0], 0
 		if cap(th.diffLog) > 64 {
 			th.diffLog = nil
 		}

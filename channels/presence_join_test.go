@@ -382,3 +382,40 @@ func TestPresenceRefreshReadsStateOffTheDeliveryLock(t *testing.T) {
 		t.Fatalf("the diff delivered during the refresh's read does not follow its state:\n%s", strings.Join(texts, "\n"))
 	}
 }
+
+// The diffs a room keeps while its state is read are bounded in bytes as
+// well as in count: past diffLogMaxBytes the oldest go, and a join whose
+// read they covered reads again (its second read, with no diff during it,
+// is sent).
+func TestPresenceDiffLogBoundedInBytes(t *testing.T) {
+	var env *testEnv
+	gs := &scriptedState{small: true}
+	pad := strings.Repeat("x", 60<<10)
+	gs.step = func(_ context.Context, n int64) {
+		if n == 1 {
+			for range diffLogMaxBytes/(60<<10) + 8 {
+				if _, err := env.broker.Publish(context.Background(), "here:a", pubsub.Message{Event: "presence_diff", Payload: []byte(`{"joins":{},"leaves":{},"pad":"` + pad + `"}`), Ephemeral: true}); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+	}
+	env = newTestEnv(t, func(c *Config) { c.Presence = gs })
+	sock, conn := env.connect(t, V2)
+	mustHandle(t, sock, `["1","1","here:a","phx_join",{}]`)
+	waitFor(t, waitLong, "the second read's state", func() bool { return strings.Contains(strings.Join(conn.texts(), "\n"), `"read2"`) })
+	if n := gs.reads.Load(); n != 2 {
+		t.Fatalf("%d state reads, want 2", n)
+	}
+	if strings.Contains(strings.Join(conn.texts(), "\n"), `"read1"`) {
+		t.Fatal("the first read's state was sent though the diffs of its read were no longer all kept")
+	}
+	env.srv.hub.mu.Lock()
+	th := env.srv.hub.topics["here:a"]
+	env.srv.hub.mu.Unlock()
+	th.seqMu.Lock()
+	defer th.seqMu.Unlock()
+	if th.diffLogBytes != 0 || len(th.diffLog) != 0 || th.diffWatchers != 0 {
+		t.Fatalf("kept diffs after the join: %d bytes, %d diffs, %d watchers", th.diffLogBytes, len(th.diffLog), th.diffWatchers)
+	}
+}
