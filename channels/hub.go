@@ -472,7 +472,7 @@ func (th *topicHub) Deliver(ev *pubsub.Event) {
 			if len(th.diffLog) == 0 {
 				th.diffLogFirst = th.presenceDiffs
 				th.diffLogBytes = 0
-			} else if len(th.diffLog) >= diffLogMax || th.diffLogBytes+len(ev.Payload) > diffLogMaxBytes {
+			} else if len(th.diffLog) >= diffLogMax || th.diffLogBytes+len(ev.Payload) > diffLogPieces*th.h.srv.cfg.PresencePieceBytes {
 				// Keep the newest half: a reader whose mark is older
 				// reads again (diffsSince).
 				half := len(th.diffLog) / 2
@@ -652,6 +652,7 @@ func (th *topicHub) refreshOnce(p PresenceTracker) bool {
 			continue // more diffs than kept came while reading: read again
 		}
 		th.presenceStates++
+		var frames [numVariants][][]byte // the diffs' frames, encoded once per variant
 		for _, c := range th.subscribers() {
 			s := c.sock
 			s.mu.Lock()
@@ -659,7 +660,16 @@ func (th *topicHub) refreshOnce(p PresenceTracker) bool {
 			s.mu.Unlock()
 			if gen != 0 {
 				s.sendState(snap, c, gen, jr)
-				s.replayDiffs(c, diffs)
+				// Not to a join that followed (a rejoin while the state
+				// was queued): it gets its own state and replay.
+				if v := broadcastVariant(s.ser, false, false); len(diffs) > 0 && v >= 0 && c.curGen.Load() == gen {
+					if frames[v] == nil {
+						frames[v] = encodeDiffs(v, diffs, srv.m)
+					}
+					for _, f := range frames[v] {
+						s.send(f)
+					}
+				}
 			}
 		}
 		snap.done()

@@ -245,10 +245,16 @@ func (th *topicHub) presenceMark() presenceMark {
 // diffs (one per presence window per node).
 const diffLogMax = 1024
 
-// diffLogMaxBytes bounds the payload bytes of those kept diffs (a diff is
-// at most an eighth of write_queue_max_bytes, 64 KiB): past it the
-// oldest half goes, as past diffLogMax.
-const diffLogMaxBytes = 4 << 20
+// diffLogPieces × Config.PresencePieceBytes (an eighth of
+// write_queue_max_bytes, at most 64 KiB) bounds the payload bytes of
+// those kept diffs: past it the oldest half goes, as past diffLogMax.
+// Replayed, they would also take the socket's write queue, where the
+// same diffs may wait already: a reader is replayed at most
+// replayPieces × PresencePieceBytes of them, and reads again past that.
+const (
+	diffLogPieces = 4
+	replayPieces  = 2
+)
 
 // watchDiffs returns th's counters, like presenceMark, and keeps the
 // topic's presence_diffs from now on until unwatchDiffs.
@@ -283,19 +289,39 @@ func (th *topicHub) diffsSince(mark uint64) ([]*pubsub.Event, bool) {
 	if len(th.diffLog) == 0 || th.diffLogFirst > mark+1 {
 		return nil, false
 	}
-	return th.diffLog[mark+1-th.diffLogFirst:], true
+	diffs := th.diffLog[mark+1-th.diffLogFirst:]
+	n := 0
+	for _, ev := range diffs {
+		n += len(ev.Payload)
+	}
+	if n > replayPieces*th.h.srv.cfg.PresencePieceBytes {
+		return nil, false
+	}
+	return diffs, true
+}
+
+// encodeDiffs returns the frames of diffs as broadcast to variant v.
+func encodeDiffs(v int, diffs []*pubsub.Event, m *metrics) [][]byte {
+	out := make([][]byte, 0, len(diffs))
+	for _, ev := range diffs {
+		f, err := encodeBroadcast(v, ev)
+		if err != nil {
+			m.droppedFrames.WithLabelValues(dropReason(err)).Inc()
+			continue
+		}
+		out = append(out, f)
+	}
+	return out
 }
 
 // replayDiffs queues diffs to c after its state (their frames as
 // broadcast to c's serializer, with a null ref). Called with seqMu held.
 func (s *Socket) replayDiffs(c *channel, diffs []*pubsub.Event) {
 	v := broadcastVariant(s.ser, false, false)
-	for _, ev := range diffs {
-		f, err := encodeBroadcast(v, ev)
-		if err != nil {
-			s.srv.m.droppedFrames.WithLabelValues(dropReason(err)).Inc()
-			continue
-		}
+	if v < 0 || len(diffs) == 0 {
+		return
+	}
+	for _, f := range encodeDiffs(v, diffs, s.srv.m) {
 		s.send(f)
 	}
 }

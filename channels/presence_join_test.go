@@ -384,7 +384,7 @@ func TestPresenceRefreshReadsStateOffTheDeliveryLock(t *testing.T) {
 }
 
 // The diffs a room keeps while its state is read are bounded in bytes as
-// well as in count: past diffLogMaxBytes the oldest go, and a join whose
+// well as in count: past diffLogPieces pieces the oldest go, and a join whose
 // read they covered reads again (its second read, with no diff during it,
 // is sent).
 func TestPresenceDiffLogBoundedInBytes(t *testing.T) {
@@ -393,7 +393,7 @@ func TestPresenceDiffLogBoundedInBytes(t *testing.T) {
 	pad := strings.Repeat("x", 60<<10)
 	gs.step = func(_ context.Context, n int64) {
 		if n == 1 {
-			for range diffLogMaxBytes/(60<<10) + 8 {
+			for range diffLogPieces*env.srv.cfg.PresencePieceBytes/(60<<10) + 8 {
 				if _, err := env.broker.Publish(context.Background(), "here:a", pubsub.Message{Event: "presence_diff", Payload: []byte(`{"joins":{},"leaves":{},"pad":"` + pad + `"}`), Ephemeral: true}); err != nil {
 					t.Error(err)
 				}
