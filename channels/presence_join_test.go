@@ -95,19 +95,7 @@ func TestPresenceJoinReadsStateOffTheDeliveryLock(t *testing.T) {
 	mustHandle(t, sock, `["1","1","here:a","phx_join",{}]`)
 	t.Cleanup(g.open)
 	g.waitEntered(t)
-	published := make(chan struct{})
-	go func() {
-		defer close(published)
-		_, _ = env.broker.Publish(context.Background(), "here:a", pubsub.Message{Event: "news", Payload: []byte(`{"n":1}`)})
-	}()
-	waitFor(t, waitLong, "a broadcast of the topic delivered while the join reads the state", func() bool {
-		select {
-		case <-published:
-			return true
-		default:
-			return false
-		}
-	})
+	broadcastDelivered(t, env, "here:a", "while the join reads the state")
 	g.open()
 	waitFor(t, waitLong, "the pieces, then the diff again", func() bool {
 		got := conn.texts()
@@ -120,6 +108,22 @@ func TestPresenceJoinReadsStateOffTheDeliveryLock(t *testing.T) {
 		t.Fatalf("phxgate_presence_state_overtaken_total = %v, want 0", n)
 	}
 	waitFor(t, waitLong, "the budget back to zero", func() bool { return env.srv.stateBudget.inUse() == 0 })
+}
+
+// broadcastDelivered publishes a broadcast on topic and waits (bounded)
+// for its delivery to the topic's subscribers to be done.
+func broadcastDelivered(tb testing.TB, env *testEnv, topic, while string) {
+	tb.Helper()
+	published := make(chan struct{})
+	go func() {
+		defer close(published)
+		_, _ = env.broker.Publish(context.Background(), topic, pubsub.Message{Event: "news", Payload: []byte(`{"n":1}`)})
+	}()
+	select {
+	case <-published:
+	case <-time.After(waitLong):
+		tb.Fatalf("a broadcast of the topic not delivered %s", while)
+	}
 }
 
 // publishDiffs publishes n empty presence_diffs on topic.
@@ -350,19 +354,7 @@ func TestPresenceRefreshReadsStateOffTheDeliveryLock(t *testing.T) {
 	env.broker.resync("here:a")
 	t.Cleanup(g.open)
 	g.waitEntered(t)
-	published := make(chan struct{})
-	go func() {
-		defer close(published)
-		_, _ = env.broker.Publish(context.Background(), "here:a", pubsub.Message{Event: "news", Payload: []byte(`{"n":1}`)})
-	}()
-	waitFor(t, waitLong, "a broadcast of the topic delivered while the refresh reads the state", func() bool {
-		select {
-		case <-published:
-			return true
-		default:
-			return false
-		}
-	})
+	broadcastDelivered(t, env, "here:a", "while the refresh reads the state")
 	g.open()
 	waitFor(t, waitLong, "the refresh's state", func() bool { return strings.Contains(strings.Join(conn.texts(), "\n"), `"read2"`) })
 	texts := conn.texts()

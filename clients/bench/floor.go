@@ -401,8 +401,8 @@ func (s *floorServer) handle(c *floorConn, m []byte) bool {
 	return true
 }
 
-// broadcast encodes the frame once and appends it to the log.
-func (s *floorServer) broadcast(topic, payload json.RawMessage) {
+// broadcastFrame encodes a broadcast of the event: [null,null,topic,event,payload].
+func (s *floorServer) broadcastFrame(topic, payload json.RawMessage) []byte {
 	var b []byte
 	b = append(b, `[null,null,`...)
 	b = append(b, topic...)
@@ -412,7 +412,12 @@ func (s *floorServer) broadcast(topic, payload json.RawMessage) {
 	b = append(b, ',')
 	b = append(b, payload...)
 	b = append(b, ']')
-	frame := appendServerFrame(nil, opText, b)
+	return appendServerFrame(nil, opText, b)
+}
+
+// broadcast encodes the frame once and appends it to the log.
+func (s *floorServer) broadcast(topic, payload json.RawMessage) {
+	frame := s.broadcastFrame(topic, payload)
 
 	l := &s.log
 	l.mu.Lock()
@@ -471,16 +476,7 @@ func (s *floorServer) joinRoom(c *floorConn, topic json.RawMessage) {
 // left unwritten, for its writer to finish). Lock order: floorTopic.mu →
 // floorConn.mu.
 func (s *floorServer) broadcastRoom(topic, payload json.RawMessage) {
-	var b []byte
-	b = append(b, `[null,null,`...)
-	b = append(b, topic...)
-	b = append(b, ',')
-	ev, _ := json.Marshal(s.cfg.Event)
-	b = append(b, ev...)
-	b = append(b, ',')
-	b = append(b, payload...)
-	b = append(b, ']')
-	frame := appendServerFrame(nil, opText, b)
+	frame := s.broadcastFrame(topic, payload)
 	r := s.topic(topic)
 	// The room's lock is held over the whole fan-out, so that all its
 	// subscribers get its events in one order (as the gateway does) even
