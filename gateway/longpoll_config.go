@@ -59,8 +59,12 @@ const (
 	// dispatching): phoenix.js before 1.7.0 sends one POST per push
 	// without waiting, Phoenix handles them concurrently. Past this many a
 	// POST is refused with 409 before its body is read, so one session
-	// holds at most this many small bodies.
-	longPollMaxSessionPosts = 8
+	// holds at most this many small bodies. 32: a game that pushes a
+	// dozen things in one tick (one POST each) while its joins are out
+	// stays well under it, even when the node is slow to answer; 8 was
+	// reached on a loaded machine by a phoenix.js 1.6 client pushing 16
+	// at once, whose refused pushes then timed out.
+	longPollMaxSessionPosts = 32
 	// lpBodyStartBytes is the buffer a POST body of known length starts
 	// with; it grows as the body arrives (lpReadBody), so a POST that sent
 	// only its headers holds this much, not its Content-Length.
