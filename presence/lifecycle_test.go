@@ -186,12 +186,7 @@ func TestRedisFailedRemoveIsNeverRestored(t *testing.T) {
 	var h losingHook
 	c.AddHook(&h)
 	s := redisStore(t, c, "a")
-	l := &diffLog{}
-	tr := NewTracker(Config{Window: time.Millisecond}, s, l.publish, nil)
-	if err := s.Start(tr.Leaves, tr.Restored); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	tr, _ := startTracker(t, Config{Window: time.Millisecond}, s)
 	if err := tr.Track(ctx, "room:g", "t1", "gone", nil); err != nil {
 		t.Fatal(err)
 	}

@@ -310,14 +310,9 @@ func TestTrackerLeaveAfterALostRemoveAnswer(t *testing.T) {
 	var h losingHook
 	c.AddHook(&h)
 	s := redisStore(t, c, "a")
-	l := &diffLog{}
-	tr := NewTracker(Config{Window: time.Millisecond}, s, l.publish, nil)
 	// The leave goes out through the tracker's retry or the store's
 	// (pending removals): either way, once.
-	if err := s.Start(tr.Leaves, tr.Restored); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	tr, l := startTracker(t, Config{Window: time.Millisecond}, s)
 	t.Cleanup(func() { tr.Drain(context.Background()) })
 	if err := tr.Track(ctx, "room:l", "t1", "p", nil); err != nil {
 		t.Fatal(err)

@@ -74,15 +74,22 @@ func trackerOnRedis(t *testing.T) (*Tracker, *Redis, *diffLog) {
 
 func trackerOnRedisCfg(t *testing.T, cfg Config) (*Tracker, *Redis, *diffLog) {
 	t.Helper()
-	c := startRedis(t)
-	a := redisStore(t, c, "a")
+	a := redisStore(t, startRedis(t), "a")
+	tr, l := startTracker(t, cfg, a)
+	return tr, a, l
+}
+
+// startTracker starts a tracker publishing into a diff log over the
+// Redis store s (not started yet), and stops the store with the test.
+func startTracker(t *testing.T, cfg Config, s *Redis) (*Tracker, *diffLog) {
+	t.Helper()
 	l := &diffLog{}
-	tr := NewTracker(cfg, a, l.publish, nil)
-	if err := a.Start(tr.Leaves, tr.Restored); err != nil {
+	tr := NewTracker(cfg, s, l.publish, nil)
+	if err := s.Start(tr.Leaves, tr.Restored); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { a.Close() })
-	return tr, a, l
+	t.Cleanup(func() { s.Close() })
+	return tr, l
 }
 
 // clientsSee waits for tr to have published everything of topic, then

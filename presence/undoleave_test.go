@@ -57,12 +57,7 @@ func TestTrackerSweptAddPublishesItsLeave(t *testing.T) {
 	var h losingHook
 	c.AddHook(&h)
 	s := redisStore(t, c, "a")
-	l := &diffLog{}
-	tr := NewTracker(Config{Window: time.Millisecond}, s, l.publish, nil)
-	if err := s.Start(tr.Leaves, tr.Restored); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	tr, l := startTracker(t, Config{Window: time.Millisecond}, s)
 	h.lose(addScript, 1, true)   // stored, answer lost
 	h.lose(undoScript, 1, false) // the immediate undo fails
 	if err := tr.Track(ctx, "room:z", "t1", "p", nil); err == nil {
@@ -132,12 +127,7 @@ func TestTrackerUndoneGroupAddPublishesItsLeaves(t *testing.T) {
 	}})
 	var h losingHook
 	c.AddHook(&h)
-	l := &diffLog{}
-	tr := NewTracker(Config{Window: time.Millisecond}, s, l.publish, nil)
-	if err := s.Start(tr.Leaves, tr.Restored); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	tr, l := startTracker(t, Config{Window: time.Millisecond}, s)
 
 	// The first Track holds the topic (its store call waits at gate)
 	// while the others queue behind it: the next holder stores them in
