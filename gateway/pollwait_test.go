@@ -13,6 +13,8 @@ import (
 // Tests of poller.wait: an idle poller parks, and a deadline due sooner
 // than the one set is brought forward.
 
+// newIdlePoller is a poller of its own (not started) with the given sweep
+// interval, counting its passes.
 func newIdlePoller(t *testing.T, sweep time.Duration) (*poller, *atomic.Int64) {
 	t.Helper()
 	srv := &Server{cfg: testConfig(), log: discardLogger()}
@@ -27,6 +29,7 @@ func newIdlePoller(t *testing.T, sweep time.Duration) (*poller, *atomic.Int64) {
 	return p, &passes
 }
 
+// runPoller runs p until the test ends.
 func runPoller(t *testing.T, p *poller) {
 	done := make(chan struct{})
 	p.running.Store(true)

@@ -51,13 +51,7 @@ func channelsServerOf(t *testing.T, s *Server) *channels.Server {
 // the sweep. The sweep is an hour here, so the race is a hang, not a delay,
 // and the hook makes the interleaving happen every time.
 func TestRegisterDuringPassIsNotDelayed(t *testing.T) {
-	srv := &Server{cfg: testConfig(), log: discardLogger()}
-	srv.metrics = newMetrics(prometheus.NewRegistry(), func() float64 { return 0 }, func() float64 { return 0 }, 1<<30)
-	p, err := newPoller(srv, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.sweepEvery = time.Hour
+	p, _ := newIdlePoller(t, time.Hour)
 	fd, _ := socketPair(t)
 	c := &conn{id: 1, p: p, fd: int32(fd), handler: nopHandler{}}
 	var once sync.Once
@@ -68,16 +62,7 @@ func TestRegisterDuringPassIsNotDelayed(t *testing.T) {
 			}
 		})
 	}
-	done := make(chan struct{})
-	p.running.Store(true)
-	go func() {
-		defer close(done)
-		p.run()
-	}()
-	t.Cleanup(func() {
-		p.stop()
-		<-done
-	})
+	runPoller(t, p)
 	// Start a pass: an eventfd write wakes the sleeping poller.
 	p.dispatch(jobFunc(func() {}))
 	waitFor(t, 3*time.Second, func() bool { return p.open.Load() == 1 }, "the socket registered during a pass to reach epoll")
@@ -86,28 +71,13 @@ func TestRegisterDuringPassIsNotDelayed(t *testing.T) {
 // The same race for fan-out jobs and the dirty list: work arriving during
 // a pass runs before the poller sleeps.
 func TestDispatchDuringPassIsNotDelayed(t *testing.T) {
-	srv := &Server{cfg: testConfig(), log: discardLogger()}
-	srv.metrics = newMetrics(prometheus.NewRegistry(), func() float64 { return 0 }, func() float64 { return 0 }, 1<<30)
-	p, err := newPoller(srv, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.sweepEvery = time.Hour
+	p, _ := newIdlePoller(t, time.Hour)
 	ran := make(chan struct{})
 	var once sync.Once
 	p.hookTaken = func() {
 		once.Do(func() { p.dispatch(jobFunc(func() { close(ran) })) })
 	}
-	done := make(chan struct{})
-	p.running.Store(true)
-	go func() {
-		defer close(done)
-		p.run()
-	}()
-	t.Cleanup(func() {
-		p.stop()
-		<-done
-	})
+	runPoller(t, p)
 	p.dispatch(jobFunc(func() {}))
 	select {
 	case <-ran:
